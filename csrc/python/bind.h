@@ -1,0 +1,11 @@
+// The Python binding is split per component; module.cpp calls each bind_* once.
+// Only files under csrc/python/ include pybind11.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace tg {
+void bind_errors(pybind11::module_& m);
+void bind_kernels(pybind11::module_& m);    // quantizers, matmul test hooks, ISA info
+void bind_tokenizer(pybind11::module_& m);  // Tokenizer, StreamDecoder, Sampler
+void bind_model(pybind11::module_& m);      // GGUF reader, the Model and its Sessions
+}  // namespace tg

@@ -1,0 +1,41 @@
+#include "python/bind.h"
+
+#include "errors.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "tinygptv_native native core";
+    tg::bind_errors(m);
+    tg::bind_kernels(m);
+    tg::bind_tokenizer(m);
+    tg::bind_model(m);
+}
+
+namespace tg {
+
+void bind_errors(py::module_& m) {
+    // Exception classes: the Python package re-exports them. All are ValueErrors except the
+    // context overflow, which is a RuntimeError-like condition of the conversation state.
+    static py::exception<GGUFError> gguf_error(m, "GGUFError", PyExc_ValueError);
+    static py::exception<ModelError> model_error(m, "ModelError", PyExc_ValueError);
+    static py::exception<TokenizerError> tok_error(m, "TokenizerError", PyExc_ValueError);
+    static py::exception<ContextOverflow> ctx_error(m, "ContextOverflowError", PyExc_ValueError);
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const GGUFError& e) {
+            py::set_error(gguf_error, e.what());
+        } catch (const ModelError& e) {
+            py::set_error(model_error, e.what());
+        } catch (const TokenizerError& e) {
+            py::set_error(tok_error, e.what());
+        } catch (const ContextOverflow& e) {
+            py::set_error(ctx_error, e.what());
+        } catch (const std::bad_alloc&) {
+            PyErr_SetString(PyExc_MemoryError, "out of memory in tinygptv_native core");
+        }
+    });
+}
+
+}  // namespace tg

@@ -1,0 +1,43 @@
+// A persistent pool of worker threads (created once per Model, never per token).
+// parallel_for splits [0, n) into contiguous chunks, one per thread. Work functions must write
+// disjoint outputs and compute each output the same way whatever the split, so results are
+// bit-identical for any thread count.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace tg {
+
+class ThreadPool {
+public:
+    explicit ThreadPool(int n_threads);
+    ~ThreadPool();
+    ThreadPool(const ThreadPool&) = delete;
+    ThreadPool& operator=(const ThreadPool&) = delete;
+
+    int size() const { return n_threads_; }
+
+    // fn(begin, end, thread_index) is called on every thread with a non-empty chunk of [0, n).
+    // Chunks are multiples of `grain` (except the last). Blocks until all are done.
+    // Not reentrant: one parallel_for at a time per pool (callers hold a Session lock).
+    void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn);
+
+private:
+    void worker(int index);
+
+    int n_threads_;
+    std::vector<std::thread> threads_;
+    std::mutex mu_;
+    std::condition_variable cv_start_, cv_done_;
+    const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
+    int64_t job_n_ = 0, job_grain_ = 1;
+    uint64_t generation_ = 0;
+    int pending_ = 0;
+    bool stop_ = false;
+};
+
+}  // namespace tg
