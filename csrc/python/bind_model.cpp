@@ -1,9 +1,152 @@
+// Python binding of the GGUF reader, the Model and its Sessions. Compute runs with the GIL released.
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include "errors.h"
+#include "model/tinygptv.h"
 #include "python/bind.h"
 
 namespace py = pybind11;
 
 namespace tg {
 
-void bind_model(py::module_& m) {}
+static py::object value_to_py(const GGUFValue& v, size_t max_array) {
+    switch (v.type) {
+        case GGUFValueType::U8: case GGUFValueType::U16: case GGUFValueType::U32: case GGUFValueType::U64:
+            return py::int_(v.u);
+        case GGUFValueType::I8: case GGUFValueType::I16: case GGUFValueType::I32: case GGUFValueType::I64:
+            return py::int_(v.i);
+        case GGUFValueType::F32: case GGUFValueType::F64: return py::float_(v.f);
+        case GGUFValueType::BOOL: return py::bool_(v.u != 0);
+        case GGUFValueType::STRING: return py::bytes(v.s).attr("decode")("utf-8", "replace");
+        case GGUFValueType::ARRAY: {
+            if (v.n > max_array) return py::none();
+            py::list out;
+            if (v.elem_type == GGUFValueType::STRING) {
+                for (auto& s : v.strs) out.append(py::bytes(s).attr("decode")("utf-8", "replace"));
+            } else if (!v.ints.empty() || v.n == 0) {
+                for (auto x : v.ints) out.append(py::int_(x));
+            } else if (v.elem_type == GGUFValueType::BOOL) {
+                for (auto x : v.nums) out.append(py::bool_(x != 0));
+            } else {
+                for (auto x : v.nums) out.append(py::float_(x));
+            }
+            return std::move(out);
+        }
+    }
+    return py::none();
+}
+
+// metadata as a dict; arrays longer than max_array are left out (the vocabulary, merges, scores).
+static py::dict metadata_dict(const GGUFFile& f, size_t max_array) {
+    py::dict d;
+    for (auto& kv : f.kvs()) {
+        py::object o = value_to_py(kv.second, max_array);
+        if (!o.is_none()) d[py::bytes(kv.first).attr("decode")("utf-8", "replace")] = o;
+    }
+    return d;
+}
+
+static py::list tensor_list(const GGUFFile& f) {
+    py::list out;
+    for (auto& t : f.tensors()) {
+        py::list shape;
+        for (uint32_t i = 0; i < t.n_dims; i++) shape.append(t.ne[i]);
+        out.append(py::make_tuple(t.name, type_name(t.type), shape, t.offset, t.nbytes));
+    }
+    return out;
+}
+
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+void bind_model(py::module_& m) {
+    py::class_<GGUFFile, std::shared_ptr<GGUFFile>>(m, "GGUFReader",
+        "A validated, memory-mapped GGUF file (metadata and tensor table).")
+        .def(py::init([](const std::string& path) {
+                 py::gil_scoped_release nogil;
+                 return std::make_shared<GGUFFile>(path);
+             }), py::arg("path"))
+        .def_property_readonly("version", &GGUFFile::version)
+        .def_property_readonly("alignment", &GGUFFile::alignment)
+        .def_property_readonly("file_size", &GGUFFile::file_size)
+        .def("metadata", [](const GGUFFile& f, size_t max_array) { return metadata_dict(f, max_array); },
+             py::arg("max_array") = (size_t)-1)
+        .def("tensors", &tensor_list, "list of (name, type, shape [ne0, ne1, ...], offset, nbytes)")
+        .def("tensor_data", [](std::shared_ptr<GGUFFile> f, const std::string& name) {
+            const GGUFTensor* t = f->find_tensor(name);
+            if (!t) throw py::key_error(name);
+            // A read-only uint8 view that keeps the file mapped while it lives.
+            py::array a(py::dtype("uint8"), {(py::ssize_t)t->nbytes}, {(py::ssize_t)1}, t->data, py::cast(f));
+            py::detail::array_proxy(a.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+            return a;
+        }, py::arg("name"));
+
+    py::class_<Model, std::shared_ptr<Model>>(m, "Model")
+        .def(py::init([](const std::string& path) {
+                 py::gil_scoped_release nogil;
+                 return std::make_shared<Model>(path);
+             }), py::arg("path"))
+        .def("metadata", [](const Model& mo, size_t max_array) { return metadata_dict(mo.file(), max_array); },
+             py::arg("max_array") = 64)
+        .def("tensors", [](const Model& mo) { return tensor_list(mo.file()); })
+        .def_property_readonly("arch", [](const Model& mo) { return mo.hparams().arch; })
+        .def_property_readonly("n_vocab", [](const Model& mo) { return mo.hparams().n_vocab; })
+        .def_property_readonly("n_embd", [](const Model& mo) { return mo.hparams().n_embd; })
+        .def_property_readonly("n_layer", [](const Model& mo) { return mo.hparams().n_layer; })
+        .def_property_readonly("n_ctx_train", [](const Model& mo) { return mo.hparams().n_ctx_train; })
+        .def_property_readonly("file_size", [](const Model& mo) { return mo.file().file_size(); })
+        .def("embed_tokens", [](const Model& mo, I32Array ids) {
+            const int64_t n = ids.size(), E = mo.hparams().n_embd;
+            F32Array out({n, E});
+            const int32_t* ip = ids.data();
+            float* op = out.mutable_data();
+            {
+                py::gil_scoped_release nogil;
+                mo.embed_tokens(ip, n, op);
+            }
+            return out;
+        }, py::arg("ids"));
+
+    py::class_<Session, std::shared_ptr<Session>>(m, "Session")
+        .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, int n_threads, bool kv_f16) {
+                 py::gil_scoped_release nogil;
+                 return std::make_shared<Session>(model, n_ctx, n_threads, kv_f16);
+             }), py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"), py::arg("kv_f16") = true)
+        .def_property_readonly("n_ctx", &Session::n_ctx)
+        .def_property_readonly("n_past", &Session::n_past)
+        .def_property_readonly("n_threads", &Session::n_threads)
+        .def("rewind", [](Session& s, int64_t n) {
+            std::lock_guard<std::mutex> lk(s.mutex());
+            s.rewind(n);
+        }, py::arg("n_past"))
+        .def("eval_tokens", [](Session& s, I32Array ids, bool all_logits) {
+            const int64_t n = ids.size(), V = s.model().hparams().n_vocab;
+            F32Array out = all_logits ? F32Array({n, V}) : F32Array({V});
+            const int32_t* ip = ids.data();
+            float* op = out.mutable_data();
+            {
+                py::gil_scoped_release nogil;
+                std::lock_guard<std::mutex> lk(s.mutex());
+                s.eval_tokens(ip, n, all_logits, op);
+            }
+            return out;
+        }, py::arg("ids"), py::arg("all_logits") = false)
+        .def("eval_embeddings", [](Session& s, F32Array x, bool all_logits) {
+            const int64_t E = s.model().hparams().n_embd, V = s.model().hparams().n_vocab;
+            if (x.ndim() != 2 || x.shape(1) != E)
+                throw ModelError(fmt("embeddings must have shape (n, %lld)", (long long)E));
+            const int64_t n = x.shape(0);
+            F32Array out = all_logits ? F32Array({n, V}) : F32Array({V});
+            const float* xp = x.data();
+            float* op = out.mutable_data();
+            {
+                py::gil_scoped_release nogil;
+                std::lock_guard<std::mutex> lk(s.mutex());
+                s.eval_embeddings(xp, n, all_logits, op);
+            }
+            return out;
+        }, py::arg("embeddings"), py::arg("all_logits") = false);
+}
 
 }  // namespace tg

@@ -1,0 +1,65 @@
+#include "model/loader.h"
+
+#include "errors.h"
+#include "fp16.h"
+
+namespace tg {
+
+const GGUFTensor& WeightLoader::get(const std::string& name) {
+    const GGUFTensor* t = f_.find_tensor(name);
+    if (!t) throw ModelError(fmt("required tensor '%s' is missing from '%s'", name.c_str(), f_.path().c_str()));
+    used_.insert(name);
+    return *t;
+}
+
+MatW WeightLoader::mat(const std::string& name, int64_t n_out, int64_t n_in) {
+    const GGUFTensor& t = get(name);
+    if (t.n_dims != 2 || t.ne[0] != n_in || t.ne[1] != n_out)
+        throw ModelError(fmt("tensor '%s' has shape %s, expected [%lld, %lld]", name.c_str(), t.shape_str().c_str(),
+                             (long long)n_in, (long long)n_out));
+    if (!matmul_supports(t.type))
+        throw ModelError(fmt("tensor '%s' has type %s, which this engine cannot multiply with", name.c_str(),
+                             type_name(t.type)));
+    MatW w;
+    w.type = t.type;
+    w.n_out = n_out;
+    w.n_in = n_in;
+    w.data = t.data;
+    prepare_weight(w);
+    return w;
+}
+
+const float* WeightLoader::vec(const std::string& name, int64_t n) {
+    const GGUFTensor& t = get(name);
+    if (t.nelements() != n)
+        throw ModelError(fmt("tensor '%s' has shape %s (%lld elements), expected %lld elements", name.c_str(),
+                             t.shape_str().c_str(), (long long)t.nelements(), (long long)n));
+    if (t.type == GgmlType::F32) return (const float*)t.data;
+    if (t.type != GgmlType::F16 && t.type != GgmlType::BF16) {
+        // Quantized vectors (rare: an embedding table stored quantized): dequantize through the kernels.
+        if (!matmul_supports(t.type))
+            throw ModelError(fmt("tensor '%s' has type %s, expected F32/F16", name.c_str(), type_name(t.type)));
+        MatW w;
+        w.type = t.type;
+        w.n_in = t.ne[0];
+        w.n_out = n / t.ne[0];
+        w.data = t.data;
+        arena_.emplace_back((size_t)n);
+        for (int64_t r = 0; r < w.n_out; r++) dequantize_row(w, r, arena_.back().data() + r * w.n_in);
+        return arena_.back().data();
+    }
+    arena_.emplace_back((size_t)n);
+    float* out = arena_.back().data();
+    const uint16_t* p = (const uint16_t*)t.data;
+    for (int64_t i = 0; i < n; i++) out[i] = t.type == GgmlType::F16 ? fp16_to_fp32(p[i]) : bf16_to_fp32(p[i]);
+    return out;
+}
+
+std::vector<std::string> WeightLoader::unused() const {
+    std::vector<std::string> out;
+    for (auto& t : f_.tensors())
+        if (!used_.count(t.name)) out.push_back(t.name);
+    return out;
+}
+
+}  // namespace tg

@@ -1,0 +1,61 @@
+// The Model (immutable after load: the file mapping, hyperparameters, weights, tokenizer) and the
+// Session (one conversation: KV cache, scratch, its own thread pool). Many Sessions may run on one
+// Model at the same time from different threads.
+#pragma once
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "gguf.h"
+#include "model/phi.h"
+#include "threadpool.h"
+
+namespace tg {
+
+class Model {
+public:
+    explicit Model(const std::string& path);
+
+    const GGUFFile& file() const { return *file_; }
+    const PhiHparams& hparams() const { return hp_; }
+    const PhiWeights& lm() const { return lm_; }
+
+    // Token embeddings of ids (rows of n_embd) into out. Throws ModelError on an id out of range.
+    void embed_tokens(const int32_t* ids, int64_t n, float* out) const;
+
+private:
+    std::unique_ptr<GGUFFile> file_;
+    std::deque<std::vector<float>> arena_;  // 1-D parameters converted to float32 at load
+    PhiHparams hp_;
+    PhiWeights lm_;
+};
+
+class Session {
+public:
+    Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_threads, bool kv_f16);
+
+    const Model& model() const { return *model_; }
+    int64_t n_ctx() const { return state_.n_ctx(); }
+    int64_t n_past() const { return state_.n_past(); }
+    int n_threads() const { return pool_.size(); }
+    void rewind(int64_t n_past) { state_.rewind(n_past); }
+
+    // Appends n rows of input embeddings; logits of the last row (or of all rows) into logits.
+    void eval_embeddings(const float* x, int64_t n, bool all_logits, float* logits);
+    void eval_tokens(const int32_t* ids, int64_t n, bool all_logits, float* logits);
+
+    std::mutex& mutex() { return mu_; }  // held by the binding for the duration of a call
+    ThreadPool& pool() { return pool_; }
+
+private:
+    std::shared_ptr<const Model> model_;
+    ThreadPool pool_;
+    PhiState state_;
+    std::vector<float> embd_;
+    std::mutex mu_;
+};
+
+}  // namespace tg
