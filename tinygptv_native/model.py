@@ -1,0 +1,224 @@
+"""The Python face of the engine: load a GGUF file, tokenize, get logits, generate text."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _core
+from ._text import StopMatcher
+
+log = logging.getLogger("tinygptv_native")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def default_threads() -> int:
+    """Threads to use when the caller does not say: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class SamplingParams:
+    """Sampling settings. temperature == 0 means greedy (argmax)."""
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repetition_penalty: float = 1.0
+    penalty_last_n: int = 64
+    seed: Optional[int] = None
+
+
+@dataclass
+class GenerationResult:
+    """What one answer produced, with its timings."""
+    text: str = ""
+    finish_reason: str = "length"  # "stop", "length" or "interrupted"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    image_tokens: int = 0
+    image_encode_ms: float = 0.0
+    prompt_ms: float = 0.0
+    generation_ms: float = 0.0
+    token_ids: List[int] = field(default_factory=list)
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        n = self.prompt_tokens + self.image_tokens
+        return n / (self.prompt_ms / 1e3) if self.prompt_ms > 0 else 0.0
+
+    @property
+    def generation_tokens_per_s(self) -> float:
+        return self.completion_tokens / (self.generation_ms / 1e3) if self.generation_ms > 0 else 0.0
+
+
+class Model:
+    """A TinyGPT-V (or plain Phi-2) model loaded from a GGUF file.
+
+    The model is immutable and may be shared by threads; each generation or chat runs in its own
+    session (KV cache). ``n_ctx`` is the context size of the sessions this model creates.
+    """
+
+    def __init__(self, path: Optional[PathLike] = None, *, n_threads: Optional[int] = None, n_ctx: int = 2048,
+                 seed: Optional[int] = None, verbose: bool = False, kv_type: str = "f16"):
+        if path is None:
+            from .demo import demo_model_path
+            path = demo_model_path()
+            log.warning("no model given: using the embedded demo model (%s)", Path(path).name)
+        if n_threads is not None and (int(n_threads) < 1 or int(n_threads) > 512):
+            raise ValueError(f"n_threads must be in [1, 512], got {n_threads}")
+        if int(n_ctx) < 1:
+            raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+        if kv_type not in ("f16", "f32"):
+            raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
+        self.path = str(path)
+        self.verbose = verbose
+        if verbose:
+            logging.basicConfig(level=logging.INFO)
+        t0 = time.perf_counter()
+        self._model = _core.Model(self.path)
+        self._tok = _core.tokenizer_from_model(self._model)
+        self.load_ms = (time.perf_counter() - t0) * 1e3
+        self.n_threads = int(n_threads) if n_threads is not None else default_threads()
+        self.n_ctx = int(n_ctx)
+        self.seed = seed
+        self.kv_f16 = kv_type == "f16"
+        self.metadata = self._model.metadata()
+        log.info("loaded %s in %.0f ms: arch %s, %d layers, vocab %d", self.path, self.load_ms, self._model.arch,
+                 self._model.n_layer, self._model.n_vocab)
+
+    # ---- basic facts -------------------------------------------------------------------------
+    @property
+    def n_vocab(self) -> int:
+        return self._model.n_vocab
+
+    @property
+    def n_embd(self) -> int:
+        return self._model.n_embd
+
+    @property
+    def arch(self) -> str:
+        return self._model.arch
+
+    def _session(self, n_ctx: Optional[int] = None) -> "_core.Session":
+        return _core.Session(self._model, int(n_ctx or self.n_ctx), self.n_threads, self.kv_f16)
+
+    # ---- text --------------------------------------------------------------------------------
+    def tokenize(self, text: Union[str, bytes], *, special: bool = False) -> List[int]:
+        """Token ids of text. No BOS is added. ``special`` also matches control tokens."""
+        if isinstance(text, bytes):
+            return list(self._tok.encode_bytes(text, special))
+        return list(self._tok.encode(text, special))
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of token ids (invalid UTF-8 becomes U+FFFD)."""
+        return bytes(self._tok.decode(list(ids))).decode("utf-8", "replace")
+
+    def logits(self, ids: Sequence[int], image=None, image_at: Optional[int] = None) -> np.ndarray:
+        """Logits of every position, computed in a fresh context.
+
+        Without an image: shape (len(ids), n_vocab). With an image, its embeddings are inserted before
+        token index ``image_at`` (default 0) and the result has len(ids) + n_image_tokens rows.
+        """
+        ids = np.asarray(list(ids), dtype=np.int32)
+        if image is None:
+            if len(ids) == 0:
+                raise ValueError("logits() needs at least one token")
+            s = self._session(len(ids))
+            return s.eval_tokens(ids, True)
+        emb = self.encode_image(image)
+        at = 0 if image_at is None else int(image_at)
+        if not 0 <= at <= len(ids):
+            raise ValueError(f"image_at {at} is outside [0, {len(ids)}]")
+        x = np.concatenate([self._model.embed_tokens(ids[:at]), emb, self._model.embed_tokens(ids[at:])])
+        s = self._session(len(x))
+        return s.eval_embeddings(np.ascontiguousarray(x, dtype=np.float32), True)
+
+    # ---- generation --------------------------------------------------------------------------
+    def generate(self, prompt: Union[str, Sequence[int]], *, max_new_tokens: int = 128, temperature: float = 0.8,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repetition_penalty: float = 1.0,
+                 seed: Optional[int] = None, stop: Optional[Sequence[str]] = None, stream: bool = False,
+                 stop_ids: Optional[Sequence[int]] = None):
+        """Continue a text prompt (or a list of token ids). Returns the new text, or an iterator of text
+        pieces when ``stream=True``. Generation ends at ``max_new_tokens``, at an end-of-text token, at
+        a token in ``stop_ids`` or at a string in ``stop`` (not included in the text)."""
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("generate() needs a non-empty prompt")
+        params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty,
+                                seed=seed if seed is not None else self.seed)
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if len(ids) + max_new_tokens > self.n_ctx:
+            raise _core.ContextOverflowError(
+                f"prompt of {len(ids)} tokens plus max_new_tokens {max_new_tokens} exceeds n_ctx {self.n_ctx}")
+        session = self._session()
+        result = GenerationResult(prompt_tokens=len(ids))
+        t0 = time.perf_counter()
+        logits = session.eval_tokens(np.asarray(ids, dtype=np.int32), False)
+        result.prompt_ms = (time.perf_counter() - t0) * 1e3
+        it = self._run(session, ids, logits, params, max_new_tokens, stop or [], stop_ids or [], result)
+        self.last_result = result
+        if stream:
+            return it
+        return "".join(it)
+
+    def _sampling_kwargs(self, p: SamplingParams) -> dict:
+        seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(8), "little")
+        return dict(temperature=float(p.temperature), top_k=int(p.top_k), top_p=float(p.top_p),
+                    min_p=float(p.min_p), repetition_penalty=float(p.repetition_penalty),
+                    penalty_last_n=int(p.penalty_last_n), seed=int(seed) & 0xFFFFFFFFFFFFFFFF)
+
+    def _run(self, session, history: List[int], logits: np.ndarray, params: SamplingParams, max_new_tokens: int,
+             stop: Sequence[str], stop_ids: Sequence[int], result: GenerationResult,
+             commit_last: bool = False) -> Iterator[str]:
+        """The token loop shared by generate() and chats: yields text pieces, fills ``result``."""
+        gen = _core.Generator(session, self._tok, list(history), logits, **self._sampling_kwargs(params))
+        dec = _core.StreamDecoder(self._tok)
+        matcher = StopMatcher(stop)
+        end_ids = set(int(t) for t in stop_ids)
+        eos = self._tok.eos
+        if eos >= 0:
+            end_ids.add(eos)
+        t0 = time.perf_counter()
+        result.finish_reason = "length"
+        try:
+            hit = False
+            for _ in range(max_new_tokens):
+                if session.n_past >= session.n_ctx:
+                    break
+                tok = gen.step()
+                if tok in end_ids:
+                    result.finish_reason = "stop"
+                    break
+                result.token_ids.append(tok)
+                result.completion_tokens += 1
+                text, hit = matcher.push(dec.push(tok))
+                if text:
+                    result.text += text
+                    yield text
+                if hit:
+                    result.finish_reason = "stop"
+                    break
+            if not hit:  # the held-back tail was not a stop string after all
+                tail, hit = matcher.push(dec.flush())
+                tail += "" if hit else matcher.flush()
+                if tail:
+                    result.text += tail
+                    yield tail
+            if commit_last and result.finish_reason != "stop":
+                gen.commit()
+        except (KeyboardInterrupt, GeneratorExit):
+            result.finish_reason = "interrupted"
+            raise
+        finally:
+            result.generation_ms = (time.perf_counter() - t0) * 1e3
