@@ -24,6 +24,7 @@ public:
     // Feeds the pending token without sampling another (keeps the KV cache complete for a follow-up).
     void commit();
     int32_t pending() const { return pending_; }
+    Session& session() { return s_; }
     const std::vector<float>& last_logits() const { return logits_; }
 
 private:

@@ -10,6 +10,8 @@ PYBIND11_MODULE(_core, m) {
     tg::bind_kernels(m);
     tg::bind_tokenizer(m);
     tg::bind_model(m);
+    tg::bind_generate(m);
+    tg::bind_bench(m);
 }
 
 namespace tg {
