@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "fp16.h"
+#include "kernels/ops_simd.h"
 #include "threadpool.h"
 
 namespace tg {
@@ -79,35 +80,12 @@ void rope_neox(float* x, int n_rot, const float* cos, const float* sin) {
 }
 
 template <bool F16>
-static inline float dot_kv(const float* q, const void* row, int hd) {
-    float acc = 0.f;
-    if (F16) {
-        const uint16_t* r = (const uint16_t*)row;
-        for (int d = 0; d < hd; d++) acc += q[d] * fp16_to_fp32(r[d]);
-    } else {
-        const float* r = (const float*)row;
-        for (int d = 0; d < hd; d++) acc += q[d] * r[d];
-    }
-    return acc;
-}
-
-template <bool F16>
-static inline void axpy_kv(float* out, float a, const void* row, int hd) {
-    if (F16) {
-        const uint16_t* r = (const uint16_t*)row;
-        for (int d = 0; d < hd; d++) out[d] += a * fp16_to_fp32(r[d]);
-    } else {
-        const float* r = (const float*)row;
-        for (int d = 0; d < hd; d++) out[d] += a * r[d];
-    }
-}
-
-template <bool F16>
 static void attention_impl(const float* q, int64_t T, int64_t q_stride, const void* k, const void* v,
                            int64_t kv_stride, int64_t n_kv, bool causal, int64_t pos0, int n_head, int n_head_kv,
                            int hd, float scale, float* out, int64_t out_stride, ThreadPool& pool) {
     const size_t esz = F16 ? 2 : 4;
     const int group = n_head / n_head_kv;
+    const AttnKernels& K = attn_kernels();
     pool.parallel_for(T * n_head, 1, [&](int64_t i0, int64_t i1, int) {
         std::vector<float> att((size_t)n_kv);
         for (int64_t i = i0; i < i1; i++) {
@@ -119,7 +97,8 @@ static void attention_impl(const float* q, int64_t T, int64_t q_stride, const vo
             const uint8_t* vb = (const uint8_t*)v + (size_t)hk * hd * esz;
             float mx = -INFINITY;
             for (int64_t j = 0; j < len; j++) {
-                float s = dot_kv<F16>(qh, kb + (size_t)j * kv_stride * esz, hd) * scale;
+                const void* kr = kb + (size_t)j * kv_stride * esz;
+                float s = (F16 ? K.dot_f16(qh, (const uint16_t*)kr, hd) : K.dot_f32(qh, (const float*)kr, hd)) * scale;
                 att[j] = s;
                 mx = std::max(mx, s);
             }
@@ -131,7 +110,11 @@ static void attention_impl(const float* q, int64_t T, int64_t q_stride, const vo
             const float inv = (float)(1.0 / sum);
             float* o = out + t * out_stride + (int64_t)h * hd;
             std::fill(o, o + hd, 0.f);
-            for (int64_t j = 0; j < len; j++) axpy_kv<F16>(o, att[j] * inv, vb + (size_t)j * kv_stride * esz, hd);
+            for (int64_t j = 0; j < len; j++) {
+                const void* vr = vb + (size_t)j * kv_stride * esz;
+                if (F16) K.axpy_f16(o, att[j] * inv, (const uint16_t*)vr, hd);
+                else K.axpy_f32(o, att[j] * inv, (const float*)vr, hd);
+            }
         }
     });
 }
