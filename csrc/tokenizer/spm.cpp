@@ -4,8 +4,8 @@
 // "llama" (VocabData::spm_algorithm):
 //   "bpe" (also when absent, as llama.cpp assumes): pieces are merged greedily, best piece score first
 //        (ties: leftmost), as sentencepiece's bpe_model.cc does; merges into unused pieces are undone.
-//   "unigram": Viterbi over piece scores (sentencepiece's unigram_model.cc, its optimized encoder),
-//        unknown characters cost min(normal score) - 10, user-defined pieces length * max score - 0.1.
+//   "unigram": Viterbi over piece scores (sentencepiece's optimized unigram encoder): unknown characters
+//        score min(normal score) - 10, user-defined pieces 0.1 * (bytes - 1), as sentencepiece 0.2.x does.
 // Normalization is sentencepiece's with the "identity" rule and remove_extra_whitespaces = false (the way
 // our vocabularies are trained, as Llama's is): every ' ' becomes U+2581 "▁" and, with add_space_prefix
 // (sentencepiece's add_dummy_prefix), one "▁" is put in front of non-empty text. Models trained with the
@@ -73,7 +73,7 @@ class SpmTokenizer final : public Tokenizer {
 
     bool unigram_, add_space_prefix_, byte_fallback_ = false;
     int32_t unk_id_ = -1;
-    float min_score_ = FLT_MAX, max_score_ = FLT_MIN;
+    float min_score_ = FLT_MAX;
     std::vector<float> scores_;
     std::vector<std::string> bytes_;                        // token_bytes
     std::unordered_map<std::string, int32_t> pieces_;       // normal, user-defined, unused
@@ -113,7 +113,6 @@ SpmTokenizer::SpmTokenizer(const VocabData& v) : Tokenizer(v), add_space_prefix_
         }
         if (t == kTokenNormal) {
             min_score_ = std::min(min_score_, scores_[i]);
-            max_score_ = std::max(max_score_, scores_[i]);
         }
         if (t == kTokenUserDefined) user_trie_.insert(tok, i);
         if (t == kTokenControl) {
@@ -224,6 +223,16 @@ void SpmTokenizer::encode_fragment(const char* s, size_t n, std::vector<int32_t>
     std::vector<Piece> pieces;
     if (unigram_) encode_unigram(norm, pieces);
     else encode_bpe(norm, pieces);
+    // consecutive unknown pieces become one (sentencepiece does so; with byte fallback it changes nothing)
+    size_t w = 0;
+    for (size_t k = 0; k < pieces.size(); ++k) {
+        if (w > 0 && pieces[k].id == unk_id_ && pieces[w - 1].id == unk_id_) {
+            pieces[w - 1].len += pieces[k].len;
+        } else {
+            pieces[w++] = pieces[k];
+        }
+    }
+    pieces.resize(w);
     for (const Piece& p : pieces) emit(norm, p, out);
 }
 
@@ -320,13 +329,13 @@ void SpmTokenizer::encode_unigram(const std::string& norm, std::vector<Piece>& p
         bool has_single = false;
         pieces_trie_.prefixes(norm.data() + start, n - start, [&](int32_t id, size_t len) {
             if (is_unused(id)) return;
-            // sentencepiece computes the candidate in double and stores it as float
-            const double score = types_[id] == kTokenUserDefined ? (double)((float)len * max_score_) - 0.1
-                                                                  : (double)scores_[id];
-            const double cand = score + (double)till_here;
+            // the installed sentencepiece (0.2.x) scores user-defined pieces 0.1 * (bytes - 1) and, on equal
+            // path scores, keeps the later candidate piece (>=), but the earlier one against an unknown (>)
+            const float score = types_[id] == kTokenUserDefined ? (float)(0.1 * ((double)len - 1.0)) : scores_[id];
+            const float cand = score + till_here;
             Best& t = best[start + len];
-            if (t.starts_at == -1 || cand > (double)t.score) {
-                t.score = (float)cand;
+            if (t.starts_at == -1 || cand >= t.score) {
+                t.score = cand;
                 t.starts_at = (int64_t)start;
                 t.id = id;
             }
