@@ -37,8 +37,10 @@ inline int8_t to_i8(float v) {
 
 void quantize_row_q4_0(const float* x, BlockQ4_0* y, int64_t k) {
     for (int64_t i = 0; i < k / QK4_0; i++, x += QK4_0) {
-        float amax = 0.f, max = 0.f;
-        for (int j = 0; j < QK4_0; j++) {
+        // max = first value of largest magnitude, as gguf-py's argmax (for a block of -0.0 this
+        // gives scale +0.0 where ggml's C loop gives -0.0; values are identical).
+        float amax = std::fabs(x[0]), max = x[0];
+        for (int j = 1; j < QK4_0; j++) {
             if (amax < std::fabs(x[j])) {
                 amax = std::fabs(x[j]);
                 max = x[j];
