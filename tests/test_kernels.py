@@ -180,3 +180,139 @@ def test_isa_reporting():
         if not _core.isa_supported(isa):
             with pytest.raises(ModelError, match="not supported"):
                 _core.set_isa(isa)
+
+
+# ---- tinygptv quantize ----------------------------------------------------------------------
+
+def _write_gguf(path, tensors, extra_kv=True):
+    w = gguf.GGUFWriter(str(path), "phi2")
+    if extra_kv:
+        w.add_uint32("phi2.block_count", 8)
+        w.add_string("general.name", "tiny test model")
+        w.add_float32("phi2.attention.layer_norm_epsilon", 1e-5)
+        w.add_bool("tokenizer.ggml.add_bos_token", False)
+        w.add_array("tokenizer.ggml.tokens", ["a", "b", "<|endoftext|>"])
+        w.add_array("tokenizer.ggml.token_type", [1, 1, 3])
+        w.add_array("tinygptv.image.mean", [0.48145466, 0.4578275, 0.40821073])
+        w.add_uint32("general.file_type", 1)
+    for name, arr, raw in tensors:
+        if raw is None:
+            w.add_tensor(name, arr)
+        else:
+            w.add_tensor(name, arr, raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def _tiny_model(rng):
+    t = [("token_embd.weight", rng.standard_normal((12, 256)).astype(np.float16), None)]
+    for i in range(8):
+        t += [
+            (f"blk.{i}.attn_norm.weight", rng.standard_normal(256).astype(np.float32), None),
+            (f"blk.{i}.attn_qkv.weight", rng.standard_normal((96, 256)).astype(np.float16), None),
+            (f"blk.{i}.attn_qkv.bias", rng.standard_normal(96).astype(np.float16), None),
+            (f"blk.{i}.ffn_down.weight", rng.standard_normal((256, 512)).astype(np.float32), None),
+        ]
+    t += [
+        ("output.weight", rng.standard_normal((12, 256)).astype(np.float32), None),
+        ("v.patch_embd.weight", rng.standard_normal((16, 588)).astype(np.float16), None),
+        ("v.blk.0.ffn_up.weight", rng.standard_normal((64, 1408)).astype(np.float16), None),
+        ("qf.query", rng.standard_normal((4, 64)).astype(np.float32), None),
+    ]
+    return t
+
+
+def _fields(path):
+    r = gguf.GGUFReader(str(path))
+    kv = {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")}
+    return kv, {t.name: t for t in r.tensors}
+
+
+def expected_type(name, target):
+    from tinygptv_native.quantize import use_more_bits
+    if name.endswith(("norm.weight", ".bias")):
+        return "F32"
+    if name == "qf.query":
+        return "F32"
+    if name == "v.patch_embd.weight":
+        return "F16"  # rows of 588 values: no block size divides them
+    if target == "f16":
+        return "F16"
+    if target in ("q8_0", "q4_0"):
+        return target.upper()
+    if name.startswith("v."):
+        return "Q8_0"
+    if name == "output.weight":
+        return "Q6_K"
+    if name.startswith("blk."):
+        layer = int(name.split(".")[1])
+        if name.endswith(("ffn_down.weight", "attn_qkv.weight")) and use_more_bits(layer, 8):
+            return "Q6_K"
+    return "Q4_K"
+
+
+@pytest.mark.parametrize("target", ["f16", "q8_0", "q4_0", "q4_k_m"])
+def test_quantize_file_round_trip(tmp_path, target):
+    from tinygptv_native.quantize import FILE_TYPE, quantize_file
+    rng = np.random.default_rng(21)
+    tensors = _tiny_model(rng)
+    src = tmp_path / "in.gguf"
+    dst = tmp_path / f"out-{target}.gguf"
+    _write_gguf(src, tensors)
+    quantize_file(str(src), str(dst), target, progress=False)
+    kv_in, _ = _fields(src)
+    kv_out, t_out = _fields(dst)
+    assert kv_out.pop("general.file_type") == FILE_TYPE[target]
+    kv_in.pop("general.file_type")
+    if target != "f16":
+        assert kv_out.pop("general.quantization_version") == 2
+    assert kv_in.keys() == kv_out.keys()
+    for k in kv_in:
+        if isinstance(kv_in[k], list) and kv_in[k] and isinstance(kv_in[k][0], float):
+            assert np.allclose(kv_in[k], kv_out[k], rtol=0, atol=0), k
+        else:
+            assert kv_in[k] == kv_out[k], k
+    assert list(t_out) == [n for n, _, _ in tensors]  # order kept
+    for name, arr, _ in tensors:
+        t = t_out[name]
+        want = expected_type(name, target)
+        assert t.tensor_type.name == want, f"{name}: {t.tensor_type.name} != {want}"
+        assert [int(d) for d in t.shape] == list(reversed(arr.shape)), name
+        x = arr.astype(np.float32).reshape(-1, arr.shape[-1])
+        raw = np.asarray(t.data).view(np.uint8).reshape(-1)
+        if want in ("F32", "F16"):
+            got = raw.view(np.float32 if want == "F32" else np.float16).astype(np.float32).reshape(x.shape)
+            assert np.array_equal(got, x.astype(np.float16).astype(np.float32) if want == "F16" else x), name
+        else:
+            assert np.array_equal(raw, _core.quantize(want, x).reshape(-1)), name
+            if want in ("Q8_0", "Q4_0"):
+                assert np.array_equal(raw, gg_quantize(x, getattr(T, want)).reshape(-1)), name
+
+
+def test_quantize_file_errors_leave_no_output(tmp_path):
+    from tinygptv_native import GGUFError
+    from tinygptv_native.quantize import QuantizeError, main, quantize_file
+    rng = np.random.default_rng(1)
+    src = tmp_path / "in.gguf"
+    # A Q5_K weight can be copied but not converted: quantizing to q8_0 must fail cleanly.
+    q5 = rng.integers(0, 255, size=(4, 176), dtype=np.uint8)
+    _write_gguf(src, [("blk.0.ffn_up.weight", q5, T.Q5_K)])
+    dst = tmp_path / "out.gguf"
+    with pytest.raises(QuantizeError, match=r"blk\.0\.ffn_up\.weight.*Q5_K"):
+        quantize_file(str(src), str(dst), "q8_0", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf"]
+    with pytest.raises(QuantizeError, match="q3_k"):
+        quantize_file(str(src), str(dst), "q3_k", progress=False)
+    with pytest.raises(FileNotFoundError, match="missing.gguf"):
+        quantize_file(str(tmp_path / "missing.gguf"), str(dst), "q8_0", progress=False)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"NOTGGUF" + bytes(100))
+    with pytest.raises(GGUFError, match="bad.gguf"):
+        quantize_file(str(bad), str(dst), "q8_0", progress=False)
+    assert not dst.exists()
+    assert main([str(bad), str(dst), "q4_0", "--quiet"]) == 1
+    with pytest.raises(SystemExit):
+        main([str(src), str(dst), "q9"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf", "in.gguf"]
