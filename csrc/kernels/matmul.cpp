@@ -1,58 +1,404 @@
-// Baseline matmul for F32/F16/BF16 weights (plain C++; the quantized and SIMD paths extend this file).
+// Matrix products for every weight type: dispatch, weight repacking, activation quantization and
+// the plain scalar kernels (the reference every SIMD path must match bit for bit; see
+// matmul_impl.h for the arithmetic each output follows).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 #include "kernels/matmul.h"
 
-#include <vector>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
 
+#include "cpu.h"
 #include "errors.h"
 #include "fp16.h"
+#include "kernels/matmul_impl.h"
+#include "quants.h"
 #include "threadpool.h"
 
 namespace tg {
 
 bool matmul_supports(GgmlType t) {
-    return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16;
-}
-
-void prepare_weight(MatW& w) {
-    if (!matmul_supports(w.type)) throw ModelError(fmt("weight type %s is not supported by the kernels", type_name(w.type)));
-}
-
-void dequantize_row(const MatW& w, int64_t row, float* out) {
-    const int64_t k = w.n_in;
-    switch (w.type) {
-        case GgmlType::F32: {
-            const float* p = (const float*)w.data + row * k;
-            for (int64_t i = 0; i < k; i++) out[i] = p[i];
-            break;
-        }
-        case GgmlType::F16: {
-            const uint16_t* p = (const uint16_t*)w.data + row * k;
-            for (int64_t i = 0; i < k; i++) out[i] = fp16_to_fp32(p[i]);
-            break;
-        }
-        case GgmlType::BF16: {
-            const uint16_t* p = (const uint16_t*)w.data + row * k;
-            for (int64_t i = 0; i < k; i++) out[i] = bf16_to_fp32(p[i]);
-            break;
-        }
-        default: throw ModelError(fmt("dequantize_row: unsupported type %s", type_name(w.type)));
+    switch (t) {
+        case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q8_0:
+        case GgmlType::Q4_0: case GgmlType::Q4_K: case GgmlType::Q6_K:
+            return true;
+        default:
+            return false;
     }
 }
 
-void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bias, ThreadPool& pool) {
-    const int64_t k = w.n_in, m = w.n_out;
-    pool.parallel_for(m, 16, [&](int64_t r0, int64_t r1, int) {
-        std::vector<float> row(k);
-        for (int64_t r = r0; r < r1; r++) {
-            dequantize_row(w, r, row.data());
-            for (int64_t i = 0; i < n; i++) {
-                const float* xi = x + i * k;
-                float acc = 0.f;
-                for (int64_t j = 0; j < k; j++) acc += row[j] * xi[j];
-                y[i * m + r] = acc + (bias ? bias[r] : 0.f);
+size_t packed_group_bytes(GgmlType t, int64_t n_in) {
+    switch (t) {
+        case GgmlType::F32: return (size_t)n_in * kGroup * 4;
+        case GgmlType::F16: case GgmlType::BF16: return (size_t)n_in * kGroup * 2;
+        case GgmlType::Q8_0: return (size_t)(n_in / QK8_0) * kPackQ8_0;
+        case GgmlType::Q4_0: return (size_t)(n_in / QK4_0) * kPackQ4_0;
+        case GgmlType::Q4_K: return (size_t)(n_in / QK_K) * kPackQ4_K;
+        case GgmlType::Q6_K: return (size_t)(n_in / QK_K) * kPackQ6_K;
+        default: return 0;
+    }
+}
+
+static void check_weight(const MatW& w) {
+    if (!matmul_supports(w.type))
+        throw ModelError(fmt("weight type %s is not supported by the kernels", type_name(w.type)));
+    const int64_t blk = type_traits((uint32_t)w.type).block;
+    if (w.n_out <= 0 || w.n_in <= 0 || w.n_in % blk != 0)
+        throw ModelError(fmt("weight of type %s has shape [%lld, %lld]; rows must be a positive multiple of %lld",
+                             type_name(w.type), (long long)w.n_out, (long long)w.n_in, (long long)blk));
+    if (!w.data) throw ModelError("weight has no data");
+}
+
+// ---- repacking ---------------------------------------------------------------------------------
+
+static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
+    const int64_t k = w.n_in;
+    const size_t rb = row_bytes(w.type, k);
+    const uint8_t* src = (const uint8_t*)w.data;
+    auto row = [&](int r) -> const uint8_t* {
+        int64_t gr = g * kGroup + r;
+        return gr < w.n_out ? src + gr * rb : nullptr;
+    };
+    switch (w.type) {
+        case GgmlType::F32:
+            for (int r = 0; r < kGroup; r++) {
+                const float* p = (const float*)row(r);
+                for (int64_t i = 0; i < k; i++) ((float*)dst)[i * kGroup + r] = p ? p[i] : 0.f;
+            }
+            break;
+        case GgmlType::F16: case GgmlType::BF16:
+            for (int r = 0; r < kGroup; r++) {
+                const uint16_t* p = (const uint16_t*)row(r);
+                for (int64_t i = 0; i < k; i++) ((uint16_t*)dst)[i * kGroup + r] = p ? p[i] : 0;
+            }
+            break;
+        case GgmlType::Q8_0:
+            for (int64_t b = 0; b < k / QK8_0; b++) {
+                uint8_t* o = dst + b * kPackQ8_0;
+                for (int r = 0; r < kGroup; r++) {
+                    const BlockQ8_0* p = (const BlockQ8_0*)row(r);
+                    uint16_t d = p ? p[b].d : 0;
+                    std::memcpy(o + 2 * r, &d, 2);
+                    for (int s = 0; s < 8; s++)
+                        for (int e = 0; e < 4; e++)
+                            o[32 + 64 * s + 4 * r + e] = p ? (uint8_t)(p[b].qs[4 * s + e] ^ 0x80) : 0x80;
+                }
+            }
+            break;
+        case GgmlType::Q4_0:
+            for (int64_t b = 0; b < k / QK4_0; b++) {
+                uint8_t* o = dst + b * kPackQ4_0;
+                for (int r = 0; r < kGroup; r++) {
+                    const BlockQ4_0* p = (const BlockQ4_0*)row(r);
+                    uint16_t d = p ? p[b].d : 0;
+                    std::memcpy(o + 2 * r, &d, 2);
+                    for (int s = 0; s < 4; s++)
+                        for (int e = 0; e < 4; e++) o[32 + 64 * s + 4 * r + e] = p ? p[b].qs[4 * s + e] : 0x88;
+                }
+            }
+            break;
+        case GgmlType::Q4_K:
+            for (int64_t b = 0; b < k / QK_K; b++) {
+                uint8_t* o = dst + b * kPackQ4_K;
+                for (int r = 0; r < kGroup; r++) {
+                    const BlockQ4_K* p = (const BlockQ4_K*)row(r);
+                    uint16_t d = p ? p[b].d : 0, dm = p ? p[b].dmin : 0;
+                    std::memcpy(o + 2 * r, &d, 2);
+                    std::memcpy(o + 32 + 2 * r, &dm, 2);
+                    for (int j = 0; j < 8; j++) {
+                        uint8_t sc = 0, m = 0;
+                        if (p) q4k_scale_min(j, p[b].scales, &sc, &m);
+                        o[64 + 16 * j + r] = sc;
+                        o[192 + 32 * (j / 2) + 2 * r + (j & 1)] = m;
+                    }
+                    for (int c = 0; c < 4; c++)
+                        for (int s = 0; s < 8; s++)
+                            for (int e = 0; e < 4; e++)
+                                o[320 + 64 * (8 * c + s) + 4 * r + e] = p ? p[b].qs[32 * c + 4 * s + e] : 0;
+                }
+            }
+            break;
+        case GgmlType::Q6_K:
+            for (int64_t b = 0; b < k / QK_K; b++) {
+                uint8_t* o = dst + b * kPackQ6_K;
+                for (int r = 0; r < kGroup; r++) {
+                    const BlockQ6_K* p = (const BlockQ6_K*)row(r);
+                    uint16_t d = p ? p[b].d : 0;
+                    std::memcpy(o + 2 * r, &d, 2);
+                    int u[QK_K];
+                    for (int i = 0; i < QK_K; i++) u[i] = p ? q6k_value(p[b], i) : 32;
+                    for (int t = 0; t < 16; t++) {
+                        o[32 + 16 * t + r] = p ? (uint8_t)p[b].scales[t] : 0;
+                        for (int e = 0; e < 4; e++) {
+                            const int* v = u + 16 * t + e;
+                            o[288 + 64 * (2 * t) + 4 * r + e] = (uint8_t)((v[0] & 15) | ((v[4] & 15) << 4));
+                            o[288 + 64 * (2 * t + 1) + 4 * r + e] = (uint8_t)((v[8] & 15) | ((v[12] & 15) << 4));
+                            o[288 + 2048 + 64 * t + 4 * r + e] =
+                                (uint8_t)((v[0] >> 4) | ((v[4] >> 4) << 2) | ((v[8] >> 4) << 4) | ((v[12] >> 4) << 6));
+                        }
+                    }
+                }
+            }
+            break;
+        default: break;
+    }
+}
+
+void prepare_weight(MatW& w) {
+    check_weight(w);
+    w.repacked.reset();
+    if (isa_active() == Isa::Scalar) return;  // the scalar kernels read the standard layout
+    const int64_t groups = (w.n_out + kGroup - 1) / kGroup;
+    const size_t gb = packed_group_bytes(w.type, w.n_in);
+    const size_t total = (size_t)groups * gb;
+    void* mem = std::aligned_alloc(64, (total + 63) / 64 * 64);
+    if (!mem) throw std::bad_alloc();
+    std::shared_ptr<uint8_t> buf((uint8_t*)mem, [](uint8_t* p) { std::free(p); });
+    for (int64_t g = 0; g < groups; g++) repack_group(w, g, buf.get() + g * gb);
+    w.repacked = std::shared_ptr<const void>(buf, buf.get());
+}
+
+void dequantize_row(const MatW& w, int64_t row, float* out) {
+    if (!matmul_supports(w.type) && w.type != GgmlType::Q8_K)
+        throw ModelError(fmt("dequantize_row: unsupported type %s", type_name(w.type)));
+    if (row < 0 || row >= w.n_out)
+        throw ModelError(fmt("dequantize_row: row %lld out of range [0, %lld)", (long long)row, (long long)w.n_out));
+    dequantize_values(w.type, (const uint8_t*)w.data + row * row_bytes(w.type, w.n_in), out, w.n_in);
+}
+
+// ---- activation quantization ----------------------------------------------------------------
+
+static void quantize_act_q8(const float* x, int64_t n, int64_t k, ActQ8& a, ThreadPool& pool) {
+    a.n = n; a.k = k; a.nb = k / QK8_0;
+    a.qs.resize(n * k); a.d.resize(n * a.nb); a.sum.resize(n * a.nb);
+    pool.parallel_for(n, 1, [&](int64_t i0, int64_t i1, int) {
+        std::vector<BlockQ8_0> blk(a.nb);
+        for (int64_t i = i0; i < i1; i++) {
+            quantize_row_q8_0(x + i * k, blk.data(), k);
+            for (int64_t b = 0; b < a.nb; b++) {
+                int s = 0;
+                for (int j = 0; j < QK8_0; j++) s += blk[b].qs[j];
+                std::memcpy(&a.qs[i * k + b * QK8_0], blk[b].qs, QK8_0);
+                a.d[i * a.nb + b] = fp16_to_fp32(blk[b].d);
+                a.sum[i * a.nb + b] = s;
             }
         }
     });
+}
+
+static void quantize_act_q8k(const float* x, int64_t n, int64_t k, ActQ8K& a, ThreadPool& pool) {
+    a.n = n; a.k = k; a.nb = k / QK_K;
+    a.qs.resize(n * k); a.d.resize(n * a.nb); a.bsum.resize(n * a.nb * 16); a.pair32.resize(n * a.nb * 4);
+    pool.parallel_for(n, 1, [&](int64_t i0, int64_t i1, int) {
+        std::vector<BlockQ8_K> blk(a.nb);
+        for (int64_t i = i0; i < i1; i++) {
+            quantize_row_q8_K(x + i * k, blk.data(), k);
+            for (int64_t b = 0; b < a.nb; b++) {
+                const BlockQ8_K& q = blk[b];
+                std::memcpy(&a.qs[i * k + b * QK_K], q.qs, QK_K);
+                a.d[i * a.nb + b] = q.d;
+                int32_t* bs = &a.bsum[(i * a.nb + b) * 16];
+                for (int j = 0; j < 16; j++) bs[j] = q.bsums[j];
+                for (int p = 0; p < 4; p++) {
+                    int lo = bs[4 * p] + bs[4 * p + 1], hi = bs[4 * p + 2] + bs[4 * p + 3];
+                    a.pair32[(i * a.nb + b) * 4 + p] = (int32_t)((uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16));
+                }
+            }
+        }
+    });
+}
+
+// ---- scalar kernels (standard GGML layout) --------------------------------------------------
+
+static inline float finish(float acc, const float* bias, int64_t r) { return bias ? acc + bias[r] : acc; }
+
+template <typename Load>
+static void scalar_float(const GemmArgs& A, int64_t r0, int64_t r1, Load load) {
+    const int64_t k = A.n_in;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < A.n; i++) {
+            const float* xi = A.x + i * k;
+            float acc = 0.f;
+            for (int64_t j = 0; j < k; j++) acc = std::fma(load(r, j), xi[j], acc);
+            A.y[i * A.n_out + r] = finish(acc, A.bias, r);
+        }
+}
+
+static void scalar_q8_0(const GemmArgs& A, int64_t r0, int64_t r1) {
+    const ActQ8& a = *A.a8;
+    const BlockQ8_0* W = (const BlockQ8_0*)A.w;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < A.n; i++) {
+            float acc = 0.f;
+            for (int64_t b = 0; b < a.nb; b++) {
+                const BlockQ8_0& blk = W[r * a.nb + b];
+                const int8_t* xq = &a.qs[i * a.k + b * QK8_0];
+                int32_t isum = 0;
+                for (int j = 0; j < QK8_0; j++) isum += (int32_t)blk.qs[j] * xq[j];
+                acc = std::fma(fp16_to_fp32(blk.d) * a.d[i * a.nb + b], (float)isum, acc);
+            }
+            A.y[i * A.n_out + r] = finish(acc, A.bias, r);
+        }
+}
+
+static void scalar_q4_0(const GemmArgs& A, int64_t r0, int64_t r1) {
+    const ActQ8& a = *A.a8;
+    const BlockQ4_0* W = (const BlockQ4_0*)A.w;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < A.n; i++) {
+            float acc = 0.f;
+            for (int64_t b = 0; b < a.nb; b++) {
+                const BlockQ4_0& blk = W[r * a.nb + b];
+                const int8_t* xq = &a.qs[i * a.k + b * QK4_0];
+                int32_t isum = 0;
+                for (int j = 0; j < 16; j++)
+                    isum += ((blk.qs[j] & 0xF) - 8) * xq[j] + ((blk.qs[j] >> 4) - 8) * xq[j + 16];
+                acc = std::fma(fp16_to_fp32(blk.d) * a.d[i * a.nb + b], (float)isum, acc);
+            }
+            A.y[i * A.n_out + r] = finish(acc, A.bias, r);
+        }
+}
+
+static void scalar_q4_K(const GemmArgs& A, int64_t r0, int64_t r1) {
+    const ActQ8K& a = *A.ak;
+    const BlockQ4_K* W = (const BlockQ4_K*)A.w;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < A.n; i++) {
+            float acc = 0.f;
+            for (int64_t b = 0; b < a.nb; b++) {
+                const BlockQ4_K& blk = W[r * a.nb + b];
+                const int8_t* xq = &a.qs[i * a.k + b * QK_K];
+                const int32_t* bs = &a.bsum[(i * a.nb + b) * 16];
+                int32_t isum = 0, msum = 0;
+                for (int j = 0; j < 8; j++) {
+                    uint8_t sc, m;
+                    q4k_scale_min(j, blk.scales, &sc, &m);
+                    const uint8_t* q = blk.qs + 32 * (j / 2);
+                    int32_t dot = 0;
+                    for (int l = 0; l < 32; l++) dot += ((j & 1) ? (q[l] >> 4) : (q[l] & 0xF)) * xq[32 * j + l];
+                    isum += sc * dot;
+                    msum += m * (bs[2 * j] + bs[2 * j + 1]);
+                }
+                const float dx = a.d[i * a.nb + b];
+                acc = std::fma(fp16_to_fp32(blk.d) * dx, (float)isum, acc);
+                acc = std::fma(-(fp16_to_fp32(blk.dmin) * dx), (float)msum, acc);
+            }
+            A.y[i * A.n_out + r] = finish(acc, A.bias, r);
+        }
+}
+
+static void scalar_q6_K(const GemmArgs& A, int64_t r0, int64_t r1) {
+    const ActQ8K& a = *A.ak;
+    const BlockQ6_K* W = (const BlockQ6_K*)A.w;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < A.n; i++) {
+            float acc = 0.f;
+            for (int64_t b = 0; b < a.nb; b++) {
+                const BlockQ6_K& blk = W[r * a.nb + b];
+                const int8_t* xq = &a.qs[i * a.k + b * QK_K];
+                int32_t isum = 0;
+                for (int t = 0; t < 16; t++) {
+                    int32_t dot = 0;
+                    for (int l = 0; l < 16; l++) dot += (q6k_value(blk, 16 * t + l) - 32) * xq[16 * t + l];
+                    isum += blk.scales[t] * dot;
+                }
+                acc = std::fma(fp16_to_fp32(blk.d) * a.d[i * a.nb + b], (float)isum, acc);
+            }
+            A.y[i * A.n_out + r] = finish(acc, A.bias, r);
+        }
+}
+
+static void scalar_gemm(GgmlType t, const GemmArgs& A, int64_t r0, int64_t r1) {
+    const int64_t k = A.n_in;
+    switch (t) {
+        case GgmlType::F32: {
+            const float* W = (const float*)A.w;
+            scalar_float(A, r0, r1, [&](int64_t r, int64_t j) { return W[r * k + j]; });
+            break;
+        }
+        case GgmlType::F16: {
+            const uint16_t* W = (const uint16_t*)A.w;
+            scalar_float(A, r0, r1, [&](int64_t r, int64_t j) { return fp16_to_fp32(W[r * k + j]); });
+            break;
+        }
+        case GgmlType::BF16: {
+            const uint16_t* W = (const uint16_t*)A.w;
+            scalar_float(A, r0, r1, [&](int64_t r, int64_t j) { return bf16_to_fp32(W[r * k + j]); });
+            break;
+        }
+        case GgmlType::Q8_0: scalar_q8_0(A, r0, r1); break;
+        case GgmlType::Q4_0: scalar_q4_0(A, r0, r1); break;
+        case GgmlType::Q4_K: scalar_q4_K(A, r0, r1); break;
+        case GgmlType::Q6_K: scalar_q6_K(A, r0, r1); break;
+        default: break;
+    }
+}
+
+// ---- dispatch -----------------------------------------------------------------------------------
+
+static GemmFn simd_kernel(Isa isa, GgmlType t) {
+#if defined(TINYGPTV_X86)
+    if (isa == Isa::Avx512) {
+        switch (t) {
+            case GgmlType::F32: return avx512::gemm_f32;
+            case GgmlType::F16: return avx512::gemm_f16;
+            case GgmlType::BF16: return avx512::gemm_bf16;
+            case GgmlType::Q8_0: return avx512::gemm_q8_0;
+            case GgmlType::Q4_0: return avx512::gemm_q4_0;
+            case GgmlType::Q4_K: return avx512::gemm_q4_K;
+            case GgmlType::Q6_K: return avx512::gemm_q6_K;
+            default: return nullptr;
+        }
+    }
+    if (isa == Isa::Avx2) {
+        switch (t) {
+            case GgmlType::F32: return avx2::gemm_f32;
+            case GgmlType::F16: return avx2::gemm_f16;
+            case GgmlType::BF16: return avx2::gemm_bf16;
+            case GgmlType::Q8_0: return avx2::gemm_q8_0;
+            case GgmlType::Q4_0: return avx2::gemm_q4_0;
+            case GgmlType::Q4_K: return avx2::gemm_q4_K;
+            case GgmlType::Q6_K: return avx2::gemm_q6_K;
+            default: return nullptr;
+        }
+    }
+#endif
+    (void)isa; (void)t;
+    return nullptr;
+}
+
+void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bias, ThreadPool& pool) {
+    check_weight(w);
+    if (n < 0) throw ModelError(fmt("matmul: negative row count %lld", (long long)n));
+    if (n == 0) return;
+    const int64_t k = w.n_in;
+    GemmArgs A;
+    A.n_out = w.n_out; A.n_in = k; A.n = n; A.x = x; A.y = y; A.bias = bias;
+    ActQ8 a8;
+    ActQ8K ak;
+    if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q4_0) {
+        quantize_act_q8(x, n, k, a8, pool);
+        A.a8 = &a8;
+    } else if (w.type == GgmlType::Q4_K || w.type == GgmlType::Q6_K) {
+        quantize_act_q8k(x, n, k, ak, pool);
+        A.ak = &ak;
+    }
+    const Isa isa = isa_active();
+    GemmFn fn = (isa != Isa::Scalar && w.repacked) ? simd_kernel(isa, w.type) : nullptr;
+    if (fn) {
+        A.w = (const uint8_t*)w.repacked.get();
+        const int64_t groups = (w.n_out + kGroup - 1) / kGroup;
+        pool.parallel_for(groups, 1, [&](int64_t g0, int64_t g1, int) { fn(A, g0, g1); });
+    } else {
+        A.w = (const uint8_t*)w.data;
+        pool.parallel_for(w.n_out, kGroup, [&](int64_t r0, int64_t r1, int) { scalar_gemm(w.type, A, r0, r1); });
+    }
 }
 
 }  // namespace tg

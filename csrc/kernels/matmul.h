@@ -25,9 +25,16 @@ struct MatW {
 // Is this storage type usable as a matmul weight?
 bool matmul_supports(GgmlType t);
 
-// Called once per weight at load (may build `repacked`). Never changes `data`.
+// Called once per weight at load: validates the shape and, when a SIMD path is active, builds
+// `repacked` (an interleaved copy of the same size, see kernels/matmul_impl.h). Never changes `data`.
+// After this, matmul reads only `repacked` (dequantize_row still reads `data`).
+// Throws ModelError for an unsupported type or a row length that is not a multiple of the block.
 void prepare_weight(MatW& w);
 
+// Quantized weights multiply int8 activations (x quantized on the fly to Q8_0 for Q8_0/Q4_0,
+// to Q8_K for Q4_K/Q6_K) with integer dot products; float weights use float FMAs. Every output is
+// computed with the same arithmetic on every instruction set and thread count (bit-identical).
+// A weight without `repacked` (prepare_weight not called, or scalar mode) uses the scalar kernels.
 void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bias, ThreadPool& pool);
 
 // Row `row` of W as float32 (embedding lookup). out has n_in floats.

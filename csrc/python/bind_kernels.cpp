@@ -1,9 +1,197 @@
+// Python bindings of the kernels: quantizers, matmul test hooks and instruction-set control.
+//   _core.quantize(type, x[rows, n] float32) -> uint8[rows, row_bytes]
+//   _core.dequantize(type, data uint8, shape) -> float32[shape]
+//   _core.matmul_test(type, w_bytes, n_out, n_in, x[n, n_in], bias=None, n_threads=1) -> float32[n, n_out]
+//   _core.PreparedWeight(type, w_bytes, n_out, n_in).matmul(x, bias=None, n_threads=1, repeat=1)
+//   _core.isa(), _core.isa_best(), _core.isa_supported(name), _core.set_isa(name)
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <cctype>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpu.h"
+#include "errors.h"
+#include "kernels/matmul.h"
 #include "python/bind.h"
+#include "quants.h"
+#include "threadpool.h"
 
 namespace py = pybind11;
 
 namespace tg {
 
-void bind_kernels(py::module_& m) {}
+namespace {
+
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+GgmlType type_from_name(const std::string& name) {
+    std::string up;
+    for (char c : name) up += (char)std::toupper((unsigned char)c);
+    for (uint32_t id = 0; id < 64; id++) {
+        const char* n = type_traits(id).name;
+        if (n && up == n) return (GgmlType)id;
+    }
+    throw ModelError(fmt("unknown tensor type '%s'", name.c_str()));
+}
+
+class PreparedWeight {
+public:
+    PreparedWeight(const std::string& type, U8Array data, int64_t n_out, int64_t n_in) {
+        w_.type = type_from_name(type);
+        w_.n_out = n_out;
+        w_.n_in = n_in;
+        if (!matmul_supports(w_.type))
+            throw ModelError(fmt("weight type %s is not supported by the kernels", type_name(w_.type)));
+        const int64_t blk = type_traits((uint32_t)w_.type).block;
+        if (n_out <= 0 || n_in <= 0 || n_in % blk != 0)
+            throw ModelError(fmt("bad weight shape [%lld, %lld] for %s (row length must be a positive multiple of %lld)",
+                                 (long long)n_out, (long long)n_in, type_name(w_.type), (long long)blk));
+        const size_t need = (size_t)n_out * row_bytes(w_.type, n_in);
+        if ((size_t)data.size() != need)
+            throw ModelError(fmt("weight data has %zu bytes, a [%lld, %lld] %s tensor needs %zu", (size_t)data.size(),
+                                 (long long)n_out, (long long)n_in, type_name(w_.type), need));
+        bytes_.assign(data.data(), data.data() + need);
+        w_.data = bytes_.data();
+        prepare();
+    }
+
+    py::array_t<float> matmul(F32Array x, py::object bias_obj, int n_threads, int repeat) {
+        if (x.ndim() != 2 || x.shape(1) != w_.n_in)
+            throw ModelError(fmt("x must have shape [n, %lld], got %s", (long long)w_.n_in, shape_str(x).c_str()));
+        if (n_threads < 1 || n_threads > 256) throw ModelError(fmt("n_threads must be in [1, 256], got %d", n_threads));
+        if (repeat < 1) throw ModelError(fmt("repeat must be >= 1, got %d", repeat));
+        F32Array bias;
+        const float* bp = nullptr;
+        if (!bias_obj.is_none()) {
+            bias = bias_obj.cast<F32Array>();
+            if (bias.ndim() != 1 || bias.shape(0) != w_.n_out)
+                throw ModelError(fmt("bias must have shape [%lld], got %s", (long long)w_.n_out, shape_str(bias).c_str()));
+            bp = bias.data();
+        }
+        const int64_t n = x.shape(0);
+        py::array_t<float> y({(py::ssize_t)n, (py::ssize_t)w_.n_out});
+        float* yp = y.mutable_data();
+        const float* xp = x.data();
+        {
+            py::gil_scoped_release release;
+            if (isa_active() != Isa::Scalar && !w_.repacked) prepare();
+            ThreadPool& pool = pool_for(n_threads);
+            for (int r = 0; r < repeat; r++) tg::matmul(w_, xp, n, yp, bp, pool);
+        }
+        return y;
+    }
+
+    void prepare() {
+        py::gil_scoped_release release;
+        prepare_weight(w_);
+    }
+
+    bool repacked() const { return (bool)w_.repacked; }
+
+private:
+    static std::string shape_str(const py::array& a) {
+        std::string s = "[";
+        for (py::ssize_t i = 0; i < a.ndim(); i++) s += (i ? ", " : "") + std::to_string(a.shape(i));
+        return s + "]";
+    }
+    ThreadPool& pool_for(int n) {
+        auto& p = pools_[n];
+        if (!p) p = std::make_unique<ThreadPool>(n);
+        return *p;
+    }
+
+    std::vector<uint8_t> bytes_;
+    MatW w_;
+    std::map<int, std::unique_ptr<ThreadPool>> pools_;
+};
+
+}  // namespace
+
+void bind_kernels(py::module_& m) {
+    m.def(
+        "quantize",
+        [](const std::string& type, F32Array x) {
+            GgmlType t = type_from_name(type);
+            if (!quant_supported(t) || t == GgmlType::Q8_K)
+                throw ModelError(fmt("cannot quantize to %s (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)", type_name(t)));
+            if (x.ndim() != 2) throw ModelError(fmt("quantize expects a 2-D array, got %d dimensions", (int)x.ndim()));
+            const int64_t rows = x.shape(0), n = x.shape(1);
+            const int64_t blk = type_traits((uint32_t)t).block;
+            if (n % blk != 0)
+                throw ModelError(fmt("%s needs rows whose length is a multiple of %lld, got %lld", type_name(t),
+                                     (long long)blk, (long long)n));
+            const size_t rb = row_bytes(t, n);
+            py::array_t<uint8_t> out({(py::ssize_t)rows, (py::ssize_t)rb});
+            uint8_t* op = out.mutable_data();
+            const float* xp = x.data();
+            {
+                py::gil_scoped_release release;
+                quantize_rows(t, xp, op, rows, n);
+            }
+            return out;
+        },
+        py::arg("type"), py::arg("x"), "Quantize the rows of a 2-D float32 array to a GGML type (GGML byte layout).");
+
+    m.def(
+        "dequantize",
+        [](const std::string& type, U8Array data, std::vector<int64_t> shape) {
+            GgmlType t = type_from_name(type);
+            if (!quant_supported(t)) throw ModelError(fmt("cannot dequantize %s", type_name(t)));
+            if (shape.empty()) throw ModelError("dequantize needs a non-empty shape");
+            int64_t total = 1;
+            for (int64_t s : shape) {
+                if (s < 0) throw ModelError(fmt("negative dimension %lld in shape", (long long)s));
+                total *= s;
+            }
+            const int64_t n = shape.back();
+            const int64_t blk = type_traits((uint32_t)t).block;
+            if (n % blk != 0)
+                throw ModelError(fmt("%s rows must be a multiple of %lld values, got %lld", type_name(t), (long long)blk,
+                                     (long long)n));
+            const size_t need = n ? (size_t)(total / n) * row_bytes(t, n) : 0;
+            if ((size_t)data.size() != need)
+                throw ModelError(fmt("%s data of shape with %lld values needs %zu bytes, got %zu", type_name(t),
+                                     (long long)total, need, (size_t)data.size()));
+            std::vector<py::ssize_t> pshape(shape.begin(), shape.end());
+            py::array_t<float> out(pshape);
+            float* op = out.mutable_data();
+            const uint8_t* dp = data.data();
+            {
+                py::gil_scoped_release release;
+                if (total) dequantize_values(t, dp, op, total);
+            }
+            return out;
+        },
+        py::arg("type"), py::arg("data"), py::arg("shape"), "Dequantize GGML-layout bytes to float32 of the given shape.");
+
+    py::class_<PreparedWeight>(m, "PreparedWeight", "A weight prepared (repacked) for the active instruction set.")
+        .def(py::init<const std::string&, U8Array, int64_t, int64_t>(), py::arg("type"), py::arg("data"),
+             py::arg("n_out"), py::arg("n_in"))
+        .def("matmul", &PreparedWeight::matmul, py::arg("x"), py::arg("bias") = py::none(), py::arg("n_threads") = 1,
+             py::arg("repeat") = 1, "y[n, n_out] = x[n, n_in] @ W.T (+ bias); repeat runs it several times (benchmarks).")
+        .def("prepare", &PreparedWeight::prepare, "Rebuild the repacked layout for the active instruction set.")
+        .def_property_readonly("repacked", &PreparedWeight::repacked);
+
+    m.def(
+        "matmul_test",
+        [](const std::string& type, U8Array w, int64_t n_out, int64_t n_in, F32Array x, py::object bias, int n_threads) {
+            PreparedWeight pw(type, w, n_out, n_in);
+            return pw.matmul(x, bias, n_threads, 1);
+        },
+        py::arg("type"), py::arg("w"), py::arg("n_out"), py::arg("n_in"), py::arg("x"), py::arg("bias") = py::none(),
+        py::arg("n_threads") = 1, "Multiply through the engine's matmul with the active instruction set.");
+
+    m.def("isa", [] { return std::string(isa_name(isa_active())); }, "The instruction set the kernels use now.");
+    m.def("isa_best", [] { return std::string(isa_name(isa_best())); }, "The fastest instruction set this CPU supports.");
+    m.def("isa_supported", [](const std::string& name) { return isa_supported(parse_isa(name.c_str())); },
+          py::arg("name"), "Whether 'scalar', 'avx2' or 'avx512' can run here.");
+    m.def("set_isa", [](const std::string& name) { set_isa(parse_isa(name.c_str())); }, py::arg("name"),
+          "Force the kernels onto 'scalar', 'avx2' or 'avx512' (weights prepared later use it).");
+}
 
 }  // namespace tg

@@ -1,0 +1,120 @@
+#include "cpu.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include "errors.h"
+
+#if defined(TINYGPTV_X86)
+#include <cpuid.h>
+#endif
+
+namespace tg {
+
+namespace {
+
+struct Features {
+    bool avx2 = false, avx512 = false;
+};
+
+Features detect() {
+    Features f;
+#if defined(TINYGPTV_X86)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+    const bool osxsave = c & (1u << 27), fma = c & (1u << 12), f16c = c & (1u << 29), avx = c & (1u << 28);
+    if (!osxsave || !avx) return f;
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    const bool ymm_os = (xlo & 0x6) == 0x6;
+    const bool zmm_os = (xlo & 0xe6) == 0xe6;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
+    const bool avx2 = b & (1u << 5);
+    const bool f512 = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30), vl = b & (1u << 31);
+    const bool vnni = c & (1u << 11);
+    f.avx2 = ymm_os && avx2 && fma && f16c;
+    f.avx512 = f.avx2 && zmm_os && f512 && dq && bw && vl && vnni;
+#endif
+    return f;
+}
+
+const Features& features() {
+    static const Features f = detect();
+    return f;
+}
+
+std::atomic<int> g_active{-1};
+std::once_flag g_init;
+
+void init_active() {
+    std::call_once(g_init, [] {
+        const char* env = std::getenv("TINYGPTV_ISA");
+        Isa want = isa_best();
+        if (env && *env) {
+            want = parse_isa(env);
+            if (!isa_supported(want))
+                throw ModelError(fmt("TINYGPTV_ISA=%s is not supported by this CPU (best: %s)", env,
+                                     isa_name(isa_best())));
+        }
+        int expected = -1;
+        g_active.compare_exchange_strong(expected, (int)want);
+    });
+}
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+    switch (isa) {
+        case Isa::Scalar: return "scalar";
+        case Isa::Avx2: return "avx2";
+        case Isa::Avx512: return "avx512";
+    }
+    return "?";
+}
+
+Isa parse_isa(const char* name) {
+    if (!std::strcmp(name, "scalar")) return Isa::Scalar;
+    if (!std::strcmp(name, "avx2")) return Isa::Avx2;
+    if (!std::strcmp(name, "avx512")) return Isa::Avx512;
+    throw ModelError(fmt("unknown instruction set '%s' (expected scalar, avx2 or avx512)", name));
+}
+
+bool isa_supported(Isa isa) {
+    switch (isa) {
+        case Isa::Scalar: return true;
+        case Isa::Avx2: return features().avx2;
+        case Isa::Avx512: return features().avx512;
+    }
+    return false;
+}
+
+Isa isa_best() {
+    if (isa_supported(Isa::Avx512)) return Isa::Avx512;
+    if (isa_supported(Isa::Avx2)) return Isa::Avx2;
+    return Isa::Scalar;
+}
+
+Isa isa_active() {
+    int v = g_active.load(std::memory_order_relaxed);
+    if (v < 0) {
+        init_active();
+        v = g_active.load();
+    }
+    return (Isa)v;
+}
+
+void set_isa(Isa isa) {
+    if (!isa_supported(isa))
+        throw ModelError(fmt("instruction set %s is not supported by this CPU (best: %s)", isa_name(isa),
+                             isa_name(isa_best())));
+    try {
+        init_active();
+    } catch (const ModelError&) {
+        // a bad TINYGPTV_ISA is overridden by an explicit choice
+    }
+    g_active.store((int)isa);
+}
+
+}  // namespace tg

@@ -1,0 +1,17 @@
+// Instruction-set selection for the SIMD kernels, decided once by CPUID.
+// TINYGPTV_ISA=scalar|avx2|avx512 in the environment forces a path (an unsupported choice is an
+// error at first use). set_isa() switches at run time (tests use it to compare every path).
+#pragma once
+
+namespace tg {
+
+enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+
+const char* isa_name(Isa isa);
+bool isa_supported(Isa isa);  // compiled in and supported by this CPU and OS
+Isa isa_best();               // the fastest supported path
+Isa isa_active();             // the path the kernels use now
+void set_isa(Isa isa);        // throws ModelError if unsupported
+Isa parse_isa(const char* name);  // throws ModelError on an unknown name
+
+}  // namespace tg

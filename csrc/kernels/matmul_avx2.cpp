@@ -1,0 +1,321 @@
+// AVX2 (+FMA, F16C) kernels over the repacked layout of matmul_impl.h. A 16-row group is handled
+// as two halves of 8 rows (one ymm lane per row); pmaddubsw + pmaddwd accumulate 4 int8 products
+// per row. Same arithmetic per output as the scalar kernels, so results are bit-identical.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/matmul_impl.h"
+#include "quants.h"
+
+namespace tg {
+namespace avx2 {
+
+namespace {
+
+inline __m256i bc(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+// acc + sum of 4 products (u8 x s8) per 32-bit lane; callers keep |u * s * 2| < 32768.
+inline __m256i dp4(__m256i acc, __m256i u, __m256i s) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+
+inline __m256i half_mask(const GemmArgs& A, int64_t g, int h) {
+    const int64_t rem = A.n_out - g * kGroup - 8 * h;
+    alignas(32) int32_t m[8];
+    for (int i = 0; i < 8; i++) m[i] = i < rem ? -1 : 0;
+    return _mm256_load_si256((const __m256i*)m);
+}
+
+inline void store_out(const GemmArgs& A, int64_t i, int64_t g, int h, __m256 acc) {
+    const int64_t r0 = g * kGroup + 8 * h;
+    if (r0 + 8 <= A.n_out) {
+        if (A.bias) acc = _mm256_add_ps(acc, _mm256_loadu_ps(A.bias + r0));
+        _mm256_storeu_ps(A.y + i * A.n_out + r0, acc);
+    } else if (r0 < A.n_out) {
+        const __m256i m = half_mask(A, g, h);
+        if (A.bias) acc = _mm256_add_ps(acc, _mm256_maskload_ps(A.bias + r0, m));
+        _mm256_maskstore_ps(A.y + i * A.n_out + r0, m, acc);
+    }
+}
+
+inline __m256 load_ph(const uint8_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+
+// ---- float weights ---------------------------------------------------------------------------
+
+struct CvtF32 {
+    static constexpr size_t elem = 4;
+    static __m256 load(const uint8_t* p, int64_t kk, int h) { return _mm256_loadu_ps((const float*)p + kk * kGroup + 8 * h); }
+};
+struct CvtF16 {
+    static constexpr size_t elem = 2;
+    static __m256 load(const uint8_t* p, int64_t kk, int h) { return load_ph(p + kk * 32 + 16 * h); }
+};
+struct CvtBF16 {
+    static constexpr size_t elem = 2;
+    static __m256 load(const uint8_t* p, int64_t kk, int h) {
+        __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(p + kk * 32 + 16 * h)));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    }
+};
+
+template <typename C, int GB, int NT>
+void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0) {
+    const int64_t k = A.n_in;
+    __m256 acc[2 * GB][NT];
+    for (int b = 0; b < 2 * GB; b++)
+        for (int j = 0; j < NT; j++) acc[b][j] = _mm256_setzero_ps();
+    const uint8_t* wg = A.w + g * gbytes;
+    const float* x = A.x + i0 * k;
+    for (int64_t kk = 0; kk < k; kk++) {
+        __m256 w[2 * GB];
+        for (int b = 0; b < 2 * GB; b++) w[b] = C::load(wg + (b / 2) * gbytes, kk, b & 1);
+        for (int j = 0; j < NT; j++) {
+            const __m256 xb = _mm256_set1_ps(x[j * k + kk]);
+            for (int b = 0; b < 2 * GB; b++) acc[b][j] = _mm256_fmadd_ps(w[b], xb, acc[b][j]);
+        }
+    }
+    for (int b = 0; b < 2 * GB; b++)
+        for (int j = 0; j < NT; j++) store_out(A, i0 + j, g + b / 2, b & 1, acc[b][j]);
+}
+
+template <typename C>
+void float_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
+    const size_t gbytes = (size_t)A.n_in * kGroup * C::elem;
+    if (A.n == 1) {
+        int64_t g = g0;
+        for (; g + 2 <= g1; g += 2) float_tile<C, 2, 1>(A, gbytes, g, 0);
+        for (; g < g1; g++) float_tile<C, 1, 1>(A, gbytes, g, 0);
+        return;
+    }
+    const int64_t chunk = act_chunk_rows(A.n, A.n_in * 4);
+    for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
+        const int64_t c1 = std::min(A.n, c0 + chunk);
+        for (int64_t g = g0; g < g1; g++)
+            for (int64_t i = c0; i < c1; i += 6) {
+                switch (std::min<int64_t>(6, c1 - i)) {
+                    case 1: float_tile<C, 1, 1>(A, gbytes, g, i); break;
+                    case 2: float_tile<C, 1, 2>(A, gbytes, g, i); break;
+                    case 3: float_tile<C, 1, 3>(A, gbytes, g, i); break;
+                    case 4: float_tile<C, 1, 4>(A, gbytes, g, i); break;
+                    case 5: float_tile<C, 1, 5>(A, gbytes, g, i); break;
+                    default: float_tile<C, 1, 6>(A, gbytes, g, i); break;
+                }
+            }
+    }
+}
+
+// ---- Q8_0 / Q4_0 ----------------------------------------------------------------------------
+
+template <int NT>
+void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
+    const ActQ8& a = *A.a8;
+    const int64_t nb = a.nb, k = a.k;
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    __m256 acc[NT];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* blk = wg + b * kPackQ8_0;
+        const __m256 dw = load_ph(blk + 16 * h);
+        __m256i wabs[8], wsgn[8];
+        for (int s = 0; s < 8; s++) {
+            wsgn[s] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(blk + 32 + 64 * s + 32 * h)), flip);
+            wabs[s] = _mm256_abs_epi8(wsgn[s]);
+        }
+        for (int j = 0; j < NT; j++) {
+            const int64_t ii = (i0 + j) * nb + b;
+            const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK8_0;
+            __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+            for (int s = 0; s < 8; s += 2) {
+                s0 = dp4(s0, wabs[s], _mm256_sign_epi8(bc(xq + 4 * s), wsgn[s]));
+                s1 = dp4(s1, wabs[s + 1], _mm256_sign_epi8(bc(xq + 4 * s + 4), wsgn[s + 1]));
+            }
+            const __m256 sc = _mm256_mul_ps(dw, _mm256_set1_ps(a.d[ii]));
+            acc[j] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc[j]);
+        }
+    }
+    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
+}
+
+template <int NT>
+void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
+    const ActQ8& a = *A.a8;
+    const int64_t nb = a.nb, k = a.k;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[NT];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* blk = wg + b * kPackQ4_0;
+        const __m256 dw = load_ph(blk + 16 * h);
+        __m256i lo[4], hi[4];
+        for (int s = 0; s < 4; s++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + 32 + 64 * s + 32 * h));
+            lo[s] = _mm256_and_si256(v, m4);
+            hi[s] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        }
+        for (int j = 0; j < NT; j++) {
+            const int64_t ii = (i0 + j) * nb + b;
+            const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK4_0;
+            __m256i s0 = _mm256_set1_epi32(-8 * a.sum[ii]), s1 = _mm256_setzero_si256();
+            s0 = dp4(s0, lo[0], bc(xq));
+            s1 = dp4(s1, lo[1], bc(xq + 4));
+            s0 = dp4(s0, lo[2], bc(xq + 8));
+            s1 = dp4(s1, lo[3], bc(xq + 12));
+            s0 = dp4(s0, hi[0], bc(xq + 16));
+            s1 = dp4(s1, hi[1], bc(xq + 20));
+            s0 = dp4(s0, hi[2], bc(xq + 24));
+            s1 = dp4(s1, hi[3], bc(xq + 28));
+            const __m256 sc = _mm256_mul_ps(dw, _mm256_set1_ps(a.d[ii]));
+            acc[j] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc[j]);
+        }
+    }
+    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
+}
+
+// ---- K-quants -------------------------------------------------------------------------------
+
+template <int NT>
+void q4_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
+    const ActQ8K& a = *A.ak;
+    const int64_t nb = a.nb, k = a.k;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[NT];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* blk = wg + b * kPackQ4_K;
+        const uint8_t* qs = blk + 320 + 32 * h;
+        __m256i isum[NT];
+        for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            __m256i ae[NT], ao[NT];
+            for (int j = 0; j < NT; j++) ae[j] = ao[j] = _mm256_setzero_si256();
+            for (int s = 0; s < 8; s++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 64 * (8 * c + s)));
+                const __m256i lo = _mm256_and_si256(v, m4);
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                for (int j = 0; j < NT; j++) {
+                    const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK_K + 64 * c + 4 * s;
+                    ae[j] = dp4(ae[j], lo, bc(xq));
+                    ao[j] = dp4(ao[j], hi, bc(xq + 32));
+                }
+            }
+            const __m256i sce = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 64 + 16 * (2 * c) + 8 * h)));
+            const __m256i sco = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 64 + 16 * (2 * c + 1) + 8 * h)));
+            for (int j = 0; j < NT; j++)
+                isum[j] = _mm256_add_epi32(isum[j], _mm256_add_epi32(_mm256_mullo_epi32(ae[j], sce),
+                                                                     _mm256_mullo_epi32(ao[j], sco)));
+        }
+        const __m256 dw = load_ph(blk + 16 * h);
+        const __m256 dm = load_ph(blk + 32 + 16 * h);
+        __m256i mp[4];
+        for (int p = 0; p < 4; p++)
+            mp[p] = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(blk + 192 + 32 * p + 16 * h)));
+        for (int j = 0; j < NT; j++) {
+            const int64_t ii = (i0 + j) * nb + b;
+            const int32_t* pr = a.pair32.data() + ii * 4;
+            __m256i msum = _mm256_setzero_si256();
+            for (int p = 0; p < 4; p++) msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mp[p], _mm256_set1_epi32(pr[p])));
+            const __m256 dx = _mm256_set1_ps(a.d[ii]);
+            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum[j]), acc[j]);
+            acc[j] = _mm256_fnmadd_ps(_mm256_mul_ps(dm, dx), _mm256_cvtepi32_ps(msum), acc[j]);
+        }
+    }
+    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
+}
+
+template <int NT>
+void q6_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
+    const ActQ8K& a = *A.ak;
+    const int64_t nb = a.nb, k = a.k;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    __m256 acc[NT];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* blk = wg + b * kPackQ6_K;
+        const uint8_t* ql = blk + 288 + 32 * h;
+        const uint8_t* qh = blk + 288 + 2048 + 32 * h;
+        __m256i isum[NT];
+        for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
+        for (int t = 0; t < 16; t++) {
+            const __m256i l0 = _mm256_loadu_si256((const __m256i*)(ql + 64 * (2 * t)));
+            const __m256i l1 = _mm256_loadu_si256((const __m256i*)(ql + 64 * (2 * t + 1)));
+            const __m256i hb = _mm256_loadu_si256((const __m256i*)(qh + 64 * t));
+            const __m256i u0 = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
+            const __m256i u1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                               _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
+            const __m256i u2 = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(hb, m30));
+            const __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                               _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
+            const __m256i sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 32 + 16 * t + 8 * h)));
+            for (int j = 0; j < NT; j++) {
+                const int64_t ii = (i0 + j) * nb + b;
+                const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK_K + 16 * t;
+                __m256i s = _mm256_set1_epi32(-32 * a.bsum[ii * 16 + t]);
+                s = dp4(s, u0, bc(xq));
+                s = dp4(s, u1, bc(xq + 4));
+                s = dp4(s, u2, bc(xq + 8));
+                s = dp4(s, u3, bc(xq + 12));
+                isum[j] = _mm256_add_epi32(isum[j], _mm256_mullo_epi32(s, sc));
+            }
+        }
+        const __m256 dw = load_ph(blk + 16 * h);
+        for (int j = 0; j < NT; j++) {
+            const __m256 dx = _mm256_set1_ps(a.d[(i0 + j) * nb + b]);
+            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum[j]), acc[j]);
+        }
+    }
+    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
+}
+
+using TileFn = void (*)(const GemmArgs&, const uint8_t*, int64_t, int64_t, int);
+
+void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const TileFn tiles[4]) {
+    const int64_t chunk = act_chunk_rows(A.n, A.n_in);
+    for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
+        const int64_t c1 = std::min(A.n, c0 + chunk);
+        for (int64_t g = g0; g < g1; g++) {
+            const uint8_t* wg = A.w + g * gbytes;
+            for (int h = 0; h < 2; h++) {
+                if (g * kGroup + 8 * h >= A.n_out) break;
+                for (int64_t i = c0; i < c1; i += 4) tiles[std::min<int64_t>(4, c1 - i) - 1](A, wg, g, i, h);
+            }
+        }
+    }
+}
+
+}  // namespace
+
+void gemm_f32(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF32>(A, g0, g1); }
+void gemm_f16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF16>(A, g0, g1); }
+void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(A, g0, g1); }
+
+void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
+    static const TileFn t[4] = {q8_0_tile<1>, q8_0_tile<2>, q8_0_tile<3>, q8_0_tile<4>};
+    quant_gemm(A, g0, g1, (A.n_in / QK8_0) * kPackQ8_0, t);
+}
+void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
+    static const TileFn t[4] = {q4_0_tile<1>, q4_0_tile<2>, q4_0_tile<3>, q4_0_tile<4>};
+    quant_gemm(A, g0, g1, (A.n_in / QK4_0) * kPackQ4_0, t);
+}
+void gemm_q4_K(const GemmArgs& A, int64_t g0, int64_t g1) {
+    static const TileFn t[4] = {q4_K_tile<1>, q4_K_tile<2>, q4_K_tile<3>, q4_K_tile<4>};
+    quant_gemm(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K, t);
+}
+void gemm_q6_K(const GemmArgs& A, int64_t g0, int64_t g1) {
+    static const TileFn t[4] = {q6_K_tile<1>, q6_K_tile<2>, q6_K_tile<3>, q6_K_tile<4>};
+    quant_gemm(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K, t);
+}
+
+}  // namespace avx2
+}  // namespace tg

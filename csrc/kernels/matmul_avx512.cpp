@@ -1,0 +1,320 @@
+// AVX-512 (F, BW, DQ, VL, VNNI) kernels over the repacked layout of matmul_impl.h. A lane is an
+// output row; vpdpbusd accumulates 4 int8 products per row. The arithmetic of every output is
+// the one the scalar kernels follow, so results are bit-identical to them.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/matmul_impl.h"
+#include "quants.h"
+
+namespace tg {
+namespace avx512 {
+
+namespace {
+
+inline __m512i bc(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+inline __mmask16 row_mask(const GemmArgs& A, int64_t g) {
+    const int64_t rem = A.n_out - g * kGroup;
+    return rem >= kGroup ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1);
+}
+
+inline void store_out(const GemmArgs& A, int64_t i, int64_t g, __m512 acc) {
+    const __mmask16 m = row_mask(A, g);
+    if (A.bias) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, A.bias + g * kGroup));
+    _mm512_mask_storeu_ps(A.y + i * A.n_out + g * kGroup, m, acc);
+}
+
+// ---- float weights: acc[row] = fma(w[row][k], x[k], acc[row]) over k in order -----------------
+
+struct CvtF32 {
+    static constexpr size_t elem = 4;
+    static __m512 load(const uint8_t* p, int64_t kk) { return _mm512_loadu_ps((const float*)p + kk * kGroup); }
+};
+struct CvtF16 {
+    static constexpr size_t elem = 2;
+    static __m512 load(const uint8_t* p, int64_t kk) {
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p + kk * 32)));
+    }
+};
+struct CvtBF16 {
+    static constexpr size_t elem = 2;
+    static __m512 load(const uint8_t* p, int64_t kk) {
+        __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(p + kk * 32)));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    }
+};
+
+template <typename C, int GB, int NT>
+void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0) {
+    const int64_t k = A.n_in;
+    __m512 acc[GB][NT];
+    for (int b = 0; b < GB; b++)
+        for (int j = 0; j < NT; j++) acc[b][j] = _mm512_setzero_ps();
+    const uint8_t* wg = A.w + g * gbytes;
+    const float* x = A.x + i0 * k;
+    for (int64_t kk = 0; kk < k; kk++) {
+        __m512 w[GB];
+        for (int b = 0; b < GB; b++) w[b] = C::load(wg + b * gbytes, kk);
+        for (int j = 0; j < NT; j++) {
+            const __m512 xb = _mm512_set1_ps(x[j * k + kk]);
+            for (int b = 0; b < GB; b++) acc[b][j] = _mm512_fmadd_ps(w[b], xb, acc[b][j]);
+        }
+    }
+    for (int b = 0; b < GB; b++)
+        for (int j = 0; j < NT; j++) store_out(A, i0 + j, g + b, acc[b][j]);
+}
+
+template <typename C, int GB>
+void float_tiles(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0, int64_t nt) {
+    switch (nt) {
+        case 1: float_tile<C, GB, 1>(A, gbytes, g, i0); break;
+        case 2: float_tile<C, GB, 2>(A, gbytes, g, i0); break;
+        case 3: float_tile<C, GB, 3>(A, gbytes, g, i0); break;
+        case 4: float_tile<C, GB, 4>(A, gbytes, g, i0); break;
+        case 5: float_tile<C, GB, 5>(A, gbytes, g, i0); break;
+        case 6: float_tile<C, GB, 6>(A, gbytes, g, i0); break;
+        case 7: float_tile<C, GB, 7>(A, gbytes, g, i0); break;
+        default: float_tile<C, GB, 8>(A, gbytes, g, i0); break;
+    }
+}
+
+template <typename C>
+void float_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
+    const size_t gbytes = (size_t)A.n_in * kGroup * C::elem;
+    if (A.n == 1) {  // decode: 4 groups at once for independent FMA chains
+        int64_t g = g0;
+        for (; g + 4 <= g1; g += 4) float_tile<C, 4, 1>(A, gbytes, g, 0);
+        for (; g < g1; g++) float_tile<C, 1, 1>(A, gbytes, g, 0);
+        return;
+    }
+    const int64_t chunk = act_chunk_rows(A.n, A.n_in * 4);
+    for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
+        const int64_t c1 = std::min(A.n, c0 + chunk);
+        for (int64_t g = g0; g < g1; g += 2) {
+            const bool two = g + 2 <= g1;
+            for (int64_t i = c0; i < c1; i += 8) {
+                const int64_t nt = std::min<int64_t>(8, c1 - i);
+                if (two) float_tiles<C, 2>(A, gbytes, g, i, nt);
+                else float_tiles<C, 1>(A, gbytes, g, i, nt);
+            }
+        }
+    }
+}
+
+// ---- Q8_0 / Q4_0 weights with Q8_0 activations -----------------------------------------------
+
+template <int NT>
+void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0) {
+    const ActQ8& a = *A.a8;
+    const int64_t nb = a.nb, k = a.k;
+    __m512 acc[NT];
+    for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* blk = wg + b * kPackQ8_0;
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)blk));
+        __m512i w[8];
+        for (int s = 0; s < 8; s++) w[s] = _mm512_loadu_si512(blk + 32 + 64 * s);
+        for (int j = 0; j < NT; j++) {
+            const int64_t ii = (i0 + j) * nb + b;
+            const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK8_0;
+            __m512i s0 = _mm512_set1_epi32(-128 * a.sum[ii]);  // weights are stored as q + 128
+            __m512i s1 = _mm512_setzero_si512();
+            s0 = _mm512_dpbusd_epi32(s0, w[0], bc(xq));
+            s1 = _mm512_dpbusd_epi32(s1, w[1], bc(xq + 4));
+            s0 = _mm512_dpbusd_epi32(s0, w[2], bc(xq + 8));
+            s1 = _mm512_dpbusd_epi32(s1, w[3], bc(xq + 12));
+            s0 = _mm512_dpbusd_epi32(s0, w[4], bc(xq + 16));
+            s1 = _mm512_dpbusd_epi32(s1, w[5], bc(xq + 20));
+            s0 = _mm512_dpbusd_epi32(s0, w[6], bc(xq + 24));
+            s1 = _mm512_dpbusd_epi32(s1, w[7], bc(xq + 28));
+            const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(a.d[ii]));
+            acc[j] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), acc[j]);
+        }
+    }
+    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, acc[j]);
+}
+
+template <int NT>
+void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0) {
+    const ActQ8& a = *A.a8;
+    const int64_t nb = a.nb, k = a.k;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512 acc[NT];
+    for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* blk = wg + b * kPackQ4_0;
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)blk));
+        __m512i lo[4], hi[4];
+        for (int s = 0; s < 4; s++) {
+            const __m512i v = _mm512_loadu_si512(blk + 32 + 64 * s);
+            lo[s] = _mm512_and_si512(v, m4);
+            hi[s] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        }
+        for (int j = 0; j < NT; j++) {
+            const int64_t ii = (i0 + j) * nb + b;
+            const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK4_0;
+            __m512i s0 = _mm512_set1_epi32(-8 * a.sum[ii]);  // nibbles are q + 8
+            __m512i s1 = _mm512_setzero_si512();
+            s0 = _mm512_dpbusd_epi32(s0, lo[0], bc(xq));
+            s1 = _mm512_dpbusd_epi32(s1, lo[1], bc(xq + 4));
+            s0 = _mm512_dpbusd_epi32(s0, lo[2], bc(xq + 8));
+            s1 = _mm512_dpbusd_epi32(s1, lo[3], bc(xq + 12));
+            s0 = _mm512_dpbusd_epi32(s0, hi[0], bc(xq + 16));
+            s1 = _mm512_dpbusd_epi32(s1, hi[1], bc(xq + 20));
+            s0 = _mm512_dpbusd_epi32(s0, hi[2], bc(xq + 24));
+            s1 = _mm512_dpbusd_epi32(s1, hi[3], bc(xq + 28));
+            const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(a.d[ii]));
+            acc[j] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), acc[j]);
+        }
+    }
+    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, acc[j]);
+}
+
+// ---- K-quant weights with Q8_K activations ---------------------------------------------------
+
+template <int NT>
+void q4_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0) {
+    const ActQ8K& a = *A.ak;
+    const int64_t nb = a.nb, k = a.k;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512 acc[NT];
+    for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* blk = wg + b * kPackQ4_K;
+        const uint8_t* qs = blk + 320;
+        __m512i isum[NT];
+        for (int j = 0; j < NT; j++) isum[j] = _mm512_setzero_si512();
+        for (int c = 0; c < 4; c++) {
+            __m512i ae[NT], ao[NT];
+            for (int j = 0; j < NT; j++) ae[j] = ao[j] = _mm512_setzero_si512();
+            for (int s = 0; s < 8; s++) {
+                const __m512i v = _mm512_loadu_si512(qs + 64 * (8 * c + s));
+                const __m512i lo = _mm512_and_si512(v, m4);
+                const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                for (int j = 0; j < NT; j++) {
+                    const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK_K + 64 * c + 4 * s;
+                    ae[j] = _mm512_dpbusd_epi32(ae[j], lo, bc(xq));
+                    ao[j] = _mm512_dpbusd_epi32(ao[j], hi, bc(xq + 32));
+                }
+            }
+            const __m512i sce = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(blk + 64 + 16 * (2 * c))));
+            const __m512i sco = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(blk + 64 + 16 * (2 * c + 1))));
+            for (int j = 0; j < NT; j++)
+                isum[j] = _mm512_add_epi32(isum[j], _mm512_add_epi32(_mm512_mullo_epi32(ae[j], sce),
+                                                                     _mm512_mullo_epi32(ao[j], sco)));
+        }
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)blk));
+        const __m512 dm = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(blk + 32)));
+        __m512i mp[4];
+        for (int p = 0; p < 4; p++) mp[p] = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(blk + 192 + 32 * p)));
+        for (int j = 0; j < NT; j++) {
+            const int64_t ii = (i0 + j) * nb + b;
+            const int32_t* pr = a.pair32.data() + ii * 4;
+            __m512i msum = _mm512_setzero_si512();
+            for (int p = 0; p < 4; p++) msum = _mm512_dpwssd_epi32(msum, mp[p], _mm512_set1_epi32(pr[p]));
+            const __m512 dx = _mm512_set1_ps(a.d[ii]);
+            acc[j] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum[j]), acc[j]);
+            acc[j] = _mm512_fnmadd_ps(_mm512_mul_ps(dm, dx), _mm512_cvtepi32_ps(msum), acc[j]);
+        }
+    }
+    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, acc[j]);
+}
+
+template <int NT>
+void q6_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0) {
+    const ActQ8K& a = *A.ak;
+    const int64_t nb = a.nb, k = a.k;
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    __m512 acc[NT];
+    for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* blk = wg + b * kPackQ6_K;
+        const uint8_t* ql = blk + 288;
+        const uint8_t* qh = blk + 288 + 2048;
+        __m512i isum[NT];
+        for (int j = 0; j < NT; j++) isum[j] = _mm512_setzero_si512();
+        for (int t = 0; t < 16; t++) {
+            const __m512i l0 = _mm512_loadu_si512(ql + 64 * (2 * t));
+            const __m512i l1 = _mm512_loadu_si512(ql + 64 * (2 * t + 1));
+            const __m512i h = _mm512_loadu_si512(qh + 64 * t);
+            const __m512i u0 = _mm512_or_si512(_mm512_and_si512(l0, m4), _mm512_and_si512(_mm512_slli_epi16(h, 4), m30));
+            const __m512i u1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), m4),
+                                               _mm512_and_si512(_mm512_slli_epi16(h, 2), m30));
+            const __m512i u2 = _mm512_or_si512(_mm512_and_si512(l1, m4), _mm512_and_si512(h, m30));
+            const __m512i u3 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m4),
+                                               _mm512_and_si512(_mm512_srli_epi16(h, 2), m30));
+            const __m512i sc = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(blk + 32 + 16 * t)));
+            for (int j = 0; j < NT; j++) {
+                const int64_t ii = (i0 + j) * nb + b;
+                const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK_K + 16 * t;
+                __m512i s = _mm512_set1_epi32(-32 * a.bsum[ii * 16 + t]);  // values are stored as q + 32
+                s = _mm512_dpbusd_epi32(s, u0, bc(xq));
+                s = _mm512_dpbusd_epi32(s, u1, bc(xq + 4));
+                s = _mm512_dpbusd_epi32(s, u2, bc(xq + 8));
+                s = _mm512_dpbusd_epi32(s, u3, bc(xq + 12));
+                isum[j] = _mm512_add_epi32(isum[j], _mm512_mullo_epi32(s, sc));
+            }
+        }
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)blk));
+        for (int j = 0; j < NT; j++) {
+            const __m512 dx = _mm512_set1_ps(a.d[(i0 + j) * nb + b]);
+            acc[j] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum[j]), acc[j]);
+        }
+    }
+    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, acc[j]);
+}
+
+using TileFn = void (*)(const GemmArgs&, const uint8_t*, int64_t, int64_t);
+
+void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const TileFn tiles[4]) {
+    const int64_t chunk = act_chunk_rows(A.n, A.n_in);
+    for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
+        const int64_t c1 = std::min(A.n, c0 + chunk);
+        for (int64_t g = g0; g < g1; g++) {
+            const uint8_t* wg = A.w + g * gbytes;
+            for (int64_t i = c0; i < c1; i += 4) {
+                const int64_t nt = std::min<int64_t>(4, c1 - i);
+                tiles[nt - 1](A, wg, g, i);
+            }
+        }
+    }
+}
+
+}  // namespace
+
+void gemm_f32(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF32>(A, g0, g1); }
+void gemm_f16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF16>(A, g0, g1); }
+void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(A, g0, g1); }
+
+void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
+    static const TileFn t[4] = {q8_0_tile<1>, q8_0_tile<2>, q8_0_tile<3>, q8_0_tile<4>};
+    quant_gemm(A, g0, g1, (A.n_in / QK8_0) * kPackQ8_0, t);
+}
+void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
+    static const TileFn t[4] = {q4_0_tile<1>, q4_0_tile<2>, q4_0_tile<3>, q4_0_tile<4>};
+    quant_gemm(A, g0, g1, (A.n_in / QK4_0) * kPackQ4_0, t);
+}
+void gemm_q4_K(const GemmArgs& A, int64_t g0, int64_t g1) {
+    static const TileFn t[4] = {q4_K_tile<1>, q4_K_tile<2>, q4_K_tile<3>, q4_K_tile<4>};
+    quant_gemm(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K, t);
+}
+void gemm_q6_K(const GemmArgs& A, int64_t g0, int64_t g1) {
+    static const TileFn t[4] = {q6_K_tile<1>, q6_K_tile<2>, q6_K_tile<3>, q6_K_tile<4>};
+    quant_gemm(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K, t);
+}
+
+}  // namespace avx512
+}  // namespace tg

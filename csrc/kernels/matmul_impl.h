@@ -1,0 +1,110 @@
+// Internals shared by the matmul dispatcher (matmul.cpp) and its SIMD kernels
+// (matmul_avx2.cpp, matmul_avx512.cpp). Not part of the engine's contract.
+//
+// Repacked weight layout ("interleaved groups"): rows are taken 16 at a time (a group; the last
+// group is padded with zero rows). Within a group, data is ordered so that one 64-byte load
+// holds 4 consecutive bytes of each of the 16 rows: a SIMD lane is a row, and a dot-product
+// instruction (vpdpbusd, or pmaddubsw+pmaddwd) accumulates 4 products per row per lane without
+// horizontal sums. Per block (per k value for float types) of one group:
+//
+//   F32   k x [16 rows] f32                                             64 B per k
+//   F16   k x [16 rows] f16                                             32 B per k
+//   BF16  k x [16 rows] bf16                                            32 B per k
+//   Q8_0  d[16] f16 | 8 slots x [16 rows][4 B] (int8 + 128, as uint8)   544 B per block of 32
+//   Q4_0  d[16] f16 | 4 slots x [16 rows][4 B] (qs bytes 4s..4s+3)      288 B per block of 32
+//   Q4_K  d[16] f16 | dmin[16] f16 | sc[8][16] u8 | m[4][16][2] u8 |
+//         32 slots x [16 rows][4 B] (slot 8c+s: qs bytes 32c+4s..+3)    2368 B per block of 256
+//   Q6_K  d[16] f16 | sc[16][16] i8 | 32 ql slots | 16 qh slots         3360 B per block of 256
+//         (sub-block t of 16 values: ql slot 2t byte e = u[16t+e] | u[16t+4+e] << 4,
+//          ql slot 2t+1 byte e = u[16t+8+e] | u[16t+12+e] << 4, qh slot t byte e = high 2 bits
+//          of u[16t+e], u[16t+4+e], u[16t+8+e], u[16t+12+e] at bits 0, 2, 4, 6; u = q + 32)
+//
+// Every path computes each output with the same arithmetic, so results are bit-identical across
+// instruction sets and thread counts:
+//   float weights:  acc = fma(w[k], x[k], acc) for k = 0, 1, ... in order (acc starts at 0)
+//   Q8_0 / Q4_0:    per block b: isum = exact int32 dot of the int8 values;
+//                   acc = fma(d_w * d_x, (float)isum, acc)
+//   Q4_K:           per super-block: isum = sum_j sc_j * dot_j, msum = sum_j m_j * xsum_j (int32);
+//                   acc = fma(d_w * d_x, (float)isum, acc); acc = fma(-(dmin_w * d_x), (float)msum, acc)
+//   Q6_K:           per super-block: isum = sum_t sc_t * dot_t (values q - 32);
+//                   acc = fma(d_w * d_x, (float)isum, acc)
+//   then y = acc + bias (or acc without bias).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "ggml_type.h"
+
+namespace tg {
+
+constexpr int kGroup = 16;
+
+// Bytes of one block (one k value for float types) of one group in the repacked layout.
+constexpr size_t kPackQ8_0 = 32 + 8 * 64;
+constexpr size_t kPackQ4_0 = 32 + 4 * 64;
+constexpr size_t kPackQ4_K = 32 + 32 + 128 + 128 + 32 * 64;
+constexpr size_t kPackQ6_K = 32 + 256 + 32 * 64 + 16 * 64;
+
+// Activations quantized once per matmul (shared by all paths, so all see identical int8 data).
+struct ActQ8 {                 // for Q8_0 and Q4_0 weights: Q8_0 blocks of 32
+    int64_t n = 0, k = 0, nb = 0;
+    std::vector<int8_t> qs;    // [n][k]
+    std::vector<float> d;      // [n][nb]  fp16 scale as float
+    std::vector<int32_t> sum;  // [n][nb]  sum of the block's qs
+};
+
+struct ActQ8K {                // for K-quant weights: Q8_K blocks of 256
+    int64_t n = 0, k = 0, nb = 0;
+    std::vector<int8_t> qs;      // [n][k]
+    std::vector<float> d;        // [n][nb]
+    std::vector<int32_t> bsum;   // [n][nb][16] sums of 16 values
+    std::vector<int32_t> pair32; // [n][nb][4]  int16 pair (sum of sub-block 2p, 2p+1) of 32 values
+};
+
+struct GemmArgs {
+    const uint8_t* w = nullptr;  // repacked weight
+    int64_t n_out = 0, n_in = 0;
+    int64_t n = 0;               // activation rows
+    const float* x = nullptr;    // float activations [n][n_in] (float weights)
+    const ActQ8* a8 = nullptr;   // Q8_0 / Q4_0 weights
+    const ActQ8K* ak = nullptr;  // K-quant weights
+    float* y = nullptr;          // [n][n_out]
+    const float* bias = nullptr; // [n_out] or null
+};
+
+// Computes the outputs of row groups [g0, g1) for every activation row.
+using GemmFn = void (*)(const GemmArgs&, int64_t g0, int64_t g1);
+
+// Bytes of the repacked layout of one group (0: type has no repacked layout).
+size_t packed_group_bytes(GgmlType t, int64_t n_in);
+
+// Activation rows processed together so that they stay in the L2 cache.
+inline int64_t act_chunk_rows(int64_t n, int64_t k_bytes) {
+    int64_t c = (int64_t)(384 * 1024) / (k_bytes > 0 ? k_bytes : 1);
+    c = c < 8 ? 8 : c - c % 8;
+    return c < n ? c : n;
+}
+
+#if defined(TINYGPTV_X86)
+namespace avx2 {
+void gemm_f32(const GemmArgs&, int64_t, int64_t);
+void gemm_f16(const GemmArgs&, int64_t, int64_t);
+void gemm_bf16(const GemmArgs&, int64_t, int64_t);
+void gemm_q8_0(const GemmArgs&, int64_t, int64_t);
+void gemm_q4_0(const GemmArgs&, int64_t, int64_t);
+void gemm_q4_K(const GemmArgs&, int64_t, int64_t);
+void gemm_q6_K(const GemmArgs&, int64_t, int64_t);
+}  // namespace avx2
+namespace avx512 {
+void gemm_f32(const GemmArgs&, int64_t, int64_t);
+void gemm_f16(const GemmArgs&, int64_t, int64_t);
+void gemm_bf16(const GemmArgs&, int64_t, int64_t);
+void gemm_q8_0(const GemmArgs&, int64_t, int64_t);
+void gemm_q4_0(const GemmArgs&, int64_t, int64_t);
+void gemm_q4_K(const GemmArgs&, int64_t, int64_t);
+void gemm_q6_K(const GemmArgs&, int64_t, int64_t);
+}  // namespace avx512
+#endif
+
+}  // namespace tg

@@ -1,0 +1,470 @@
+// Scalar reference quantizers and dequantizers (see quants.h for the formats).
+// Every float operation here is written out one rounding at a time: the results must not depend
+// on the compiler fusing a multiply and an add, so contraction is switched off for this file.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include "quants.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "errors.h"
+#include "fp16.h"
+
+namespace tg {
+
+namespace {
+
+// Round to nearest, ties to even, for |f| < 2^22 (ggml's nearest_int).
+inline int nearest_int(float f) {
+    float v = f + 12582912.f;
+    int32_t i;
+    std::memcpy(&i, &v, 4);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+// float -> int8 for values that are already integral; NaN and out-of-range values are clamped
+// instead of being undefined behaviour.
+inline int8_t to_i8(float v) {
+    if (!(v >= -128.f)) return v != v ? 0 : -128;
+    if (v > 127.f) return 127;
+    return (int8_t)(int)v;
+}
+
+void quantize_row_q4_0(const float* x, BlockQ4_0* y, int64_t k) {
+    for (int64_t i = 0; i < k / QK4_0; i++, x += QK4_0) {
+        // max = first value of largest magnitude, as gguf-py's argmax (for a block of -0.0 this
+        // gives scale +0.0 where ggml's C loop gives -0.0; values are identical).
+        float amax = std::fabs(x[0]), max = x[0];
+        for (int j = 1; j < QK4_0; j++) {
+            if (amax < std::fabs(x[j])) {
+                amax = std::fabs(x[j]);
+                max = x[j];
+            }
+        }
+        const float d = max / -8.f;
+        const float id = d != 0.f ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        uint8_t q[QK4_0];
+        for (int j = 0; j < QK4_0; j++) {
+            float t = x[j] * id;
+            t = t + 8.5f;
+            t = std::trunc(t);
+            int v = (t != t || t < 0.f) ? 0 : (t > 15.f ? 15 : (int)t);
+            q[j] = (uint8_t)v;
+        }
+        for (int j = 0; j < QK4_0 / 2; j++) y[i].qs[j] = (uint8_t)(q[j] | (q[j + 16] << 4));
+    }
+}
+
+// Weighted min/scale search for 4-bit values with a min (ggml's make_qkx2_quants).
+float make_qkx2_quants(int n, int nmax, const float* x, const float* w, uint8_t* L, float* the_min,
+                       uint8_t* Laux, float rmin, float rdelta, int nstep) {
+    float min = x[0], max = x[0];
+    float sum_w = w[0];
+    float sum_x = sum_w * x[0];
+    for (int i = 1; i < n; i++) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        sum_w += w[i];
+        float t = w[i] * x[i];
+        sum_x += t;
+    }
+    if (min > 0) min = 0;
+    if (max == min) {
+        for (int i = 0; i < n; i++) L[i] = 0;
+        *the_min = -min;
+        return 0.f;
+    }
+    float iscale = nmax / (max - min);
+    float scale = 1 / iscale;
+    float best_error = 0;
+    for (int i = 0; i < n; i++) {
+        int l = nearest_int(iscale * (x[i] - min));
+        L[i] = (uint8_t)(l < 0 ? 0 : (l > nmax ? nmax : l));
+        float diff = scale * L[i];
+        diff = diff + min;
+        diff = diff - x[i];
+        diff = diff * diff;
+        float t = w[i] * diff;
+        best_error += t;
+    }
+    for (int is = 0; is <= nstep; is++) {
+        float num = rdelta * is;
+        num = rmin + num;
+        num = num + nmax;
+        iscale = num / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; i++) {
+            int l = nearest_int(iscale * (x[i] - min));
+            l = l < 0 ? 0 : (l > nmax ? nmax : l);
+            Laux[i] = (uint8_t)l;
+            float wl = w[i] * l;
+            sum_l += wl;
+            float t = wl * l;
+            sum_l2 += t;
+            t = wl * x[i];
+            sum_xl += t;
+        }
+        float a = sum_w * sum_l2, b = sum_l * sum_l;
+        float D = a - b;
+        if (D > 0) {
+            a = sum_w * sum_xl;
+            b = sum_x * sum_l;
+            float this_scale = (a - b) / D;
+            a = sum_l2 * sum_x;
+            b = sum_l * sum_xl;
+            float this_min = (a - b) / D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float cur_error = 0;
+            for (int i = 0; i < n; i++) {
+                float diff = this_scale * Laux[i];
+                diff = diff + this_min;
+                diff = diff - x[i];
+                diff = diff * diff;
+                float t = w[i] * diff;
+                cur_error += t;
+            }
+            if (cur_error < best_error) {
+                for (int i = 0; i < n; i++) L[i] = Laux[i];
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+void quantize_row_q4_K(const float* x, BlockQ4_K* y, int64_t k) {
+    uint8_t L[QK_K], Laux[32];
+    float weights[32], mins[QK_K / 32], scales[QK_K / 32];
+    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        float max_scale = 0, max_min = 0;
+        for (int j = 0; j < QK_K / 32; j++) {
+            float sum_x2 = 0;
+            for (int l = 0; l < 32; l++) {
+                float t = x[32 * j + l] * x[32 * j + l];
+                sum_x2 += t;
+            }
+            float av_x = std::sqrt(sum_x2 / 32);
+            for (int l = 0; l < 32; l++) weights[l] = av_x + std::fabs(x[32 * j + l]);
+            scales[j] = make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20);
+            if (scales[j] > max_scale) max_scale = scales[j];
+            if (mins[j] > max_min) max_min = mins[j];
+        }
+        float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+        float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+        BlockQ4_K& b = y[i];
+        std::memset(b.scales, 0, sizeof b.scales);
+        for (int j = 0; j < QK_K / 32; j++) {
+            int ls = nearest_int(inv_scale * scales[j]);
+            int lm = nearest_int(inv_min * mins[j]);
+            uint8_t s8 = (uint8_t)ls, m8 = (uint8_t)lm;  // ggml stores through uint8_t first
+            if (s8 > 63) s8 = 63;
+            if (m8 > 63) m8 = 63;
+            if (j < 4) {
+                b.scales[j] = s8;
+                b.scales[j + 4] = m8;
+            } else {
+                b.scales[j + 4] = (uint8_t)((s8 & 0xF) | ((m8 & 0xF) << 4));
+                b.scales[j - 4] |= (uint8_t)((s8 >> 4) << 6);
+                b.scales[j] |= (uint8_t)((m8 >> 4) << 6);
+            }
+        }
+        b.d = fp32_to_fp16(max_scale / 63.f);
+        b.dmin = fp32_to_fp16(max_min / 63.f);
+        for (int j = 0; j < QK_K / 32; j++) {
+            uint8_t sc, m;
+            q4k_scale_min(j, b.scales, &sc, &m);
+            const float d = fp16_to_fp32(b.d) * sc;
+            if (d == 0.f) continue;
+            const float dm = fp16_to_fp32(b.dmin) * m;
+            for (int ii = 0; ii < 32; ii++) {
+                int l = nearest_int((x[32 * j + ii] + dm) / d);
+                L[32 * j + ii] = (uint8_t)(l < 0 ? 0 : (l > 15 ? 15 : l));
+            }
+        }
+        uint8_t* q = b.qs;
+        for (int j = 0; j < QK_K; j += 64, q += 32)
+            for (int l = 0; l < 32; l++) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+    }
+}
+
+// Signed scale search for 6-bit values (ggml's make_qx_quants with rmse_type 1, no weights).
+float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; i++) {
+        float ax = std::fabs(x[i]);
+        if (ax > amax) {
+            amax = ax;
+            max = x[i];
+        }
+    }
+    if (amax < 1e-15f) {
+        for (int i = 0; i < n; i++) L[i] = 0;
+        return 0.f;
+    }
+    float iscale = -nmax / max;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        int l = nearest_int(iscale * x[i]);
+        l = l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l);
+        L[i] = (int8_t)(l + nmax);
+        float w = x[i] * x[i];
+        float t = w * x[i];
+        t = t * l;
+        sumlx += t;
+        t = w * l;
+        t = t * l;
+        suml2 += t;
+    }
+    float scale = suml2 != 0.f ? sumlx / suml2 : 0.0f;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; is++) {
+        if (is == 0) continue;
+        float num = 0.1f * is;
+        num = nmax + num;
+        iscale = -num / max;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; i++) {
+            int l = nearest_int(iscale * x[i]);
+            l = l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l);
+            float w = x[i] * x[i];
+            float t = w * x[i];
+            t = t * l;
+            sumlx += t;
+            t = w * l;
+            t = t * l;
+            suml2 += t;
+        }
+        float lhs = sumlx * sumlx, rhs = best * suml2;
+        if (suml2 > 0 && lhs > rhs) {
+            for (int i = 0; i < n; i++) {
+                int l = nearest_int(iscale * x[i]);
+                L[i] = (int8_t)(nmax + (l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l)));
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+void quantize_row_q6_K(const float* x, BlockQ6_K* y, int64_t k) {
+    int8_t L[QK_K];
+    float scales[QK_K / 16];
+    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        float max_scale = 0, max_abs_scale = 0;
+        for (int ib = 0; ib < QK_K / 16; ib++) {
+            const float scale = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
+            scales[ib] = scale;
+            const float abs_scale = std::fabs(scale);
+            if (abs_scale > max_abs_scale) {
+                max_abs_scale = abs_scale;
+                max_scale = scale;
+            }
+        }
+        BlockQ6_K& b = y[i];
+        if (max_abs_scale < 1e-15f) {
+            std::memset(&b, 0, sizeof b);
+            continue;
+        }
+        float iscale = -128.f / max_scale;
+        b.d = fp32_to_fp16(1 / iscale);
+        for (int ib = 0; ib < QK_K / 16; ib++) {
+            int v = nearest_int(iscale * scales[ib]);
+            b.scales[ib] = (int8_t)(v > 127 ? 127 : v);
+        }
+        for (int j = 0; j < QK_K / 16; j++) {
+            float d = fp16_to_fp32(b.d) * b.scales[j];
+            if (d == 0.f) continue;
+            for (int ii = 0; ii < 16; ii++) {
+                int l = nearest_int(x[16 * j + ii] / d);
+                l = l < -32 ? -32 : (l > 31 ? 31 : l);
+                L[16 * j + ii] = (int8_t)(l + 32);
+            }
+        }
+        uint8_t* ql = b.ql;
+        uint8_t* qh = b.qh;
+        for (int j = 0; j < QK_K; j += 128, ql += 64, qh += 32) {
+            for (int l = 0; l < 32; l++) {
+                const uint8_t q1 = L[j + l] & 0xF, q2 = L[j + l + 32] & 0xF;
+                const uint8_t q3 = L[j + l + 64] & 0xF, q4 = L[j + l + 96] & 0xF;
+                ql[l] = (uint8_t)(q1 | (q3 << 4));
+                ql[l + 32] = (uint8_t)(q2 | (q4 << 4));
+                qh[l] = (uint8_t)((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) | ((L[j + l + 64] >> 4) << 4) |
+                                  ((L[j + l + 96] >> 4) << 6));
+            }
+        }
+    }
+}
+
+}  // namespace
+
+void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t k) {
+    for (int64_t i = 0; i < k / QK8_0; i++, x += QK8_0) {
+        float amax = 0.f;
+        for (int j = 0; j < QK8_0; j++) amax = std::fmax(amax, std::fabs(x[j]));
+        const float d = amax / 127.f;
+        const float id = d != 0.f ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        for (int j = 0; j < QK8_0; j++) y[i].qs[j] = to_i8(std::round(x[j] * id));
+    }
+}
+
+void quantize_row_q8_K(const float* x, BlockQ8_K* y, int64_t k) {
+    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        float max = 0, amax = 0;
+        for (int j = 0; j < QK_K; j++) {
+            float ax = std::fabs(x[j]);
+            if (ax > amax) {
+                amax = ax;
+                max = x[j];
+            }
+        }
+        BlockQ8_K& b = y[i];
+        if (amax == 0.f || !std::isfinite(amax)) {
+            std::memset(&b, 0, sizeof b);
+            continue;
+        }
+        const float iscale = -127.f / max;
+        for (int j = 0; j < QK_K; j++) {
+            int v = nearest_int(iscale * x[j]);
+            b.qs[j] = (int8_t)(v > 127 ? 127 : (v < -127 ? -127 : v));
+        }
+        for (int j = 0; j < QK_K / 16; j++) {
+            int s = 0;
+            for (int l = 0; l < 16; l++) s += b.qs[16 * j + l];
+            b.bsums[j] = (int16_t)s;
+        }
+        b.d = 1 / iscale;
+    }
+}
+
+bool quant_supported(GgmlType t) {
+    switch (t) {
+        case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q8_0:
+        case GgmlType::Q4_0: case GgmlType::Q4_K: case GgmlType::Q6_K: case GgmlType::Q8_K:
+            return true;
+        default:
+            return false;
+    }
+}
+
+static void check_len(GgmlType t, int64_t k) {
+    if (!quant_supported(t)) throw ModelError(fmt("quantization type %s is not supported", type_name(t)));
+    int64_t blk = type_traits((uint32_t)t).block;
+    if (k < 0 || k % blk != 0)
+        throw ModelError(fmt("%s needs rows whose length is a multiple of %lld, got %lld", type_name(t),
+                             (long long)blk, (long long)k));
+}
+
+void quantize_rows(GgmlType t, const float* x, void* y, int64_t n_rows, int64_t n_per_row) {
+    check_len(t, n_per_row);
+    const size_t rb = row_bytes(t, n_per_row);
+    for (int64_t r = 0; r < n_rows; r++) {
+        const float* xr = x + r * n_per_row;
+        void* yr = (uint8_t*)y + r * rb;
+        switch (t) {
+            case GgmlType::F32: std::memcpy(yr, xr, n_per_row * 4); break;
+            case GgmlType::F16:
+                for (int64_t i = 0; i < n_per_row; i++) ((uint16_t*)yr)[i] = fp32_to_fp16(xr[i]);
+                break;
+            case GgmlType::BF16:
+                for (int64_t i = 0; i < n_per_row; i++) {  // round to nearest even, NaN kept quiet
+                    uint32_t u;
+                    std::memcpy(&u, &xr[i], 4);
+                    uint16_t h = (u & 0x7fffffff) > 0x7f800000 ? (uint16_t)((u >> 16) | 64)
+                                                               : (uint16_t)((u + (0x7fff + ((u >> 16) & 1))) >> 16);
+                    ((uint16_t*)yr)[i] = h;
+                }
+                break;
+            case GgmlType::Q8_0: quantize_row_q8_0(xr, (BlockQ8_0*)yr, n_per_row); break;
+            case GgmlType::Q4_0: quantize_row_q4_0(xr, (BlockQ4_0*)yr, n_per_row); break;
+            case GgmlType::Q4_K: quantize_row_q4_K(xr, (BlockQ4_K*)yr, n_per_row); break;
+            case GgmlType::Q6_K: quantize_row_q6_K(xr, (BlockQ6_K*)yr, n_per_row); break;
+            case GgmlType::Q8_K: quantize_row_q8_K(xr, (BlockQ8_K*)yr, n_per_row); break;
+            default: break;
+        }
+    }
+}
+
+void dequantize_values(GgmlType t, const void* x, float* y, int64_t k) {
+    check_len(t, k);
+    switch (t) {
+        case GgmlType::F32: std::memcpy(y, x, k * 4); break;
+        case GgmlType::F16:
+            for (int64_t i = 0; i < k; i++) y[i] = fp16_to_fp32(((const uint16_t*)x)[i]);
+            break;
+        case GgmlType::BF16:
+            for (int64_t i = 0; i < k; i++) y[i] = bf16_to_fp32(((const uint16_t*)x)[i]);
+            break;
+        case GgmlType::Q8_0: {
+            const BlockQ8_0* b = (const BlockQ8_0*)x;
+            for (int64_t i = 0; i < k / QK8_0; i++) {
+                const float d = fp16_to_fp32(b[i].d);
+                for (int j = 0; j < QK8_0; j++) y[i * QK8_0 + j] = (float)b[i].qs[j] * d;
+            }
+            break;
+        }
+        case GgmlType::Q4_0: {
+            const BlockQ4_0* b = (const BlockQ4_0*)x;
+            for (int64_t i = 0; i < k / QK4_0; i++) {
+                const float d = fp16_to_fp32(b[i].d);
+                for (int j = 0; j < 16; j++) {
+                    y[i * 32 + j] = (float)((b[i].qs[j] & 0xF) - 8) * d;
+                    y[i * 32 + j + 16] = (float)((b[i].qs[j] >> 4) - 8) * d;
+                }
+            }
+            break;
+        }
+        case GgmlType::Q4_K: {
+            const BlockQ4_K* b = (const BlockQ4_K*)x;
+            for (int64_t i = 0; i < k / QK_K; i++) {
+                const float d = fp16_to_fp32(b[i].d), dmin = fp16_to_fp32(b[i].dmin);
+                float* out = y + i * QK_K;
+                for (int j = 0; j < 8; j++) {
+                    uint8_t sc, m;
+                    q4k_scale_min(j, b[i].scales, &sc, &m);
+                    const float d1 = d * sc, m1 = dmin * m;
+                    const uint8_t* q = b[i].qs + 32 * (j / 2);
+                    for (int l = 0; l < 32; l++) {
+                        int v = (j & 1) ? (q[l] >> 4) : (q[l] & 0xF);
+                        float t = d1 * (float)v;
+                        out[32 * j + l] = t - m1;
+                    }
+                }
+            }
+            break;
+        }
+        case GgmlType::Q6_K: {
+            const BlockQ6_K* b = (const BlockQ6_K*)x;
+            for (int64_t i = 0; i < k / QK_K; i++) {
+                const float d = fp16_to_fp32(b[i].d);
+                for (int e = 0; e < QK_K; e++) {
+                    const float ds = d * (float)b[i].scales[e / 16];
+                    y[i * QK_K + e] = ds * (float)(q6k_value(b[i], e) - 32);
+                }
+            }
+            break;
+        }
+        case GgmlType::Q8_K: {
+            const BlockQ8_K* b = (const BlockQ8_K*)x;
+            for (int64_t i = 0; i < k / QK_K; i++)
+                for (int j = 0; j < QK_K; j++) y[i * QK_K + j] = b[i].d * (float)b[i].qs[j];
+            break;
+        }
+        default: break;
+    }
+}
+
+}  // namespace tg

@@ -1,0 +1,93 @@
+// GGML quantization blocks (byte-compatible with GGUF files) and the scalar reference
+// quantizers / dequantizers.
+//
+//   Q8_0  32 values  34 bytes   fp16 d; int8 qs[32]                        x = d*q
+//   Q4_0  32 values  18 bytes   fp16 d; u8 qs[16] (j: low nibble, j+16: high)  x = d*(q-8)
+//   Q4_K 256 values 144 bytes   fp16 d, dmin; u8 scales[12] (8 x 6-bit scale, 8 x 6-bit min);
+//                               u8 qs[128]                                 x = d*sc*q - dmin*m
+//   Q6_K 256 values 210 bytes   u8 ql[128]; u8 qh[64]; int8 scales[16]; fp16 d   x = d*sc*(q-32)
+//   Q8_K 256 values 292 bytes   f32 d; int8 qs[256]; int16 bsums[16]       (activations only)
+//
+// Q8_0 and Q4_0 quantize exactly as gguf-py's gguf.quants.quantize (round half away from zero;
+// Q4_0 truncates x*id + 8.5 in float32). Q4_K and Q6_K follow ggml's reference quantizers
+// (quantize_row_q4_K_ref / quantize_row_q6_K_ref, no importance matrix). All-zero blocks give
+// scale 0.
+#pragma once
+#include <cstdint>
+
+#include "ggml_type.h"
+
+namespace tg {
+
+constexpr int QK8_0 = 32, QK4_0 = 32, QK_K = 256;
+
+struct BlockQ8_0 {
+    uint16_t d;       // fp16 scale
+    int8_t qs[QK8_0];
+};
+static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block must be 34 bytes");
+
+struct BlockQ4_0 {
+    uint16_t d;            // fp16 scale
+    uint8_t qs[QK4_0 / 2]; // byte j: value j (low nibble) and value j+16 (high nibble)
+};
+static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block must be 18 bytes");
+
+struct BlockQ4_K {
+    uint16_t d, dmin;        // fp16 super-block scales of the sub-block scales and mins
+    uint8_t scales[12];      // 8 scales and 8 mins, 6 bits each (see q4k_scale_min)
+    uint8_t qs[QK_K / 2];    // chunk c of 32 bytes: values 64c+l (low nibble), 64c+32+l (high)
+};
+static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block must be 144 bytes");
+
+struct BlockQ6_K {
+    uint8_t ql[QK_K / 2];    // low 4 bits
+    uint8_t qh[QK_K / 4];    // high 2 bits
+    int8_t scales[QK_K / 16];
+    uint16_t d;              // fp16
+};
+static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block must be 210 bytes");
+
+struct BlockQ8_K {
+    float d;
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16];  // sum of qs in groups of 16
+};
+static_assert(sizeof(BlockQ8_K) == 292, "Q8_K block must be 292 bytes");
+
+// Scale and min of sub-block j (0..7) of a Q4_K block.
+inline void q4k_scale_min(int j, const uint8_t* s, uint8_t* sc, uint8_t* m) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4));
+        *m = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    }
+}
+
+// Unsigned 6-bit value (q + 32, 0..63) of element i (0..255) of a Q6_K block.
+inline int q6k_value(const BlockQ6_K& b, int i) {
+    int half = i / 128, r = i % 128, quarter = r / 32, l = r % 32;
+    const uint8_t* ql = b.ql + 64 * half;
+    const uint8_t* qh = b.qh + 32 * half;
+    int lo = (quarter & 1) ? ql[l + 32] : ql[l];
+    lo = (quarter & 2) ? (lo >> 4) : (lo & 0xF);
+    int hi = (qh[l] >> (2 * quarter)) & 3;
+    return lo | (hi << 4);
+}
+
+// Types quantize_rows / dequantize_values accept: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, Q8_K.
+bool quant_supported(GgmlType t);
+
+// Quantize n_rows rows of n_per_row floats into GGML layout (n_per_row a multiple of the block).
+void quantize_rows(GgmlType t, const float* x, void* y, int64_t n_rows, int64_t n_per_row);
+
+// Dequantize k values (a multiple of the block size) from GGML layout.
+void dequantize_values(GgmlType t, const void* x, float* y, int64_t k);
+
+// Activation quantizers shared by every kernel path (so all paths see identical int8 data).
+void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t k);
+void quantize_row_q8_K(const float* x, BlockQ8_K* y, int64_t k);
+
+}  // namespace tg

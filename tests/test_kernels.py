@@ -1,0 +1,318 @@
+"""Matrix products of every weight type on every instruction set this machine supports.
+
+- Every SIMD path equals the scalar path bit for bit (integer dot products are exact, and each output
+  follows the same float operation order on every path; see csrc/kernels/matmul_impl.h).
+- Results do not depend on the thread count.
+- Values: against a float64 reference built independently in numpy. For quantized weights the
+  reference multiplies the dequantized weights by the dequantized int8 activations (Q8_0 from
+  gguf-py's quantizer, Q8_K from the numpy quantizer below), so only float32 accumulation rounding
+  remains: |y - ref| <= 2e-6 * sum|w||x| + 1e-6. Against unquantized weights and activations the
+  relative error must stay within each format's quantization error (REL_ERROR_VS_FLOAT).
+"""
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+from gguf import GGMLQuantizationType as T  # noqa: E402
+from gguf.quants import dequantize as gg_dequantize  # noqa: E402
+from gguf.quants import quantize as gg_quantize  # noqa: E402
+
+from tinygptv_native import ModelError, _core  # noqa: E402
+
+ISAS = [s for s in ("scalar", "avx2", "avx512") if _core.isa_supported(s)]
+SIMD = [s for s in ISAS if s != "scalar"]
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"]
+BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_K": 256, "Q6_K": 256}
+NS = [1, 2, 3, 7, 16, 33]
+# Error of y against unquantized float64 weights and activations, relative to |x| @ |w|.T
+# (Frobenius norms): the quantization error of each format. ggml's own dot-product limit is
+# checked in test_quants.py.
+REL_ERROR_VS_FLOAT = {"F32": 1e-6, "F16": 5e-4, "BF16": 4e-3, "Q8_0": 0.01, "Q4_0": 0.08, "Q4_K": 0.06, "Q6_K": 0.02}
+
+
+@pytest.fixture(autouse=True)
+def restore_isa():
+    yield
+    _core.set_isa(_core.isa_best())
+
+
+def n_ins(ty):
+    b = BLOCK[ty]
+    return [256, 768] if b == 256 else [32, 96, 512]
+
+
+def run(ty, isa, wq, n_out, n_in, x, bias, threads=2):
+    _core.set_isa(isa)
+    return _core.matmul_test(ty, wq, n_out, n_in, x, bias, threads)
+
+
+def q8k_numpy(x):
+    """Independent Q8_K activation quantizer: per 256 values, scale = max/-127 where max is the
+    value of largest magnitude; q = round-half-even(x * -127/max), capped at 127."""
+    x = x.astype(np.float32).reshape(-1, 256)
+    idx = np.argmax(np.abs(x), axis=1)
+    mx = x[np.arange(x.shape[0]), idx]
+    out = np.zeros_like(x)
+    nz = mx != 0
+    iscale = (np.float32(-127.0) / mx[nz]).astype(np.float32)
+    q = np.minimum(np.rint((iscale[:, None] * x[nz]).astype(np.float32)), 127)
+    out[nz] = q * (np.float32(1.0) / iscale)[:, None]
+    return out
+
+
+def dequant_acts(ty, x):
+    if ty in ("Q8_0", "Q4_0"):
+        return gg_dequantize(gg_quantize(x, T.Q8_0), T.Q8_0).reshape(x.shape)
+    if ty in ("Q4_K", "Q6_K"):
+        return q8k_numpy(x).reshape(x.shape)
+    return x
+
+
+def make(ty, n_out, n_in, seed):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((n_out, n_in)) * 0.5).astype(np.float32)
+    wq = _core.quantize(ty, w)
+    wd = _core.dequantize(ty, wq, (n_out, n_in)).astype(np.float64)
+    return w, wq, wd
+
+
+@pytest.mark.parametrize("ty", TYPES)
+def test_values_against_numpy(ty):
+    rng = np.random.default_rng(5)
+    for n_in in n_ins(ty):
+        for n_out in (1, 17, 45):
+            w, wq, wd = make(ty, n_out, n_in, n_in + n_out)
+            for n in NS:
+                x = rng.standard_normal((n, n_in)).astype(np.float32)
+                bias = rng.standard_normal(n_out).astype(np.float32) if n % 2 else None
+                xd = dequant_acts(ty, x).astype(np.float64)
+                ref = xd @ wd.T + (bias if bias is not None else 0)
+                tol = 2e-6 * (np.abs(xd) @ np.abs(wd).T) + 1e-6
+                ref_f = x.astype(np.float64) @ w.astype(np.float64).T + (bias if bias is not None else 0)
+                mag = np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T
+                for isa in ISAS:
+                    y = run(ty, isa, wq, n_out, n_in, x, bias)
+                    assert y.shape == (n, n_out) and y.dtype == np.float32
+                    err = np.abs(y - ref)
+                    assert np.all(err <= tol), f"{ty}/{isa} n={n} {n_out}x{n_in}: max err {err.max()}"
+                    rel = np.linalg.norm(y - ref_f) / np.linalg.norm(mag)
+                    assert rel < REL_ERROR_VS_FLOAT[ty], f"{ty}/{isa} n={n} {n_out}x{n_in}: relative error {rel}"
+
+
+@pytest.mark.skipif(not SIMD, reason="no SIMD path on this machine")
+@pytest.mark.parametrize("ty", TYPES)
+def test_simd_bit_identical_to_scalar(ty):
+    rng = np.random.default_rng(9)
+    for n_in in n_ins(ty):
+        for n_out in (3, 16, 45, 70):
+            _, wq, _ = make(ty, n_out, n_in, 100 + n_out)
+            for n in NS:
+                x = (rng.standard_normal((n, n_in)) * rng.choice([1e-3, 1.0, 50.0])).astype(np.float32)
+                bias = rng.standard_normal(n_out).astype(np.float32)
+                ys = run(ty, "scalar", wq, n_out, n_in, x, bias)
+                for isa in SIMD:
+                    y = run(ty, isa, wq, n_out, n_in, x, bias)
+                    diff = np.flatnonzero(y.view(np.uint32) != ys.view(np.uint32))
+                    assert diff.size == 0, f"{ty}/{isa} n={n} {n_out}x{n_in}: {diff.size} outputs differ from scalar"
+
+
+@pytest.mark.parametrize("ty", TYPES)
+def test_thread_count_invariance(ty):
+    rng = np.random.default_rng(2)
+    n_in = 512 if BLOCK[ty] <= 32 else 768
+    n_out = 83
+    _, wq, _ = make(ty, n_out, n_in, 3)
+    for n in (1, 5, 33):
+        x = rng.standard_normal((n, n_in)).astype(np.float32)
+        for isa in ISAS:
+            ys = [run(ty, isa, wq, n_out, n_in, x, None, threads=t) for t in (1, 2, 3)]
+            assert np.array_equal(ys[0], ys[1]) and np.array_equal(ys[0], ys[2]), f"{ty}/{isa} n={n}"
+
+
+@pytest.mark.parametrize("ty", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+def test_extreme_weights_and_activations(ty):
+    # Q8_0 weights of -128 (legal in files, never produced by the quantizer), zero rows, huge and
+    # tiny activations, all-zero activation blocks.
+    n_in = 512
+    n_out = 19
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    w[3] = 0
+    wq = _core.quantize(ty, w)
+    if ty == "Q8_0":
+        blocks = wq.reshape(n_out, -1, 34)
+        blocks[5, :, 2:] = 0x80  # int8 -128
+    x = rng.standard_normal((4, n_in)).astype(np.float32)
+    # Q8_0 activation scales are fp16 (as in ggml), so block maxima stay below 65504 * 127.
+    x[1] *= 1e25 if ty in ("Q4_K", "Q6_K") else 1e5
+    x[2] *= 1e-25
+    x[3, :256] = 0
+    ys = run(ty, "scalar", wq, n_out, n_in, x, None)
+    assert np.all(np.isfinite(ys))
+    assert np.all(ys[:, 3] == 0)
+    for isa in SIMD:
+        assert np.array_equal(run(ty, isa, wq, n_out, n_in, x, None).view(np.uint32), ys.view(np.uint32))
+
+
+def test_bad_arguments():
+    wq = _core.quantize("Q8_0", np.zeros((4, 64), np.float32))
+    with pytest.raises(ModelError, match="needs"):
+        _core.matmul_test("Q8_0", wq[:, :-1], 4, 64, np.zeros((1, 64), np.float32))
+    with pytest.raises(ModelError, match=r"shape \[n, 64\]"):
+        _core.matmul_test("Q8_0", wq, 4, 64, np.zeros((1, 32), np.float32))
+    with pytest.raises(ModelError, match="bias"):
+        _core.matmul_test("Q8_0", wq, 4, 64, np.zeros((1, 64), np.float32), np.zeros(3, np.float32))
+    with pytest.raises(ModelError, match="not supported"):
+        _core.matmul_test("Q5_K", np.zeros(176, np.uint8), 1, 256, np.zeros((1, 256), np.float32))
+    with pytest.raises(ModelError, match="multiple of 32"):
+        _core.matmul_test("Q4_0", np.zeros(18, np.uint8), 1, 48, np.zeros((1, 48), np.float32))
+    with pytest.raises(ModelError, match="unknown instruction set"):
+        _core.set_isa("sse9")
+
+
+def test_isa_reporting():
+    assert _core.isa() in ISAS
+    assert _core.isa_best() == ISAS[-1]
+    for isa in ISAS:
+        _core.set_isa(isa)
+        assert _core.isa() == isa
+    for isa in ("avx2", "avx512"):
+        if not _core.isa_supported(isa):
+            with pytest.raises(ModelError, match="not supported"):
+                _core.set_isa(isa)
+
+
+# ---- tinygptv quantize ----------------------------------------------------------------------
+
+def _write_gguf(path, tensors, extra_kv=True):
+    w = gguf.GGUFWriter(str(path), "phi2")
+    if extra_kv:
+        w.add_uint32("phi2.block_count", 8)
+        w.add_string("general.name", "tiny test model")
+        w.add_float32("phi2.attention.layer_norm_epsilon", 1e-5)
+        w.add_bool("tokenizer.ggml.add_bos_token", False)
+        w.add_array("tokenizer.ggml.tokens", ["a", "b", "<|endoftext|>"])
+        w.add_array("tokenizer.ggml.token_type", [1, 1, 3])
+        w.add_array("tinygptv.image.mean", [0.48145466, 0.4578275, 0.40821073])
+        w.add_uint32("general.file_type", 1)
+    for name, arr, raw in tensors:
+        if raw is None:
+            w.add_tensor(name, arr)
+        else:
+            w.add_tensor(name, arr, raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def _tiny_model(rng):
+    t = [("token_embd.weight", rng.standard_normal((12, 256)).astype(np.float16), None)]
+    for i in range(8):
+        t += [
+            (f"blk.{i}.attn_norm.weight", rng.standard_normal(256).astype(np.float32), None),
+            (f"blk.{i}.attn_qkv.weight", rng.standard_normal((96, 256)).astype(np.float16), None),
+            (f"blk.{i}.attn_qkv.bias", rng.standard_normal(96).astype(np.float16), None),
+            (f"blk.{i}.ffn_down.weight", rng.standard_normal((256, 512)).astype(np.float32), None),
+        ]
+    t += [
+        ("output.weight", rng.standard_normal((12, 256)).astype(np.float32), None),
+        ("v.patch_embd.weight", rng.standard_normal((16, 588)).astype(np.float16), None),
+        ("v.blk.0.ffn_up.weight", rng.standard_normal((64, 1408)).astype(np.float16), None),
+        ("qf.query", rng.standard_normal((4, 64)).astype(np.float32), None),
+    ]
+    return t
+
+
+def _fields(path):
+    r = gguf.GGUFReader(str(path))
+    kv = {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")}
+    return kv, {t.name: t for t in r.tensors}
+
+
+def expected_type(name, target):
+    from tinygptv_native.quantize import use_more_bits
+    if name.endswith(("norm.weight", ".bias")):
+        return "F32"
+    if name == "qf.query":
+        return "F32"
+    if name == "v.patch_embd.weight":
+        return "F16"  # rows of 588 values: no block size divides them
+    if target == "f16":
+        return "F16"
+    if target in ("q8_0", "q4_0"):
+        return target.upper()
+    if name.startswith("v."):
+        return "Q8_0"
+    if name == "output.weight":
+        return "Q6_K"
+    if name.startswith("blk."):
+        layer = int(name.split(".")[1])
+        if name.endswith(("ffn_down.weight", "attn_qkv.weight")) and use_more_bits(layer, 8):
+            return "Q6_K"
+    return "Q4_K"
+
+
+@pytest.mark.parametrize("target", ["f16", "q8_0", "q4_0", "q4_k_m"])
+def test_quantize_file_round_trip(tmp_path, target):
+    from tinygptv_native.quantize import FILE_TYPE, quantize_file
+    rng = np.random.default_rng(21)
+    tensors = _tiny_model(rng)
+    src = tmp_path / "in.gguf"
+    dst = tmp_path / f"out-{target}.gguf"
+    _write_gguf(src, tensors)
+    quantize_file(str(src), str(dst), target, progress=False)
+    kv_in, _ = _fields(src)
+    kv_out, t_out = _fields(dst)
+    assert kv_out.pop("general.file_type") == FILE_TYPE[target]
+    kv_in.pop("general.file_type")
+    if target != "f16":
+        assert kv_out.pop("general.quantization_version") == 2
+    assert kv_in.keys() == kv_out.keys()
+    for k in kv_in:
+        if isinstance(kv_in[k], list) and kv_in[k] and isinstance(kv_in[k][0], float):
+            assert np.allclose(kv_in[k], kv_out[k], rtol=0, atol=0), k
+        else:
+            assert kv_in[k] == kv_out[k], k
+    assert list(t_out) == [n for n, _, _ in tensors]  # order kept
+    for name, arr, _ in tensors:
+        t = t_out[name]
+        want = expected_type(name, target)
+        assert t.tensor_type.name == want, f"{name}: {t.tensor_type.name} != {want}"
+        assert [int(d) for d in t.shape] == list(reversed(arr.shape)), name
+        x = arr.astype(np.float32).reshape(-1, arr.shape[-1])
+        raw = np.asarray(t.data).view(np.uint8).reshape(-1)
+        if want in ("F32", "F16"):
+            got = raw.view(np.float32 if want == "F32" else np.float16).astype(np.float32).reshape(x.shape)
+            assert np.array_equal(got, x.astype(np.float16).astype(np.float32) if want == "F16" else x), name
+        else:
+            assert np.array_equal(raw, _core.quantize(want, x).reshape(-1)), name
+            if want in ("Q8_0", "Q4_0"):
+                assert np.array_equal(raw, gg_quantize(x, getattr(T, want)).reshape(-1)), name
+
+
+def test_quantize_file_errors_leave_no_output(tmp_path):
+    from tinygptv_native import GGUFError
+    from tinygptv_native.quantize import QuantizeError, main, quantize_file
+    rng = np.random.default_rng(1)
+    src = tmp_path / "in.gguf"
+    # A Q5_K weight can be copied but not converted: quantizing to q8_0 must fail cleanly.
+    q5 = rng.integers(0, 255, size=(4, 176), dtype=np.uint8)
+    _write_gguf(src, [("blk.0.ffn_up.weight", q5, T.Q5_K)])
+    dst = tmp_path / "out.gguf"
+    with pytest.raises(QuantizeError, match=r"blk\.0\.ffn_up\.weight.*Q5_K"):
+        quantize_file(str(src), str(dst), "q8_0", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf"]
+    with pytest.raises(QuantizeError, match="q3_k"):
+        quantize_file(str(src), str(dst), "q3_k", progress=False)
+    with pytest.raises(FileNotFoundError, match="missing.gguf"):
+        quantize_file(str(tmp_path / "missing.gguf"), str(dst), "q8_0", progress=False)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"NOTGGUF" + bytes(100))
+    with pytest.raises(GGUFError, match="bad.gguf"):
+        quantize_file(str(bad), str(dst), "q8_0", progress=False)
+    assert not dst.exists()
+    assert main([str(bad), str(dst), "q4_0", "--quiet"]) == 1
+    with pytest.raises(SystemExit):
+        main([str(src), str(dst), "q9"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf", "in.gguf"]

@@ -1,0 +1,172 @@
+"""Quantizers and dequantizers against gguf-py (byte-exact for Q8_0/Q4_0, bit-exact dequantization)
+and against ggml's test-quantize-fns error limits for the K-quants.
+
+ggml's metric: array_rmse(a, b) = sqrt(sum((a - b)^2)) / n (not an RMSE), on 0.1 + 2*cos(i + offset)
+with n = 4096; MAX_QUANTIZATION_TOTAL_ERROR = 0.002, MAX_DOT_PRODUCT_ERROR = 0.02 (|dot_q - dot| / n).
+"""
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+from gguf import GGMLQuantizationType as T  # noqa: E402
+from gguf.quants import dequantize as gg_dequantize  # noqa: E402
+from gguf.quants import quantize as gg_quantize  # noqa: E402
+
+from tinygptv_native import ModelError, _core  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # gguf-py on inf/huge inputs
+
+MAX_QUANTIZATION_TOTAL_ERROR = 0.002
+MAX_DOT_PRODUCT_ERROR = 0.02
+BLOCK = {"Q8_0": 32, "Q4_0": 32, "Q4_K": 256, "Q6_K": 256}
+
+
+def ggml_data(n=4096, offset=0.0):
+    return (0.1 + 2 * np.cos(np.arange(n, dtype=np.float64) + offset)).astype(np.float32)
+
+
+def ggml_rmse(a, b):
+    return float(np.sqrt(np.sum((a.astype(np.float64) - b.astype(np.float64)) ** 2)) / a.size)
+
+
+def adversarial_rows(block):
+    rng = np.random.default_rng(1234)
+    rows = [
+        np.zeros(block),                                     # all zero
+        np.full(block, 0.75),                                # constant
+        np.full(block, -3.0),                                # constant negative
+        np.where(np.arange(block) % 2 == 0, 3.0, -3.0),      # equal |max| of both signs
+        np.where(np.arange(block) % 2 == 0, -3.0, 3.0),
+        rng.standard_normal(block) * 1e20,                   # huge
+        rng.standard_normal(block) * 1e-20,                  # tiny (normal floats)
+        rng.standard_normal(block) * 60000.0,                # near the fp16 range
+        np.concatenate([[127.0], (np.arange(block - 1) % 50 - 25) + 0.5]),   # Q8_0 halfway cases
+        np.concatenate([[-8.0], (np.arange(block - 1) % 32) * 0.25 - 4.0]),  # Q4_0 halfway cases
+        np.concatenate([[1.0], np.zeros(block - 1)]),         # one spike
+        np.concatenate([np.zeros(block - 1), [-1e-3]]),
+        np.array([(-1.0) ** i * (i + 1) for i in range(block)]),
+        np.full(block, -0.0),
+    ]
+    return np.stack(rows).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_0"])
+def test_bytes_match_gguf_random(name):
+    rng = np.random.default_rng(0)
+    for scale in (1.0, 0.02, 300.0):
+        x = (rng.standard_normal((48, 32 * 24)) * scale).astype(np.float32)
+        ours = _core.quantize(name, x)
+        ref = gg_quantize(x, getattr(T, name))
+        assert ours.shape == ref.shape
+        bad = np.flatnonzero(np.any(ours != ref, axis=1))
+        assert bad.size == 0, f"{name}: rows {bad[:10]} differ from gguf-py"
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_0"])
+def test_bytes_match_gguf_adversarial(name):
+    x = adversarial_rows(32)
+    ours = _core.quantize(name, x)
+    ref = gg_quantize(x, getattr(T, name))
+    for i in range(x.shape[0]):
+        assert np.array_equal(ours[i], ref[i]), f"{name}: adversarial row {i} ({x[i][:4]}...) differs"
+    # Many blocks per row, mixed content.
+    xx = x.reshape(1, -1)
+    assert np.array_equal(_core.quantize(name, xx), gg_quantize(xx, getattr(T, name)))
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+def test_zero_blocks_have_zero_scale(name):
+    blk = BLOCK[name]
+    x = np.zeros((3, blk * 2), np.float32)
+    q = _core.quantize(name, x)
+    d = _core.dequantize(name, q, x.shape)
+    assert np.all(d == 0) and not np.any(np.isnan(d))
+    if name in ("Q8_0", "Q4_0"):  # fp16 scale first; Q4_0 gives -0.0 exactly as gguf-py (0 / -8)
+        scale = q[:, :2].copy().view(np.float16).astype(np.float32)
+        assert np.all(scale == 0), "the scale of an all-zero block must be 0"
+        assert np.array_equal(q, gg_quantize(x, getattr(T, name)))
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+def test_dequantize_bit_exact_vs_gguf(name):
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.standard_normal((8, 512)), adversarial_rows(256)[:, :256].repeat(2, axis=1)]).astype(np.float32)
+    q = _core.quantize(name, x)
+    ours = _core.dequantize(name, q, x.shape)
+    ref = gg_dequantize(q, getattr(T, name)).reshape(x.shape)
+    assert np.array_equal(ours.view(np.uint32), ref.astype(np.float32).view(np.uint32))
+    # Random bytes too (any bit pattern a file may hold), with finite fp16 scales.
+    raw = rng.integers(0, 256, size=(4, q.shape[1]), dtype=np.uint8)
+    ours = _core.dequantize(name, raw, (4, x.shape[1]))
+    ref = gg_dequantize(raw, getattr(T, name)).reshape(4, -1).astype(np.float32)
+    fin = np.isfinite(ref)
+    assert np.array_equal(np.isfinite(ours), fin)
+    assert np.array_equal(ours[fin].view(np.uint32), ref[fin].view(np.uint32))
+
+
+@pytest.mark.parametrize("name", ["F16", "BF16"])
+def test_float_conversions_match_gguf(name):
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.standard_normal((4, 64)) * s for s in (1, 1e-6, 1e4, 1e6)]).astype(np.float32)
+    ours = _core.quantize(name, x)
+    if name == "F16":
+        ref = x.astype(np.float16).view(np.uint8).reshape(x.shape[0], -1)
+    else:
+        ref = gg_quantize(x, T.BF16).view(np.uint8).reshape(x.shape[0], -1)
+    assert np.array_equal(ours, ref)
+    back = _core.dequantize(name, ours, x.shape)
+    if name == "F16":
+        want = x.astype(np.float16).astype(np.float32)
+    else:
+        want = gg_dequantize(ref.copy().view(np.uint8), T.BF16).reshape(x.shape)
+    assert np.array_equal(back, np.asarray(want, np.float32))
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+def test_quantization_error_ggml_limit(name):
+    for offset in (0.0, 1.0, 7.5):
+        x = ggml_data(4096, offset).reshape(1, -1)
+        d = _core.dequantize(name, _core.quantize(name, x), x.shape)
+        err = ggml_rmse(d, x)
+        assert err < MAX_QUANTIZATION_TOTAL_ERROR, f"{name} offset {offset}: error {err}"
+
+
+def test_kquant_error_ordering_random():
+    # Q6_K must be clearly better than Q4_K, and both close to the data on gaussian weights.
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((16, 1024)) * 0.05).astype(np.float32)
+    rel = {}
+    for name in ("Q4_K", "Q6_K", "Q4_0", "Q8_0"):
+        d = _core.dequantize(name, _core.quantize(name, x), x.shape)
+        rel[name] = float(np.sqrt(np.mean((d - x) ** 2)) / np.sqrt(np.mean(x ** 2)))
+    assert rel["Q6_K"] < 0.5 * rel["Q4_K"], rel
+    assert rel["Q4_K"] < rel["Q4_0"], rel  # the min/scale search must beat plain absmax
+    assert rel["Q8_0"] < 0.01 and rel["Q4_K"] < 0.12, rel
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+def test_dot_product_error_ggml_limit(name):
+    w = ggml_data(4096, 0.0).reshape(1, -1)
+    x = ggml_data(4096, 1.0).reshape(1, -1)
+    wq = _core.quantize(name, w)
+    ref = float((w.astype(np.float64) @ x.astype(np.float64).T)[0, 0])
+    for isa in ("scalar", "avx2", "avx512"):
+        if not _core.isa_supported(isa):
+            continue
+        _core.set_isa(isa)
+        y = float(_core.matmul_test(name, wq, 1, 4096, x)[0, 0])
+        assert abs(y - ref) / 4096 < MAX_DOT_PRODUCT_ERROR, f"{name}/{isa}: {y} vs {ref}"
+    _core.set_isa(_core.isa_best())
+
+
+def test_bad_input_errors():
+    with pytest.raises(ModelError, match="multiple of 32"):
+        _core.quantize("Q8_0", np.zeros((2, 40), np.float32))
+    with pytest.raises(ModelError, match="unknown tensor type 'Q9_9'"):
+        _core.quantize("Q9_9", np.zeros((2, 32), np.float32))
+    with pytest.raises(ModelError, match="2-D"):
+        _core.quantize("Q8_0", np.zeros(32, np.float32))
+    with pytest.raises(ModelError, match="needs 68 bytes"):
+        _core.dequantize("Q8_0", np.zeros(60, np.uint8), (2, 32))
+    with pytest.raises(ModelError, match="Q5_K"):
+        _core.quantize("Q5_K", np.zeros((1, 256), np.float32))
