@@ -259,6 +259,20 @@ def test_parity_f16_weights(tmp_path):
     assert cos >= 0.99999 and rel < 1e-4, (cos, rel)
 
 
+def test_folded_projector(tmp_path):
+    # A converter may store mm.1 . mm.0 as one affine map in mm.0 (float64 product, rounded once).
+    ref = Reference(28, 2, seed=8)
+    W1, b1 = _np(ref.proj0.weight), _np(ref.proj0.bias)
+    W2, b2 = _np(ref.proj1.weight), _np(ref.proj1.bias)
+    fold = {"mm.0.weight": (W2 @ W1).astype(np.float32), "mm.0.bias": (W2 @ b1 + b2).astype(np.float32)}
+    path = write_gguf(tmp_path / "fold.gguf", ref, tensor_override=fold, drop=("mm.1.weight", "mm.1.bias"))
+    pixels = _pixels(28, 6)
+    m, s, got = _encode(path, pixels)
+    assert m.vision_hparams["proj_n_mid"] == 0
+    cos, rel = _compare(got, ref(pixels))
+    assert cos >= 0.99999 and rel < 1e-4, (cos, rel)
+
+
 def test_thread_count_invariance(tmp_path):
     ref = Reference(56, 2, seed=5)
     path = write_gguf(tmp_path / "m.gguf", ref)
@@ -351,7 +365,10 @@ def _all_names(ref):
     ({"tinygptv.image.mean": ("arr", [0.2, 0.3])}, (), tn.ModelError, r"image.mean has 2 values"),
     ({"tinygptv.vision.embedding_length": (None, None)}, (), tn.GGUFError, r"tinygptv.vision.embedding_length"),
     ({}, ("v.blk.1.attn_qkv.bias",), tn.ModelError, r"'v.blk.1.attn_qkv.bias' is missing"),
-    ({}, ("mm.1.weight",), tn.ModelError, r"'mm.1.weight' is missing"),
+    ({}, ("mm.1.weight",), tn.ModelError, r"no 'mm.1.weight': a folded projector must have 24 rows"),
+    ({"tinygptv.vision.image_size": ("u32", 4080), "tinygptv.vision.patch_size": ("u32", 16),
+      "tinygptv.vision.feed_forward_length": ("u32", 65536)}, (), tn.ModelError, r"65026 x 65536 scratch buffer"),
+    ({"tinygptv.vision.image_size": ("u32", 4088)}, (), tn.ModelError, r"gives 85265 tokens"),
 ])
 def test_bad_hparams(tmp_path, override, drop, exc, pattern):
     ref = Reference(28, 2, seed=4)

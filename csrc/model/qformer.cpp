@@ -39,7 +39,12 @@ QformerHparams QformerHparams::read(const GGUFFile& f, int64_t n_embd_enc, int64
     if (m0->n_dims != 2 || m0->ne[0] != hp.n_embd || m0->ne[1] < 1 || m0->ne[1] > (1 << 16))
         throw ModelError(fmt("tensor 'mm.0.weight' has shape %s, expected [%lld, n_mid] with n_mid <= 65536",
                              m0->shape_str().c_str(), (long long)hp.n_embd));
-    hp.n_proj_mid = m0->ne[1];
+    const bool folded = f.find_tensor("mm.1.weight") == nullptr;
+    hp.n_proj_mid = folded ? 0 : m0->ne[1];
+    if (folded && m0->ne[1] != n_embd_out)
+        throw ModelError(fmt("tensor 'mm.0.weight' has shape %s and there is no 'mm.1.weight': a folded projector "
+                             "must have %lld rows (the language model's embedding_length)",
+                             m0->shape_str().c_str(), (long long)n_embd_out));
     return hp;
 }
 
@@ -89,8 +94,13 @@ void QformerWeights::load(WeightLoader& ld, const QformerHparams& hp) {
     if (ld.has("qf.blk." + std::to_string(hp.n_layer) + ".attn_q.weight"))
         throw ModelError(fmt("the file has more Q-Former layers than tinygptv.qformer.block_count = %lld",
                              (long long)hp.n_layer));
-    proj0 = linear(ld, "mm.0", hp.n_proj_mid, E);
-    proj1 = linear(ld, "mm.1", hp.n_embd_out, hp.n_proj_mid);
+    if (hp.n_proj_mid == 0) {
+        proj0 = linear(ld, "mm.0", hp.n_embd_out, E);
+        proj1 = QformerLinear{MatW{}, nullptr};
+    } else {
+        proj0 = linear(ld, "mm.0", hp.n_proj_mid, E);
+        proj1 = linear(ld, "mm.1", hp.n_embd_out, hp.n_proj_mid);
+    }
 }
 
 QformerScratch::QformerScratch(const QformerHparams& hp, int64_t n_img) {
@@ -139,8 +149,12 @@ void qformer_forward(const QformerHparams& hp, const QformerWeights& w, const fl
         residual_ln(L.ffn_ln_w, L.ffn_ln_b);
     }
 
-    matmul(w.proj0.w, h, NQ, s.mid.data(), w.proj0.b, pool);
-    matmul(w.proj1.w, s.mid.data(), NQ, out, w.proj1.b, pool);
+    if (hp.n_proj_mid == 0) {
+        matmul(w.proj0.w, h, NQ, out, w.proj0.b, pool);
+    } else {
+        matmul(w.proj0.w, h, NQ, s.mid.data(), w.proj0.b, pool);
+        matmul(w.proj1.w, s.mid.data(), NQ, out, w.proj1.b, pool);
+    }
 }
 
 }  // namespace tg

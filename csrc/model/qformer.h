@@ -6,8 +6,9 @@
 //                 h = LN_ffn(W_2 · gelu_erf(W_1 · h) + h)                      (the query FFN)
 //   out = mm.1 · (mm.0 · h + b0) + b1                                         (no activation in between)
 //
-// The two projector matrices are applied one after the other (not folded), so the result matches the
-// reference's two Linear layers up to float32 rounding.
+// The two projector matrices are applied one after the other (not folded here), so the result matches
+// the reference's two Linear layers up to float32 rounding. A file whose converter folded them into one
+// affine map stores only mm.0 [n_embd_out rows]; then that single product is the projector.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -29,7 +30,7 @@ struct QformerHparams {
     int64_t n_query = 0;     // learned queries = image tokens given to the LM
     int64_t cross_freq = 0;  // cross-attention on layers 0, f, 2f, ...
     int64_t n_embd_enc = 0;  // width of the image tokens (the ViT's n_embd)
-    int64_t n_proj_mid = 0;  // rows of mm.0 (4096 in TinyGPT-V)
+    int64_t n_proj_mid = 0;  // rows of mm.0 (4096 in TinyGPT-V); 0 when the projector is folded into mm.0
     int64_t n_embd_out = 0;  // rows of mm.1 = the language model's n_embd
     float ln_eps = 1e-12f;
 
@@ -66,8 +67,8 @@ struct QformerWeights {
     const float* emb_ln_w;   // [n_embd]
     const float* emb_ln_b;   // [n_embd]
     std::vector<QformerLayer> layers;
-    QformerLinear proj0;     // mm.0: [n_proj_mid, n_embd]
-    QformerLinear proj1;     // mm.1: [n_embd_out, n_proj_mid]
+    QformerLinear proj0;     // mm.0: [n_proj_mid, n_embd]  (folded: [n_embd_out, n_embd])
+    QformerLinear proj1;     // mm.1: [n_embd_out, n_proj_mid] (folded: absent, w.data null)
 
     void load(WeightLoader& ld, const QformerHparams& hp);
 };

@@ -1,5 +1,6 @@
 #include "model/vision.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -30,6 +31,14 @@ VisionHparams VisionHparams::read(const GGUFFile& f) {
     if (hp.n_tokens() > (1 << 16))
         throw ModelError(fmt("tinygptv.vision.image_size %lld / patch_size %lld gives %lld tokens (at most 65536)",
                              (long long)hp.image_size, (long long)hp.patch_size, (long long)hp.n_tokens()));
+
+    // The largest scratch buffer (tokens x max(n_ff, 3 n_embd) floats) must stay reasonable, whatever the file claims.
+    const int64_t widest = std::max(hp.n_ff, 3 * hp.n_embd);
+    if (hp.n_tokens() * widest > (int64_t(1) << 28))
+        throw ModelError(fmt("vision hyperparameters need a %lld x %lld scratch buffer (more than 2^28 floats): "
+                             "image_size %lld, patch_size %lld, feed_forward_length %lld, embedding_length %lld",
+                             (long long)hp.n_tokens(), (long long)widest, (long long)hp.image_size,
+                             (long long)hp.patch_size, (long long)hp.n_ff, (long long)hp.n_embd));
 
     for (int k = 0; k < 2; k++) {
         const std::string key = k == 0 ? "tinygptv.image.mean" : "tinygptv.image.std";
