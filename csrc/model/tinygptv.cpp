@@ -1,5 +1,7 @@
 #include "model/tinygptv.h"
 
+#include <cmath>
+
 #include "errors.h"
 #include "model/loader.h"
 
@@ -9,6 +11,14 @@ Model::Model(const std::string& path) : file_(new GGUFFile(path)) {
     hp_ = PhiHparams::read(*file_);
     WeightLoader ld(*file_, arena_);
     lm_.load(ld, hp_);
+    has_vision_ = hp_.arch == "tinygptv" &&
+                  (file_->has("tinygptv.vision.image_size") || file_->find_tensor("v.patch_embd.weight") != nullptr);
+    if (has_vision_) {
+        vhp_ = VisionHparams::read(*file_);
+        qhp_ = QformerHparams::read(*file_, vhp_.n_embd, hp_.n_embd);
+        vis_.load(ld, vhp_);
+        qf_.load(ld, qhp_);
+    }
 }
 
 void Model::embed_tokens(const int32_t* ids, int64_t n, float* out) const {
@@ -32,6 +42,27 @@ void Session::eval_tokens(const int32_t* ids, int64_t n, bool all_logits, float*
     if ((int64_t)embd_.size() < n * E) embd_.resize((size_t)(n * E));
     model_->embed_tokens(ids, n, embd_.data());
     eval_embeddings(embd_.data(), n, all_logits, logits);
+}
+
+void Session::encode_image(const float* pixels, float* out) {
+    const Model& m = *model_;
+    if (!m.has_vision())
+        throw ModelError(fmt("this model (general.architecture '%s') has no vision encoder", m.hparams().arch.c_str()));
+    const VisionHparams& vhp = m.vision_hparams();
+    const int64_t n_pix = 3 * vhp.image_size * vhp.image_size;
+    for (int64_t i = 0; i < n_pix; i++)
+        if (!std::isfinite(pixels[i]))
+            throw ModelError(fmt("pixel %lld (channel %lld, row %lld, column %lld) is %g; the image must be finite",
+                                 (long long)i, (long long)(i / (vhp.image_size * vhp.image_size)),
+                                 (long long)(i / vhp.image_size % vhp.image_size), (long long)(i % vhp.image_size),
+                                 (double)pixels[i]));
+    if (!vis_scratch_) {
+        vis_scratch_.reset(new VisionScratch(vhp));
+        qf_scratch_.reset(new QformerScratch(m.qformer_hparams(), vhp.n_tokens()));
+        img_tokens_.resize((size_t)(vhp.n_tokens() * vhp.n_embd));
+    }
+    vision_forward(vhp, m.vision(), pixels, img_tokens_.data(), *vis_scratch_, pool_);
+    qformer_forward(m.qformer_hparams(), m.qformer(), img_tokens_.data(), vhp.n_tokens(), out, *qf_scratch_, pool_);
 }
 
 }  // namespace tg

@@ -11,6 +11,8 @@
 
 #include "gguf.h"
 #include "model/phi.h"
+#include "model/qformer.h"
+#include "model/vision.h"
 #include "threadpool.h"
 
 namespace tg {
@@ -26,11 +28,24 @@ public:
     // Token embeddings of ids (rows of n_embd) into out. Throws ModelError on an id out of range.
     void embed_tokens(const int32_t* ids, int64_t n, float* out) const;
 
+    // The image path (ViT, ln_vision, Q-Former, projector): present when general.architecture is
+    // "tinygptv" and the file carries the vision metadata or tensors; then every part is required.
+    bool has_vision() const { return has_vision_; }
+    const VisionHparams& vision_hparams() const { return vhp_; }
+    const VisionWeights& vision() const { return vis_; }
+    const QformerHparams& qformer_hparams() const { return qhp_; }
+    const QformerWeights& qformer() const { return qf_; }
+
 private:
     std::unique_ptr<GGUFFile> file_;
     std::deque<std::vector<float>> arena_;  // 1-D parameters converted to float32 at load
     PhiHparams hp_;
     PhiWeights lm_;
+    bool has_vision_ = false;
+    VisionHparams vhp_;
+    VisionWeights vis_;
+    QformerHparams qhp_;
+    QformerWeights qf_;
 };
 
 class Session {
@@ -47,6 +62,11 @@ public:
     void eval_embeddings(const float* x, int64_t n, bool all_logits, float* logits);
     void eval_tokens(const int32_t* ids, int64_t n, bool all_logits, float* logits);
 
+    // pixels: [3, S, S] normalised image (S = vision_hparams().image_size), out: [n_query, n_embd] image
+    // embeddings in the language model's width. Does not touch the KV cache. Throws ModelError when the
+    // model has no vision path or a pixel is not finite.
+    void encode_image(const float* pixels, float* out);
+
     std::mutex& mutex() { return mu_; }  // held by the binding for the duration of a call
     ThreadPool& pool() { return pool_; }
 
@@ -55,6 +75,9 @@ private:
     ThreadPool pool_;
     PhiState state_;
     std::vector<float> embd_;
+    std::unique_ptr<VisionScratch> vis_scratch_;  // allocated on the first encode_image
+    std::unique_ptr<QformerScratch> qf_scratch_;
+    std::vector<float> img_tokens_;               // [n_tokens, vision n_embd]
     std::mutex mu_;
 };
 

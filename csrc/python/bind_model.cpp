@@ -96,6 +96,36 @@ void bind_model(py::module_& m) {
         .def_property_readonly("n_layer", [](const Model& mo) { return mo.hparams().n_layer; })
         .def_property_readonly("n_ctx_train", [](const Model& mo) { return mo.hparams().n_ctx_train; })
         .def_property_readonly("file_size", [](const Model& mo) { return mo.file().file_size(); })
+        .def_property_readonly("has_vision", &Model::has_vision)
+        .def_property_readonly("image_size", [](const Model& mo) -> py::object {
+            return mo.has_vision() ? py::object(py::int_(mo.vision_hparams().image_size)) : py::none();
+        }, "side of the square input image in pixels (None without a vision path)")
+        .def_property_readonly("n_image_tokens", [](const Model& mo) -> int64_t {
+            return mo.has_vision() ? mo.qformer_hparams().n_query : 0;
+        }, "rows of embeddings one image contributes to the prompt (0 without a vision path)")
+        .def_property_readonly("image_mean", [](const Model& mo) -> py::object {
+            if (!mo.has_vision()) return py::none();
+            const float* m = mo.vision_hparams().mean;
+            return py::make_tuple(m[0], m[1], m[2]);
+        }, "per-channel (R, G, B) mean used to normalise pixels in [0, 1]")
+        .def_property_readonly("image_std", [](const Model& mo) -> py::object {
+            if (!mo.has_vision()) return py::none();
+            const float* s = mo.vision_hparams().std;
+            return py::make_tuple(s[0], s[1], s[2]);
+        }, "per-channel (R, G, B) standard deviation used to normalise pixels")
+        .def_property_readonly("vision_hparams", [](const Model& mo) -> py::object {
+            if (!mo.has_vision()) return py::none();
+            const VisionHparams& v = mo.vision_hparams();
+            const QformerHparams& q = mo.qformer_hparams();
+            py::dict d;
+            d["image_size"] = v.image_size; d["patch_size"] = v.patch_size; d["n_tokens"] = v.n_tokens();
+            d["vit_n_embd"] = v.n_embd; d["vit_n_layer"] = v.n_layer; d["vit_n_head"] = v.n_head;
+            d["vit_n_ff"] = v.n_ff; d["vit_ln_eps"] = v.ln_eps; d["post_ln_eps"] = v.post_eps;
+            d["qformer_n_embd"] = q.n_embd; d["qformer_n_layer"] = q.n_layer; d["qformer_n_head"] = q.n_head;
+            d["qformer_n_ff"] = q.n_ff; d["n_query"] = q.n_query; d["cross_attention_freq"] = q.cross_freq;
+            d["qformer_ln_eps"] = q.ln_eps; d["proj_n_mid"] = q.n_proj_mid; d["proj_n_out"] = q.n_embd_out;
+            return std::move(d);
+        }, "hyperparameters of the ViT, Q-Former and projector (None without a vision path)")
         .def("embed_tokens", [](const Model& mo, I32Array ids) {
             const int64_t n = ids.size(), E = mo.hparams().n_embd;
             F32Array out({n, E});
@@ -146,7 +176,32 @@ void bind_model(py::module_& m) {
                 s.eval_embeddings(xp, n, all_logits, op);
             }
             return out;
-        }, py::arg("embeddings"), py::arg("all_logits") = false);
+        }, py::arg("embeddings"), py::arg("all_logits") = false)
+        .def("encode_image", [](Session& s, F32Array pixels) {
+            const Model& mo = s.model();
+            if (!mo.has_vision())
+                throw ModelError(fmt("this model (general.architecture '%s') has no vision encoder",
+                                     mo.hparams().arch.c_str()));
+            const int64_t S = mo.vision_hparams().image_size;
+            if (pixels.ndim() != 3 || pixels.shape(0) != 3 || pixels.shape(1) != S || pixels.shape(2) != S) {
+                std::string shape = "(";
+                for (py::ssize_t i = 0; i < pixels.ndim(); i++) shape += (i ? ", " : "") + std::to_string(pixels.shape(i));
+                shape += pixels.ndim() == 1 ? ",)" : ")";
+                throw ModelError(fmt("image must have shape (3, %lld, %lld), got %s", (long long)S, (long long)S,
+                                     shape.c_str()));
+            }
+            F32Array out({mo.qformer_hparams().n_query, mo.hparams().n_embd});
+            const float* xp = pixels.data();
+            float* op = out.mutable_data();
+            {
+                py::gil_scoped_release nogil;
+                std::lock_guard<std::mutex> lk(s.mutex());
+                s.encode_image(xp, op);
+            }
+            return out;
+        }, py::arg("pixels"),
+           "Image embeddings (n_image_tokens, n_embd) of a normalised float32 image (3, S, S); the KV cache is "
+           "not touched.");
 }
 
 }  // namespace tg
