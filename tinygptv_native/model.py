@@ -109,6 +109,18 @@ class Model:
     def arch(self) -> str:
         return self._model.arch
 
+    @property
+    def has_vision(self) -> bool:
+        return self._model.has_vision
+
+    @property
+    def image_size(self) -> Optional[int]:
+        return self._model.image_size
+
+    @property
+    def n_image_tokens(self) -> int:
+        return self._model.n_image_tokens
+
     def _session(self, n_ctx: Optional[int] = None) -> "_core.Session":
         return _core.Session(self._model, int(n_ctx or self.n_ctx), self.n_threads, self.kv_f16)
 
@@ -142,6 +154,18 @@ class Model:
         x = np.concatenate([self._model.embed_tokens(ids[:at]), emb, self._model.embed_tokens(ids[at:])])
         s = self._session(len(x))
         return s.eval_embeddings(np.ascontiguousarray(x, dtype=np.float32), True)
+
+    # ---- images ------------------------------------------------------------------------------
+    def preprocess(self, image) -> np.ndarray:
+        """The normalised (3, S, S) float32 input of an image (path, bytes, PIL image or array)."""
+        from .image import preprocess_for_model
+        return preprocess_for_model(image, self._model)
+
+    def encode_image(self, image) -> np.ndarray:
+        """The projected image embeddings, float32 (n_image_tokens, n_embd), ready to splice into a prompt."""
+        pixels = self.preprocess(image)
+        s = _core.Session(self._model, 1, self.n_threads, self.kv_f16)
+        return s.encode_image(pixels)
 
     # ---- generation --------------------------------------------------------------------------
     def generate(self, prompt: Union[str, Sequence[int]], *, max_new_tokens: int = 128, temperature: float = 0.8,
