@@ -373,3 +373,11 @@ def test_bad_head_count(tmp_path, phi_model):
     json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
     with pytest.raises(ConvertError, match="num_attention_heads 5"):
         convert_phi2(d, str(tmp_path / "o.gguf"), progress=False)
+
+
+def test_gpt2_byte_level_form_matches_tokenizers():
+    from tokenizers import pre_tokenizers
+    from tinygptv_native.convert.tokenizer import gpt2_byte_level
+    pt = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    for text in [" ###", "\n\n", "héllo wörld", "\t\x00\x7f\xa0 end", "日本語 🙂", "".join(map(chr, range(256)))]:
+        assert gpt2_byte_level(text) == "".join(piece for piece, _ in pt.pre_tokenize_str(text))
