@@ -381,3 +381,18 @@ def test_gpt2_byte_level_form_matches_tokenizers():
     pt = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     for text in [" ###", "\n\n", "héllo wörld", "\t\x00\x7f\xa0 end", "日本語 🙂", "".join(map(chr, range(256)))]:
         assert gpt2_byte_level(text) == "".join(piece for piece, _ in pt.pre_tokenize_str(text))
+
+
+def test_shard_index_cannot_point_outside(tmp_path, phi_model):
+    d = fx.save_phi2(phi_model, str(tmp_path / "phi"), layout="4.37", fmt="sharded-safetensors")
+    idx = os.path.join(d, "model.safetensors.index.json")
+    j = json.load(open(idx))
+    first = next(iter(j["weight_map"]))
+    j["weight_map"][first] = "../outside.safetensors"
+    json.dump(j, open(idx, "w"))
+    with pytest.raises(ConvertError, match="points outside the folder"):
+        convert_phi2(d, str(tmp_path / "o.gguf"), progress=False)
+    j["weight_map"][first] = "missing-shard.safetensors"
+    json.dump(j, open(idx, "w"))
+    with pytest.raises(ConvertError, match="shard not found"):
+        convert_phi2(d, str(tmp_path / "o.gguf"), progress=False)

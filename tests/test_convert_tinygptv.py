@@ -549,3 +549,60 @@ def test_interrupted_tinygptv_write(tmp_path, sets, monkeypatch):
 def test_unwritable_output_dir_checked_first(tmp_path, sets):
     with pytest.raises(ConvertError, match="output directory does not exist"):
         convert(sets[3], tmp_path / "missing" / "o.gguf")
+
+
+def _plain_phi_logits(s, ids, merged_alpha):
+    """The modified Phi-2 of the spec (section 5.4) by hand, from the original files, LoRA merged."""
+    m = s["phi_model"]
+    c = m.config
+    E, H, L = c.hidden_size, c.num_attention_heads, c.num_hidden_layers
+    D = E // H
+    R = int(c.rope_parameters["partial_rotary_factor"] * D)
+    sd = {k: v.float() for k, v in m.state_dict().items()}
+    st = load(s["stage_file"])
+    pfx = "llama_model.model." if s["stage"] == 1 else "llama_model.base_model.model.model."
+    x = sd["model.embed_tokens.weight"][torch.tensor(ids)]
+    T = x.shape[0]
+    inv = 10000.0 ** (-torch.arange(0, R, 2).float() / R)
+    ang = torch.arange(T).float()[:, None] * inv[None]
+    cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)
+
+    def rope(t):   # t [H, T, D]; NeoX rotate-half on the first R dims
+        r, rest = t[..., :R], t[..., R:]
+        rot = torch.cat([-r[..., R // 2:], r[..., :R // 2]], -1)
+        return torch.cat([r * cos + rot * sin, rest], -1)
+
+    for i in range(L):
+        p, sp = f"model.layers.{i}.", f"{pfx}layers.{i}."
+        h = F.layer_norm(x, (E,), st[sp + "input_layernorm.weight"], sd[p + "input_layernorm.bias"], eps=1e-5)
+        wq = torch.stack([sd[p + f"self_attn.{n}_proj.weight"].reshape(H, D, E) for n in "qkv"], 1).reshape(3 * E, E)
+        bq = torch.stack([sd[p + f"self_attn.{n}_proj.bias"].reshape(H, D) for n in "qkv"], 1).reshape(3 * E)
+        wd = sd[p + "self_attn.dense.weight"]
+        if s["stage"] != 1:
+            A, B = st[sp + "self_attn.query_key_value.lora_A.weight"], st[sp + "self_attn.query_key_value.lora_B.weight"]
+            wq = wq + merged_alpha / A.shape[0] * (B @ A)
+            A, B = st[sp + "self_attn.dense.lora_A.weight"], st[sp + "self_attn.dense.lora_B.weight"]
+            wd = wd + merged_alpha / A.shape[0] * (B @ A)
+        qkv = (h @ wq.T + bq).view(T, H, 3, D)               # per-head interleaved
+        q, k, v = (qkv[:, :, j].transpose(0, 1) for j in range(3))
+        q = F.layer_norm(q, (D,), st[sp + "self_attn.q_layernorm.weight"], torch.zeros(D), eps=1e-5)
+        k = F.layer_norm(k, (D,), st[sp + "self_attn.k_layernorm.weight"], torch.zeros(D), eps=1e-5)
+        q, k = rope(q), rope(k)
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(D) + torch.full((T, T), float("-inf")).triu(1)
+        o = (torch.softmax(att, -1) @ v).transpose(0, 1).reshape(T, E)
+        a = o @ wd.T + sd[p + "self_attn.dense.bias"]
+        a = st[sp + "post_layernorm.weight"] * (a * torch.rsqrt(a.pow(2).mean(-1, keepdim=True) + 1e-6))
+        f = F.gelu(h @ sd[p + "mlp.fc1.weight"].T + sd[p + "mlp.fc1.bias"], approximate="tanh")
+        x = a + f @ sd[p + "mlp.fc2.weight"].T + sd[p + "mlp.fc2.bias"] + x
+    x = F.layer_norm(x, (E,), st[pfx + "final_layernorm.weight"], sd["model.final_layernorm.bias"], eps=1e-5)
+    return x @ sd["lm_head.weight"].T + sd["lm_head.bias"]
+
+
+@pytest.mark.parametrize("key", [1, 3])
+def test_reference_language_model_equals_plain_spec_forward(sets, key):
+    s = sets[key]
+    ids = [5, 17, 42, 99, 7, 250, 3, 11, 300]
+    r = ref.TinyGPTVReference(**ref.reference_kwargs(s))
+    want = _plain_phi_logits(s, ids, s["lora_alpha"])
+    got = r.logits(ids)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
