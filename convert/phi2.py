@@ -49,13 +49,6 @@ def deinterleave_qkv(x, n_head):
     return x.reshape(n_head, 3, d, *rest).transpose(0, 1).reshape(x.shape)
 
 
-def interleave_qkv(x, n_head):
-    """Inverse of deinterleave_qkv: [q; k; v] -> per-head interleaved (the 4.36 layout)."""
-    rest = x.shape[1:]
-    d = x.shape[0] // (3 * n_head)
-    return x.reshape(3, n_head, d, *rest).transpose(0, 1).reshape(x.shape)
-
-
 def _first(cfg, names, default=None):
     for n in names:
         if n in cfg and cfg[n] is not None:

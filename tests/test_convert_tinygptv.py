@@ -606,3 +606,16 @@ def test_reference_language_model_equals_plain_spec_forward(sets, key):
     want = _plain_phi_logits(s, ids, s["lora_alpha"])
     got = r.logits(ids)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", bytes(range(256)) * 4, b"PK\x03\x04" + b"\x00" * 60])
+def test_garbage_files(tmp_path, sets, content):
+    p = tmp_path / "garbage.pth"
+    p.write_bytes(content)
+    for key in ("eva", "blip2", "stage_file"):
+        with pytest.raises(ConvertError, match=r"garbage.pth: (truncated or corrupt|it is not a weights-only)"):
+            convert(dict(sets[3], **{key: str(p)}), tmp_path / "o.gguf")
+    p.write_bytes(b"")
+    with pytest.raises(ConvertError, match="is empty"):
+        convert(dict(sets[3], eva=str(p)), tmp_path / "o.gguf")
+    assert _ls(tmp_path) == ["garbage.pth"]
