@@ -396,3 +396,36 @@ def test_shard_index_cannot_point_outside(tmp_path, phi_model):
     json.dump(j, open(idx, "w"))
     with pytest.raises(ConvertError, match="shard not found"):
         convert_phi2(d, str(tmp_path / "o.gguf"), progress=False)
+
+
+def test_disk_full_while_writing(tmp_path, phi_model, monkeypatch):
+    import errno
+    d = fx.save_phi2(phi_model, str(tmp_path / "phi"), layout="4.36", fmt="bin")
+    out = tmp_path / "out"
+    out.mkdir()
+    real = gguf.GGUFWriter.write_tensor_data
+    count = {"n": 0}
+
+    def full(self, *a, **k):
+        count["n"] += 1
+        if count["n"] == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", full)
+    with pytest.raises(ConvertError, match="No space left on device"):
+        convert_phi2(d, str(out / "o.gguf"), progress=False)
+    assert _listing(out) == []
+
+
+def test_default_head_sizes(tmp_path):
+    """ViT heads of 88 and Q-Former heads of 64 unless told otherwise (the released sizes)."""
+    from tinygptv_native.convert import convert_tinygptv
+    s = fx.make_tinygptv_set(str(tmp_path / "s"), stage=3, vision_width=176, qformer_width=128)
+    out = str(tmp_path / "o.gguf")
+    convert_tinygptv(s["phi2"], s["eva"], s["blip2"], s["stage_file"], out, outtype="f32", progress=False)
+    _, _, f = read_gguf(out)
+    assert f["tinygptv.vision.attention.head_count"] == 2 and f["tinygptv.qformer.attention.head_count"] == 2
+    from tinygptv_native.convert.tinygptv import TinyGPTV
+    with pytest.raises(ConvertError, match="width 176 is not a multiple of the head size 64"):
+        TinyGPTV(s["phi2"], s["eva"], s["blip2"], s["stage_file"], vision_head_size=64)
