@@ -330,11 +330,27 @@ def test_unwritable_output(tmp_path, phi_model):
     ro.chmod(0o500)
     try:
         if os.access(ro, os.W_OK):
-            pytest.skip("running with privileges that ignore directory permissions")
-        with pytest.raises(ConvertError, match="not writable"):
-            convert_phi2(d, str(ro / "o.gguf"), progress=False)
+            # privileged user: permissions are not enforced, so make the kernel refuse the file instead
+            import tempfile
+            real = tempfile.mkstemp
+
+            def refuse(*a, dir=None, **k):
+                if dir and os.path.samefile(dir, ro):
+                    raise PermissionError(13, "Permission denied", dir)
+                return real(*a, dir=dir, **k)
+            import unittest.mock
+            with unittest.mock.patch.object(os, "access", lambda p, m: not os.path.samefile(p, ro)):
+                with pytest.raises(ConvertError, match="not writable"):
+                    convert_phi2(d, str(ro / "o.gguf"), progress=False)
+            with unittest.mock.patch.object(tempfile, "mkstemp", refuse):
+                with pytest.raises(ConvertError, match="cannot create a file in"):
+                    convert_phi2(d, str(ro / "o.gguf"), progress=False)
+        else:
+            with pytest.raises(ConvertError, match="not writable"):
+                convert_phi2(d, str(ro / "o.gguf"), progress=False)
     finally:
         ro.chmod(0o700)
+    assert _listing(ro) == []
     with pytest.raises(ConvertError, match="is a directory"):
         convert_phi2(d, str(tmp_path / "phi"), progress=False)
 
