@@ -64,6 +64,8 @@ class Phi2:
 
     def __init__(self, folder):
         self.folder = os.fspath(folder)
+        if not os.path.isdir(self.folder):
+            raise ConvertError(f"Phi-2 folder not found: {self.folder}")
         self.config = read_json(os.path.join(self.folder, "config.json"), "Phi-2 config")
         self.store = open_hf_weights(self.folder)
         self.layout = self._detect_layout()
