@@ -21,8 +21,8 @@ gguf = pytest.importorskip("gguf")
 from tinygptv_native.convert import ConvertError, convert_tinygptv  # noqa: E402
 from tinygptv_native.convert import schema  # noqa: E402
 from tinygptv_native.convert.cli import main as cli_main  # noqa: E402
-from tests.fixtures import checkpoints as fx  # noqa: E402
-from tests.reference import tinygptv_ref as ref  # noqa: E402
+from fixtures import checkpoints as fx  # noqa: E402
+from reference import tinygptv_ref as ref  # noqa: E402
 
 
 def read(path):

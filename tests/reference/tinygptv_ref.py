@@ -301,6 +301,6 @@ def reference_logits(phi2_dir, eva, blip2, stage_file, pixels, token_ids, image_
 
 
 def reference_kwargs(s, **extra):
-    """TinyGPTVReference arguments for a tests.fixtures.checkpoints.make_tinygptv_set() result."""
+    """TinyGPTVReference arguments for a fixtures.checkpoints.make_tinygptv_set() result."""
     return dict(phi2_dir=s["phi2"], eva=s["eva"], blip2=s["blip2"], stage_file=s["stage_file"],
                 vision_heads=s["vision_heads"], qformer_heads=s["qformer_heads"], **extra)
