@@ -407,3 +407,55 @@ def test_sentencepiece_bad_vocab():
         _core.Tokenizer(**dict(base, tokens=["<unk>", "<0x41>", "b"], token_types=[2, 6, 1]))
     with pytest.raises(TokenizerError, match="score"):
         _core.Tokenizer(**dict(base, scores=[0.0, float("nan"), 1.0]))
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(num, wire, payload):
+    key = _varint((num << 3) | wire)
+    if wire == 0:
+        return key + _varint(payload)
+    if wire == 5:
+        import struct
+        return key + struct.pack("<f", payload)
+    return key + _varint(len(payload)) + payload
+
+
+def spm_model_proto(pieces, model_type, add_dummy_prefix=True):
+    """A sentencepiece ModelProto written by hand: pieces = [(piece, score, type)]."""
+    body = b""
+    for piece, score, typ in pieces:
+        body += _field(1, 2, _field(1, 2, piece.encode("utf-8")) + _field(2, 5, score) + _field(3, 0, typ))
+    trainer = _field(3, 0, {"unigram": 1, "bpe": 2}[model_type])
+    normalizer = (_field(1, 2, b"identity") + _field(3, 0, int(add_dummy_prefix)) + _field(4, 0, 0)
+                  + _field(5, 0, 1))
+    return body + _field(2, 2, trainer) + _field(3, 2, normalizer)
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_sentencepiece_exact_score_ties(model_type):
+    """Vocabularies whose segmentations tie exactly: the tie-breaking must be the library's."""
+    spm = pytest.importorskip("sentencepiece")
+    pieces = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3), ("@@", 0.0, 4), ("▁", -1.0, 1),
+              ("-", -1.0, 1), ("--", -2.0, 1), ("---", -3.0, 1), ("a", -1.0, 1), ("b", -1.0, 1),
+              ("ab", -2.0, 1), ("ba", -2.0, 1), ("aba", -3.0, 1), ("▁a", -2.0, 1), ("@", -0.5, 1),
+              ("x", -2.0, 1), ("xx", -2.0, 1), ("xxx", -2.0, 1)]
+    sp = spm.SentencePieceProcessor(model_proto=spm_model_proto(pieces, model_type))
+    tok = _core.Tokenizer(model="llama", tokens=[p[0] for p in pieces], scores=[p[1] for p in pieces],
+                          token_types=[p[2] for p in pieces], unk=0, spm_algorithm=model_type)
+    rng = random.Random(9)
+    texts = ["-" * n for n in range(1, 13)] + ["@" * n for n in range(1, 8)] + ["x" * n for n in range(1, 10)]
+    texts += ["".join(rng.choice(["-", "a", "b", "@", " ", "x", "ab", "--", "c"]) for _ in range(rng.randint(1, 12)))
+              for _ in range(3000)]
+    bad = [(s, tok.encode(s), sp.encode(s)) for s in texts if tok.encode(s) != sp.encode(s)]
+    assert not bad, "%d of %d differ, first: %r" % (len(bad), len(texts), bad[:3])
