@@ -459,3 +459,33 @@ def test_sentencepiece_exact_score_ties(model_type):
               for _ in range(3000)]
     bad = [(s, tok.encode(s), sp.encode(s)) for s in texts if tok.encode(s) != sp.encode(s)]
     assert not bad, "%d of %d differ, first: %r" % (len(bad), len(texts), bad[:3])
+
+
+def test_unicode_table_is_current():
+    """The committed class table is what tools/gen_unicode_tables.py makes from this Python's Unicode data."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, "csrc", "tokenizer", "unicode_tables.cpp")
+    with open(path, encoding="utf-8") as f:
+        committed = f.read()
+    if "Unicode %s." % unicodedata.unidata_version not in committed.split("\n", 1)[0]:
+        pytest.skip("this Python has Unicode %s, the table another version" % unicodedata.unidata_version)
+    out = subprocess.run([sys.executable, os.path.join(root, "tools", "gen_unicode_tables.py")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == committed
+
+
+def test_objects_keep_their_tokenizer_alive():
+    import gc
+
+    tok = _core.Tokenizer(**gguf_like_vocab(False))
+    dec = _core.StreamDecoder(tok)
+    sampler = _core.Sampler(tok, temperature=0.0)
+    ids = tok.encode("naïve café")
+    del tok
+    gc.collect()
+    assert "".join(dec.push(i) for i in ids) + dec.flush() == "naïve café"
+    import numpy as np
+    assert sampler.sample(np.arange(50257, dtype=np.float32), []) == 50256
