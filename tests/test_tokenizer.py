@@ -496,3 +496,19 @@ def test_objects_keep_their_tokenizer_alive():
     assert "".join(dec.push(i) for i in ids) + dec.flush() == "naïve café"
     import numpy as np
     assert sampler.sample(np.arange(50257, dtype=np.float32), []) == 50256
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_sentencepiece_unused_pieces(model_type):
+    """Unused pieces (type 5) are never emitted: BPE merges through them and splits them back."""
+    spm = pytest.importorskip("sentencepiece")
+    pieces = [("<unk>", 0.0, 2), ("▁", -1.0, 1), ("a", -1.0, 1), ("b", -1.5, 1), ("c", -2.0, 1),
+              ("ab", -0.5, 5), ("abc", -1.0, 1), ("bc", -2.5, 1), ("▁a", -3.0, 1), ("ca", -1.2, 5)]
+    sp = spm.SentencePieceProcessor(model_proto=spm_model_proto(pieces, model_type))
+    tok = _core.Tokenizer(model="llama", tokens=[p[0] for p in pieces], scores=[p[1] for p in pieces],
+                          token_types=[p[2] for p in pieces], spm_algorithm=model_type)
+    rng = random.Random(13)
+    texts = ["".join(rng.choice("abc ") for _ in range(rng.randint(1, 14))) for _ in range(2000)]
+    bad = [(s, tok.encode(s), sp.encode(s)) for s in texts if tok.encode(s) != sp.encode(s)]
+    assert not bad, "%d of %d differ, first: %r" % (len(bad), len(texts), bad[:3])
+    assert all(tok.token_type(i) != 5 for s in texts for i in tok.encode(s))
