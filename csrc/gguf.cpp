@@ -44,6 +44,29 @@ static std::string printable(const uint8_t* p, size_t n) {
     return s;
 }
 
+// Tensor names are text: well-formed UTF-8 (no overlongs, surrogates or code points past U+10FFFF)
+// without control characters.
+static bool is_clean_utf8(const std::string& s) {
+    const unsigned char* p = (const unsigned char*)s.data();
+    size_t n = s.size(), i = 0;
+    while (i < n) {
+        unsigned c = p[i];
+        if (c < 0x20 || c == 0x7f) return false;
+        if (c < 0x80) { i++; continue; }
+        int len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 ? 2 : 0;
+        if (len == 0 || c > 0xf4 || i + len > n) return false;
+        uint32_t cp = c & (0x7f >> len);
+        for (int k = 1; k < len; k++) {
+            if ((p[i + k] & 0xc0) != 0x80) return false;
+            cp = (cp << 6) | (p[i + k] & 0x3f);
+        }
+        if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += len;
+    }
+    return true;
+}
+
 std::string GGUFTensor::shape_str() const {
     std::string s = "[";
     for (uint32_t i = 0; i < n_dims; i++) s += (i ? ", " : "") + std::to_string(ne[i]);
@@ -260,6 +283,9 @@ void GGUFFile::parse() {
         if (t.name.size() > MAX_TENSOR_NAME)
             throw GGUFError(fmt("%s: tensor name '%s...' is %zu bytes long (limit %llu)", where.c_str(), pname.c_str(),
                                 t.name.size(), (unsigned long long)MAX_TENSOR_NAME));
+        if (!is_clean_utf8(t.name))
+            throw GGUFError(fmt("%s: tensor name '%s' is not UTF-8 text (invalid bytes or control characters)",
+                                where.c_str(), pname.c_str()));
         if (tensor_index_.count(t.name)) throw GGUFError(fmt("duplicate tensor name '%s'", pname.c_str()));
         std::string what = "tensor '" + pname + "'";
         t.n_dims = c.read<uint32_t>(what + " n_dims");

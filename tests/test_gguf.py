@@ -37,7 +37,7 @@ REQUEST_TIMEOUT_S = 30
 def _worker_main():
     import resource
     import numpy  # noqa: F401
-    sys.path.insert(0, ROOT)
+    sys.path.append(ROOT)  # after PYTHONPATH, so a sanitizer build staged there is the one used
     from tinygptv_native import _core
 
     sanitized = "asan" in os.environ.get("LD_PRELOAD", "") or "tsan" in os.environ.get("LD_PRELOAD", "")
@@ -372,6 +372,14 @@ def test_t1_tensor_names(loader, tmp_path):
     b = small_builder()
     b.tensors[1]["name"] = ""
     fails(loader, tmp_path, b.build(), "tensor info 1: empty tensor name")
+    # names are UTF-8 text (a fuzzing find: invalid bytes made tensors() raise UnicodeDecodeError)
+    for bad in (b"w\x98x", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"a\x00b", b"tab\tname", b"\xe2\x82"):
+        b = small_builder()
+        b.tensors[1]["name"] = bad
+        fails(loader, tmp_path, b.build(), "tensor info 1: tensor name", "is not UTF-8 text")
+    b = small_builder()
+    b.tensors[1]["name"] = "blk.0.ä€😀"
+    loads(loader, tmp_path, b.build())
 
 
 @pytest.mark.parametrize("n_dims", [0, 5, 2**32 - 1])
@@ -619,6 +627,15 @@ def test_valid_phi2_variants_load_and_agree(tmp_path):
     assert np.isfinite(ref).all() and ref.shape == (5, 260)
     for a in (1, 2, 8, 64, 4096):
         np.testing.assert_array_equal(logits(gb.phi2_builder(alignment=a), f"a{a}.gguf"), ref, err_msg=f"alignment {a}")
+    # alignment 1 and 2 with the data section at an odd offset: F32 data not 4-byte aligned in memory
+    for a, name_len in ((1, 1), (1, 2), (1, 3), (2, 2)):
+        b = gb.phi2_builder(alignment=a)
+        for extra in range(8):
+            b.kv("general.name", STRING, "n" * extra)
+            if len(b.build(set_fields(**{f"data[{j}]": b"" for j in range(len(b.tensors))}))) % 4 == name_len % 4:
+                break
+        got = logits(b, f"odd{a}_{name_len}.gguf")
+        np.testing.assert_array_equal(got, ref, err_msg=f"alignment {a}, data start {name_len} mod 4")
     b = gb.phi2_builder()
     for extra in range(32):
         b.kv("general.name", STRING, "x" * extra)
