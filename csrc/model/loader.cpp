@@ -48,19 +48,9 @@ const float* WeightLoader::vec(const std::string& name, int64_t n) {
                              t.shape_str().c_str(), (long long)t.nelements(), (long long)n));
     const void* data = aligned_data(t, arena_);
     if (t.type == GgmlType::F32) return (const float*)data;
-    if (t.type != GgmlType::F16 && t.type != GgmlType::BF16) {
-        // Quantized vectors (rare: an embedding table stored quantized): dequantize through the kernels.
-        if (!matmul_supports(t.type))
-            throw ModelError(fmt("tensor '%s' has type %s, expected F32/F16", name.c_str(), type_name(t.type)));
-        MatW w;
-        w.type = t.type;
-        w.n_in = t.ne[0];
-        w.n_out = n / t.ne[0];
-        w.data = data;
-        arena_.emplace_back((size_t)n);
-        for (int64_t r = 0; r < w.n_out; r++) dequantize_row(w, r, arena_.back().data() + r * w.n_in);
-        return arena_.back().data();
-    }
+    if (t.type != GgmlType::F16 && t.type != GgmlType::BF16)
+        throw ModelError(fmt("tensor '%s' has type %s, expected F32, F16 or BF16 (norms, biases and embeddings "
+                             "are never quantized)", name.c_str(), type_name(t.type)));
     arena_.emplace_back((size_t)n);
     float* out = arena_.back().data();
     const uint16_t* p = (const uint16_t*)data;
