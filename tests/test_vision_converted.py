@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("gguf")
 convert = pytest.importorskip("tinygptv_native.convert")
-fx = pytest.importorskip("tests.fixtures.checkpoints")
-ref = pytest.importorskip("tests.reference.tinygptv_ref")
+fx = pytest.importorskip("fixtures.checkpoints")
+ref = pytest.importorskip("reference.tinygptv_ref")
 for mod, name in ((convert, "convert_tinygptv"), (fx, "make_tinygptv_set"), (fx, "tinygptv_convert_kwargs"),
                   (ref, "TinyGPTVReference"), (ref, "reference_kwargs")):
     if not hasattr(mod, name):
