@@ -5,9 +5,10 @@
     print(m.chat("photo.jpg", "What is in the picture?"))
 """
 from ._core import ContextOverflowError, GGUFError, ModelError, TokenizerError  # noqa: F401
+from .image import ImageError  # noqa: F401
 from .model import GenerationResult, Model, SamplingParams  # noqa: F401
 
 __version__ = "0.1.0"
 
 __all__ = ["Model", "SamplingParams", "GenerationResult", "GGUFError", "ModelError", "TokenizerError",
-           "ContextOverflowError"]
+           "ContextOverflowError", "ImageError"]
