@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include "kernels/matmul_impl.h"
 #include "quants.h"
@@ -57,17 +59,17 @@ struct CvtBF16 {
     }
 };
 
+// GB groups (wg, wg + gstride, ...) x NT activation rows starting at i0; g = index of the first group.
 template <typename C, int GB, int NT>
-void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0) {
+void float_tile(const GemmArgs& A, const uint8_t* wg, size_t gstride, int64_t g, int64_t i0) {
     const int64_t k = A.n_in;
     __m512 acc[GB][NT];
     for (int b = 0; b < GB; b++)
         for (int j = 0; j < NT; j++) acc[b][j] = _mm512_setzero_ps();
-    const uint8_t* wg = A.w + g * gbytes;
     const float* x = A.x + i0 * k;
     for (int64_t kk = 0; kk < k; kk++) {
         __m512 w[GB];
-        for (int b = 0; b < GB; b++) w[b] = C::load(wg + b * gbytes, kk);
+        for (int b = 0; b < GB; b++) w[b] = C::load(wg + b * gstride, kk);
         for (int j = 0; j < NT; j++) {
             const __m512 xb = _mm512_set1_ps(x[j * k + kk]);
             for (int b = 0; b < GB; b++) acc[b][j] = _mm512_fmadd_ps(w[b], xb, acc[b][j]);
@@ -78,37 +80,52 @@ void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0) {
 }
 
 template <typename C, int GB>
-void float_tiles(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0, int64_t nt) {
+void float_tiles(const GemmArgs& A, const uint8_t* wg, size_t gstride, int64_t g, int64_t i0, int64_t nt) {
     switch (nt) {
-        case 1: float_tile<C, GB, 1>(A, gbytes, g, i0); break;
-        case 2: float_tile<C, GB, 2>(A, gbytes, g, i0); break;
-        case 3: float_tile<C, GB, 3>(A, gbytes, g, i0); break;
-        case 4: float_tile<C, GB, 4>(A, gbytes, g, i0); break;
-        case 5: float_tile<C, GB, 5>(A, gbytes, g, i0); break;
-        case 6: float_tile<C, GB, 6>(A, gbytes, g, i0); break;
-        case 7: float_tile<C, GB, 7>(A, gbytes, g, i0); break;
-        default: float_tile<C, GB, 8>(A, gbytes, g, i0); break;
+        case 1: float_tile<C, GB, 1>(A, wg, gstride, g, i0); break;
+        case 2: float_tile<C, GB, 2>(A, wg, gstride, g, i0); break;
+        case 3: float_tile<C, GB, 3>(A, wg, gstride, g, i0); break;
+        case 4: float_tile<C, GB, 4>(A, wg, gstride, g, i0); break;
+        case 5: float_tile<C, GB, 5>(A, wg, gstride, g, i0); break;
+        case 6: float_tile<C, GB, 6>(A, wg, gstride, g, i0); break;
+        case 7: float_tile<C, GB, 7>(A, wg, gstride, g, i0); break;
+        default: float_tile<C, GB, 8>(A, wg, gstride, g, i0); break;
     }
 }
 
+// Decode: 4 groups at once for independent FMA chains. Prefill: pairs of groups x 8 rows; 16-bit
+// weights of the pair are first widened to float32 (exactly) so the conversion is paid once per
+// pair instead of once per activation tile.
 template <typename C>
 void float_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
     const size_t gbytes = (size_t)A.n_in * kGroup * C::elem;
-    if (A.n == 1) {  // decode: 4 groups at once for independent FMA chains
+    if (A.n == 1) {
         int64_t g = g0;
-        for (; g + 4 <= g1; g += 4) float_tile<C, 4, 1>(A, gbytes, g, 0);
-        for (; g < g1; g++) float_tile<C, 1, 1>(A, gbytes, g, 0);
+        for (; g + 4 <= g1; g += 4) float_tile<C, 4, 1>(A, A.w + g * gbytes, gbytes, g, 0);
+        for (; g < g1; g++) float_tile<C, 1, 1>(A, A.w + g * gbytes, gbytes, g, 0);
         return;
     }
-    const int64_t chunk = act_chunk_rows(A.n, A.n_in * 4);
-    for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
-        const int64_t c1 = std::min(A.n, c0 + chunk);
-        for (int64_t g = g0; g < g1; g += 2) {
-            const bool two = g + 2 <= g1;
-            for (int64_t i = c0; i < c1; i += 8) {
-                const int64_t nt = std::min<int64_t>(8, c1 - i);
-                if (two) float_tiles<C, 2>(A, gbytes, g, i, nt);
-                else float_tiles<C, 1>(A, gbytes, g, i, nt);
+    const bool widen = C::elem == 2 && A.n >= 16;
+    std::vector<float> scratch;
+    if (widen) scratch.resize((size_t)A.n_in * kGroup * 2);
+    const size_t fstride = (size_t)A.n_in * kGroup * 4;
+    for (int64_t g = g0; g < g1; g += 2) {
+        const int gb = g + 2 <= g1 ? 2 : 1;
+        const uint8_t* wg = A.w + g * gbytes;
+        if (widen) {
+            for (int b = 0; b < gb; b++)
+                for (int64_t kk = 0; kk < A.n_in; kk++)
+                    _mm512_storeu_ps(&scratch[(size_t)b * A.n_in * kGroup + kk * kGroup], C::load(wg + b * gbytes, kk));
+        }
+        for (int64_t i = 0; i < A.n; i += 8) {
+            const int64_t nt = std::min<int64_t>(8, A.n - i);
+            if (widen) {
+                const uint8_t* sw = (const uint8_t*)scratch.data();
+                if (gb == 2) float_tiles<CvtF32, 2>(A, sw, fstride, g, i, nt);
+                else float_tiles<CvtF32, 1>(A, sw, fstride, g, i, nt);
+            } else {
+                if (gb == 2) float_tiles<C, 2>(A, wg, gbytes, g, i, nt);
+                else float_tiles<C, 1>(A, wg, gbytes, g, i, nt);
             }
         }
     }
@@ -279,19 +296,27 @@ void q6_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0) {
 
 using TileFn = void (*)(const GemmArgs&, const uint8_t*, int64_t, int64_t);
 
-void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const TileFn tiles[4]) {
+// Row groups outer, activation tiles of up to MaxNT rows inner (the unpacked weights of a block
+// are reused across the tile); activations are taken in L2-sized chunks.
+template <int MaxNT>
+void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const TileFn (&tiles)[MaxNT]) {
     const int64_t chunk = act_chunk_rows(A.n, A.n_in);
     for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
         const int64_t c1 = std::min(A.n, c0 + chunk);
         for (int64_t g = g0; g < g1; g++) {
             const uint8_t* wg = A.w + g * gbytes;
-            for (int64_t i = c0; i < c1; i += 4) {
-                const int64_t nt = std::min<int64_t>(4, c1 - i);
+            for (int64_t i = c0; i < c1; i += MaxNT) {
+                const int64_t nt = std::min<int64_t>(MaxNT, c1 - i);
                 tiles[nt - 1](A, wg, g, i);
             }
         }
     }
 }
+
+template <int NT> struct Q8_0K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q8_0_tile<NT>(A, w, g, i); } };
+template <int NT> struct Q4_0K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q4_0_tile<NT>(A, w, g, i); } };
+template <int NT> struct Q4_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q4_K_tile<NT>(A, w, g, i); } };
+template <int NT> struct Q6_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q6_K_tile<NT>(A, w, g, i); } };
 
 }  // namespace
 
@@ -299,21 +324,29 @@ void gemm_f32(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF32>(A,
 void gemm_f16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF16>(A, g0, g1); }
 void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(A, g0, g1); }
 
+#ifndef NT_Q8
+#define NT_Q8 4
+#define NT_Q4 4
+#define NT_K4 4
+#define NT_K6 4
+#endif
+template <template <int> class K, int... N>
+void run_table(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, std::integer_sequence<int, N...>) {
+    static constexpr TileFn t[sizeof...(N)] = {K<N + 1>::run...};
+    quant_gemm(A, g0, g1, gbytes, t);
+}
+
 void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
-    static const TileFn t[4] = {q8_0_tile<1>, q8_0_tile<2>, q8_0_tile<3>, q8_0_tile<4>};
-    quant_gemm(A, g0, g1, (A.n_in / QK8_0) * kPackQ8_0, t);
+    run_table<Q8_0K>(A, g0, g1, (A.n_in / QK8_0) * kPackQ8_0, std::make_integer_sequence<int, NT_Q8>());
 }
 void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
-    static const TileFn t[4] = {q4_0_tile<1>, q4_0_tile<2>, q4_0_tile<3>, q4_0_tile<4>};
-    quant_gemm(A, g0, g1, (A.n_in / QK4_0) * kPackQ4_0, t);
+    run_table<Q4_0K>(A, g0, g1, (A.n_in / QK4_0) * kPackQ4_0, std::make_integer_sequence<int, NT_Q4>());
 }
 void gemm_q4_K(const GemmArgs& A, int64_t g0, int64_t g1) {
-    static const TileFn t[4] = {q4_K_tile<1>, q4_K_tile<2>, q4_K_tile<3>, q4_K_tile<4>};
-    quant_gemm(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K, t);
+    run_table<Q4_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K, std::make_integer_sequence<int, NT_K4>());
 }
 void gemm_q6_K(const GemmArgs& A, int64_t g0, int64_t g1) {
-    static const TileFn t[4] = {q6_K_tile<1>, q6_K_tile<2>, q6_K_tile<3>, q6_K_tile<4>};
-    quant_gemm(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K, t);
+    run_table<Q6_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K, std::make_integer_sequence<int, NT_K6>());
 }
 
 }  // namespace avx512
