@@ -174,43 +174,61 @@ void dequantize_row(const MatW& w, int64_t row, float* out) {
 
 // ---- activation quantization ----------------------------------------------------------------
 
-static void quantize_act_q8(const float* x, int64_t n, int64_t k, ActQ8& a, ThreadPool& pool) {
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum) {
+    for (int64_t b = 0; b < k / QK8_0; b++, x += QK8_0, qs += QK8_0) {
+        float amax = 0.f;
+        for (int j = 0; j < QK8_0; j++) amax = std::fmax(amax, std::fabs(x[j]));
+        const float dd = amax / 127.f;
+        const float id = dd != 0.f ? 1.0f / dd : 0.0f;
+        d[b] = fp16_to_fp32(fp32_to_fp16(dd));
+        int32_t s = 0;
+        for (int j = 0; j < QK8_0; j++) {
+            float v = std::round(x[j] * id);
+            int q = d[b] == 0.f || v != v ? 0 : (v > 127.f ? 127 : (v < -128.f ? -128 : (int)v));
+            qs[j] = (int8_t)q;
+            s += q;
+        }
+        sum[b] = s;
+    }
+}
+
+void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32) {
+    BlockQ8_K q;
+    for (int64_t b = 0; b < k / QK_K; b++) {
+        quantize_row_q8_K(x + b * QK_K, &q, QK_K);
+        std::memcpy(qs + b * QK_K, q.qs, QK_K);
+        d[b] = q.d;
+        int32_t* bs = bsum + b * 16;
+        for (int j = 0; j < 16; j++) bs[j] = q.bsums[j];
+        for (int p = 0; p < 4; p++) {
+            int lo = bs[4 * p] + bs[4 * p + 1], hi = bs[4 * p + 2] + bs[4 * p + 3];
+            pair32[b * 4 + p] = (int32_t)((uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16));
+        }
+    }
+}
+
+static void quantize_act_q8(const float* x, int64_t n, int64_t k, ActQ8& a, Isa isa, ThreadPool& pool) {
     a.n = n; a.k = k; a.nb = k / QK8_0;
     a.qs.resize(n * k); a.d.resize(n * a.nb); a.sum.resize(n * a.nb);
-    pool.parallel_for(n, 1, [&](int64_t i0, int64_t i1, int) {
-        std::vector<BlockQ8_0> blk(a.nb);
-        for (int64_t i = i0; i < i1; i++) {
-            quantize_row_q8_0(x + i * k, blk.data(), k);
-            for (int64_t b = 0; b < a.nb; b++) {
-                int s = 0;
-                for (int j = 0; j < QK8_0; j++) s += blk[b].qs[j];
-                std::memcpy(&a.qs[i * k + b * QK8_0], blk[b].qs, QK8_0);
-                a.d[i * a.nb + b] = fp16_to_fp32(blk[b].d);
-                a.sum[i * a.nb + b] = s;
-            }
-        }
+    auto row = &quantize_act_q8_row;
+#if defined(TINYGPTV_X86)
+    if (isa == Isa::Avx512) row = &avx512::quantize_act_q8_row;
+#endif
+    pool.parallel_for(n, 4, [&](int64_t i0, int64_t i1, int) {
+        for (int64_t i = i0; i < i1; i++) row(x + i * k, k, &a.qs[i * k], &a.d[i * a.nb], &a.sum[i * a.nb]);
     });
 }
 
-static void quantize_act_q8k(const float* x, int64_t n, int64_t k, ActQ8K& a, ThreadPool& pool) {
+static void quantize_act_q8k(const float* x, int64_t n, int64_t k, ActQ8K& a, Isa isa, ThreadPool& pool) {
     a.n = n; a.k = k; a.nb = k / QK_K;
     a.qs.resize(n * k); a.d.resize(n * a.nb); a.bsum.resize(n * a.nb * 16); a.pair32.resize(n * a.nb * 4);
-    pool.parallel_for(n, 1, [&](int64_t i0, int64_t i1, int) {
-        std::vector<BlockQ8_K> blk(a.nb);
-        for (int64_t i = i0; i < i1; i++) {
-            quantize_row_q8_K(x + i * k, blk.data(), k);
-            for (int64_t b = 0; b < a.nb; b++) {
-                const BlockQ8_K& q = blk[b];
-                std::memcpy(&a.qs[i * k + b * QK_K], q.qs, QK_K);
-                a.d[i * a.nb + b] = q.d;
-                int32_t* bs = &a.bsum[(i * a.nb + b) * 16];
-                for (int j = 0; j < 16; j++) bs[j] = q.bsums[j];
-                for (int p = 0; p < 4; p++) {
-                    int lo = bs[4 * p] + bs[4 * p + 1], hi = bs[4 * p + 2] + bs[4 * p + 3];
-                    a.pair32[(i * a.nb + b) * 4 + p] = (int32_t)((uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16));
-                }
-            }
-        }
+    auto row = &quantize_act_q8k_row;
+#if defined(TINYGPTV_X86)
+    if (isa == Isa::Avx512) row = &avx512::quantize_act_q8k_row;
+#endif
+    pool.parallel_for(n, 4, [&](int64_t i0, int64_t i1, int) {
+        for (int64_t i = i0; i < i1; i++)
+            row(x + i * k, k, &a.qs[i * k], &a.d[i * a.nb], &a.bsum[i * a.nb * 16], &a.pair32[i * a.nb * 4]);
     });
 }
 
@@ -380,16 +398,16 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
     const int64_t k = w.n_in;
     GemmArgs A;
     A.n_out = w.n_out; A.n_in = k; A.n = n; A.x = x; A.y = y; A.bias = bias;
+    const Isa isa = isa_active();
     ActQ8 a8;
     ActQ8K ak;
     if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q4_0) {
-        quantize_act_q8(x, n, k, a8, pool);
+        quantize_act_q8(x, n, k, a8, isa, pool);
         A.a8 = &a8;
     } else if (w.type == GgmlType::Q4_K || w.type == GgmlType::Q6_K) {
-        quantize_act_q8k(x, n, k, ak, pool);
+        quantize_act_q8k(x, n, k, ak, isa, pool);
         A.ak = &ak;
     }
-    const Isa isa = isa_active();
     GemmFn fn = (isa != Isa::Scalar && w.repacked) ? simd_kernel(isa, w.type) : nullptr;
     if (fn) {
         A.w = (const uint8_t*)w.repacked.get();

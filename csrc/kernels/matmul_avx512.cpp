@@ -318,6 +318,95 @@ template <int NT> struct Q4_0K { static void run(const GemmArgs& A, const uint8_
 template <int NT> struct Q4_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q4_K_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q6_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q6_K_tile<NT>(A, w, g, i); } };
 
+// ---- activation quantizers (byte-identical to the scalar ones in matmul.cpp) ------------------
+
+inline bool has_nan(__m512 v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0; }
+
+inline __m512 abs_ps(__m512 v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff))); }
+
+// round half away from zero, then clamp to [-128, 127] (finite inputs)
+inline __m512i round_away_i32(__m512 v) {
+    const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 f = abs_ps(_mm512_sub_ps(v, t));
+    const __mmask16 up = _mm512_cmp_ps_mask(f, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m512 one = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(_mm512_set1_ps(1.0f)),
+                                                           _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u))));
+    __m512 r = _mm512_mask_add_ps(t, up, t, one);
+    r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-128.f)), _mm512_set1_ps(127.f));
+    return _mm512_cvttps_epi32(r);
+}
+
+}  // namespace
+
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum) {
+    for (int64_t b = 0; b < k / QK8_0; b++, x += QK8_0, qs += QK8_0) {
+        const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+        if (has_nan(v0) || has_nan(v1)) {
+            tg::quantize_act_q8_row(x, QK8_0, qs, d + b, sum + b);
+            continue;
+        }
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(abs_ps(v0), abs_ps(v1)));
+        const float dd = amax / 127.f;
+        const float id = dd != 0.f ? 1.0f / dd : 0.0f;
+        d[b] = _cvtsh_ss(_cvtss_sh(dd, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        if (d[b] == 0.f) {
+            std::memset(qs, 0, QK8_0);
+            sum[b] = 0;
+            continue;
+        }
+        const __m512 vid = _mm512_set1_ps(id);
+        const __m512i q0 = round_away_i32(_mm512_mul_ps(v0, vid));
+        const __m512i q1 = round_away_i32(_mm512_mul_ps(v1, vid));
+        _mm_storeu_si128((__m128i*)qs, _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128((__m128i*)(qs + 16), _mm512_cvtsepi32_epi8(q1));
+        sum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    }
+}
+
+void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32) {
+    for (int64_t b = 0; b < k / QK_K; b++, x += QK_K, qs += QK_K) {
+        __m512 v[16];
+        __m512 m = _mm512_setzero_ps();
+        bool nan = false;
+        for (int j = 0; j < 16; j++) {
+            v[j] = _mm512_loadu_ps(x + 16 * j);
+            nan |= has_nan(v[j]);
+            m = _mm512_max_ps(m, abs_ps(v[j]));
+        }
+        const float amax = nan ? 0.f : _mm512_reduce_max_ps(m);
+        if (nan || amax == 0.f || !(amax <= 3.4028235e38f)) {
+            tg::quantize_act_q8k_row(x, QK_K, qs, d + b, bsum + 16 * b, pair32 + 4 * b);
+            continue;
+        }
+        float max = 0.f;
+        const __m512 va = _mm512_set1_ps(amax);
+        for (int j = 0; j < 16; j++) {
+            const __mmask16 hit = _mm512_cmp_ps_mask(abs_ps(v[j]), va, _CMP_EQ_OQ);
+            if (hit) {
+                max = x[16 * j + __builtin_ctz((unsigned)hit)];
+                break;
+            }
+        }
+        const float iscale = -127.f / max;
+        const __m512 vs = _mm512_set1_ps(iscale);
+        int32_t* bs = bsum + 16 * b;
+        for (int j = 0; j < 16; j++) {
+            __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(vs, v[j]), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-127.f)), _mm512_set1_ps(127.f));
+            const __m512i q = _mm512_cvttps_epi32(r);
+            _mm_storeu_si128((__m128i*)(qs + 16 * j), _mm512_cvtepi32_epi8(q));
+            bs[j] = _mm512_reduce_add_epi32(q);
+        }
+        d[b] = 1 / iscale;
+        for (int p = 0; p < 4; p++) {
+            int lo = bs[4 * p] + bs[4 * p + 1], hi = bs[4 * p + 2] + bs[4 * p + 3];
+            pair32[4 * b + p] = (int32_t)((uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16));
+        }
+    }
+}
+
+namespace {
+
 }  // namespace
 
 void gemm_f32(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF32>(A, g0, g1); }

@@ -62,6 +62,13 @@ struct ActQ8K {                // for K-quant weights: Q8_K blocks of 256
     std::vector<int32_t> pair32; // [n][nb][4]  int16 pair (sum of sub-block 2p, 2p+1) of 32 values
 };
 
+// Activation quantizers, one row of k values (the scalar versions are the reference; the SIMD
+// versions produce identical bytes). Q8_0 rows: blocks of 32 with an fp16 scale, as ggml's
+// quantize_row_q8_0 except that a block whose fp16 scale is 0 gets all-zero values.
+// Q8_K rows: ggml's quantize_row_q8_K (blocks of 256, float scale), plus sums of 16 and 32.
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum);
+void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
+
 struct GemmArgs {
     const uint8_t* w = nullptr;  // repacked weight
     int64_t n_out = 0, n_in = 0;
@@ -97,6 +104,8 @@ void gemm_q4_K(const GemmArgs&, int64_t, int64_t);
 void gemm_q6_K(const GemmArgs&, int64_t, int64_t);
 }  // namespace avx2
 namespace avx512 {
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum);
+void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
 void gemm_f32(const GemmArgs&, int64_t, int64_t);
 void gemm_f16(const GemmArgs&, int64_t, int64_t);
 void gemm_bf16(const GemmArgs&, int64_t, int64_t);
