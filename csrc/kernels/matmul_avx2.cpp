@@ -243,14 +243,13 @@ void q6_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t* blk = wg + b * kPackQ6_K;
-        const uint8_t* ql = blk + 288 + 32 * h;
-        const uint8_t* qh = blk + 288 + 2048 + 32 * h;
+        const uint8_t* qq = blk + 288 + 32 * h;
         __m256i isum[NT];
         for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
         for (int t = 0; t < 16; t++) {
-            const __m256i l0 = _mm256_loadu_si256((const __m256i*)(ql + 64 * (2 * t)));
-            const __m256i l1 = _mm256_loadu_si256((const __m256i*)(ql + 64 * (2 * t + 1)));
-            const __m256i hb = _mm256_loadu_si256((const __m256i*)(qh + 64 * t));
+            const __m256i l0 = _mm256_loadu_si256((const __m256i*)(qq + 192 * t));
+            const __m256i l1 = _mm256_loadu_si256((const __m256i*)(qq + 192 * t + 64));
+            const __m256i hb = _mm256_loadu_si256((const __m256i*)(qq + 192 * t + 128));
             const __m256i u0 = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
             const __m256i u1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
                                                _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));

@@ -259,14 +259,13 @@ void q6_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0) {
     for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t* blk = wg + b * kPackQ6_K;
-        const uint8_t* ql = blk + 288;
-        const uint8_t* qh = blk + 288 + 2048;
+        const uint8_t* qq = blk + 288;
         __m512i isum[NT];
         for (int j = 0; j < NT; j++) isum[j] = _mm512_setzero_si512();
         for (int t = 0; t < 16; t++) {
-            const __m512i l0 = _mm512_loadu_si512(ql + 64 * (2 * t));
-            const __m512i l1 = _mm512_loadu_si512(ql + 64 * (2 * t + 1));
-            const __m512i h = _mm512_loadu_si512(qh + 64 * t);
+            const __m512i l0 = _mm512_loadu_si512(qq + 192 * t);
+            const __m512i l1 = _mm512_loadu_si512(qq + 192 * t + 64);
+            const __m512i h = _mm512_loadu_si512(qq + 192 * t + 128);
             const __m512i u0 = _mm512_or_si512(_mm512_and_si512(l0, m4), _mm512_and_si512(_mm512_slli_epi16(h, 4), m30));
             const __m512i u1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), m4),
                                                _mm512_and_si512(_mm512_slli_epi16(h, 2), m30));

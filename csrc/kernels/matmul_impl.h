@@ -14,10 +14,10 @@
 //   Q4_0  d[16] f16 | 4 slots x [16 rows][4 B] (qs bytes 4s..4s+3)      288 B per block of 32
 //   Q4_K  d[16] f16 | dmin[16] f16 | sc[8][16] u8 | m[4][16][2] u8 |
 //         32 slots x [16 rows][4 B] (slot 8c+s: qs bytes 32c+4s..+3)    2368 B per block of 256
-//   Q6_K  d[16] f16 | sc[16][16] i8 | 32 ql slots | 16 qh slots         3360 B per block of 256
-//         (sub-block t of 16 values: ql slot 2t byte e = u[16t+e] | u[16t+4+e] << 4,
-//          ql slot 2t+1 byte e = u[16t+8+e] | u[16t+12+e] << 4, qh slot t byte e = high 2 bits
-//          of u[16t+e], u[16t+4+e], u[16t+8+e], u[16t+12+e] at bits 0, 2, 4, 6; u = q + 32)
+//   Q6_K  d[16] f16 | sc[16][16] i8 | 16 x (ql slot, ql slot, qh slot)  3360 B per block of 256
+//         (sub-block t of 16 values, slots at 288 + 192t: first byte e = u[16t+e] | u[16t+4+e] << 4,
+//          second byte e = u[16t+8+e] | u[16t+12+e] << 4, third byte e = high 2 bits of
+//          u[16t+e], u[16t+4+e], u[16t+8+e], u[16t+12+e] at bits 0, 2, 4, 6; u = q + 32)
 //
 // Every path computes each output with the same arithmetic, so results are bit-identical across
 // instruction sets and thread counts:
