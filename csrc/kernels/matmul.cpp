@@ -400,8 +400,8 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
     GemmArgs A;
     A.n_out = w.n_out; A.n_in = k; A.n = n; A.x = x; A.y = y; A.bias = bias;
     const Isa isa = isa_active();
-    ActQ8 a8;
-    ActQ8K ak;
+    thread_local ActQ8 a8;  // reused across calls: no page faults per token
+    thread_local ActQ8K ak;
     if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q4_0) {
         quantize_act_q8(x, n, k, a8, isa, pool);
         A.a8 = &a8;
