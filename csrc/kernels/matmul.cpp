@@ -131,12 +131,13 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
                     const BlockQ6_K* p = (const BlockQ6_K*)row(r);
                     uint16_t d = p ? p[b].d : 0;
                     std::memcpy(o + 2 * r, &d, 2);
-                    int u[QK_K];
-                    for (int i = 0; i < QK_K; i++) u[i] = p ? q6k_value(p[b], i) : 32;
+                    uint8_t u[QK_K];
+                    if (p) q6k_unpack(p[b], u);
+                    else std::memset(u, 32, sizeof u);
                     for (int t = 0; t < 16; t++) {
                         o[32 + 16 * t + r] = p ? (uint8_t)p[b].scales[t] : 0;
                         for (int e = 0; e < 4; e++) {
-                            const int* v = u + 16 * t + e;
+                            const uint8_t* v = u + 16 * t + e;
                             uint8_t* q = o + 288 + 192 * t + 4 * r + e;
                             q[0] = (uint8_t)((v[0] & 15) | ((v[4] & 15) << 4));
                             q[64] = (uint8_t)((v[8] & 15) | ((v[12] & 15) << 4));
@@ -151,7 +152,7 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
     }
 }
 
-void prepare_weight(MatW& w) {
+static void prepare(MatW& w, ThreadPool* pool) {
     check_weight(w);
     w.repacked.reset();
     if (isa_active() == Isa::Scalar) return;  // the scalar kernels read the standard layout
@@ -161,9 +162,16 @@ void prepare_weight(MatW& w) {
     void* mem = std::aligned_alloc(64, (total + 63) / 64 * 64);
     if (!mem) throw std::bad_alloc();
     std::shared_ptr<uint8_t> buf((uint8_t*)mem, [](uint8_t* p) { std::free(p); });
-    for (int64_t g = 0; g < groups; g++) repack_group(w, g, buf.get() + g * gb);
+    auto work = [&](int64_t g0, int64_t g1, int) {
+        for (int64_t g = g0; g < g1; g++) repack_group(w, g, buf.get() + g * gb);
+    };
+    if (pool) pool->parallel_for(groups, 4, work);
+    else work(0, groups, 0);
     w.repacked = std::shared_ptr<const void>(buf, buf.get());
 }
+
+void prepare_weight(MatW& w) { prepare(w, nullptr); }
+void prepare_weight(MatW& w, ThreadPool& pool) { prepare(w, &pool); }
 
 void dequantize_row(const MatW& w, int64_t row, float* out) {
     if (!matmul_supports(w.type) && w.type != GgmlType::Q8_K)
@@ -321,10 +329,12 @@ static void scalar_q6_K(const GemmArgs& A, int64_t r0, int64_t r1) {
             for (int64_t b = 0; b < a.nb; b++) {
                 const BlockQ6_K& blk = W[r * a.nb + b];
                 const int8_t* xq = &a.qs[i * a.k + b * QK_K];
+                uint8_t u[QK_K];
+                q6k_unpack(blk, u);
                 int32_t isum = 0;
                 for (int t = 0; t < 16; t++) {
                     int32_t dot = 0;
-                    for (int l = 0; l < 16; l++) dot += (q6k_value(blk, 16 * t + l) - 32) * xq[16 * t + l];
+                    for (int l = 0; l < 16; l++) dot += (u[16 * t + l] - 32) * xq[16 * t + l];
                     isum += blk.scales[t] * dot;
                 }
                 acc = std::fma(fp16_to_fp32(blk.d) * a.d[i * a.nb + b], (float)isum, acc);
