@@ -127,6 +127,9 @@ def test_thread_count_invariance(ty):
         for isa in ISAS:
             ys = [run(ty, isa, wq, n_out, n_in, x, None, threads=t) for t in (1, 2, 3)]
             assert np.array_equal(ys[0], ys[1]) and np.array_equal(ys[0], ys[2]), f"{ty}/{isa} n={n}"
+            # repacking on several threads gives the same layout
+            pw = _core.PreparedWeight(ty, wq, n_out, n_in, prepare_threads=3)
+            assert np.array_equal(pw.matmul(x, None, 2), ys[0]), f"{ty}/{isa} n={n} (threaded prepare)"
 
 
 @pytest.mark.parametrize("ty", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])

@@ -2,7 +2,7 @@
 //   _core.quantize(type, x[rows, n] float32) -> uint8[rows, row_bytes]
 //   _core.dequantize(type, data uint8, shape) -> float32[shape]
 //   _core.matmul_test(type, w_bytes, n_out, n_in, x[n, n_in], bias=None, n_threads=1) -> float32[n, n_out]
-//   _core.PreparedWeight(type, w_bytes, n_out, n_in).matmul(x, bias=None, n_threads=1, repeat=1)
+//   _core.PreparedWeight(type, w_bytes, n_out, n_in, prepare_threads=1).matmul(x, bias=None, n_threads=1, repeat=1)
 //   _core.isa(), _core.isa_best(), _core.isa_supported(name), _core.set_isa(name)
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
@@ -41,7 +41,9 @@ GgmlType type_from_name(const std::string& name) {
 
 class PreparedWeight {
 public:
-    PreparedWeight(const std::string& type, U8Array data, int64_t n_out, int64_t n_in) {
+    PreparedWeight(const std::string& type, U8Array data, int64_t n_out, int64_t n_in, int prepare_threads = 1) {
+        if (prepare_threads < 1 || prepare_threads > 256)
+            throw ModelError(fmt("prepare_threads must be in [1, 256], got %d", prepare_threads));
         w_.type = type_from_name(type);
         w_.n_out = n_out;
         w_.n_in = n_in;
@@ -57,7 +59,9 @@ public:
                                  (long long)n_out, (long long)n_in, type_name(w_.type), need));
         bytes_.assign(data.data(), data.data() + need);
         w_.data = bytes_.data();
-        prepare();
+        py::gil_scoped_release release;
+        if (prepare_threads > 1) prepare_weight(w_, pool_for(prepare_threads));
+        else prepare_weight(w_);
     }
 
     py::array_t<float> matmul(F32Array x, py::object bias_obj, int n_threads, int repeat) {
@@ -170,8 +174,8 @@ void bind_kernels(py::module_& m) {
         py::arg("type"), py::arg("data"), py::arg("shape"), "Dequantize GGML-layout bytes to float32 of the given shape.");
 
     py::class_<PreparedWeight>(m, "PreparedWeight", "A weight prepared (repacked) for the active instruction set.")
-        .def(py::init<const std::string&, U8Array, int64_t, int64_t>(), py::arg("type"), py::arg("data"),
-             py::arg("n_out"), py::arg("n_in"))
+        .def(py::init<const std::string&, U8Array, int64_t, int64_t, int>(), py::arg("type"), py::arg("data"),
+             py::arg("n_out"), py::arg("n_in"), py::arg("prepare_threads") = 1)
         .def("matmul", &PreparedWeight::matmul, py::arg("x"), py::arg("bias") = py::none(), py::arg("n_threads") = 1,
              py::arg("repeat") = 1, "y[n, n_out] = x[n, n_in] @ W.T (+ bias); repeat runs it several times (benchmarks).")
         .def("prepare", &PreparedWeight::prepare, "Rebuild the repacked layout for the active instruction set.")
