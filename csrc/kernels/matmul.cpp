@@ -222,6 +222,7 @@ static void quantize_act_q8(const float* x, int64_t n, int64_t k, ActQ8& a, Isa 
     auto row = &quantize_act_q8_row;
 #if defined(TINYGPTV_X86)
     if (isa == Isa::Avx512) row = &avx512::quantize_act_q8_row;
+    if (isa == Isa::Avx2) row = &avx2::quantize_act_q8_row;
 #endif
     pool.parallel_for(n, 4, [&](int64_t i0, int64_t i1, int) {
         for (int64_t i = i0; i < i1; i++) row(x + i * k, k, &a.qs[i * k], &a.d[i * a.nb], &a.sum[i * a.nb]);
@@ -234,6 +235,7 @@ static void quantize_act_q8k(const float* x, int64_t n, int64_t k, ActQ8K& a, Is
     auto row = &quantize_act_q8k_row;
 #if defined(TINYGPTV_X86)
     if (isa == Isa::Avx512) row = &avx512::quantize_act_q8k_row;
+    if (isa == Isa::Avx2) row = &avx2::quantize_act_q8k_row;
 #endif
     pool.parallel_for(n, 4, [&](int64_t i0, int64_t i1, int) {
         for (int64_t i = i0; i < i1; i++)

@@ -293,6 +293,119 @@ void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const 
     }
 }
 
+// ---- activation quantizers (byte-identical to the scalar ones in matmul.cpp) ------------------
+
+inline __m256 abs8(__m256 v) { return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
+inline bool nan8(__m256 v) { return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0; }
+
+inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+inline int32_t hsum8(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    return _mm_cvtsi128_si32(s);
+}
+
+inline __m256i clamp_cvt(__m256 r, float lo) {
+    r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(lo)), _mm256_set1_ps(127.f));
+    return _mm256_cvttps_epi32(r);
+}
+
+// round half away from zero, clamped to [-128, 127] (finite inputs)
+inline __m256i round_away8(__m256 v) {
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 up = _mm256_cmp_ps(abs8(_mm256_sub_ps(v, t)), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, _mm256_set1_ps(-0.0f)));
+    return clamp_cvt(_mm256_add_ps(t, _mm256_and_ps(up, one)), -128.f);
+}
+
+// 32 int32 values (4 vectors, in order) -> 32 int8
+inline void store_i8x32(int8_t* dst, const __m256i q[4]) {
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256((__m256i*)dst, _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
+}  // namespace
+
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum) {
+    for (int64_t b = 0; b < k / QK8_0; b++, x += QK8_0, qs += QK8_0) {
+        __m256 v[4];
+        bool nan = false;
+        __m256 m = _mm256_setzero_ps();
+        for (int j = 0; j < 4; j++) {
+            v[j] = _mm256_loadu_ps(x + 8 * j);
+            nan |= nan8(v[j]);
+            m = _mm256_max_ps(m, abs8(v[j]));
+        }
+        if (nan) {
+            tg::quantize_act_q8_row(x, QK8_0, qs, d + b, sum + b);
+            continue;
+        }
+        const float dd = hmax8(m) / 127.f;
+        const float id = dd != 0.f ? 1.0f / dd : 0.0f;
+        d[b] = _cvtsh_ss(_cvtss_sh(dd, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        if (d[b] == 0.f) {
+            std::memset(qs, 0, QK8_0);
+            sum[b] = 0;
+            continue;
+        }
+        __m256i q[4];
+        for (int j = 0; j < 4; j++) q[j] = round_away8(_mm256_mul_ps(v[j], _mm256_set1_ps(id)));
+        store_i8x32(qs, q);
+        sum[b] = hsum8(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+    }
+}
+
+void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32) {
+    for (int64_t b = 0; b < k / QK_K; b++, x += QK_K, qs += QK_K) {
+        __m256 m = _mm256_setzero_ps();
+        bool nan = false;
+        for (int j = 0; j < 32; j++) {
+            const __m256 v = _mm256_loadu_ps(x + 8 * j);
+            nan |= nan8(v);
+            m = _mm256_max_ps(m, abs8(v));
+        }
+        const float amax = nan ? 0.f : hmax8(m);
+        if (nan || amax == 0.f || !(amax <= 3.4028235e38f)) {
+            tg::quantize_act_q8k_row(x, QK_K, qs, d + b, bsum + 16 * b, pair32 + 4 * b);
+            continue;
+        }
+        float max = 0.f;
+        for (int j = 0; j < 32; j++) {
+            const int hit = _mm256_movemask_ps(_mm256_cmp_ps(abs8(_mm256_loadu_ps(x + 8 * j)), _mm256_set1_ps(amax), _CMP_EQ_OQ));
+            if (hit) {
+                max = x[8 * j + __builtin_ctz((unsigned)hit)];
+                break;
+            }
+        }
+        const float iscale = -127.f / max;
+        int32_t* bs = bsum + 16 * b;
+        for (int j = 0; j < 8; j++) {  // 32 values per step
+            __m256i q[4];
+            for (int e = 0; e < 4; e++) {
+                const __m256 v = _mm256_mul_ps(_mm256_set1_ps(iscale), _mm256_loadu_ps(x + 32 * j + 8 * e));
+                q[e] = clamp_cvt(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), -127.f);
+            }
+            store_i8x32(qs + 32 * j, q);
+            bs[2 * j] = hsum8(_mm256_add_epi32(q[0], q[1]));
+            bs[2 * j + 1] = hsum8(_mm256_add_epi32(q[2], q[3]));
+        }
+        d[b] = 1 / iscale;
+        for (int p = 0; p < 4; p++) {
+            int lo = bs[4 * p] + bs[4 * p + 1], hi = bs[4 * p + 2] + bs[4 * p + 3];
+            pair32[4 * b + p] = (int32_t)((uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16));
+        }
+    }
+}
+
+namespace {
+
 }  // namespace
 
 void gemm_f32(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF32>(A, g0, g1); }

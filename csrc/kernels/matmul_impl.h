@@ -95,6 +95,8 @@ inline int64_t act_chunk_rows(int64_t n, int64_t k_bytes) {
 
 #if defined(TINYGPTV_X86)
 namespace avx2 {
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum);
+void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
 void gemm_f32(const GemmArgs&, int64_t, int64_t);
 void gemm_f16(const GemmArgs&, int64_t, int64_t);
 void gemm_bf16(const GemmArgs&, int64_t, int64_t);
