@@ -319,3 +319,18 @@ def test_quantize_file_errors_leave_no_output(tmp_path):
     with pytest.raises(SystemExit):
         main([str(src), str(dst), "q9"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf", "in.gguf"]
+
+
+def test_isa_environment_variable():
+    import os
+    import subprocess
+    import sys
+    code = "from tinygptv_native import _core; print(_core.isa())"
+    env = dict(os.environ)
+    for isa in ISAS:
+        env["TINYGPTV_ISA"] = isa
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.strip() == isa, out.stderr
+    env["TINYGPTV_ISA"] = "sse9"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "unknown instruction set 'sse9'" in out.stderr
