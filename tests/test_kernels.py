@@ -130,6 +130,10 @@ def test_thread_count_invariance(ty):
             # repacking on several threads gives the same layout
             pw = _core.PreparedWeight(ty, wq, n_out, n_in, prepare_threads=3)
             assert np.array_equal(pw.matmul(x, None, 2), ys[0]), f"{ty}/{isa} n={n} (threaded prepare)"
+            # a weight that was never prepared is repacked on the fly: same results
+            pw = _core.PreparedWeight(ty, wq, n_out, n_in, prepared=False)
+            assert not pw.repacked
+            assert np.array_equal(pw.matmul(x, None, 2), ys[0]), f"{ty}/{isa} n={n} (unprepared)"
 
 
 @pytest.mark.parametrize("ty", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])

@@ -421,11 +421,26 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
         quantize_act_q8k(x, n, k, ak, isa, pool);
         A.ak = &ak;
     }
-    GemmFn fn = (isa != Isa::Scalar && w.repacked) ? simd_kernel(isa, w.type) : nullptr;
-    if (fn) {
+    GemmFn fn = isa != Isa::Scalar ? simd_kernel(isa, w.type) : nullptr;
+    const int64_t groups = (w.n_out + kGroup - 1) / kGroup;
+    if (fn && w.repacked) {
         A.w = (const uint8_t*)w.repacked.get();
-        const int64_t groups = (w.n_out + kGroup - 1) / kGroup;
         pool.parallel_for(groups, 1, [&](int64_t g0, int64_t g1, int) { fn(A, g0, g1); });
+    } else if (fn) {
+        // Not prepared: repack one group at a time into a scratch buffer (slower than a prepared
+        // weight, same results).
+        const size_t gb = packed_group_bytes(w.type, k);
+        pool.parallel_for(groups, 1, [&](int64_t g0, int64_t g1, int) {
+            thread_local std::vector<uint8_t> scratch;
+            if (scratch.size() < gb) scratch.resize(gb);
+            GemmArgs B = A;
+            B.w = scratch.data();
+            for (int64_t g = g0; g < g1; g++) {
+                repack_group(w, g, scratch.data());
+                B.g_base = g;
+                fn(B, g, g + 1);
+            }
+        });
     } else {
         A.w = (const uint8_t*)w.data;
         pool.parallel_for(w.n_out, kGroup, [&](int64_t r0, int64_t r1, int) { scalar_gemm(w.type, A, r0, r1); });

@@ -76,7 +76,7 @@ void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0) {
     __m256 acc[2 * GB][NT];
     for (int b = 0; b < 2 * GB; b++)
         for (int j = 0; j < NT; j++) acc[b][j] = _mm256_setzero_ps();
-    const uint8_t* wg = A.w + g * gbytes;
+    const uint8_t* wg = A.w + (g - A.g_base) * gbytes;
     const float* x = A.x + i0 * k;
     for (int64_t kk = 0; kk < k; kk++) {
         __m256 w[2 * GB];
@@ -284,7 +284,7 @@ void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const 
     for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
         const int64_t c1 = std::min(A.n, c0 + chunk);
         for (int64_t g = g0; g < g1; g++) {
-            const uint8_t* wg = A.w + g * gbytes;
+            const uint8_t* wg = A.w + (g - A.g_base) * gbytes;
             for (int h = 0; h < 2; h++) {
                 if (g * kGroup + 8 * h >= A.n_out) break;
                 for (int64_t i = c0; i < c1; i += 4) tiles[std::min<int64_t>(4, c1 - i) - 1](A, wg, g, i, h);

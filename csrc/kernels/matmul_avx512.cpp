@@ -101,8 +101,8 @@ void float_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
     const size_t gbytes = (size_t)A.n_in * kGroup * C::elem;
     if (A.n == 1) {
         int64_t g = g0;
-        for (; g + 4 <= g1; g += 4) float_tile<C, 4, 1>(A, A.w + g * gbytes, gbytes, g, 0);
-        for (; g < g1; g++) float_tile<C, 1, 1>(A, A.w + g * gbytes, gbytes, g, 0);
+        for (; g + 4 <= g1; g += 4) float_tile<C, 4, 1>(A, A.w + (g - A.g_base) * gbytes, gbytes, g, 0);
+        for (; g < g1; g++) float_tile<C, 1, 1>(A, A.w + (g - A.g_base) * gbytes, gbytes, g, 0);
         return;
     }
     const bool widen = C::elem == 2 && A.n >= 16;
@@ -111,7 +111,7 @@ void float_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
     const size_t fstride = (size_t)A.n_in * kGroup * 4;
     for (int64_t g = g0; g < g1; g += 2) {
         const int gb = g + 2 <= g1 ? 2 : 1;
-        const uint8_t* wg = A.w + g * gbytes;
+        const uint8_t* wg = A.w + (g - A.g_base) * gbytes;
         if (widen) {
             for (int b = 0; b < gb; b++)
                 for (int64_t kk = 0; kk < A.n_in; kk++)
@@ -303,7 +303,7 @@ void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const 
     for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
         const int64_t c1 = std::min(A.n, c0 + chunk);
         for (int64_t g = g0; g < g1; g++) {
-            const uint8_t* wg = A.w + g * gbytes;
+            const uint8_t* wg = A.w + (g - A.g_base) * gbytes;
             for (int64_t i = c0; i < c1; i += MaxNT) {
                 const int64_t nt = std::min<int64_t>(MaxNT, c1 - i);
                 tiles[nt - 1](A, wg, g, i);

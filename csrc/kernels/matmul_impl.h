@@ -70,7 +70,8 @@ void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_
 void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
 
 struct GemmArgs {
-    const uint8_t* w = nullptr;  // repacked weight
+    const uint8_t* w = nullptr;  // repacked weight, starting at group g_base
+    int64_t g_base = 0;
     int64_t n_out = 0, n_in = 0;
     int64_t n = 0;               // activation rows
     const float* x = nullptr;    // float activations [n][n_in] (float weights)
