@@ -1,37 +1,57 @@
 """Matrix-product throughput per weight type and instruction set.
 
 Prints GFLOP/s (2*n*n_out*n_in per second) and weight GB/s for decode-shaped (n=1) and
-prefill-shaped (n=256) products, with numpy's float32 matmul (BLAS) as the peer in the same run.
+prefill-shaped (n=256) products, with numpy's float32 matmul (BLAS) as the peer in the same run:
 
-    python benchmarks/bench_kernels.py [--threads 2] [--types q4_0,q8_0,...] [--quick]
+  decode 2560x2560 / 10240x2560   one weight, n=1 (fits the L3 cache once warm)
+  decode stream 10240x2560        n=1 over several weights totalling ~160 MB, as a decoder walks
+                                  its layers: bound by memory bandwidth (peer: numpy sum of 256 MB)
+  prefill 256x2560x2560           n=256 activation rows
+  vit 257x1408x6144               float weights, n=257 (the vision encoder's MLP)
+  tiny 64x256 n=1                 fixed costs: activation quantization and waking the thread pool
+
+--cpu-time reports the calling thread's CPU time with 1 thread instead of wall time: on a busy
+machine this still measures the kernels (but not memory bandwidth shared with other processes).
+
+    python benchmarks/bench_kernels.py [--threads 2] [--types Q4_0,Q8_0] [--isa avx512] [--quick] [--cpu-time]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
-import numpy as np
+if "--cpu-time" in sys.argv:  # the numpy peer must run on the calling thread too
+    for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_v, "1")
 
-from tinygptv_native import _core
+import numpy as np  # noqa: E402
+
+from tinygptv_native import _core  # noqa: E402
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"]
+FLOAT = ("F32", "F16", "BF16")
 SHAPES = [  # (label, n, n_out, n_in)
     ("decode 2560x2560", 1, 2560, 2560),
     ("decode 10240x2560", 1, 10240, 2560),
+    ("decode stream 10240x2560", 1, 10240, 2560),
     ("prefill 256x2560x2560", 256, 2560, 2560),
     ("vit 257x1408x6144", 257, 6144, 1408),
+    ("tiny 64x256 n=1", 1, 64, 256),
 ]
+STREAM_BYTES = 160 << 20
 
 
-def timeit(fn, min_time: float, min_reps: int = 3) -> float:
+def timeit(fn, min_time: float, cpu: bool, min_reps: int = 3) -> float:
+    clock = time.thread_time if cpu else time.perf_counter
     fn()  # warm up
     times = []
     t_end = time.perf_counter() + min_time
     while len(times) < min_reps or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return float(np.median(times))
 
 
@@ -41,34 +61,54 @@ def main() -> None:
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--isa", default="", help="comma-separated subset of scalar,avx2,avx512 (default: all supported)")
     ap.add_argument("--quick", action="store_true", help="shorter timing runs")
+    ap.add_argument("--cpu-time", action="store_true", help="1 thread, CPU time of the calling thread")
     args = ap.parse_args()
+    threads = 1 if args.cpu_time else args.threads
     min_time = 0.3 if args.quick else 1.0
     types = [t.strip().upper() for t in args.types.split(",") if t.strip()]
     isas = [s for s in (args.isa.split(",") if args.isa else ["scalar", "avx2", "avx512"]) if _core.isa_supported(s)]
     rng = np.random.default_rng(0)
-    print(f"threads={args.threads} best isa={_core.isa_best()} numpy={np.__version__}")
-    print(f"{'shape':24s} {'type':6s} {'isa':7s} {'ms':>9s} {'GFLOP/s':>9s} {'GB/s':>7s}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"threads={threads} clock={'thread CPU time' if args.cpu_time else 'wall'} best isa={_core.isa_best()} "
+          f"numpy={np.__version__} load average={load:.2f}")
+    print(f"{'shape':26s} {'type':6s} {'isa':7s} {'ms':>9s} {'GFLOP/s':>9s} {'GB/s':>7s}")
+
+    def row(label, ty, isa, t, flop, nbytes):
+        print(f"{label:26s} {ty:6s} {isa:7s} {t*1e3:9.3f} {flop/t/1e9:9.1f} {nbytes/t/1e9:7.1f}", flush=True)
+
     for label, n, n_out, n_in in SHAPES:
-        if label.startswith("vit") and not any(t in types for t in ("F16", "F32", "BF16")):
+        float_only = label.startswith("vit")
+        if float_only and not any(t in types for t in FLOAT):
             continue
+        stream = "stream" in label
         w = (rng.standard_normal((n_out, n_in)) * 0.02).astype(np.float32)
         x = rng.standard_normal((n, n_in)).astype(np.float32)
         flop = 2.0 * n * n_out * n_in
-        # numpy float32 peer (BLAS, its own threading)
-        wt = np.ascontiguousarray(w.T)
-        t = timeit(lambda: x @ wt, min_time)
-        print(f"{label:24s} {'numpy':6s} {'f32':7s} {t*1e3:9.3f} {flop/t/1e9:9.1f} {w.nbytes/t/1e9:7.1f}")
+        if stream:
+            big = np.ones(64 << 20, np.float32)
+            t = timeit(lambda: big.sum(), min_time, args.cpu_time)
+            row(label, "numpy", "sum", t, 0.0, big.nbytes)
+        elif not label.startswith("tiny"):
+            wt = np.ascontiguousarray(w.T)
+            t = timeit(lambda: x @ wt, min_time, args.cpu_time)
+            row(label, "numpy", "f32", t, flop, w.nbytes)
         for ty in types:
-            if label.startswith("vit") and ty not in ("F16", "F32", "BF16"):
+            if float_only and ty not in FLOAT:
                 continue
             wq = _core.quantize(ty, w)
+            count = max(1, -(-STREAM_BYTES // wq.nbytes)) if stream else 1
             for isa in isas:
-                if isa == "scalar" and n > 1:
-                    continue  # the scalar reference is far too slow for GEMM shapes
+                if isa == "scalar" and (n > 1 or stream):
+                    continue  # the scalar reference is far too slow for these shapes
                 _core.set_isa(isa)
-                pw = _core.PreparedWeight(ty, wq, n_out, n_in)
-                t = timeit(lambda: pw.matmul(x, None, args.threads), min_time)
-                print(f"{label:24s} {ty:6s} {isa:7s} {t*1e3:9.3f} {flop/t/1e9:9.1f} {wq.nbytes/t/1e9:7.1f}")
+                pws = [_core.PreparedWeight(ty, wq, n_out, n_in) for _ in range(count)]
+                if count == 1:
+                    pw = pws[0]
+                    t = timeit(lambda: pw.matmul(x, None, threads), min_time, args.cpu_time)
+                else:
+                    t = timeit(lambda: [p.matmul(x, None, threads) for p in pws], min_time, args.cpu_time) / count
+                row(label, ty, isa, t, flop, wq.nbytes)
+                del pws
     _core.set_isa(_core.isa_best())
 
 

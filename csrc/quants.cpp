@@ -448,11 +448,13 @@ void dequantize_values(GgmlType t, const void* x, float* y, int64_t k) {
         }
         case GgmlType::Q6_K: {
             const BlockQ6_K* b = (const BlockQ6_K*)x;
+            uint8_t u[QK_K];
             for (int64_t i = 0; i < k / QK_K; i++) {
                 const float d = fp16_to_fp32(b[i].d);
+                q6k_unpack(b[i], u);
                 for (int e = 0; e < QK_K; e++) {
                     const float ds = d * (float)b[i].scales[e / 16];
-                    y[i * QK_K + e] = ds * (float)(q6k_value(b[i], e) - 32);
+                    y[i * QK_K + e] = ds * (float)(u[e] - 32);
                 }
             }
             break;

@@ -66,15 +66,19 @@ inline void q4k_scale_min(int j, const uint8_t* s, uint8_t* sc, uint8_t* m) {
     }
 }
 
-// Unsigned 6-bit value (q + 32, 0..63) of element i (0..255) of a Q6_K block.
-inline int q6k_value(const BlockQ6_K& b, int i) {
-    int half = i / 128, r = i % 128, quarter = r / 32, l = r % 32;
-    const uint8_t* ql = b.ql + 64 * half;
-    const uint8_t* qh = b.qh + 32 * half;
-    int lo = (quarter & 1) ? ql[l + 32] : ql[l];
-    lo = (quarter & 2) ? (lo >> 4) : (lo & 0xF);
-    int hi = (qh[l] >> (2 * quarter)) & 3;
-    return lo | (hi << 4);
+// All 256 unsigned 6-bit values (q + 32) of a Q6_K block.
+inline void q6k_unpack(const BlockQ6_K& b, uint8_t* u) {
+    for (int half = 0; half < 2; half++) {
+        const uint8_t* ql = b.ql + 64 * half;
+        const uint8_t* qh = b.qh + 32 * half;
+        uint8_t* o = u + 128 * half;
+        for (int l = 0; l < 32; l++) {
+            o[l] = (uint8_t)((ql[l] & 0xF) | ((qh[l] & 3) << 4));
+            o[l + 32] = (uint8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4));
+            o[l + 64] = (uint8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+            o[l + 96] = (uint8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+        }
+    }
 }
 
 // Types quantize_rows / dequantize_values accept: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, Q8_K.

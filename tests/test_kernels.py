@@ -127,6 +127,13 @@ def test_thread_count_invariance(ty):
         for isa in ISAS:
             ys = [run(ty, isa, wq, n_out, n_in, x, None, threads=t) for t in (1, 2, 3)]
             assert np.array_equal(ys[0], ys[1]) and np.array_equal(ys[0], ys[2]), f"{ty}/{isa} n={n}"
+            # repacking on several threads gives the same layout
+            pw = _core.PreparedWeight(ty, wq, n_out, n_in, prepare_threads=3)
+            assert np.array_equal(pw.matmul(x, None, 2), ys[0]), f"{ty}/{isa} n={n} (threaded prepare)"
+            # a weight that was never prepared is repacked on the fly: same results
+            pw = _core.PreparedWeight(ty, wq, n_out, n_in, prepared=False)
+            assert not pw.repacked
+            assert np.array_equal(pw.matmul(x, None, 2), ys[0]), f"{ty}/{isa} n={n} (unprepared)"
 
 
 @pytest.mark.parametrize("ty", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
@@ -316,3 +323,18 @@ def test_quantize_file_errors_leave_no_output(tmp_path):
     with pytest.raises(SystemExit):
         main([str(src), str(dst), "q9"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf", "in.gguf"]
+
+
+def test_isa_environment_variable():
+    import os
+    import subprocess
+    import sys
+    code = "from tinygptv_native import _core; print(_core.isa())"
+    env = dict(os.environ)
+    for isa in ISAS:
+        env["TINYGPTV_ISA"] = isa
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.strip() == isa, out.stderr
+    env["TINYGPTV_ISA"] = "sse9"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "unknown instruction set 'sse9'" in out.stderr

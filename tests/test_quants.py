@@ -1,5 +1,6 @@
-"""Quantizers and dequantizers against gguf-py (byte-exact for Q8_0/Q4_0, bit-exact dequantization)
-and against ggml's test-quantize-fns error limits for the K-quants.
+"""Quantizers and dequantizers against gguf-py (byte-exact for Q8_0/Q4_0, bit-exact dequantization),
+against ggml's own C reference quantizers when llama-cpp-python is installed (byte-exact for all four
+types), and against ggml's test-quantize-fns error limits.
 
 ggml's metric: array_rmse(a, b) = sqrt(sum((a - b)^2)) / n (not an RMSE), on 0.1 + 2*cos(i + offset)
 with n = 4096; MAX_QUANTIZATION_TOTAL_ERROR = 0.002, MAX_DOT_PRODUCT_ERROR = 0.02 (|dot_q - dot| / n).
@@ -170,3 +171,43 @@ def test_bad_input_errors():
         _core.dequantize("Q8_0", np.zeros(60, np.uint8), (2, 32))
     with pytest.raises(ModelError, match="Q5_K"):
         _core.quantize("Q5_K", np.zeros((1, 256), np.float32))
+
+
+def _ggml_base_library():
+    """ggml's C library as shipped inside the llama-cpp-python package (optional)."""
+    import ctypes
+    import glob
+    import os
+    try:
+        import llama_cpp
+    except Exception:
+        return None
+    root = os.path.dirname(llama_cpp.__file__)
+    for path in sorted(glob.glob(os.path.join(root, "**", "libggml-base.*"), recursive=True)):
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.parametrize("name,fn,block_bytes,block", [
+    ("Q4_K", "quantize_row_q4_K_ref", 144, 256), ("Q6_K", "quantize_row_q6_K_ref", 210, 256),
+    ("Q8_0", "quantize_row_q8_0_ref", 34, 32), ("Q4_0", "quantize_row_q4_0_ref", 18, 32)])
+def test_bytes_match_ggml_reference(name, fn, block_bytes, block):
+    import ctypes
+    lib = _ggml_base_library()
+    if lib is None or not hasattr(lib, fn):
+        pytest.skip("llama-cpp-python (ggml's reference quantizers) is not installed")
+    f = getattr(lib, fn)
+    f.restype = None
+    f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    rng = np.random.default_rng(17)
+    for x in (rng.standard_normal((16, 1024)), ggml_data(16 * 1024).reshape(16, -1),
+              np.where(rng.random((16, 1024)) < 0.02, rng.standard_normal((16, 1024)) * 10, 0)):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        ref = np.zeros(x.size // block * block_bytes, np.uint8)
+        f(x.ctypes.data, ref.ctypes.data, x.size)
+        ours = _core.quantize(name, x).reshape(-1, block_bytes)
+        bad = np.flatnonzero(np.any(ours != ref.reshape(-1, block_bytes), axis=1))
+        assert bad.size == 0, f"{name}: {bad.size} of {ours.shape[0]} blocks differ from ggml"

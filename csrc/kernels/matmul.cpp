@@ -131,15 +131,17 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
                     const BlockQ6_K* p = (const BlockQ6_K*)row(r);
                     uint16_t d = p ? p[b].d : 0;
                     std::memcpy(o + 2 * r, &d, 2);
-                    int u[QK_K];
-                    for (int i = 0; i < QK_K; i++) u[i] = p ? q6k_value(p[b], i) : 32;
+                    uint8_t u[QK_K];
+                    if (p) q6k_unpack(p[b], u);
+                    else std::memset(u, 32, sizeof u);
                     for (int t = 0; t < 16; t++) {
                         o[32 + 16 * t + r] = p ? (uint8_t)p[b].scales[t] : 0;
                         for (int e = 0; e < 4; e++) {
-                            const int* v = u + 16 * t + e;
-                            o[288 + 64 * (2 * t) + 4 * r + e] = (uint8_t)((v[0] & 15) | ((v[4] & 15) << 4));
-                            o[288 + 64 * (2 * t + 1) + 4 * r + e] = (uint8_t)((v[8] & 15) | ((v[12] & 15) << 4));
-                            o[288 + 2048 + 64 * t + 4 * r + e] =
+                            const uint8_t* v = u + 16 * t + e;
+                            uint8_t* q = o + 288 + 192 * t + 4 * r + e;
+                            q[0] = (uint8_t)((v[0] & 15) | ((v[4] & 15) << 4));
+                            q[64] = (uint8_t)((v[8] & 15) | ((v[12] & 15) << 4));
+                            q[128] =
                                 (uint8_t)((v[0] >> 4) | ((v[4] >> 4) << 2) | ((v[8] >> 4) << 4) | ((v[12] >> 4) << 6));
                         }
                     }
@@ -150,7 +152,7 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
     }
 }
 
-void prepare_weight(MatW& w) {
+static void prepare(MatW& w, ThreadPool* pool) {
     check_weight(w);
     w.repacked.reset();
     if (isa_active() == Isa::Scalar) return;  // the scalar kernels read the standard layout
@@ -160,9 +162,16 @@ void prepare_weight(MatW& w) {
     void* mem = std::aligned_alloc(64, (total + 63) / 64 * 64);
     if (!mem) throw std::bad_alloc();
     std::shared_ptr<uint8_t> buf((uint8_t*)mem, [](uint8_t* p) { std::free(p); });
-    for (int64_t g = 0; g < groups; g++) repack_group(w, g, buf.get() + g * gb);
+    auto work = [&](int64_t g0, int64_t g1, int) {
+        for (int64_t g = g0; g < g1; g++) repack_group(w, g, buf.get() + g * gb);
+    };
+    if (pool) pool->parallel_for(groups, 4, work);
+    else work(0, groups, 0);
     w.repacked = std::shared_ptr<const void>(buf, buf.get());
 }
+
+void prepare_weight(MatW& w) { prepare(w, nullptr); }
+void prepare_weight(MatW& w, ThreadPool& pool) { prepare(w, &pool); }
 
 void dequantize_row(const MatW& w, int64_t row, float* out) {
     if (!matmul_supports(w.type) && w.type != GgmlType::Q8_K)
@@ -174,43 +183,63 @@ void dequantize_row(const MatW& w, int64_t row, float* out) {
 
 // ---- activation quantization ----------------------------------------------------------------
 
-static void quantize_act_q8(const float* x, int64_t n, int64_t k, ActQ8& a, ThreadPool& pool) {
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum) {
+    for (int64_t b = 0; b < k / QK8_0; b++, x += QK8_0, qs += QK8_0) {
+        float amax = 0.f;
+        for (int j = 0; j < QK8_0; j++) amax = std::fmax(amax, std::fabs(x[j]));
+        const float dd = amax / 127.f;
+        const float id = dd != 0.f ? 1.0f / dd : 0.0f;
+        d[b] = fp16_to_fp32(fp32_to_fp16(dd));
+        int32_t s = 0;
+        for (int j = 0; j < QK8_0; j++) {
+            float v = std::round(x[j] * id);
+            int q = d[b] == 0.f || v != v ? 0 : (v > 127.f ? 127 : (v < -128.f ? -128 : (int)v));
+            qs[j] = (int8_t)q;
+            s += q;
+        }
+        sum[b] = s;
+    }
+}
+
+void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32) {
+    BlockQ8_K q;
+    for (int64_t b = 0; b < k / QK_K; b++) {
+        quantize_row_q8_K(x + b * QK_K, &q, QK_K);
+        std::memcpy(qs + b * QK_K, q.qs, QK_K);
+        d[b] = q.d;
+        int32_t* bs = bsum + b * 16;
+        for (int j = 0; j < 16; j++) bs[j] = q.bsums[j];
+        for (int p = 0; p < 4; p++) {
+            int lo = bs[4 * p] + bs[4 * p + 1], hi = bs[4 * p + 2] + bs[4 * p + 3];
+            pair32[b * 4 + p] = (int32_t)((uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16));
+        }
+    }
+}
+
+static void quantize_act_q8(const float* x, int64_t n, int64_t k, ActQ8& a, Isa isa, ThreadPool& pool) {
     a.n = n; a.k = k; a.nb = k / QK8_0;
     a.qs.resize(n * k); a.d.resize(n * a.nb); a.sum.resize(n * a.nb);
-    pool.parallel_for(n, 1, [&](int64_t i0, int64_t i1, int) {
-        std::vector<BlockQ8_0> blk(a.nb);
-        for (int64_t i = i0; i < i1; i++) {
-            quantize_row_q8_0(x + i * k, blk.data(), k);
-            for (int64_t b = 0; b < a.nb; b++) {
-                int s = 0;
-                for (int j = 0; j < QK8_0; j++) s += blk[b].qs[j];
-                std::memcpy(&a.qs[i * k + b * QK8_0], blk[b].qs, QK8_0);
-                a.d[i * a.nb + b] = fp16_to_fp32(blk[b].d);
-                a.sum[i * a.nb + b] = s;
-            }
-        }
+    auto row = &quantize_act_q8_row;
+#if defined(TINYGPTV_X86)
+    if (isa == Isa::Avx512) row = &avx512::quantize_act_q8_row;
+    if (isa == Isa::Avx2) row = &avx2::quantize_act_q8_row;
+#endif
+    pool.parallel_for(n, 4, [&](int64_t i0, int64_t i1, int) {
+        for (int64_t i = i0; i < i1; i++) row(x + i * k, k, &a.qs[i * k], &a.d[i * a.nb], &a.sum[i * a.nb]);
     });
 }
 
-static void quantize_act_q8k(const float* x, int64_t n, int64_t k, ActQ8K& a, ThreadPool& pool) {
+static void quantize_act_q8k(const float* x, int64_t n, int64_t k, ActQ8K& a, Isa isa, ThreadPool& pool) {
     a.n = n; a.k = k; a.nb = k / QK_K;
     a.qs.resize(n * k); a.d.resize(n * a.nb); a.bsum.resize(n * a.nb * 16); a.pair32.resize(n * a.nb * 4);
-    pool.parallel_for(n, 1, [&](int64_t i0, int64_t i1, int) {
-        std::vector<BlockQ8_K> blk(a.nb);
-        for (int64_t i = i0; i < i1; i++) {
-            quantize_row_q8_K(x + i * k, blk.data(), k);
-            for (int64_t b = 0; b < a.nb; b++) {
-                const BlockQ8_K& q = blk[b];
-                std::memcpy(&a.qs[i * k + b * QK_K], q.qs, QK_K);
-                a.d[i * a.nb + b] = q.d;
-                int32_t* bs = &a.bsum[(i * a.nb + b) * 16];
-                for (int j = 0; j < 16; j++) bs[j] = q.bsums[j];
-                for (int p = 0; p < 4; p++) {
-                    int lo = bs[4 * p] + bs[4 * p + 1], hi = bs[4 * p + 2] + bs[4 * p + 3];
-                    a.pair32[(i * a.nb + b) * 4 + p] = (int32_t)((uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16));
-                }
-            }
-        }
+    auto row = &quantize_act_q8k_row;
+#if defined(TINYGPTV_X86)
+    if (isa == Isa::Avx512) row = &avx512::quantize_act_q8k_row;
+    if (isa == Isa::Avx2) row = &avx2::quantize_act_q8k_row;
+#endif
+    pool.parallel_for(n, 4, [&](int64_t i0, int64_t i1, int) {
+        for (int64_t i = i0; i < i1; i++)
+            row(x + i * k, k, &a.qs[i * k], &a.d[i * a.nb], &a.bsum[i * a.nb * 16], &a.pair32[i * a.nb * 4]);
     });
 }
 
@@ -302,10 +331,12 @@ static void scalar_q6_K(const GemmArgs& A, int64_t r0, int64_t r1) {
             for (int64_t b = 0; b < a.nb; b++) {
                 const BlockQ6_K& blk = W[r * a.nb + b];
                 const int8_t* xq = &a.qs[i * a.k + b * QK_K];
+                uint8_t u[QK_K];
+                q6k_unpack(blk, u);
                 int32_t isum = 0;
                 for (int t = 0; t < 16; t++) {
                     int32_t dot = 0;
-                    for (int l = 0; l < 16; l++) dot += (q6k_value(blk, 16 * t + l) - 32) * xq[16 * t + l];
+                    for (int l = 0; l < 16; l++) dot += (u[16 * t + l] - 32) * xq[16 * t + l];
                     isum += blk.scales[t] * dot;
                 }
                 acc = std::fma(fp16_to_fp32(blk.d) * a.d[i * a.nb + b], (float)isum, acc);
@@ -380,21 +411,36 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
     const int64_t k = w.n_in;
     GemmArgs A;
     A.n_out = w.n_out; A.n_in = k; A.n = n; A.x = x; A.y = y; A.bias = bias;
-    ActQ8 a8;
-    ActQ8K ak;
+    const Isa isa = isa_active();
+    thread_local ActQ8 a8;  // reused across calls: no page faults per token
+    thread_local ActQ8K ak;
     if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q4_0) {
-        quantize_act_q8(x, n, k, a8, pool);
+        quantize_act_q8(x, n, k, a8, isa, pool);
         A.a8 = &a8;
     } else if (w.type == GgmlType::Q4_K || w.type == GgmlType::Q6_K) {
-        quantize_act_q8k(x, n, k, ak, pool);
+        quantize_act_q8k(x, n, k, ak, isa, pool);
         A.ak = &ak;
     }
-    const Isa isa = isa_active();
-    GemmFn fn = (isa != Isa::Scalar && w.repacked) ? simd_kernel(isa, w.type) : nullptr;
-    if (fn) {
+    GemmFn fn = isa != Isa::Scalar ? simd_kernel(isa, w.type) : nullptr;
+    const int64_t groups = (w.n_out + kGroup - 1) / kGroup;
+    if (fn && w.repacked) {
         A.w = (const uint8_t*)w.repacked.get();
-        const int64_t groups = (w.n_out + kGroup - 1) / kGroup;
         pool.parallel_for(groups, 1, [&](int64_t g0, int64_t g1, int) { fn(A, g0, g1); });
+    } else if (fn) {
+        // Not prepared: repack one group at a time into a scratch buffer (slower than a prepared
+        // weight, same results).
+        const size_t gb = packed_group_bytes(w.type, k);
+        pool.parallel_for(groups, 1, [&](int64_t g0, int64_t g1, int) {
+            thread_local std::vector<uint8_t> scratch;
+            if (scratch.size() < gb) scratch.resize(gb);
+            GemmArgs B = A;
+            B.w = scratch.data();
+            for (int64_t g = g0; g < g1; g++) {
+                repack_group(w, g, scratch.data());
+                B.g_base = g;
+                fn(B, g, g + 1);
+            }
+        });
     } else {
         A.w = (const uint8_t*)w.data;
         pool.parallel_for(w.n_out, kGroup, [&](int64_t r0, int64_t r1, int) { scalar_gemm(w.type, A, r0, r1); });

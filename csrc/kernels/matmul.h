@@ -30,11 +30,14 @@ bool matmul_supports(GgmlType t);
 // After this, matmul reads only `repacked` (dequantize_row still reads `data`).
 // Throws ModelError for an unsupported type or a row length that is not a multiple of the block.
 void prepare_weight(MatW& w);
+// The same, repacking on the pool's threads (load time).
+void prepare_weight(MatW& w, ThreadPool& pool);
 
 // Quantized weights multiply int8 activations (x quantized on the fly to Q8_0 for Q8_0/Q4_0,
 // to Q8_K for Q4_K/Q6_K) with integer dot products; float weights use float FMAs. Every output is
 // computed with the same arithmetic on every instruction set and thread count (bit-identical).
-// A weight without `repacked` (prepare_weight not called, or scalar mode) uses the scalar kernels.
+// A weight without `repacked` (prepare_weight not called) is repacked group by group on every call:
+// same results, slower. y must not overlap x or bias.
 void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bias, ThreadPool& pool);
 
 // Row `row` of W as float32 (embedding lookup). out has n_in floats.

@@ -76,7 +76,7 @@ void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0) {
     __m256 acc[2 * GB][NT];
     for (int b = 0; b < 2 * GB; b++)
         for (int j = 0; j < NT; j++) acc[b][j] = _mm256_setzero_ps();
-    const uint8_t* wg = A.w + g * gbytes;
+    const uint8_t* wg = A.w + (g - A.g_base) * gbytes;
     const float* x = A.x + i0 * k;
     for (int64_t kk = 0; kk < k; kk++) {
         __m256 w[2 * GB];
@@ -243,14 +243,13 @@ void q6_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t* blk = wg + b * kPackQ6_K;
-        const uint8_t* ql = blk + 288 + 32 * h;
-        const uint8_t* qh = blk + 288 + 2048 + 32 * h;
+        const uint8_t* qq = blk + 288 + 32 * h;
         __m256i isum[NT];
         for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
         for (int t = 0; t < 16; t++) {
-            const __m256i l0 = _mm256_loadu_si256((const __m256i*)(ql + 64 * (2 * t)));
-            const __m256i l1 = _mm256_loadu_si256((const __m256i*)(ql + 64 * (2 * t + 1)));
-            const __m256i hb = _mm256_loadu_si256((const __m256i*)(qh + 64 * t));
+            const __m256i l0 = _mm256_loadu_si256((const __m256i*)(qq + 192 * t));
+            const __m256i l1 = _mm256_loadu_si256((const __m256i*)(qq + 192 * t + 64));
+            const __m256i hb = _mm256_loadu_si256((const __m256i*)(qq + 192 * t + 128));
             const __m256i u0 = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
             const __m256i u1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
                                                _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
@@ -285,7 +284,7 @@ void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const 
     for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
         const int64_t c1 = std::min(A.n, c0 + chunk);
         for (int64_t g = g0; g < g1; g++) {
-            const uint8_t* wg = A.w + g * gbytes;
+            const uint8_t* wg = A.w + (g - A.g_base) * gbytes;
             for (int h = 0; h < 2; h++) {
                 if (g * kGroup + 8 * h >= A.n_out) break;
                 for (int64_t i = c0; i < c1; i += 4) tiles[std::min<int64_t>(4, c1 - i) - 1](A, wg, g, i, h);
@@ -293,6 +292,119 @@ void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const 
         }
     }
 }
+
+// ---- activation quantizers (byte-identical to the scalar ones in matmul.cpp) ------------------
+
+inline __m256 abs8(__m256 v) { return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
+inline bool nan8(__m256 v) { return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0; }
+
+inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+inline int32_t hsum8(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    return _mm_cvtsi128_si32(s);
+}
+
+inline __m256i clamp_cvt(__m256 r, float lo) {
+    r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(lo)), _mm256_set1_ps(127.f));
+    return _mm256_cvttps_epi32(r);
+}
+
+// round half away from zero, clamped to [-128, 127] (finite inputs)
+inline __m256i round_away8(__m256 v) {
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 up = _mm256_cmp_ps(abs8(_mm256_sub_ps(v, t)), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, _mm256_set1_ps(-0.0f)));
+    return clamp_cvt(_mm256_add_ps(t, _mm256_and_ps(up, one)), -128.f);
+}
+
+// 32 int32 values (4 vectors, in order) -> 32 int8
+inline void store_i8x32(int8_t* dst, const __m256i q[4]) {
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256((__m256i*)dst, _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
+}  // namespace
+
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum) {
+    for (int64_t b = 0; b < k / QK8_0; b++, x += QK8_0, qs += QK8_0) {
+        __m256 v[4];
+        bool nan = false;
+        __m256 m = _mm256_setzero_ps();
+        for (int j = 0; j < 4; j++) {
+            v[j] = _mm256_loadu_ps(x + 8 * j);
+            nan |= nan8(v[j]);
+            m = _mm256_max_ps(m, abs8(v[j]));
+        }
+        if (nan) {
+            tg::quantize_act_q8_row(x, QK8_0, qs, d + b, sum + b);
+            continue;
+        }
+        const float dd = hmax8(m) / 127.f;
+        const float id = dd != 0.f ? 1.0f / dd : 0.0f;
+        d[b] = _cvtsh_ss(_cvtss_sh(dd, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        if (d[b] == 0.f) {
+            std::memset(qs, 0, QK8_0);
+            sum[b] = 0;
+            continue;
+        }
+        __m256i q[4];
+        for (int j = 0; j < 4; j++) q[j] = round_away8(_mm256_mul_ps(v[j], _mm256_set1_ps(id)));
+        store_i8x32(qs, q);
+        sum[b] = hsum8(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+    }
+}
+
+void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32) {
+    for (int64_t b = 0; b < k / QK_K; b++, x += QK_K, qs += QK_K) {
+        __m256 m = _mm256_setzero_ps();
+        bool nan = false;
+        for (int j = 0; j < 32; j++) {
+            const __m256 v = _mm256_loadu_ps(x + 8 * j);
+            nan |= nan8(v);
+            m = _mm256_max_ps(m, abs8(v));
+        }
+        const float amax = nan ? 0.f : hmax8(m);
+        if (nan || amax == 0.f || !(amax <= 3.4028235e38f)) {
+            tg::quantize_act_q8k_row(x, QK_K, qs, d + b, bsum + 16 * b, pair32 + 4 * b);
+            continue;
+        }
+        float max = 0.f;
+        for (int j = 0; j < 32; j++) {
+            const int hit = _mm256_movemask_ps(_mm256_cmp_ps(abs8(_mm256_loadu_ps(x + 8 * j)), _mm256_set1_ps(amax), _CMP_EQ_OQ));
+            if (hit) {
+                max = x[8 * j + __builtin_ctz((unsigned)hit)];
+                break;
+            }
+        }
+        const float iscale = -127.f / max;
+        int32_t* bs = bsum + 16 * b;
+        for (int j = 0; j < 8; j++) {  // 32 values per step
+            __m256i q[4];
+            for (int e = 0; e < 4; e++) {
+                const __m256 v = _mm256_mul_ps(_mm256_set1_ps(iscale), _mm256_loadu_ps(x + 32 * j + 8 * e));
+                q[e] = clamp_cvt(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), -127.f);
+            }
+            store_i8x32(qs + 32 * j, q);
+            bs[2 * j] = hsum8(_mm256_add_epi32(q[0], q[1]));
+            bs[2 * j + 1] = hsum8(_mm256_add_epi32(q[2], q[3]));
+        }
+        d[b] = 1 / iscale;
+        for (int p = 0; p < 4; p++) {
+            int lo = bs[4 * p] + bs[4 * p + 1], hi = bs[4 * p + 2] + bs[4 * p + 3];
+            pair32[4 * b + p] = (int32_t)((uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16));
+        }
+    }
+}
+
+namespace {
 
 }  // namespace
 

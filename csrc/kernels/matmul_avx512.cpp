@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include "kernels/matmul_impl.h"
 #include "quants.h"
@@ -57,17 +59,17 @@ struct CvtBF16 {
     }
 };
 
+// GB groups (wg, wg + gstride, ...) x NT activation rows starting at i0; g = index of the first group.
 template <typename C, int GB, int NT>
-void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0) {
+void float_tile(const GemmArgs& A, const uint8_t* wg, size_t gstride, int64_t g, int64_t i0) {
     const int64_t k = A.n_in;
     __m512 acc[GB][NT];
     for (int b = 0; b < GB; b++)
         for (int j = 0; j < NT; j++) acc[b][j] = _mm512_setzero_ps();
-    const uint8_t* wg = A.w + g * gbytes;
     const float* x = A.x + i0 * k;
     for (int64_t kk = 0; kk < k; kk++) {
         __m512 w[GB];
-        for (int b = 0; b < GB; b++) w[b] = C::load(wg + b * gbytes, kk);
+        for (int b = 0; b < GB; b++) w[b] = C::load(wg + b * gstride, kk);
         for (int j = 0; j < NT; j++) {
             const __m512 xb = _mm512_set1_ps(x[j * k + kk]);
             for (int b = 0; b < GB; b++) acc[b][j] = _mm512_fmadd_ps(w[b], xb, acc[b][j]);
@@ -78,37 +80,52 @@ void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0) {
 }
 
 template <typename C, int GB>
-void float_tiles(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0, int64_t nt) {
+void float_tiles(const GemmArgs& A, const uint8_t* wg, size_t gstride, int64_t g, int64_t i0, int64_t nt) {
     switch (nt) {
-        case 1: float_tile<C, GB, 1>(A, gbytes, g, i0); break;
-        case 2: float_tile<C, GB, 2>(A, gbytes, g, i0); break;
-        case 3: float_tile<C, GB, 3>(A, gbytes, g, i0); break;
-        case 4: float_tile<C, GB, 4>(A, gbytes, g, i0); break;
-        case 5: float_tile<C, GB, 5>(A, gbytes, g, i0); break;
-        case 6: float_tile<C, GB, 6>(A, gbytes, g, i0); break;
-        case 7: float_tile<C, GB, 7>(A, gbytes, g, i0); break;
-        default: float_tile<C, GB, 8>(A, gbytes, g, i0); break;
+        case 1: float_tile<C, GB, 1>(A, wg, gstride, g, i0); break;
+        case 2: float_tile<C, GB, 2>(A, wg, gstride, g, i0); break;
+        case 3: float_tile<C, GB, 3>(A, wg, gstride, g, i0); break;
+        case 4: float_tile<C, GB, 4>(A, wg, gstride, g, i0); break;
+        case 5: float_tile<C, GB, 5>(A, wg, gstride, g, i0); break;
+        case 6: float_tile<C, GB, 6>(A, wg, gstride, g, i0); break;
+        case 7: float_tile<C, GB, 7>(A, wg, gstride, g, i0); break;
+        default: float_tile<C, GB, 8>(A, wg, gstride, g, i0); break;
     }
 }
 
+// Decode: 4 groups at once for independent FMA chains. Prefill: pairs of groups x 8 rows; 16-bit
+// weights of the pair are first widened to float32 (exactly) so the conversion is paid once per
+// pair instead of once per activation tile.
 template <typename C>
 void float_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
     const size_t gbytes = (size_t)A.n_in * kGroup * C::elem;
-    if (A.n == 1) {  // decode: 4 groups at once for independent FMA chains
+    if (A.n == 1) {
         int64_t g = g0;
-        for (; g + 4 <= g1; g += 4) float_tile<C, 4, 1>(A, gbytes, g, 0);
-        for (; g < g1; g++) float_tile<C, 1, 1>(A, gbytes, g, 0);
+        for (; g + 4 <= g1; g += 4) float_tile<C, 4, 1>(A, A.w + (g - A.g_base) * gbytes, gbytes, g, 0);
+        for (; g < g1; g++) float_tile<C, 1, 1>(A, A.w + (g - A.g_base) * gbytes, gbytes, g, 0);
         return;
     }
-    const int64_t chunk = act_chunk_rows(A.n, A.n_in * 4);
-    for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
-        const int64_t c1 = std::min(A.n, c0 + chunk);
-        for (int64_t g = g0; g < g1; g += 2) {
-            const bool two = g + 2 <= g1;
-            for (int64_t i = c0; i < c1; i += 8) {
-                const int64_t nt = std::min<int64_t>(8, c1 - i);
-                if (two) float_tiles<C, 2>(A, gbytes, g, i, nt);
-                else float_tiles<C, 1>(A, gbytes, g, i, nt);
+    const bool widen = C::elem == 2 && A.n >= 16;
+    std::vector<float> scratch;
+    if (widen) scratch.resize((size_t)A.n_in * kGroup * 2);
+    const size_t fstride = (size_t)A.n_in * kGroup * 4;
+    for (int64_t g = g0; g < g1; g += 2) {
+        const int gb = g + 2 <= g1 ? 2 : 1;
+        const uint8_t* wg = A.w + (g - A.g_base) * gbytes;
+        if (widen) {
+            for (int b = 0; b < gb; b++)
+                for (int64_t kk = 0; kk < A.n_in; kk++)
+                    _mm512_storeu_ps(&scratch[(size_t)b * A.n_in * kGroup + kk * kGroup], C::load(wg + b * gbytes, kk));
+        }
+        for (int64_t i = 0; i < A.n; i += 8) {
+            const int64_t nt = std::min<int64_t>(8, A.n - i);
+            if (widen) {
+                const uint8_t* sw = (const uint8_t*)scratch.data();
+                if (gb == 2) float_tiles<CvtF32, 2>(A, sw, fstride, g, i, nt);
+                else float_tiles<CvtF32, 1>(A, sw, fstride, g, i, nt);
+            } else {
+                if (gb == 2) float_tiles<C, 2>(A, wg, gbytes, g, i, nt);
+                else float_tiles<C, 1>(A, wg, gbytes, g, i, nt);
             }
         }
     }
@@ -242,14 +259,13 @@ void q6_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0) {
     for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t* blk = wg + b * kPackQ6_K;
-        const uint8_t* ql = blk + 288;
-        const uint8_t* qh = blk + 288 + 2048;
+        const uint8_t* qq = blk + 288;
         __m512i isum[NT];
         for (int j = 0; j < NT; j++) isum[j] = _mm512_setzero_si512();
         for (int t = 0; t < 16; t++) {
-            const __m512i l0 = _mm512_loadu_si512(ql + 64 * (2 * t));
-            const __m512i l1 = _mm512_loadu_si512(ql + 64 * (2 * t + 1));
-            const __m512i h = _mm512_loadu_si512(qh + 64 * t);
+            const __m512i l0 = _mm512_loadu_si512(qq + 192 * t);
+            const __m512i l1 = _mm512_loadu_si512(qq + 192 * t + 64);
+            const __m512i h = _mm512_loadu_si512(qq + 192 * t + 128);
             const __m512i u0 = _mm512_or_si512(_mm512_and_si512(l0, m4), _mm512_and_si512(_mm512_slli_epi16(h, 4), m30));
             const __m512i u1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), m4),
                                                _mm512_and_si512(_mm512_slli_epi16(h, 2), m30));
@@ -279,19 +295,116 @@ void q6_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0) {
 
 using TileFn = void (*)(const GemmArgs&, const uint8_t*, int64_t, int64_t);
 
-void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const TileFn tiles[4]) {
+// Row groups outer, activation tiles of up to MaxNT rows inner (the unpacked weights of a block
+// are reused across the tile); activations are taken in L2-sized chunks.
+template <int MaxNT>
+void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const TileFn (&tiles)[MaxNT]) {
     const int64_t chunk = act_chunk_rows(A.n, A.n_in);
     for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
         const int64_t c1 = std::min(A.n, c0 + chunk);
         for (int64_t g = g0; g < g1; g++) {
-            const uint8_t* wg = A.w + g * gbytes;
-            for (int64_t i = c0; i < c1; i += 4) {
-                const int64_t nt = std::min<int64_t>(4, c1 - i);
+            const uint8_t* wg = A.w + (g - A.g_base) * gbytes;
+            for (int64_t i = c0; i < c1; i += MaxNT) {
+                const int64_t nt = std::min<int64_t>(MaxNT, c1 - i);
                 tiles[nt - 1](A, wg, g, i);
             }
         }
     }
 }
+
+template <int NT> struct Q8_0K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q8_0_tile<NT>(A, w, g, i); } };
+template <int NT> struct Q4_0K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q4_0_tile<NT>(A, w, g, i); } };
+template <int NT> struct Q4_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q4_K_tile<NT>(A, w, g, i); } };
+template <int NT> struct Q6_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q6_K_tile<NT>(A, w, g, i); } };
+
+// ---- activation quantizers (byte-identical to the scalar ones in matmul.cpp) ------------------
+
+inline bool has_nan(__m512 v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0; }
+
+inline __m512 abs_ps(__m512 v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff))); }
+
+// round half away from zero, then clamp to [-128, 127] (finite inputs)
+inline __m512i round_away_i32(__m512 v) {
+    const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 f = abs_ps(_mm512_sub_ps(v, t));
+    const __mmask16 up = _mm512_cmp_ps_mask(f, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m512 one = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(_mm512_set1_ps(1.0f)),
+                                                           _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u))));
+    __m512 r = _mm512_mask_add_ps(t, up, t, one);
+    r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-128.f)), _mm512_set1_ps(127.f));
+    return _mm512_cvttps_epi32(r);
+}
+
+}  // namespace
+
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum) {
+    for (int64_t b = 0; b < k / QK8_0; b++, x += QK8_0, qs += QK8_0) {
+        const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+        if (has_nan(v0) || has_nan(v1)) {
+            tg::quantize_act_q8_row(x, QK8_0, qs, d + b, sum + b);
+            continue;
+        }
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(abs_ps(v0), abs_ps(v1)));
+        const float dd = amax / 127.f;
+        const float id = dd != 0.f ? 1.0f / dd : 0.0f;
+        d[b] = _cvtsh_ss(_cvtss_sh(dd, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        if (d[b] == 0.f) {
+            std::memset(qs, 0, QK8_0);
+            sum[b] = 0;
+            continue;
+        }
+        const __m512 vid = _mm512_set1_ps(id);
+        const __m512i q0 = round_away_i32(_mm512_mul_ps(v0, vid));
+        const __m512i q1 = round_away_i32(_mm512_mul_ps(v1, vid));
+        _mm_storeu_si128((__m128i*)qs, _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128((__m128i*)(qs + 16), _mm512_cvtsepi32_epi8(q1));
+        sum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    }
+}
+
+void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32) {
+    for (int64_t b = 0; b < k / QK_K; b++, x += QK_K, qs += QK_K) {
+        __m512 v[16];
+        __m512 m = _mm512_setzero_ps();
+        bool nan = false;
+        for (int j = 0; j < 16; j++) {
+            v[j] = _mm512_loadu_ps(x + 16 * j);
+            nan |= has_nan(v[j]);
+            m = _mm512_max_ps(m, abs_ps(v[j]));
+        }
+        const float amax = nan ? 0.f : _mm512_reduce_max_ps(m);
+        if (nan || amax == 0.f || !(amax <= 3.4028235e38f)) {
+            tg::quantize_act_q8k_row(x, QK_K, qs, d + b, bsum + 16 * b, pair32 + 4 * b);
+            continue;
+        }
+        float max = 0.f;
+        const __m512 va = _mm512_set1_ps(amax);
+        for (int j = 0; j < 16; j++) {
+            const __mmask16 hit = _mm512_cmp_ps_mask(abs_ps(v[j]), va, _CMP_EQ_OQ);
+            if (hit) {
+                max = x[16 * j + __builtin_ctz((unsigned)hit)];
+                break;
+            }
+        }
+        const float iscale = -127.f / max;
+        const __m512 vs = _mm512_set1_ps(iscale);
+        int32_t* bs = bsum + 16 * b;
+        for (int j = 0; j < 16; j++) {
+            __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(vs, v[j]), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-127.f)), _mm512_set1_ps(127.f));
+            const __m512i q = _mm512_cvttps_epi32(r);
+            _mm_storeu_si128((__m128i*)(qs + 16 * j), _mm512_cvtepi32_epi8(q));
+            bs[j] = _mm512_reduce_add_epi32(q);
+        }
+        d[b] = 1 / iscale;
+        for (int p = 0; p < 4; p++) {
+            int lo = bs[4 * p] + bs[4 * p + 1], hi = bs[4 * p + 2] + bs[4 * p + 3];
+            pair32[4 * b + p] = (int32_t)((uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16));
+        }
+    }
+}
+
+namespace {
 
 }  // namespace
 
@@ -299,21 +412,29 @@ void gemm_f32(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF32>(A,
 void gemm_f16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF16>(A, g0, g1); }
 void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(A, g0, g1); }
 
+#ifndef NT_Q8
+#define NT_Q8 4
+#define NT_Q4 4
+#define NT_K4 4
+#define NT_K6 4
+#endif
+template <template <int> class K, int... N>
+void run_table(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, std::integer_sequence<int, N...>) {
+    static constexpr TileFn t[sizeof...(N)] = {K<N + 1>::run...};
+    quant_gemm(A, g0, g1, gbytes, t);
+}
+
 void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
-    static const TileFn t[4] = {q8_0_tile<1>, q8_0_tile<2>, q8_0_tile<3>, q8_0_tile<4>};
-    quant_gemm(A, g0, g1, (A.n_in / QK8_0) * kPackQ8_0, t);
+    run_table<Q8_0K>(A, g0, g1, (A.n_in / QK8_0) * kPackQ8_0, std::make_integer_sequence<int, NT_Q8>());
 }
 void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
-    static const TileFn t[4] = {q4_0_tile<1>, q4_0_tile<2>, q4_0_tile<3>, q4_0_tile<4>};
-    quant_gemm(A, g0, g1, (A.n_in / QK4_0) * kPackQ4_0, t);
+    run_table<Q4_0K>(A, g0, g1, (A.n_in / QK4_0) * kPackQ4_0, std::make_integer_sequence<int, NT_Q4>());
 }
 void gemm_q4_K(const GemmArgs& A, int64_t g0, int64_t g1) {
-    static const TileFn t[4] = {q4_K_tile<1>, q4_K_tile<2>, q4_K_tile<3>, q4_K_tile<4>};
-    quant_gemm(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K, t);
+    run_table<Q4_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K, std::make_integer_sequence<int, NT_K4>());
 }
 void gemm_q6_K(const GemmArgs& A, int64_t g0, int64_t g1) {
-    static const TileFn t[4] = {q6_K_tile<1>, q6_K_tile<2>, q6_K_tile<3>, q6_K_tile<4>};
-    quant_gemm(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K, t);
+    run_table<Q6_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K, std::make_integer_sequence<int, NT_K6>());
 }
 
 }  // namespace avx512

@@ -14,10 +14,10 @@
 //   Q4_0  d[16] f16 | 4 slots x [16 rows][4 B] (qs bytes 4s..4s+3)      288 B per block of 32
 //   Q4_K  d[16] f16 | dmin[16] f16 | sc[8][16] u8 | m[4][16][2] u8 |
 //         32 slots x [16 rows][4 B] (slot 8c+s: qs bytes 32c+4s..+3)    2368 B per block of 256
-//   Q6_K  d[16] f16 | sc[16][16] i8 | 32 ql slots | 16 qh slots         3360 B per block of 256
-//         (sub-block t of 16 values: ql slot 2t byte e = u[16t+e] | u[16t+4+e] << 4,
-//          ql slot 2t+1 byte e = u[16t+8+e] | u[16t+12+e] << 4, qh slot t byte e = high 2 bits
-//          of u[16t+e], u[16t+4+e], u[16t+8+e], u[16t+12+e] at bits 0, 2, 4, 6; u = q + 32)
+//   Q6_K  d[16] f16 | sc[16][16] i8 | 16 x (ql slot, ql slot, qh slot)  3360 B per block of 256
+//         (sub-block t of 16 values, slots at 288 + 192t: first byte e = u[16t+e] | u[16t+4+e] << 4,
+//          second byte e = u[16t+8+e] | u[16t+12+e] << 4, third byte e = high 2 bits of
+//          u[16t+e], u[16t+4+e], u[16t+8+e], u[16t+12+e] at bits 0, 2, 4, 6; u = q + 32)
 //
 // Every path computes each output with the same arithmetic, so results are bit-identical across
 // instruction sets and thread counts:
@@ -62,8 +62,16 @@ struct ActQ8K {                // for K-quant weights: Q8_K blocks of 256
     std::vector<int32_t> pair32; // [n][nb][4]  int16 pair (sum of sub-block 2p, 2p+1) of 32 values
 };
 
+// Activation quantizers, one row of k values (the scalar versions are the reference; the SIMD
+// versions produce identical bytes). Q8_0 rows: blocks of 32 with an fp16 scale, as ggml's
+// quantize_row_q8_0 except that a block whose fp16 scale is 0 gets all-zero values.
+// Q8_K rows: ggml's quantize_row_q8_K (blocks of 256, float scale), plus sums of 16 and 32.
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum);
+void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
+
 struct GemmArgs {
-    const uint8_t* w = nullptr;  // repacked weight
+    const uint8_t* w = nullptr;  // repacked weight, starting at group g_base
+    int64_t g_base = 0;
     int64_t n_out = 0, n_in = 0;
     int64_t n = 0;               // activation rows
     const float* x = nullptr;    // float activations [n][n_in] (float weights)
@@ -88,6 +96,8 @@ inline int64_t act_chunk_rows(int64_t n, int64_t k_bytes) {
 
 #if defined(TINYGPTV_X86)
 namespace avx2 {
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum);
+void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
 void gemm_f32(const GemmArgs&, int64_t, int64_t);
 void gemm_f16(const GemmArgs&, int64_t, int64_t);
 void gemm_bf16(const GemmArgs&, int64_t, int64_t);
@@ -97,6 +107,8 @@ void gemm_q4_K(const GemmArgs&, int64_t, int64_t);
 void gemm_q6_K(const GemmArgs&, int64_t, int64_t);
 }  // namespace avx2
 namespace avx512 {
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum);
+void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
 void gemm_f32(const GemmArgs&, int64_t, int64_t);
 void gemm_f16(const GemmArgs&, int64_t, int64_t);
 void gemm_bf16(const GemmArgs&, int64_t, int64_t);

@@ -2,7 +2,8 @@
 //   _core.quantize(type, x[rows, n] float32) -> uint8[rows, row_bytes]
 //   _core.dequantize(type, data uint8, shape) -> float32[shape]
 //   _core.matmul_test(type, w_bytes, n_out, n_in, x[n, n_in], bias=None, n_threads=1) -> float32[n, n_out]
-//   _core.PreparedWeight(type, w_bytes, n_out, n_in).matmul(x, bias=None, n_threads=1, repeat=1)
+//   _core.PreparedWeight(type, w_bytes, n_out, n_in, prepare_threads=1, prepared=True)
+//       .matmul(x, bias=None, n_threads=1, repeat=1)
 //   _core.isa(), _core.isa_best(), _core.isa_supported(name), _core.set_isa(name)
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
@@ -41,7 +42,11 @@ GgmlType type_from_name(const std::string& name) {
 
 class PreparedWeight {
 public:
-    PreparedWeight(const std::string& type, U8Array data, int64_t n_out, int64_t n_in) {
+    PreparedWeight(const std::string& type, U8Array data, int64_t n_out, int64_t n_in, int prepare_threads = 1,
+                   bool prepared = true)
+        : prepared_(prepared) {
+        if (prepare_threads < 1 || prepare_threads > 256)
+            throw ModelError(fmt("prepare_threads must be in [1, 256], got %d", prepare_threads));
         w_.type = type_from_name(type);
         w_.n_out = n_out;
         w_.n_in = n_in;
@@ -57,7 +62,10 @@ public:
                                  (long long)n_out, (long long)n_in, type_name(w_.type), need));
         bytes_.assign(data.data(), data.data() + need);
         w_.data = bytes_.data();
-        prepare();
+        py::gil_scoped_release release;
+        if (!prepared_) return;
+        if (prepare_threads > 1) prepare_weight(w_, pool_for(prepare_threads));
+        else prepare_weight(w_);
     }
 
     py::array_t<float> matmul(F32Array x, py::object bias_obj, int n_threads, int repeat) {
@@ -79,7 +87,7 @@ public:
         const float* xp = x.data();
         {
             py::gil_scoped_release release;
-            if (isa_active() != Isa::Scalar && !w_.repacked) prepare();
+            if (prepared_ && isa_active() != Isa::Scalar && !w_.repacked) prepare_weight(w_);
             ThreadPool& pool = pool_for(n_threads);
             for (int r = 0; r < repeat; r++) tg::matmul(w_, xp, n, yp, bp, pool);
         }
@@ -105,6 +113,7 @@ private:
         return *p;
     }
 
+    bool prepared_ = true;
     std::vector<uint8_t> bytes_;
     MatW w_;
     std::map<int, std::unique_ptr<ThreadPool>> pools_;
@@ -170,8 +179,9 @@ void bind_kernels(py::module_& m) {
         py::arg("type"), py::arg("data"), py::arg("shape"), "Dequantize GGML-layout bytes to float32 of the given shape.");
 
     py::class_<PreparedWeight>(m, "PreparedWeight", "A weight prepared (repacked) for the active instruction set.")
-        .def(py::init<const std::string&, U8Array, int64_t, int64_t>(), py::arg("type"), py::arg("data"),
-             py::arg("n_out"), py::arg("n_in"))
+        .def(py::init<const std::string&, U8Array, int64_t, int64_t, int, bool>(), py::arg("type"), py::arg("data"),
+             py::arg("n_out"), py::arg("n_in"), py::arg("prepare_threads") = 1, py::arg("prepared") = true,
+             "prepared=False leaves the weight unprepared (matmul then repacks it on every call).")
         .def("matmul", &PreparedWeight::matmul, py::arg("x"), py::arg("bias") = py::none(), py::arg("n_threads") = 1,
              py::arg("repeat") = 1, "y[n, n_out] = x[n, n_in] @ W.T (+ bias); repeat runs it several times (benchmarks).")
         .def("prepare", &PreparedWeight::prepare, "Rebuild the repacked layout for the active instruction set.")
