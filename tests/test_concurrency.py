@@ -126,7 +126,7 @@ def test_gil_released_during_compute(big_model):
     # around it (5 ms each); released, it ticks throughout (about one tick per 0.5-1 ms).
     assert results["dt"] > 0.05, f"the workload is too small to tell ({results['dt']:.3f} s, single {single:.3f} s)"
     expected = results["dt"] / 0.002
-    assert results["ticks"] > max(20, 0.25 * expected), \
+    assert results["ticks"] > max(10, 0.1 * expected), \
         f"only {results['ticks']} ticks during a {results['dt']:.3f} s call: the GIL seems to be held"
 
 
