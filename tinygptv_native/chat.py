@@ -230,7 +230,7 @@ class Chat:
     def ask(self, prompt: str, image: Any = None, *, stream: bool = False, return_result: bool = False,
             max_new_tokens: Optional[int] = None, temperature: Optional[float] = None, top_p: Optional[float] = None,
             top_k: Optional[int] = None, min_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
-            seed: Optional[int] = None, stop: Optional[Sequence[str]] = None):
+            seed: Optional[int] = None, stop: Optional[Sequence[str]] = None, ignore_eos: bool = False):
         """Asks a question (optionally about a new image) and returns the answer text, or an iterator of text
         pieces when ``stream=True``, or the GenerationResult when ``return_result=True`` (not streaming).
 
@@ -238,7 +238,8 @@ class Chat:
         anything changes, when the conversation plus this turn plus ``max_new_tokens`` exceeds n_ctx.
         On KeyboardInterrupt the partial answer is kept in the history and in ``last`` (finish_reason
         "interrupted") and the exception propagates; a stream that is closed or dropped early ends the same
-        way."""
+        way. ``stop`` adds stop strings to the model's; ``ignore_eos`` generates ``max_new_tokens`` tokens,
+        ignoring end-of-text, the model's stop ids and stop strings (for benchmarks and tests)."""
         self._finish_active()
         params, n_new = self.model._chat_params(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                                 top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
@@ -246,7 +247,7 @@ class Chat:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("this Chat is already answering in another thread; give each thread its own Chat")
         try:
-            it = self._start(prompt, image, params, n_new, stop)
+            it = self._start(prompt, image, params, n_new, stop, ignore_eos)
         except BaseException:
             self._busy.release()
             raise
@@ -257,7 +258,8 @@ class Chat:
         text = "".join(gen)
         return gen.result if return_result else text
 
-    def _start(self, prompt: str, image: Any, params, max_new_tokens: int, stop: Optional[Sequence[str]]):
+    def _start(self, prompt: str, image: Any, params, max_new_tokens: int, stop: Optional[Sequence[str]],
+               ignore_eos: bool = False):
         """Checks, encodes and evaluates one user turn; returns the token loop (not started)."""
         from .model import GenerationResult
         m = self.model
@@ -284,7 +286,8 @@ class Chat:
             raise ValueError("empty prompt: the template and the text produce no tokens")
         if stop is not None and isinstance(stop, str):
             stop = [stop]
-        stops = list(self.template.stop_strings) + [s for s in (stop or []) if s]
+        stops = ([] if ignore_eos else list(self.template.stop_strings)) + [s for s in (stop or []) if s]
+        stop_ids = () if ignore_eos else self.template.stop_ids
 
         result = GenerationResult()
         session = self._get_session(need)
@@ -324,7 +327,7 @@ class Chat:
         self.prompt_positions = self._n_eval
         self.history.append(Message("user", prompt, image=emb is not None))
         self.last = result
-        return m._run(session, [], logits, params, max_new_tokens, stops, self.template.stop_ids, result)
+        return m._run(session, [], logits, params, max_new_tokens, stops, stop_ids, result, use_eos=not ignore_eos)
 
     def _evaluated_spans(self) -> List[_Span]:
         """The spans, cut at what the KV cache holds."""

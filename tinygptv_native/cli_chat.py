@@ -31,11 +31,13 @@ def _common(p: argparse.ArgumentParser, sampling: bool = True) -> None:
         g.add_argument("--min-p", type=float, default=None, dest="min_p")
         g.add_argument("--repeat-penalty", type=float, default=None, dest="repetition_penalty")
         g.add_argument("--seed", type=int, default=None, help="random seed (default: a random one)")
+        g.add_argument("--ignore-eos", action="store_true", default=None,
+                       help="generate -n tokens: ignore end-of-text and the model's stop strings")
 
 
 def _sampling(args: argparse.Namespace) -> Dict[str, Any]:
     return {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k", "min_p",
-                                          "repetition_penalty", "seed") if getattr(args, k, None) is not None}
+                                          "repetition_penalty", "seed", "ignore_eos") if getattr(args, k, None) is not None}
 
 
 def load_model(args: argparse.Namespace):

@@ -265,7 +265,7 @@ class Model:
     def chat(self, image, prompt: str, *, stream: bool = False, return_result: bool = False,
              max_new_tokens: Optional[int] = None, temperature: Optional[float] = None, top_p: Optional[float] = None,
              top_k: Optional[int] = None, min_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
-             seed: Optional[int] = None, stop: Optional[Sequence[str]] = None):
+             seed: Optional[int] = None, stop: Optional[Sequence[str]] = None, ignore_eos: bool = False):
         """One question about an image (a path, bytes, PIL image, uint8 numpy array, or None for a text-only
         question). Returns the answer text, an iterator of text pieces with ``stream=True``, or the
         GenerationResult with ``return_result=True``. Settings default to the model's own (metadata);
@@ -275,7 +275,7 @@ class Model:
         c = Chat(self, n_ctx=self.n_ctx, _fit_ctx=True)
         out = c.ask(prompt, image, stream=stream, return_result=return_result, max_new_tokens=n,
                     temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                    repetition_penalty=repetition_penalty, seed=seed, stop=stop)
+                    repetition_penalty=repetition_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos)
         self.last_result = c.last
         return out
 
@@ -316,14 +316,14 @@ class Model:
 
     def _run(self, session, history: List[int], logits: np.ndarray, params: SamplingParams, max_new_tokens: int,
              stop: Sequence[str], stop_ids: Sequence[int], result: GenerationResult,
-             commit_last: bool = False) -> Iterator[str]:
+             commit_last: bool = False, use_eos: bool = True) -> Iterator[str]:
         """The token loop shared by generate() and chats: yields text pieces, fills ``result``."""
         gen = _core.Generator(session, self._tok, list(history), logits, **self._sampling_kwargs(params))
         dec = _core.StreamDecoder(self._tok)
         matcher = StopMatcher(stop)
         end_ids = set(int(t) for t in stop_ids)
         eos = self._tok.eos
-        if eos >= 0:
+        if eos >= 0 and use_eos:
             end_ids.add(eos)
         t0 = time.perf_counter()
         result.finish_reason = "length"
