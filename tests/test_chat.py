@@ -336,3 +336,66 @@ def test_threads_share_a_model(model, image):
     assert not errors
     assert out == serial
 
+
+
+# ---- logging, stubs -----------------------------------------------------------------------------
+
+def test_core_log_lines_reach_python_logging(caplog):
+    import logging
+    caplog.set_level(logging.DEBUG, logger="tinygptv_native")
+    tg.set_verbose(False)
+    assert _core.log_level() == logging.WARNING
+    _core.log(logging.INFO, "quiet line")
+    _core.log(logging.WARNING, "loud line")
+    t = threading.Thread(target=_core.log, args=(logging.ERROR, "from a thread"))
+    t.start()
+    t.join()
+    got = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert ("tinygptv_native", logging.WARNING, "loud line") in got
+    assert ("tinygptv_native", logging.ERROR, "from a thread") in got
+    assert not any(m == "quiet line" for _, _, m in got)
+    tg.set_verbose(True)
+    try:
+        assert _core.log_level() == logging.INFO
+        _core.log(logging.INFO, "now shown")
+        assert caplog.records[-1].getMessage() == "now shown"
+    finally:
+        tg.set_verbose(False)
+
+
+def test_verbose_model_logs_timings(tiny_gguf, caplog):  # noqa: F811
+    import logging
+    caplog.set_level(logging.DEBUG)
+    tg.set_verbose(False)
+    m = tg.Model(tiny_gguf[0], n_threads=1)
+    m.chat(tiny_gguf[1], "q", max_new_tokens=3, seed=1)
+    assert not [r for r in caplog.records if r.name == "tinygptv_native" and r.levelno < logging.WARNING]
+    try:
+        m = tg.Model(tiny_gguf[0], n_threads=1, verbose=True)
+        m.chat(tiny_gguf[1], "q", max_new_tokens=3, seed=1)
+        text = "\n".join(r.getMessage() for r in caplog.records if r.name == "tinygptv_native")
+        assert "loaded" in text and "image encode:" in text and "tokens/s" in text
+    finally:
+        tg.set_verbose(False)
+
+
+def test_stubs_cover_the_core_module():
+    import ast
+    import os
+    pkg = os.path.dirname(tg.__file__)
+    assert os.path.isfile(os.path.join(pkg, "py.typed"))
+    tree = ast.parse(open(os.path.join(pkg, "_core.pyi")).read())
+    stub = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            stub[node.name] = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+        elif isinstance(node, ast.FunctionDef):
+            stub[node.name] = None
+    public = {n for n in dir(_core) if not n.startswith("_")}
+    assert public == set(stub), (public ^ set(stub))
+    for name, members in stub.items():
+        obj = getattr(_core, name)
+        if members is None or issubclass(obj, BaseException):
+            continue
+        real = {n for n in dir(obj) if not n.startswith("_")}
+        assert real == members - {"__init__"}, (name, real ^ (members - {"__init__"}))

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 import numpy as np
 
 from . import _core
+from ._logging import logger
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import GenerationResult, Model
@@ -379,6 +380,8 @@ class Chat:
         self._n_eval += common
         res.token_ids = gen
         self.history.append(Message("assistant", text, finish_reason=res.finish_reason))
+        if logger.isEnabledFor(20):
+            logger.info("answer of %d tokens (%s)\n%s", res.completion_tokens, res.finish_reason, res.summary())
 
 
 class ChatStream:

@@ -88,9 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         raise
     sys.stdout.write("\n")
     sys.stdout.flush()
-    res = stream.result
-    if getattr(args, "verbose", False):
-        print(res.summary(), file=sys.stderr)
+    res = stream.result  # with --verbose its timings were logged to stderr
     if args.draw:
         from .grounding import draw_boxes, parse_boxes
         from .image import load_image

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from . import _core
+from ._logging import set_verbose
 from ._text import StopMatcher
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -118,7 +119,7 @@ class Model:
         self.path = str(path)
         self.verbose = verbose
         if verbose:
-            logging.basicConfig(level=logging.INFO)
+            set_verbose(True)
         t0 = time.perf_counter()
         self._model = _core.Model(self.path)
         self._tok = _core.tokenizer_from_model(self._model)

@@ -211,7 +211,9 @@ class Repl:
         key = parts[0].lower()
         val = parts[1].strip() if len(parts) > 1 else ""
         if key == "verbose":
+            from ._logging import set_verbose
             self.verbose = val.lower() not in ("0", "off", "false", "no")
+            set_verbose(self.verbose)
             self.say(f"verbose {self.verbose}")
             return
         if key == "system":
@@ -258,6 +260,4 @@ class Repl:
             stream.close()
             self.say("\n[interrupted]")
             return
-        self.say()
-        if self.verbose and stream.result is not None:
-            self.say(stream.result.summary())
+        self.say()  # with verbose on, the timings were logged to stderr
