@@ -114,6 +114,8 @@ def test_argparse_errors(files):
 def test_without_model_uses_the_demo(files):
     rc, out, err = tinygptv("run", "-p", "hi", "-n", 3)
     assert "using the embedded demo model" in err.splitlines()[0]
+    rc2, out2, err2 = tinygptv("run", "-p", "hi", "-n", 3, "--image", files["image"])
+    assert "using the embedded demo model" in err2.splitlines()[0] and "picture" not in err2.splitlines()[0]
     if DEMO_MODEL.is_file():
         assert rc == 0, err
     else:

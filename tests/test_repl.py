@@ -84,6 +84,10 @@ def test_repl_session(slow_model):
         child.expect_exact("Ctrl+D or /quit to leave")
         child.expect_exact(PROMPT)
         cmd(child, "/clear", "conversation cleared")
+        # tab completion of commands
+        child.send("/sta\t\r")
+        child.expect_exact("no answer yet")
+        child.expect_exact(PROMPT)
         # multi-line input, and an image path inside a message
         child.sendline('"""')
         child.expect_exact("... ")

@@ -50,11 +50,15 @@ def load_model(args: argparse.Namespace):
         raise CLIError(f"--ctx-size must be in [16, 1048576], got {args.ctx_size}")
     path = args.model
     if path is None:
-        from .demo import DEMO_MODEL
-        print(f"no -m given: using the embedded demo model ({DEMO_MODEL.name})", file=sys.stderr)
+        from .demo import DEMO_IMAGE, DEMO_MODEL
+        use_picture = hasattr(args, "image") and args.image is None and DEMO_IMAGE.is_file()
+        print(f"no -m given: using the embedded demo model ({DEMO_MODEL.name})"
+              + (f" and its example picture ({DEMO_IMAGE.name})" if use_picture else ""), file=sys.stderr)
         if not DEMO_MODEL.is_file():
             raise CLIError(f"the embedded demo model is missing from this installation ({DEMO_MODEL}); "
                            f"pass a model with -m")
+        if use_picture:
+            args.image = str(DEMO_IMAGE)
         path = str(DEMO_MODEL)
     elif not os.path.isfile(path):
         raise CLIError(f"model file not found: '{path}'")
@@ -71,9 +75,9 @@ def _run(args: argparse.Namespace) -> int:
     from .cli import CLIError
     _check_image(args.image)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    m = load_model(args)
     if args.draw and args.image is None:
         raise CLIError("--draw needs an --image to draw on")
-    m = load_model(args)
     if args.image is not None and not m.has_vision:
         raise CLIError(f"this model ({m.arch}) has no vision encoder, so it cannot take --image")
     tty = sys.stdout.isatty()

@@ -88,6 +88,28 @@ class Repl:
         except OSError:
             pass
         readline.set_history_length(1000)
+        readline.set_completer_delims(" \t\n")
+        readline.set_completer(self._complete)
+        readline.parse_and_bind("tab: complete")
+
+    COMMANDS = ("/image ", "/clear", "/set ", "/stats", "/help", "/quit", "/exit")
+
+    def _complete(self, text: str, state: int) -> Optional[str]:
+        """Tab completion: commands at the start of a line, file paths after /image."""
+        try:
+            line = self._readline.get_line_buffer() if self._readline else text
+            if line.startswith("/image "):
+                import glob
+                options = [p + ("/" if os.path.isdir(p) else "") for p in sorted(glob.glob(os.path.expanduser(text) + "*"))]
+            elif line == text and text.startswith("/"):
+                options = [c for c in self.COMMANDS if c.startswith(text)]
+            elif line.startswith("/set "):
+                options = [k + " " for k in sorted(set(KNOBS) | {"system", "verbose"}) if k.startswith(text)]
+            else:
+                options = []
+            return options[state] if state < len(options) else None
+        except Exception:  # a completer must never raise into readline
+            return None
 
     def _save_history(self) -> None:
         if self._readline is None:
