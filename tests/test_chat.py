@@ -338,6 +338,23 @@ def test_threads_share_a_model(model, image):
 
 
 
+def test_plain_phi2_model_chats_without_images(tmp_path):
+    from fixtures.checkpoints import make_phi2_folder
+
+    from tinygptv_native.convert import convert_phi2
+    folder, _ = make_phi2_folder(str(tmp_path / "phi"))
+    path = convert_phi2(folder, str(tmp_path / "phi2.gguf"), outtype="f32", progress=False)
+    m = tg.Model(path, n_threads=1)
+    assert m.chat_template.template == "Instruct: {prompt}\nOutput:" and not m.chat_template.takes_images
+    c = m.new_chat()
+    r = c.ask("hello", max_new_tokens=5, seed=1, return_result=True)
+    assert r.prompt_tokens == len(m.tokenize("Instruct: hello\nOutput:")) and c.images_encoded == 0
+    assert repr(c).startswith("Chat(turns=1, ")
+    with pytest.raises(tg.ModelError, match="no image placeholder"):
+        c.ask("look", image=np.zeros((8, 8, 3), np.uint8))
+    assert len(c.history) == 2
+
+
 # ---- logging, stubs -----------------------------------------------------------------------------
 
 def test_core_log_lines_reach_python_logging(caplog):

@@ -176,6 +176,11 @@ class Chat:
         self.prompt_logits: Optional[np.ndarray] = None  # logits at the end of the last prompt
         self.prompt_positions = 0  # positions of the conversation up to the end of the last prompt
 
+    def __repr__(self) -> str:
+        turns = sum(1 for h in self.history if h.role == "user")
+        return (f"Chat(turns={turns}, positions={self.n_tokens}/{self.n_ctx}, "
+                f"images_encoded={self.images_encoded})")
+
     # ---- state -------------------------------------------------------------------------------
     @property
     def n_past(self) -> int:
