@@ -122,3 +122,13 @@ def test_repl_ctrl_d_and_start_image(slow_model):
     finally:
         if child.isalive():
             child.terminate(force=True)
+
+
+def test_find_image_paths(tmp_path):
+    from tinygptv_native.repl import find_image_paths
+    img = write_test_image(str(tmp_path / "a b.png"))
+    plain = write_test_image(str(tmp_path / "pic.JPG"))
+    assert find_image_paths(f"what is in {plain}?") == ("what is in?", [plain])
+    assert find_image_paths(f"compare '{img}' and {plain} please") == ("compare and please", [img, plain])
+    assert find_image_paths("see ~/no/such/file.png now") == ("see ~/no/such/file.png now", [])
+    assert find_image_paths(f"{tmp_path}/notes.txt is not a picture") == (f"{tmp_path}/notes.txt is not a picture", [])

@@ -51,7 +51,10 @@ def find_image_paths(text: str) -> Tuple[str, List[str]]:
         return m.group(0)
 
     out = _PATH_RE.sub(repl, text)
-    return (re.sub(r"[ \t]{2,}", " ", out).strip() if found else text), found
+    if not found:
+        return text, found
+    out = re.sub(r"[ \t]+([?.,!;:])", r"\1", re.sub(r"[ \t]{2,}", " ", out))
+    return out.strip(), found
 
 
 class Repl:
