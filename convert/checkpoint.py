@@ -4,8 +4,6 @@ through safe_open, sharded folders through their index. Every failure is a Conve
 import json
 import os
 import pickle
-import struct
-import zipfile
 
 from . import ConvertError
 
@@ -33,13 +31,19 @@ def torch_load(path, what="checkpoint"):
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        msg = str(e).strip().splitlines()
-        first = next((m for m in msg if "Unsupported" in m or "global" in m.lower()), msg[0] if msg else "")
-        raise ConvertError(f"refusing to load {what} {path}: it is not a plain weights file and would run code "
-                           f"when unpickled ({first.strip()})") from None
-    except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError, OSError, struct.error, IndexError) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        glob = next((ln for ln in lines if "Unsupported global" in ln), None)
+        if glob is not None:
+            detail = glob.split("Unsupported global:", 1)[1].split(" was not", 1)[0].strip()
+            raise ConvertError(f"refusing to load {what} {path}: unpickling it would call {detail}, which a "
+                               "weights-only checkpoint never does") from None
+        detail = next((ln for ln in lines if ln.startswith("Unsupported") or "load key" in ln), lines[-1] if lines else "")
+        raise ConvertError(f"refusing to load {what} {path}: it is not a weights-only PyTorch checkpoint "
+                           f"({detail})") from None
+    except Exception as e:  # torch.load raises many types on damaged input (EOFError, KeyError, RuntimeError...)
+        text = str(e).strip().splitlines()
         raise ConvertError(f"cannot read {what} {path}: truncated or corrupt file ({type(e).__name__}: "
-                           f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'})") from None
+                           f"{text[0] if text else 'no detail'})") from None
 
 
 class TensorStore:

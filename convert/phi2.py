@@ -49,13 +49,6 @@ def deinterleave_qkv(x, n_head):
     return x.reshape(n_head, 3, d, *rest).transpose(0, 1).reshape(x.shape)
 
 
-def interleave_qkv(x, n_head):
-    """Inverse of deinterleave_qkv: [q; k; v] -> per-head interleaved (the 4.36 layout)."""
-    rest = x.shape[1:]
-    d = x.shape[0] // (3 * n_head)
-    return x.reshape(3, n_head, d, *rest).transpose(0, 1).reshape(x.shape)
-
-
 def _first(cfg, names, default=None):
     for n in names:
         if n in cfg and cfg[n] is not None:
@@ -71,6 +64,8 @@ class Phi2:
 
     def __init__(self, folder):
         self.folder = os.fspath(folder)
+        if not os.path.isdir(self.folder):
+            raise ConvertError(f"Phi-2 folder not found: {self.folder}")
         self.config = read_json(os.path.join(self.folder, "config.json"), "Phi-2 config")
         self.store = open_hf_weights(self.folder)
         self.layout = self._detect_layout()

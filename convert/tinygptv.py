@@ -15,7 +15,7 @@ import re
 from . import ConvertError
 from . import schema
 from .checkpoint import torch_load
-from .phi2 import Phi2, deinterleave_qkv
+from .phi2 import Phi2
 from .writer import Metadata, Planned, check_output_path, write_with_outtype
 
 LORA_PREFIX = "llama_model.base_model.model."

@@ -36,10 +36,14 @@ class Vocab:
         self.spm_algorithm = None     # llama only
 
     def token_id(self, text):
-        try:
-            return self.tokens.index(text)
-        except ValueError:
-            return None
+        """Id of the token whose text is `text` (for gpt2 vocabularies, written in plain text: it is
+        looked up both as is and in its byte-level form, e.g. " ###" -> "\u0120###")."""
+        for form in (text, gpt2_byte_level(text)) if self.model == "gpt2" else (text,):
+            try:
+                return self.tokens.index(form)
+            except ValueError:
+                pass
+        return None
 
     def add_to(self, meta):
         meta.str(schema.TOKENIZER_MODEL, self.model)
@@ -62,6 +66,27 @@ class Vocab:
             meta.bool(schema.TOKENIZER_ADD_SPACE_PREFIX, self.add_space_prefix)
         if self.spm_algorithm is not None:
             meta.str(schema.TOKENIZER_SPM_ALGORITHM, self.spm_algorithm)
+
+
+def _gpt2_byte_map():
+    """GPT-2's reversible byte -> printable character map (printable Latin-1 bytes map to themselves,
+    the others to U+0100 onwards, in byte order)."""
+    keep = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    out, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + n)
+            n += 1
+    return out
+
+
+_BYTE_MAP = _gpt2_byte_map()
+
+
+def gpt2_byte_level(text):
+    return "".join(_BYTE_MAP[b] for b in text.encode("utf-8"))
 
 
 def _read_json(path):

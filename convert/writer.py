@@ -143,46 +143,51 @@ def write_gguf(out_path, arch, meta, planned, outtype="f32", progress=True):
     Each tensor is produced, converted and written one at a time, so memory stays near the size of
     the largest tensor. `general.architecture` comes from `arch`.
     """
-    import gguf
-    from tqdm import tqdm
-
     names = [p.name for p in planned]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConvertError(f"duplicate tensor names in the plan: {dup}")
-
     types = [tensor_type(p.name, len(p.shape), outtype) for p in planned]
     with atomic_output(out_path) as tmp:
-        w = gguf.GGUFWriter(tmp, arch)
         try:
-            for key, (value, vtype, sub_type) in meta.items.items():
-                w.add_key_value(key, value, vtype, sub_type=sub_type)
+            _write(tmp, arch, meta, planned, types, progress, os.path.basename(out_path))
+        except OSError as e:   # disk full, I/O error: no partial file is left (atomic_output)
+            raise ConvertError(f"writing {out_path} failed: {e.strerror or e}") from e
+
+
+def _write(path, arch, meta, planned, types, progress, label):
+    import gguf
+    from tqdm import tqdm
+    w = gguf.GGUFWriter(path, arch)
+    try:
+        for key, (value, vtype, sub_type) in meta.items.items():
+            w.add_key_value(key, value, vtype, sub_type=sub_type)
+        sizes = []
+        for p, gtype in zip(planned, types):
+            n = int(np.prod(p.shape, dtype=np.int64)) if p.shape else 1
+            if gtype == gguf.GGMLQuantizationType.F32:
+                store, esize = np.float32, 4
+            else:
+                store, esize = (np.float16 if gtype == gguf.GGMLQuantizationType.F16 else np.uint16), 2
+            w.add_tensor_info(p.name, p.shape, np.dtype(store), n * esize, raw_dtype=gtype)
+            sizes.append(n * esize)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        with tqdm(total=sum(sizes), unit="B", unit_scale=True, desc=f"writing {label}", disable=not progress,
+                  leave=False) as bar:
             for p, gtype in zip(planned, types):
-                n = int(np.prod(p.shape, dtype=np.int64)) if p.shape else 1
-                esize = 4 if gtype == gguf.GGMLQuantizationType.F32 else 2
-                store = np.float32 if esize == 4 else (np.float16 if gtype == gguf.GGMLQuantizationType.F16 else np.uint16)
-                w.add_tensor_info(p.name, p.shape, np.dtype(store), n * esize, raw_dtype=gtype)
-            w.write_header_to_file()
-            w.write_kv_data_to_file()
-            w.write_ti_data_to_file()
-            total = sum(int(np.prod(p.shape, dtype=np.int64)) * (4 if t == gguf.GGMLQuantizationType.F32 else 2)
-                        for p, t in zip(planned, types))
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"writing {os.path.basename(out_path)}",
-                       disable=not progress, leave=False)
-            with bar:
-                for p, gtype in zip(planned, types):
-                    values = p.produce()
-                    values = _as_numpy_f32(values)
-                    if tuple(values.shape) != p.shape:
-                        raise ConvertError(f"tensor {p.name}: produced shape {tuple(values.shape)}, planned {p.shape}")
-                    data = _encode(values, gtype)
-                    w.write_tensor_data(data)
-                    bar.update(data.nbytes)
-            w.flush()
-            for f in w.fout or []:
-                os.fsync(f.fileno())
-        finally:
-            w.close()
+                values = _as_numpy_f32(p.produce())
+                if tuple(values.shape) != p.shape:
+                    raise ConvertError(f"tensor {p.name}: produced shape {tuple(values.shape)}, planned {p.shape}")
+                data = _encode(values, gtype)
+                w.write_tensor_data(data)
+                bar.update(data.nbytes)
+        w.flush()
+        for f in w.fout or []:
+            os.fsync(f.fileno())
+    finally:
+        w.close()
 
 
 def _as_numpy_f32(values):

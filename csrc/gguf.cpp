@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "errors.h"
+#include "fp16.h"
 
 namespace tg {
 
@@ -41,6 +42,29 @@ static std::string printable(const uint8_t* p, size_t n) {
     std::string s;
     for (size_t i = 0; i < n; i++) s += (p[i] >= 32 && p[i] < 127) ? (char)p[i] : '?';
     return s;
+}
+
+// Tensor names are text: well-formed UTF-8 (no overlongs, surrogates or code points past U+10FFFF)
+// without control characters.
+static bool is_clean_utf8(const std::string& s) {
+    const unsigned char* p = (const unsigned char*)s.data();
+    size_t n = s.size(), i = 0;
+    while (i < n) {
+        unsigned c = p[i];
+        if (c < 0x20 || c == 0x7f) return false;
+        if (c < 0x80) { i++; continue; }
+        int len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 ? 2 : 0;
+        if (len == 0 || c > 0xf4 || i + len > n) return false;
+        uint32_t cp = c & (0x7f >> len);
+        for (int k = 1; k < len; k++) {
+            if ((p[i + k] & 0xc0) != 0x80) return false;
+            cp = (cp << 6) | (p[i + k] & 0x3f);
+        }
+        if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += len;
+    }
+    return true;
 }
 
 std::string GGUFTensor::shape_str() const {
@@ -162,7 +186,7 @@ void GGUFFile::parse() {
     c.pos = 4;
     version_ = c.read<uint32_t>("version");
     if (version_ != 3) {
-        if ((version_ & 0xFFFF) == 0)
+        if (version_ != 0 && (version_ & 0xFFFF) == 0)
             throw GGUFError(fmt("version field 0x%08x looks byte-swapped: big-endian GGUF files are not supported", version_));
         throw GGUFError(fmt("unsupported GGUF version %u (only version 3 is supported)", version_));
     }
@@ -224,9 +248,11 @@ void GGUFFile::parse() {
                         v.nums.push_back(e.f);
                     } else if (v.elem_type == GGUFValueType::BOOL) {
                         v.nums.push_back((double)e.u);
+                    } else if (v.elem_type == GGUFValueType::U64) {
+                        v.ints.push_back((int64_t)e.u);  // bit pattern: exact for the whole u64 range
+                        v.nums.push_back((double)e.u);
                     } else {
                         int64_t x = as_int(e, &ok);
-                        if (!ok) x = std::numeric_limits<int64_t>::max();
                         v.ints.push_back(x);
                         v.nums.push_back((double)x);
                     }
@@ -257,6 +283,9 @@ void GGUFFile::parse() {
         if (t.name.size() > MAX_TENSOR_NAME)
             throw GGUFError(fmt("%s: tensor name '%s...' is %zu bytes long (limit %llu)", where.c_str(), pname.c_str(),
                                 t.name.size(), (unsigned long long)MAX_TENSOR_NAME));
+        if (!is_clean_utf8(t.name))
+            throw GGUFError(fmt("%s: tensor name '%s' is not UTF-8 text (invalid bytes or control characters)",
+                                where.c_str(), pname.c_str()));
         if (tensor_index_.count(t.name)) throw GGUFError(fmt("duplicate tensor name '%s'", pname.c_str()));
         std::string what = "tensor '" + pname + "'";
         t.n_dims = c.read<uint32_t>(what + " n_dims");
@@ -323,6 +352,54 @@ const GGUFValue* GGUFFile::find(const std::string& key) const {
 const GGUFTensor* GGUFFile::find_tensor(const std::string& name) const {
     auto it = tensor_index_.find(name);
     return it == tensor_index_.end() ? nullptr : &tensors_[it->second];
+}
+
+static void bad_value(const GGUFTensor& t, uint64_t index, float x, const char* what) {
+    throw GGUFError(fmt("tensor '%s' (%s, shape %s): %s at element %llu is %s", t.name.c_str(), type_name(t.type),
+                        t.shape_str().c_str(), what, (unsigned long long)index, std::isnan(x) ? "NaN" : (x > 0 ? "+Inf" : "-Inf")));
+}
+
+void GGUFFile::validate() const {
+    for (const GGUFTensor& t : tensors_) {
+        const uint64_t n = (uint64_t)t.nelements();
+        switch (t.type) {
+            case GgmlType::F32: {
+                for (uint64_t i = 0; i < n; i++) {
+                    float x;
+                    std::memcpy(&x, t.data + 4 * i, 4);
+                    if (!std::isfinite(x)) bad_value(t, i, x, "value");
+                }
+                break;
+            }
+            case GgmlType::F16: case GgmlType::BF16: {
+                for (uint64_t i = 0; i < n; i++) {
+                    uint16_t h;
+                    std::memcpy(&h, t.data + 2 * i, 2);
+                    // Exponent all ones is Inf/NaN in both formats (5 bits in F16, 8 in BF16).
+                    bool bad = t.type == GgmlType::F16 ? (h & 0x7c00) == 0x7c00 : (h & 0x7f80) == 0x7f80;
+                    if (bad) bad_value(t, i, t.type == GgmlType::F16 ? fp16_to_fp32(h) : bf16_to_fp32(h), "value");
+                }
+                break;
+            }
+            case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1: case GgmlType::Q8_0: {
+                // Every block starts with its fp16 scale d; Q4_1/Q5_1 follow it with the fp16 minimum m.
+                const TypeTraits tt = type_traits((uint32_t)t.type);
+                const bool has_min = t.type == GgmlType::Q4_1 || t.type == GgmlType::Q5_1;
+                const uint64_t nb = n / (uint64_t)tt.block;
+                for (uint64_t b = 0; b < nb; b++) {
+                    const uint8_t* blk = t.data + b * tt.block_bytes;
+                    for (int k = 0; k < (has_min ? 2 : 1); k++) {
+                        uint16_t h;
+                        std::memcpy(&h, blk + 2 * k, 2);
+                        if ((h & 0x7c00) == 0x7c00)
+                            bad_value(t, b * (uint64_t)tt.block, fp16_to_fp32(h), k ? "block minimum m" : "block scale d");
+                    }
+                }
+                break;
+            }
+            default: break;  // integer tensors and the other block formats are not checked
+        }
+    }
 }
 
 static const GGUFValue& require(const GGUFFile& f, const std::string& key) {
@@ -400,6 +477,8 @@ std::vector<int32_t> GGUFFile::get_i32_arr(const std::string& key) const {
     std::vector<int32_t> out;
     out.reserve(v.ints.size());
     for (int64_t x : v.ints) {
+        if (v.elem_type == GGUFValueType::U64 && x < 0)
+            throw GGUFError(fmt("metadata '%s' element %llu is out of range for i32", key.c_str(), (unsigned long long)x));
         if (x < std::numeric_limits<int32_t>::min() || x > std::numeric_limits<int32_t>::max())
             throw GGUFError(fmt("metadata '%s' element %lld is out of range for i32", key.c_str(), (long long)x));
         out.push_back((int32_t)x);

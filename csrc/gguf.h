@@ -78,6 +78,11 @@ public:
     const std::vector<GGUFTensor>& tensors() const { return tensors_; }
     const GGUFTensor* find_tensor(const std::string& name) const;
 
+    // Optional data check (never run at load, it reads every page): NaN/Inf in F32/F16/BF16 tensors
+    // and in the fp16 block scales of Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensors. Throws GGUFError naming the
+    // first offending tensor, the element index (the block's first element for a scale) and the value.
+    void validate() const;
+
 private:
     void parse();
 

@@ -43,100 +43,98 @@ Sampler::Sampler(const SamplerParams& p, const Tokenizer& tok) : params_(p), tok
     if (p.penalty_last_n < -1)
         throw std::invalid_argument(fmt("penalty_last_n must be >= -1 (-1: whole history, 0: off), got %d",
                                         p.penalty_last_n));
+    sampleable_.resize(tok.n_vocab());
+    for (int32_t i = 0; i < tok.n_vocab(); ++i) sampleable_[i] = tok.is_sampleable(i) ? 1 : 0;
 }
 
 int32_t Sampler::sample(const float* logits, int32_t n, const std::vector<int32_t>& history) {
     if (n <= 0 || logits == nullptr) throw std::invalid_argument(fmt("sample: %d logits given", (int)n));
-    const float ninf = -std::numeric_limits<float>::infinity();
-    work_.assign(logits, logits + n);
-    for (int32_t i = 0; i < n; ++i)
-        if (!tok_.is_sampleable(i) || std::isnan(work_[i])) work_[i] = ninf;
+    const SamplerParams& p = params_;
+    const int32_t n_ok = std::min<int32_t>(n, (int32_t)sampleable_.size());  // ids >= n_vocab: never
+    work_.assign(logits, logits + n_ok);
 
     // repetition penalty over the distinct recent ids
-    const SamplerParams& p = params_;
     if (p.repetition_penalty != 1.0f && p.penalty_last_n != 0 && !history.empty()) {
         size_t first = 0;
         if (p.penalty_last_n > 0 && history.size() > (size_t)p.penalty_last_n) first = history.size() - p.penalty_last_n;
-        cand_.clear();
+        recent_.clear();
         for (size_t k = first; k < history.size(); ++k)
-            if (history[k] >= 0 && history[k] < n) cand_.push_back(history[k]);
-        std::sort(cand_.begin(), cand_.end());
-        cand_.erase(std::unique(cand_.begin(), cand_.end()), cand_.end());
-        for (int32_t id : cand_) {
+            if (history[k] >= 0 && history[k] < n_ok) recent_.push_back(history[k]);
+        std::sort(recent_.begin(), recent_.end());
+        recent_.erase(std::unique(recent_.begin(), recent_.end()), recent_.end());
+        for (int32_t id : recent_) {
             float& v = work_[id];
             v = v > 0.0f ? v / p.repetition_penalty : v * p.repetition_penalty;
         }
     }
+    auto usable = [&](int32_t i) { return sampleable_[i] && !std::isnan(work_[i]) && work_[i] != -INFINITY; };
 
     if (p.temperature == 0.0f) {
         int32_t best = -1;
-        for (int32_t i = 0; i < n; ++i)
-            if (work_[i] != ninf && (best < 0 || work_[i] > work_[best])) best = i;
+        for (int32_t i = 0; i < n_ok; ++i)
+            if (usable(i) && (best < 0 || work_[i] > work_[best])) best = i;
         if (best < 0) throw std::invalid_argument(fmt("sample: none of the %d logits belongs to a sampleable token", (int)n));
         return best;
     }
 
     cand_.clear();
-    for (int32_t i = 0; i < n; ++i) {
-        if (work_[i] == ninf) continue;
-        work_[i] /= p.temperature;
-        cand_.push_back(i);
-    }
+    for (int32_t i = 0; i < n_ok; ++i)
+        if (usable(i)) cand_.push_back({work_[i] / p.temperature, 0.0f, i});
     if (cand_.empty()) throw std::invalid_argument(fmt("sample: none of the %d logits belongs to a sampleable token", (int)n));
-    // descending value, ties: lower id first
-    auto higher = [&](int32_t a, int32_t b) { return work_[a] != work_[b] ? work_[a] > work_[b] : a < b; };
+    // a total order (descending value, ties: lower id first), so results do not depend on the sort routine
+    auto higher = [](const Cand& a, const Cand& b) { return a.v != b.v ? a.v > b.v : a.id < b.id; };
 
+    bool sorted = false;
     if (p.top_k > 0 && (size_t)p.top_k < cand_.size()) {
         std::nth_element(cand_.begin(), cand_.begin() + (p.top_k - 1), cand_.end(), higher);
-        const float kth = work_[cand_[p.top_k - 1]];
-        cand_.erase(std::remove_if(cand_.begin(), cand_.end(), [&](int32_t id) { return work_[id] < kth; }),
-                    cand_.end());
+        const float kth = cand_[p.top_k - 1].v;
+        cand_.erase(std::remove_if(cand_.begin(), cand_.end(), [&](const Cand& c) { return c.v < kth; }), cand_.end());
+        std::sort(cand_.begin(), cand_.end(), higher);  // k (plus ties) ids
+        sorted = true;
     }
-    const bool use_top_p = p.top_p < 1.0f;
-    if (use_top_p) std::sort(cand_.begin(), cand_.end(), higher);
 
-    // unnormalised probabilities relative to the largest (exp(0) = 1 for it)
-    float vmax = ninf;
-    for (int32_t id : cand_) vmax = std::max(vmax, work_[id]);
-    prob_.resize(cand_.size());
+    float vmax = -INFINITY;
+    for (const Cand& c : cand_) vmax = std::max(vmax, c.v);
     double total = 0.0;
-    for (size_t k = 0; k < cand_.size(); ++k) {
-        const float v = work_[cand_[k]];
+    for (Cand& c : cand_) {
         // +inf logits: only the +inf ones stay possible, with equal weight
-        prob_[k] = std::isinf(vmax) ? (v == vmax ? 1.0 : 0.0) : std::exp((double)v - (double)vmax);
-        total += prob_[k];
+        c.w = std::isinf(vmax) ? (c.v == vmax ? 1.0f : 0.0f) : std::exp(c.v - vmax);
+        total += c.w;
     }
-    if (use_top_p) {
-        // keep an id while the mass of the ids above it is below top_p (at least one id)
+
+    if (p.top_p < 1.0f) {
+        // keep ids, most probable first, while the mass above them is below top_p (at least one id);
+        // sort only as far as needed: the top 64, then 4x more each time
+        const double limit = (double)p.top_p * total;
         double above = 0.0;
-        size_t keep = 0;
-        while (keep < cand_.size() && (keep == 0 || above < (double)p.top_p * total)) above += prob_[keep++];
+        size_t keep = 0, done = sorted ? cand_.size() : 0;
+        for (;;) {
+            if (keep == done) {
+                if (done == cand_.size()) break;
+                const size_t upto = std::min(cand_.size(), std::max<size_t>(64, done * 4));
+                std::partial_sort(cand_.begin() + done, cand_.begin() + upto, cand_.end(), higher);
+                done = upto;
+            }
+            if (keep > 0 && above >= limit) break;
+            above += cand_[keep++].w;
+        }
         cand_.resize(keep);
-        prob_.resize(keep);
     }
     if (p.min_p > 0.0f) {
-        // probability ratio to the most probable id (whose weight is 1)
-        size_t w = 0;
-        for (size_t k = 0; k < cand_.size(); ++k) {
-            if (prob_[k] >= (double)p.min_p) {
-                cand_[w] = cand_[k];
-                prob_[w] = prob_[k];
-                ++w;
-            }
-        }
-        cand_.resize(w);
-        prob_.resize(w);
+        // weight = probability relative to the most probable id
+        cand_.erase(std::remove_if(cand_.begin(), cand_.end(), [&](const Cand& c) { return c.w < p.min_p; }),
+                    cand_.end());
     }
     total = 0.0;
-    for (double q : prob_) total += q;
+    for (const Cand& c : cand_) total += c.w;
     const double u = rng_.uniform() * total;
     double acc = 0.0;
-    int32_t last = cand_[0];  // rounding at the very top end: the last id with weight
-    for (size_t k = 0; k < cand_.size(); ++k) {
-        if (prob_[k] <= 0.0) continue;
-        acc += prob_[k];
-        last = cand_[k];
-        if (u < acc) return cand_[k];
+    int32_t last = cand_[0].id;  // rounding at the very top end: the last id with weight
+    for (const Cand& c : cand_) {
+        if (c.w <= 0.0f) continue;
+        acc += c.w;
+        last = c.id;
+        if (u < acc) return c.id;
     }
     return last;
 }

@@ -55,10 +55,16 @@ class Sampler {
     SamplerParams params_;
     const Tokenizer& tok_;
     Pcg32 rng_;
+    struct Cand {
+        float v;       // logit after penalty and temperature
+        float w;       // exp(v - max v): probability relative to the most probable id
+        int32_t id;
+    };
+    std::vector<uint8_t> sampleable_;  // per tokenizer id
     // scratch, reused across calls
     std::vector<float> work_;
-    std::vector<int32_t> cand_;
-    std::vector<double> prob_;
+    std::vector<int32_t> recent_;
+    std::vector<Cand> cand_;
 };
 
 }  // namespace tg

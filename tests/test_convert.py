@@ -330,11 +330,27 @@ def test_unwritable_output(tmp_path, phi_model):
     ro.chmod(0o500)
     try:
         if os.access(ro, os.W_OK):
-            pytest.skip("running with privileges that ignore directory permissions")
-        with pytest.raises(ConvertError, match="not writable"):
-            convert_phi2(d, str(ro / "o.gguf"), progress=False)
+            # privileged user: permissions are not enforced, so make the kernel refuse the file instead
+            import tempfile
+            real = tempfile.mkstemp
+
+            def refuse(*a, dir=None, **k):
+                if dir and os.path.samefile(dir, ro):
+                    raise PermissionError(13, "Permission denied", dir)
+                return real(*a, dir=dir, **k)
+            import unittest.mock
+            with unittest.mock.patch.object(os, "access", lambda p, m: not os.path.samefile(p, ro)):
+                with pytest.raises(ConvertError, match="not writable"):
+                    convert_phi2(d, str(ro / "o.gguf"), progress=False)
+            with unittest.mock.patch.object(tempfile, "mkstemp", refuse):
+                with pytest.raises(ConvertError, match="cannot create a file in"):
+                    convert_phi2(d, str(ro / "o.gguf"), progress=False)
+        else:
+            with pytest.raises(ConvertError, match="not writable"):
+                convert_phi2(d, str(ro / "o.gguf"), progress=False)
     finally:
         ro.chmod(0o700)
+    assert _listing(ro) == []
     with pytest.raises(ConvertError, match="is a directory"):
         convert_phi2(d, str(tmp_path / "phi"), progress=False)
 
@@ -373,3 +389,59 @@ def test_bad_head_count(tmp_path, phi_model):
     json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
     with pytest.raises(ConvertError, match="num_attention_heads 5"):
         convert_phi2(d, str(tmp_path / "o.gguf"), progress=False)
+
+
+def test_gpt2_byte_level_form_matches_tokenizers():
+    from tokenizers import pre_tokenizers
+    from tinygptv_native.convert.tokenizer import gpt2_byte_level
+    pt = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    for text in [" ###", "\n\n", "héllo wörld", "\t\x00\x7f\xa0 end", "日本語 🙂", "".join(map(chr, range(256)))]:
+        assert gpt2_byte_level(text) == "".join(piece for piece, _ in pt.pre_tokenize_str(text))
+
+
+def test_shard_index_cannot_point_outside(tmp_path, phi_model):
+    d = fx.save_phi2(phi_model, str(tmp_path / "phi"), layout="4.37", fmt="sharded-safetensors")
+    idx = os.path.join(d, "model.safetensors.index.json")
+    j = json.load(open(idx))
+    first = next(iter(j["weight_map"]))
+    j["weight_map"][first] = "../outside.safetensors"
+    json.dump(j, open(idx, "w"))
+    with pytest.raises(ConvertError, match="points outside the folder"):
+        convert_phi2(d, str(tmp_path / "o.gguf"), progress=False)
+    j["weight_map"][first] = "missing-shard.safetensors"
+    json.dump(j, open(idx, "w"))
+    with pytest.raises(ConvertError, match="shard not found"):
+        convert_phi2(d, str(tmp_path / "o.gguf"), progress=False)
+
+
+def test_disk_full_while_writing(tmp_path, phi_model, monkeypatch):
+    import errno
+    d = fx.save_phi2(phi_model, str(tmp_path / "phi"), layout="4.36", fmt="bin")
+    out = tmp_path / "out"
+    out.mkdir()
+    real = gguf.GGUFWriter.write_tensor_data
+    count = {"n": 0}
+
+    def full(self, *a, **k):
+        count["n"] += 1
+        if count["n"] == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", full)
+    with pytest.raises(ConvertError, match="No space left on device"):
+        convert_phi2(d, str(out / "o.gguf"), progress=False)
+    assert _listing(out) == []
+
+
+def test_default_head_sizes(tmp_path):
+    """ViT heads of 88 and Q-Former heads of 64 unless told otherwise (the released sizes)."""
+    from tinygptv_native.convert import convert_tinygptv
+    s = fx.make_tinygptv_set(str(tmp_path / "s"), stage=3, vision_width=176, qformer_width=128)
+    out = str(tmp_path / "o.gguf")
+    convert_tinygptv(s["phi2"], s["eva"], s["blip2"], s["stage_file"], out, outtype="f32", progress=False)
+    _, _, f = read_gguf(out)
+    assert f["tinygptv.vision.attention.head_count"] == 2 and f["tinygptv.qformer.attention.head_count"] == 2
+    from tinygptv_native.convert.tinygptv import TinyGPTV
+    with pytest.raises(ConvertError, match="width 176 is not a multiple of the head size 64"):
+        TinyGPTV(s["phi2"], s["eva"], s["blip2"], s["stage_file"], vision_head_size=64)

@@ -85,6 +85,11 @@ SCRIPT_SAMPLES = [
     "e\u0301", "\u200b", "\u00ad", "def f(x):", "return x**2", "if (a && b) {", "}", "#include <stdio.h>",
     "0.23.3", "3333333", "1,000,000", "$5.99", "!!!", "...", "«quote»", "—", "~", "<|endoftext|>", "<|endo",
     "\x00", "\x1c", "\x1f", "\x7f", "\u0085", "\u00a0", "\u1680", "\u2028", "\u2029", "\u202f", "\u3000",
+    # assigned in Unicode 15.0-16.0 (letters and numbers for HF's Oniguruma 16.0 tables, unassigned in 14.0)
+    # ("X's" splits as X + 's only when X is a letter or number, else as X' + s)
+    "\U0001E030's", "\U00011F04's", "\U0001D2C0's", "\u1c89's", "\U00010D50's", "\U00031350's",
+    # assigned after 16.0: still "other" for both
+    "\u0558's", "\uA7CE's",
 ]
 SPACES = [" ", "  ", "   ", "    ", "\t", "\t\t", "\n", "\n\n", "\r\n", " \n", "\n ", "\n    ", "\t \t",
           " " * 17, " " * 40, "\u00a0 ", " \u3000", "\x0b", "\x0c"]
@@ -407,3 +412,103 @@ def test_sentencepiece_bad_vocab():
         _core.Tokenizer(**dict(base, tokens=["<unk>", "<0x41>", "b"], token_types=[2, 6, 1]))
     with pytest.raises(TokenizerError, match="score"):
         _core.Tokenizer(**dict(base, scores=[0.0, float("nan"), 1.0]))
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(num, wire, payload):
+    key = _varint((num << 3) | wire)
+    if wire == 0:
+        return key + _varint(payload)
+    if wire == 5:
+        import struct
+        return key + struct.pack("<f", payload)
+    return key + _varint(len(payload)) + payload
+
+
+def spm_model_proto(pieces, model_type, add_dummy_prefix=True):
+    """A sentencepiece ModelProto written by hand: pieces = [(piece, score, type)]."""
+    body = b""
+    for piece, score, typ in pieces:
+        body += _field(1, 2, _field(1, 2, piece.encode("utf-8")) + _field(2, 5, score) + _field(3, 0, typ))
+    trainer = _field(3, 0, {"unigram": 1, "bpe": 2}[model_type])
+    normalizer = (_field(1, 2, b"identity") + _field(3, 0, int(add_dummy_prefix)) + _field(4, 0, 0)
+                  + _field(5, 0, 1))
+    return body + _field(2, 2, trainer) + _field(3, 2, normalizer)
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_sentencepiece_exact_score_ties(model_type):
+    """Vocabularies whose segmentations tie exactly: the tie-breaking must be the library's."""
+    spm = pytest.importorskip("sentencepiece")
+    pieces = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3), ("@@", 0.0, 4), ("▁", -1.0, 1),
+              ("-", -1.0, 1), ("--", -2.0, 1), ("---", -3.0, 1), ("a", -1.0, 1), ("b", -1.0, 1),
+              ("ab", -2.0, 1), ("ba", -2.0, 1), ("aba", -3.0, 1), ("▁a", -2.0, 1), ("@", -0.5, 1),
+              ("x", -2.0, 1), ("xx", -2.0, 1), ("xxx", -2.0, 1)]
+    sp = spm.SentencePieceProcessor(model_proto=spm_model_proto(pieces, model_type))
+    tok = _core.Tokenizer(model="llama", tokens=[p[0] for p in pieces], scores=[p[1] for p in pieces],
+                          token_types=[p[2] for p in pieces], unk=0, spm_algorithm=model_type)
+    rng = random.Random(9)
+    texts = ["-" * n for n in range(1, 13)] + ["@" * n for n in range(1, 8)] + ["x" * n for n in range(1, 10)]
+    texts += ["".join(rng.choice(["-", "a", "b", "@", " ", "x", "ab", "--", "c"]) for _ in range(rng.randint(1, 12)))
+              for _ in range(3000)]
+    bad = [(s, tok.encode(s), sp.encode(s)) for s in texts if tok.encode(s) != sp.encode(s)]
+    assert not bad, "%d of %d differ, first: %r" % (len(bad), len(texts), bad[:3])
+
+
+def test_unicode_table_is_current():
+    """The committed class table is what tools/gen_unicode_tables.py makes (Unicode 16.0, HF's version)."""
+    import subprocess
+    import sys
+
+    ud2 = pytest.importorskip("unicodedata2")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, "csrc", "tokenizer", "unicode_tables.cpp")
+    with open(path, encoding="utf-8") as f:
+        committed = f.read()
+    assert "Unicode 16.0.0." in committed.split("\n", 1)[0]
+    if ud2.unidata_version != "16.0.0":
+        pytest.skip("unicodedata2 %s installed; the table is made with 16.0.0" % ud2.unidata_version)
+    out = subprocess.run([sys.executable, os.path.join(root, "tools", "gen_unicode_tables.py")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == committed
+
+
+def test_objects_keep_their_tokenizer_alive():
+    import gc
+
+    tok = _core.Tokenizer(**gguf_like_vocab(False))
+    dec = _core.StreamDecoder(tok)
+    sampler = _core.Sampler(tok, temperature=0.0)
+    ids = tok.encode("naïve café")
+    del tok
+    gc.collect()
+    assert "".join(dec.push(i) for i in ids) + dec.flush() == "naïve café"
+    import numpy as np
+    assert sampler.sample(np.arange(50257, dtype=np.float32), []) == 50256
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_sentencepiece_unused_pieces(model_type):
+    """Unused pieces (type 5) are never emitted: BPE merges through them and splits them back."""
+    spm = pytest.importorskip("sentencepiece")
+    pieces = [("<unk>", 0.0, 2), ("▁", -1.0, 1), ("a", -1.0, 1), ("b", -1.5, 1), ("c", -2.0, 1),
+              ("ab", -0.5, 5), ("abc", -1.0, 1), ("bc", -2.5, 1), ("▁a", -3.0, 1), ("ca", -1.2, 5)]
+    sp = spm.SentencePieceProcessor(model_proto=spm_model_proto(pieces, model_type))
+    tok = _core.Tokenizer(model="llama", tokens=[p[0] for p in pieces], scores=[p[1] for p in pieces],
+                          token_types=[p[2] for p in pieces], spm_algorithm=model_type)
+    rng = random.Random(13)
+    texts = ["".join(rng.choice("abc ") for _ in range(rng.randint(1, 14))) for _ in range(2000)]
+    bad = [(s, tok.encode(s), sp.encode(s)) for s in texts if tok.encode(s) != sp.encode(s)]
+    assert not bad, "%d of %d differ, first: %r" % (len(bad), len(texts), bad[:3])
+    assert all(tok.token_type(i) != 5 for s in texts for i in tok.encode(s))

@@ -3,7 +3,19 @@
 #include "errors.h"
 #include "fp16.h"
 
+#include <cstring>
+
 namespace tg {
+
+// The tensor's bytes at an address aligned for its element type. A file with general.alignment < 4
+// may place tensor data at any offset of the mapping; such a tensor is copied once into the arena
+// (reading floats through a misaligned pointer is undefined behaviour).
+static const void* aligned_data(const GGUFTensor& t, std::deque<std::vector<float>>& arena) {
+    if (((uintptr_t)t.data & 3) == 0) return t.data;
+    arena.emplace_back((size_t)((t.nbytes + 3) / 4));
+    std::memcpy(arena.back().data(), t.data, (size_t)t.nbytes);
+    return arena.back().data();
+}
 
 const GGUFTensor& WeightLoader::get(const std::string& name) {
     const GGUFTensor* t = f_.find_tensor(name);
@@ -24,7 +36,7 @@ MatW WeightLoader::mat(const std::string& name, int64_t n_out, int64_t n_in) {
     w.type = t.type;
     w.n_out = n_out;
     w.n_in = n_in;
-    w.data = t.data;
+    w.data = aligned_data(t, arena_);
     prepare_weight(w);
     return w;
 }
@@ -34,23 +46,14 @@ const float* WeightLoader::vec(const std::string& name, int64_t n) {
     if (t.nelements() != n)
         throw ModelError(fmt("tensor '%s' has shape %s (%lld elements), expected %lld elements", name.c_str(),
                              t.shape_str().c_str(), (long long)t.nelements(), (long long)n));
-    if (t.type == GgmlType::F32) return (const float*)t.data;
-    if (t.type != GgmlType::F16 && t.type != GgmlType::BF16) {
-        // Quantized vectors (rare: an embedding table stored quantized): dequantize through the kernels.
-        if (!matmul_supports(t.type))
-            throw ModelError(fmt("tensor '%s' has type %s, expected F32/F16", name.c_str(), type_name(t.type)));
-        MatW w;
-        w.type = t.type;
-        w.n_in = t.ne[0];
-        w.n_out = n / t.ne[0];
-        w.data = t.data;
-        arena_.emplace_back((size_t)n);
-        for (int64_t r = 0; r < w.n_out; r++) dequantize_row(w, r, arena_.back().data() + r * w.n_in);
-        return arena_.back().data();
-    }
+    const void* data = aligned_data(t, arena_);
+    if (t.type == GgmlType::F32) return (const float*)data;
+    if (t.type != GgmlType::F16 && t.type != GgmlType::BF16)
+        throw ModelError(fmt("tensor '%s' has type %s, expected F32, F16 or BF16 (norms, biases and embeddings "
+                             "are never quantized)", name.c_str(), type_name(t.type)));
     arena_.emplace_back((size_t)n);
     float* out = arena_.back().data();
-    const uint16_t* p = (const uint16_t*)t.data;
+    const uint16_t* p = (const uint16_t*)data;
     for (int64_t i = 0; i < n; i++) out[i] = t.type == GgmlType::F16 ? fp16_to_fp32(p[i]) : bf16_to_fp32(p[i]);
     return out;
 }

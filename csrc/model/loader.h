@@ -1,7 +1,7 @@
 // Typed, shape-checked access to a model's tensors in a GGUF file.
 // Matrices stay zero-copy views into the mapping (unless the kernels repack them once);
-// 1-D parameters (norms, biases, embeddings tables of the vision side) are returned as float32,
-// converted once into the model's arena when the file stores them in another type.
+// 1-D parameters (norms, biases, the vision side's embedding tables) are returned as float32,
+// converted once into the model's arena when the file stores them as F16/BF16.
 #pragma once
 #include <deque>
 #include <set>

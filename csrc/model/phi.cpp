@@ -62,6 +62,17 @@ PhiHparams PhiHparams::read(const GGUFFile& f) {
         throw ModelError(fmt("token_embd.weight has shape %s, expected [%lld, n_vocab]", emb->shape_str().c_str(),
                              (long long)hp.n_embd));
     hp.n_vocab = emb->ne[1];
+    // The vocabulary (llama.cpp derives n_vocab from the token list) must match the embedding rows.
+    if (const GGUFValue* toks = f.find("tokenizer.ggml.tokens")) {
+        if (toks->type != GGUFValueType::ARRAY || toks->elem_type != GGUFValueType::STRING)
+            throw GGUFError("metadata 'tokenizer.ggml.tokens' is not an array of strings");
+        if ((int64_t)toks->n != hp.n_vocab)
+            throw ModelError(fmt("tokenizer.ggml.tokens has %llu entries but token_embd.weight has %lld rows",
+                                 (unsigned long long)toks->n, (long long)hp.n_vocab));
+    }
+    if (f.has(p + "vocab_size") && (int64_t)f.get_u32(p + "vocab_size") != hp.n_vocab)
+        throw ModelError(fmt("%svocab_size = %u but token_embd.weight has %lld rows", p.c_str(), f.get_u32(p + "vocab_size"),
+                             (long long)hp.n_vocab));
     hp.qk_norm = f.find_tensor("blk.0.attn_q_norm.weight") != nullptr;
     hp.post_norm = f.find_tensor("blk.0.attn_post_norm.weight") != nullptr;
     return hp;
@@ -109,6 +120,17 @@ void PhiWeights::load(WeightLoader& ld, const PhiHparams& hp) {
     out_norm_b = ld.vec("output_norm.bias", E);
     output = ld.mat("output.weight", hp.n_vocab, E);
     output_b = ld.vec_or_null("output.bias", hp.n_vocab);
+    // A plain Phi-2 file holds nothing else (a tinygptv file also holds the vision side, loaded elsewhere).
+    if (hp.arch == "phi2") {
+        std::vector<std::string> extra = ld.unused();
+        if (!extra.empty()) {
+            std::string names;
+            for (size_t i = 0; i < extra.size() && i < 5; i++) names += (i ? ", '" : "'") + extra[i] + "'";
+            if (extra.size() > 5) names += ", ...";
+            throw ModelError(fmt("%zu unexpected tensor(s) in a phi2 file with %lld layers: %s", extra.size(),
+                                 (long long)hp.n_layer, names.c_str()));
+        }
+    }
 }
 
 PhiState::PhiState(const PhiHparams& hp, int64_t n_ctx, bool kv_f16) : n_ctx_(n_ctx), kv_f16_(kv_f16) {

@@ -8,14 +8,17 @@
 namespace tg {
 
 Model::Model(const std::string& path) : file_(new GGUFFile(path)) {
+    // Every hyperparameter is read and checked before any weight is touched.
     hp_ = PhiHparams::read(*file_);
-    WeightLoader ld(*file_, arena_);
-    lm_.load(ld, hp_);
     has_vision_ = hp_.arch == "tinygptv" &&
                   (file_->has("tinygptv.vision.image_size") || file_->find_tensor("v.patch_embd.weight") != nullptr);
     if (has_vision_) {
         vhp_ = VisionHparams::read(*file_);
         qhp_ = QformerHparams::read(*file_, vhp_.n_embd, hp_.n_embd);
+    }
+    WeightLoader ld(*file_, arena_);
+    lm_.load(ld, hp_);
+    if (has_vision_) {
         vis_.load(ld, vhp_);
         qf_.load(ld, qhp_);
     }

@@ -25,7 +25,8 @@ static py::object value_to_py(const GGUFValue& v, size_t max_array) {
             if (v.elem_type == GGUFValueType::STRING) {
                 for (auto& s : v.strs) out.append(py::bytes(s).attr("decode")("utf-8", "replace"));
             } else if (!v.ints.empty() || v.n == 0) {
-                for (auto x : v.ints) out.append(py::int_(x));
+                for (auto x : v.ints)  // u64 elements above INT64_MAX are kept as their bit pattern
+                    out.append(v.elem_type == GGUFValueType::U64 ? py::int_((uint64_t)x) : py::int_(x));
             } else if (v.elem_type == GGUFValueType::BOOL) {
                 for (auto x : v.nums) out.append(py::bool_(x != 0));
             } else {
@@ -73,6 +74,11 @@ void bind_model(py::module_& m) {
         .def("metadata", [](const GGUFFile& f, size_t max_array) { return metadata_dict(f, max_array); },
              py::arg("max_array") = (size_t)-1)
         .def("tensors", &tensor_list, "list of (name, type, shape [ne0, ne1, ...], offset, nbytes)")
+        .def("validate", [](const GGUFFile& f) {
+            py::gil_scoped_release nogil;
+            f.validate();
+        }, "Scans tensor data for NaN/Inf (F32/F16/BF16 values, fp16 scales of Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 "
+           "blocks); raises GGUFError naming the first offending tensor and element.")
         .def("tensor_data", [](std::shared_ptr<GGUFFile> f, const std::string& name) {
             const GGUFTensor* t = f->find_tensor(name);
             if (!t) throw py::key_error(name);
@@ -90,6 +96,10 @@ void bind_model(py::module_& m) {
         .def("metadata", [](const Model& mo, size_t max_array) { return metadata_dict(mo.file(), max_array); },
              py::arg("max_array") = 64)
         .def("tensors", [](const Model& mo) { return tensor_list(mo.file()); })
+        .def("validate", [](const Model& mo) {
+            py::gil_scoped_release nogil;
+            mo.file().validate();
+        }, "The NaN/Inf scan of GGUFReader.validate over this model's file.")
         .def_property_readonly("arch", [](const Model& mo) { return mo.hparams().arch; })
         .def_property_readonly("n_vocab", [](const Model& mo) { return mo.hparams().n_vocab; })
         .def_property_readonly("n_embd", [](const Model& mo) { return mo.hparams().n_embd; })

@@ -1,5 +1,7 @@
 #include "python/bind.h"
 
+#include <cstring>
+
 #include "errors.h"
 
 namespace py = pybind11;
@@ -17,6 +19,15 @@ PYBIND11_MODULE(_core, m) {
 
 namespace tg {
 
+// Error text may quote bytes from a hostile file: decode it leniently so the Python exception is
+// always the typed one (never a UnicodeDecodeError raised while reporting the problem).
+static py::str message(const std::exception& e) {
+    const char* w = e.what();
+    PyObject* s = PyUnicode_DecodeUTF8(w, (Py_ssize_t)std::strlen(w), "replace");
+    if (!s) throw py::error_already_set();
+    return py::reinterpret_steal<py::str>(s);
+}
+
 void bind_errors(py::module_& m) {
     // Exception classes: the Python package re-exports them. All are ValueErrors except the
     // context overflow, which is a RuntimeError-like condition of the conversation state.
@@ -28,13 +39,15 @@ void bind_errors(py::module_& m) {
         try {
             if (p) std::rethrow_exception(p);
         } catch (const GGUFError& e) {
-            py::set_error(gguf_error, e.what());
+            py::set_error(gguf_error, message(e));
         } catch (const ModelError& e) {
-            py::set_error(model_error, e.what());
+            py::set_error(model_error, message(e));
         } catch (const TokenizerError& e) {
-            py::set_error(tok_error, e.what());
+            py::set_error(tok_error, message(e));
         } catch (const ContextOverflow& e) {
-            py::set_error(ctx_error, e.what());
+            py::set_error(ctx_error, message(e));
+        } catch (const std::invalid_argument& e) {
+            py::set_error(PyExc_ValueError, message(e));
         } catch (const std::bad_alloc&) {
             PyErr_SetString(PyExc_MemoryError, "out of memory in tinygptv_native core");
         }

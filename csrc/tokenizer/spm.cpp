@@ -329,12 +329,12 @@ void SpmTokenizer::encode_unigram(const std::string& norm, std::vector<Piece>& p
         bool has_single = false;
         pieces_trie_.prefixes(norm.data() + start, n - start, [&](int32_t id, size_t len) {
             if (is_unused(id)) return;
-            // the installed sentencepiece (0.2.x) scores user-defined pieces 0.1 * (bytes - 1) and, on equal
-            // path scores, keeps the later candidate piece (>=), but the earlier one against an unknown (>)
+            // sentencepiece 0.2.x scores user-defined pieces 0.1 * (bytes - 1); on equal path scores the
+            // first candidate found stays (strict >)
             const float score = types_[id] == kTokenUserDefined ? (float)(0.1 * ((double)len - 1.0)) : scores_[id];
             const float cand = score + till_here;
             Best& t = best[start + len];
-            if (t.starts_at == -1 || cand >= t.score) {
+            if (t.starts_at == -1 || cand > t.score) {
                 t.score = cand;
                 t.starts_at = (int64_t)start;
                 t.id = id;
