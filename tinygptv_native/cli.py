@@ -69,10 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = "--verbose" in argv
+    verbose = "--verbose" in argv or "-v" in argv
     try:
         # convert and quantize own their argument parsing.
-        rest = [a for a in argv if a != "--verbose"]
+        rest = [a for a in argv if a not in ("--verbose", "-v")]
         if rest and rest[0] == "convert":
             try:
                 from .convert.cli import main as convert_main

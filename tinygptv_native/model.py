@@ -6,12 +6,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _core
+from ._logging import set_verbose
 from ._text import StopMatcher
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .chat import Chat, ChatTemplate
 
 log = logging.getLogger("tinygptv_native")
 
@@ -49,7 +53,11 @@ class GenerationResult:
     image_encode_ms: float = 0.0
     prompt_ms: float = 0.0
     generation_ms: float = 0.0
+    cached_tokens: int = 0  # positions reused from the KV cache (earlier turns of a chat)
     token_ids: List[int] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.text
 
     @property
     def prompt_tokens_per_s(self) -> float:
@@ -59,6 +67,34 @@ class GenerationResult:
     @property
     def generation_tokens_per_s(self) -> float:
         return self.completion_tokens / (self.generation_ms / 1e3) if self.generation_ms > 0 else 0.0
+
+    @property
+    def usage(self) -> dict:
+        """OpenAI-style token counts (the image's positions count as prompt tokens)."""
+        p = self.prompt_tokens + self.image_tokens
+        return {"prompt_tokens": p, "completion_tokens": self.completion_tokens,
+                "total_tokens": p + self.completion_tokens}
+
+    @property
+    def timings(self) -> dict:
+        """llama-server-style timings (ms and tokens per second), plus the image encode time."""
+        p = self.prompt_tokens + self.image_tokens
+        return {"image_encode_ms": self.image_encode_ms, "prompt_n": p, "prompt_ms": self.prompt_ms,
+                "prompt_per_second": self.prompt_tokens_per_s, "predicted_n": self.completion_tokens,
+                "predicted_ms": self.generation_ms, "predicted_per_second": self.generation_tokens_per_s,
+                "cache_n": self.cached_tokens}
+
+    def summary(self) -> str:
+        """Timings in a few lines, in the style of llama.cpp and ollama's --verbose output."""
+        lines = []
+        if self.image_tokens:
+            lines.append(f"image encode:      {self.image_encode_ms:10.2f} ms ({self.image_tokens} positions)")
+        p = self.prompt_tokens + self.image_tokens
+        lines.append(f"prompt eval:       {self.prompt_ms:10.2f} ms / {p} positions "
+                     f"({self.prompt_tokens_per_s:.2f} tokens/s), {self.cached_tokens} cached")
+        lines.append(f"generation:        {self.generation_ms:10.2f} ms / {self.completion_tokens} tokens "
+                     f"({self.generation_tokens_per_s:.2f} tokens/s), finish: {self.finish_reason}")
+        return "\n".join(lines)
 
 
 class Model:
@@ -83,7 +119,7 @@ class Model:
         self.path = str(path)
         self.verbose = verbose
         if verbose:
-            logging.basicConfig(level=logging.INFO)
+            set_verbose(True)
         t0 = time.perf_counter()
         self._model = _core.Model(self.path)
         self._tok = _core.tokenizer_from_model(self._model)
@@ -93,6 +129,8 @@ class Model:
         self.seed = seed
         self.kv_f16 = kv_type == "f16"
         self.metadata = self._model.metadata()
+        self._chat_template = None
+        self.last_result: Optional[GenerationResult] = None
         log.info("loaded %s in %.0f ms: arch %s, %d layers, vocab %d", self.path, self.load_ms, self._model.arch,
                  self._model.n_layer, self._model.n_vocab)
 
@@ -167,6 +205,81 @@ class Model:
         s = _core.Session(self._model, 1, self.n_threads, self.kv_f16)
         return s.encode_image(pixels)
 
+    # ---- chat --------------------------------------------------------------------------------
+    @property
+    def chat_template(self) -> "ChatTemplate":
+        """The prompt format of this model (from its metadata)."""
+        if self._chat_template is None:
+            from .chat import ChatTemplate
+            self._chat_template = ChatTemplate.from_metadata(self.metadata)
+        return self._chat_template
+
+    @property
+    def chat_defaults(self) -> SamplingParams:
+        """The sampling settings of the model's own demo (metadata), as used by chat() and Chat.ask()."""
+        md, p = self.metadata, f"{self.arch}.chat."
+        # Hugging Face generate() defaults where the metadata says nothing: top_k 50, no min_p; the
+        # repetition penalty covers every generated token.
+        return SamplingParams(temperature=float(md.get(p + "temperature", 0.8)), top_k=50,
+                              top_p=float(md.get(p + "top_p", 0.95)), min_p=0.0,
+                              repetition_penalty=float(md.get(p + "repetition_penalty", 1.0)), penalty_last_n=-1,
+                              seed=self.seed)
+
+    @property
+    def default_max_new_tokens(self) -> int:
+        return int(self.metadata.get(f"{self.arch}.chat.max_new_tokens", 256))
+
+    def _chat_params(self, *, max_new_tokens=None, temperature=None, top_p=None, top_k=None, min_p=None,
+                     repetition_penalty=None, seed=None):
+        """The sampling settings of one answer: the model's defaults, overridden where given; validated."""
+        p = self.chat_defaults
+        if temperature is not None:
+            p.temperature = float(temperature)
+        if top_p is not None:
+            p.top_p = float(top_p)
+        if top_k is not None:
+            p.top_k = int(top_k)
+        if min_p is not None:
+            p.min_p = float(min_p)
+        if repetition_penalty is not None:
+            p.repetition_penalty = float(repetition_penalty)
+        if seed is not None:
+            p.seed = int(seed)
+        n = self.default_max_new_tokens if max_new_tokens is None else max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        if not (p.temperature >= 0 and np.isfinite(p.temperature)):
+            raise ValueError(f"temperature must be >= 0, got {p.temperature}")
+        if not 0 < p.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {p.top_p}")
+        if not 0 <= p.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {p.min_p}")
+        if not (p.repetition_penalty > 0 and np.isfinite(p.repetition_penalty)):
+            raise ValueError(f"repetition_penalty must be > 0, got {p.repetition_penalty}")
+        return p, int(n)
+
+    def new_chat(self, system: Optional[str] = None, *, n_ctx: Optional[int] = None) -> "Chat":
+        """A new conversation (its own KV cache). ``system`` replaces the model's system text."""
+        from .chat import Chat
+        return Chat(self, system=system, n_ctx=n_ctx)
+
+    def chat(self, image, prompt: str, *, stream: bool = False, return_result: bool = False,
+             max_new_tokens: Optional[int] = None, temperature: Optional[float] = None, top_p: Optional[float] = None,
+             top_k: Optional[int] = None, min_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
+             seed: Optional[int] = None, stop: Optional[Sequence[str]] = None, ignore_eos: bool = False):
+        """One question about an image (a path, bytes, PIL image, uint8 numpy array, or None for a text-only
+        question). Returns the answer text, an iterator of text pieces with ``stream=True``, or the
+        GenerationResult with ``return_result=True``. Settings default to the model's own (metadata);
+        ``self.last_result`` holds the result of the latest call."""
+        _, n = self._chat_params(max_new_tokens=max_new_tokens)
+        from .chat import Chat
+        c = Chat(self, n_ctx=self.n_ctx, _fit_ctx=True)
+        out = c.ask(prompt, image, stream=stream, return_result=return_result, max_new_tokens=n,
+                    temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                    repetition_penalty=repetition_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos)
+        self.last_result = c.last
+        return out
+
     # ---- generation --------------------------------------------------------------------------
     def generate(self, prompt: Union[str, Sequence[int]], *, max_new_tokens: int = 128, temperature: float = 0.8,
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repetition_penalty: float = 1.0,
@@ -204,14 +317,14 @@ class Model:
 
     def _run(self, session, history: List[int], logits: np.ndarray, params: SamplingParams, max_new_tokens: int,
              stop: Sequence[str], stop_ids: Sequence[int], result: GenerationResult,
-             commit_last: bool = False) -> Iterator[str]:
+             commit_last: bool = False, use_eos: bool = True) -> Iterator[str]:
         """The token loop shared by generate() and chats: yields text pieces, fills ``result``."""
         gen = _core.Generator(session, self._tok, list(history), logits, **self._sampling_kwargs(params))
         dec = _core.StreamDecoder(self._tok)
         matcher = StopMatcher(stop)
         end_ids = set(int(t) for t in stop_ids)
         eos = self._tok.eos
-        if eos >= 0:
+        if eos >= 0 and use_eos:
             end_ids.add(eos)
         t0 = time.perf_counter()
         result.finish_reason = "length"

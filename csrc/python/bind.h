@@ -10,4 +10,5 @@ void bind_tokenizer(pybind11::module_& m);  // Tokenizer, StreamDecoder, Sampler
 void bind_model(pybind11::module_& m);      // GGUF reader, the Model and its Sessions
 void bind_generate(pybind11::module_& m);   // the token loop (Generator), tokenizer of a Model
 void bind_bench(pybind11::module_& m);      // machine measurements for the benchmarks
+void bind_log(pybind11::module_& m);        // the core's log lines to a Python callable
 }  // namespace tg

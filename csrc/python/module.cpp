@@ -14,6 +14,7 @@ PYBIND11_MODULE(_core, m) {
     tg::bind_model(m);
     tg::bind_generate(m);
     tg::bind_bench(m);
+    tg::bind_log(m);
 }
 
 namespace tg {

@@ -1,0 +1,184 @@
+"""`tinygptv run`, `tinygptv chat` and `tinygptv bench`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Dict, Optional
+
+_CTRL = {c: "\ufffd" for c in list(range(0, 9)) + list(range(11, 32)) + [127] if c not in (10, 13)}
+
+
+def printable(s: str) -> str:
+    """Text for a terminal: control characters (other than tab and newline) become U+FFFD."""
+    return s.translate(_CTRL)
+
+
+def _common(p: argparse.ArgumentParser, sampling: bool = True) -> None:
+    p.add_argument("-m", "--model", help="GGUF model file (default: the embedded demo model)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all available)")
+    p.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size in positions (default 2048)")
+    p.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                   help="show timings, log lines and tracebacks")
+    if sampling:
+        g = p.add_argument_group("sampling (defaults: the model's own settings)")
+        g.add_argument("-n", "--n-predict", type=int, default=None, dest="max_new_tokens",
+                       help="most tokens to generate")
+        g.add_argument("--temp", type=float, default=None, dest="temperature", help="temperature (0 = greedy)")
+        g.add_argument("--top-p", type=float, default=None, dest="top_p")
+        g.add_argument("--top-k", type=int, default=None, dest="top_k")
+        g.add_argument("--min-p", type=float, default=None, dest="min_p")
+        g.add_argument("--repeat-penalty", type=float, default=None, dest="repetition_penalty")
+        g.add_argument("--seed", type=int, default=None, help="random seed (default: a random one)")
+        g.add_argument("--ignore-eos", action="store_true", default=None,
+                       help="generate -n tokens: ignore end-of-text and the model's stop strings")
+
+
+def _sampling(args: argparse.Namespace) -> Dict[str, Any]:
+    return {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k", "min_p",
+                                          "repetition_penalty", "seed", "ignore_eos") if getattr(args, k, None) is not None}
+
+
+def load_model(args: argparse.Namespace):
+    """The Model named by -m (or the demo model, saying so on stderr), with -t/-c checked first."""
+    from .cli import CLIError
+    from .model import Model
+    if args.threads is not None and not 1 <= args.threads <= 512:
+        raise CLIError(f"--threads must be in [1, 512], got {args.threads}")
+    if not 16 <= args.ctx_size <= 1 << 20:
+        raise CLIError(f"--ctx-size must be in [16, 1048576], got {args.ctx_size}")
+    path = args.model
+    if path is None:
+        from .demo import DEMO_IMAGE, DEMO_MODEL
+        use_picture = hasattr(args, "image") and args.image is None and DEMO_IMAGE.is_file()
+        print(f"no -m given: using the embedded demo model ({DEMO_MODEL.name})"
+              + (f" and its example picture ({DEMO_IMAGE.name})" if use_picture else ""), file=sys.stderr)
+        if not DEMO_MODEL.is_file():
+            raise CLIError(f"the embedded demo model is missing from this installation ({DEMO_MODEL}); "
+                           f"pass a model with -m")
+        if use_picture:
+            args.image = str(DEMO_IMAGE)
+        path = str(DEMO_MODEL)
+    elif not os.path.isfile(path):
+        raise CLIError(f"model file not found: '{path}'")
+    return Model(path, n_threads=args.threads, n_ctx=args.ctx_size, verbose=bool(getattr(args, "verbose", False)))
+
+
+def _check_image(path: Optional[str]) -> None:
+    from .cli import CLIError
+    if path is not None and not os.path.isfile(path):
+        raise CLIError(f"image file not found: '{path}'")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .cli import CLIError
+    _check_image(args.image)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    m = load_model(args)
+    if args.draw and args.image is None:
+        raise CLIError("--draw needs an --image to draw on")
+    if args.image is not None and not m.has_vision:
+        raise CLIError(f"this model ({m.arch}) has no vision encoder, so it cannot take --image")
+    tty = sys.stdout.isatty()
+    stream = m.new_chat().ask(prompt, args.image, stream=True, **_sampling(args))
+    try:
+        for piece in stream:
+            sys.stdout.write(printable(piece) if tty else piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        stream.close()
+        sys.stdout.write("\n")
+        raise
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    res = stream.result  # with --verbose its timings were logged to stderr
+    if args.draw:
+        from .grounding import draw_boxes, parse_boxes
+        from .image import load_image
+        im = load_image(args.image)
+        boxes = parse_boxes(res.text, im.size)
+        draw_boxes(im, boxes, out=args.draw)
+        print(f"drew {len(boxes)} box{'es' if len(boxes) != 1 else ''} to {args.draw}", file=sys.stderr)
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from .repl import Repl
+    _check_image(args.image)
+    m = load_model(args)
+    return Repl(m, image=args.image, system=args.system, sampling=_sampling(args),
+                verbose=bool(getattr(args, "verbose", False))).run()
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import _core
+    from .cli import CLIError
+    if args.prompt_tokens < 1 or args.gen_tokens < 1 or args.reps < 1:
+        raise CLIError(f"-p, -n and --reps must be >= 1, got {args.prompt_tokens}, {args.gen_tokens}, {args.reps}")
+    _check_image(args.image)
+    args.ctx_size = max(args.ctx_size, args.prompt_tokens + args.gen_tokens + 1)
+    m = load_model(args)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, min(m.n_vocab, 50000), args.prompt_tokens).astype(np.int32)
+    enc, pp, tg = [], [], []
+    pixels = None
+    if m.has_vision:
+        if args.image is not None:
+            pixels = m.preprocess(args.image)
+        else:
+            s = m.image_size
+            pixels = rng.standard_normal((3, s, s)).astype(np.float32)
+    for _ in range(args.reps):
+        s = m._session(args.prompt_tokens + args.gen_tokens + 1)
+        if pixels is not None:
+            t0 = time.perf_counter()
+            s.encode_image(pixels)
+            enc.append((time.perf_counter() - t0) * 1e3)
+        t0 = time.perf_counter()
+        logits = s.eval_tokens(ids, False)
+        pp.append(args.prompt_tokens / (time.perf_counter() - t0))
+        s.rewind(1)
+        logits = s.eval_tokens(ids[:1], False)
+        g = _core.Generator(s, m._tok, [], logits, temperature=0.0)
+        t0 = time.perf_counter()
+        for _ in range(args.gen_tokens):
+            g.step()
+        tg.append(args.gen_tokens / (time.perf_counter() - t0))
+    med = lambda a: float(np.median(a)) if a else float("nan")  # noqa: E731
+    name = os.path.basename(m.path)
+    print(f"model: {name} ({m.arch}, {m._model.file_size / 1e6:.1f} MB), threads: {m.n_threads}, "
+          f"reps: {args.reps} (median)")
+    print(f"| {'test':<22} | {'value':>12} |")
+    print(f"|{'-' * 24}|{'-' * 14}|")
+    if pixels is not None:
+        print(f"| {'image encode (ms)':<22} | {med(enc):>12.2f} |")
+    print(f"| {f'pp{args.prompt_tokens} (tokens/s)':<22} | {med(pp):>12.2f} |")
+    print(f"| {f'tg{args.gen_tokens} (tokens/s)':<22} | {med(tg):>12.2f} |")
+    return 0
+
+
+def add_commands(sub: "argparse._SubParsersAction") -> None:
+    pr = sub.add_parser("run", help="answer one question about an image, streamed to stdout")
+    _common(pr)
+    pr.add_argument("--image", help="image file (PNG, JPEG, WebP, BMP, GIF, TIFF)")
+    pr.add_argument("-p", "--prompt", required=True, help="the question ('-' reads it from stdin); task tags such "
+                    "as [vqa], [caption], [grounding], [refer] pass through")
+    pr.add_argument("--draw", metavar="OUT.png", help="draw the answer's grounding boxes on the image into OUT.png")
+    pr.set_defaults(fn=_run)
+
+    pc = sub.add_parser("chat", help="interactive chat in the terminal (/help inside for commands)")
+    _common(pc)
+    pc.add_argument("--image", help="image to talk about (also /image PATH inside the chat)")
+    pc.add_argument("--system", default=None, help="replace the model's system text")
+    pc.set_defaults(fn=_chat)
+
+    pb = sub.add_parser("bench", help="image encode ms, prompt and generation tokens/s on this machine")
+    _common(pb, sampling=False)
+    pb.add_argument("-p", "--prompt-tokens", type=int, default=128, help="prompt length (default 128)")
+    pb.add_argument("-n", "--gen-tokens", type=int, default=64, help="tokens to generate (default 64)")
+    pb.add_argument("--reps", type=int, default=3, help="repetitions, the median is shown (default 3)")
+    pb.add_argument("--image", help="image to encode (default: a random input)")
+    pb.set_defaults(fn=_bench)
