@@ -338,12 +338,24 @@ def test_threads_share_a_model(model, image):
 
 
 
-def test_plain_phi2_model_chats_without_images(tmp_path):
-    from fixtures.checkpoints import make_phi2_folder
+def test_stage4_template_and_follow_up(tmp_path, image):
+    from fixtures.tiny_model import build_tiny_tinygptv
+    m4 = tg.Model(build_tiny_tinygptv(str(tmp_path), stage=4), n_threads=1, n_ctx=512)
+    assert m4.chat_template.template == "<s>[INST] <Img><ImageHere></Img> {prompt} [/INST]"
+    assert m4.chat_defaults.temperature == pytest.approx(0.6) and m4.default_max_new_tokens == 500
+    c = m4.new_chat()
+    c.ask("[vqa] what is it?", image, seed=1, max_new_tokens=8)
+    c.ask("[caption] and now?", seed=2, max_new_tokens=8)
+    assert c.images_encoded == 1
+    text = spell(m4, c.tokens(c.prompt_positions))
+    assert text.startswith("<s>[INST] <Img><IMG></Img> [vqa] what is it? [/INST]")
+    assert text.endswith("<s>[INST] [caption] and now? [/INST]")
+    assert_close(c.prompt_logits, fresh_last_logits(m4, c, image))
 
-    from tinygptv_native.convert import convert_phi2
-    folder, _ = make_phi2_folder(str(tmp_path / "phi"))
-    path = convert_phi2(folder, str(tmp_path / "phi2.gguf"), outtype="f32", progress=False)
+
+def test_plain_phi2_model_chats_without_images(tmp_path):
+    from fixtures.checkpoints import make_phi2_gguf
+    path = make_phi2_gguf(str(tmp_path))[0]
     m = tg.Model(path, n_threads=1)
     assert m.chat_template.template == "Instruct: {prompt}\nOutput:" and not m.chat_template.takes_images
     c = m.new_chat()

@@ -6,8 +6,7 @@ import sys
 import time
 
 import pytest
-from fixtures.checkpoints import make_tinygptv_set, tinygptv_convert_kwargs
-from fixtures.tiny_model import write_test_image
+from fixtures.tiny_model import build_tiny_tinygptv, write_test_image
 
 pexpect = pytest.importorskip("pexpect")
 
@@ -18,12 +17,9 @@ PROMPT = ">>> "
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory):
     """A TinyGPT-V wide enough that a long answer takes seconds, so Ctrl+C lands during it."""
-    from tinygptv_native.convert import convert_tinygptv
     d = tmp_path_factory.mktemp("repl")
-    s = make_tinygptv_set(str(d / "ckpt"), stage=3, phi_config=dict(hidden_size=256, num_hidden_layers=4,
-                                                                   intermediate_size=1024, num_attention_heads=4))
-    out = str(d / "m.gguf")
-    convert_tinygptv(out_path=out, outtype="f32", progress=False, **tinygptv_convert_kwargs(s))
+    out = build_tiny_tinygptv(str(d), stage=3, phi_config=dict(hidden_size=256, num_hidden_layers=4,
+                                                               intermediate_size=1024, num_attention_heads=4))
     return out, write_test_image(str(d / "pic.png")), d
 
 
