@@ -134,6 +134,9 @@ def test_thread_count_invariance(ty):
             pw = _core.PreparedWeight(ty, wq, n_out, n_in, prepared=False)
             assert not pw.repacked
             assert np.array_equal(pw.matmul(x, None, 2), ys[0]), f"{ty}/{isa} n={n} (unprepared)"
+            # each output row is the same whatever the batch it is computed in
+            rows = np.concatenate([run(ty, isa, wq, n_out, n_in, x[i:i + 1], None) for i in range(n)])
+            assert np.array_equal(rows, ys[0]), f"{ty}/{isa} n={n} (row by row)"
 
 
 @pytest.mark.parametrize("ty", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
