@@ -134,6 +134,9 @@ def test_thread_count_invariance(ty):
             pw = _core.PreparedWeight(ty, wq, n_out, n_in, prepared=False)
             assert not pw.repacked
             assert np.array_equal(pw.matmul(x, None, 2), ys[0]), f"{ty}/{isa} n={n} (unprepared)"
+            # each output row is the same whatever the batch it is computed in
+            rows = np.concatenate([run(ty, isa, wq, n_out, n_in, x[i:i + 1], None) for i in range(n)])
+            assert np.array_equal(rows, ys[0]), f"{ty}/{isa} n={n} (row by row)"
 
 
 @pytest.mark.parametrize("ty", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
@@ -338,3 +341,26 @@ def test_isa_environment_variable():
     env["TINYGPTV_ISA"] = "sse9"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "unknown instruction set 'sse9'" in out.stderr
+
+
+def test_quantize_file_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
+    import tinygptv_native.quantize as qmod
+    rng = np.random.default_rng(8)
+    src = tmp_path / "in.gguf"
+    _write_gguf(src, _tiny_model(rng))
+    dst = tmp_path / "out.gguf"
+    dst.write_bytes(b"previous contents")
+    calls = {"n": 0}
+    real = qmod._core.quantize
+
+    def failing(ty, x):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("disk on fire")
+        return real(ty, x)
+
+    monkeypatch.setattr(qmod._core, "quantize", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        qmod.quantize_file(str(src), str(dst), "q4_0", progress=False, n_threads=1)
+    assert dst.read_bytes() == b"previous contents"  # the old output is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf", "out.gguf"]

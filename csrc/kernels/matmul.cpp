@@ -9,6 +9,7 @@
 
 #include "kernels/matmul.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -66,17 +67,19 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
         return gr < w.n_out ? src + gr * rb : nullptr;
     };
     switch (w.type) {
-        case GgmlType::F32:
-            for (int r = 0; r < kGroup; r++) {
-                const float* p = (const float*)row(r);
-                for (int64_t i = 0; i < k; i++) ((float*)dst)[i * kGroup + r] = p ? p[i] : 0.f;
-            }
+        case GgmlType::F32:  // transpose 16 x k in slices of 64 columns (stays in L1)
+            for (int64_t i0 = 0; i0 < k; i0 += 64)
+                for (int r = 0; r < kGroup; r++) {
+                    const float* p = (const float*)row(r);
+                    for (int64_t i = i0; i < std::min<int64_t>(k, i0 + 64); i++) ((float*)dst)[i * kGroup + r] = p ? p[i] : 0.f;
+                }
             break;
         case GgmlType::F16: case GgmlType::BF16:
-            for (int r = 0; r < kGroup; r++) {
-                const uint16_t* p = (const uint16_t*)row(r);
-                for (int64_t i = 0; i < k; i++) ((uint16_t*)dst)[i * kGroup + r] = p ? p[i] : 0;
-            }
+            for (int64_t i0 = 0; i0 < k; i0 += 64)
+                for (int r = 0; r < kGroup; r++) {
+                    const uint16_t* p = (const uint16_t*)row(r);
+                    for (int64_t i = i0; i < std::min<int64_t>(k, i0 + 64); i++) ((uint16_t*)dst)[i * kGroup + r] = p ? p[i] : 0;
+                }
             break;
         case GgmlType::Q8_0:
             for (int64_t b = 0; b < k / QK8_0; b++) {

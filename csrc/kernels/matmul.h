@@ -26,8 +26,10 @@ struct MatW {
 bool matmul_supports(GgmlType t);
 
 // Called once per weight at load: validates the shape and, when a SIMD path is active, builds
-// `repacked` (an interleaved copy of the same size, see kernels/matmul_impl.h). Never changes `data`.
-// After this, matmul reads only `repacked` (dequantize_row still reads `data`).
+// `repacked` (an interleaved copy, see kernels/matmul_impl.h: the same size as the data for most
+// types, Q4_K +2.8%, rows padded to a multiple of 16). Never changes `data`. After this, matmul
+// reads only `repacked` (dequantize_row still reads `data`), so a loader may drop the file pages
+// of `data` from memory (madvise MADV_DONTNEED on a read-only file mapping).
 // Throws ModelError for an unsupported type or a row length that is not a multiple of the block.
 void prepare_weight(MatW& w);
 // The same, repacking on the pool's threads (load time).

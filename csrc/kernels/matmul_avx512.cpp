@@ -106,8 +106,8 @@ void float_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
         return;
     }
     const bool widen = C::elem == 2 && A.n >= 16;
-    std::vector<float> scratch;
-    if (widen) scratch.resize((size_t)A.n_in * kGroup * 2);
+    thread_local std::vector<float> scratch;  // kept across calls: no page faults per matmul
+    if (widen && scratch.size() < (size_t)A.n_in * kGroup * 2) scratch.resize((size_t)A.n_in * kGroup * 2);
     const size_t fstride = (size_t)A.n_in * kGroup * 4;
     for (int64_t g = g0; g < g1; g += 2) {
         const int gb = g + 2 <= g1 ? 2 : 1;
