@@ -121,7 +121,7 @@ class Model:
         if verbose:
             set_verbose(True)
         t0 = time.perf_counter()
-        self._model = _core.Model(self.path)
+        self._model = _core.Model(self.path, int(n_threads or 0))
         self._tok = _core.tokenizer_from_model(self._model)
         self.load_ms = (time.perf_counter() - t0) * 1e3
         self.n_threads = int(n_threads) if n_threads is not None else default_threads()

@@ -1,7 +1,11 @@
 #include "model/loader.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "errors.h"
 #include "fp16.h"
+#include "threadpool.h"
 
 #include <cstring>
 
@@ -24,7 +28,16 @@ const GGUFTensor& WeightLoader::get(const std::string& name) {
     return *t;
 }
 
-MatW WeightLoader::mat(const std::string& name, int64_t n_out, int64_t n_in) {
+// Drops the pages of [p, p + n) that lie wholly inside the range from this process's memory. The
+// mapping is a read-only private file mapping, so this loses nothing: a later read faults the page in
+// from the file again.
+static void release_pages(const void* p, size_t n) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t b = ((uintptr_t)p + page - 1) / page * page, e = ((uintptr_t)p + n) / page * page;
+    if (e > b) madvise((void*)b, e - b, MADV_DONTNEED);
+}
+
+MatW WeightLoader::mat(const std::string& name, int64_t n_out, int64_t n_in, bool prepare) {
     const GGUFTensor& t = get(name);
     if (t.n_dims != 2 || t.ne[0] != n_in || t.ne[1] != n_out)
         throw ModelError(fmt("tensor '%s' has shape %s, expected [%lld, %lld]", name.c_str(), t.shape_str().c_str(),

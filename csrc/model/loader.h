@@ -13,14 +13,21 @@
 
 namespace tg {
 
+class ThreadPool;
+
 class WeightLoader {
 public:
-    WeightLoader(const GGUFFile& file, std::deque<std::vector<float>>& arena) : f_(file), arena_(arena) {}
+    // pool: threads for repacking weights at load (may be null: the calling thread repacks).
+    WeightLoader(const GGUFFile& file, std::deque<std::vector<float>>& arena, ThreadPool* pool = nullptr)
+        : f_(file), arena_(arena), pool_(pool) {}
 
     bool has(const std::string& name) const { return f_.find_tensor(name) != nullptr; }
 
-    // A [n_out, n_in] weight (GGUF shape [n_in, n_out]) in a type the kernels support.
-    MatW mat(const std::string& name, int64_t n_out, int64_t n_in);
+    // A [n_out, n_in] weight (GGUF shape [n_in, n_out]) in a type the kernels support. With prepare
+    // (the default) the kernels repack it once for their SIMD layout; the file pages it came from are
+    // then released from memory (they are read again only if something asks for them). Weights used
+    // only row by row (the token embedding) are not prepared.
+    MatW mat(const std::string& name, int64_t n_out, int64_t n_in, bool prepare = true);
     // n float32 values (any shape with exactly n elements; F32, F16 or BF16 storage).
     const float* vec(const std::string& name, int64_t n);
     const float* vec_or_null(const std::string& name, int64_t n) { return has(name) ? vec(name, n) : nullptr; }
@@ -32,6 +39,7 @@ private:
     const GGUFTensor& get(const std::string& name);
     const GGUFFile& f_;
     std::deque<std::vector<float>>& arena_;
+    ThreadPool* pool_;
     std::set<std::string> used_;
 };
 

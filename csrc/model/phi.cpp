@@ -80,7 +80,7 @@ PhiHparams PhiHparams::read(const GGUFFile& f) {
 
 void PhiWeights::load(WeightLoader& ld, const PhiHparams& hp) {
     const int64_t E = hp.n_embd, KV = hp.kv_dim(), F = hp.n_ff, D = hp.head_dim;
-    tok_embd = ld.mat("token_embd.weight", hp.n_vocab, E);
+    tok_embd = ld.mat("token_embd.weight", hp.n_vocab, E, /*prepare=*/false);  // read row by row
     layers.resize((size_t)hp.n_layer);
     for (int64_t i = 0; i < hp.n_layer; i++) {
         PhiLayer& l = layers[(size_t)i];

@@ -1,13 +1,15 @@
 #include "model/tinygptv.h"
 
+#include <algorithm>
 #include <cmath>
+#include <thread>
 
 #include "errors.h"
 #include "model/loader.h"
 
 namespace tg {
 
-Model::Model(const std::string& path) : file_(new GGUFFile(path)) {
+Model::Model(const std::string& path, int n_threads) : file_(new GGUFFile(path)) {
     // Every hyperparameter is read and checked before any weight is touched.
     hp_ = PhiHparams::read(*file_);
     has_vision_ = hp_.arch == "tinygptv" &&
@@ -16,7 +18,8 @@ Model::Model(const std::string& path) : file_(new GGUFFile(path)) {
         vhp_ = VisionHparams::read(*file_);
         qhp_ = QformerHparams::read(*file_, vhp_.n_embd, hp_.n_embd);
     }
-    WeightLoader ld(*file_, arena_);
+    ThreadPool pool(n_threads > 0 ? n_threads : (int)std::max(1u, std::thread::hardware_concurrency()));
+    WeightLoader ld(*file_, arena_, &pool);
     lm_.load(ld, hp_);
     if (has_vision_) {
         vis_.load(ld, vhp_);

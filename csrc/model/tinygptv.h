@@ -19,7 +19,8 @@ namespace tg {
 
 class Model {
 public:
-    explicit Model(const std::string& path);
+    // n_threads: threads used to prepare (repack) the weights at load; 0 = all cores.
+    explicit Model(const std::string& path, int n_threads = 0);
 
     const GGUFFile& file() const { return *file_; }
     const PhiHparams& hparams() const { return hp_; }

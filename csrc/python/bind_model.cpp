@@ -89,10 +89,11 @@ void bind_model(py::module_& m) {
         }, py::arg("name"));
 
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
-        .def(py::init([](const std::string& path) {
+        .def(py::init([](const std::string& path, int n_threads) {
                  py::gil_scoped_release nogil;
-                 return std::make_shared<Model>(path);
-             }), py::arg("path"))
+                 return std::make_shared<Model>(path, n_threads);
+             }), py::arg("path"), py::arg("n_threads") = 0,
+             "loads and validates a GGUF file; n_threads prepares the weights (0: all cores)")
         .def("metadata", [](const Model& mo, size_t max_array) { return metadata_dict(mo.file(), max_array); },
              py::arg("max_array") = 64)
         .def("tensors", [](const Model& mo) { return tensor_list(mo.file()); })
