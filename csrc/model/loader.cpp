@@ -50,7 +50,11 @@ MatW WeightLoader::mat(const std::string& name, int64_t n_out, int64_t n_in, boo
     w.n_out = n_out;
     w.n_in = n_in;
     w.data = aligned_data(t, arena_);
-    prepare_weight(w);
+    if (prepare) {
+        if (pool_) prepare_weight(w, *pool_);
+        else prepare_weight(w);
+        if (w.repacked && w.data == (const void*)t.data) release_pages(t.data, (size_t)t.nbytes);
+    }
     return w;
 }
 
