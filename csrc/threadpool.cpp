@@ -4,6 +4,17 @@
 
 namespace tg {
 
+// Spin iterations before sleeping (a pause is a few tens of nanoseconds: tens of microseconds total).
+static const int kSpin = 4000;
+
+static inline void cpu_relax() {
+#if defined(TINYGPTV_X86)
+    __builtin_ia32_pause();
+#else
+    std::this_thread::yield();
+#endif
+}
+
 ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
     for (int i = 1; i < n_threads_; i++) threads_.emplace_back(&ThreadPool::worker, this, i);
 }
@@ -11,7 +22,7 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
 ThreadPool::~ThreadPool() {
     {
         std::lock_guard<std::mutex> lk(mu_);
-        stop_ = true;
+        stop_.store(true, std::memory_order_release);
     }
     cv_start_.notify_all();
     for (auto& t : threads_) t.join();
@@ -38,28 +49,41 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
         job_ = &fn;
         job_n_ = n;
         job_grain_ = grain;
-        pending_ = n_threads_ - 1;
-        generation_++;
+        pending_.store(n_threads_ - 1, std::memory_order_relaxed);
+        generation_.fetch_add(1, std::memory_order_release);
     }
     cv_start_.notify_all();
     int64_t b, e;
     chunk_of(n, grain, n_threads_, 0, &b, &e);
     if (b < e) fn(b, e, 0);
-    std::unique_lock<std::mutex> lk(mu_);
-    cv_done_.wait(lk, [&] { return pending_ == 0; });
-    job_ = nullptr;
+    for (int i = 0; i < kSpin && pending_.load(std::memory_order_acquire) != 0; i++) cpu_relax();
+    if (pending_.load(std::memory_order_acquire) != 0) {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_done_.wait(lk, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+    }
 }
 
 void ThreadPool::worker(int index) {
     uint64_t seen = 0;
     for (;;) {
+        uint64_t g = generation_.load(std::memory_order_acquire);
+        for (int i = 0; i < kSpin && g == seen && !stop_.load(std::memory_order_relaxed); i++) {
+            cpu_relax();
+            g = generation_.load(std::memory_order_acquire);
+        }
+        if (g == seen) {
+            std::unique_lock<std::mutex> lk(mu_);
+            cv_start_.wait(lk, [&] {
+                return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen;
+            });
+            g = generation_.load(std::memory_order_acquire);
+        }
+        if (stop_.load(std::memory_order_acquire)) return;
+        seen = g;
         const std::function<void(int64_t, int64_t, int)>* job;
         int64_t n, grain;
         {
-            std::unique_lock<std::mutex> lk(mu_);
-            cv_start_.wait(lk, [&] { return stop_ || generation_ != seen; });
-            if (stop_) return;
-            seen = generation_;
+            std::lock_guard<std::mutex> lk(mu_);  // cheap, uncontended: orders the job fields for TSan too
             job = job_;
             n = job_n_;
             grain = job_grain_;
@@ -67,9 +91,9 @@ void ThreadPool::worker(int index) {
         int64_t b, e;
         chunk_of(n, grain, n_threads_, index, &b, &e);
         if (b < e) (*job)(b, e, index);
-        {
+        if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
             std::lock_guard<std::mutex> lk(mu_);
-            if (--pending_ == 0) cv_done_.notify_one();
+            cv_done_.notify_one();
         }
     }
 }

@@ -1,8 +1,13 @@
-// A persistent pool of worker threads (created once per Model, never per token).
+// A persistent pool of worker threads (created once per Session or load, never per token).
 // parallel_for splits [0, n) into contiguous chunks, one per thread. Work functions must write
 // disjoint outputs and compute each output the same way whatever the split, so results are
 // bit-identical for any thread count.
+//
+// Between jobs, workers spin briefly on an atomic before sleeping on a condition variable: the
+// decoder issues hundreds of small jobs per token, and waking sleeping threads for each one costs
+// more than the work itself.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -33,11 +38,13 @@ private:
     std::vector<std::thread> threads_;
     std::mutex mu_;
     std::condition_variable cv_start_, cv_done_;
+    // The job: written by parallel_for before generation_ is bumped (release), read by workers after
+    // they see the new generation (acquire).
     const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
     int64_t job_n_ = 0, job_grain_ = 1;
-    uint64_t generation_ = 0;
-    int pending_ = 0;
-    bool stop_ = false;
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<int> pending_{0};
+    std::atomic<bool> stop_{false};
 };
 
 }  // namespace tg
