@@ -587,6 +587,15 @@ def test_s2_absurd_hparams(loader, tmp_path, key, vtype, value, fragments):
     fails(loader, tmp_path, phi_with(lambda b: b.kv(key, vtype, value)), *fragments, op="model", exc="ModelError")
 
 
+def test_s2_architecture_not_text(loader, tmp_path):
+    """File bytes in a message are escaped (a fuzzing find: a non-UTF-8 architecture name made the error
+    message itself undecodable, so Model() raised UnicodeDecodeError instead of ModelError)."""
+    fails(loader, tmp_path, phi_with(lambda b: b.kv("general.architecture", STRING, b"\x95\x9ast\x00\n")),
+          "general.architecture '??st??'", op="model", exc="ModelError")
+    fails(loader, tmp_path, phi_with(lambda b: b.kv("general.architecture", STRING, "x" * 5000)),
+          "general.architecture '" + "x" * 64 + "'", op="model", exc="ModelError")
+
+
 def test_s2_missing_hparams(loader, tmp_path):
     for key in ("phi2.block_count", "phi2.embedding_length", "general.architecture"):
         fails(loader, tmp_path, phi_with(lambda b: b.drop_kv(key)), f"required metadata key '{key}' is missing",

@@ -9,4 +9,4 @@ BUILD=${BUILD_DIR:-build/dev}
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-Release} \
   -Dpybind11_DIR="$($PY -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v $PY)" "$@" >/dev/null
 cmake --build "$BUILD" -j "${JOBS:-2}"
-[ -e tinygptv_native/convert ] || ln -s ../convert tinygptv_native/convert
+[ -L tinygptv_native/convert ] || ln -s ../convert tinygptv_native/convert

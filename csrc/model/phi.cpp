@@ -31,8 +31,12 @@ static float positive_eps(const GGUFFile& f, const std::string& key, float def) 
 PhiHparams PhiHparams::read(const GGUFFile& f) {
     PhiHparams hp;
     hp.arch = f.get_str("general.architecture");
-    if (hp.arch != "phi2" && hp.arch != "tinygptv")
-        throw ModelError(fmt("unsupported general.architecture '%s' (expected 'phi2' or 'tinygptv')", hp.arch.c_str()));
+    if (hp.arch != "phi2" && hp.arch != "tinygptv") {
+        std::string shown;  // file bytes: printable ASCII only, so the message is valid text
+        for (size_t i = 0; i < hp.arch.size() && i < 64; i++)
+            shown += (hp.arch[i] >= 32 && hp.arch[i] < 127) ? hp.arch[i] : '?';
+        throw ModelError(fmt("unsupported general.architecture '%s' (expected 'phi2' or 'tinygptv')", shown.c_str()));
+    }
     const std::string p = hp.arch + ".";
     hp.n_ctx_train = bounded(f, p + "context_length", 1, 1 << 20);
     hp.n_embd = bounded(f, p + "embedding_length", 1, 1 << 16);
