@@ -42,7 +42,9 @@ mkdir -p "$STAGE/tinygptv_native"
 for f in CMakeLists.txt csrc convert; do
   [ -e "$f" ] && ln -sfn "$ROOT/$f" "$STAGE/$f"
 done
-for f in tinygptv_native/*.py; do ln -sfn "$ROOT/$f" "$STAGE/$f"; done
+for f in tinygptv_native/*; do  # every package file (stubs, assets, the demo model) but the module itself
+  case "$f" in */_core*.so|*/convert|*/__pycache__) ;; *) ln -sfn "$ROOT/$f" "$STAGE/$f" ;; esac
+done
 [ -e convert ] && ln -sfn "$ROOT/convert" "$STAGE/tinygptv_native/convert"
 
 cmake -S "$STAGE" -B "$BUILD/cmake" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER="$CXX_BIN" \

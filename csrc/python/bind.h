@@ -3,7 +3,24 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+#include "sampler.h"
+
 namespace tg {
+
+// Sampling settings as the Python keyword arguments name them (Sampler and Generator share them).
+inline SamplerParams sampler_params(float temperature, int top_k, float top_p, float min_p, float repetition_penalty,
+                                    int penalty_last_n, uint64_t seed) {
+    SamplerParams p;
+    p.temperature = temperature;
+    p.top_k = top_k;
+    p.top_p = top_p;
+    p.min_p = min_p;
+    p.repetition_penalty = repetition_penalty;
+    p.penalty_last_n = penalty_last_n;
+    p.seed = seed;
+    return p;
+}
+
 void bind_errors(pybind11::module_& m);
 void bind_kernels(pybind11::module_& m);    // quantizers, matmul test hooks, ISA info
 void bind_tokenizer(pybind11::module_& m);  // Tokenizer, StreamDecoder, Sampler

@@ -23,14 +23,8 @@ void bind_generate(py::module_& m) {
                          py::array_t<float, py::array::c_style | py::array::forcecast> logits, float temperature,
                          int top_k, float top_p, float min_p, float repetition_penalty, int penalty_last_n,
                          uint64_t seed) {
-                 SamplerParams p;
-                 p.temperature = temperature;
-                 p.top_k = top_k;
-                 p.top_p = top_p;
-                 p.min_p = min_p;
-                 p.repetition_penalty = repetition_penalty;
-                 p.penalty_last_n = penalty_last_n;
-                 p.seed = seed;
+                 SamplerParams p =
+                     sampler_params(temperature, top_k, top_p, min_p, repetition_penalty, penalty_last_n, seed);
                  std::vector<float> l(logits.data(), logits.data() + logits.size());
                  return new Generator(s, tok, p, std::move(history), std::move(l));
              }),

@@ -29,15 +29,8 @@ std::string utf8_of(const py::str& s) {
 // A sampler and the tokenizer it reads from (kept alive by py::keep_alive).
 std::unique_ptr<Sampler> make_sampler(const Tokenizer& tok, float temperature, int top_k, float top_p, float min_p,
                                       float repetition_penalty, int penalty_last_n, uint64_t seed) {
-    SamplerParams p;
-    p.temperature = temperature;
-    p.top_k = top_k;
-    p.top_p = top_p;
-    p.min_p = min_p;
-    p.repetition_penalty = repetition_penalty;
-    p.penalty_last_n = penalty_last_n;
-    p.seed = seed;
-    return std::make_unique<Sampler>(p, tok);
+    return std::make_unique<Sampler>(
+        sampler_params(temperature, top_k, top_p, min_p, repetition_penalty, penalty_last_n, seed), tok);
 }
 
 }  // namespace
