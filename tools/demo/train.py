@@ -1,0 +1,98 @@
+"""Trains the demo TinyGPT-V from scratch on painter-A pictures (seeded, 2 CPU threads).
+
+    python tools/demo/train.py --out /work/demo_ckpt
+
+Writes OUT/phi2/tokenizer.model (SentencePiece) and OUT/trained.pt ({"config", "model"}: the full
+state dict, keys as in the TinyGPT-V model object without LoRA). Loss on answer tokens only; prompts
+in the stage-4 chat template without BOS, exactly as at inference.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from data import Encoder, prefix_ids, train_batch  # noqa: E402
+from model import DemoConfig, TinyGPTVDemo, count_params  # noqa: E402
+from tokenizer import train_tokenizer  # noqa: E402
+
+
+def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--images", type=int, default=16, help="pictures per step")
+    ap.add_argument("--questions", type=int, default=4, help="questions per picture")
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--width", type=int, default=128, help="ViT, Q-Former and decoder width (head dim 64)")
+    ap.add_argument("--layers", type=int, default=4, help="decoder layers (the ViT uses as many blocks)")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+    t_start = time.time()
+
+    sp = train_tokenizer(os.path.join(args.out, "phi2", "tokenizer.model"))
+    w = args.width
+    cfg = DemoConfig(vit_width=w, vit_heads=w // 64, vit_mlp=4 * w, vit_depth=args.layers,
+                     qf_width=w, qf_heads=w // 64, qf_ffn=4 * w, proj_inner=2 * w,
+                     n_embd=w, n_head=w // 64, n_ffn=4 * w, n_layer=args.layers,
+                     vocab_size=sp.get_piece_size())
+    model = TinyGPTVDemo(cfg)
+    print(f"params {count_params(model):,}  vocab {cfg.vocab_size}", flush=True)
+
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+    enc = Encoder(sp)
+    before = prefix_ids(enc)
+    rng = np.random.default_rng(args.seed)
+    t0 = time.time()
+    ema = None
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        pixels, img_index, after, targets = train_batch(rng, enc, args.images, args.questions, cfg.image_size,
+                                                        cfg.n_query)
+        img_emb = model.encode_image(pixels)[img_index]
+        logits = model(img_emb, before, after)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 50 == 0 or step == args.steps - 1:
+            dt = time.time() - t0
+            print(f"step {step:5d}  loss {loss.item():.4f}  ema {ema:.4f}  lr {opt.param_groups[0]['lr']:.2e}  "
+                  f"{dt / (step + 1):.3f} s/step  {dt / 60:.1f} min", flush=True)
+
+    out = os.path.join(args.out, "trained.pt")
+    tmp = out + ".tmp"
+    torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "args": vars(args)}, tmp)
+    os.replace(tmp, out)
+    print(f"saved {out}; wall time {(time.time() - t_start) / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
