@@ -14,9 +14,13 @@ import os
 import sys
 import time
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+# Idle OpenMP workers sleep instead of spinning: on a shared 2-core machine spinning threads
+# make every step several times slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,16 +36,25 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def save(path, cfg, model, sp, args):
+    tmp = path + ".tmp"
+    torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "args": vars(args),
+                "tokenizer_model": sp.serialized_model_proto()}, tmp)
+    os.replace(tmp, path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--images", type=int, default=16, help="pictures per step")
     ap.add_argument("--questions", type=int, default=4, help="questions per picture")
-    ap.add_argument("--lr", type=float, default=1.5e-3)
-    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--save-every", type=int, default=0, help="also save OUT/trained_stepN.pt every N steps")
     ap.add_argument("--width", type=int, default=128, help="ViT, Q-Former and decoder width (head dim 64)")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers (the ViT uses as many blocks)")
     args = ap.parse_args()
@@ -82,15 +95,16 @@ def main():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if step % 50 == 0 or step == args.steps - 1:
+        if step % args.log_every == 0 or step == args.steps - 1:
             dt = time.time() - t0
             print(f"step {step:5d}  loss {loss.item():.4f}  ema {ema:.4f}  lr {opt.param_groups[0]['lr']:.2e}  "
                   f"{dt / (step + 1):.3f} s/step  {dt / 60:.1f} min", flush=True)
 
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+            save(os.path.join(args.out, f"trained_step{step + 1}.pt"), cfg, model, sp, args)
+
     out = os.path.join(args.out, "trained.pt")
-    tmp = out + ".tmp"
-    torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "args": vars(args)}, tmp)
-    os.replace(tmp, out)
+    save(out, cfg, model, sp, args)
     print(f"saved {out}; wall time {(time.time() - t_start) / 60:.1f} min", flush=True)
 
 
