@@ -29,21 +29,21 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class DemoConfig:
     image_size: int = 64
     patch_size: int = 8
-    vit_width: int = 256
+    vit_width: int = 128
     vit_depth: int = 4          # blocks used; the exported file holds one more, unused
-    vit_heads: int = 4
-    vit_mlp: int = 1024
-    qf_width: int = 256
+    vit_heads: int = 2          # head dim 64 everywhere
+    vit_mlp: int = 512
+    qf_width: int = 128
     qf_layers: int = 2
-    qf_heads: int = 4
-    qf_ffn: int = 1024
+    qf_heads: int = 2
+    qf_ffn: int = 512
     n_query: int = 8
     cross_freq: int = 2
-    proj_inner: int = 512       # llama_proj output width (4096 in the real model)
-    n_embd: int = 256
+    proj_inner: int = 256       # llama_proj output width (4096 in the real model)
+    n_embd: int = 128
     n_layer: int = 4
-    n_head: int = 4
-    n_ffn: int = 1024
+    n_head: int = 2
+    n_ffn: int = 512
     rotary_factor: float = 0.5
     rope_theta: float = 10000.0
     vocab_size: int = 512
@@ -338,11 +338,17 @@ class TinyGPTVDemo(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
+        """Decoder: N(0, 0.02). Vision side (ViT, Q-Former, llama_proj): unit-gain N(0, 1/fan_in), so
+        that picture content reaches the decoder strongly from the first step; llama_proj2 N(0, 0.02)."""
         g = torch.Generator().manual_seed(0)
         for name, p in self.named_parameters():
             if name.endswith("bias") or "LayerNorm" in name or "norm" in name or "ln_" in name:
                 continue
-            p.data.copy_(torch.randn(p.shape, generator=g) * 0.02)
+            std = 0.02
+            if p.ndim >= 2 and name.startswith(("visual_encoder.blocks", "visual_encoder.patch_embed",
+                                                 "Qformer.", "llama_proj.")):
+                std = (p[0].numel()) ** -0.5
+            p.data.copy_(torch.randn(p.shape, generator=g) * std)
 
     def encode_image(self, pixels):
         """pixels [B,3,S,S] (CLIP-normalised) -> [B, n_query, n_embd] embeddings for the decoder."""
