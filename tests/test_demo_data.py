@@ -201,8 +201,8 @@ def test_export_round_trip(tmp_path, sp):
     assert r["max_abs_diff"] < 1e-6
 
     vit = torch.load(tmp_path / "ck" / "eva_vit_g.pth")
-    assert vit["pos_embed"].shape == (1, 1 + (64 // 8) ** 2, 64) and vit["cls_token"].shape == (1, 1, 64)
-    assert vit["patch_embed.proj.weight"].shape == (64, 3, 8, 8)
+    assert vit["pos_embed"].shape == (1, 1 + (64 // 16) ** 2, 64) and vit["cls_token"].shape == (1, 1, 64)
+    assert vit["patch_embed.proj.weight"].shape == (64, 3, 16, 16)
     assert {int(k.split(".")[1]) for k in vit if k.startswith("blocks.")} == {0, 1, 2}   # one extra block
     assert vit["blocks.0.attn.qkv.weight"].shape == (192, 64) and "blocks.0.attn.qkv.bias" not in vit
 

@@ -17,10 +17,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from shapes import Scene, Shape, paint_b  # noqa: E402
 
+# one shape per board cell (4 x 4 cells of 0.25), as the generator places them
 EXAMPLE = Scene((
-    Shape("circle", "red", 0.20, 0.30, 0.14),
-    Shape("triangle", "green", 0.50, 0.70, 0.15),
-    Shape("square", "blue", 0.80, 0.32, 0.13),
+    Shape("circle", "red", 0.125, 0.375, 0.100),
+    Shape("triangle", "green", 0.380, 0.630, 0.105),
+    Shape("square", "blue", 0.870, 0.130, 0.095),
 ))
 SIZE = 256
 

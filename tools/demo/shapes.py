@@ -27,11 +27,16 @@ COLORS = ("red", "green", "blue", "yellow")
 PALETTE_A = {"red": (220, 30, 30), "green": (30, 160, 40), "blue": (30, 60, 220), "yellow": (240, 205, 20)}
 PALETTE_B = {"red": (205, 25, 50), "green": (45, 150, 70), "blue": (45, 85, 205), "yellow": (250, 220, 60)}
 
-SIZE_RANGE_A = (0.10, 0.18)   # half extent, fraction of the picture side
-SIZE_RANGE_B = (0.11, 0.17)
-MIN_GAP = 0.03                # gap between bounding boxes
-MIN_DX = 0.06                 # centres this far apart in x, so "left to right" is unambiguous
-MARGIN = 0.02                 # distance of every bounding box from the border
+# Layout: the picture is a GRID x GRID board of cells; each shape lies inside its own cell (at a
+# random offset within it), no two shapes share a column (so "left to right" is unambiguous) and
+# every shape keeps CELL_MARGIN from its cell's border (so bounding boxes never touch).
+GRID = 4
+CELL = 1.0 / GRID
+CELL_MARGIN = 1.0 / 64
+SIZE_RANGE_A = (0.075, 0.109)  # half extent, fraction of the picture side
+SIZE_RANGE_B = (0.080, 0.105)
+MIN_GAP = 2 * CELL_MARGIN      # gap between bounding boxes
+MIN_DX = 2 * CELL_MARGIN       # centres at least this far apart in x
 
 
 @dataclass(frozen=True)
@@ -51,36 +56,26 @@ class Scene:
     shapes: tuple[Shape, ...]
 
 
-def _separated(a: Shape, b: Shape) -> bool:
-    ax0, ay0, ax1, ay1 = a.bbox()
-    bx0, by0, bx1, by1 = b.bbox()
-    apart = (ax1 + MIN_GAP <= bx0 or bx1 + MIN_GAP <= ax0 or
-             ay1 + MIN_GAP <= by0 or by1 + MIN_GAP <= ay0)
-    return apart and abs(a.cx - b.cx) >= MIN_DX
-
-
 def sample_scene(rng: np.random.Generator, size_range=SIZE_RANGE_A, n_shapes: int | None = None) -> Scene:
-    """Draws a random scene of one to three non-overlapping shapes."""
+    """Draws a random scene of one to three shapes in distinct columns of the board."""
     if n_shapes is None:
         n_shapes = int(rng.integers(1, 4))
     if not 1 <= n_shapes <= 3:
         raise ValueError(f"n_shapes must be 1..3, got {n_shapes}")
     lo, hi = size_range
-    while True:
-        shapes: list[Shape] = []
-        for _ in range(n_shapes):
-            for _attempt in range(50):
-                r = float(rng.uniform(lo, hi))
-                cx = float(rng.uniform(MARGIN + r, 1 - MARGIN - r))
-                cy = float(rng.uniform(MARGIN + r, 1 - MARGIN - r))
-                s = Shape(KINDS[int(rng.integers(3))], COLORS[int(rng.integers(4))], cx, cy, r)
-                if all(_separated(s, o) for o in shapes):
-                    shapes.append(s)
-                    break
-            else:
-                break
-        if len(shapes) == n_shapes:
-            return Scene(tuple(shapes))
+    if not (0 < lo <= hi and 2 * (hi + CELL_MARGIN) <= CELL):
+        raise ValueError(f"size range {size_range} does not fit a cell of {CELL}")
+    cols = rng.permutation(GRID)[:n_shapes]
+    shapes = []
+    for col in sorted(int(c) for c in cols):
+        row = int(rng.integers(GRID))
+        r = float(rng.uniform(lo, hi))
+        free = CELL - 2 * (r + CELL_MARGIN)
+        cx = col * CELL + CELL_MARGIN + r + float(rng.uniform(0, free))
+        cy = row * CELL + CELL_MARGIN + r + float(rng.uniform(0, free))
+        shapes.append(Shape(KINDS[int(rng.integers(3))], COLORS[int(rng.integers(4))], cx, cy, r))
+    order = rng.permutation(n_shapes)
+    return Scene(tuple(shapes[int(i)] for i in order))
 
 
 def _jitter(rgb, rng: np.random.Generator, amount: int) -> tuple[int, int, int]:

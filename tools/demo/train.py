@@ -46,9 +46,9 @@ def save(path, cfg, model, sp, args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--images", type=int, default=16, help="pictures per step")
-    ap.add_argument("--questions", type=int, default=4, help="questions per picture")
+    ap.add_argument("--steps", type=int, default=1800)
+    ap.add_argument("--images", type=int, default=24, help="pictures per step")
+    ap.add_argument("--questions", type=int, default=2, help="questions per picture")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--proj-lr-scale", type=float, default=0.1, help="learning-rate factor of llama_proj/llama_proj2")
