@@ -51,6 +51,9 @@ def main():
     ap.add_argument("--questions", type=int, default=2, help="questions per picture")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--init-from", help="start from the weights of an earlier trained.pt (second phase)")
+    ap.add_argument("--vision-delay", type=int, default=250, help="steps before the vision side trains")
+    ap.add_argument("--vision-ramp", type=int, default=250, help="steps of its learning-rate ramp")
     ap.add_argument("--proj-lr-scale", type=float, default=0.1, help="learning-rate factor of llama_proj/llama_proj2")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -72,20 +75,31 @@ def main():
                      n_embd=w, n_head=w // 64, n_ffn=4 * w, n_layer=args.layers,
                      vocab_size=sp.get_piece_size())
     model = TinyGPTVDemo(cfg)
+    if args.init_from:
+        prev = torch.load(args.init_from, map_location="cpu", weights_only=False)
+        if prev["config"] != cfg.to_dict() or prev["tokenizer_model"] != sp.serialized_model_proto():
+            raise ValueError(f"{args.init_from}: another configuration or tokenizer than this run's")
+        model.load_state_dict(prev["model"])
+        print(f"continuing from {args.init_from}", flush=True)
     print(f"params {count_params(model):,}  vocab {cfg.vocab_size}", flush=True)
 
     # The projector gets a smaller learning rate: with the full rate Adam quickly grows a picture-
     # independent component in its output until the picture's content is drowned out.
+    # The vision side (ViT, Q-Former, projector) stays frozen at its random initialisation for the
+    # first --vision-delay steps, while the decoder learns the text and learns to read the (random but
+    # informative) picture features; then its learning rate ramps up over --vision-ramp steps.
+    # Started together, the decoder's early gradients wash the picture content out of the features.
     groups = {}
     for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
         proj = n.startswith(("llama_proj.", "llama_proj2."))
-        key = (proj, p.ndim >= 2)
+        vision = not n.startswith("llama_model.")
+        key = (vision, proj, p.ndim >= 2)
         groups.setdefault(key, []).append(p)
-    opt = torch.optim.AdamW([{"params": ps, "weight_decay": 0.01 if decay else 0.0,
+    opt = torch.optim.AdamW([{"params": ps, "weight_decay": 0.01 if decay else 0.0, "vision": vision,
                               "lr_scale": args.proj_lr_scale if proj else 1.0}
-                             for (proj, decay), ps in sorted(groups.items())],
+                             for (vision, proj, decay), ps in sorted(groups.items())],
                             lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
     enc = Encoder(sp)
     before = prefix_ids(enc)
@@ -93,11 +107,14 @@ def main():
     t0 = time.time()
     ema = None
     for step in range(args.steps):
+        frozen = step < args.vision_delay
+        vis = 0.0 if frozen else min(1.0, (step - args.vision_delay + 1) / args.vision_ramp)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup) * g["lr_scale"]
+            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup) * g["lr_scale"] * (vis if g["vision"] else 1.0)
         pixels, img_index, after, targets = train_batch(rng, enc, args.images, args.questions, cfg.image_size,
                                                         cfg.n_query)
-        img_emb = model.encode_image(pixels)[img_index]
+        with torch.set_grad_enabled(not frozen):
+            img_emb = model.encode_image(pixels)[img_index]
         logits = model(img_emb, before, after)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
