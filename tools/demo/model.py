@@ -37,7 +37,7 @@ class DemoConfig:
     qf_layers: int = 2
     qf_heads: int = 2
     qf_ffn: int = 512
-    n_query: int = 8
+    n_query: int = 16
     cross_freq: int = 2
     proj_inner: int = 256       # llama_proj output width (4096 in the real model)
     n_embd: int = 128

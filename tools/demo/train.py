@@ -51,6 +51,8 @@ def main():
     ap.add_argument("--questions", type=int, default=2, help="questions per picture")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--stop-after", type=int, default=0,
+                    help="stop after this many steps (the schedule is still that of --steps)")
     ap.add_argument("--init-from", help="start from the weights of an earlier trained.pt (second phase)")
     ap.add_argument("--vision-delay", type=int, default=250, help="steps before the vision side trains")
     ap.add_argument("--vision-ramp", type=int, default=250, help="steps of its learning-rate ramp")
@@ -61,6 +63,7 @@ def main():
     ap.add_argument("--save-every", type=int, default=0, help="also save OUT/trained_stepN.pt every N steps")
     ap.add_argument("--width", type=int, default=128, help="ViT, Q-Former and decoder width (head dim 64)")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers (the ViT uses as many blocks)")
+    ap.add_argument("--queries", type=int, default=16, help="Q-Former queries (one per picture cell)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -73,7 +76,7 @@ def main():
     cfg = DemoConfig(vit_width=w, vit_heads=w // 64, vit_mlp=4 * w, vit_depth=args.layers,
                      qf_width=w, qf_heads=w // 64, qf_ffn=4 * w, proj_inner=2 * w,
                      n_embd=w, n_head=w // 64, n_ffn=4 * w, n_layer=args.layers,
-                     vocab_size=sp.get_piece_size())
+                     n_query=args.queries, vocab_size=sp.get_piece_size())
     model = TinyGPTVDemo(cfg)
     if args.init_from:
         prev = torch.load(args.init_from, map_location="cpu", weights_only=False)
@@ -106,7 +109,7 @@ def main():
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
     ema = None
-    for step in range(args.steps):
+    for step in range(args.stop_after or args.steps):
         frozen = step < args.vision_delay
         vis = 0.0 if frozen else min(1.0, (step - args.vision_delay + 1) / args.vision_ramp)
         for g in opt.param_groups:
@@ -136,7 +139,7 @@ def main():
             print(f"step {step:5d}  loss {loss.item():.4f}  ema {ema:.4f}  picture gain {wrong_loss:+.4f}  "
                   f"lr {lr_at(step, args.steps, args.lr, args.warmup):.2e}  {dt / (step + 1):.3f} s/step  {dt / 60:.1f} min", flush=True)
 
-        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < (args.stop_after or args.steps):
             save(os.path.join(args.out, f"trained_step{step + 1}.pt"), cfg, model, sp, args)
 
     out = os.path.join(args.out, "trained.pt")
