@@ -1,0 +1,151 @@
+"""Trains the demo TinyGPT-V from scratch on painter-A pictures (seeded, 2 CPU threads).
+
+    python tools/demo/train.py --out /work/demo_ckpt
+
+Writes OUT/phi2/tokenizer.model (SentencePiece) and OUT/trained.pt ({"config", "model"}: the full
+state dict, keys as in the TinyGPT-V model object without LoRA). Loss on answer tokens only; prompts
+in the stage-4 chat template without BOS, exactly as at inference.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+# Idle OpenMP workers sleep instead of spinning: on a shared 2-core machine spinning threads
+# make every step several times slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from data import Encoder, prefix_ids, train_batch  # noqa: E402
+from model import DemoConfig, TinyGPTVDemo, count_params  # noqa: E402
+from tokenizer import train_tokenizer  # noqa: E402
+
+
+def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def save(path, cfg, model, sp, args):
+    tmp = path + ".tmp"
+    torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "args": vars(args),
+                "tokenizer_model": sp.serialized_model_proto()}, tmp)
+    os.replace(tmp, path)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=1800)
+    ap.add_argument("--images", type=int, default=24, help="pictures per step")
+    ap.add_argument("--questions", type=int, default=2, help="questions per picture")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--stop-after", type=int, default=0,
+                    help="stop after this many steps (the schedule is still that of --steps)")
+    ap.add_argument("--init-from", help="start from the weights of an earlier trained.pt (second phase)")
+    ap.add_argument("--vision-delay", type=int, default=250, help="steps before the vision side trains")
+    ap.add_argument("--vision-ramp", type=int, default=250, help="steps of its learning-rate ramp")
+    ap.add_argument("--proj-lr-scale", type=float, default=0.1, help="learning-rate factor of llama_proj/llama_proj2")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--save-every", type=int, default=0, help="also save OUT/trained_stepN.pt every N steps")
+    ap.add_argument("--width", type=int, default=128, help="ViT, Q-Former and decoder width (head dim 64)")
+    ap.add_argument("--layers", type=int, default=4, help="decoder layers (the ViT uses as many blocks)")
+    ap.add_argument("--queries", type=int, default=16, help="Q-Former queries (one per picture cell)")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+    t_start = time.time()
+
+    sp = train_tokenizer(os.path.join(args.out, "phi2", "tokenizer.model"))
+    w = args.width
+    cfg = DemoConfig(vit_width=w, vit_heads=w // 64, vit_mlp=4 * w, vit_depth=args.layers,
+                     qf_width=w, qf_heads=w // 64, qf_ffn=4 * w, proj_inner=2 * w,
+                     n_embd=w, n_head=w // 64, n_ffn=4 * w, n_layer=args.layers,
+                     n_query=args.queries, vocab_size=sp.get_piece_size())
+    model = TinyGPTVDemo(cfg)
+    if args.init_from:
+        prev = torch.load(args.init_from, map_location="cpu", weights_only=False)
+        if prev["config"] != cfg.to_dict() or prev["tokenizer_model"] != sp.serialized_model_proto():
+            raise ValueError(f"{args.init_from}: another configuration or tokenizer than this run's")
+        model.load_state_dict(prev["model"])
+        print(f"continuing from {args.init_from}", flush=True)
+    print(f"params {count_params(model):,}  vocab {cfg.vocab_size}", flush=True)
+
+    # The projector gets a smaller learning rate: with the full rate Adam quickly grows a picture-
+    # independent component in its output until the picture's content is drowned out.
+    # The vision side (ViT, Q-Former, projector) stays frozen at its random initialisation for the
+    # first --vision-delay steps, while the decoder learns the text and learns to read the (random but
+    # informative) picture features; then its learning rate ramps up over --vision-ramp steps.
+    # Started together, the decoder's early gradients wash the picture content out of the features.
+    groups = {}
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        proj = n.startswith(("llama_proj.", "llama_proj2."))
+        vision = not n.startswith("llama_model.")
+        key = (vision, proj, p.ndim >= 2)
+        groups.setdefault(key, []).append(p)
+    opt = torch.optim.AdamW([{"params": ps, "weight_decay": 0.01 if decay else 0.0, "vision": vision,
+                              "lr_scale": args.proj_lr_scale if proj else 1.0}
+                             for (vision, proj, decay), ps in sorted(groups.items())],
+                            lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+    enc = Encoder(sp)
+    before = prefix_ids(enc)
+    rng = np.random.default_rng(args.seed)
+    t0 = time.time()
+    ema = None
+    for step in range(args.stop_after or args.steps):
+        frozen = step < args.vision_delay
+        vis = 0.0 if frozen else min(1.0, (step - args.vision_delay + 1) / args.vision_ramp)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup) * g["lr_scale"] * (vis if g["vision"] else 1.0)
+        pixels, img_index, after, targets = train_batch(rng, enc, args.images, args.questions, cfg.image_size,
+                                                        cfg.n_query)
+        with torch.set_grad_enabled(not frozen):
+            img_emb = model.encode_image(pixels)[img_index]
+        logits = model(img_emb, before, after)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % args.log_every == 0 or step == args.steps - 1:
+            # picture gain: loss with every question paired with another picture minus the loss with
+            # its own picture (both after this step's update): how much the answers use the picture
+            with torch.no_grad():
+                wrong = model(img_emb.detach().roll(args.questions, dims=0), before, after)
+                wrong_loss = F.cross_entropy(wrong.reshape(-1, wrong.shape[-1]), targets.reshape(-1),
+                                             ignore_index=-100).item()
+                right = model(img_emb.detach(), before, after)      # same (already updated) weights
+                wrong_loss -= F.cross_entropy(right.reshape(-1, right.shape[-1]), targets.reshape(-1),
+                                              ignore_index=-100).item()
+            dt = time.time() - t0
+            print(f"step {step:5d}  loss {loss.item():.4f}  ema {ema:.4f}  picture gain {wrong_loss:+.4f}  "
+                  f"lr {lr_at(step, args.steps, args.lr, args.warmup):.2e}  {dt / (step + 1):.3f} s/step  {dt / 60:.1f} min", flush=True)
+
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < (args.stop_after or args.steps):
+            save(os.path.join(args.out, f"trained_step{step + 1}.pt"), cfg, model, sp, args)
+
+    out = os.path.join(args.out, "trained.pt")
+    save(out, cfg, model, sp, args)
+    print(f"saved {out}; wall time {(time.time() - t_start) / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
