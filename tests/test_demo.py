@@ -1,0 +1,55 @@
+"""The embedded demo model answers through the whole native pipeline (a fast subset of
+benchmarks/bench_demo.py). A wrong kernel, quantizer, tokenizer or image splice breaks these answers.
+
+The thresholds are set below what the shipped model measures (benchmarks/bench_demo.py, 500 questions:
+painter A 64% exact, counting 100%, yes/no 85%), so they catch regressions, not noise.
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from tinygptv_native import Model
+from tinygptv_native.demo import demo_image_path, demo_model_path
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools", "demo"))
+from questions import sample_question  # noqa: E402
+from shapes import draw_sample  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return Model(n_threads=2)
+
+
+def test_demo_model_is_shipped_small_and_q8_0(demo):
+    assert os.path.getsize(demo_model_path()) <= 20 * 1024 * 1024
+    assert demo.metadata["general.file_type"] == 7  # MOSTLY_Q8_0
+    assert demo.metadata["tokenizer.ggml.model"] == "llama"
+    assert demo.has_vision and demo.n_image_tokens == 16
+
+
+def test_example_picture(demo):
+    img = str(demo_image_path())
+    assert demo.chat(img, "How many shapes are there?", temperature=0) == "three"
+    assert demo.chat(img, "Is there a green triangle?", temperature=0) == "yes"
+
+
+@pytest.mark.parametrize("painter", ["A", "B"])
+def test_fresh_pictures(demo, painter):
+    rng = np.random.default_rng(2024 + ord(painter))
+    right = {"count": [0, 0], "exists": [0, 0], "all": [0, 0]}
+    for _ in range(60):
+        scene, img = draw_sample(rng, painter, 256)
+        qtype, q, a = sample_question(scene, rng)
+        if qtype == "refer":
+            continue
+        ok = demo.chat(img, q, temperature=0, max_new_tokens=24).strip() == a
+        for k in (qtype, "all"):
+            if k in right:
+                right[k][0] += ok
+                right[k][1] += 1
+    assert right["count"][1] >= 5 and right["count"][0] >= 0.9 * right["count"][1], right
+    assert right["exists"][0] >= 0.6 * right["exists"][1], right
+    assert right["all"][0] >= 0.45 * right["all"][1], right
