@@ -10,7 +10,7 @@ tinygptv_native.quantize.quantize_file, in Q8_0, Q4_0 and Q4_K_M. quantize_file 
 tower, Q-Former and projector too (Q4_K_M stores them as Q8_0); the "+vf16" variants keep those in
 F16 (written here from the two files), so both are measured (--vision quant|f16|both).
 
-Each run is its own process (peak RSS = ru_maxrss). Per run: load; the stage-3 prompt with a short
+Each run is its own process (peak RSS = its VmHWM). Per run: load; the stage-3 prompt with a short
 question, the image spliced at <ImageHere>: encode the image, prefill the spliced prompt, take the
 first token (time to first token = the three together), then 64 greedy tokens; then encode again
 (warm). Figures are medians over --runs. The PyTorch reference (transformers' Blip2VisionModel,
@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -128,12 +127,35 @@ def worker_ours(path: str, size: int, threads: int) -> dict:
     t5 = time.perf_counter()
     s.encode_image(px)
     t6 = time.perf_counter()
-    return {"load_s": load, "encode_ms": (t1 - t0) * 1e3, "encode_warm_ms": (t6 - t5) * 1e3,
+    mem = _rss_parts()
+    return {**mem, "load_s": load, "encode_ms": (t1 - t0) * 1e3, "encode_warm_ms": (t6 - t5) * 1e3,
             "prefill_tps": n_prompt / (t3 - t2), "ttft_s": t3 - t0, "gen_tps": N_GEN / (t4 - t3),
             "n_prompt": n_prompt, "ids_pre": ids_pre.tolist(), "ids_post": ids_post.tolist()}
 
 
-def worker_torch(path: str, size: int, threads: int, dtype_name: str, ids_pre, ids_post) -> dict:
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries the parent's peak into a
+    forked child's ru_maxrss across exec, so a child of a large parent would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _rss_parts() -> dict:
+    """Resident memory now, split into anonymous (heap: repacked weights, scratch, KV cache) and
+    file-backed (pages of the mapped GGUF), in MB."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            for key in ("RssAnon", "RssFile"):
+                if line.startswith(key + ":"):
+                    out[key.lower() + "_mb"] = int(line.split()[1]) / 1024
+    return out
+
+
+def worker_torch(path: str, size: int, threads: int, dtype_name: str, ids_pre, ids_post, n_gen: int = N_GEN) -> dict:
     import numpy as np
     import torch
     torch.set_num_threads(threads)
@@ -154,28 +176,32 @@ def worker_torch(path: str, size: int, threads: int, dtype_name: str, ids_pre, i
         tok_id = int(out.logits[0, -1].float().argmax())
         t3 = time.perf_counter()
         past = out.past_key_values
-        for _ in range(N_GEN):
+        for _ in range(n_gen):
             out = ref.phi(input_ids=torch.tensor([[tok_id]]), past_key_values=past, use_cache=True)
             past = out.past_key_values
             tok_id = int(out.logits[0, -1].float().argmax())
         t4 = time.perf_counter()
         _, warm = ref.image_embeddings(px)
     r = {"load_s": load, "encode_ms": (t1 - t0) * 1e3, "prefill_tps": n_prompt / (t3 - t2), "ttft_s": t3 - t0,
-         "gen_tps": N_GEN / (t4 - t3), "n_prompt": n_prompt}
+         "gen_tps": n_gen / (t4 - t3), "n_prompt": n_prompt}
     r.update(parts)
     r["encode_warm_ms"] = sum(warm.values())
     r.update({k + "_warm": v for k, v in warm.items()})
     return r
 
 
-def run_worker(call: str) -> dict:
-    code = (f"import sys, json, resource; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
-            f"import bench_tinygptv as b; r = b.{call}; "
-            "r['rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print('RESULT', json.dumps(r))")
+def run_worker(call: str, label: str) -> dict:
+    t0 = time.perf_counter()
+    code = (f"import sys, json; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
+            f"import bench_tinygptv as b; r = b.{call}; r['rss_mb'] = b.peak_rss_mb(); print('RESULT', json.dumps(r))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[7:])
+            r = json.loads(line[7:])
+            print(f"  {label}: TTFT {r['ttft_s']:.2f} s, encode {r['encode_warm_ms']:.0f} ms, "
+                  f"gen {r['gen_tps']:.2f} t/s, RSS {r['rss_mb'] / 1024:.2f} GB ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+            return r
     raise RuntimeError(f"worker failed: {call}\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
 
 
@@ -300,6 +326,10 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--torch-runs", type=int, default=None, help="runs of each reference (default: --runs)")
     ap.add_argument("--torch-dtypes", default="float32,bfloat16")
+    ap.add_argument("--ref-gen", type=int, default=N_GEN, help="tokens the reference generates (its rate is "
+                    "per token; fewer tokens shorten a slow reference run)")
+    ap.add_argument("--other-runs", type=int, default=None,
+                    help="runs of the variants other than q4_0 at 224 px (default: --runs)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--quick", action="store_true", help="q4_0 at 224 px, one run, reference in bfloat16")
@@ -309,6 +339,8 @@ def main() -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(a.threads))
     torch_runs = a.torch_runs or a.runs
+    a.other_runs = a.other_runs or a.runs
+    main_variants = {("q4_0", False)}
     sizes = [int(s) for s in a.sizes.split(",")]
     types = [t.strip().lower() for t in a.types.split(",")]
     variants = []
@@ -321,7 +353,8 @@ def main() -> int:
     print("command: python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]))
     print(machine())
     from tinygptv_native import _core
-    print(f"threads {a.threads}, kernels {_core.isa()}, runs {a.runs} (reference {torch_runs}), {N_GEN} generated tokens")
+    print(f"threads {a.threads}, kernels {_core.isa()}, runs {a.runs} for q4_0, {a.other_runs} for the other files, "
+          f"{torch_runs} for the reference; {N_GEN} generated tokens ({a.ref_gen} for the reference)")
     peaks = measured_peaks(a.threads)
     print("measured peaks: " + ", ".join(f"{k} {v:.0f} GFLOP/s" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in peaks.items()))
@@ -333,8 +366,10 @@ def main() -> int:
         ids = None
         for t, vf, path in files:
             rs = []
-            for _ in range(a.runs):
-                rs.append(run_worker(f"worker_ours({str(path)!r}, {size}, {a.threads})"))
+            runs = a.runs if (t, vf) in main_variants else a.other_runs
+            for i in range(runs):
+                rs.append(run_worker(f"worker_ours({str(path)!r}, {size}, {a.threads})",
+                                     f"ours {size} {t}{'+vf16' if vf else ''} run {i + 1}/{runs}"))
             ids = ids or (rs[0]["ids_pre"], rs[0]["ids_post"])
             types_in_file = tensor_types(path)
             ops = profile_ops(size, types_in_file, a.threads)
@@ -344,15 +379,16 @@ def main() -> int:
             f16 = f16_file(size)
             if ids is None:
                 ids = (lambda r: (r["ids_pre"], r["ids_post"]))(
-                    run_worker(f"worker_ours({str(f16)!r}, {size}, {a.threads})"))
+                    run_worker(f"worker_ours({str(f16)!r}, {size}, {a.threads})", f"ours {size} f16 (prompt)"))
             for dt in a.torch_dtypes.split(","):
-                need = 16.5 if dt == "float32" else 8.5
+                need = 16.0 if dt == "float32" else 8.5
                 if mem_available_gb() < need:
                     print(f"skipping the {dt} reference at {size} px: {mem_available_gb():.1f} GB available, "
                           f"about {need} GB needed", flush=True)
                     continue
-                rs = [run_worker(f"worker_torch({str(f16)!r}, {size}, {a.threads}, {dt!r}, {ids[0]!r}, {ids[1]!r})")
-                      for _ in range(torch_runs)]
+                rs = [run_worker(f"worker_torch({str(f16)!r}, {size}, {a.threads}, {dt!r}, {ids[0]!r}, {ids[1]!r}, "
+                                 f"{a.ref_gen})", f"torch {size} {dt} run {i + 1}/{torch_runs}")
+                      for i in range(torch_runs)]
                 ref[dt] = median_of(rs)
         report.append((size, ours, ref))
         print_size(size, ours, ref, peaks)
@@ -363,7 +399,7 @@ def print_size(size, ours, ref, peaks):
     T = R.n_tokens(size)
     print(f"\n=== {size} px ({T} vision tokens) ===")
     hdr = (f"{'engine / file':26s} {'GB':>5s} {'load s':>7s} {'encode ms':>9s} {'ViT':>7s} {'QF':>6s} {'proj':>5s} "
-           f"{'prefill t/s':>11s} {'TTFT s':>7s} {'gen t/s':>7s} {'RSS GB':>7s}")
+           f"{'prefill t/s':>11s} {'TTFT s':>7s} {'gen t/s':>7s} {'RSS GB':>7s} {'heap+file GB':>12s}")
     print(hdr)
     print("-" * len(hdr))
     f32 = ref.get("float32")
@@ -374,7 +410,7 @@ def print_size(size, ours, ref, peaks):
         label = f"ours {t}" + (" (vision F16)" if vf else f" (vision {vtype})" if t != "f16" else "")
         print(f"{label:26s} {path.stat().st_size / 1e9:5.2f} {m['load_s']:7.2f} {enc:9.0f} {enc - qf - pj:7.0f} "
               f"{qf:6.0f} {pj:5.0f} {m['prefill_tps']:11.1f} {m['ttft_s']:7.2f} {m['gen_tps']:7.2f} "
-              f"{m['rss_mb'] / 1024:7.2f}")
+              f"{m['rss_mb'] / 1024:7.2f} {m.get('rssanon_mb', 0) / 1024:5.2f}+{m.get('rssfile_mb', 0) / 1024:<5.2f}")
         if f32:
             print(f"{'  ratio vs torch float32':26s} {'':5s} {f32['load_s'] / m['load_s']:6.1f}x "
                   f"{f32['encode_warm_ms'] / enc:8.2f}x {f32['vit_ms_warm'] / (enc - qf - pj):6.2f}x "
