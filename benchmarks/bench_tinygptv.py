@@ -207,7 +207,7 @@ def run_worker(call: str, label: str) -> dict:
 
 # ------------------------------------------------------------------------------ per-operation profile
 
-def _timeit(fn, reps=3):
+def _timeit(fn, reps=5):
     fn()
     ts = []
     for _ in range(reps):
@@ -355,41 +355,51 @@ def main() -> int:
     from tinygptv_native import _core
     print(f"threads {a.threads}, kernels {_core.isa()}, runs {a.runs} for q4_0, {a.other_runs} for the other files, "
           f"{torch_runs} for the reference; {N_GEN} generated tokens ({a.ref_gen} for the reference)")
-    peaks = measured_peaks(a.threads)
-    print("measured peaks: " + ", ".join(f"{k} {v:.0f} GFLOP/s" if isinstance(v, float) else f"{k} {v}"
-                                         for k, v in peaks.items()))
-
     report = []
     for size in sizes:
         files = [(t, vf, model_file(size, t, vf)) for t, vf in variants]
-        ours = {}
+        f16 = f16_file(size)
+        res = {(t, vf): [] for t, vf, _ in files}
+        ref_res = {}
         ids = None
-        for t, vf, path in files:
-            rs = []
-            runs = a.runs if (t, vf) in main_variants else a.other_runs
-            for i in range(runs):
-                rs.append(run_worker(f"worker_ours({str(path)!r}, {size}, {a.threads})",
-                                     f"ours {size} {t}{'+vf16' if vf else ''} run {i + 1}/{runs}"))
-            ids = ids or (rs[0]["ids_pre"], rs[0]["ids_post"])
-            types_in_file = tensor_types(path)
-            ops = profile_ops(size, types_in_file, a.threads)
-            ours[(t, vf)] = (path, median_of(rs), ops, types_in_file["v.blk.0.ffn_up.weight"])
-        ref = {}
-        if not a.no_torch:
-            f16 = f16_file(size)
-            if ids is None:
-                ids = (lambda r: (r["ids_pre"], r["ids_post"]))(
-                    run_worker(f"worker_ours({str(f16)!r}, {size}, {a.threads})", f"ours {size} f16 (prompt)"))
-            for dt in a.torch_dtypes.split(","):
+        dtypes = [] if a.no_torch else a.torch_dtypes.split(",")
+        # Interleaved: run i of every file, then run i of each reference, so that drift in the
+        # machine's load hits every engine alike.
+        for i in range(max(a.runs, a.other_runs, 0 if a.no_torch else torch_runs)):
+            for t, vf, path in files:
+                runs = a.runs if (t, vf) in main_variants else a.other_runs
+                if i < runs:
+                    res[(t, vf)].append(run_worker(f"worker_ours({str(path)!r}, {size}, {a.threads})",
+                                                   f"ours {size} {t}{'+vf16' if vf else ''} run {i + 1}/{runs}"))
+                    ids = ids or (res[(t, vf)][0]["ids_pre"], res[(t, vf)][0]["ids_post"])
+            if i >= torch_runs:
+                continue
+            for dt in dtypes:
+                if ids is None:
+                    r = run_worker(f"worker_ours({str(f16)!r}, {size}, {a.threads})", f"ours {size} f16 (prompt)")
+                    ids = (r["ids_pre"], r["ids_post"])
                 need = 16.0 if dt == "float32" else 8.5
                 if mem_available_gb() < need:
                     print(f"skipping the {dt} reference at {size} px: {mem_available_gb():.1f} GB available, "
                           f"about {need} GB needed", flush=True)
                     continue
-                rs = [run_worker(f"worker_torch({str(f16)!r}, {size}, {a.threads}, {dt!r}, {ids[0]!r}, {ids[1]!r}, "
-                                 f"{a.ref_gen})", f"torch {size} {dt} run {i + 1}/{torch_runs}")
-                      for i in range(torch_runs)]
-                ref[dt] = median_of(rs)
+                ref_res.setdefault(dt, []).append(run_worker(
+                    f"worker_torch({str(f16)!r}, {size}, {a.threads}, {dt!r}, {ids[0]!r}, {ids[1]!r}, {a.ref_gen})",
+                    f"torch {size} {dt} run {i + 1}/{torch_runs}"))
+        ref = {dt: median_of(rs) for dt, rs in ref_res.items()}
+        # Peaks and the per-operation profiles back to back, so that they see the same load.
+        peaks = measured_peaks(a.threads)
+        print(f"load average now: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; measured peaks: "
+              + ", ".join(f"{k} {v:.0f} GFLOP/s" if isinstance(v, float) else f"{k} {v}" for k, v in peaks.items()),
+              flush=True)
+        ours = {}
+        profiles = {}
+        for t, vf, path in files:
+            types_in_file = tensor_types(path)
+            vtype = types_in_file["v.blk.0.ffn_up.weight"]
+            if vtype not in profiles:
+                profiles[vtype] = profile_ops(size, types_in_file, a.threads)
+            ours[(t, vf)] = (path, median_of(res[(t, vf)]), profiles[vtype], vtype)
         report.append((size, ours, ref))
         print_size(size, ours, ref, peaks)
     return 0
