@@ -405,6 +405,31 @@ def main() -> int:
     return 0
 
 
+RSS_GOAL_GB = {"q4_0": 3.0, "q8_0": 5.0, "f16": 8.5}
+
+
+def goals(size, ours, f32):
+    """The issue's goals for this machine, checked on what was measured."""
+    lines = []
+    for (t, vf), (path, m, ops, vtype) in ours.items():
+        name = f"{t}{' vision F16' if vf else ''}"
+        if t in RSS_GOAL_GB and not vf:
+            g = RSS_GOAL_GB[t]
+            lines.append(f"peak RSS {name} {m['rss_mb'] / 1024:.2f} GB < {g} GB: {'yes' if m['rss_mb'] / 1024 < g else 'NO'}")
+        if t == "q4_0" and not vf:
+            lines.append(f"load {name} {m['load_s']:.2f} s < 1 s (file in the page cache): "
+                         f"{'yes' if m['load_s'] < 1 else 'NO'}")
+            if f32 and size == 224:
+                r = f32["ttft_s"] / m["ttft_s"]
+                lines.append(f"time to first token {name} {r:.2f}x faster than torch float32 (>= 4x): "
+                             f"{'yes' if r >= 4 else 'NO'}")
+        if f32 and size == 224:
+            r = f32["encode_warm_ms"] / m["encode_warm_ms"]
+            lines.append(f"image encode {name} {r:.2f}x faster than torch float32 (>= 2x): {'yes' if r >= 2 else 'NO'}")
+    for line in lines:
+        print("goal: " + line)
+
+
 def print_size(size, ours, ref, peaks):
     T = R.n_tokens(size)
     print(f"\n=== {size} px ({T} vision tokens) ===")
@@ -431,6 +456,7 @@ def print_size(size, ours, ref, peaks):
         print(f"{'torch ' + dt:26s} {'':5s} {m['load_s']:7.2f} {m['encode_warm_ms']:9.0f} {m['vit_ms_warm']:7.0f} "
               f"{m['qformer_ms_warm']:6.0f} {m['projector_ms_warm']:5.0f} {m['prefill_tps']:11.1f} "
               f"{m['ttft_s']:7.2f} {m['gen_tps']:7.2f} {m['rss_mb'] / 1024:7.2f}")
+    goals(size, ours, f32)
     print("encode = warm second call (the first, cold call is inside TTFT); ViT = encode - QF - proj for ours, "
           "whose QF/proj are their matrix products timed alone; ratios: reference / ours for times, ours / reference "
           "for rates and memory saved")
