@@ -8,16 +8,15 @@ from fixtures.tiny_model import tiny_gguf  # noqa: F401
 from PIL import Image
 
 import tinygptv_native as tg
+from fixtures.proc import CHILD_CWD, child_env
 from tinygptv_native.demo import DEMO_MODEL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tinygptv(*args, stdin=None, timeout=120):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     p = subprocess.run([sys.executable, "-m", "tinygptv_native", *map(str, args)], input=stdin,
-                       capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+                       capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=CHILD_CWD)
     return p.returncode, p.stdout, p.stderr
 
 

@@ -332,14 +332,17 @@ def test_isa_environment_variable():
     import os
     import subprocess
     import sys
+    from fixtures.proc import CHILD_CWD, child_env
     code = "from tinygptv_native import _core; print(_core.isa())"
-    env = dict(os.environ)
+    env = child_env()
     for isa in ISAS:
         env["TINYGPTV_ISA"] = isa
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=CHILD_CWD, capture_output=True, text=True,
+                             timeout=60)
         assert out.returncode == 0 and out.stdout.strip() == isa, out.stderr
     env["TINYGPTV_ISA"] = "sse9"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=CHILD_CWD, capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode != 0 and "unknown instruction set 'sse9'" in out.stderr
 
 

@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+from fixtures.proc import CHILD_CWD, child_env
 from fixtures.tiny_model import build_tiny_tinygptv, write_test_image
 
 pexpect = pytest.importorskip("pexpect")
@@ -24,10 +25,9 @@ def slow_model(tmp_path_factory):
 
 
 def spawn(model, tmp, *args):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), TERM="xterm",
-               TINYGPTV_HISTORY=str(tmp / "history"), HOME=str(tmp))
+    env = child_env(TERM="xterm", TINYGPTV_HISTORY=str(tmp / "history"), HOME=str(tmp))
     child = pexpect.spawn(sys.executable, ["-m", "tinygptv_native", "chat", "-m", model, "-t", "1", *args],
-                          env=env, cwd=ROOT, encoding="utf-8", timeout=60, dimensions=(40, 200))
+                          env=env, cwd=CHILD_CWD, encoding="utf-8", timeout=60, dimensions=(40, 200))
     child.expect("/help for commands")
     child.expect_exact(PROMPT)
     return child

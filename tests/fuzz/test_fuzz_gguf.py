@@ -52,9 +52,8 @@ def test_bounded_fuzz_run(tmp_path):
     seconds = int(os.environ.get("TINYGPTV_FUZZ_SECONDS", "60"))
     cmd = [sys.executable, os.path.join(HERE, "fuzz_gguf.py"), "--seconds", str(seconds),
            "--artifacts", str(tmp_path / "artifacts")]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), ROOT) if p)
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=seconds + 120)
+    from fixtures.proc import CHILD_CWD, child_env
+    p = subprocess.run(cmd, cwd=CHILD_CWD, env=child_env(), capture_output=True, text=True, timeout=seconds + 120)
     out = p.stdout + p.stderr
     tail = "\n".join(out.splitlines()[-40:])
     assert p.returncode == 0, f"fuzzing found a problem (artifacts in {tmp_path / 'artifacts'}):\n{tail}"
