@@ -4,7 +4,11 @@
 #include <cmath>
 #include <thread>
 
+#include <chrono>
+
+#include "cpu.h"
 #include "errors.h"
+#include "log.h"
 #include "model/loader.h"
 
 namespace tg {
@@ -18,6 +22,7 @@ Model::Model(const std::string& path, int n_threads) : file_(new GGUFFile(path))
         vhp_ = VisionHparams::read(*file_);
         qhp_ = QformerHparams::read(*file_, vhp_.n_embd, hp_.n_embd);
     }
+    const auto t0 = std::chrono::steady_clock::now();
     ThreadPool pool(n_threads > 0 ? n_threads : (int)std::max(1u, std::thread::hardware_concurrency()));
     WeightLoader ld(*file_, arena_, &pool);
     lm_.load(ld, hp_);
@@ -25,6 +30,10 @@ Model::Model(const std::string& path, int n_threads) : file_(new GGUFFile(path))
         vis_.load(ld, vhp_);
         qf_.load(ld, qhp_);
     }
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    TG_LOG(LogLevel::Info, "loaded '%s' (%s, %lld layers%s, %zu tensors, %.1f MB) in %.0f ms; kernels: %s",
+           path.c_str(), hp_.arch.c_str(), (long long)hp_.n_layer, has_vision_ ? ", vision" : "",
+           file_->tensors().size(), file_->file_size() / 1e6, ms, isa_name(isa_active()));
 }
 
 void Model::embed_tokens(const int32_t* ids, int64_t n, float* out) const {
