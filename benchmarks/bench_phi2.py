@@ -151,10 +151,19 @@ def worker_llama(path: str, threads: int) -> dict:
     return {"load_s": load, "pp": pp, "tg": tg}
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory (VmHWM; ru_maxrss would carry a parent's peak across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def run_worker(engine: str, path: Path, threads: int, python: str) -> dict:
-    code = (f"import sys, json, resource; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import bench_phi2 as b; "
+    code = (f"import sys, json; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import bench_phi2 as b; "
             f"r = b.worker_{engine}({str(path)!r}, {threads}); "
-            "r['rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print('RESULT', json.dumps(r))")
+            "r['rss_mb'] = b.peak_rss_mb(); print('RESULT', json.dumps(r))")
     out = subprocess.run([python, "-c", code], capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):

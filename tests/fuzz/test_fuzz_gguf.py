@@ -59,3 +59,16 @@ def test_bounded_fuzz_run(tmp_path):
     assert p.returncode == 0, f"fuzzing found a problem (artifacts in {tmp_path / 'artifacts'}):\n{tail}"
     assert "fuzz_gguf: engine" in out
     print(tail)
+
+
+@pytest.mark.skipif(os.environ.get("TINYGPTV_FUZZ_SECONDS", "60") == "0", reason="TINYGPTV_FUZZ_SECONDS=0")
+@pytest.mark.parametrize("target", ["tokenizer", "image"])
+def test_bounded_input_fuzz_run(target):
+    """The tokenizer and image harnesses (tests/fuzz/fuzz_inputs.py) for a third of the GGUF run's time."""
+    from fixtures.proc import CHILD_CWD, child_env
+    seconds = max(5, int(os.environ.get("TINYGPTV_FUZZ_SECONDS", "60")) // 3)
+    cmd = [sys.executable, os.path.join(HERE, "fuzz_inputs.py"), "--target", target, "--seconds", str(seconds)]
+    p = subprocess.run(cmd, cwd=CHILD_CWD, env=child_env(), capture_output=True, text=True, timeout=seconds + 120)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, "\n".join(out.splitlines()[-40:])
+    assert f"fuzz_inputs[{target}]" in out
