@@ -30,3 +30,17 @@ def test_llamacpp_loads_our_file_and_agrees(tmp_path, outtype, tol, agree):
     text = "the quick brown fox,  jumps\n\tover 12 lazy dogs"
     m = Model(path, n_threads=1)
     assert m.tokenize(text) == llm.tokenize(text.encode(), add_bos=False, special=False)
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_k_m"])
+def test_llamacpp_quantized_agreement_on_the_same_file(tmp_path, qtype):
+    """Against the F32 model, our quantized top-1 agreement is within 2 points of llama.cpp's on the
+    very same quantized file (both engines quantize activations on the fly)."""
+    from test_phi2 import quantized_parity_model
+    path, q, ids = quantized_parity_model(tmp_path, qtype)
+    ref = Model(path, n_threads=2, kv_type="f32").logits(ids).argmax(1)
+    ours = (Model(q, n_threads=2).logits(ids).argmax(1) == ref).mean()
+    llm = llama_cpp.Llama(model_path=q, n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+    llm.eval(ids)
+    theirs = (np.array(llm.scores[: len(ids)]).argmax(1) == ref).mean()
+    assert ours >= theirs - 0.02, (qtype, ours, theirs)

@@ -163,10 +163,21 @@ def test_quantized_top1_agreement(tmp_path, qtype, floor):
     On random weights the logits have small margins, so agreement is lower than on a trained model:
     llama.cpp on the same files measures 96.5% (Q8_0) and 70% (Q4_0). The floors sit a few points
     under our measured values (96%, 69.5%, 79%); where llama.cpp is installed the test also requires
-    our agreement to be within 2 points of llama.cpp's on the very same file."""
+    our agreement to be within 2 points of llama.cpp's on the very same file
+    (tests/test_llamacpp_interop.py)."""
+    path, q, ids = quantized_parity_model(tmp_path, qtype)
+    a = Model(path, n_threads=2, kv_type="f32").logits(ids)
+    b = Model(q, n_threads=2).logits(ids)
+    top1 = (a.argmax(1) == b.argmax(1)).mean()
+    assert top1 >= floor, (qtype, top1)
+
+
+def quantized_parity_model(tmp_path, qtype):
+    """A random Phi-2 (widths multiples of 256, so the K-quants apply to every matrix) in F32 and in
+    qtype; returns (f32 path, quantized path, 200 token ids)."""
     from tinygptv_native.quantize import quantize_file
     m = fx.make_phi2_model(seed=0, num_attention_heads=4, hidden_size=256, num_hidden_layers=2,
-                           intermediate_size=1024)  # widths multiples of 256: the K-quants apply
+                           intermediate_size=1024)
     fx.randomize_(m, 0, scale=0.08)
     fx.save_phi2(m, str(tmp_path / "hf"))
     path = str(tmp_path / "f32.gguf")
@@ -174,16 +185,4 @@ def test_quantized_top1_agreement(tmp_path, qtype, floor):
     q = str(tmp_path / f"{qtype}.gguf")
     types = quantize_file(path, q, qtype, progress=False)
     assert sum(t.startswith("Q") for t in types.values()) >= 9  # every matrix
-    ids = [int(t) for t in np.random.default_rng(9).integers(0, 320, size=200)]
-    a = Model(path, n_threads=2, kv_type="f32").logits(ids)
-    b = Model(q, n_threads=2).logits(ids)
-    top1 = (a.argmax(1) == b.argmax(1)).mean()
-    assert top1 >= floor, (qtype, top1)
-    try:
-        import llama_cpp
-    except ImportError:
-        return
-    llm = llama_cpp.Llama(model_path=q, n_ctx=256, n_threads=2, logits_all=True, verbose=False)
-    llm.eval(ids)
-    theirs = (a.argmax(1) == np.array(llm.scores[: len(ids)]).argmax(1)).mean()
-    assert top1 >= theirs - 0.02, (qtype, top1, theirs)
+    return path, q, [int(t) for t in np.random.default_rng(9).integers(0, 320, size=200)]
