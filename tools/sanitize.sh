@@ -60,7 +60,7 @@ case "$VARIANT" in
     export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ;;
   tsan)
     export LD_PRELOAD="$(${CXX_BIN} -print-file-name=libtsan.so)"
-    export TSAN_OPTIONS=halt_on_error=1:exitcode=66:second_deadlock_stack=1 ;;
+    export TSAN_OPTIONS=halt_on_error=1:exitcode=66:second_deadlock_stack=1:suppressions=$ROOT/tools/tsan.supp ;;
   fuzz)
     ATHERIS=$($PY -c 'import atheris; print(atheris.path())' 2>/dev/null || true)
     echo "fuzz build ready. Run, for example:"
