@@ -27,6 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from convert import schema  # noqa: E402
+from convert.tinygptv import add_chat_metadata  # noqa: E402
 
 # The real dimensions.
 PATCH, V_EMBD, V_LAYERS, V_HEADS, V_FF = 14, 1408, 39, 16, 6144
@@ -167,19 +168,7 @@ def metadata(image_size: int):
     meta.arr_f32(schema.IMAGE_STD, schema.CLIP_STD)
     vocab = load_vocab(str(GPT2_DIR), VOCAB, pre="phi-2")
     c = schema.chat_defaults(STAGE)
-    meta.str(schema.CHAT_TEMPLATE, c["template"])
-    meta.str(schema.CHAT_SYSTEM, c["system"])
-    meta.str(schema.CHAT_TURN_TEMPLATE, c["turn_template"])
-    meta.str(schema.CHAT_ANSWER_SUFFIX, c["answer_suffix"])
-    meta.arr_str(schema.CHAT_STOP_STRINGS, c["stop_strings"])
-    stop_ids = [i for i in (vocab.token_id(s) for s in c["stop_strings"]) if i is not None]
-    if vocab.eos is not None and vocab.eos not in stop_ids:
-        stop_ids.append(vocab.eos)
-    meta.arr_i32(schema.CHAT_STOP_IDS, stop_ids)
-    meta.f32(schema.CHAT_TEMPERATURE, c["temperature"])
-    meta.f32(schema.CHAT_TOP_P, c["top_p"])
-    meta.f32(schema.CHAT_REPETITION_PENALTY, c["repetition_penalty"])
-    meta.u32(schema.CHAT_MAX_NEW_TOKENS, c["max_new_tokens"])
+    add_chat_metadata(meta, vocab, c)
     vocab.add_to(meta)
     return meta
 

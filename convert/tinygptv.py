@@ -472,21 +472,27 @@ class TinyGPTV:
                                f"{schema.PROMPT_PLACEHOLDER}")
         if schema.PROMPT_PLACEHOLDER not in c["turn_template"]:
             raise ConvertError(f"turn template {c['turn_template']!r} must contain {schema.PROMPT_PLACEHOLDER}")
-        meta.str(schema.CHAT_TEMPLATE, c["template"])
-        meta.str(schema.CHAT_SYSTEM, c["system"])
-        meta.str(schema.CHAT_TURN_TEMPLATE, c["turn_template"])
-        meta.str(schema.CHAT_ANSWER_SUFFIX, c["answer_suffix"])
-        meta.arr_str(schema.CHAT_STOP_STRINGS, c["stop_strings"])
-        stop_ids = [i for i in (vocab.token_id(s) for s in c["stop_strings"]) if i is not None]
-        if vocab.eos is not None and vocab.eos not in stop_ids:
-            stop_ids.append(vocab.eos)
-        meta.arr_i32(schema.CHAT_STOP_IDS, stop_ids)
-        meta.f32(schema.CHAT_TEMPERATURE, c["temperature"])
-        meta.f32(schema.CHAT_TOP_P, c["top_p"])
-        meta.f32(schema.CHAT_REPETITION_PENALTY, c["repetition_penalty"])
-        meta.u32(schema.CHAT_MAX_NEW_TOKENS, c["max_new_tokens"])
+        add_chat_metadata(meta, vocab, c)
         vocab.add_to(meta)
         return meta
+
+
+def add_chat_metadata(meta, vocab, c):
+    """The prompt format and generation settings `c` (schema.chat_defaults layout) as metadata; the stop
+    ids are the tokens whose text is a stop string, then eos."""
+    meta.str(schema.CHAT_TEMPLATE, c["template"])
+    meta.str(schema.CHAT_SYSTEM, c["system"])
+    meta.str(schema.CHAT_TURN_TEMPLATE, c["turn_template"])
+    meta.str(schema.CHAT_ANSWER_SUFFIX, c["answer_suffix"])
+    meta.arr_str(schema.CHAT_STOP_STRINGS, c["stop_strings"])
+    stop_ids = [i for i in (vocab.token_id(s) for s in c["stop_strings"]) if i is not None]
+    if vocab.eos is not None and vocab.eos not in stop_ids:
+        stop_ids.append(vocab.eos)
+    meta.arr_i32(schema.CHAT_STOP_IDS, stop_ids)
+    meta.f32(schema.CHAT_TEMPERATURE, c["temperature"])
+    meta.f32(schema.CHAT_TOP_P, c["top_p"])
+    meta.f32(schema.CHAT_REPETITION_PENALTY, c["repetition_penalty"])
+    meta.u32(schema.CHAT_MAX_NEW_TOKENS, c["max_new_tokens"])
 
 
 def convert_tinygptv(phi2_dir, eva, blip2, stage_file, out_path, outtype="f16", *, stage=None, image_size=None,
