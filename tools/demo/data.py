@@ -5,11 +5,11 @@ import numpy as np
 import torch
 
 from model import pil_to_tensor
-from questions import END_SYM, prompt_segments, sample_question
-from shapes import draw_sample
+from questions import END_SYM, box_of, prompt_segments, sample_question
+from shapes import CELL, COLORS, GRID, KINDS, Scene, draw_sample
 
 # Harder question types are drawn more often in training.
-TRAIN_WEIGHTS = {"color": 1.0, "shape": 1.0, "count": 1.0, "exists": 1.0, "describe": 1.5, "refer": 2.5}
+TRAIN_WEIGHTS = {"color": 2.5, "shape": 1.0, "count": 0.5, "exists": 1.5, "describe": 1.0, "refer": 2.5}
 
 
 class Encoder:
@@ -32,12 +32,29 @@ def prefix_ids(enc: Encoder) -> torch.Tensor:
     return torch.tensor(enc(prompt_segments("x")[0]), dtype=torch.long)
 
 
+def cell_targets(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per board cell (row-major, one per Q-Former query): content class [GRID*GRID] (0 = empty,
+    1 + 3 * colour + kind) and box on the 0..100 grid [GRID*GRID, 4] (-100 where the cell is empty).
+    Targets of the training-only auxiliary heads, see train.py."""
+    cls = torch.zeros(GRID * GRID, dtype=torch.long)
+    box = torch.full((GRID * GRID, 4), -100, dtype=torch.long)
+    for s in scene.shapes:
+        cell = min(int(s.cy / CELL), GRID - 1) * GRID + min(int(s.cx / CELL), GRID - 1)
+        cls[cell] = 1 + 3 * COLORS.index(s.color) + KINDS.index(s.kind)
+        box[cell] = torch.tensor(box_of(s))
+    return cls, box
+
+
 def train_batch(rng: np.random.Generator, enc: Encoder, n_img: int, q_per_img: int, size: int, n_query: int,
                 painter: str = "A"):
-    """-> pixels [n_img,3,S,S], img_index [B], after_ids [B,L1], targets [B, L0+nq+L1] (-100 = no loss)."""
-    pixels, rows, img_index = [], [], []
+    """-> pixels [n_img,3,S,S], img_index [B], after_ids [B,L1], targets [B, L0+nq+L1] (-100 = no loss),
+    cell classes [n_img, GRID*GRID], cell boxes [n_img, GRID*GRID, 4] (see cell_targets)."""
+    pixels, rows, img_index, cells, boxes = [], [], [], [], []
     for i in range(n_img):
         scene, img = draw_sample(rng, painter, size)
+        c, b = cell_targets(scene)
+        cells.append(c)
+        boxes.append(b)
         pixels.append(pil_to_tensor(img, size))
         for _ in range(q_per_img):
             _, q, a = sample_question(scene, rng, TRAIN_WEIGHTS)
@@ -51,4 +68,4 @@ def train_batch(rng: np.random.Generator, enc: Encoder, n_img: int, q_per_img: i
         after[b, : len(p) + len(a)] = torch.tensor(p + a)
         start = L0 + n_query + len(p)               # position of the first answer token
         targets[b, start - 1: start - 1 + len(a)] = torch.tensor(a)
-    return torch.stack(pixels), torch.tensor(img_index), after, targets
+    return torch.stack(pixels), torch.tensor(img_index), after, targets, torch.stack(cells), torch.stack(boxes)

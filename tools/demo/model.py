@@ -345,7 +345,9 @@ class TinyGPTVDemo(nn.Module):
             if name.endswith("bias") or "LayerNorm" in name or "norm" in name or "ln_" in name:
                 continue
             std = 0.02
-            if p.ndim >= 2 and name.startswith(("visual_encoder.blocks", "visual_encoder.patch_embed",
+            if name == "visual_encoder.pos_embed":
+                std = 1.0       # as strong as the patch content, so queries can find their cell at once
+            elif p.ndim >= 2 and name.startswith(("visual_encoder.blocks", "visual_encoder.patch_embed",
                                                  "Qformer.", "llama_proj.")):
                 std = (p[0].numel()) ** -0.5
             p.data.copy_(torch.randn(p.shape, generator=g) * std)

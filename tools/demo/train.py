@@ -1,10 +1,11 @@
 """Trains the demo TinyGPT-V from scratch on painter-A pictures (seeded, 2 CPU threads).
 
-    python tools/demo/train.py --out /work/demo_ckpt
+    python tools/demo/train.py --out demo_ckpt
 
 Writes OUT/phi2/tokenizer.model (SentencePiece) and OUT/trained.pt ({"config", "model"}: the full
 state dict, keys as in the TinyGPT-V model object without LoRA). Loss on answer tokens only; prompts
-in the stage-4 chat template without BOS, exactly as at inference.
+in the stage-4 chat template without BOS, exactly as at inference; plus the per-cell auxiliary losses
+of AuxHeads on the image embeddings (training only, not exported).
 """
 from __future__ import annotations
 
@@ -29,6 +30,30 @@ from model import DemoConfig, TinyGPTVDemo, count_params  # noqa: E402
 from tokenizer import train_tokenizer  # noqa: E402
 
 
+class AuxHeads(torch.nn.Module):
+    """Training-only heads on the image embeddings the decoder reads (one per Q-Former query, query i
+    = board cell i): the cell's content (empty or colour x kind) and its box coordinates as 101-way
+    classifications. They make each embedding say what its cell holds and where, so the decoder has
+    something to read from the first steps; they are not part of the exported model."""
+
+    def __init__(self, dim: int, n_cls: int = 13, n_bins: int = 101):
+        super().__init__()
+        self.n_bins = n_bins
+        self.cls = torch.nn.Linear(dim, n_cls)
+        self.box = torch.nn.Linear(dim, 4 * n_bins)
+
+    def loss(self, img_emb, cells, boxes, sigma: float = 1.0):
+        """img_emb [N, Q, D]; cells [N, Q]; boxes [N, Q, 4] (-100 = empty cell)."""
+        l_cls = F.cross_entropy(self.cls(img_emb).flatten(0, 1), cells.flatten())
+        occ = cells.flatten() > 0
+        logp = F.log_softmax(self.box(img_emb.flatten(0, 1)[occ]).view(-1, 4, self.n_bins), dim=-1)
+        tgt = boxes.flatten(0, 1)[occ].float()                             # [M, 4]
+        bins = torch.arange(self.n_bins, dtype=torch.float32)
+        soft = torch.softmax(-0.5 * ((bins - tgt[..., None]) / sigma) ** 2, dim=-1)   # [M, 4, 101]
+        l_box = -(soft * logp).sum(-1).mean()
+        return l_cls, l_box
+
+
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -46,7 +71,7 @@ def save(path, cfg, model, sp, args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=1800)
+    ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--images", type=int, default=24, help="pictures per step")
     ap.add_argument("--questions", type=int, default=2, help="questions per picture")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -54,9 +79,11 @@ def main():
     ap.add_argument("--stop-after", type=int, default=0,
                     help="stop after this many steps (the schedule is still that of --steps)")
     ap.add_argument("--init-from", help="start from the weights of an earlier trained.pt (second phase)")
-    ap.add_argument("--vision-delay", type=int, default=250, help="steps before the vision side trains")
-    ap.add_argument("--vision-ramp", type=int, default=250, help="steps of its learning-rate ramp")
+    ap.add_argument("--vision-delay", type=int, default=0, help="steps before the vision side trains")
+    ap.add_argument("--vision-ramp", type=int, default=1, help="steps of its learning-rate ramp")
     ap.add_argument("--proj-lr-scale", type=float, default=0.1, help="learning-rate factor of llama_proj/llama_proj2")
+    ap.add_argument("--aux-weight", type=float, default=1.0,
+                    help="weight of the per-cell auxiliary losses on the image embeddings (0 = off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=50)
@@ -88,16 +115,16 @@ def main():
 
     # The projector gets a smaller learning rate: with the full rate Adam quickly grows a picture-
     # independent component in its output until the picture's content is drowned out.
-    # The vision side (ViT, Q-Former, projector) stays frozen at its random initialisation for the
-    # first --vision-delay steps, while the decoder learns the text and learns to read the (random but
-    # informative) picture features; then its learning rate ramps up over --vision-ramp steps.
-    # Started together, the decoder's early gradients wash the picture content out of the features.
+    # --vision-delay/--vision-ramp can keep the vision side (ViT, Q-Former, projector) frozen at its
+    # random initialisation for a while and then ramp its learning rate up; with the auxiliary
+    # per-cell heads (AuxHeads) this is no longer needed and both default to off.
+    aux = AuxHeads(cfg.n_embd)
     groups = {}
-    for n, p in model.named_parameters():
+    for n, p in list(model.named_parameters()) + [("aux." + n, p) for n, p in aux.named_parameters()]:
         if not p.requires_grad:
             continue
         proj = n.startswith(("llama_proj.", "llama_proj2."))
-        vision = not n.startswith("llama_model.")
+        vision = not n.startswith(("llama_model.", "aux."))
         key = (vision, proj, p.ndim >= 2)
         groups.setdefault(key, []).append(p)
     opt = torch.optim.AdamW([{"params": ps, "weight_decay": 0.01 if decay else 0.0, "vision": vision,
@@ -114,15 +141,20 @@ def main():
         vis = 0.0 if frozen else min(1.0, (step - args.vision_delay + 1) / args.vision_ramp)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup) * g["lr_scale"] * (vis if g["vision"] else 1.0)
-        pixels, img_index, after, targets = train_batch(rng, enc, args.images, args.questions, cfg.image_size,
-                                                        cfg.n_query)
+        pixels, img_index, after, targets, cells, boxes = train_batch(rng, enc, args.images, args.questions,
+                                                                      cfg.image_size, cfg.n_query)
         with torch.set_grad_enabled(not frozen):
-            img_emb = model.encode_image(pixels)[img_index]
+            per_img = model.encode_image(pixels)
+        img_emb = per_img[img_index]
         logits = model(img_emb, before, after)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        l_cls = l_box = torch.zeros(())
+        if args.aux_weight > 0:
+            l_cls, l_box = aux.loss(per_img, cells, boxes)
+        total = loss + args.aux_weight * (l_cls + l_box)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux.parameters()), 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if step % args.log_every == 0 or step == args.steps - 1:
@@ -137,6 +169,7 @@ def main():
                                               ignore_index=-100).item()
             dt = time.time() - t0
             print(f"step {step:5d}  loss {loss.item():.4f}  ema {ema:.4f}  picture gain {wrong_loss:+.4f}  "
+                  f"aux cls {l_cls.item():.3f} box {l_box.item():.3f}  "
                   f"lr {lr_at(step, args.steps, args.lr, args.warmup):.2e}  {dt / (step + 1):.3f} s/step  {dt / 60:.1f} min", flush=True)
 
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < (args.stop_after or args.steps):
