@@ -126,11 +126,11 @@ void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     __m256 acc[NT];
     for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* blk = wg + b * kPackQ8_0;
-        const __m256 dw = load_ph(blk + 16 * h);
+        const uint8_t* blk = wg + pair_quant_off<kPackQ8_0>(b);
+        const __m256 dw = load_ph(wg + pair_scale_off<kPackQ8_0>(b) + 16 * h);
         __m256i wabs[8], wsgn[8];
         for (int s = 0; s < 8; s++) {
-            wsgn[s] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(blk + 32 + 64 * s + 32 * h)), flip);
+            wsgn[s] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(blk + 64 * s + 32 * h)), flip);
             wabs[s] = _mm256_abs_epi8(wsgn[s]);
         }
         for (int j = 0; j < NT; j++) {
@@ -156,11 +156,11 @@ void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     __m256 acc[NT];
     for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* blk = wg + b * kPackQ4_0;
-        const __m256 dw = load_ph(blk + 16 * h);
+        const uint8_t* blk = wg + pair_quant_off<kPackQ4_0>(b);
+        const __m256 dw = load_ph(wg + pair_scale_off<kPackQ4_0>(b) + 16 * h);
         __m256i lo[4], hi[4];
         for (int s = 0; s < 4; s++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + 32 + 64 * s + 32 * h));
+            const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + 64 * s + 32 * h));
             lo[s] = _mm256_and_si256(v, m4);
             hi[s] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
         }
@@ -414,11 +414,11 @@ void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(
 
 void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     static const TileFn t[4] = {q8_0_tile<1>, q8_0_tile<2>, q8_0_tile<3>, q8_0_tile<4>};
-    quant_gemm(A, g0, g1, (A.n_in / QK8_0) * kPackQ8_0, t);
+    quant_gemm(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), t);
 }
 void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     static const TileFn t[4] = {q4_0_tile<1>, q4_0_tile<2>, q4_0_tile<3>, q4_0_tile<4>};
-    quant_gemm(A, g0, g1, (A.n_in / QK4_0) * kPackQ4_0, t);
+    quant_gemm(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in), t);
 }
 void gemm_q4_K(const GemmArgs& A, int64_t g0, int64_t g1) {
     static const TileFn t[4] = {q4_K_tile<1>, q4_K_tile<2>, q4_K_tile<3>, q4_K_tile<4>};

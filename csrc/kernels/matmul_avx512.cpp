@@ -140,10 +140,10 @@ void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0) {
     __m512 acc[NT];
     for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* blk = wg + b * kPackQ8_0;
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)blk));
+        const uint8_t* blk = wg + pair_quant_off<kPackQ8_0>(b);
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(wg + pair_scale_off<kPackQ8_0>(b))));
         __m512i w[8];
-        for (int s = 0; s < 8; s++) w[s] = _mm512_loadu_si512(blk + 32 + 64 * s);
+        for (int s = 0; s < 8; s++) w[s] = _mm512_loadu_si512(blk + 64 * s);
         for (int j = 0; j < NT; j++) {
             const int64_t ii = (i0 + j) * nb + b;
             const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK8_0;
@@ -172,11 +172,11 @@ void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0) {
     __m512 acc[NT];
     for (int j = 0; j < NT; j++) acc[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* blk = wg + b * kPackQ4_0;
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)blk));
+        const uint8_t* blk = wg + pair_quant_off<kPackQ4_0>(b);
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(wg + pair_scale_off<kPackQ4_0>(b))));
         __m512i lo[4], hi[4];
         for (int s = 0; s < 4; s++) {
-            const __m512i v = _mm512_loadu_si512(blk + 32 + 64 * s);
+            const __m512i v = _mm512_loadu_si512(blk + 64 * s);
             lo[s] = _mm512_and_si512(v, m4);
             hi[s] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
         }
@@ -425,10 +425,10 @@ void run_table(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, std::in
 }
 
 void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
-    run_table<Q8_0K>(A, g0, g1, (A.n_in / QK8_0) * kPackQ8_0, std::make_integer_sequence<int, NT_Q8>());
+    run_table<Q8_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), std::make_integer_sequence<int, NT_Q8>());
 }
 void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
-    run_table<Q4_0K>(A, g0, g1, (A.n_in / QK4_0) * kPackQ4_0, std::make_integer_sequence<int, NT_Q4>());
+    run_table<Q4_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in), std::make_integer_sequence<int, NT_Q4>());
 }
 void gemm_q4_K(const GemmArgs& A, int64_t g0, int64_t g1) {
     run_table<Q4_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K, std::make_integer_sequence<int, NT_K4>());

@@ -10,8 +10,11 @@
 //   F32   k x [16 rows] f32                                             64 B per k
 //   F16   k x [16 rows] f16                                             32 B per k
 //   BF16  k x [16 rows] bf16                                            32 B per k
-//   Q8_0  d[16] f16 | 8 slots x [16 rows][4 B] (int8 + 128, as uint8)   544 B per block of 32
-//   Q4_0  d[16] f16 | 4 slots x [16 rows][4 B] (qs bytes 4s..4s+3)      288 B per block of 32
+//   Q8_0  8 slots x [16 rows][4 B] (int8 + 128, as uint8)               512 B per block of 32
+//   Q4_0  4 slots x [16 rows][4 B] (qs bytes 4s..4s+3)                  256 B per block of 32
+//         (Q8_0 and Q4_0 blocks are stored in pairs, d[b][16] f16 | d[b+1][16] f16 | quants of b |
+//          quants of b+1, so that every 64-byte load is cache-line aligned; a lone last block has
+//          32 zero bytes after its scales)
 //   Q4_K  d[16] f16 | dmin[16] f16 | sc[8][16] u8 | m[4][16][2] u8 |
 //         32 slots x [16 rows][4 B] (slot 8c+s: qs bytes 32c+4s..+3)    2368 B per block of 256
 //   Q6_K  d[16] f16 | sc[16][16] i8 | 16 x (ql slot, ql slot, qh slot)  3360 B per block of 256
@@ -41,8 +44,14 @@ namespace tg {
 constexpr int kGroup = 16;
 
 // Bytes of one block (one k value for float types) of one group in the repacked layout.
-constexpr size_t kPackQ8_0 = 32 + 8 * 64;
-constexpr size_t kPackQ4_0 = 32 + 4 * 64;
+constexpr size_t kPackQ8_0 = 8 * 64;   // quants of one block; the scales are paired, see above
+constexpr size_t kPackQ4_0 = 4 * 64;
+// Offsets in a group of the scales and of the quants of block b, and the group's size, for blocks
+// of QB quant bytes stored in pairs.
+template <size_t QB> constexpr size_t pair_bytes() { return 64 + 2 * QB; }
+template <size_t QB> constexpr size_t pair_scale_off(int64_t b) { return (size_t)(b >> 1) * pair_bytes<QB>() + 32 * (size_t)(b & 1); }
+template <size_t QB> constexpr size_t pair_quant_off(int64_t b) { return (size_t)(b >> 1) * pair_bytes<QB>() + 64 + QB * (size_t)(b & 1); }
+template <size_t QB> constexpr size_t pair_group_bytes(int64_t nb) { return (size_t)(nb / 2) * pair_bytes<QB>() + (size_t)(nb & 1) * (64 + QB); }
 constexpr size_t kPackQ4_K = 32 + 32 + 128 + 128 + 32 * 64;
 constexpr size_t kPackQ6_K = 32 + 256 + 32 * 64 + 16 * 64;
 
