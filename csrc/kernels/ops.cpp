@@ -6,6 +6,7 @@
 
 #include "fp16.h"
 #include "kernels/ops_simd.h"
+#include "kernels/vecmath.h"
 #include "threadpool.h"
 
 namespace tg {
@@ -42,9 +43,7 @@ void layernorm_rows(const float* x, float* y, int64_t rows, int64_t n, const flo
     });
 }
 
-void gelu_erf(float* x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
-}
+void gelu_erf(float* x, int64_t n) { vecmath().gelu_erf(x, n); }
 
 void gelu_tanh(float* x, int64_t n) {
     const float c = 0.79788456080286536f;  // sqrt(2/pi)
@@ -59,15 +58,9 @@ void add_inplace(float* y, const float* x, int64_t n) {
 }
 
 void softmax(float* x, int64_t n) {
-    float mx = -INFINITY;
-    for (int64_t i = 0; i < n; i++) mx = std::max(mx, x[i]);
-    double sum = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        x[i] = std::exp(x[i] - mx);
-        sum += x[i];
-    }
-    const float inv = (float)(1.0 / sum);
-    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+    const VecMath& M = vecmath();
+    const float inv = 1.0f / M.exp_sum(x, n, M.max(x, n));
+    for (int64_t i = 0; i < n; i++) x[i] = x[i] * inv;
 }
 
 void rope_neox(float* x, int n_rot, const float* cos, const float* sin) {

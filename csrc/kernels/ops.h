@@ -1,4 +1,5 @@
-// Element-wise and row-wise operations of the transformer blocks (plain C++, compiler-vectorised).
+// Element-wise and row-wise operations of the transformer blocks. Exact GELU and softmax use the
+// vectorised exp/erf of vecmath.h.
 // Rows are float32, contiguous; `n` is the row length.
 #pragma once
 #include <cstdint>

@@ -5,6 +5,7 @@
 //   _core.PreparedWeight(type, w_bytes, n_out, n_in, prepare_threads=1, prepared=True)
 //       .matmul(x, bias=None, n_threads=1, repeat=1)
 //   _core.isa(), _core.isa_best(), _core.isa_supported(name), _core.set_isa(name)
+//   _core.vec_math(fn, x) -> float32 (fn: exp, erf, gelu_erf, softmax; softmax over the last axis)
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
@@ -17,6 +18,8 @@
 #include "cpu.h"
 #include "errors.h"
 #include "kernels/matmul.h"
+#include "kernels/ops.h"
+#include "kernels/vecmath.h"
 #include "python/bind.h"
 #include "quants.h"
 #include "threadpool.h"
@@ -119,6 +122,31 @@ private:
     std::map<int, std::unique_ptr<ThreadPool>> pools_;
 };
 
+py::array_t<float> vec_math(const std::string& fn, F32Array x) {
+    py::array_t<float> y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+    const int64_t n = x.size();
+    const int64_t row = x.ndim() ? x.shape(x.ndim() - 1) : 1;
+    const float* xp = x.data();
+    float* yp = y.mutable_data();
+    const VecMath& M = vecmath();
+    if (fn == "exp") {
+        py::gil_scoped_release release;
+        M.exp(xp, yp, n);
+    } else if (fn == "erf") {
+        py::gil_scoped_release release;
+        M.erf(xp, yp, n);
+    } else if (fn == "gelu_erf" || fn == "softmax") {
+        py::gil_scoped_release release;
+        std::copy(xp, xp + n, yp);
+        if (fn == "gelu_erf") gelu_erf(yp, n);
+        else
+            for (int64_t r = 0; row > 0 && r < n / row; r++) softmax(yp + r * row, row);
+    } else {
+        throw ModelError(fmt("unknown function '%s' (expected exp, erf, gelu_erf or softmax)", fn.c_str()));
+    }
+    return y;
+}
+
 }  // namespace
 
 void bind_kernels(py::module_& m) {
@@ -202,6 +230,8 @@ void bind_kernels(py::module_& m) {
           py::arg("name"), "Whether 'scalar', 'avx2' or 'avx512' can run here.");
     m.def("set_isa", [](const std::string& name) { set_isa(parse_isa(name.c_str())); }, py::arg("name"),
           "Force the kernels onto 'scalar', 'avx2' or 'avx512' (weights prepared later use it).");
+    m.def("vec_math", &vec_math, py::arg("fn"), py::arg("x"),
+          "Apply the engine's float32 'exp', 'erf', 'gelu_erf' or 'softmax' (over the last axis) to x.");
 }
 
 }  // namespace tg
