@@ -27,6 +27,7 @@ float dot16(const float* q, const T* k, int n) {
     int i = 0;
     for (; i + vm::kSumLanes <= n; i += vm::kSumLanes)
         for (int c = 0; c < NV; c++) acc[c] = Vec::fma(Vec::load(q + i + c * Vec::W), L::load(k + i + c * Vec::W), acc[c]);
+    if (i == n) return Vec::sum16(acc);
     float lanes[vm::kSumLanes];
     for (int c = 0; c < NV; c++) acc[c].store(lanes + c * Vec::W);
     for (int l = 0; i < n; i++, l++) lanes[l] = std::fma(q[i], L::get(k + i), lanes[l]);

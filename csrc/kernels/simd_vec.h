@@ -10,6 +10,14 @@
 namespace tg {
 namespace {
 
+// Lanes l += l + 4, l += l + 2, l += l + 1 of 8 lanes; returns lane 0.
+inline float sum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
 #if defined(__AVX512F__)
 struct Vec {
     static constexpr int W = 16;
@@ -43,6 +51,12 @@ struct Vec {
         s2.v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n2, b), 23));
     }
     float reduce_max() const { return _mm512_reduce_max_ps(v); }
+    // lane_sum16 (vecmath.h) of the 16 lanes in a[0], in registers
+    static float sum16(const Vec* a) {
+        const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(a[0].v),
+                                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a[0].v), 1)));
+        return sum8(s8);
+    }
 };
 #elif defined(__AVX2__)
 struct Vec {
@@ -71,6 +85,8 @@ struct Vec {
         s1.v = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, b), 23));
         s2.v = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, b), 23));
     }
+    // lane_sum16 (vecmath.h) of the 16 lanes in a[0] (lanes 0-7) and a[1] (lanes 8-15), in registers
+    static float sum16(const Vec* a) { return sum8(_mm256_add_ps(a[0].v, a[1].v)); }
     float reduce_max() const {
         __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         m = _mm_max_ps(m, _mm_movehl_ps(m, m));
