@@ -4,8 +4,7 @@
 #include <cmath>
 #include <vector>
 
-#include "fp16.h"
-#include "kernels/ops_simd.h"
+#include "kernels/vecmath.h"
 #include "threadpool.h"
 
 namespace tg {
@@ -42,9 +41,7 @@ void layernorm_rows(const float* x, float* y, int64_t rows, int64_t n, const flo
     });
 }
 
-void gelu_erf(float* x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
-}
+void gelu_erf(float* x, int64_t n) { vecmath().gelu_erf(x, n); }
 
 void gelu_tanh(float* x, int64_t n) {
     const float c = 0.79788456080286536f;  // sqrt(2/pi)
@@ -59,15 +56,9 @@ void add_inplace(float* y, const float* x, int64_t n) {
 }
 
 void softmax(float* x, int64_t n) {
-    float mx = -INFINITY;
-    for (int64_t i = 0; i < n; i++) mx = std::max(mx, x[i]);
-    double sum = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        x[i] = std::exp(x[i] - mx);
-        sum += x[i];
-    }
-    const float inv = (float)(1.0 / sum);
-    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+    const VecMath& M = vecmath();
+    const float inv = 1.0f / M.exp_sum(x, n, M.max(x, n));
+    for (int64_t i = 0; i < n; i++) x[i] = x[i] * inv;
 }
 
 void rope_neox(float* x, int n_rot, const float* cos, const float* sin) {
@@ -77,57 +68,6 @@ void rope_neox(float* x, int n_rot, const float* cos, const float* sin) {
         x[i] = a * cos[i] - b * sin[i];
         x[i + half] = b * cos[i] + a * sin[i];
     }
-}
-
-template <bool F16>
-static void attention_impl(const float* q, int64_t T, int64_t q_stride, const void* k, const void* v,
-                           int64_t kv_stride, int64_t n_kv, bool causal, int64_t pos0, int n_head, int n_head_kv,
-                           int hd, float scale, float* out, int64_t out_stride, ThreadPool& pool) {
-    const size_t esz = F16 ? 2 : 4;
-    const int group = n_head / n_head_kv;
-    const AttnKernels& K = attn_kernels();
-    pool.parallel_for(T * n_head, 1, [&](int64_t i0, int64_t i1, int) {
-        std::vector<float> att((size_t)n_kv);
-        for (int64_t i = i0; i < i1; i++) {
-            const int64_t t = i / n_head;
-            const int h = (int)(i % n_head), hk = h / group;
-            const int64_t len = causal ? std::min<int64_t>(n_kv, pos0 + t + 1) : n_kv;
-            const float* qh = q + t * q_stride + (int64_t)h * hd;
-            const uint8_t* kb = (const uint8_t*)k + (size_t)hk * hd * esz;
-            const uint8_t* vb = (const uint8_t*)v + (size_t)hk * hd * esz;
-            float mx = -INFINITY;
-            for (int64_t j = 0; j < len; j++) {
-                const void* kr = kb + (size_t)j * kv_stride * esz;
-                float s = (F16 ? K.dot_f16(qh, (const uint16_t*)kr, hd) : K.dot_f32(qh, (const float*)kr, hd)) * scale;
-                att[j] = s;
-                mx = std::max(mx, s);
-            }
-            double sum = 0.0;
-            for (int64_t j = 0; j < len; j++) {
-                att[j] = std::exp(att[j] - mx);
-                sum += att[j];
-            }
-            const float inv = (float)(1.0 / sum);
-            float* o = out + t * out_stride + (int64_t)h * hd;
-            std::fill(o, o + hd, 0.f);
-            for (int64_t j = 0; j < len; j++) {
-                const void* vr = vb + (size_t)j * kv_stride * esz;
-                if (F16) K.axpy_f16(o, att[j] * inv, (const uint16_t*)vr, hd);
-                else K.axpy_f32(o, att[j] * inv, (const float*)vr, hd);
-            }
-        }
-    });
-}
-
-void attention(const float* q, int64_t T, int64_t q_stride, const void* k, const void* v, int64_t kv_stride,
-               bool kv_f16, int64_t n_kv, bool causal, int64_t pos0, int n_head, int n_head_kv, int hd,
-               float scale, float* out, int64_t out_stride, ThreadPool& pool) {
-    if (kv_f16)
-        attention_impl<true>(q, T, q_stride, k, v, kv_stride, n_kv, causal, pos0, n_head, n_head_kv, hd, scale, out,
-                             out_stride, pool);
-    else
-        attention_impl<false>(q, T, q_stride, k, v, kv_stride, n_kv, causal, pos0, n_head, n_head_kv, hd, scale, out,
-                              out_stride, pool);
 }
 
 }  // namespace tg

@@ -1,4 +1,5 @@
-// Element-wise and row-wise operations of the transformer blocks (plain C++, compiler-vectorised).
+// Element-wise and row-wise operations of the transformer blocks. Exact GELU and softmax use the
+// vectorised exp/erf of vecmath.h; attention lives in attention.cpp (kernels: attention_kernels.h).
 // Rows are float32, contiguous; `n` is the row length.
 #pragma once
 #include <cstdint>
@@ -33,8 +34,9 @@ void rope_neox(float* x, int n_rot, const float* cos, const float* sin);
 //   causal: query row t sees keys [0, pos0 + t] (pos0 = position of the first query row);
 //   otherwise every query sees all n_kv keys.
 //   out: T rows of n_head*hd floats at out + t*out_stride.
-// Each (row, head) is computed by one thread in a fixed order: the result does not depend on the
-// thread count.
+// Non-causal float32 K/V with several query rows take the blocked path, the rest the row path
+// (attention_kernels.h gives each path's arithmetic). Every output is computed in a fixed order:
+// the result depends neither on the thread count nor on the instruction set.
 void attention(const float* q, int64_t T, int64_t q_stride, const void* k, const void* v, int64_t kv_stride,
                bool kv_f16, int64_t n_kv, bool causal, int64_t pos0, int n_head, int n_head_kv, int hd,
                float scale, float* out, int64_t out_stride, ThreadPool& pool);

@@ -5,6 +5,8 @@
 //   _core.PreparedWeight(type, w_bytes, n_out, n_in, prepare_threads=1, prepared=True)
 //       .matmul(x, bias=None, n_threads=1, repeat=1)
 //   _core.isa(), _core.isa_best(), _core.isa_supported(name), _core.set_isa(name)
+//   _core.vec_math(fn, x) -> float32 (fn: exp, erf, gelu_erf, softmax; softmax over the last axis)
+//   _core.attention_test(q, k, v, n_head, n_head_kv, scale, causal=False, pos0=0, n_threads=1)
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
@@ -17,6 +19,8 @@
 #include "cpu.h"
 #include "errors.h"
 #include "kernels/matmul.h"
+#include "kernels/ops.h"
+#include "kernels/vecmath.h"
 #include "python/bind.h"
 #include "quants.h"
 #include "threadpool.h"
@@ -119,6 +123,72 @@ private:
     std::map<int, std::unique_ptr<ThreadPool>> pools_;
 };
 
+std::string shape_of(const py::array& a) {
+    std::string s = "[";
+    for (py::ssize_t i = 0; i < a.ndim(); i++) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + "]";
+}
+
+py::array_t<float> vec_math(const std::string& fn, F32Array x) {
+    py::array_t<float> y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+    const int64_t n = x.size();
+    const int64_t row = x.ndim() ? x.shape(x.ndim() - 1) : 1;
+    const float* xp = x.data();
+    float* yp = y.mutable_data();
+    const VecMath& M = vecmath();
+    if (fn == "exp") {
+        py::gil_scoped_release release;
+        M.exp(xp, yp, n);
+    } else if (fn == "erf") {
+        py::gil_scoped_release release;
+        M.erf(xp, yp, n);
+    } else if (fn == "gelu_erf" || fn == "softmax") {
+        py::gil_scoped_release release;
+        std::copy(xp, xp + n, yp);
+        if (fn == "gelu_erf") gelu_erf(yp, n);
+        else
+            for (int64_t r = 0; row > 0 && r < n / row; r++) softmax(yp + r * row, row);
+    } else {
+        throw ModelError(fmt("unknown function '%s' (expected exp, erf, gelu_erf or softmax)", fn.c_str()));
+    }
+    return y;
+}
+
+// K/V as float32, or float16 for a half-precision cache.
+py::array_t<float> attention_test(F32Array q, py::array k, py::array v, int n_head, int n_head_kv, float scale,
+                                  bool causal, int64_t pos0, int n_threads) {
+    const bool f16 = k.dtype().kind() == 'f' && k.dtype().itemsize() == 2;
+    if (!k.dtype().is(v.dtype()) || !(f16 || (k.dtype().kind() == 'f' && k.dtype().itemsize() == 4)))
+        throw ModelError(fmt("k and v must both be float32 or both float16, got %s and %s",
+                             std::string(py::str(k.dtype())).c_str(), std::string(py::str(v.dtype())).c_str()));
+    if (n_head < 1 || n_head_kv < 1 || n_head % n_head_kv != 0)
+        throw ModelError(fmt("n_head %d must be a positive multiple of n_head_kv %d", n_head, n_head_kv));
+    if (n_threads < 1 || n_threads > 256) throw ModelError(fmt("n_threads must be in [1, 256], got %d", n_threads));
+    if (q.ndim() != 2 || q.shape(0) < 1 || q.shape(1) % n_head != 0 || q.shape(1) == 0)
+        throw ModelError(fmt("q must be [T, n_head * hd] with T >= 1, got %s for %d heads", shape_of(q).c_str(), n_head));
+    const int64_t T = q.shape(0), hd = q.shape(1) / n_head;
+    if (k.ndim() != 2 || k.shape(1) != n_head_kv * hd || v.ndim() != 2 || v.shape(0) != k.shape(0) ||
+        v.shape(1) != k.shape(1) || k.shape(0) < 1)
+        throw ModelError(fmt("k and v must be [n_kv, %lld] with n_kv >= 1, got %s and %s", (long long)(n_head_kv * hd),
+                             shape_of(k).c_str(), shape_of(v).c_str()));
+    const int64_t n_kv = k.shape(0);
+    if (pos0 < 0 || (causal && pos0 + T > n_kv))
+        throw ModelError(fmt("pos0 %lld with %lld query rows needs pos0 >= 0 and pos0 + T <= n_kv (%lld) when causal",
+                             (long long)pos0, (long long)T, (long long)n_kv));
+    py::array kc = py::array::ensure(k, py::array::c_style), vc = py::array::ensure(v, py::array::c_style);
+    py::array_t<float> out({(py::ssize_t)T, (py::ssize_t)(n_head * hd)});
+    const float* qp = q.data();
+    const void *kp = kc.data(), *vp = vc.data();
+    float* op = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        ThreadPool pool(n_threads);
+        attention(qp, T, n_head * hd, kp, vp, n_head_kv * hd, f16, n_kv, causal, pos0, n_head, n_head_kv, (int)hd,
+                  scale, op, n_head * hd, pool);
+    }
+    return out;
+}
+
 }  // namespace
 
 void bind_kernels(py::module_& m) {
@@ -202,6 +272,13 @@ void bind_kernels(py::module_& m) {
           py::arg("name"), "Whether 'scalar', 'avx2' or 'avx512' can run here.");
     m.def("set_isa", [](const std::string& name) { set_isa(parse_isa(name.c_str())); }, py::arg("name"),
           "Force the kernels onto 'scalar', 'avx2' or 'avx512' (weights prepared later use it).");
+    m.def("vec_math", &vec_math, py::arg("fn"), py::arg("x"),
+          "Apply the engine's float32 'exp', 'erf', 'gelu_erf' or 'softmax' (over the last axis) to x.");
+    m.def("attention_test", &attention_test, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"),
+          py::arg("n_head_kv"), py::arg("scale"), py::arg("causal") = false, py::arg("pos0") = 0,
+          py::arg("n_threads") = 1,
+          "The engine's multi-head attention: q [T, n_head*hd] float32, k and v [n_kv, n_head_kv*hd] float32 or "
+          "float16 (a half-precision cache); returns [T, n_head*hd].");
 }
 
 }  // namespace tg

@@ -1,0 +1,176 @@
+// Multi-head attention (ops.h: attention()): the driver of both paths of attention_kernels.h, the
+// scalar kernels that define their arithmetic, and the run-time choice of kernel set.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu.h"
+#include "fp16.h"
+#include "kernels/attention_kernels.h"
+#include "kernels/ops.h"
+#include "kernels/vecmath.h"
+#include "threadpool.h"
+
+namespace tg {
+
+// ---- scalar kernels -----------------------------------------------------------------------------
+
+static inline float as_f32(float x) { return x; }
+static inline float as_f32(uint16_t h) { return fp16_to_fp32(h); }
+
+template <class T>
+static float dot16_scalar(const float* q, const T* k, int n) {
+    float lanes[vm::kSumLanes] = {};
+    for (int i = 0; i < n; i++) lanes[i % vm::kSumLanes] = std::fma(q[i], as_f32(k[i]), lanes[i % vm::kSumLanes]);
+    return lane_sum16(lanes);
+}
+
+template <class T>
+static void axpy_scalar(float* y, float a, const T* x, int n) {
+    for (int i = 0; i < n; i++) y[i] = std::fma(a, as_f32(x[i]), y[i]);
+}
+
+static void scores_scalar(const float* q, int64_t qs, int rows, const float* kt, int64_t ldk, int hd, float scale,
+                          float* s) {
+    for (int r = 0; r < rows; r++) {
+        float* sr = s + r * ldk;
+        std::fill(sr, sr + ldk, 0.f);
+        for (int d = 0; d < hd; d++) {
+            const float qd = q[r * qs + d];
+            const float* kd = kt + d * ldk;
+            for (int64_t j = 0; j < ldk; j++) sr[j] = std::fma(qd, kd[j], sr[j]);
+        }
+        for (int64_t j = 0; j < ldk; j++) sr[j] = sr[j] * scale;
+    }
+}
+
+static void pv_scalar(const float* p, int64_t ldp, int rows, int64_t n, const float* vp, int64_t ldv, float* o) {
+    for (int r = 0; r < rows; r++) {
+        float* orow = o + r * ldv;
+        std::fill(orow, orow + ldv, 0.f);
+        for (int64_t j = 0; j < n; j++) axpy_scalar(orow, p[r * ldp + j], vp + j * ldv, (int)ldv);
+    }
+}
+
+const AttnKernels& attn_kernels_scalar() {
+    static const AttnKernels k = {dot16_scalar<float>, dot16_scalar<uint16_t>, axpy_scalar<float>,
+                                  axpy_scalar<uint16_t>, 1, 1, scores_scalar, pv_scalar};
+    return k;
+}
+
+const AttnKernels& attn_kernels() {
+#if defined(TINYGPTV_X86)
+    switch (isa_active()) {
+        case Isa::Avx512: return attn_kernels_avx512();
+        case Isa::Avx2: return attn_kernels_avx2();
+        case Isa::Scalar: break;
+    }
+#endif
+    return attn_kernels_scalar();
+}
+
+// ---- row path: one (query row, head) at a time --------------------------------------------------
+
+template <bool F16>
+static void attention_rows(const float* q, int64_t T, int64_t q_stride, const void* k, const void* v,
+                           int64_t kv_stride, int64_t n_kv, bool causal, int64_t pos0, int n_head, int n_head_kv,
+                           int hd, float scale, float* out, int64_t out_stride, ThreadPool& pool) {
+    const size_t esz = F16 ? 2 : 4;
+    const int group = n_head / n_head_kv;
+    const AttnKernels& K = attn_kernels();
+    const VecMath& M = vecmath();
+    pool.parallel_for(T * n_head, 1, [&](int64_t i0, int64_t i1, int) {
+        std::vector<float> att((size_t)n_kv);
+        for (int64_t i = i0; i < i1; i++) {
+            const int64_t t = i / n_head;
+            const int h = (int)(i % n_head), hk = h / group;
+            const int64_t len = causal ? std::min<int64_t>(n_kv, pos0 + t + 1) : n_kv;
+            const float* qh = q + t * q_stride + (int64_t)h * hd;
+            const uint8_t* kb = (const uint8_t*)k + (size_t)hk * hd * esz;
+            const uint8_t* vb = (const uint8_t*)v + (size_t)hk * hd * esz;
+            for (int64_t j = 0; j < len; j++) {
+                const void* kr = kb + (size_t)j * kv_stride * esz;
+                att[j] = (F16 ? K.dot_f16(qh, (const uint16_t*)kr, hd) : K.dot_f32(qh, (const float*)kr, hd)) * scale;
+            }
+            const float inv = 1.0f / M.exp_sum(att.data(), len, M.max(att.data(), len));
+            float* o = out + t * out_stride + (int64_t)h * hd;
+            std::fill(o, o + hd, 0.f);
+            for (int64_t j = 0; j < len; j++) {
+                const void* vr = vb + (size_t)j * kv_stride * esz;
+                if (F16) K.axpy_f16(o, att[j], (const uint16_t*)vr, hd);
+                else K.axpy_f32(o, att[j], (const float*)vr, hd);
+            }
+            for (int d = 0; d < hd; d++) o[d] = o[d] * inv;
+        }
+    });
+}
+
+// ---- blocked path: a tile of query rows of one head against all keys ----------------------------
+
+static void attention_blocked(const float* q, int64_t T, int64_t q_stride, const float* k, const float* v,
+                              int64_t kv_stride, int64_t n_kv, int n_head, int n_head_kv, int hd, float scale,
+                              float* out, int64_t out_stride, ThreadPool& pool) {
+    constexpr int64_t kTile = 48;  // query rows per work item
+    const AttnKernels& K = attn_kernels();
+    const VecMath& M = vecmath();
+    const int group = n_head / n_head_kv;
+    const int64_t ldk = (n_kv + K.key_block - 1) / K.key_block * K.key_block;
+    const int64_t ldv = ((int64_t)hd + K.dim_block - 1) / K.dim_block * K.dim_block;
+    const int64_t n_tiles = (T + kTile - 1) / kTile;
+    // Work items in (head, tile) order: a thread's contiguous chunk mostly shares one head's K and V.
+    pool.parallel_for(n_head * n_tiles, 1, [&](int64_t i0, int64_t i1, int) {
+        std::vector<float> kt((size_t)(hd * ldk)), vp((size_t)(n_kv * ldv), 0.f);
+        std::vector<float> s((size_t)(kTile * ldk)), o((size_t)(kTile * ldv));
+        int packed = -1;
+        for (int64_t i = i0; i < i1; i++) {
+            const int h = (int)(i / n_tiles), hk = h / group;
+            if (hk != packed) {
+                const float* kh = k + (int64_t)hk * hd;
+                const float* vh = v + (int64_t)hk * hd;
+                for (int d = 0; d < hd; d++) {
+                    float* row = &kt[(size_t)(d * ldk)];
+                    for (int64_t j = 0; j < n_kv; j++) row[j] = kh[j * kv_stride + d];
+                    std::fill(row + n_kv, row + ldk, 0.f);
+                }
+                for (int64_t j = 0; j < n_kv; j++) std::copy(vh + j * kv_stride, vh + j * kv_stride + hd, &vp[(size_t)(j * ldv)]);
+                packed = hk;
+            }
+            const int64_t t0 = (i % n_tiles) * kTile;
+            const int rows = (int)std::min(kTile, T - t0);
+            K.scores(q + t0 * q_stride + (int64_t)h * hd, q_stride, rows, kt.data(), ldk, hd, scale, s.data());
+            float inv[kTile];
+            for (int r = 0; r < rows; r++) {
+                float* sr = &s[(size_t)(r * ldk)];
+                inv[r] = 1.0f / M.exp_sum(sr, n_kv, M.max(sr, n_kv));
+            }
+            K.pv(s.data(), ldk, rows, n_kv, vp.data(), ldv, o.data());
+            for (int r = 0; r < rows; r++) {
+                float* dst = out + (t0 + r) * out_stride + (int64_t)h * hd;
+                const float* src = &o[(size_t)(r * ldv)];
+                for (int d = 0; d < hd; d++) dst[d] = src[d] * inv[r];
+            }
+        }
+    });
+}
+
+void attention(const float* q, int64_t T, int64_t q_stride, const void* k, const void* v, int64_t kv_stride,
+               bool kv_f16, int64_t n_kv, bool causal, int64_t pos0, int n_head, int n_head_kv, int hd,
+               float scale, float* out, int64_t out_stride, ThreadPool& pool) {
+    if (!causal && !kv_f16 && T > 1)
+        attention_blocked(q, T, q_stride, (const float*)k, (const float*)v, kv_stride, n_kv, n_head, n_head_kv, hd,
+                          scale, out, out_stride, pool);
+    else if (kv_f16)
+        attention_rows<true>(q, T, q_stride, k, v, kv_stride, n_kv, causal, pos0, n_head, n_head_kv, hd, scale, out,
+                             out_stride, pool);
+    else
+        attention_rows<false>(q, T, q_stride, k, v, kv_stride, n_kv, causal, pos0, n_head, n_head_kv, hd, scale, out,
+                              out_stride, pool);
+}
+
+}  // namespace tg

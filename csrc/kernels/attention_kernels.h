@@ -1,0 +1,44 @@
+// Inner loops of attention (ops.h: attention()), with a plain scalar version (attention.cpp) and
+// AVX2 / AVX-512 versions (attention_avx2.cpp, attention_avx512.cpp) of the same arithmetic, so
+// results are bit-identical on every path and for any thread count. Not part of the engine's API.
+//
+// Two ways to compute one query row against its keys; the caller picks one from the shapes only:
+//
+//   row path (causal, half-precision K/V, or one query row), per key j:
+//     s_j  = dot16(q, k_j) * scale        dot16: lane l = d mod 16 accumulates fma(q[d], k[d], lane)
+//                                         in order of d; lanes combined as in vecmath.h lane_sum16
+//   blocked path (non-causal float32 K/V: the vision tower, the Q-Former):
+//     s_j  = (fma(q[d], k_j[d], acc) over d = 0, 1, ..., hd-1, acc from 0) * scale
+//
+//   then for both: m = max_j s_j;  e_j = exp(s_j - m) and sum = exp_sum (vecmath.h);
+//     o[d] = (fma(e_j, v_j[d], acc) over j = 0, 1, ..., acc from 0) * (1 / sum)
+//
+// The blocked kernels work on a head's K transposed ("kt": hd rows of ldk keys, zero beyond the
+// last key) and V with padded rows ("vp": one row of ldv >= hd floats per key, zero beyond hd), so
+// a SIMD lane is one key (scores) or one output dimension (P V).
+#pragma once
+#include <cstdint>
+
+namespace tg {
+
+struct AttnKernels {
+    // Row path.
+    float (*dot_f32)(const float* q, const float* k, int n);
+    float (*dot_f16)(const float* q, const uint16_t* k, int n);
+    void (*axpy_f32)(float* y, float a, const float* x, int n);  // y[i] = fma(a, x[i], y[i])
+    void (*axpy_f16)(float* y, float a, const uint16_t* x, int n);
+    // Blocked path. ldk must be a multiple of key_block and ldv of dim_block.
+    int key_block, dim_block;
+    // s[r * ldk + j] for r < rows, j < ldk; query row r at q + r * q_stride
+    void (*scores)(const float* q, int64_t q_stride, int rows, const float* kt, int64_t ldk, int hd, float scale,
+                   float* s);
+    // o[r * ldv + d] = sum over j < n of p[r * ldp + j] * vp[j * ldv + d]  (unnormalised), d < ldv
+    void (*pv)(const float* p, int64_t ldp, int rows, int64_t n, const float* vp, int64_t ldv, float* o);
+};
+
+const AttnKernels& attn_kernels_scalar();
+const AttnKernels& attn_kernels_avx2();    // only when the CPU supports it (cpu.h)
+const AttnKernels& attn_kernels_avx512();  // only when the CPU supports it (cpu.h)
+const AttnKernels& attn_kernels();         // the set for the active instruction set (isa_active())
+
+}  // namespace tg

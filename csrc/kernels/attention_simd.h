@@ -1,0 +1,134 @@
+// The attention_kernels.h contract written once for the SIMD vector type of simd_vec.h (included by
+// attention_avx2.cpp and attention_avx512.cpp only, each giving the register blocking R x C).
+#pragma once
+#include "fp16.h"
+#include "kernels/simd_vec.h"
+#include "kernels/vecmath.h"
+
+namespace tg {
+namespace {
+
+// ---- row path -----------------------------------------------------------------------------------
+
+struct LoadF32 {
+    static Vec load(const float* p) { return Vec::load(p); }
+    static float get(const float* p) { return *p; }
+};
+struct LoadF16 {
+    static Vec load(const uint16_t* p) { return Vec::load_f16(p); }
+    static float get(const uint16_t* p) { return fp16_to_fp32(*p); }
+};
+
+template <class L, class T>
+float dot16(const float* q, const T* k, int n) {
+    constexpr int NV = vm::kSumLanes / Vec::W;
+    Vec acc[NV];
+    for (int c = 0; c < NV; c++) acc[c] = Vec::zero();
+    int i = 0;
+    for (; i + vm::kSumLanes <= n; i += vm::kSumLanes)
+        for (int c = 0; c < NV; c++) acc[c] = Vec::fma(Vec::load(q + i + c * Vec::W), L::load(k + i + c * Vec::W), acc[c]);
+    if (i == n) return Vec::sum16(acc);
+    float lanes[vm::kSumLanes];
+    for (int c = 0; c < NV; c++) acc[c].store(lanes + c * Vec::W);
+    for (int l = 0; i < n; i++, l++) lanes[l] = std::fma(q[i], L::get(k + i), lanes[l]);
+    return lane_sum16(lanes);
+}
+
+template <class L, class T>
+void axpy(float* y, float a, const T* x, int n) {
+    const Vec va = Vec::set1(a);
+    int i = 0;
+    for (; i + Vec::W <= n; i += Vec::W) Vec::fma(va, L::load(x + i), Vec::load(y + i)).store(y + i);
+    for (; i < n; i++) y[i] = std::fma(a, L::get(x + i), y[i]);
+}
+
+// ---- blocked path -------------------------------------------------------------------------------
+
+// R query rows x C vectors of keys; each lane runs the fma chain over d in order.
+template <int R, int C>
+void scores_micro(const float* q, int64_t qs, const float* kt, int64_t ldk, int hd, float scale, float* s) {
+    Vec acc[R][C];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = Vec::zero();
+    for (int d = 0; d < hd; d++) {
+        Vec kv[C];
+        for (int c = 0; c < C; c++) kv[c] = Vec::load(kt + d * ldk + c * Vec::W);
+        for (int r = 0; r < R; r++) {
+            const Vec b = Vec::set1(q[r * qs + d]);
+            for (int c = 0; c < C; c++) acc[r][c] = Vec::fma(b, kv[c], acc[r][c]);
+        }
+    }
+    const Vec sc = Vec::set1(scale);
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) (acc[r][c] * sc).store(s + r * ldk + c * Vec::W);
+}
+
+// R query rows x C vectors of output dimensions; each lane runs the fma chain over keys in order.
+template <int R, int C>
+void pv_micro(const float* p, int64_t ldp, int64_t n, const float* vp, int64_t ldv, float* o) {
+    Vec acc[R][C];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = Vec::zero();
+    for (int64_t j = 0; j < n; j++) {
+        Vec vv[C];
+        for (int c = 0; c < C; c++) vv[c] = Vec::load(vp + j * ldv + c * Vec::W);
+        for (int r = 0; r < R; r++) {
+            const Vec b = Vec::set1(p[r * ldp + j]);
+            for (int c = 0; c < C; c++) acc[r][c] = Vec::fma(b, vv[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c].store(o + r * ldv + c * Vec::W);
+}
+
+// Calls F<r>::run(args...) for a runtime row count r in [1, R].
+template <int R, template <int> class F, class... A>
+void with_rows(int r, A... args) {
+    if constexpr (R >= 1) {
+        if (r == R) return F<R>::run(args...);
+        with_rows<R - 1, F>(r, args...);
+    }
+}
+
+template <int R, int C>
+struct Blocked {
+    static constexpr int key_block = C * Vec::W;
+    template <int r>
+    struct Scores {
+        static void run(const float* q, int64_t qs, const float* kt, int64_t ldk, int hd, float scale, float* s) {
+            scores_micro<r, C>(q, qs, kt, ldk, hd, scale, s);
+        }
+    };
+    static void scores(const float* q, int64_t qs, int rows, const float* kt, int64_t ldk, int hd, float scale,
+                       float* s) {
+        for (int64_t j = 0; j < ldk; j += key_block)
+            for (int r = 0; r < rows; r += R)
+                with_rows<R, Scores>(rows - r < R ? rows - r : R, q + r * qs, qs, kt + j, ldk, hd, scale, s + r * ldk + j);
+    }
+};
+
+template <int R, int C>
+struct BlockedPV {
+    static constexpr int dim_block = C * Vec::W;
+    template <int r>
+    struct Run {
+        static void run(const float* p, int64_t ldp, int64_t n, const float* vp, int64_t ldv, float* o) {
+            pv_micro<r, C>(p, ldp, n, vp, ldv, o);
+        }
+    };
+    static void pv(const float* p, int64_t ldp, int rows, int64_t n, const float* vp, int64_t ldv, float* o) {
+        for (int64_t d = 0; d < ldv; d += dim_block)
+            for (int r = 0; r < rows; r += R)
+                with_rows<R, Run>(rows - r < R ? rows - r : R, p + r * ldp, ldp, n, vp + d, ldv, o + r * ldv + d);
+    }
+};
+
+template <int RS, int CS, int RP, int CP>
+AttnKernels make_attn_kernels() {
+    return {dot16<LoadF32, float>, dot16<LoadF16, uint16_t>, axpy<LoadF32, float>, axpy<LoadF16, uint16_t>,
+            Blocked<RS, CS>::key_block, BlockedPV<RP, CP>::dim_block, Blocked<RS, CS>::scores,
+            BlockedPV<RP, CP>::pv};
+}
+
+}  // namespace
+}  // namespace tg

@@ -1,0 +1,17 @@
+// AVX-512 versions of the vecmath.h kernels (16 lanes); same arithmetic as the scalar ones.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include "kernels/vecmath_simd.h"
+
+namespace tg {
+
+const VecMath& vecmath_avx512() {
+    static const VecMath k = {exp_rows, erf_rows, gelu_erf_rows, exp_sum_rows, max_rows};
+    return k;
+}
+
+}  // namespace tg
