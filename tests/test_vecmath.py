@@ -5,7 +5,8 @@ instruction set this machine supports.
 - exp: within 2 ulp of float64 numpy for normal results, within 1 unit of 2^-149 in the subnormal
   range; 0 below -104, inf above 88.73, NaN stays NaN.
 - erf: within 2e-7 absolute (and 3 ulp) of float64 math.erf; +-1 at +-inf, NaN stays NaN.
-- gelu_erf: within 2e-7 * (1 + |x|) of the float64 formula; softmax: within 1e-6 relative.
+- gelu_erf: within 2e-7 * (1 + |x|) of the float64 formula; gelu_tanh within 4e-7 * (1 + |x|);
+  softmax: within 1e-6 relative.
 """
 import math
 
@@ -92,6 +93,22 @@ def test_gelu_erf():
     assert np.all(np.abs(y - ref) <= 2e-7 * (1 + np.abs(xd)))
     y2 = on_every_isa("gelu_erf", x[:50 * 187].reshape(50, 187))  # shape kept, same values
     assert np.array_equal(y2.ravel(), y[:50 * 187])
+
+
+def test_gelu_tanh():
+    """gelu_new of the decoder MLP: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    x = np.concatenate([np.linspace(-12, 12, 100_003, dtype=np.float32),
+                        np.array([0.0, -0.0, 1e20, -1e20, F32.max, -F32.max, np.inf], np.float32)])
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = on_every_isa("gelu_tanh", x)
+        xd = x.astype(np.float64)
+        ref = 0.5 * xd * (1 + np.tanh(math.sqrt(2 / math.pi) * (xd + 0.044715 * xd ** 3)))
+    big = np.abs(x) > 1e19
+    assert np.array_equal(y[big & (x > 0)], x[big & (x > 0)])
+    assert np.all(y[big & (x < 0)] == 0)
+    fin = ~big
+    assert np.all(np.abs(y[fin] - ref[fin]) <= 4e-7 * (1 + np.abs(xd[fin]))), np.max(np.abs(y[fin] - ref[fin]))
+    assert np.isnan(on_every_isa("gelu_tanh", np.array([np.nan], np.float32)))[0]
 
 
 def test_softmax():

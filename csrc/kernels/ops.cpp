@@ -43,13 +43,7 @@ void layernorm_rows(const float* x, float* y, int64_t rows, int64_t n, const flo
 
 void gelu_erf(float* x, int64_t n) { vecmath().gelu_erf(x, n); }
 
-void gelu_tanh(float* x, int64_t n) {
-    const float c = 0.79788456080286536f;  // sqrt(2/pi)
-    for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        x[i] = 0.5f * v * (1.0f + std::tanh(c * (v + 0.044715f * v * v * v)));
-    }
-}
+void gelu_tanh(float* x, int64_t n) { vecmath().gelu_tanh(x, n); }
 
 void add_inplace(float* y, const float* x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += x[i];

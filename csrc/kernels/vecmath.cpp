@@ -24,6 +24,10 @@ static void gelu_erf_scalar(float* x, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] = gelu_erf_ref(x[i]);
 }
 
+static void gelu_tanh_scalar(float* x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = gelu_tanh_ref(x[i]);
+}
+
 static float exp_sum_scalar(float* x, int64_t n, float m) {
     float lanes[vm::kSumLanes] = {};
     for (int64_t i = 0; i < n; i++) {
@@ -40,7 +44,7 @@ static float max_scalar(const float* x, int64_t n) {
 }
 
 const VecMath& vecmath_scalar() {
-    static const VecMath k = {exp_scalar, erf_scalar, gelu_erf_scalar, exp_sum_scalar, max_scalar};
+    static const VecMath k = {exp_scalar, erf_scalar, gelu_erf_scalar, gelu_tanh_scalar, exp_sum_scalar, max_scalar};
     return k;
 }
 

@@ -17,6 +17,9 @@
 //            result with the sign of x.  Absolute error <= 1.1e-7 (at most 2.3 ulp; measured
 //            against float64 over [-6, 6] in tests/test_vecmath.py).
 //   gelu_erf(x) = fma(h, erf(x * sqrt(1/2)), h) with h = 0.5 * x
+//   gelu_tanh(x) = 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)),  u = sqrt(2/pi) (x + 0.044715 x^3):
+//            computed as  v = fma((x * x) * x, 0.044715, x) * (-2 sqrt(2/pi));  x / (1 + exp(v))
+//            (x -> -inf: exp overflows to inf and the result is -0; x -> +inf: exp(v) = 0, result x)
 //   exp_sum(x, n, m): x[i] = exp(x[i] - m); returns the sum of the new x[i] accumulated in 16 lanes
 //            (lane l adds elements i = l mod 16, in order of i), then lanes combined as
 //            l += l + 8, l += l + 4, l += l + 2, l += l + 1 (lane 0 is the sum).
@@ -47,6 +50,8 @@ constexpr float kErfQ[7] = {1.128379225730896f,      -0.37612637877464294f,  0.1
 constexpr float kErfP[8] = {-1.264978051185608f,   0.9904339909553528f, 0.44917982816696167f, -0.24010686576366425f,
                             0.7706395983695984f,   -1.512721300125122f, 1.0861585140228271f,  -0.27882346510887146f};
 constexpr float kSqrtHalf = 0.70710678118654752f;
+constexpr float kGeluA = 0.044715f;
+constexpr float kGeluM2C = -1.5957691216057308f;  // -2 sqrt(2/pi)
 constexpr int kSumLanes = 16;
 }  // namespace vm
 
@@ -96,6 +101,11 @@ static inline float gelu_erf_ref(float x) {
     return std::fma(h, erf_ref(x * vm::kSqrtHalf), h);
 }
 
+static inline float gelu_tanh_ref(float x) {
+    const float v = std::fma((x * x) * x, vm::kGeluA, x) * vm::kGeluM2C;
+    return x / (1.0f + exp_ref(v));
+}
+
 // Combines the 16 lane sums of exp_sum in the fixed order of the contract.
 static inline float lane_sum16(float* acc) {
     for (int w = vm::kSumLanes / 2; w >= 1; w /= 2)
@@ -107,6 +117,7 @@ struct VecMath {
     void (*exp)(const float* x, float* y, int64_t n);
     void (*erf)(const float* x, float* y, int64_t n);
     void (*gelu_erf)(float* x, int64_t n);
+    void (*gelu_tanh)(float* x, int64_t n);
     float (*exp_sum)(float* x, int64_t n, float m);
     float (*max)(const float* x, int64_t n);  // -inf for n = 0
 };

@@ -63,6 +63,16 @@ void gelu_erf_rows(float* x, int64_t n) {
     for (; i < n; i++) x[i] = gelu_erf_ref(x[i]);
 }
 
+void gelu_tanh_rows(float* x, int64_t n) {
+    int64_t i = 0;
+    for (; i + Vec::W <= n; i += Vec::W) {
+        const Vec v = Vec::load(x + i);
+        const Vec u = Vec::fma((v * v) * v, Vec::set1(vm::kGeluA), v) * Vec::set1(vm::kGeluM2C);
+        (v / (Vec::set1(1.0f) + exp_v(u))).store(x + i);
+    }
+    for (; i < n; i++) x[i] = gelu_tanh_ref(x[i]);
+}
+
 float exp_sum_rows(float* x, int64_t n, float m) {
     constexpr int NV = vm::kSumLanes / Vec::W;
     Vec acc[NV];

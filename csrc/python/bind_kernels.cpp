@@ -5,7 +5,7 @@
 //   _core.PreparedWeight(type, w_bytes, n_out, n_in, prepare_threads=1, prepared=True)
 //       .matmul(x, bias=None, n_threads=1, repeat=1)
 //   _core.isa(), _core.isa_best(), _core.isa_supported(name), _core.set_isa(name)
-//   _core.vec_math(fn, x) -> float32 (fn: exp, erf, gelu_erf, softmax; softmax over the last axis)
+//   _core.vec_math(fn, x) -> float32 (fn: exp, erf, gelu_erf, gelu_tanh, softmax; softmax over the last axis)
 //   _core.attention_test(q, k, v, n_head, n_head_kv, scale, causal=False, pos0=0, n_threads=1)
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
@@ -142,14 +142,15 @@ py::array_t<float> vec_math(const std::string& fn, F32Array x) {
     } else if (fn == "erf") {
         py::gil_scoped_release release;
         M.erf(xp, yp, n);
-    } else if (fn == "gelu_erf" || fn == "softmax") {
+    } else if (fn == "gelu_erf" || fn == "gelu_tanh" || fn == "softmax") {
         py::gil_scoped_release release;
         std::copy(xp, xp + n, yp);
         if (fn == "gelu_erf") gelu_erf(yp, n);
+        else if (fn == "gelu_tanh") gelu_tanh(yp, n);
         else
             for (int64_t r = 0; row > 0 && r < n / row; r++) softmax(yp + r * row, row);
     } else {
-        throw ModelError(fmt("unknown function '%s' (expected exp, erf, gelu_erf or softmax)", fn.c_str()));
+        throw ModelError(fmt("unknown function '%s' (expected exp, erf, gelu_erf, gelu_tanh or softmax)", fn.c_str()));
     }
     return y;
 }
