@@ -116,6 +116,25 @@ def test_simd_bit_identical_to_scalar(ty):
                     assert diff.size == 0, f"{ty}/{isa} n={n} {n_out}x{n_in}: {diff.size} outputs differ from scalar"
 
 
+@pytest.mark.skipif(not SIMD, reason="no SIMD path on this machine")
+@pytest.mark.parametrize("ty", TYPES)
+def test_decode_streams_bit_identical(ty):
+    """Decode (n = 1) walks several parts of each thread's rows side by side: enough row groups that
+    every thread count below has full sets of streams plus a remainder."""
+    rng = np.random.default_rng(11)
+    n_in = 256 if BLOCK[ty] == 256 else 96
+    for n_out in (16 * 37 + 5, 16 * 64):
+        _, wq, _ = make(ty, n_out, n_in, 7 + n_out)
+        x = rng.standard_normal((1, n_in)).astype(np.float32)
+        bias = rng.standard_normal(n_out).astype(np.float32)
+        ys = run(ty, "scalar", wq, n_out, n_in, x, bias)
+        for isa in SIMD:
+            for threads in (1, 2, 3):
+                y = run(ty, isa, wq, n_out, n_in, x, bias, threads=threads)
+                diff = np.flatnonzero(y.view(np.uint32) != ys.view(np.uint32))
+                assert diff.size == 0, f"{ty}/{isa} {n_out}x{n_in} threads={threads}: {diff.size} outputs differ"
+
+
 @pytest.mark.parametrize("ty", TYPES)
 def test_thread_count_invariance(ty):
     rng = np.random.default_rng(2)
