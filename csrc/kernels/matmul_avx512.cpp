@@ -60,8 +60,9 @@ struct CvtBF16 {
 };
 
 // GB groups (wg, wg + gstride, ...) x NT activation rows starting at i0; g = index of the first group.
+// gstep: group index distance between the GB groups (1 = adjacent groups).
 template <typename C, int GB, int NT>
-void float_tile(const GemmArgs& A, const uint8_t* wg, size_t gstride, int64_t g, int64_t i0) {
+void float_tile(const GemmArgs& A, const uint8_t* wg, size_t gstride, int64_t g, int64_t i0, int64_t gstep = 1) {
     const int64_t k = A.n_in;
     __m512 acc[GB][NT];
     for (int b = 0; b < GB; b++)
@@ -76,7 +77,7 @@ void float_tile(const GemmArgs& A, const uint8_t* wg, size_t gstride, int64_t g,
         }
     }
     for (int b = 0; b < GB; b++)
-        for (int j = 0; j < NT; j++) store_out(A, i0 + j, g + b, acc[b][j]);
+        for (int j = 0; j < NT; j++) store_out(A, i0 + j, g + b * gstep, acc[b][j]);
 }
 
 template <typename C, int GB>
@@ -93,16 +94,18 @@ void float_tiles(const GemmArgs& A, const uint8_t* wg, size_t gstride, int64_t g
     }
 }
 
-// Decode: 4 groups at once for independent FMA chains. Prefill: pairs of groups x 8 rows; 16-bit
+// Decode: 4 groups at once for independent FMA chains, taken from four parts of the thread's range
+// (four memory streams per core, as decode_streams does for quantized weights). Prefill: pairs of groups x 8 rows; 16-bit
 // weights of the pair are first widened to float32 (exactly) so the conversion is paid once per
 // pair instead of once per activation tile.
 template <typename C>
 void float_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
     const size_t gbytes = (size_t)A.n_in * kGroup * C::elem;
     if (A.n == 1) {
-        int64_t g = g0;
-        for (; g + 4 <= g1; g += 4) float_tile<C, 4, 1>(A, A.w + (g - A.g_base) * gbytes, gbytes, g, 0);
-        for (; g < g1; g++) float_tile<C, 1, 1>(A, A.w + (g - A.g_base) * gbytes, gbytes, g, 0);
+        const int64_t len = (g1 - g0) / 4;
+        for (int64_t g = g0; g < g0 + len; g++)
+            float_tile<C, 4, 1>(A, A.w + (g - A.g_base) * gbytes, (size_t)len * gbytes, g, 0, len);
+        for (int64_t g = g0 + 4 * len; g < g1; g++) float_tile<C, 1, 1>(A, A.w + (g - A.g_base) * gbytes, gbytes, g, 0);
         return;
     }
     const bool widen = C::elem == 2 && A.n >= 16;
