@@ -70,8 +70,9 @@ struct CvtBF16 {
     }
 };
 
+// The GB groups are g, g + gstep, g + 2 gstep, ... (gstep 1: adjacent groups).
 template <typename C, int GB, int NT>
-void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0) {
+void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0, int64_t gstep = 1) {
     const int64_t k = A.n_in;
     __m256 acc[2 * GB][NT];
     for (int b = 0; b < 2 * GB; b++)
@@ -80,23 +81,23 @@ void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0) {
     const float* x = A.x + i0 * k;
     for (int64_t kk = 0; kk < k; kk++) {
         __m256 w[2 * GB];
-        for (int b = 0; b < 2 * GB; b++) w[b] = C::load(wg + (b / 2) * gbytes, kk, b & 1);
+        for (int b = 0; b < 2 * GB; b++) w[b] = C::load(wg + (b / 2) * gstep * gbytes, kk, b & 1);
         for (int j = 0; j < NT; j++) {
             const __m256 xb = _mm256_set1_ps(x[j * k + kk]);
             for (int b = 0; b < 2 * GB; b++) acc[b][j] = _mm256_fmadd_ps(w[b], xb, acc[b][j]);
         }
     }
     for (int b = 0; b < 2 * GB; b++)
-        for (int j = 0; j < NT; j++) store_out(A, i0 + j, g + b / 2, b & 1, acc[b][j]);
+        for (int j = 0; j < NT; j++) store_out(A, i0 + j, g + (b / 2) * gstep, b & 1, acc[b][j]);
 }
 
 template <typename C>
 void float_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
     const size_t gbytes = (size_t)A.n_in * kGroup * C::elem;
-    if (A.n == 1) {
-        int64_t g = g0;
-        for (; g + 2 <= g1; g += 2) float_tile<C, 2, 1>(A, gbytes, g, 0);
-        for (; g < g1; g++) float_tile<C, 1, 1>(A, gbytes, g, 0);
+    if (A.n == 1) {  // two groups at once from the two halves of the range: two memory streams
+        const int64_t len = (g1 - g0) / 2;
+        for (int64_t g = g0; g < g0 + len; g++) float_tile<C, 2, 1>(A, gbytes, g, 0, len);
+        for (int64_t g = g0 + 2 * len; g < g1; g++) float_tile<C, 1, 1>(A, gbytes, g, 0);
         return;
     }
     const int64_t chunk = act_chunk_rows(A.n, A.n_in * 4);
@@ -181,6 +182,88 @@ void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
         }
     }
     for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
+}
+
+// Decode (one activation row) over NG groups taken from NG separate places of the weight, both
+// halves of each: NG memory streams per core instead of one. Per output the arithmetic of the tiles.
+template <int NG>
+void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
+    const ActQ8& a = *A.a8;
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    __m256 acc[NG][2];
+    for (int j = 0; j < NG; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < a.nb; b++) {
+        const int8_t* xq = a.qs.data() + b * QK8_0;
+        const __m256 dx = _mm256_set1_ps(a.d[b]);
+        for (int j = 0; j < NG; j++)
+            for (int h = 0; h < 2; h++) {
+                const uint8_t* blk = wg[j] + pair_quant_off<kPackQ8_0>(b) + 32 * h;
+                const __m256 dw = load_ph(wg[j] + pair_scale_off<kPackQ8_0>(b) + 16 * h);
+                __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+                for (int s = 0; s < 8; s += 2) {
+                    const __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(blk + 64 * s)), flip);
+                    const __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(blk + 64 * s + 64)), flip);
+                    s0 = dp4(s0, _mm256_abs_epi8(w0), _mm256_sign_epi8(bc(xq + 4 * s), w0));
+                    s1 = dp4(s1, _mm256_abs_epi8(w1), _mm256_sign_epi8(bc(xq + 4 * s + 4), w1));
+                }
+                acc[j][h] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc[j][h]);
+            }
+    }
+    for (int j = 0; j < NG; j++)
+        for (int h = 0; h < 2; h++) store_out(A, 0, g[j], h, acc[j][h]);
+}
+
+template <int NG>
+void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
+    const ActQ8& a = *A.a8;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[NG][2];
+    for (int j = 0; j < NG; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < a.nb; b++) {
+        const int8_t* xq = a.qs.data() + b * QK4_0;
+        const __m256i corr = _mm256_set1_epi32(-8 * a.sum[b]);
+        const __m256 dx = _mm256_set1_ps(a.d[b]);
+        for (int j = 0; j < NG; j++)
+            for (int h = 0; h < 2; h++) {
+                const uint8_t* blk = wg[j] + pair_quant_off<kPackQ4_0>(b) + 32 * h;
+                const __m256 dw = load_ph(wg[j] + pair_scale_off<kPackQ4_0>(b) + 16 * h);
+                __m256i s0 = corr, s1 = _mm256_setzero_si256();
+                for (int s = 0; s < 4; s++) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + 64 * s));
+                    __m256i& t = (s & 1) ? s1 : s0;
+                    t = dp4(t, _mm256_and_si256(v, m4), bc(xq + 4 * s));
+                }
+                for (int s = 0; s < 4; s++) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + 64 * s));
+                    __m256i& t = (s & 1) ? s1 : s0;
+                    t = dp4(t, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), bc(xq + 16 + 4 * s));
+                }
+                acc[j][h] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc[j][h]);
+            }
+    }
+    for (int j = 0; j < NG; j++)
+        for (int h = 0; h < 2; h++) store_out(A, 0, g[j], h, acc[j][h]);
+}
+
+// Decode driver: the thread's groups [g0, g1) in kStreams equal parts walked side by side.
+constexpr int kStreams = 4;
+template <void (*V4)(const GemmArgs&, const uint8_t* const*, const int64_t*),
+          void (*V1)(const GemmArgs&, const uint8_t* const*, const int64_t*)>
+void decode_streams(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes) {
+    const int64_t len = (g1 - g0) / kStreams;
+    for (int64_t i = 0; i < len; i++) {
+        int64_t g[kStreams];
+        const uint8_t* w[kStreams];
+        for (int j = 0; j < kStreams; j++) {
+            g[j] = g0 + j * len + i;
+            w[j] = A.w + (g[j] - A.g_base) * gbytes;
+        }
+        V4(A, w, g);
+    }
+    for (int64_t gg = g0 + kStreams * len; gg < g1; gg++) {
+        const uint8_t* w = A.w + (gg - A.g_base) * gbytes;
+        V1(A, &w, &gg);
+    }
 }
 
 // ---- K-quants -------------------------------------------------------------------------------
@@ -413,10 +496,14 @@ void gemm_f16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF16>(A,
 void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(A, g0, g1); }
 
 void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1)
+        return decode_streams<q8_0_vec<kStreams>, q8_0_vec<1>>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in));
     static const TileFn t[4] = {q8_0_tile<1>, q8_0_tile<2>, q8_0_tile<3>, q8_0_tile<4>};
     quant_gemm(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), t);
 }
 void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1)
+        return decode_streams<q4_0_vec<kStreams>, q4_0_vec<1>>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in));
     static const TileFn t[4] = {q4_0_tile<1>, q4_0_tile<2>, q4_0_tile<3>, q4_0_tile<4>};
     quant_gemm(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in), t);
 }
