@@ -122,11 +122,12 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
                 for (int64_t b = 0; b < nb; b++) {
                     uint8_t* o = dst + pair_quant_off<kPackQ4_0>(b) + 4 * r;
                     uint8_t* d = dst + pair_scale_off<kPackQ4_0>(b) + 2 * r;
-                    uint32_t v[4] = {0x88888888u, 0x88888888u, 0x88888888u, 0x88888888u};
-                    std::memset(d, 0, 2);
+                    uint32_t v[4] = {0x88888888u, 0x88888888u, 0x88888888u, 0x88888888u};  // padding: q = 0
                     if (p) {
                         std::memcpy(d, &p[b].d, 2);
                         std::memcpy(v, p[b].qs, 16);
+                    } else {
+                        std::memset(d, 0, 2);
                     }
                     for (int s = 0; s < 4; s++) std::memcpy(o + 64 * s, &v[s], 4);
                 }

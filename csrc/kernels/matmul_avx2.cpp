@@ -227,43 +227,22 @@ void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
             for (int h = 0; h < 2; h++) {
                 const uint8_t* blk = wg[j] + pair_quant_off<kPackQ4_0>(b) + 32 * h;
                 const __m256 dw = load_ph(wg[j] + pair_scale_off<kPackQ4_0>(b) + 16 * h);
+                __m256i v[4];
+                for (int s = 0; s < 4; s++) v[s] = _mm256_loadu_si256((const __m256i*)(blk + 64 * s));
                 __m256i s0 = corr, s1 = _mm256_setzero_si256();
-                for (int s = 0; s < 4; s++) {
-                    const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + 64 * s));
-                    __m256i& t = (s & 1) ? s1 : s0;
-                    t = dp4(t, _mm256_and_si256(v, m4), bc(xq + 4 * s));
+                for (int s = 0; s < 4; s += 2) {  // low nibbles: values 0..15, then high: 16..31
+                    s0 = dp4(s0, _mm256_and_si256(v[s], m4), bc(xq + 4 * s));
+                    s1 = dp4(s1, _mm256_and_si256(v[s + 1], m4), bc(xq + 4 * s + 4));
                 }
-                for (int s = 0; s < 4; s++) {
-                    const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + 64 * s));
-                    __m256i& t = (s & 1) ? s1 : s0;
-                    t = dp4(t, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), bc(xq + 16 + 4 * s));
+                for (int s = 0; s < 4; s += 2) {
+                    s0 = dp4(s0, _mm256_and_si256(_mm256_srli_epi16(v[s], 4), m4), bc(xq + 16 + 4 * s));
+                    s1 = dp4(s1, _mm256_and_si256(_mm256_srli_epi16(v[s + 1], 4), m4), bc(xq + 20 + 4 * s));
                 }
                 acc[j][h] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc[j][h]);
             }
     }
     for (int j = 0; j < NG; j++)
         for (int h = 0; h < 2; h++) store_out(A, 0, g[j], h, acc[j][h]);
-}
-
-// Decode driver: the thread's groups [g0, g1) in kStreams equal parts walked side by side.
-constexpr int kStreams = 4;
-template <void (*V4)(const GemmArgs&, const uint8_t* const*, const int64_t*),
-          void (*V1)(const GemmArgs&, const uint8_t* const*, const int64_t*)>
-void decode_streams(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes) {
-    const int64_t len = (g1 - g0) / kStreams;
-    for (int64_t i = 0; i < len; i++) {
-        int64_t g[kStreams];
-        const uint8_t* w[kStreams];
-        for (int j = 0; j < kStreams; j++) {
-            g[j] = g0 + j * len + i;
-            w[j] = A.w + (g[j] - A.g_base) * gbytes;
-        }
-        V4(A, w, g);
-    }
-    for (int64_t gg = g0 + kStreams * len; gg < g1; gg++) {
-        const uint8_t* w = A.w + (gg - A.g_base) * gbytes;
-        V1(A, &w, &gg);
-    }
 }
 
 // ---- K-quants -------------------------------------------------------------------------------
@@ -497,13 +476,13 @@ void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(
 
 void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1)
-        return decode_streams<q8_0_vec<kStreams>, q8_0_vec<1>>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in));
+        return decode_streams<q8_0_vec<kDecodeStreams>, q8_0_vec<1>>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in));
     static const TileFn t[4] = {q8_0_tile<1>, q8_0_tile<2>, q8_0_tile<3>, q8_0_tile<4>};
     quant_gemm(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), t);
 }
 void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1)
-        return decode_streams<q4_0_vec<kStreams>, q4_0_vec<1>>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in));
+        return decode_streams<q4_0_vec<kDecodeStreams>, q4_0_vec<1>>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in));
     static const TileFn t[4] = {q4_0_tile<1>, q4_0_tile<2>, q4_0_tile<3>, q4_0_tile<4>};
     quant_gemm(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in), t);
 }

@@ -95,7 +95,7 @@ void float_tiles(const GemmArgs& A, const uint8_t* wg, size_t gstride, int64_t g
 }
 
 // Decode: 4 groups at once for independent FMA chains, taken from four parts of the thread's range
-// (four memory streams per core, as decode_streams does for quantized weights). Prefill: pairs of groups x 8 rows; 16-bit
+// (four memory streams per core, as decode_streams in matmul_impl.h does for quantized weights). Prefill: pairs of groups x 8 rows; 16-bit
 // weights of the pair are first widened to float32 (exactly) so the conversion is paid once per
 // pair instead of once per activation tile.
 template <typename C>
@@ -449,31 +449,6 @@ void q6_K_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
     for (int j = 0; j < NG; j++) store_out(A, 0, g[j], acc[j]);
 }
 
-// Decode (n == 1) driver: the thread's groups [g0, g1) split into kStreams equal parts walked side by
-// side, so each core reads kStreams places of the weight at once (more cache-line fetches in flight
-// than one sequential stream; measured +40% read rate). Results are those of the tile kernels.
-constexpr int kStreams = 4;
-template <template <int> class V>
-void decode_streams(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes) {
-    const int64_t len = (g1 - g0) / kStreams;
-    for (int64_t i = 0; i < len; i++) {
-        int64_t g[kStreams];
-        const uint8_t* w[kStreams];
-        for (int j = 0; j < kStreams; j++) {
-            g[j] = g0 + j * len + i;
-            w[j] = A.w + (g[j] - A.g_base) * gbytes;
-        }
-        V<kStreams>::run(A, w, g);
-    }
-    for (int64_t gg = g0 + kStreams * len; gg < g1; gg++) {
-        const uint8_t* w = A.w + (gg - A.g_base) * gbytes;
-        V<1>::run(A, &w, &gg);
-    }
-}
-template <int NG> struct Q8_0V { static void run(const GemmArgs& A, const uint8_t* const* w, const int64_t* g) { q8_0_vec<NG>(A, w, g); } };
-template <int NG> struct Q4_0V { static void run(const GemmArgs& A, const uint8_t* const* w, const int64_t* g) { q4_0_vec<NG>(A, w, g); } };
-template <int NG> struct Q4_KV { static void run(const GemmArgs& A, const uint8_t* const* w, const int64_t* g) { q4_K_vec<NG>(A, w, g); } };
-template <int NG> struct Q6_KV { static void run(const GemmArgs& A, const uint8_t* const* w, const int64_t* g) { q6_K_vec<NG>(A, w, g); } };
 
 using TileFn = void (*)(const GemmArgs&, const uint8_t*, int64_t, int64_t);
 
@@ -607,19 +582,23 @@ void run_table(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, std::in
 }
 
 void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
-    if (A.n == 1) return decode_streams<Q8_0V>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in));
+    if (A.n == 1) return decode_streams<q8_0_vec<kDecodeStreams>, q8_0_vec<1>>(A, g0, g1,
+                                                                 packed_group_bytes(GgmlType::Q8_0, A.n_in));
     run_table<Q8_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), std::make_integer_sequence<int, NT_Q8>());
 }
 void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
-    if (A.n == 1) return decode_streams<Q4_0V>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in));
+    if (A.n == 1) return decode_streams<q4_0_vec<kDecodeStreams>, q4_0_vec<1>>(A, g0, g1,
+                                                                 packed_group_bytes(GgmlType::Q4_0, A.n_in));
     run_table<Q4_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in), std::make_integer_sequence<int, NT_Q4>());
 }
 void gemm_q4_K(const GemmArgs& A, int64_t g0, int64_t g1) {
-    if (A.n == 1) return decode_streams<Q4_KV>(A, g0, g1, packed_group_bytes(GgmlType::Q4_K, A.n_in));
+    if (A.n == 1) return decode_streams<q4_K_vec<kDecodeStreams>, q4_K_vec<1>>(A, g0, g1,
+                                                                 packed_group_bytes(GgmlType::Q4_K, A.n_in));
     run_table<Q4_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K, std::make_integer_sequence<int, NT_K4>());
 }
 void gemm_q6_K(const GemmArgs& A, int64_t g0, int64_t g1) {
-    if (A.n == 1) return decode_streams<Q6_KV>(A, g0, g1, packed_group_bytes(GgmlType::Q6_K, A.n_in));
+    if (A.n == 1) return decode_streams<q6_K_vec<kDecodeStreams>, q6_K_vec<1>>(A, g0, g1,
+                                                                 packed_group_bytes(GgmlType::Q6_K, A.n_in));
     run_table<Q6_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K, std::make_integer_sequence<int, NT_K6>());
 }
 

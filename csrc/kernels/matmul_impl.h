@@ -96,6 +96,33 @@ using GemmFn = void (*)(const GemmArgs&, int64_t g0, int64_t g1);
 // Bytes of the repacked layout of one group (0: type has no repacked layout).
 size_t packed_group_bytes(GgmlType t, int64_t n_in);
 
+// Decode (n == 1) kernel over NG row groups at once: wg[j] is group g[j]'s repacked data.
+using DecodeFn = void (*)(const GemmArgs&, const uint8_t* const* wg, const int64_t* g);
+
+// Decode driver shared by the SIMD paths: the thread's groups [g0, g1) are split into
+// kDecodeStreams equal parts walked side by side, so each core reads kDecodeStreams places of the
+// weight at once (more cache-line fetches in flight than one sequential stream: +25-40% read rate
+// measured). V4 takes one group from each part, V1 the groups left over. Per output the arithmetic
+// is that of the ISA's tile kernels.
+constexpr int kDecodeStreams = 4;
+template <DecodeFn V4, DecodeFn V1>
+void decode_streams(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes) {
+    const int64_t len = (g1 - g0) / kDecodeStreams;
+    for (int64_t i = 0; i < len; i++) {
+        int64_t g[kDecodeStreams];
+        const uint8_t* w[kDecodeStreams];
+        for (int j = 0; j < kDecodeStreams; j++) {
+            g[j] = g0 + j * len + i;
+            w[j] = A.w + (g[j] - A.g_base) * gbytes;
+        }
+        V4(A, w, g);
+    }
+    for (int64_t gg = g0 + kDecodeStreams * len; gg < g1; gg++) {
+        const uint8_t* w = A.w + (gg - A.g_base) * gbytes;
+        V1(A, &w, &gg);
+    }
+}
+
 // Activation rows processed together so that they stay in the L2 cache.
 inline int64_t act_chunk_rows(int64_t n, int64_t k_bytes) {
     int64_t c = (int64_t)(384 * 1024) / (k_bytes > 0 ? k_bytes : 1);
