@@ -9,15 +9,27 @@
 
 namespace tg {
 
+// Sums in eight double accumulators, lane l taking elements l, l + 8, ... and the lanes combined
+// in a fixed tree: a set order (so the result does not depend on how the compiler vectorizes it)
+// without the serial chain of one accumulator.
+namespace {
+template <typename F>
+double sum8(int64_t n, F term) {
+    double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) s[l] += term(i + l);
+    for (int l = 0; i < n; i++, l++) s[l] += term(i);
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+}  // namespace
+
 void layernorm(const float* x, float* y, int64_t n, const float* w, const float* b, float eps) {
-    double sum = 0.0;
-    for (int64_t i = 0; i < n; i++) sum += x[i];
-    const float mean = (float)(sum / n);
-    double var = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        float d = x[i] - mean;
-        var += (double)d * d;
-    }
+    const float mean = (float)(sum8(n, [x](int64_t i) { return (double)x[i]; }) / n);
+    const double var = sum8(n, [x, mean](int64_t i) {
+        const float d = x[i] - mean;
+        return (double)d * d;
+    });
     const float inv = 1.0f / std::sqrt((float)(var / n) + eps);
     for (int64_t i = 0; i < n; i++) {
         float v = (x[i] - mean) * inv;
@@ -28,8 +40,7 @@ void layernorm(const float* x, float* y, int64_t n, const float* w, const float*
 }
 
 void rmsnorm(const float* x, float* y, int64_t n, const float* w, float eps) {
-    double ss = 0.0;
-    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    const double ss = sum8(n, [x](int64_t i) { return (double)x[i] * x[i]; });
     const float inv = 1.0f / std::sqrt((float)(ss / n) + eps);
     for (int64_t i = 0; i < n; i++) y[i] = x[i] * inv * (w ? w[i] : 1.0f);
 }
