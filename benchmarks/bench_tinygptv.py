@@ -8,7 +8,7 @@ Phi-2 with the TinyGPT-V norms; see benchmarks/tinygptv_random.py) as a `tinygpt
 (224 px: 257 vision tokens, 448 px: 1025), cached under .bench/, in F16 and, through
 tinygptv_native.quantize.quantize_file, in Q8_0, Q4_0 and Q4_K_M. quantize_file quantizes the vision
 tower, Q-Former and projector too (Q4_K_M stores them as Q8_0); the "+vf16" variants keep those in
-F16 (written here from the two files), so both are measured (--vision quant|f16|both).
+F16 (`tinygptv quantize IN OUT TYPE --vision-type f16`), so both are measured (--vision quant|f16|both).
 
 Each run is its own process (peak RSS = its VmHWM). Per run: load (of a file in the page cache: the
 worker reads it through first); the stage-3 prompt with a short question, the image spliced at
@@ -74,8 +74,9 @@ def model_file(size: int, typ: str, vision_f16: bool) -> Path:
         return q
     m = CACHE / f"tinygptv-random-{size}-{typ}-vf16.gguf"
     if not m.exists():
-        print(f"writing {m} (vision, Q-Former, projector F16) ...", flush=True)
-        R.keep_vision_f16(q, f16, m)
+        print(f"quantizing {m} (vision, Q-Former, projector F16) ...", flush=True)
+        from tinygptv_native.quantize import quantize_file
+        quantize_file(str(f16), str(m), typ, vision_type="f16")
     return m
 
 

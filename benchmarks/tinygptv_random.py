@@ -7,8 +7,6 @@ Used by bench_tinygptv.py. Three pieces:
   Phi-2 (2560 wide, 32 layers, 32 heads, FFN 10240, rotary 32, vocabulary 51200) with TinyGPT-V's q/k
   LayerNorm and post-attention RMSNorm; names, keys and chat metadata from convert/schema.py, the
   GPT-2 vocabulary of tests/data/gpt2 padded to 51200 rows as the converter does.
-- keep_vision_f16(quantized, f16, out): a copy of a quantized file whose vision tower, Q-Former and
-  projector (v.*, qf.*, mm.*) are taken unchanged from the F16 file.
 - TorchReference(path, dtype): transformers' Blip2VisionModel (post_layernorm = ln_vision, eps 1e-5),
   Blip2QFormerModel, two Linear and PhiForCausalLM (qk_layernorm) with an RMSNorm hook on the attention
   output, weights read from the F16 file (plain reads, not a mapping, so the file does not count in
@@ -16,7 +14,6 @@ Used by bench_tinygptv.py. Three pieces:
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -177,41 +174,6 @@ def build_f16(path: Path, image_size: int, progress=True) -> None:
     from convert.writer import write_with_outtype
     write_with_outtype(str(path), schema.ARCH_TINYGPTV, metadata(image_size), planned_tensors(image_size), "f16",
                        progress)
-
-
-VISION_PREFIXES = ("v.", "qf.", "mm.")
-
-
-def keep_vision_f16(quantized: Path, f16: Path, out: Path) -> None:
-    """Write `out`: the tensors and metadata of `quantized`, except v.*, qf.* and mm.*, which are copied
-    unchanged (F16 matrices, F32 vectors) from `f16`. Written to a temporary name, then renamed."""
-    import gguf
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
-    q, f = GGUFReader(str(quantized), "r"), GGUFReader(str(f16), "r")
-    ftensors = {t.name: t for t in f.tensors}
-    tmp = out.with_name(out.name + ".tmp")
-    w = GGUFWriter(str(tmp), q.fields["general.architecture"].contents())
-    try:
-        for name, field in q.fields.items():
-            if name.startswith("GGUF.") or name == "general.architecture":
-                continue
-            vtype = field.types[0]
-            sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
-            w.add_key_value(name, field.contents(), vtype, sub_type=sub)
-        chosen = [ftensors[t.name] if t.name.startswith(VISION_PREFIXES) else t for t in q.tensors]
-        for t in chosen:
-            w.add_tensor_info(t.name, [int(d) for d in reversed(t.shape)], np.dtype(np.float32), int(t.n_bytes),
-                              raw_dtype=gguf.GGMLQuantizationType(int(t.tensor_type)))
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        for t in chosen:
-            w.write_tensor_data(np.asarray(t.data).view(np.uint8).reshape(-1))
-        w.close()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ------------------------------------------------------------------------------ PyTorch reference

@@ -76,3 +76,36 @@ def test_quantized_model_stays_close(model_set, tmp_path):
     a = Model(path, n_threads=2).logits(ids, image=img, image_at=2)
     b = Model(q8, n_threads=2).logits(ids, image=img, image_at=2)
     assert np.abs(a - b).max() < 0.1 * a.std()
+
+
+def test_quantize_vision_type_keeps_image_path(model_set, tmp_path):
+    """`quantize q4_0 --vision-type f16`: the image path's weights are F16, the decoder's Q4_0, and the
+    image embeddings are exactly those of the all-F16 file."""
+    import gguf
+    from tinygptv_native.quantize import QuantizeError, main, quantize_file
+    path, _ = model_set
+    mixed, f16 = str(tmp_path / "q4_0-vf16.gguf"), str(tmp_path / "f16.gguf")
+    types = quantize_file(path, mixed, "q4_0", progress=False, vision_type="f16")
+    quantize_file(path, f16, "f16", progress=False)
+    reader = gguf.GGUFReader(mixed)
+    seen = set()
+    for t in reader.tensors:
+        if len(t.shape) < 2 or not t.name.endswith(".weight"):
+            continue
+        want = "F16" if t.name.startswith(("v.", "qf.", "mm.")) else "Q4_0"
+        if int(t.shape[0]) % 32 and want == "Q4_0":
+            want = "F32"
+        assert t.tensor_type.name == want == types[t.name], t.name
+        seen.add(want)
+    assert seen >= {"F16", "Q4_0"}
+    assert int(reader.fields["general.file_type"].contents()) == 2
+    img = _picture(seed=6)
+    a = Model(mixed, n_threads=2).encode_image(img)
+    b = Model(f16, n_threads=2).encode_image(img)
+    assert np.array_equal(a, b)
+    with pytest.raises(QuantizeError, match="q4_k"):
+        quantize_file(path, str(tmp_path / "x.gguf"), "q4_0", progress=False, vision_type="q4_k")
+    assert not (tmp_path / "x.gguf").exists()
+    with pytest.raises(SystemExit):
+        main([path, str(tmp_path / "y.gguf"), "q8_0", "--vision-type", "bf16", "--quiet"])
+    assert main([path, str(tmp_path / "y.gguf"), "q8_0", "--vision-type", "q4_0", "--quiet"]) == 0

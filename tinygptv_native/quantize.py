@@ -15,6 +15,10 @@ TYPE is one of f16, q8_0, q4_0, q4_k_m. Which tensors change:
   attn_qkv takes the attn_v rule instead (Q6_K on the same "more bits" layers, Q4_K on the
   others), which averages 5.53 bits per weight against Q5_K's 5.5. All other LM weights Q4_K.
   The vision tower, Q-Former and projector (v.*, qf.*, mm.*) are stored as Q8_0.
+- --vision-type f16|q8_0|q4_0 (vision_type=) gives the weights of the vision tower, Q-Former and
+  projector (v.*, qf.*, mm.*) that type instead, whatever TYPE the language model gets: for
+  example `q4_0 --vision-type f16` keeps the image path in half precision (slower to encode,
+  closest to the float model) while the decoder is 4-bit.
 
 All metadata is kept; general.file_type is set as llama.cpp does (1 F16, 7 Q8_0, 2 Q4_0,
 15 Q4_K_M) and general.quantization_version to 2 for quantized files. The output is written to
@@ -35,6 +39,8 @@ import numpy as np
 from . import _core
 
 TYPES = ("f16", "q8_0", "q4_0", "q4_k_m")
+VISION_TYPES = ("f16", "q8_0", "q4_0")
+_VISION_PREFIXES = ("v.", "qf.", "mm.")
 FILE_TYPE = {"f16": 1, "q8_0": 7, "q4_0": 2, "q4_k_m": 15}
 QUANTIZATION_VERSION = 2
 _BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_K": 256, "Q6_K": 256}
@@ -62,8 +68,12 @@ def use_more_bits(i_layer: int, n_layers: int) -> bool:
 _BLK = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 
-def choose_type(name: str, ne: Sequence[int], in_type: str, target: str, n_layers: int) -> str:
-    """Storage type of one tensor in the output. ne is the GGML shape (ne[0] = row length)."""
+def choose_type(name: str, ne: Sequence[int], in_type: str, target: str, n_layers: int,
+                vision_type: Optional[str] = None) -> str:
+    """Storage type of one tensor in the output. ne is the GGML shape (ne[0] = row length).
+    vision_type, when given, is the target of the image path's weights (v.*, qf.*, mm.*)."""
+    if vision_type is not None and name.startswith(_VISION_PREFIXES):
+        target = vision_type
     dims = [d for d in ne]
     while len(dims) > 1 and dims[-1] == 1:
         dims.pop()
@@ -79,7 +89,7 @@ def choose_type(name: str, ne: Sequence[int], in_type: str, target: str, n_layer
         want = target.upper()
         return want if row % 32 == 0 else float_keep
     # q4_k_m
-    if name.startswith(("v.", "qf.", "mm.")):
+    if name.startswith(_VISION_PREFIXES):
         return "Q8_0" if row % 32 == 0 else float_keep
     want = "Q4_K"
     if name == "output.weight":
@@ -171,12 +181,18 @@ def _convert(data: np.ndarray, in_type: str, out_type: str, ne0: int, n_rows: in
     return out
 
 
-def quantize_file(in_path: str, out_path: str, type: str, progress: bool = True, n_threads: Optional[int] = None) -> dict:
+def quantize_file(in_path: str, out_path: str, type: str, progress: bool = True, n_threads: Optional[int] = None,
+                  vision_type: Optional[str] = None) -> dict:
     """Write `out_path`, a copy of the GGUF file `in_path` with weights stored as `type`
-    (f16, q8_0, q4_0 or q4_k_m). Returns {tensor name: output type name}."""
+    (f16, q8_0, q4_0 or q4_k_m); `vision_type` (f16, q8_0 or q4_0) overrides it for the image
+    path's weights (v.*, qf.*, mm.*). Returns {tensor name: output type name}."""
     target = str(type).lower()
     if target not in TYPES:
         raise QuantizeError(f"unknown quantization type {type!r} (expected one of {', '.join(TYPES)})")
+    if vision_type is not None:
+        vision_type = str(vision_type).lower()
+        if vision_type not in VISION_TYPES:
+            raise QuantizeError(f"unknown vision type {vision_type!r} (expected one of {', '.join(VISION_TYPES)})")
     gguf = _gguf()
     from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
@@ -207,7 +223,7 @@ def quantize_file(in_path: str, out_path: str, type: str, progress: bool = True,
     for t in reader.tensors:
         in_type = _type_name(t.tensor_type)
         ne = [int(d) for d in t.shape]
-        out_type = choose_type(t.name, ne, in_type, target, n_layers)
+        out_type = choose_type(t.name, ne, in_type, target, n_layers, vision_type)
         if out_type != in_type and in_type not in _BLOCK and in_type != "F64":
             raise QuantizeError(f"tensor {t.name}: cannot convert type {in_type} to {out_type}")
         n_rows = int(np.prod(ne[1:])) if len(ne) > 1 else 1
@@ -234,7 +250,7 @@ def quantize_file(in_path: str, out_path: str, type: str, progress: bool = True,
             if name == "general.alignment":
                 writer.data_alignment = int(field.contents())
         writer.add_key_value("general.file_type", FILE_TYPE[target], GGUFValueType.UINT32)
-        if target != "f16":
+        if any(p[2] in ("Q8_0", "Q4_0", "Q4_K", "Q6_K") for p in plan):
             writer.add_key_value("general.quantization_version", QUANTIZATION_VERSION, GGUFValueType.UINT32)
         total = 0
         for t, in_type, out_type, ne, n_rows in plan:
@@ -282,15 +298,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("input", help="input GGUF file")
     ap.add_argument("output", help="output GGUF file (written to a temporary name, then renamed)")
     ap.add_argument("type", help="one of: " + ", ".join(TYPES))
+    ap.add_argument("--vision-type", default=None, metavar="TYPE",
+                    help="type of the vision tower, Q-Former and projector weights: " + ", ".join(VISION_TYPES)
+                    + " (default: TYPE; Q8_0 for q4_k_m)")
     ap.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(list(argv) if argv is not None else None)
     if args.type.lower() not in TYPES:
         ap.error(f"unknown TYPE {args.type!r} (expected one of {', '.join(TYPES)})")
+    if args.vision_type is not None and args.vision_type.lower() not in VISION_TYPES:
+        ap.error(f"unknown --vision-type {args.vision_type!r} (expected one of {', '.join(VISION_TYPES)})")
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
     try:
-        types = quantize_file(args.input, args.output, args.type, progress=not args.quiet, n_threads=args.threads)
+        types = quantize_file(args.input, args.output, args.type, progress=not args.quiet, n_threads=args.threads,
+                              vision_type=args.vision_type)
     except (ValueError, OSError, ImportError) as e:
         print(f"tinygptv quantize: error: {e}", file=sys.stderr)
         return 1
