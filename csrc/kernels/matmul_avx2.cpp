@@ -339,6 +339,75 @@ void q6_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
 }
 
+// Decode versions of q4_K_tile / q6_K_tile (one activation row, the tiles' arithmetic for NT = 1)
+// over NG groups from NG separate places of the weight, super-block by super-block: NG memory
+// streams per core instead of one.
+inline __m256 q4_K_super(const ActQ8K& a, const uint8_t* blk, int64_t b, int h, __m256 acc) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const uint8_t* qs = blk + 320 + 32 * h;
+    __m256i isum = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        __m256i ae = _mm256_setzero_si256(), ao = _mm256_setzero_si256();
+        for (int s = 0; s < 8; s++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 64 * (8 * c + s)));
+            const int8_t* xq = a.qs.data() + b * QK_K + 64 * c + 4 * s;
+            ae = dp4(ae, _mm256_and_si256(v, m4), bc(xq));
+            ao = dp4(ao, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), bc(xq + 32));
+        }
+        const __m256i sce = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 64 + 16 * (2 * c) + 8 * h)));
+        const __m256i sco = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 64 + 16 * (2 * c + 1) + 8 * h)));
+        isum = _mm256_add_epi32(isum, _mm256_add_epi32(_mm256_mullo_epi32(ae, sce), _mm256_mullo_epi32(ao, sco)));
+    }
+    const int32_t* pr = a.pair32.data() + b * 4;
+    __m256i msum = _mm256_setzero_si256();
+    for (int p = 0; p < 4; p++)
+        msum = _mm256_add_epi32(msum, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(blk + 192 + 32 * p + 16 * h))),
+                                                        _mm256_set1_epi32(pr[p])));
+    const __m256 dx = _mm256_set1_ps(a.d[b]);
+    acc = _mm256_fmadd_ps(_mm256_mul_ps(load_ph(blk + 16 * h), dx), _mm256_cvtepi32_ps(isum), acc);
+    return _mm256_fnmadd_ps(_mm256_mul_ps(load_ph(blk + 32 + 16 * h), dx), _mm256_cvtepi32_ps(msum), acc);
+}
+
+inline __m256 q6_K_super(const ActQ8K& a, const uint8_t* blk, int64_t b, int h, __m256 acc) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    const uint8_t* qq = blk + 288 + 32 * h;
+    __m256i isum = _mm256_setzero_si256();
+    for (int t = 0; t < 16; t++) {
+        const __m256i l0 = _mm256_loadu_si256((const __m256i*)(qq + 192 * t));
+        const __m256i l1 = _mm256_loadu_si256((const __m256i*)(qq + 192 * t + 64));
+        const __m256i hb = _mm256_loadu_si256((const __m256i*)(qq + 192 * t + 128));
+        const __m256i u0 = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
+        const __m256i u1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                           _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
+        const __m256i u2 = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(hb, m30));
+        const __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                           _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
+        const __m256i sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 32 + 16 * t + 8 * h)));
+        const int8_t* xq = a.qs.data() + b * QK_K + 16 * t;
+        __m256i sm = _mm256_set1_epi32(-32 * a.bsum[b * 16 + t]);
+        sm = dp4(sm, u0, bc(xq));
+        sm = dp4(sm, u1, bc(xq + 4));
+        sm = dp4(sm, u2, bc(xq + 8));
+        sm = dp4(sm, u3, bc(xq + 12));
+        isum = _mm256_add_epi32(isum, _mm256_mullo_epi32(sm, sc));
+    }
+    return _mm256_fmadd_ps(_mm256_mul_ps(load_ph(blk + 16 * h), _mm256_set1_ps(a.d[b])), _mm256_cvtepi32_ps(isum), acc);
+}
+
+template <__m256 (*Super)(const ActQ8K&, const uint8_t*, int64_t, int, __m256), size_t Pack, int NG>
+void k_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
+    const ActQ8K& a = *A.ak;
+    __m256 acc[NG][2];
+    for (int j = 0; j < NG; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < a.nb; b++)
+        for (int j = 0; j < NG; j++)
+            for (int h = 0; h < 2; h++) acc[j][h] = Super(a, wg[j] + b * Pack, b, h, acc[j][h]);
+    for (int j = 0; j < NG; j++)
+        for (int h = 0; h < 2; h++) store_out(A, 0, g[j], h, acc[j][h]);
+}
+template <int NG> void q4_K_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) { k_vec<q4_K_super, kPackQ4_K, NG>(A, wg, g); }
+template <int NG> void q6_K_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) { k_vec<q6_K_super, kPackQ6_K, NG>(A, wg, g); }
+
 using TileFn = void (*)(const GemmArgs&, const uint8_t*, int64_t, int64_t, int);
 
 void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const TileFn tiles[4]) {
@@ -487,10 +556,14 @@ void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     quant_gemm(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in), t);
 }
 void gemm_q4_K(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1)
+        return decode_streams<q4_K_vec<kDecodeStreams>, q4_K_vec<1>>(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K);
     static const TileFn t[4] = {q4_K_tile<1>, q4_K_tile<2>, q4_K_tile<3>, q4_K_tile<4>};
     quant_gemm(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K, t);
 }
 void gemm_q6_K(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1)
+        return decode_streams<q6_K_vec<kDecodeStreams>, q6_K_vec<1>>(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K);
     static const TileFn t[4] = {q6_K_tile<1>, q6_K_tile<2>, q6_K_tile<3>, q6_K_tile<4>};
     quant_gemm(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K, t);
 }
