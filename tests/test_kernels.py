@@ -117,6 +117,28 @@ def test_simd_bit_identical_to_scalar(ty):
 
 
 @pytest.mark.skipif(not SIMD, reason="no SIMD path on this machine")
+@pytest.mark.parametrize("ty", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+def test_extreme_blocks_bit_identical(ty):
+    """Blocks whose integer dot products are as large as the formats allow (every weight and
+    activation at the end of its range, same or opposite signs, one outlier per block): the SIMD
+    paths' int32 -> float steps must stay exact there, equal to the scalar path."""
+    n_in = 512
+    k = np.arange(n_in)
+    rows = [np.ones(n_in), -np.ones(n_in), np.where(k % 2, 1.0, -1.0), np.where(k % 32 == 0, 1.0, 1e-3),
+            np.where(k % 32 == 5, -1.0, 0.9), np.where(k % 256 < 128, 1.0, -1.0)]
+    w = np.array(rows * 3, np.float32) * np.float32(3.0)
+    wq = _core.quantize(ty, w)
+    x = np.array(rows[:4] + [-r for r in rows[:3]], np.float32) * np.float32(7.0)
+    ys = run(ty, "scalar", wq, w.shape[0], n_in, x, None)
+    big = np.abs(ys).max()
+    assert big > 0.5 * 21 * n_in  # the sums really are at the top of the range
+    for isa in SIMD:
+        for n in (1, x.shape[0]):
+            y = run(ty, isa, wq, w.shape[0], n_in, x[:n], None)
+            assert np.array_equal(y.view(np.uint32), ys[:n].view(np.uint32)), f"{ty}/{isa} n={n}"
+
+
+@pytest.mark.skipif(not SIMD, reason="no SIMD path on this machine")
 @pytest.mark.parametrize("ty", TYPES)
 def test_decode_streams_bit_identical(ty):
     """Decode (n = 1) walks several parts of each thread's rows side by side: enough row groups that
