@@ -246,132 +246,62 @@ void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
 }
 
 // ---- K-quants -------------------------------------------------------------------------------
+// One super-block b of half h of a group (wg: the group's data) against NT activation rows from i0,
+// acc[j] updated with the arithmetic of matmul_impl.h. The tiles walk the super-blocks of one group;
+// the decode kernels (NT = 1) walk one super-block of each of NG groups in turn (NG memory streams
+// per core).
 
 template <int NT>
-void q4_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
-    const ActQ8K& a = *A.ak;
+__attribute__((always_inline)) inline void q4_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int h, int64_t i0, __m256 (&acc)[NT]) {
     const int64_t nb = a.nb, k = a.k;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256 acc[NT];
-    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* blk = wg + b * kPackQ4_K;
-        const uint8_t* qs = blk + 320 + 32 * h;
-        __m256i isum[NT];
-        for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) {
-            __m256i ae[NT], ao[NT];
-            for (int j = 0; j < NT; j++) ae[j] = ao[j] = _mm256_setzero_si256();
-            for (int s = 0; s < 8; s++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 64 * (8 * c + s)));
-                const __m256i lo = _mm256_and_si256(v, m4);
-                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                for (int j = 0; j < NT; j++) {
-                    const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK_K + 64 * c + 4 * s;
-                    ae[j] = dp4(ae[j], lo, bc(xq));
-                    ao[j] = dp4(ao[j], hi, bc(xq + 32));
-                }
-            }
-            const __m256i sce = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 64 + 16 * (2 * c) + 8 * h)));
-            const __m256i sco = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 64 + 16 * (2 * c + 1) + 8 * h)));
-            for (int j = 0; j < NT; j++)
-                isum[j] = _mm256_add_epi32(isum[j], _mm256_add_epi32(_mm256_mullo_epi32(ae[j], sce),
-                                                                     _mm256_mullo_epi32(ao[j], sco)));
-        }
-        const __m256 dw = load_ph(blk + 16 * h);
-        const __m256 dm = load_ph(blk + 32 + 16 * h);
-        __m256i mp[4];
-        for (int p = 0; p < 4; p++)
-            mp[p] = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(blk + 192 + 32 * p + 16 * h)));
-        for (int j = 0; j < NT; j++) {
-            const int64_t ii = (i0 + j) * nb + b;
-            const int32_t* pr = a.pair32.data() + ii * 4;
-            __m256i msum = _mm256_setzero_si256();
-            for (int p = 0; p < 4; p++) msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mp[p], _mm256_set1_epi32(pr[p])));
-            const __m256 dx = _mm256_set1_ps(a.d[ii]);
-            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum[j]), acc[j]);
-            acc[j] = _mm256_fnmadd_ps(_mm256_mul_ps(dm, dx), _mm256_cvtepi32_ps(msum), acc[j]);
-        }
-    }
-    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
-}
-
-template <int NT>
-void q6_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
-    const ActQ8K& a = *A.ak;
-    const int64_t nb = a.nb, k = a.k;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
-    __m256 acc[NT];
-    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* blk = wg + b * kPackQ6_K;
-        const uint8_t* qq = blk + 288 + 32 * h;
-        __m256i isum[NT];
-        for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
-        for (int t = 0; t < 16; t++) {
-            const __m256i l0 = _mm256_loadu_si256((const __m256i*)(qq + 192 * t));
-            const __m256i l1 = _mm256_loadu_si256((const __m256i*)(qq + 192 * t + 64));
-            const __m256i hb = _mm256_loadu_si256((const __m256i*)(qq + 192 * t + 128));
-            const __m256i u0 = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
-            const __m256i u1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                               _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
-            const __m256i u2 = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(hb, m30));
-            const __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                               _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
-            const __m256i sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 32 + 16 * t + 8 * h)));
-            for (int j = 0; j < NT; j++) {
-                const int64_t ii = (i0 + j) * nb + b;
-                const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK_K + 16 * t;
-                __m256i s = _mm256_set1_epi32(-32 * a.bsum[ii * 16 + t]);
-                s = dp4(s, u0, bc(xq));
-                s = dp4(s, u1, bc(xq + 4));
-                s = dp4(s, u2, bc(xq + 8));
-                s = dp4(s, u3, bc(xq + 12));
-                isum[j] = _mm256_add_epi32(isum[j], _mm256_mullo_epi32(s, sc));
-            }
-        }
-        const __m256 dw = load_ph(blk + 16 * h);
-        for (int j = 0; j < NT; j++) {
-            const __m256 dx = _mm256_set1_ps(a.d[(i0 + j) * nb + b]);
-            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum[j]), acc[j]);
-        }
-    }
-    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
-}
-
-// Decode versions of q4_K_tile / q6_K_tile (one activation row, the tiles' arithmetic for NT = 1)
-// over NG groups from NG separate places of the weight, super-block by super-block: NG memory
-// streams per core instead of one.
-inline __m256 q4_K_super(const ActQ8K& a, const uint8_t* blk, int64_t b, int h, __m256 acc) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const uint8_t* blk = wg + b * kPackQ4_K;
     const uint8_t* qs = blk + 320 + 32 * h;
-    __m256i isum = _mm256_setzero_si256();
+    __m256i isum[NT];
+    for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
     for (int c = 0; c < 4; c++) {
-        __m256i ae = _mm256_setzero_si256(), ao = _mm256_setzero_si256();
+        __m256i ae[NT], ao[NT];
+        for (int j = 0; j < NT; j++) ae[j] = ao[j] = _mm256_setzero_si256();
         for (int s = 0; s < 8; s++) {
             const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 64 * (8 * c + s)));
-            const int8_t* xq = a.qs.data() + b * QK_K + 64 * c + 4 * s;
-            ae = dp4(ae, _mm256_and_si256(v, m4), bc(xq));
-            ao = dp4(ao, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), bc(xq + 32));
+            const __m256i lo = _mm256_and_si256(v, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            for (int j = 0; j < NT; j++) {
+                const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK_K + 64 * c + 4 * s;
+                ae[j] = dp4(ae[j], lo, bc(xq));
+                ao[j] = dp4(ao[j], hi, bc(xq + 32));
+            }
         }
         const __m256i sce = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 64 + 16 * (2 * c) + 8 * h)));
         const __m256i sco = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 64 + 16 * (2 * c + 1) + 8 * h)));
-        isum = _mm256_add_epi32(isum, _mm256_add_epi32(_mm256_mullo_epi32(ae, sce), _mm256_mullo_epi32(ao, sco)));
+        for (int j = 0; j < NT; j++)
+            isum[j] = _mm256_add_epi32(isum[j], _mm256_add_epi32(_mm256_mullo_epi32(ae[j], sce),
+                                                                 _mm256_mullo_epi32(ao[j], sco)));
     }
-    const int32_t* pr = a.pair32.data() + b * 4;
-    __m256i msum = _mm256_setzero_si256();
+    const __m256 dw = load_ph(blk + 16 * h);
+    const __m256 dm = load_ph(blk + 32 + 16 * h);
+    __m256i mp[4];
     for (int p = 0; p < 4; p++)
-        msum = _mm256_add_epi32(msum, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(blk + 192 + 32 * p + 16 * h))),
-                                                        _mm256_set1_epi32(pr[p])));
-    const __m256 dx = _mm256_set1_ps(a.d[b]);
-    acc = _mm256_fmadd_ps(_mm256_mul_ps(load_ph(blk + 16 * h), dx), _mm256_cvtepi32_ps(isum), acc);
-    return _mm256_fnmadd_ps(_mm256_mul_ps(load_ph(blk + 32 + 16 * h), dx), _mm256_cvtepi32_ps(msum), acc);
+        mp[p] = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(blk + 192 + 32 * p + 16 * h)));
+    for (int j = 0; j < NT; j++) {
+        const int64_t ii = (i0 + j) * nb + b;
+        const int32_t* pr = a.pair32.data() + ii * 4;
+        __m256i msum = _mm256_setzero_si256();
+        for (int p = 0; p < 4; p++) msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mp[p], _mm256_set1_epi32(pr[p])));
+        const __m256 dx = _mm256_set1_ps(a.d[ii]);
+        acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum[j]), acc[j]);
+        acc[j] = _mm256_fnmadd_ps(_mm256_mul_ps(dm, dx), _mm256_cvtepi32_ps(msum), acc[j]);
+    }
 }
 
-inline __m256 q6_K_super(const ActQ8K& a, const uint8_t* blk, int64_t b, int h, __m256 acc) {
+template <int NT>
+__attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int h, int64_t i0, __m256 (&acc)[NT]) {
+    const int64_t nb = a.nb, k = a.k;
     const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    const uint8_t* blk = wg + b * kPackQ6_K;
     const uint8_t* qq = blk + 288 + 32 * h;
-    __m256i isum = _mm256_setzero_si256();
+    __m256i isum[NT];
+    for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
     for (int t = 0; t < 16; t++) {
         const __m256i l0 = _mm256_loadu_si256((const __m256i*)(qq + 192 * t));
         const __m256i l1 = _mm256_loadu_si256((const __m256i*)(qq + 192 * t + 64));
@@ -383,30 +313,67 @@ inline __m256 q6_K_super(const ActQ8K& a, const uint8_t* blk, int64_t b, int h, 
         const __m256i u3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
                                            _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
         const __m256i sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 32 + 16 * t + 8 * h)));
-        const int8_t* xq = a.qs.data() + b * QK_K + 16 * t;
-        __m256i sm = _mm256_set1_epi32(-32 * a.bsum[b * 16 + t]);
-        sm = dp4(sm, u0, bc(xq));
-        sm = dp4(sm, u1, bc(xq + 4));
-        sm = dp4(sm, u2, bc(xq + 8));
-        sm = dp4(sm, u3, bc(xq + 12));
-        isum = _mm256_add_epi32(isum, _mm256_mullo_epi32(sm, sc));
+        for (int j = 0; j < NT; j++) {
+            const int64_t ii = (i0 + j) * nb + b;
+            const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK_K + 16 * t;
+            __m256i s = _mm256_set1_epi32(-32 * a.bsum[ii * 16 + t]);
+            s = dp4(s, u0, bc(xq));
+            s = dp4(s, u1, bc(xq + 4));
+            s = dp4(s, u2, bc(xq + 8));
+            s = dp4(s, u3, bc(xq + 12));
+            isum[j] = _mm256_add_epi32(isum[j], _mm256_mullo_epi32(s, sc));
+        }
     }
-    return _mm256_fmadd_ps(_mm256_mul_ps(load_ph(blk + 16 * h), _mm256_set1_ps(a.d[b])), _mm256_cvtepi32_ps(isum), acc);
+    const __m256 dw = load_ph(blk + 16 * h);
+    for (int j = 0; j < NT; j++) {
+        const __m256 dx = _mm256_set1_ps(a.d[(i0 + j) * nb + b]);
+        acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum[j]), acc[j]);
+    }
 }
 
-template <__m256 (*Super)(const ActQ8K&, const uint8_t*, int64_t, int, __m256), size_t Pack, int NG>
-void k_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
+// Tiles and decode kernels per type call their super-block routine directly: passed as a template
+// parameter instead, it left the Q6_K tile 8% slower with GCC.
+template <int NT>
+void q4_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
     const ActQ8K& a = *A.ak;
-    __m256 acc[NG][2];
-    for (int j = 0; j < NG; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+    __m256 acc[NT];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < a.nb; b++) q4_K_super<NT>(a, wg, b, h, i0, acc);
+    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
+}
+
+template <int NG>
+void q4_K_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
+    const ActQ8K& a = *A.ak;
+    __m256 acc[NG][2][1];
+    for (int j = 0; j < NG; j++) acc[j][0][0] = acc[j][1][0] = _mm256_setzero_ps();
     for (int64_t b = 0; b < a.nb; b++)
         for (int j = 0; j < NG; j++)
-            for (int h = 0; h < 2; h++) acc[j][h] = Super(a, wg[j] + b * Pack, b, h, acc[j][h]);
+            for (int h = 0; h < 2; h++) q4_K_super<1>(a, wg[j], b, h, 0, acc[j][h]);
     for (int j = 0; j < NG; j++)
-        for (int h = 0; h < 2; h++) store_out(A, 0, g[j], h, acc[j][h]);
+        for (int h = 0; h < 2; h++) store_out(A, 0, g[j], h, acc[j][h][0]);
 }
-template <int NG> void q4_K_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) { k_vec<q4_K_super, kPackQ4_K, NG>(A, wg, g); }
-template <int NG> void q6_K_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) { k_vec<q6_K_super, kPackQ6_K, NG>(A, wg, g); }
+
+template <int NT>
+void q6_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
+    const ActQ8K& a = *A.ak;
+    __m256 acc[NT];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < a.nb; b++) q6_K_super<NT>(a, wg, b, h, i0, acc);
+    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
+}
+
+template <int NG>
+void q6_K_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
+    const ActQ8K& a = *A.ak;
+    __m256 acc[NG][2][1];
+    for (int j = 0; j < NG; j++) acc[j][0][0] = acc[j][1][0] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < a.nb; b++)
+        for (int j = 0; j < NG; j++)
+            for (int h = 0; h < 2; h++) q6_K_super<1>(a, wg[j], b, h, 0, acc[j][h]);
+    for (int j = 0; j < NG; j++)
+        for (int h = 0; h < 2; h++) store_out(A, 0, g[j], h, acc[j][h][0]);
+}
 
 using TileFn = void (*)(const GemmArgs&, const uint8_t*, int64_t, int64_t, int);
 
