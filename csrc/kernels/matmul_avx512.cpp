@@ -570,20 +570,11 @@ void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32
     }
 }
 
-namespace {
-
-}  // namespace
-
 void gemm_f32(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF32>(A, g0, g1); }
 void gemm_f16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF16>(A, g0, g1); }
 void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(A, g0, g1); }
 
-#ifndef NT_Q8
-#define NT_Q8 4
-#define NT_Q4 4
-#define NT_K4 4
-#define NT_K6 4
-#endif
+constexpr int kMaxTileRows = 4;  // activation rows per prompt tile (8 measured no faster)
 template <template <int> class K, int... N>
 void run_table(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, std::integer_sequence<int, N...>) {
     static constexpr TileFn t[sizeof...(N)] = {K<N + 1>::run...};
@@ -593,22 +584,22 @@ void run_table(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, std::in
 void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q8_0_vec<kDecodeStreams>, q8_0_vec<1>>(A, g0, g1,
                                                                  packed_group_bytes(GgmlType::Q8_0, A.n_in));
-    run_table<Q8_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), std::make_integer_sequence<int, NT_Q8>());
+    run_table<Q8_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), std::make_integer_sequence<int, kMaxTileRows>());
 }
 void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q4_0_vec<kDecodeStreams>, q4_0_vec<1>>(A, g0, g1,
                                                                  packed_group_bytes(GgmlType::Q4_0, A.n_in));
-    run_table<Q4_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in), std::make_integer_sequence<int, NT_Q4>());
+    run_table<Q4_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in), std::make_integer_sequence<int, kMaxTileRows>());
 }
 void gemm_q4_K(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q4_K_vec<kDecodeStreams>, q4_K_vec<1>>(A, g0, g1,
                                                                  packed_group_bytes(GgmlType::Q4_K, A.n_in));
-    run_table<Q4_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K, std::make_integer_sequence<int, NT_K4>());
+    run_table<Q4_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K, std::make_integer_sequence<int, kMaxTileRows>());
 }
 void gemm_q6_K(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q6_K_vec<kDecodeStreams>, q6_K_vec<1>>(A, g0, g1,
                                                                  packed_group_bytes(GgmlType::Q6_K, A.n_in));
-    run_table<Q6_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K, std::make_integer_sequence<int, NT_K6>());
+    run_table<Q6_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K, std::make_integer_sequence<int, kMaxTileRows>());
 }
 
 }  // namespace avx512
