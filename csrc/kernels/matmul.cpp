@@ -265,9 +265,12 @@ void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32
     }
 }
 
-static void quantize_act_q8(const float* x, int64_t n, int64_t k, ActQ8& a, Isa isa, ThreadPool& pool) {
+// offset: what the repacked weights add to each stored value (Q4_0 nibbles q + 8, Q8_0 bytes q + 128).
+static void quantize_act_q8(const float* x, int64_t n, int64_t k, ActQ8& a, int32_t offset, Isa isa, ThreadPool& pool) {
     a.n = n; a.k = k; a.nb = k / QK8_0;
     a.qs.resize(n * k); a.d.resize(n * a.nb); a.sum.resize(n * a.nb);
+    const bool corr = isa == Isa::Avx512;
+    if (corr) a.corr.resize(n * a.nb);
     auto row = &quantize_act_q8_row;
 #if defined(TINYGPTV_X86)
     if (isa == Isa::Avx512) row = &avx512::quantize_act_q8_row;
@@ -275,6 +278,8 @@ static void quantize_act_q8(const float* x, int64_t n, int64_t k, ActQ8& a, Isa 
 #endif
     pool.parallel_for(n, 4, [&](int64_t i0, int64_t i1, int) {
         for (int64_t i = i0; i < i1; i++) row(x + i * k, k, &a.qs[i * k], &a.d[i * a.nb], &a.sum[i * a.nb]);
+        if (corr)
+            for (int64_t j = i0 * a.nb; j < i1 * a.nb; j++) a.corr[j] = kMagicBits - offset * a.sum[j];
     });
 }
 
@@ -464,7 +469,7 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
     thread_local ActQ8 a8;  // reused across calls: no page faults per token
     thread_local ActQ8K ak;
     if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q4_0) {
-        quantize_act_q8(x, n, k, a8, isa, pool);
+        quantize_act_q8(x, n, k, a8, w.type == GgmlType::Q4_0 ? 8 : 128, isa, pool);
         A.a8 = &a8;
     } else if (w.type == GgmlType::Q4_K || w.type == GgmlType::Q6_K) {
         quantize_act_q8k(x, n, k, ak, isa, pool);

@@ -28,11 +28,11 @@ inline __m512i bc(const int8_t* p) {
     return _mm512_set1_epi32(v);
 }
 
-// int32 -> float for |v| < 2^22 without vcvtdq2ps: v is added to the bits of 1.5 * 2^23 (where the
-// float spacing is 1), then 1.5 * 2^23 is subtracted; both steps are exact, so the result equals
-// (float)v. The integer add is folded into the correction term each dot product starts from, and the
-// float subtract runs on the adder ports instead of beside vpdpbusd (+10% for Q4_0 prompt tiles).
-constexpr int32_t kMagicBits = 0x4B400000;
+// int32 -> float for |v| < 2^22 without vcvtdq2ps: v is added to the bits of 1.5 * 2^23 (kMagicBits,
+// where the float spacing is 1), then 1.5 * 2^23 is subtracted; both steps are exact, so the result
+// equals (float)v. The integer add is folded into the correction term each dot product starts from
+// (ActQ8::corr, computed once per activation block), and the float subtract runs on the adder ports
+// instead of beside vpdpbusd (+10% for Q4_0 prompt tiles).
 inline __m512 magic_to_float(__m512i biased) {
     return _mm512_sub_ps(_mm512_castsi512_ps(biased), _mm512_set1_ps(12582912.0f));
 }
@@ -159,7 +159,7 @@ void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0) {
         for (int j = 0; j < NT; j++) {
             const int64_t ii = (i0 + j) * nb + b;
             const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK8_0;
-            __m512i s0 = _mm512_set1_epi32(kMagicBits - 128 * a.sum[ii]);  // weights are stored as q + 128
+            __m512i s0 = _mm512_set1_epi32(a.corr[ii]);  // weights are stored as q + 128
             __m512i s1 = _mm512_setzero_si512();
             s0 = _mm512_dpbusd_epi32(s0, w[0], bc(xq));
             s1 = _mm512_dpbusd_epi32(s1, w[1], bc(xq + 4));
@@ -195,7 +195,7 @@ void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0) {
         for (int j = 0; j < NT; j++) {
             const int64_t ii = (i0 + j) * nb + b;
             const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK4_0;
-            __m512i s0 = _mm512_set1_epi32(kMagicBits - 8 * a.sum[ii]);  // nibbles are q + 8
+            __m512i s0 = _mm512_set1_epi32(a.corr[ii]);  // nibbles are q + 8
             __m512i s1 = _mm512_setzero_si512();
             s0 = _mm512_dpbusd_epi32(s0, lo[0], bc(xq));
             s1 = _mm512_dpbusd_epi32(s1, lo[1], bc(xq + 4));
@@ -226,7 +226,7 @@ void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
         const int8_t* xq = a.qs.data() + b * QK4_0;
         const __m512i x0 = bc(xq), x1 = bc(xq + 4), x2 = bc(xq + 8), x3 = bc(xq + 12);
         const __m512i x4 = bc(xq + 16), x5 = bc(xq + 20), x6 = bc(xq + 24), x7 = bc(xq + 28);
-        const __m512i corr = _mm512_set1_epi32(kMagicBits - 8 * a.sum[b]);
+        const __m512i corr = _mm512_set1_epi32(a.corr[b]);
         const __m512 dx = _mm512_set1_ps(a.d[b]);
         for (int j = 0; j < NG; j++) {
             const uint8_t* blk = wg[j] + pair_quant_off<kPackQ4_0>(b);
@@ -258,7 +258,7 @@ void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
         const int8_t* xq = a.qs.data() + b * QK8_0;
         __m512i x[8];
         for (int s = 0; s < 8; s++) x[s] = bc(xq + 4 * s);
-        const __m512i corr = _mm512_set1_epi32(kMagicBits - 128 * a.sum[b]);
+        const __m512i corr = _mm512_set1_epi32(a.corr[b]);
         const __m512 dx = _mm512_set1_ps(a.d[b]);
         for (int j = 0; j < NG; j++) {
             const uint8_t* blk = wg[j] + pair_quant_off<kPackQ8_0>(b);

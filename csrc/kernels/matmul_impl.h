@@ -61,7 +61,13 @@ struct ActQ8 {                 // for Q8_0 and Q4_0 weights: Q8_0 blocks of 32
     std::vector<int8_t> qs;    // [n][k]
     std::vector<float> d;      // [n][nb]  fp16 scale as float
     std::vector<int32_t> sum;  // [n][nb]  sum of the block's qs
+    std::vector<int32_t> corr; // [n][nb]  AVX-512 only: kMagicBits - offset * sum, where the weights'
+                               //          stored values are q + offset (the term each block's dot starts from)
 };
+
+// Bits of the float 1.5 * 2^23: an int32 v with |v| < 2^22 added to them reads as the float
+// 1.5 * 2^23 + v exactly (see matmul_avx512.cpp, magic_to_float).
+constexpr int32_t kMagicBits = 0x4B400000;
 
 struct ActQ8K {                // for K-quant weights: Q8_K blocks of 256
     int64_t n = 0, k = 0, nb = 0;
