@@ -1,6 +1,7 @@
 """The engine's multi-head attention (csrc/kernels/attention.cpp) on every instruction set this
-machine supports, through both of its paths: the blocked one (non-causal float32 K/V with several
-query rows: the vision tower and the Q-Former) and the row one (causal, half-precision cache, decode).
+machine supports, through both of its paths: the blocked one (several query rows: the vision tower,
+the Q-Former, a decoder prompt, causal or not, float32 or half-precision K/V) and the row one (one
+query row: decode).
 
 - Values: against softmax(q k^T * scale) v computed in float64 numpy from the same (float32 or
   float16) inputs: |out - ref| <= 4e-6 * max|v|.
@@ -49,6 +50,8 @@ CASES = [  # T, n_kv, n_head, n_head_kv, hd, causal, kv dtype
     (6, 40, 4, 4, 80, True, np.float16),
     (1, 77, 4, 2, 80, True, np.float16),       # decode with a half cache and grouped heads
     (17, 17, 2, 2, 33, True, np.float32),      # a whole causal prompt
+    (97, 97, 2, 2, 80, True, np.float16),      # a causal prompt over three tiles of query rows
+    (60, 130, 2, 1, 80, True, np.float16),     # a second chat turn after 70 cached positions
 ]
 
 

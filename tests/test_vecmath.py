@@ -7,6 +7,8 @@ instruction set this machine supports.
 - erf: within 2e-7 absolute (and 3 ulp) of float64 math.erf; +-1 at +-inf, NaN stays NaN.
 - gelu_erf: within 2e-7 * (1 + |x|) of the float64 formula; gelu_tanh within 4e-7 * (1 + |x|);
   softmax: within 1e-6 relative.
+- to_f16 (the half-precision K/V cache's conversion): the same bits as numpy's float16 cast (round to
+  nearest even, overflow to inf, subnormals) for every non-NaN input; NaN stays NaN with its sign.
 """
 import math
 
@@ -128,3 +130,30 @@ def test_softmax():
 def test_bad_function_name():
     with pytest.raises(ModelError, match="tanh"):
         _core.vec_math("tanh", np.zeros(3, np.float32))
+
+
+def test_to_f16_matches_numpy():
+    rng = np.random.default_rng(11)
+    # every float16 value, the midpoints between neighbours (ties), one float32 ulp either side of
+    # them, the overflow threshold, the subnormal range and random float32 bit patterns
+    h = np.arange(0, 1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    h = h[np.isfinite(h)].astype(np.float64)
+    h.sort()
+    mid = ((h[1:] + h[:-1]) / 2).astype(np.float32)
+    near = np.concatenate([np.nextafter(mid, np.float32(np.inf)), np.nextafter(mid, np.float32(-np.inf))])
+    special = np.array([0.0, -0.0, np.inf, -np.inf, 65504, 65519.99, 65520, -65520, 1e-8, -3e-8, 2.9802322e-08,
+                        2.9802326e-08, 5.96e-8, 6.1e-5, F32.max, F32.tiny, F32.smallest_subnormal], np.float32)
+    bits = rng.integers(0, 1 << 32, size=200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = np.concatenate([h.astype(np.float32), mid, near, special, bits[~np.isnan(bits)]]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).view(np.uint16)
+    for isa in ISAS:
+        _core.set_isa(isa)
+        got = _core.to_f16(x)
+        bad = np.flatnonzero(got != want)
+        assert bad.size == 0, f"{isa}: x = {x[bad[:5]]} -> {got[bad[:5]]}, numpy {want[bad[:5]]}"
+    nan = np.array([np.nan, -np.nan], np.float32)
+    for isa in ISAS:
+        _core.set_isa(isa)
+        got = _core.to_f16(nan).view(np.float16)
+        assert np.isnan(got).all() and list(np.signbit(got)) == [False, True], isa

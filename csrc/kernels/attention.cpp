@@ -36,17 +36,17 @@ static void axpy_scalar(float* y, float a, const T* x, int n) {
     for (int i = 0; i < n; i++) y[i] = std::fma(a, as_f32(x[i]), y[i]);
 }
 
-static void scores_scalar(const float* q, int64_t qs, int rows, const float* kt, int64_t ldk, int hd, float scale,
-                          float* s) {
+static void scores_scalar(const float* q, int64_t qs, int rows, const float* kt, int64_t ldk, int64_t nk, int hd,
+                          float scale, float* s) {
     for (int r = 0; r < rows; r++) {
         float* sr = s + r * ldk;
-        std::fill(sr, sr + ldk, 0.f);
+        std::fill(sr, sr + nk, 0.f);
         for (int d = 0; d < hd; d++) {
             const float qd = q[r * qs + d];
             const float* kd = kt + d * ldk;
-            for (int64_t j = 0; j < ldk; j++) sr[j] = std::fma(qd, kd[j], sr[j]);
+            for (int64_t j = 0; j < nk; j++) sr[j] = std::fma(qd, kd[j], sr[j]);
         }
-        for (int64_t j = 0; j < ldk; j++) sr[j] = sr[j] * scale;
+        for (int64_t j = 0; j < nk; j++) sr[j] = sr[j] * scale;
     }
 }
 
@@ -111,10 +111,14 @@ static void attention_rows(const float* q, int64_t T, int64_t q_stride, const vo
     });
 }
 
-// ---- blocked path: a tile of query rows of one head against all keys ----------------------------
+// ---- blocked path: a tile of query rows of one head against its keys ---------------------------
 
-static void attention_blocked(const float* q, int64_t T, int64_t q_stride, const float* k, const float* v,
-                              int64_t kv_stride, int64_t n_kv, int n_head, int n_head_kv, int hd, float scale,
+static inline float widen(float x) { return x; }
+static inline float widen(uint16_t h) { return fp16_to_fp32(h); }
+
+template <class T>
+static void attention_blocked(const float* q, int64_t T_, int64_t q_stride, const T* k, const T* v, int64_t kv_stride,
+                              int64_t n_kv, bool causal, int64_t pos0, int n_head, int n_head_kv, int hd, float scale,
                               float* out, int64_t out_stride, ThreadPool& pool) {
     constexpr int64_t kTile = 48;  // query rows per work item
     const AttnKernels& K = attn_kernels();
@@ -122,7 +126,9 @@ static void attention_blocked(const float* q, int64_t T, int64_t q_stride, const
     const int group = n_head / n_head_kv;
     const int64_t ldk = (n_kv + K.key_block - 1) / K.key_block * K.key_block;
     const int64_t ldv = ((int64_t)hd + K.dim_block - 1) / K.dim_block * K.dim_block;
-    const int64_t n_tiles = (T + kTile - 1) / kTile;
+    const int64_t n_tiles = (T_ + kTile - 1) / kTile;
+    // keys query row t sees
+    auto keys_of = [&](int64_t t) { return causal ? std::min<int64_t>(n_kv, pos0 + t + 1) : n_kv; };
     // Work items in (head, tile) order: a thread's contiguous chunk mostly shares one head's K and V.
     pool.parallel_for(n_head * n_tiles, 1, [&](int64_t i0, int64_t i1, int) {
         std::vector<float> kt((size_t)(hd * ldk)), vp((size_t)(n_kv * ldv), 0.f);
@@ -131,25 +137,30 @@ static void attention_blocked(const float* q, int64_t T, int64_t q_stride, const
         for (int64_t i = i0; i < i1; i++) {
             const int h = (int)(i / n_tiles), hk = h / group;
             if (hk != packed) {
-                const float* kh = k + (int64_t)hk * hd;
-                const float* vh = v + (int64_t)hk * hd;
+                const T* kh = k + (int64_t)hk * hd;
+                const T* vh = v + (int64_t)hk * hd;
                 for (int d = 0; d < hd; d++) {
                     float* row = &kt[(size_t)(d * ldk)];
-                    for (int64_t j = 0; j < n_kv; j++) row[j] = kh[j * kv_stride + d];
+                    for (int64_t j = 0; j < n_kv; j++) row[j] = widen(kh[j * kv_stride + d]);
                     std::fill(row + n_kv, row + ldk, 0.f);
                 }
-                for (int64_t j = 0; j < n_kv; j++) std::copy(vh + j * kv_stride, vh + j * kv_stride + hd, &vp[(size_t)(j * ldv)]);
+                for (int64_t j = 0; j < n_kv; j++)
+                    for (int d = 0; d < hd; d++) vp[(size_t)(j * ldv + d)] = widen(vh[j * kv_stride + d]);
                 packed = hk;
             }
             const int64_t t0 = (i % n_tiles) * kTile;
-            const int rows = (int)std::min(kTile, T - t0);
-            K.scores(q + t0 * q_stride + (int64_t)h * hd, q_stride, rows, kt.data(), ldk, hd, scale, s.data());
+            const int rows = (int)std::min(kTile, T_ - t0);
+            const int64_t n_tile = keys_of(t0 + rows - 1);  // the longest row of the tile
+            const int64_t nk = (n_tile + K.key_block - 1) / K.key_block * K.key_block;
+            K.scores(q + t0 * q_stride + (int64_t)h * hd, q_stride, rows, kt.data(), ldk, nk, hd, scale, s.data());
             float inv[kTile];
             for (int r = 0; r < rows; r++) {
                 float* sr = &s[(size_t)(r * ldk)];
-                inv[r] = 1.0f / M.exp_sum(sr, n_kv, M.max(sr, n_kv));
+                const int64_t len = keys_of(t0 + r);
+                inv[r] = 1.0f / M.exp_sum(sr, len, M.max(sr, len));
+                std::fill(sr + len, sr + n_tile, 0.f);
             }
-            K.pv(s.data(), ldk, rows, n_kv, vp.data(), ldv, o.data());
+            K.pv(s.data(), ldk, rows, n_tile, vp.data(), ldv, o.data());
             for (int r = 0; r < rows; r++) {
                 float* dst = out + (t0 + r) * out_stride + (int64_t)h * hd;
                 const float* src = &o[(size_t)(r * ldv)];
@@ -162,9 +173,12 @@ static void attention_blocked(const float* q, int64_t T, int64_t q_stride, const
 void attention(const float* q, int64_t T, int64_t q_stride, const void* k, const void* v, int64_t kv_stride,
                bool kv_f16, int64_t n_kv, bool causal, int64_t pos0, int n_head, int n_head_kv, int hd,
                float scale, float* out, int64_t out_stride, ThreadPool& pool) {
-    if (!causal && !kv_f16 && T > 1)
-        attention_blocked(q, T, q_stride, (const float*)k, (const float*)v, kv_stride, n_kv, n_head, n_head_kv, hd,
-                          scale, out, out_stride, pool);
+    if (T > 1 && kv_f16)
+        attention_blocked(q, T, q_stride, (const uint16_t*)k, (const uint16_t*)v, kv_stride, n_kv, causal, pos0, n_head,
+                          n_head_kv, hd, scale, out, out_stride, pool);
+    else if (T > 1)
+        attention_blocked(q, T, q_stride, (const float*)k, (const float*)v, kv_stride, n_kv, causal, pos0, n_head,
+                          n_head_kv, hd, scale, out, out_stride, pool);
     else if (kv_f16)
         attention_rows<true>(q, T, q_stride, k, v, kv_stride, n_kv, causal, pos0, n_head, n_head_kv, hd, scale, out,
                              out_stride, pool);

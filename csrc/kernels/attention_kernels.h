@@ -4,18 +4,22 @@
 //
 // Two ways to compute one query row against its keys; the caller picks one from the shapes only:
 //
-//   row path (causal, half-precision K/V, or one query row), per key j:
+//   row path (one query row: the decoder's generation steps), per key j:
 //     s_j  = dot16(q, k_j) * scale        dot16: lane l = d mod 16 accumulates fma(q[d], k[d], lane)
 //                                         in order of d; lanes combined as in vecmath.h lane_sum16
-//   blocked path (non-causal float32 K/V: the vision tower, the Q-Former):
+//   blocked path (several query rows: the vision tower, the Q-Former, the decoder's prompt):
 //     s_j  = (fma(q[d], k_j[d], acc) over d = 0, 1, ..., hd-1, acc from 0) * scale
 //
-//   then for both: m = max_j s_j;  e_j = exp(s_j - m) and sum = exp_sum (vecmath.h);
+//   then for both, over the keys j < len the row sees (all, or up to its own position if causal):
+//     m = max_j s_j;  e_j = exp(s_j - m) and sum = exp_sum (vecmath.h);
 //     o[d] = (fma(e_j, v_j[d], acc) over j = 0, 1, ..., acc from 0) * (1 / sum)
+//   (the blocked path runs the o chain over the longest row of its tile with e_j = 0 beyond a row's
+//   len: adding fma(0, v, acc) = acc changes nothing for finite v)
 //
 // The blocked kernels work on a head's K transposed ("kt": hd rows of ldk keys, zero beyond the
 // last key) and V with padded rows ("vp": one row of ldv >= hd floats per key, zero beyond hd), so
-// a SIMD lane is one key (scores) or one output dimension (P V).
+// a SIMD lane is one key (scores) or one output dimension (P V). Half-precision K/V are widened to
+// float32 when packed (exactly: every fp16 value is a float32 value).
 #pragma once
 #include <cstdint>
 
@@ -29,9 +33,9 @@ struct AttnKernels {
     void (*axpy_f16)(float* y, float a, const uint16_t* x, int n);
     // Blocked path. ldk must be a multiple of key_block and ldv of dim_block.
     int key_block, dim_block;
-    // s[r * ldk + j] for r < rows, j < ldk; query row r at q + r * q_stride
-    void (*scores)(const float* q, int64_t q_stride, int rows, const float* kt, int64_t ldk, int hd, float scale,
-                   float* s);
+    // s[r * ldk + j] for r < rows, j < nk (nk <= ldk, a multiple of key_block); query row r at q + r * q_stride
+    void (*scores)(const float* q, int64_t q_stride, int rows, const float* kt, int64_t ldk, int64_t nk, int hd,
+                   float scale, float* s);
     // o[r * ldv + d] = sum over j < n of p[r * ldp + j] * vp[j * ldv + d]  (unnormalised), d < ldv
     void (*pv)(const float* p, int64_t ldp, int rows, int64_t n, const float* vp, int64_t ldv, float* o);
 };

@@ -99,9 +99,9 @@ struct Blocked {
             scores_micro<r, C>(q, qs, kt, ldk, hd, scale, s);
         }
     };
-    static void scores(const float* q, int64_t qs, int rows, const float* kt, int64_t ldk, int hd, float scale,
-                       float* s) {
-        for (int64_t j = 0; j < ldk; j += key_block)
+    static void scores(const float* q, int64_t qs, int rows, const float* kt, int64_t ldk, int64_t nk, int hd,
+                       float scale, float* s) {
+        for (int64_t j = 0; j < nk; j += key_block)
             for (int r = 0; r < rows; r += R)
                 with_rows<R, Scores>(rows - r < R ? rows - r : R, q + r * qs, qs, kt + j, ldk, hd, scale, s + r * ldk + j);
     }

@@ -34,7 +34,7 @@ void rope_neox(float* x, int n_rot, const float* cos, const float* sin);
 //   causal: query row t sees keys [0, pos0 + t] (pos0 = position of the first query row);
 //   otherwise every query sees all n_kv keys.
 //   out: T rows of n_head*hd floats at out + t*out_stride.
-// Non-causal float32 K/V with several query rows take the blocked path, the rest the row path
+// Several query rows take the blocked path, one query row the row path
 // (attention_kernels.h gives each path's arithmetic). Every output is computed in a fixed order:
 // the result depends neither on the thread count nor on the instruction set.
 void attention(const float* q, int64_t T, int64_t q_stride, const void* k, const void* v, int64_t kv_stride,

@@ -27,6 +27,10 @@ struct Vec {
     static Vec set1(float x) { return {_mm512_set1_ps(x)}; }
     static Vec zero() { return {_mm512_setzero_ps()}; }
     void store(float* p) const { _mm512_storeu_ps(p, v); }
+    // IEEE half, round to nearest even (fp16.h fp32_to_fp16)
+    void store_f16(uint16_t* p) const {
+        _mm256_storeu_si256((__m256i*)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
     friend Vec operator+(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
     friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_ps(a.v, b.v)}; }
     friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
@@ -67,6 +71,9 @@ struct Vec {
     static Vec set1(float x) { return {_mm256_set1_ps(x)}; }
     static Vec zero() { return {_mm256_setzero_ps()}; }
     void store(float* p) const { _mm256_storeu_ps(p, v); }
+    void store_f16(uint16_t* p) const {
+        _mm_storeu_si128((__m128i*)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
     friend Vec operator+(Vec a, Vec b) { return {_mm256_add_ps(a.v, b.v)}; }
     friend Vec operator-(Vec a, Vec b) { return {_mm256_sub_ps(a.v, b.v)}; }
     friend Vec operator*(Vec a, Vec b) { return {_mm256_mul_ps(a.v, b.v)}; }

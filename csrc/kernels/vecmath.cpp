@@ -9,6 +9,7 @@
 #include "kernels/vecmath.h"
 
 #include "cpu.h"
+#include "fp16.h"
 
 namespace tg {
 
@@ -43,8 +44,13 @@ static float max_scalar(const float* x, int64_t n) {
     return r;
 }
 
+static void to_f16_scalar(const float* x, uint16_t* y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = fp32_to_fp16(x[i]);
+}
+
 const VecMath& vecmath_scalar() {
-    static const VecMath k = {exp_scalar, erf_scalar, gelu_erf_scalar, gelu_tanh_scalar, exp_sum_scalar, max_scalar};
+    static const VecMath k = {exp_scalar,     erf_scalar, gelu_erf_scalar, gelu_tanh_scalar,
+                              exp_sum_scalar, max_scalar, to_f16_scalar};
     return k;
 }
 

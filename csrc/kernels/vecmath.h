@@ -24,6 +24,8 @@
 //            (lane l adds elements i = l mod 16, in order of i), then lanes combined as
 //            l += l + 8, l += l + 4, l += l + 2, l += l + 1 (lane 0 is the sum).
 //   max(x, n): the largest x[i] (order-free).
+//   to_f16(x, y, n): y[i] = x[i] as IEEE half, rounded to nearest even (fp16.h fp32_to_fp16; the
+//            SIMD paths use the F16C conversion, which rounds and handles NaN and overflow the same).
 // These files are compiled without floating-point contraction, so no a*b+c is fused behind our back.
 #pragma once
 #include <cmath>
@@ -120,6 +122,7 @@ struct VecMath {
     void (*gelu_tanh)(float* x, int64_t n);
     float (*exp_sum)(float* x, int64_t n, float m);
     float (*max)(const float* x, int64_t n);  // -inf for n = 0
+    void (*to_f16)(const float* x, uint16_t* y, int64_t n);
 };
 
 const VecMath& vecmath_scalar();

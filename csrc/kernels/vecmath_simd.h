@@ -2,6 +2,7 @@
 // vecmath_avx2.cpp and vecmath_avx512.cpp only). Lane by lane the same operations as exp_ref /
 // erf_ref; tails shorter than a vector use the scalar functions themselves.
 #pragma once
+#include "fp16.h"
 #include "kernels/simd_vec.h"
 #include "kernels/vecmath.h"
 
@@ -101,6 +102,12 @@ float max_rows(const float* x, int64_t n) {
     float r = m.reduce_max();
     for (; i < n; i++) r = x[i] > r ? x[i] : r;
     return r;
+}
+
+void to_f16_rows(const float* x, uint16_t* y, int64_t n) {
+    int64_t i = 0;
+    for (; i + Vec::W <= n; i += Vec::W) Vec::load(x + i).store_f16(y + i);
+    for (; i < n; i++) y[i] = fp32_to_fp16(x[i]);
 }
 
 }  // namespace

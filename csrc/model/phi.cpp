@@ -5,9 +5,9 @@
 #include <cstring>
 
 #include "errors.h"
-#include "fp16.h"
 #include "gguf.h"
 #include "kernels/ops.h"
+#include "kernels/vecmath.h"
 #include "model/loader.h"
 #include "threadpool.h"
 
@@ -215,6 +215,7 @@ void PhiState::forward_chunk(const PhiHparams& hp, const PhiWeights& w, const fl
         // q/k norms and rotary embedding per (row, head); then store k, v into the cache.
         uint8_t* kc = k_.data() + (size_t)il * n_ctx_ * KV * esz;
         uint8_t* vc = v_.data() + (size_t)il * n_ctx_ * KV * esz;
+        const VecMath& M = vecmath();
         pool.parallel_for(n, 1, [&](int64_t t0, int64_t t1, int) {
             for (int64_t t = t0; t < t1; t++) {
                 const int64_t pos = n_past_ + t;
@@ -234,12 +235,8 @@ void PhiState::forward_chunk(const PhiHparams& hp, const PhiWeights& w, const fl
                 const float* k = row + E;
                 const float* v = row + E + KV;
                 if (kv_f16_) {
-                    uint16_t* kd = (uint16_t*)(kc + (size_t)pos * KV * esz);
-                    uint16_t* vd = (uint16_t*)(vc + (size_t)pos * KV * esz);
-                    for (int64_t j = 0; j < KV; j++) {
-                        kd[j] = fp32_to_fp16(k[j]);
-                        vd[j] = fp32_to_fp16(v[j]);
-                    }
+                    M.to_f16(k, (uint16_t*)(kc + (size_t)pos * KV * esz), KV);
+                    M.to_f16(v, (uint16_t*)(vc + (size_t)pos * KV * esz), KV);
                 } else {
                     std::memcpy(kc + (size_t)pos * KV * esz, k, sizeof(float) * KV);
                     std::memcpy(vc + (size_t)pos * KV * esz, v, sizeof(float) * KV);

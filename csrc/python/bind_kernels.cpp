@@ -275,6 +275,14 @@ void bind_kernels(py::module_& m) {
           "Force the kernels onto 'scalar', 'avx2' or 'avx512' (weights prepared later use it).");
     m.def("vec_math", &vec_math, py::arg("fn"), py::arg("x"),
           "Apply the engine's float32 'exp', 'erf', 'gelu_erf' or 'softmax' (over the last axis) to x.");
+    m.def("to_f16", [](F32Array x) {
+        py::array_t<uint16_t> y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+        {
+            py::gil_scoped_release release;
+            vecmath().to_f16(x.data(), y.mutable_data(), (int64_t)x.size());
+        }
+        return y;
+    }, py::arg("x"), "The engine's float32 -> IEEE half conversion (as stored in a half-precision K/V cache); bits as uint16.");
     m.def("attention_test", &attention_test, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"),
           py::arg("n_head_kv"), py::arg("scale"), py::arg("causal") = false, py::arg("pos0") = 0,
           py::arg("n_threads") = 1,
