@@ -138,6 +138,52 @@ def test_extreme_blocks_bit_identical(ty):
             assert np.array_equal(y.view(np.uint32), ys[:n].view(np.uint32)), f"{ty}/{isa} n={n}"
 
 
+def test_activation_quantizer_blocks():
+    """The int8 activation blocks of the Q8_0/Q4_0 products (the AVX-512 path takes up to 16 blocks at
+    a time): the same bytes as gguf-py's Q8_0 quantizer on finite blocks (except that a block whose
+    fp16 scale rounds to 0 gets all-zero values), block sums that match, and every path equal to the
+    scalar one on every block, NaN, inf and fp16-overflow blocks included."""
+    rng = np.random.default_rng(21)
+    n, nb = 12, 45  # two groups of 16 blocks and a tail of 13
+    x = rng.standard_normal((n, nb, 32)).astype(np.float32)
+    x *= rng.choice([1e-3, 1.0, 40.0], size=(n, 1, 1)).astype(np.float32)
+    x[0, 3] = np.arange(32) - np.float32(15.5)   # exact ties: scale 1 (max 127), values k + 0.5
+    x[0, 3, 0] = 127
+    x[0, 33] = -x[0, 3]
+    x[1, 20] = 0                                 # all zero
+    x[2, 5] *= np.float32(1e-30)                 # fp16 scale underflows to 0: all-zero values
+    x[3, 40] = np.float32(127 * 3.0e-8) * np.sign(x[3, 40])  # smallest nonzero fp16 scale
+    x[4, 16] = 65504 * 127 * np.float32(0.999)   # largest finite fp16 scale
+    x[5, 31, 7] = -np.float32(3.0e38)            # a block maximum near the float32 limit
+    finite_rows = 6
+    x[6, 2, 9] = np.nan
+    x[7, 17, 0] = np.inf
+    x[8, 44, 31] = -np.inf
+    x[9, 30] *= np.float32(1e7)                  # fp16 scale overflows to inf
+    x[10, 15, 3], x[10, 16, 4] = np.nan, np.inf  # specials on both sides of a 16-block boundary
+    x = x.reshape(n, nb * 32)
+
+    _core.set_isa("scalar")
+    qs0, d0, s0 = _core.quantize_act_q8(x)
+    assert np.array_equal(s0, qs0.reshape(n, nb, 32).astype(np.int32).sum(2))
+    with np.errstate(over="ignore"):  # row 5's scale is inf in fp16, as ours
+        ref = np.frombuffer(gg_quantize(x[:finite_rows], T.Q8_0).tobytes(), np.uint8).reshape(finite_rows, nb, 34)
+    ref_d = ref[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+    ref_q = ref[:, :, 2:].view(np.int8)
+    zero = ref_d == 0
+    assert zero[1, 20] and zero[2, 5] and not zero[3, 40]
+    np.testing.assert_array_equal(d0[:finite_rows], ref_d)
+    np.testing.assert_array_equal(qs0[:finite_rows].reshape(finite_rows, nb, 32)[~zero], ref_q[~zero])
+    assert not qs0[:finite_rows].reshape(finite_rows, nb, 32)[zero].any()
+    assert list(qs0[0, 3 * 32:4 * 32:8]) == [127, -8, 1, 9] and list(qs0[0, 33 * 32 + 1:33 * 32 + 4]) == [15, 14, 13]
+    for isa in SIMD:
+        _core.set_isa(isa)
+        qs, d, s = _core.quantize_act_q8(x)
+        assert np.array_equal(qs, qs0), f"{isa}: values differ in blocks {np.argwhere((qs != qs0).reshape(n, nb, 32).any(2))[:5]}"
+        assert np.array_equal(d.view(np.uint32), d0.view(np.uint32)) or np.array_equal(d, d0, equal_nan=True), isa
+        assert np.array_equal(s, s0), isa
+
+
 @pytest.mark.skipif(not SIMD, reason="no SIMD path on this machine")
 @pytest.mark.parametrize("ty", TYPES)
 def test_decode_streams_bit_identical(ty):

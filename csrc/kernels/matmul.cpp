@@ -266,16 +266,21 @@ void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32
 }
 
 // offset: what the repacked weights add to each stored value (Q4_0 nibbles q + 8, Q8_0 bytes q + 128).
+QuantActQ8Row quantize_act_q8_row_for(Isa isa) {
+#if defined(TINYGPTV_X86)
+    if (isa == Isa::Avx512) return &avx512::quantize_act_q8_row;
+    if (isa == Isa::Avx2) return &avx2::quantize_act_q8_row;
+#endif
+    (void)isa;
+    return &quantize_act_q8_row;
+}
+
 static void quantize_act_q8(const float* x, int64_t n, int64_t k, ActQ8& a, int32_t offset, Isa isa, ThreadPool& pool) {
     a.n = n; a.k = k; a.nb = k / QK8_0;
     a.qs.resize(n * k); a.d.resize(n * a.nb); a.sum.resize(n * a.nb);
     const bool corr = isa == Isa::Avx512;
     if (corr) a.corr.resize(n * a.nb);
-    auto row = &quantize_act_q8_row;
-#if defined(TINYGPTV_X86)
-    if (isa == Isa::Avx512) row = &avx512::quantize_act_q8_row;
-    if (isa == Isa::Avx2) row = &avx2::quantize_act_q8_row;
-#endif
+    const QuantActQ8Row row = quantize_act_q8_row_for(isa);
     pool.parallel_for(n, 4, [&](int64_t i0, int64_t i1, int) {
         for (int64_t i = i0; i < i1; i++) row(x + i * k, k, &a.qs[i * k], &a.d[i * a.nb], &a.sum[i * a.nb]);
         if (corr)

@@ -441,11 +441,12 @@ void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_
             nan |= nan8(v[j]);
             m = _mm256_max_ps(m, abs8(v[j]));
         }
-        if (nan) {
+        const float amax = hmax8(m);
+        if (nan || !(amax <= 3.4028235e38f)) {  // NaN or inf: the scalar path's values
             tg::quantize_act_q8_row(x, QK8_0, qs, d + b, sum + b);
             continue;
         }
-        const float dd = hmax8(m) / 127.f;
+        const float dd = amax / 127.f;
         const float id = dd != 0.f ? 1.0f / dd : 0.0f;
         d[b] = _cvtsh_ss(_cvtss_sh(dd, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
         if (d[b] == 0.f) {

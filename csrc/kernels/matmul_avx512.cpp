@@ -489,42 +489,77 @@ inline bool has_nan(__m512 v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) !=
 
 inline __m512 abs_ps(__m512 v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff))); }
 
-// round half away from zero, then clamp to [-128, 127] (finite inputs)
-inline __m512i round_away_i32(__m512 v) {
-    const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    const __m512 f = abs_ps(_mm512_sub_ps(v, t));
-    const __mmask16 up = _mm512_cmp_ps_mask(f, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
-    const __m512 one = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(_mm512_set1_ps(1.0f)),
-                                                           _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u))));
-    __m512 r = _mm512_mask_add_ps(t, up, t, one);
-    r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-128.f)), _mm512_set1_ps(127.f));
-    return _mm512_cvttps_epi32(r);
+// Lane b of the result combines (op) the 16 lanes of m[kTreeSlot[b]]: a transpose-and-combine tree
+// of 15 steps (two shuffles and one op each) instead of 16 horizontal reductions. m is overwritten.
+constexpr int kTreeSlot[16] = {0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15};
+
+template <class Op>
+inline __m512 combine16(__m512* m, Op op) {
+    for (int i = 0; i < 8; i++)
+        m[i] = op(_mm512_shuffle_f32x4(m[i], m[i + 8], 0x44), _mm512_shuffle_f32x4(m[i], m[i + 8], 0xEE));
+    for (int i = 0; i < 4; i++)
+        m[i] = op(_mm512_shuffle_f32x4(m[i], m[i + 4], 0x88), _mm512_shuffle_f32x4(m[i], m[i + 4], 0xDD));
+    for (int i = 0; i < 2; i++)
+        m[i] = op(_mm512_shuffle_ps(m[i], m[i + 2], 0x44), _mm512_shuffle_ps(m[i], m[i + 2], 0xEE));
+    return op(_mm512_shuffle_ps(m[0], m[1], 0x88), _mm512_shuffle_ps(m[0], m[1], 0xDD));
+}
+
+// Up to sixteen blocks (nblk, 512 values) at once, as the scalar quantize_act_q8_row: the block maxima and sums
+// are gathered into one vector each and the scale divisions run 16 wide (IEEE, so the same values).
+// q = trunc(v + copysign(0.49999997, v)) is round-half-away-from-zero for |v| < 2^23 (the sum rounds
+// up past the next integer exactly when |v| has a fraction >= 0.5), and |v| <= 127.5 here, so no
+// clamp is needed. Returns false, writing nothing, if a value is NaN or a block maximum is not finite
+// (those take the scalar path).
+inline bool quantize_16_blocks(const float* x, int nblk, int8_t* qs, float* d, int32_t* sum) {
+    __m512 m[16];
+    __mmask16 nan = 0;
+    for (int b = nblk; b < 16; b++) m[kTreeSlot[b]] = _mm512_setzero_ps();
+    for (int b = 0; b < nblk; b++) {
+        const __m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
+        nan |= _mm512_cmp_ps_mask(v0, v1, _CMP_UNORD_Q);
+        m[kTreeSlot[b]] = _mm512_max_ps(abs_ps(v0), abs_ps(v1));
+    }
+    const __m512 amax = combine16(m, [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); });
+    if (nan || _mm512_cmp_ps_mask(amax, _mm512_set1_ps(3.4028235e38f), _CMP_GT_OQ)) return false;
+    const __m512 dd = _mm512_div_ps(amax, _mm512_set1_ps(127.f));
+    const __mmask16 nz = _mm512_cmp_ps_mask(dd, _mm512_setzero_ps(), _CMP_NEQ_OQ);
+    const __m512 id = _mm512_maskz_div_ps(nz, _mm512_set1_ps(1.0f), dd);
+    const __m512 dh = _mm512_cvtph_ps(_mm512_cvtps_ph(dd, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __mmask16 keep = (__mmask16)((1u << nblk) - 1);
+    _mm512_mask_storeu_ps(d, keep, dh);
+    // a block whose fp16 scale is 0 gets all-zero values: its multiplier is 0
+    alignas(64) float ids[16];
+    _mm512_store_ps(ids, _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(dh, _mm512_setzero_ps(), _CMP_NEQ_OQ), id));
+    const __m512 half = _mm512_set1_ps(0.49999997f);
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    for (int b = 0; b < nblk; b++) {
+        const __m512 vid = _mm512_set1_ps(ids[b]);
+        const __m512 v0 = _mm512_mul_ps(_mm512_loadu_ps(x + 32 * b), vid);
+        const __m512 v1 = _mm512_mul_ps(_mm512_loadu_ps(x + 32 * b + 16), vid);
+        // copysign(half, v): take the sign bit from v, the rest from half
+        const __m512 h0 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(sign, _mm512_castps_si512(v0), _mm512_castps_si512(half), 0xCA));
+        const __m512 h1 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(sign, _mm512_castps_si512(v1), _mm512_castps_si512(half), 0xCA));
+        const __m512i q0 = _mm512_cvttps_epi32(_mm512_add_ps(v0, h0));
+        const __m512i q1 = _mm512_cvttps_epi32(_mm512_add_ps(v1, h1));
+        _mm_storeu_si128((__m128i*)(qs + 32 * b), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i*)(qs + 32 * b + 16), _mm512_cvtepi32_epi8(q1));
+        m[kTreeSlot[b]] = _mm512_castsi512_ps(_mm512_add_epi32(q0, q1));
+    }
+    const __m512 s = combine16(m, [](__m512 a, __m512 b) {
+        return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+    });
+    _mm512_mask_storeu_epi32(sum, keep, _mm512_castps_si512(s));
+    return true;
 }
 
 }  // namespace
 
 void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum) {
-    for (int64_t b = 0; b < k / QK8_0; b++, x += QK8_0, qs += QK8_0) {
-        const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
-        if (has_nan(v0) || has_nan(v1)) {
-            tg::quantize_act_q8_row(x, QK8_0, qs, d + b, sum + b);
-            continue;
-        }
-        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(abs_ps(v0), abs_ps(v1)));
-        const float dd = amax / 127.f;
-        const float id = dd != 0.f ? 1.0f / dd : 0.0f;
-        d[b] = _cvtsh_ss(_cvtss_sh(dd, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        if (d[b] == 0.f) {
-            std::memset(qs, 0, QK8_0);
-            sum[b] = 0;
-            continue;
-        }
-        const __m512 vid = _mm512_set1_ps(id);
-        const __m512i q0 = round_away_i32(_mm512_mul_ps(v0, vid));
-        const __m512i q1 = round_away_i32(_mm512_mul_ps(v1, vid));
-        _mm_storeu_si128((__m128i*)qs, _mm512_cvtsepi32_epi8(q0));
-        _mm_storeu_si128((__m128i*)(qs + 16), _mm512_cvtsepi32_epi8(q1));
-        sum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    const int64_t nb = k / QK8_0;
+    for (int64_t b = 0; b < nb; b += 16) {
+        const int nblk = (int)std::min<int64_t>(16, nb - b);
+        if (!quantize_16_blocks(x + b * QK8_0, nblk, qs + b * QK8_0, d + b, sum + b))
+            tg::quantize_act_q8_row(x + b * QK8_0, nblk * QK8_0, qs + b * QK8_0, d + b, sum + b);
     }
 }
 

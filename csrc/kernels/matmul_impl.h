@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu.h"
 #include "ggml_type.h"
 
 namespace tg {
@@ -83,6 +84,8 @@ struct ActQ8K {                // for K-quant weights: Q8_K blocks of 256
 // Q8_K rows: ggml's quantize_row_q8_K (blocks of 256, float scale), plus sums of 16 and 32.
 void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum);
 void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
+using QuantActQ8Row = void (*)(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum);
+QuantActQ8Row quantize_act_q8_row_for(Isa isa);  // the instruction set's version of quantize_act_q8_row
 
 struct GemmArgs {
     const uint8_t* w = nullptr;  // repacked weight, starting at group g_base
