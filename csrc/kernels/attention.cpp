@@ -151,8 +151,7 @@ static void attention_blocked(const float* q, int64_t T_, int64_t q_stride, cons
             const int64_t t0 = (i % n_tiles) * kTile;
             const int rows = (int)std::min(kTile, T_ - t0);
             const int64_t n_tile = keys_of(t0 + rows - 1);  // the longest row of the tile
-            const int64_t nk = (n_tile + K.key_block - 1) / K.key_block * K.key_block;
-            K.scores(q + t0 * q_stride + (int64_t)h * hd, q_stride, rows, kt.data(), ldk, nk, hd, scale, s.data());
+            K.scores(q + t0 * q_stride + (int64_t)h * hd, q_stride, rows, kt.data(), ldk, n_tile, hd, scale, s.data());
             float inv[kTile];
             for (int r = 0; r < rows; r++) {
                 float* sr = &s[(size_t)(r * ldk)];

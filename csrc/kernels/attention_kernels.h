@@ -33,7 +33,8 @@ struct AttnKernels {
     void (*axpy_f16)(float* y, float a, const uint16_t* x, int n);
     // Blocked path. ldk must be a multiple of key_block and ldv of dim_block.
     int key_block, dim_block;
-    // s[r * ldk + j] for r < rows, j < nk (nk <= ldk, a multiple of key_block); query row r at q + r * q_stride
+    // s[r * ldk + j] for r < rows and at least j < nk (nk <= ldk; the SIMD kernels compute whole vectors of
+    // keys, up to ldk); query row r at q + r * q_stride
     void (*scores)(const float* q, int64_t q_stride, int rows, const float* kt, int64_t ldk, int64_t nk, int hd,
                    float scale, float* s);
     // o[r * ldv + d] = sum over j < n of p[r * ldp + j] * vp[j * ldv + d]  (unnormalised), d < ldv

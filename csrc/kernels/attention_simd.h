@@ -93,17 +93,34 @@ void with_rows(int r, A... args) {
 template <int R, int C>
 struct Blocked {
     static constexpr int key_block = C * Vec::W;
-    template <int r>
-    struct Scores {
-        static void run(const float* q, int64_t qs, const float* kt, int64_t ldk, int hd, float scale, float* s) {
-            scores_micro<r, C>(q, qs, kt, ldk, hd, scale, s);
+    template <int c>
+    struct Cols {
+        template <int r>
+        struct Scores {
+            static void run(const float* q, int64_t qs, const float* kt, int64_t ldk, int hd, float scale, float* s) {
+                scores_micro<r, c>(q, qs, kt, ldk, hd, scale, s);
+            }
+        };
+        static void run(const float* q, int64_t qs, int rows, const float* kt, int64_t ldk, int hd, float scale,
+                        float* s) {
+            for (int r = 0; r < rows; r += R)
+                with_rows<R, Scores>(rows - r < R ? rows - r : R, q + r * qs, qs, kt, ldk, hd, scale, s + r * ldk);
         }
     };
+    template <int c>
+    static void tail(int cols, const float* q, int64_t qs, int rows, const float* kt, int64_t ldk, int hd, float scale,
+                     float* s) {
+        if constexpr (c >= 1) {
+            if (cols == c) return Cols<c>::run(q, qs, rows, kt, ldk, hd, scale, s);
+            tail<c - 1>(cols, q, qs, rows, kt, ldk, hd, scale, s);
+        }
+    }
+    // Full blocks of C vectors of keys, then the last part of the keys in as few vectors as it needs.
     static void scores(const float* q, int64_t qs, int rows, const float* kt, int64_t ldk, int64_t nk, int hd,
                        float scale, float* s) {
-        for (int64_t j = 0; j < nk; j += key_block)
-            for (int r = 0; r < rows; r += R)
-                with_rows<R, Scores>(rows - r < R ? rows - r : R, q + r * qs, qs, kt + j, ldk, hd, scale, s + r * ldk + j);
+        int64_t j = 0;
+        for (; j + key_block <= nk; j += key_block) Cols<C>::run(q, qs, rows, kt + j, ldk, hd, scale, s + j);
+        if (j < nk) tail<C>((int)((nk - j + Vec::W - 1) / Vec::W), q, qs, rows, kt + j, ldk, hd, scale, s + j);
     }
 };
 
