@@ -14,6 +14,7 @@ Each run is its own process (peak RSS = its VmHWM). Per run: load (of a file in 
 worker reads it through first); the stage-3 prompt with a short question, the image spliced at
 <ImageHere>: encode the image, prefill the spliced prompt, take the first token (time to first token =
 the three together), then 64 greedy tokens; then encode again (warm). Figures are medians over --runs.
+Every run starts once the machine has settled (settle(): >= 5 s pause and a >= 90% idle second).
 The PyTorch reference (transformers' Blip2VisionModel, Blip2QFormerModel, two Linear, PhiForCausalLM
 with qk_layernorm and the post-attention RMSNorm hook) runs the same steps on the weights of the F16
 file in float32 and bfloat16, one process at a time, and each of our rows gets the ratio reference time
@@ -202,7 +203,37 @@ def worker_torch(path: str, size: int, threads: int, dtype_name: str, ids_pre, i
     return r
 
 
+def _cpu_idle_fraction(window_s: float = 1.0) -> float:
+    """Share of the machine's CPU time spent idle over the next window_s seconds (/proc/stat)."""
+    def read():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)  # idle + iowait, total
+    i0, t0 = read()
+    time.sleep(window_s)
+    i1, t1 = read()
+    return (i1 - i0) / max(1, t1 - t0)
+
+
+SETTLE_MIN_S, SETTLE_MAX_S = 5.0, 30.0
+
+
+def settle() -> None:
+    """Waits until the machine is quiet before a timed run: at least SETTLE_MIN_S seconds, then until a
+    one-second window is >= 90% idle (at most SETTLE_MAX_S). The kernel reclaims the ~15 GB a float32
+    reference run leaves behind for several seconds after it exits; a run started at once was measured
+    ~8% slower (time to first token 1.99 s against 1.82-1.85 s before and 20 s after)."""
+    if not sys.platform.startswith("linux"):
+        time.sleep(SETTLE_MIN_S)
+        return
+    t_end = time.perf_counter() + SETTLE_MAX_S
+    time.sleep(SETTLE_MIN_S - 1.0)
+    while _cpu_idle_fraction() < 0.9 and time.perf_counter() < t_end:
+        pass
+
+
 def run_worker(call: str, label: str) -> dict:
+    settle()
     t0 = time.perf_counter()
     code = (f"import sys, json; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
             f"import bench_tinygptv as b; r = b.{call}; r['rss_mb'] = b.peak_rss_mb(); print('RESULT', json.dumps(r))")
@@ -400,6 +431,7 @@ def main() -> int:
                     f"torch {size} {dt} run {i + 1}/{torch_runs}"))
         ref = {dt: median_of(rs) for dt, rs in ref_res.items()}
         # Peaks and the per-operation profiles back to back, so that they see the same load.
+        settle()
         peaks = measured_peaks(a.threads)
         print(f"load average now: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; measured peaks: "
               + ", ".join(f"{k} {v:.0f} GFLOP/s" if isinstance(v, float) else f"{k} {v}" for k, v in peaks.items()),
