@@ -1,4 +1,5 @@
-// IEEE half and bfloat16 <-> float conversions (scalar, exact, round-to-nearest-even).
+// IEEE half and bfloat16 <-> float conversions (scalar, exact, round-to-nearest-even). The half ones
+// give the same bits as the F16C instructions the SIMD paths use (NaN included).
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -16,8 +17,8 @@ inline float fp16_to_fp32(uint16_t h) {
             do { e++; man <<= 1; } while ((man & 0x400) == 0);
             bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
         }
-    } else if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (man << 13);
+    } else if (exp == 0x1f) {  // inf, or NaN made quiet (payload kept), as the F16C conversion does
+        bits = sign | 0x7f800000u | (man << 13) | (man ? 0x400000u : 0u);
     } else {
         bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
     }

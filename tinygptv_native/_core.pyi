@@ -43,6 +43,8 @@ def quantize_act_q8(x: _ArrayLike) -> tuple[npt.NDArray[np.int8], _F32, npt.NDAr
     (values [n, k], fp16 scales as float [n, k/32], block sums [n, k/32])."""
 def to_f16(x: _ArrayLike) -> npt.NDArray[np.uint16]:
     """The engine's float32 -> IEEE half conversion (as stored in a half-precision K/V cache); bits as uint16."""
+def from_f16(x: _ArrayLike) -> _F32:
+    """IEEE half bits (uint16) as float32, as the attention reads a half-precision K/V cache."""
 def attention_test(q: _ArrayLike, k: _ArrayLike, v: _ArrayLike, n_head: int, n_head_kv: int, scale: float,
                    causal: bool = False, pos0: int = 0, n_threads: int = 1) -> _F32: ...
 

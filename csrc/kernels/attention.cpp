@@ -113,8 +113,9 @@ static void attention_rows(const float* q, int64_t T, int64_t q_stride, const vo
 
 // ---- blocked path: a tile of query rows of one head against its keys ---------------------------
 
-static inline float widen(float x) { return x; }
-static inline float widen(uint16_t h) { return fp16_to_fp32(h); }
+// One key/value row of hd values as float32 (exact for half).
+static inline void widen_row(const VecMath&, const float* x, float* y, int hd) { std::copy(x, x + hd, y); }
+static inline void widen_row(const VecMath& M, const uint16_t* x, float* y, int hd) { M.from_f16(x, y, hd); }
 
 template <class T>
 static void attention_blocked(const float* q, int64_t T_, int64_t q_stride, const T* k, const T* v, int64_t kv_stride,
@@ -131,21 +132,19 @@ static void attention_blocked(const float* q, int64_t T_, int64_t q_stride, cons
     auto keys_of = [&](int64_t t) { return causal ? std::min<int64_t>(n_kv, pos0 + t + 1) : n_kv; };
     // Work items in (head, tile) order: a thread's contiguous chunk mostly shares one head's K and V.
     pool.parallel_for(n_head * n_tiles, 1, [&](int64_t i0, int64_t i1, int) {
-        std::vector<float> kt((size_t)(hd * ldk)), vp((size_t)(n_kv * ldv), 0.f);
+        std::vector<float> kt((size_t)(hd * ldk), 0.f), vp((size_t)(n_kv * ldv), 0.f), krow((size_t)hd);
         std::vector<float> s((size_t)(kTile * ldk)), o((size_t)(kTile * ldv));
         int packed = -1;
         for (int64_t i = i0; i < i1; i++) {
             const int h = (int)(i / n_tiles), hk = h / group;
-            if (hk != packed) {
+            if (hk != packed) {  // kt: zero beyond n_kv from the start, never written there
                 const T* kh = k + (int64_t)hk * hd;
                 const T* vh = v + (int64_t)hk * hd;
-                for (int d = 0; d < hd; d++) {
-                    float* row = &kt[(size_t)(d * ldk)];
-                    for (int64_t j = 0; j < n_kv; j++) row[j] = widen(kh[j * kv_stride + d]);
-                    std::fill(row + n_kv, row + ldk, 0.f);
+                for (int64_t j = 0; j < n_kv; j++) {
+                    widen_row(M, kh + j * kv_stride, krow.data(), hd);
+                    for (int d = 0; d < hd; d++) kt[(size_t)(d * ldk + j)] = krow[(size_t)d];
+                    widen_row(M, vh + j * kv_stride, &vp[(size_t)(j * ldv)], hd);
                 }
-                for (int64_t j = 0; j < n_kv; j++)
-                    for (int d = 0; d < hd; d++) vp[(size_t)(j * ldv + d)] = widen(vh[j * kv_stride + d]);
                 packed = hk;
             }
             const int64_t t0 = (i % n_tiles) * kTile;

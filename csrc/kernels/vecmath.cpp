@@ -48,9 +48,13 @@ static void to_f16_scalar(const float* x, uint16_t* y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = fp32_to_fp16(x[i]);
 }
 
+static void from_f16_scalar(const uint16_t* x, float* y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = fp16_to_fp32(x[i]);
+}
+
 const VecMath& vecmath_scalar() {
     static const VecMath k = {exp_scalar,     erf_scalar, gelu_erf_scalar, gelu_tanh_scalar,
-                              exp_sum_scalar, max_scalar, to_f16_scalar};
+                              exp_sum_scalar, max_scalar, to_f16_scalar, from_f16_scalar};
     return k;
 }
 

@@ -26,6 +26,7 @@
 //   max(x, n): the largest x[i] (order-free).
 //   to_f16(x, y, n): y[i] = x[i] as IEEE half, rounded to nearest even (fp16.h fp32_to_fp16; the
 //            SIMD paths use the F16C conversion, which rounds and handles NaN and overflow the same).
+//   from_f16(x, y, n): y[i] = the half x[i] as float32 (exact; fp16.h fp16_to_fp32).
 // These files are compiled without floating-point contraction, so no a*b+c is fused behind our back.
 #pragma once
 #include <cmath>
@@ -123,6 +124,7 @@ struct VecMath {
     float (*exp_sum)(float* x, int64_t n, float m);
     float (*max)(const float* x, int64_t n);  // -inf for n = 0
     void (*to_f16)(const float* x, uint16_t* y, int64_t n);
+    void (*from_f16)(const uint16_t* x, float* y, int64_t n);
 };
 
 const VecMath& vecmath_scalar();

@@ -10,7 +10,7 @@
 namespace tg {
 
 const VecMath& vecmath_avx2() {
-    static const VecMath k = {exp_rows, erf_rows, gelu_erf_rows, gelu_tanh_rows, exp_sum_rows, max_rows, to_f16_rows};
+    static const VecMath k = {exp_rows, erf_rows, gelu_erf_rows, gelu_tanh_rows, exp_sum_rows, max_rows, to_f16_rows, from_f16_rows};
     return k;
 }
 

@@ -110,5 +110,11 @@ void to_f16_rows(const float* x, uint16_t* y, int64_t n) {
     for (; i < n; i++) y[i] = fp32_to_fp16(x[i]);
 }
 
+void from_f16_rows(const uint16_t* x, float* y, int64_t n) {
+    int64_t i = 0;
+    for (; i + Vec::W <= n; i += Vec::W) Vec::load_f16(x + i).store(y + i);
+    for (; i < n; i++) y[i] = fp16_to_fp32(x[i]);
+}
+
 }  // namespace
 }  // namespace tg

@@ -301,6 +301,14 @@ void bind_kernels(py::module_& m) {
         }
         return y;
     }, py::arg("x"), "The engine's float32 -> IEEE half conversion (as stored in a half-precision K/V cache); bits as uint16.");
+    m.def("from_f16", [](py::array_t<uint16_t, py::array::c_style | py::array::forcecast> x) {
+        py::array_t<float> y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+        {
+            py::gil_scoped_release release;
+            vecmath().from_f16(x.data(), y.mutable_data(), (int64_t)x.size());
+        }
+        return y;
+    }, py::arg("x"), "IEEE half bits (uint16) as float32, as the attention reads a half-precision K/V cache.");
     m.def("attention_test", &attention_test, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"),
           py::arg("n_head_kv"), py::arg("scale"), py::arg("causal") = false, py::arg("pos0") = 0,
           py::arg("n_threads") = 1,
