@@ -301,10 +301,51 @@ def test_interrupt_during_generation(model, image, monkeypatch):
 def test_reset(model, image):
     c = model.new_chat()
     c.ask("q", image, max_new_tokens=3, seed=1)
+    first = c.tokens()
     c.reset()
-    assert c.history == [] and c.n_past == 0 and c.tokens() == [] and c.last is None
+    assert c.history == [] and c.tokens() == [] and c.last is None
+    # the cache keeps the system text up to the image, and the next first turn starts from it
+    kept = c.n_past
+    assert kept >= 2 and kept == next(i for i, t in enumerate(first) if isinstance(t, np.ndarray))
     r = c.ask("q", image, max_new_tokens=3, seed=1, return_result=True)
-    assert r.cached_tokens == 0 and c.images_encoded == 2
+    assert r.cached_tokens == kept and c.images_encoded == 2
+
+
+def test_reused_prefix_gives_the_same_logits(model, image):
+    """A new conversation whose prompt starts with the ids left in the cache evaluates only the rest,
+    with the same logits, bit for bit, as one evaluated from nothing."""
+    c = model.new_chat()
+    c.ask("first question", image, max_new_tokens=4, temperature=0)
+    c.reset()
+    r = c.ask("a different question", image, max_new_tokens=6, temperature=0, return_result=True)
+    fresh = model.new_chat()
+    f = fresh.ask("a different question", image, max_new_tokens=6, temperature=0, return_result=True)
+    assert r.cached_tokens >= 2 and f.cached_tokens == 0
+    assert np.array_equal(c.prompt_logits.view(np.uint32), fresh.prompt_logits.view(np.uint32))
+    assert r.token_ids == f.token_ids
+    # text only: the reused part stops where the ids stop matching, the logits are still the same
+    c.reset()
+    r = c.ask("no image this time", max_new_tokens=4, temperature=0, return_result=True)
+    fresh = model.new_chat()
+    f = fresh.ask("no image this time", max_new_tokens=4, temperature=0, return_result=True)
+    assert np.array_equal(c.prompt_logits.view(np.uint32), fresh.prompt_logits.view(np.uint32))
+    assert r.token_ids == f.token_ids
+
+
+def test_model_chat_reuses_the_last_session(tiny_gguf, image):  # noqa: F811
+    m = tg.Model(tiny_gguf[0], n_threads=1, n_ctx=512)
+    a = m.chat(image, "what is it?", max_new_tokens=4, temperature=0, return_result=True)
+    b = m.chat(image, "where is it?", max_new_tokens=4, temperature=0, return_result=True)
+    assert a.cached_tokens == 0 and b.cached_tokens >= 2
+    other = tg.Model(tiny_gguf[0], n_threads=1, n_ctx=512)
+    f = other.chat(image, "where is it?", max_new_tokens=4, temperature=0, return_result=True)
+    assert f.cached_tokens == 0 and f.token_ids == b.token_ids and f.text == b.text
+    # a stream closed early hands the session back too
+    s = m.chat(image, "and this?", stream=True, max_new_tokens=8, temperature=0, ignore_eos=True)
+    next(iter(s))
+    s.close()
+    c = m.chat(image, "where is it?", max_new_tokens=4, temperature=0, return_result=True)
+    assert c.cached_tokens == b.cached_tokens and c.token_ids == b.token_ids
 
 
 # ---- threads ------------------------------------------------------------------------------------

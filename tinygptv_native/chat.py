@@ -16,6 +16,13 @@ A Chat owns one native session (KV cache). The image is encoded once and its emb
 cache: a follow-up question costs only its own tokens. The cache always holds a prefix of the recorded
 conversation (``Chat.tokens()``); tokens recorded but not yet evaluated (the tail of the last answer) are
 fed with the next question.
+
+A new conversation reuses what it shares with the one before: ``Chat.reset()`` keeps the first text
+piece (the system text up to the image) in the cache, and ``Model.chat()`` hands its finished session
+to the next ``Model.chat()`` the same way. The next first turn evaluates only from where its token ids
+stop matching (``GenerationResult.cached_tokens`` counts the reused positions). The logits are the same
+as without reuse: every position is computed with the same arithmetic whether it is evaluated in one
+batch or in two (each batch of at least two positions).
 """
 from __future__ import annotations
 
@@ -171,6 +178,7 @@ class Chat:
         self._session: Optional[_core.Session] = None
         self._spans: List[_Span] = []      # the conversation as recorded (text ids and images)
         self._n_eval = 0                   # how many positions of it are in the KV cache
+        self._kv_prefix: Tuple[int, ...] = ()  # ids the cache starts with from an earlier conversation
         self._active: Optional["weakref.ref[ChatStream]"] = None  # the unfinished stream, if any
         self._busy = threading.Lock()
         self.prompt_logits: Optional[np.ndarray] = None  # logits at the end of the last prompt
@@ -208,8 +216,10 @@ class Chat:
         return out
 
     def reset(self) -> None:
-        """Forgets the conversation (and the image); the next question starts a new one."""
+        """Forgets the conversation (and the image); the next question starts a new one, reusing the start
+        of this one's prompt (the system text) that is still in the KV cache where it matches."""
         self._finish_active()
+        keep = self._kept_prefix()
         self.history.clear()
         self._spans.clear()
         self._n_eval = 0
@@ -217,9 +227,24 @@ class Chat:
         self.prompt_logits = None
         self.prompt_positions = 0
         if self._session is not None:
-            self._session.rewind(0)
+            self._session.rewind(len(keep))
+            self._kv_prefix = tuple(keep)
 
     clear = reset
+
+    def _kept_prefix(self) -> List[int]:
+        """The evaluated ids of the conversation's first piece, when it is text of two tokens or more."""
+        first = self._spans[0] if self._spans else None
+        if first is None or first.image is not None:
+            return []
+        keep = first.ids[:min(len(first.ids), self._n_eval)]
+        return keep if len(keep) >= 2 else []
+
+    def _release_session(self) -> None:
+        """A one-shot chat (Model.chat) is done: its session goes back to the model with the prefix."""
+        s, self._session = self._session, None
+        if s is not None:
+            self.model._keep_session(s, self._kept_prefix())
 
     def _finish_active(self) -> None:
         it = self._active() if self._active is not None else None
@@ -229,7 +254,10 @@ class Chat:
 
     def _get_session(self, need: int) -> "_core.Session":
         if self._session is None:
-            self._session = self.model._session(min(self.n_ctx, need) if self._fit_ctx else self.n_ctx)
+            if self._fit_ctx:  # sized to the turn, rounded up so that the next chat() can reuse it
+                self._session, self._kv_prefix = self.model._take_session(min(self.n_ctx, -(-need // 128) * 128))
+            else:
+                self._session = self.model._session(self.n_ctx)
         return self._session
 
     # ---- asking ------------------------------------------------------------------------------
@@ -315,6 +343,10 @@ class Chat:
                 k += 1
             else:
                 spans.append(_Span(image=emb))
+        reuse = self._reuse_prefix(session, spans)
+        if reuse:  # the first piece is recorded now; its first `reuse` positions are in the cache already
+            self._spans.append(spans.pop(0))
+            self._n_eval = reuse
         tail = self._unevaluated()
         x = self._embed(tail + spans)
         before = self._n_eval
@@ -324,6 +356,9 @@ class Chat:
         try:
             logits = session.eval_embeddings(x, False)
         except BaseException:
+            if reuse:  # back to an empty conversation whose cache starts with the reused ids
+                self._kv_prefix = tuple(self._spans.pop().ids[:reuse])
+                self._n_eval = 0
             session.rewind(before)  # nothing changed
             raise
         result.prompt_ms = (time.perf_counter() - t0) * 1e3
@@ -334,6 +369,22 @@ class Chat:
         self.history.append(Message("user", prompt, image=emb is not None))
         self.last = result
         return m._run(session, [], logits, params, max_new_tokens, stops, stop_ids, result, use_eos=not ignore_eos)
+
+    def _reuse_prefix(self, session: "_core.Session", spans: List[_Span]) -> int:
+        """On a first turn, how many leading ids of its first (text) piece the session's cache holds from an
+        earlier conversation; the cache is cut to them (to nothing when they are not worth reusing)."""
+        kept, self._kv_prefix = self._kv_prefix, ()
+        if self._spans or not kept:
+            return 0
+        first = spans[0].ids if spans and spans[0].image is None else []
+        n = 0
+        while n < min(len(kept), len(first)) and kept[n] == first[n]:
+            n += 1
+        # at least two positions evaluated in each batch (a single one takes the one-row attention path)
+        if n < 2 or sum(s.n for s in spans) - n < 2:
+            n = 0
+        session.rewind(n)
+        return n
 
     def _evaluated_spans(self) -> List[_Span]:
         """The spans, cut at what the KV cache holds."""
@@ -434,6 +485,8 @@ class ChatStream:
         finally:
             if chat._active is not None and chat._active() is self:
                 chat._active = None
+            if chat._fit_ctx:
+                chat._release_session()
             chat._busy.release()
 
     def __del__(self) -> None:

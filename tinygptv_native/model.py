@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -131,6 +132,10 @@ class Model:
         self.metadata = self._model.metadata()
         self._chat_template = None
         self.last_result: Optional[GenerationResult] = None
+        # The session of the last finished one-shot chat(), rewound to the prompt prefix it still holds
+        # (token ids): the next chat() reuses the part of its prompt that matches (the system text).
+        self._idle: Optional[Tuple["_core.Session", Tuple[int, ...]]] = None
+        self._idle_lock = threading.Lock()
         log.info("loaded %s in %.0f ms: arch %s, %d layers, vocab %d", self.path, self.load_ms, self._model.arch,
                  self._model.n_layer, self._model.n_vocab)
 
@@ -161,6 +166,21 @@ class Model:
 
     def _session(self, n_ctx: Optional[int] = None) -> "_core.Session":
         return _core.Session(self._model, int(n_ctx or self.n_ctx), self.n_threads, self.kv_f16)
+
+    def _take_session(self, need: int) -> Tuple["_core.Session", Tuple[int, ...]]:
+        """A session with room for ``need`` positions and the token ids its KV cache starts with: the idle
+        one left by the last chat() when it is big enough, else a new, empty one."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, None
+        if idle is not None and idle[0].n_ctx >= need:
+            return idle
+        return self._session(need), ()
+
+    def _keep_session(self, session: "_core.Session", prefix: Sequence[int]) -> None:
+        """Keeps a finished chat's session for the next chat(), holding only ``prefix`` (its first ids)."""
+        session.rewind(len(prefix))
+        with self._idle_lock:
+            self._idle = (session, tuple(prefix))
 
     # ---- text --------------------------------------------------------------------------------
     def tokenize(self, text: Union[str, bytes], *, special: bool = False) -> List[int]:
