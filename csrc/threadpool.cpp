@@ -37,7 +37,26 @@ static void chunk_of(int64_t n, int64_t grain, int n_threads, int index, int64_t
     *e = std::min(n, b1 * grain);
 }
 
+// Takes chunks of a dynamic job until none is left.
+static void take_chunks(std::atomic<int64_t>& next, int64_t n, int64_t chunk, int index,
+                        const std::function<void(int64_t, int64_t, int)>& fn) {
+    for (;;) {
+        const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
+        const int64_t b = c * chunk;
+        if (b >= n) return;
+        fn(b, std::min(n, b + chunk), index);
+    }
+}
+
 void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn) {
+    run(n, grain, false, fn);
+}
+
+void ThreadPool::parallel_chunks(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t, int)>& fn) {
+    run(n, chunk, true, fn);
+}
+
+void ThreadPool::run(int64_t n, int64_t grain, bool dynamic, const std::function<void(int64_t, int64_t, int)>& fn) {
     if (n <= 0) return;
     if (grain < 1) grain = 1;
     if (n_threads_ == 1 || n <= grain) {
@@ -49,13 +68,19 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
         job_ = &fn;
         job_n_ = n;
         job_grain_ = grain;
+        job_dynamic_ = dynamic;
+        next_chunk_.store(0, std::memory_order_relaxed);
         pending_.store(n_threads_ - 1, std::memory_order_relaxed);
         generation_.fetch_add(1, std::memory_order_release);
     }
     cv_start_.notify_all();
-    int64_t b, e;
-    chunk_of(n, grain, n_threads_, 0, &b, &e);
-    if (b < e) fn(b, e, 0);
+    if (dynamic) {
+        take_chunks(next_chunk_, n, grain, 0, fn);
+    } else {
+        int64_t b, e;
+        chunk_of(n, grain, n_threads_, 0, &b, &e);
+        if (b < e) fn(b, e, 0);
+    }
     for (int i = 0; i < kSpin && pending_.load(std::memory_order_acquire) != 0; i++) cpu_relax();
     if (pending_.load(std::memory_order_acquire) != 0) {
         std::unique_lock<std::mutex> lk(mu_);
@@ -82,15 +107,21 @@ void ThreadPool::worker(int index) {
         seen = g;
         const std::function<void(int64_t, int64_t, int)>* job;
         int64_t n, grain;
+        bool dynamic;
         {
             std::lock_guard<std::mutex> lk(mu_);  // cheap, uncontended: orders the job fields for TSan too
             job = job_;
             n = job_n_;
             grain = job_grain_;
+            dynamic = job_dynamic_;
         }
-        int64_t b, e;
-        chunk_of(n, grain, n_threads_, index, &b, &e);
-        if (b < e) (*job)(b, e, index);
+        if (dynamic) {
+            take_chunks(next_chunk_, n, grain, index, *job);
+        } else {
+            int64_t b, e;
+            chunk_of(n, grain, n_threads_, index, &b, &e);
+            if (b < e) (*job)(b, e, index);
+        }
         if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
             std::lock_guard<std::mutex> lk(mu_);
             cv_done_.notify_one();

@@ -31,8 +31,14 @@ public:
     // Not reentrant: one parallel_for at a time per pool (callers hold a Session lock).
     void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn);
 
+    // The same contract, but [0, n) is cut into chunks of `chunk` that the threads take in turn until
+    // none is left: a thread that runs slower (another process on its core) takes fewer. For work whose
+    // outputs do not depend on which thread computes them.
+    void parallel_chunks(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t, int)>& fn);
+
 private:
     void worker(int index);
+    void run(int64_t n, int64_t grain, bool dynamic, const std::function<void(int64_t, int64_t, int)>& fn);
 
     int n_threads_;
     std::vector<std::thread> threads_;
@@ -42,6 +48,8 @@ private:
     // they see the new generation (acquire).
     const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
     int64_t job_n_ = 0, job_grain_ = 1;
+    bool job_dynamic_ = false;
+    std::atomic<int64_t> next_chunk_{0};  // dynamic jobs: the next chunk to take
     std::atomic<uint64_t> generation_{0};
     std::atomic<int> pending_{0};
     std::atomic<bool> stop_{false};

@@ -484,7 +484,17 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
     const int64_t groups = (w.n_out + kGroup - 1) / kGroup;
     if (fn && w.repacked) {
         A.w = (const uint8_t*)w.repacked.get();
-        pool.parallel_for(groups, 1, [&](int64_t g0, int64_t g1, int) { fn(A, g0, g1); });
+        auto run = [&](int64_t g0, int64_t g1, int) { fn(A, g0, g1); };
+        if (n == 1) {
+            pool.parallel_for(groups, 1, run);  // decode: long contiguous ranges (decode_streams)
+        } else {
+            // Prompt: chunks of at most about 256 KB of weights (one stays in L2 across the activation
+            // chunks), at least 4 per thread, taken in turn: a thread slowed down by another process
+            // on its core takes fewer.
+            const int64_t by_size = (int64_t)((256u << 10) / packed_group_bytes(w.type, k));
+            const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(by_size, groups / (4 * pool.size())));
+            pool.parallel_chunks(groups, chunk, run);
+        }
     } else if (fn) {
         // Not prepared: repack one group at a time into a scratch buffer (slower than a prepared
         // weight, same results).
