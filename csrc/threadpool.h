@@ -31,9 +31,10 @@ public:
     // Not reentrant: one parallel_for at a time per pool (callers hold a Session lock).
     void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn);
 
-    // The same contract, but [0, n) is cut into chunks of `chunk` that the threads take in turn until
-    // none is left: a thread that runs slower (another process on its core) takes fewer. For work whose
-    // outputs do not depend on which thread computes them.
+    // [0, n) cut into chunks of `chunk` (the last one shorter) that the threads take in turn until none
+    // is left: fn(begin, end, thread_index) runs once per chunk, so a thread may run it several times or
+    // not at all, and a thread that runs slower (another process on its core) takes fewer. For work
+    // whose outputs do not depend on which thread computes them. Blocks until all are done.
     void parallel_chunks(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t, int)>& fn);
 
 private:

@@ -265,7 +265,6 @@ void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32
     }
 }
 
-// offset: what the repacked weights add to each stored value (Q4_0 nibbles q + 8, Q8_0 bytes q + 128).
 QuantActQ8Row quantize_act_q8_row_for(Isa isa) {
 #if defined(TINYGPTV_X86)
     if (isa == Isa::Avx512) return &avx512::quantize_act_q8_row;
@@ -275,6 +274,8 @@ QuantActQ8Row quantize_act_q8_row_for(Isa isa) {
     return &quantize_act_q8_row;
 }
 
+// offset: what the repacked weights add to each stored value (Q4_0 nibbles q + 8, Q8_0 bytes q + 128);
+// it goes into ActQ8::corr, which only the AVX-512 kernels read.
 static void quantize_act_q8(const float* x, int64_t n, int64_t k, ActQ8& a, int32_t offset, Isa isa, ThreadPool& pool) {
     a.n = n; a.k = k; a.nb = k / QK8_0;
     a.qs.resize(n * k); a.d.resize(n * a.nb); a.sum.resize(n * a.nb);

@@ -331,49 +331,33 @@ __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uin
     }
 }
 
-// Tiles and decode kernels per type call their super-block routine directly: passed as a template
-// parameter instead, it left the Q6_K tile 8% slower with GCC.
-template <int NT>
-void q4_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
-    const ActQ8K& a = *A.ak;
-    __m256 acc[NT];
-    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < a.nb; b++) q4_K_super<NT>(a, wg, b, h, i0, acc);
-    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
-}
+// The prompt tile (NT activation rows of one group, one 8-row half h) and the decode kernel (one row,
+// NG groups, both halves) of each K-quant type, made from its super-block routine. Each calls the
+// routine directly: passed as a template parameter instead, it left the Q6_K tile 8% slower with GCC.
+#define TG_TILE_AND_VEC(NAME, SUPER)                                                                 \
+    template <int NT>                                                                                \
+    void NAME##_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {           \
+        const ActQ8K& a = *A.ak;                                                                     \
+        __m256 acc[NT];                                                                              \
+        for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();                                   \
+        for (int64_t b = 0; b < a.nb; b++) SUPER<NT>(a, wg, b, h, i0, acc);                          \
+        for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);                             \
+    }                                                                                                \
+    template <int NG>                                                                                \
+    void NAME##_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {                 \
+        const ActQ8K& a = *A.ak;                                                                     \
+        __m256 acc[NG][2][1];                                                                        \
+        for (int j = 0; j < NG; j++) acc[j][0][0] = acc[j][1][0] = _mm256_setzero_ps();              \
+        for (int64_t b = 0; b < a.nb; b++)                                                           \
+            for (int j = 0; j < NG; j++)                                                             \
+                for (int h = 0; h < 2; h++) SUPER<1>(a, wg[j], b, h, 0, acc[j][h]);                  \
+        for (int j = 0; j < NG; j++)                                                                 \
+            for (int h = 0; h < 2; h++) store_out(A, 0, g[j], h, acc[j][h][0]);                      \
+    }
 
-template <int NG>
-void q4_K_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
-    const ActQ8K& a = *A.ak;
-    __m256 acc[NG][2][1];
-    for (int j = 0; j < NG; j++) acc[j][0][0] = acc[j][1][0] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < a.nb; b++)
-        for (int j = 0; j < NG; j++)
-            for (int h = 0; h < 2; h++) q4_K_super<1>(a, wg[j], b, h, 0, acc[j][h]);
-    for (int j = 0; j < NG; j++)
-        for (int h = 0; h < 2; h++) store_out(A, 0, g[j], h, acc[j][h][0]);
-}
-
-template <int NT>
-void q6_K_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
-    const ActQ8K& a = *A.ak;
-    __m256 acc[NT];
-    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < a.nb; b++) q6_K_super<NT>(a, wg, b, h, i0, acc);
-    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
-}
-
-template <int NG>
-void q6_K_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
-    const ActQ8K& a = *A.ak;
-    __m256 acc[NG][2][1];
-    for (int j = 0; j < NG; j++) acc[j][0][0] = acc[j][1][0] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < a.nb; b++)
-        for (int j = 0; j < NG; j++)
-            for (int h = 0; h < 2; h++) q6_K_super<1>(a, wg[j], b, h, 0, acc[j][h]);
-    for (int j = 0; j < NG; j++)
-        for (int h = 0; h < 2; h++) store_out(A, 0, g[j], h, acc[j][h][0]);
-}
+TG_TILE_AND_VEC(q4_K, q4_K_super)
+TG_TILE_AND_VEC(q6_K, q6_K_super)
+#undef TG_TILE_AND_VEC
 
 using TileFn = void (*)(const GemmArgs&, const uint8_t*, int64_t, int64_t, int);
 
