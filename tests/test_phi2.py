@@ -73,6 +73,25 @@ def test_incremental_decode_equals_full_forward(tmp_path):
     np.testing.assert_allclose(again, full[10:], rtol=0, atol=1e-5 * float(np.abs(full).max()))
 
 
+
+def test_prompt_with_last_row_logits_only(tmp_path):
+    """A prompt asking for the last row's logits skips the last layer's work for the other rows (and a
+    chunk of a long prompt that needs no logits skips it for all rows, past the keys and values); the
+    logits and the cache it leaves must be those of the full computation."""
+    hf, path = _build(tmp_path, "f32", **CONFIGS[1])
+    m = Model(path, n_threads=2, kv_type="f32")
+    ids = np.random.default_rng(4).integers(0, 320, size=301).astype(np.int32)
+    full = m.logits(ids)  # every row: nothing skipped
+    tol = 1e-5 * float(np.abs(full).max())
+    s = _core.Session(m._model, 320, 2, False)
+    last = s.eval_tokens(ids[:300], False)  # chunks of 256 (no logits) and 44 (last row)
+    np.testing.assert_allclose(last, full[299], rtol=0, atol=tol)
+    nxt = s.eval_tokens(ids[300:], False)  # decodes from the cache the skipping prompt left
+    np.testing.assert_allclose(nxt, full[300], rtol=0, atol=tol)
+    assert last.argmax() == full[299].argmax() and nxt.argmax() == full[300].argmax()
+    ref = _ref_logits(hf, ids.tolist())
+    assert np.abs(nxt - ref[300]).max() < 1e-4 * ref.std()
+
 def test_greedy_generation_equals_transformers(tmp_path):
     hf, path = _build(tmp_path, "f32", **CONFIGS[0])
     m = Model(path, n_threads=2, kv_type="f32")

@@ -198,8 +198,13 @@ void PhiState::forward_chunk(const PhiHparams& hp, const PhiWeights& w, const fl
     std::memcpy(x_.data(), xin, sizeof(float) * n * E);
     const float scale = 1.0f / std::sqrt((float)D);
 
+    // Rows whose output is needed after the last layer: those that get logits (none, the last, or all).
+    // The last layer computes the keys and values of every row (the cache needs them) but the rest only
+    // for those rows, as llama.cpp does: a prompt of n rows saves most of one layer's work for n - 1.
+    const int64_t r_out = !logits ? n : all_logits ? 0 : n - 1;
     for (int64_t il = 0; il < hp.n_layer; il++) {
         const PhiLayer& L = w.layers[(size_t)il];
+        const int64_t r0 = il == hp.n_layer - 1 ? r_out : 0;  // this layer's output rows: [r0, n)
         layernorm_rows(x_.data(), h_.data(), n, E, L.attn_norm_w, L.attn_norm_b, hp.ln_eps, pool);
         if (L.fused) {
             matmul(L.qkv, h_.data(), n, qkv_.data(), L.qkv_b, pool);
@@ -222,7 +227,7 @@ void PhiState::forward_chunk(const PhiHparams& hp, const PhiWeights& w, const fl
                 float* row = &qkv_[t * QKV];
                 const float* cs = &rope_cos_[pos * half];
                 const float* sn = &rope_sin_[pos * half];
-                for (int64_t h = 0; h < H; h++) {
+                for (int64_t h = 0; h < H && t >= r0; h++) {  // queries of output rows only
                     float* q = row + h * D;
                     if (L.q_norm_w) layernorm(q, q, D, L.q_norm_w, L.q_norm_b, hp.ln_eps);
                     if (half) rope_neox(q, (int)hp.n_rot, cs, sn);
@@ -243,18 +248,20 @@ void PhiState::forward_chunk(const PhiHparams& hp, const PhiWeights& w, const fl
                 }
             }
         });
-        attention(qkv_.data(), n, QKV, kc, vc, KV, kv_f16_, n_past_ + n, true, n_past_, (int)H, (int)HKV, (int)D,
-                  scale, att_.data(), E, pool);
-        matmul(L.out, att_.data(), n, a_.data(), L.out_b, pool);
+        const int64_t m = n - r0;
+        if (m == 0) continue;
+        attention(&qkv_[r0 * QKV], m, QKV, kc, vc, KV, kv_f16_, n_past_ + n, true, n_past_ + r0, (int)H, (int)HKV,
+                  (int)D, scale, &att_[r0 * E], E, pool);
+        matmul(L.out, &att_[r0 * E], m, &a_[r0 * E], L.out_b, pool);
         if (L.post_norm_w) {
-            pool.parallel_for(n, 1, [&](int64_t t0, int64_t t1, int) {
-                for (int64_t t = t0; t < t1; t++) rmsnorm(&a_[t * E], &a_[t * E], E, L.post_norm_w, hp.rms_eps);
+            pool.parallel_for(m, 1, [&](int64_t t0, int64_t t1, int) {
+                for (int64_t t = r0 + t0; t < r0 + t1; t++) rmsnorm(&a_[t * E], &a_[t * E], E, L.post_norm_w, hp.rms_eps);
             });
         }
-        matmul(L.up, h_.data(), n, ff_.data(), L.up_b, pool);
-        pool.parallel_for(n, 1, [&](int64_t t0, int64_t t1, int) { gelu_tanh(&ff_[t0 * F], (t1 - t0) * F); });
-        matmul(L.down, ff_.data(), n, h_.data(), L.down_b, pool);  // h_ is free again: reuse for the MLP output
-        for (int64_t i = 0; i < n * E; i++) x_[i] = (a_[i] + h_[i]) + x_[i];
+        matmul(L.up, &h_[r0 * E], m, &ff_[r0 * F], L.up_b, pool);
+        pool.parallel_for(m, 1, [&](int64_t t0, int64_t t1, int) { gelu_tanh(&ff_[(r0 + t0) * F], (t1 - t0) * F); });
+        matmul(L.down, &ff_[r0 * F], m, &h_[r0 * E], L.down_b, pool);  // h_ is free again: reuse for the MLP output
+        for (int64_t i = r0 * E; i < n * E; i++) x_[i] = (a_[i] + h_[i]) + x_[i];
     }
     n_past_ += n;
 
