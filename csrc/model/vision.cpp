@@ -101,9 +101,16 @@ VisionScratch::VisionScratch(const VisionHparams& hp)
       att((size_t)(hp.n_tokens() * hp.n_embd)),
       ff((size_t)(hp.n_tokens() * hp.n_ff)) {}
 
-// y[r] += x[r] for T rows of n, split over the pool by rows.
-static void add_rows(float* y, const float* x, int64_t rows, int64_t n, ThreadPool& pool) {
-    pool.parallel_for(rows, 1, [&](int64_t r0, int64_t r1, int) { add_inplace(y + r0 * n, x + r0 * n, (r1 - r0) * n); });
+// The residual step and the layer norm after it, one row at a time (one pass over x, one pool
+// dispatch): x[r] += h[r], then dst[r] = layernorm(x[r]). dst may be h.
+static void add_layernorm_rows(float* x, const float* h, float* dst, int64_t rows, int64_t n, const float* w,
+                               const float* b, float eps, ThreadPool& pool) {
+    pool.parallel_for(rows, 1, [&](int64_t r0, int64_t r1, int) {
+        for (int64_t r = r0; r < r1; r++) {
+            add_inplace(x + r * n, h + r * n, n);
+            layernorm(x + r * n, dst + r * n, n, w, b, eps);
+        }
+    });
 }
 
 void vision_forward(const VisionHparams& hp, const VisionWeights& w, const float* pixels, float* out,
@@ -124,25 +131,27 @@ void vision_forward(const VisionHparams& hp, const VisionWeights& w, const float
     float* x = s.x.data();
     std::memcpy(x, w.cls, sizeof(float) * E);
     matmul(w.patch, s.patches.data(), hp.n_patches(), x + E, w.patch_b, pool);
-    add_rows(x, w.pos, T, E, pool);
 
     const float scale = 1.0f / std::sqrt((float)hp.head_dim);
     float *h = s.h.data(), *qkv = s.qkv.data(), *att = s.att.data(), *ff = s.ff.data();
-    for (const VisionLayer& L : w.layers) {
-        layernorm_rows(x, h, T, E, L.ln1_w, L.ln1_b, hp.ln_eps, pool);
+    const size_t nl = w.layers.size();
+    // x += position embeddings; h = the first block's ln1(x)
+    if (nl) add_layernorm_rows(x, w.pos, h, T, E, w.layers[0].ln1_w, w.layers[0].ln1_b, hp.ln_eps, pool);
+    else add_layernorm_rows(x, w.pos, out, T, E, w.post_w, w.post_b, hp.post_eps, pool);
+    for (size_t il = 0; il < nl; il++) {
+        const VisionLayer& L = w.layers[il];
         matmul(L.qkv, h, T, qkv, L.qkv_b, pool);
         attention(qkv, T, 3 * E, qkv + E, qkv + 2 * E, 3 * E, false, T, false, 0, (int)hp.n_head, (int)hp.n_head,
                   (int)hp.head_dim, scale, att, E, pool);
         matmul(L.out, att, T, h, L.out_b, pool);
-        add_rows(x, h, T, E, pool);
+        add_layernorm_rows(x, h, h, T, E, L.ln2_w, L.ln2_b, hp.ln_eps, pool);
 
-        layernorm_rows(x, h, T, E, L.ln2_w, L.ln2_b, hp.ln_eps, pool);
         matmul(L.up, h, T, ff, L.up_b, pool);
         pool.parallel_for(T, 1, [&](int64_t r0, int64_t r1, int) { gelu_erf(ff + r0 * F, (r1 - r0) * F); });
         matmul(L.down, ff, T, h, L.down_b, pool);
-        add_rows(x, h, T, E, pool);
+        if (il + 1 < nl) add_layernorm_rows(x, h, h, T, E, w.layers[il + 1].ln1_w, w.layers[il + 1].ln1_b, hp.ln_eps, pool);
+        else add_layernorm_rows(x, h, out, T, E, w.post_w, w.post_b, hp.post_eps, pool);  // post norm (ln_vision)
     }
-    layernorm_rows(x, out, T, E, w.post_w, w.post_b, hp.post_eps, pool);
 }
 
 }  // namespace tg
