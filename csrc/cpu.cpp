@@ -16,7 +16,7 @@ namespace tg {
 namespace {
 
 struct Features {
-    bool avx2 = false, avx512 = false;
+    bool avx2 = false, avx512 = false, avx512_bf16 = false;
 };
 
 Features detect() {
@@ -36,6 +36,7 @@ Features detect() {
     const bool vnni = c & (1u << 11);
     f.avx2 = ymm_os && avx2 && fma && f16c;
     f.avx512 = f.avx2 && zmm_os && f512 && dq && bw && vl && vnni;
+    if (f.avx512 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512_bf16 = a & (1u << 5);
 #endif
     return f;
 }
@@ -64,6 +65,8 @@ void init_active() {
 }
 
 }  // namespace
+
+bool cpu_has_avx512_bf16() { return features().avx512_bf16; }
 
 const char* isa_name(Isa isa) {
     switch (isa) {

@@ -13,5 +13,6 @@ Isa isa_best();               // the fastest supported path
 Isa isa_active();             // the path the kernels use now
 void set_isa(Isa isa);        // throws ModelError if unsupported
 Isa parse_isa(const char* name);  // throws ModelError on an unknown name
+bool cpu_has_avx512_bf16();   // AVX512_BF16 (vdpbf16ps) on top of the AVX-512 path
 
 }  // namespace tg

@@ -55,4 +55,16 @@ inline float bf16_to_fp32(uint16_t h) {
     return f;
 }
 
+// float32 -> bfloat16 bits for the bf16 attention: round to nearest even, except that |x| < 2^-50
+// (zeros, denormals, tiny values) gives +0 (so no product or sum of the kernels is ever denormal,
+// where vdpbf16ps would flush it) and NaN gives a quiet NaN with the same sign.
+inline uint16_t bf16_round(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    const uint32_t a = u & 0x7fffffffu;
+    if (a < 0x26800000u) return 0;                        // 2^-50
+    if (a > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // NaN
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
 }  // namespace tg

@@ -78,6 +78,26 @@ def test_quantized_model_stays_close(model_set, tmp_path):
     assert np.abs(a - b).max() < 0.1 * a.std()
 
 
+
+def test_quantized_vision_tower_stays_close(tmp_path):
+    """A vision tower wide enough to quantize (64 = 4 heads x 16, MLP 96): Q8_0 (float32 attention) and
+    Q4_0 (attention in bf16, csrc/model/vision.cpp) image embeddings against the float32 reference."""
+    import gguf
+    from tinygptv_native.quantize import quantize_file
+    path, s = fx.make_tinygptv_gguf(str(tmp_path / "set"), stage=3, outtype="f32", vision_width=64, vit_mlp=96)
+    img = _picture(seed=3)
+    r = ref.TinyGPTVReference(**ref.reference_kwargs(s))
+    with torch.no_grad():
+        want = r.image_embeddings(ref.preprocess(img, s["image_size"])[None]).reshape(-1).float().numpy()
+    for qtype, floor in (("q8_0", 0.9995), ("q4_0", 0.97)):
+        q = str(tmp_path / f"{qtype}.gguf")
+        quantize_file(path, q, qtype, progress=False)
+        kinds = {t.name: t.tensor_type.name for t in gguf.GGUFReader(q).tensors}
+        assert kinds["v.blk.0.attn_qkv.weight"] == qtype.upper()
+        ours = Model(q, n_threads=2).encode_image(img).reshape(-1)
+        cos = float(ours @ want / np.linalg.norm(ours) / np.linalg.norm(want))
+        assert cos > floor, (qtype, cos)
+
 def test_quantize_vision_type_keeps_image_path(model_set, tmp_path):
     """`quantize q4_0 --vision-type f16`: the image path's weights are F16, the decoder's Q4_0, and the
     image embeddings are exactly those of the all-F16 file."""

@@ -46,7 +46,7 @@ def to_f16(x: _ArrayLike) -> npt.NDArray[np.uint16]:
 def from_f16(x: _ArrayLike) -> _F32:
     """IEEE half bits (uint16) as float32, as the attention reads a half-precision K/V cache."""
 def attention_test(q: _ArrayLike, k: _ArrayLike, v: _ArrayLike, n_head: int, n_head_kv: int, scale: float,
-                   causal: bool = False, pos0: int = 0, n_threads: int = 1) -> _F32: ...
+                   causal: bool = False, pos0: int = 0, n_threads: int = 1, bf16: bool = False) -> _F32: ...
 
 # ---- tokenizer (bind_tokenizer.cpp) ---------------------------------------------------------------
 

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "cpu.h"
@@ -58,16 +59,75 @@ static void pv_scalar(const float* p, int64_t ldp, int rows, int64_t n, const fl
     }
 }
 
+// bf16 pairs (attention_kernels.h): the halves widened to float32, the odd one first
+static inline float bits_to_float(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+static inline float bf16_lo(uint32_t x) { return bits_to_float(x << 16); }
+static inline float bf16_hi(uint32_t x) { return bits_to_float(x & 0xffff0000u); }
+static inline float dot_bf16_step(float acc, uint32_t a, uint32_t b) {
+    return std::fma(bf16_lo(a), bf16_lo(b), std::fma(bf16_hi(a), bf16_hi(b), acc));
+}
+
+static void scores_bf16_scalar(const uint32_t* q, int64_t qs, int rows, const uint32_t* kt, int64_t ldk, int64_t nk,
+                               int np, float scale, float* s) {
+    for (int r = 0; r < rows; r++) {
+        float* sr = s + r * ldk;
+        std::fill(sr, sr + nk, 0.f);
+        for (int p = 0; p < np; p++) {
+            const uint32_t qp = q[r * qs + p];
+            const uint32_t* kp = kt + p * ldk;
+            for (int64_t j = 0; j < nk; j++) sr[j] = dot_bf16_step(sr[j], qp, kp[j]);
+        }
+        for (int64_t j = 0; j < nk; j++) sr[j] = sr[j] * scale;
+    }
+}
+
+static void pv_bf16_scalar(const uint32_t* p, int64_t ldp, int rows, int64_t n, const uint32_t* vp, int64_t ldv,
+                           float* o) {
+    for (int r = 0; r < rows; r++) {
+        float* orow = o + r * ldv;
+        std::fill(orow, orow + ldv, 0.f);
+        for (int64_t j = 0; j < n; j++)
+            for (int64_t d = 0; d < ldv; d++) orow[d] = dot_bf16_step(orow[d], p[r * ldp + j], vp[j * ldv + d]);
+    }
+}
+
+static void to_bf16_scalar(const float* x, uint16_t* y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = bf16_round(x[i]);
+}
+
 const AttnKernels& attn_kernels_scalar() {
-    static const AttnKernels k = {dot16_scalar<float>, dot16_scalar<uint16_t>, axpy_scalar<float>,
-                                  axpy_scalar<uint16_t>, 1, 1, scores_scalar, pv_scalar};
+    static const AttnKernels k = {dot16_scalar<float>, dot16_scalar<uint16_t>, axpy_scalar<float>, axpy_scalar<uint16_t>,
+                                  1, 1, scores_scalar, pv_scalar, 1, 1, scores_bf16_scalar, pv_bf16_scalar,
+                                  to_bf16_scalar};
     return k;
 }
+
+#if defined(TINYGPTV_X86)
+// AVX-512 without AVX512_BF16: the bf16 kernels of the AVX2 set (the two fmas of each step, 8 lanes; the
+// conversion in integer steps).
+static const AttnKernels& attn_kernels_avx512_no_bf16() {
+    static const AttnKernels k = [] {
+        AttnKernels a = attn_kernels_avx512();
+        const AttnKernels& e = attn_kernels_avx2();
+        a.bf16_key_block = e.bf16_key_block;
+        a.bf16_dim_block = e.bf16_dim_block;
+        a.scores_bf16 = e.scores_bf16;
+        a.pv_bf16 = e.pv_bf16;
+        a.to_bf16 = e.to_bf16;
+        return a;
+    }();
+    return k;
+}
+#endif
 
 const AttnKernels& attn_kernels() {
 #if defined(TINYGPTV_X86)
     switch (isa_active()) {
-        case Isa::Avx512: return attn_kernels_avx512();
+        case Isa::Avx512: return cpu_has_avx512_bf16() ? attn_kernels_avx512() : attn_kernels_avx512_no_bf16();
         case Isa::Avx2: return attn_kernels_avx2();
         case Isa::Scalar: break;
     }
@@ -168,10 +228,84 @@ static void attention_blocked(const float* q, int64_t T_, int64_t q_stride, cons
     });
 }
 
+// ---- blocked path in bf16 (float32 K/V) ---------------------------------------------------------
+
+static void attention_blocked_bf16(const float* q, int64_t T_, int64_t q_stride, const float* k, const float* v,
+                                   int64_t kv_stride, int64_t n_kv, bool causal, int64_t pos0, int n_head,
+                                   int n_head_kv, int hd, float scale, float* out, int64_t out_stride,
+                                   ThreadPool& pool) {
+    constexpr int64_t kTile = 48;  // query rows per work item
+    const AttnKernels& K = attn_kernels();
+    const VecMath& M = vecmath();
+    const int group = n_head / n_head_kv;
+    const int np = (hd + 1) / 2;           // pairs of dimensions
+    const int64_t nkp = (n_kv + 1) / 2;    // pairs of keys
+    const int64_t n_kv2 = n_kv + (n_kv & 1);  // P rows hold key pairs: ldk is even
+    const int64_t ldk = (n_kv2 + K.bf16_key_block - 1) / K.bf16_key_block * K.bf16_key_block;
+    const int64_t ldv = ((int64_t)hd + K.bf16_dim_block - 1) / K.bf16_dim_block * K.bf16_dim_block;
+    const int64_t n_tiles = (T_ + kTile - 1) / kTile;
+    auto keys_of = [&](int64_t t) { return causal ? std::min<int64_t>(n_kv, pos0 + t + 1) : n_kv; };
+    pool.parallel_for(n_head * n_tiles, 1, [&](int64_t i0, int64_t i1, int) {
+        // kt: np rows of ldk key pairs; vp: one row of ldv dimension pairs per key pair; zero padded
+        std::vector<uint32_t> kt((size_t)(np * ldk), 0), vp((size_t)(nkp * ldv), 0), qp((size_t)(kTile * np));
+        std::vector<uint32_t> pp((size_t)(kTile * ldk / 2));
+        std::vector<uint16_t> a((size_t)(2 * std::max<int64_t>(np, ldk / 2)), 0), b((size_t)hd, 0);
+        std::vector<float> s((size_t)(kTile * ldk)), o((size_t)(kTile * ldv));
+        auto pair = [&](int64_t i) { return (uint32_t)a[(size_t)(2 * i)] | (uint32_t)a[(size_t)(2 * i + 1)] << 16; };
+        int packed = -1;
+        for (int64_t i = i0; i < i1; i++) {
+            const int h = (int)(i / n_tiles), hk = h / group;
+            if (hk != packed) {
+                const float* kh = k + (int64_t)hk * hd;
+                const float* vh = v + (int64_t)hk * hd;
+                a[(size_t)hd] = 0;  // the pair of an odd hd's last dimension (only P rows write past hd)
+                for (int64_t j = 0; j < n_kv; j++) {
+                    K.to_bf16(kh + j * kv_stride, a.data(), hd);
+                    for (int p = 0; p < np; p++) kt[(size_t)(p * ldk + j)] = pair(p);
+                }
+                for (int64_t jp = 0; jp < nkp; jp++) {
+                    K.to_bf16(vh + 2 * jp * kv_stride, a.data(), hd);
+                    if (2 * jp + 1 < n_kv) K.to_bf16(vh + (2 * jp + 1) * kv_stride, b.data(), hd);
+                    else std::fill(b.begin(), b.end(), (uint16_t)0);
+                    for (int d = 0; d < hd; d++) vp[(size_t)(jp * ldv + d)] = (uint32_t)a[(size_t)d] | (uint32_t)b[(size_t)d] << 16;
+                }
+                packed = hk;
+            }
+            const int64_t t0 = (i % n_tiles) * kTile;
+            const int rows = (int)std::min(kTile, T_ - t0);
+            const int64_t n_tile = keys_of(t0 + rows - 1), n_even = n_tile + (n_tile & 1);
+            for (int r = 0; r < rows; r++) {  // the pairs of a row are its bf16 values in memory order
+                a[(size_t)hd] = 0;
+                K.to_bf16(q + (t0 + r) * q_stride + (int64_t)h * hd, a.data(), hd);
+                std::memcpy(&qp[(size_t)(r * np)], a.data(), sizeof(uint32_t) * np);
+            }
+            K.scores_bf16(qp.data(), np, rows, kt.data(), ldk, n_tile, np, scale, s.data());
+            float inv[kTile];
+            for (int r = 0; r < rows; r++) {
+                float* sr = &s[(size_t)(r * ldk)];
+                const int64_t len = keys_of(t0 + r);
+                inv[r] = 1.0f / M.exp_sum(sr, len, M.max(sr, len));
+                std::fill(sr + len, sr + n_even, 0.f);
+                K.to_bf16(sr, a.data(), n_even);
+                std::memcpy(&pp[(size_t)(r * ldk / 2)], a.data(), sizeof(uint16_t) * n_even);
+            }
+            K.pv_bf16(pp.data(), ldk / 2, rows, n_even / 2, vp.data(), ldv, o.data());
+            for (int r = 0; r < rows; r++) {
+                float* dst = out + (t0 + r) * out_stride + (int64_t)h * hd;
+                const float* src = &o[(size_t)(r * ldv)];
+                for (int d = 0; d < hd; d++) dst[d] = src[d] * inv[r];
+            }
+        }
+    });
+}
+
 void attention(const float* q, int64_t T, int64_t q_stride, const void* k, const void* v, int64_t kv_stride,
                bool kv_f16, int64_t n_kv, bool causal, int64_t pos0, int n_head, int n_head_kv, int hd,
-               float scale, float* out, int64_t out_stride, ThreadPool& pool) {
-    if (T > 1 && kv_f16)
+               float scale, float* out, int64_t out_stride, ThreadPool& pool, bool bf16) {
+    if (T > 1 && bf16 && !kv_f16)
+        attention_blocked_bf16(q, T, q_stride, (const float*)k, (const float*)v, kv_stride, n_kv, causal, pos0, n_head,
+                               n_head_kv, hd, scale, out, out_stride, pool);
+    else if (T > 1 && kv_f16)
         attention_blocked(q, T, q_stride, (const uint16_t*)k, (const uint16_t*)v, kv_stride, n_kv, causal, pos0, n_head,
                           n_head_kv, hd, scale, out, out_stride, pool);
     else if (T > 1)

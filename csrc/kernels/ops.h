@@ -37,8 +37,11 @@ void rope_neox(float* x, int n_rot, const float* cos, const float* sin);
 // Several query rows take the blocked path, one query row the row path
 // (attention_kernels.h gives each path's arithmetic). Every output is computed in a fixed order:
 // the result depends neither on the thread count nor on the instruction set.
+//   bf16: the blocked path with float32 K/V multiplies in bfloat16 (q, k, v and the softmax weights
+//   rounded to bf16, float32 sums: twice the products per instruction where the CPU has AVX512_BF16);
+//   for callers whose q, k, v carry more error than that anyway (a tower with quantized weights).
 void attention(const float* q, int64_t T, int64_t q_stride, const void* k, const void* v, int64_t kv_stride,
                bool kv_f16, int64_t n_kv, bool causal, int64_t pos0, int n_head, int n_head_kv, int hd,
-               float scale, float* out, int64_t out_stride, ThreadPool& pool);
+               float scale, float* out, int64_t out_stride, ThreadPool& pool, bool bf16 = false);
 
 }  // namespace tg

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "fp16.h"
+
 namespace tg {
 namespace {
 
@@ -55,6 +57,39 @@ struct Vec {
         s2.v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n2, b), 23));
     }
     float reduce_max() const { return _mm512_reduce_max_ps(v); }
+    // ---- pairs of bf16 values in each 32-bit lane (attention_kernels.h) ----
+    static Vec load_bits(const uint32_t* p) { return {_mm512_castsi512_ps(_mm512_loadu_si512(p))}; }
+    static Vec set1_bits(uint32_t x) { return {_mm512_castsi512_ps(_mm512_set1_epi32((int)x))}; }
+    // acc = fma(a.odd, b.odd, acc), then fma(a.even, b.even, acc): vdpbf16ps rounds each step so (the SDM's
+    // order; measured on Zen 4). Only called where CPUID has AVX512_BF16 (attention.cpp picks the AVX2
+    // kernels' emulation otherwise).
+    static Vec dot_bf16(Vec acc, Vec a, Vec b) {
+#if defined(__AVX512BF16__)
+        return {_mm512_dpbf16_ps(acc.v, (__m512bh)_mm512_castps_si512(a.v), (__m512bh)_mm512_castps_si512(b.v))};
+#else
+        const __m512i ai = _mm512_castps_si512(a.v), bi = _mm512_castps_si512(b.v), hi = _mm512_set1_epi32((int)0xffff0000u);
+        const __m512 acc1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(ai, hi)),
+                                            _mm512_castsi512_ps(_mm512_and_si512(bi, hi)), acc.v);
+        return {_mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(ai, 16)), _mm512_castsi512_ps(_mm512_slli_epi32(bi, 16)), acc1)};
+#endif
+    }
+    // bf16_round of 16 floats (of the first n, n <= 16): vcvtneps2bf16 (round to nearest even, NaN ->
+    // src[31:16] | 0x40) after zeroing |x| < 2^-50 where the CPU has it, else the same in integer steps
+    static void to_bf16(const float* x, uint16_t* y, int n = 16) {
+        const __mmask16 in = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+        const __m512i u = _mm512_castps_si512(_mm512_maskz_loadu_ps(in, x));
+        const __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+        const __mmask16 keep = _mm512_cmpge_epu32_mask(a, _mm512_set1_epi32(0x26800000));
+#if defined(__AVX512BF16__)
+        _mm256_mask_storeu_epi16(y, in, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(keep, _mm512_castsi512_ps(u))));
+#else
+        const __mmask16 nan = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000));
+        const __m512i hi = _mm512_srli_epi32(u, 16);
+        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(hi, _mm512_set1_epi32(1))));
+        r = _mm512_mask_or_epi32(_mm512_srli_epi32(r, 16), nan, hi, _mm512_set1_epi32(0x40));
+        _mm256_mask_storeu_epi16(y, in, _mm512_cvtepi32_epi16(_mm512_maskz_mov_epi32(keep, r)));
+#endif
+    }
     // lane_sum16 (vecmath.h) of the 16 lanes in a[0], in registers
     static float sum16(const Vec* a) {
         const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(a[0].v),
@@ -91,6 +126,30 @@ struct Vec {
         const __m256i n1 = _mm256_srai_epi32(n, 1), n2 = _mm256_sub_epi32(n, n1), b = _mm256_set1_epi32(127);
         s1.v = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, b), 23));
         s2.v = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, b), 23));
+    }
+    static Vec load_bits(const uint32_t* p) { return {_mm256_castsi256_ps(_mm256_loadu_si256((const __m256i*)p))}; }
+    static Vec set1_bits(uint32_t x) { return {_mm256_castsi256_ps(_mm256_set1_epi32((int)x))}; }
+    static Vec dot_bf16(Vec acc, Vec a, Vec b) {
+        const __m256i ai = _mm256_castps_si256(a.v), bi = _mm256_castps_si256(b.v), hi = _mm256_set1_epi32((int)0xffff0000u);
+        const __m256 acc1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(ai, hi)),
+                                            _mm256_castsi256_ps(_mm256_and_si256(bi, hi)), acc.v);
+        return {_mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(ai, 16)), _mm256_castsi256_ps(_mm256_slli_epi32(bi, 16)), acc1)};
+    }
+    static void to_bf16(const float* x, uint16_t* y, int n = 8) {  // (a < 2^31: signed compares are unsigned ones)
+        if (n < 8) {
+            for (int i = 0; i < n; i++) y[i] = bf16_round(x[i]);
+            return;
+        }
+        const __m256i u = _mm256_castps_si256(_mm256_loadu_ps(x));
+        const __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+        const __m256i tiny = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x26800000), a);
+        const __m256i nan = _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x7f800000));
+        const __m256i hi = _mm256_srli_epi32(u, 16);
+        __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(hi, _mm256_set1_epi32(1))));
+        r = _mm256_blendv_epi8(_mm256_srli_epi32(r, 16), _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
+        r = _mm256_andnot_si256(tiny, r);
+        const __m256i pk = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+        _mm_storeu_si128((__m128i*)y, _mm256_castsi256_si128(pk));
     }
     // lane_sum16 (vecmath.h) of the 16 lanes in a[0] (lanes 0-7) and a[1] (lanes 8-15), in registers
     static float sum16(const Vec* a) { return sum8(_mm256_add_ps(a[0].v, a[1].v)); }

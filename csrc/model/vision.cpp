@@ -141,8 +141,13 @@ void vision_forward(const VisionHparams& hp, const VisionWeights& w, const float
     for (size_t il = 0; il < nl; il++) {
         const VisionLayer& L = w.layers[il];
         matmul(L.qkv, h, T, qkv, L.qkv_b, pool);
+        // With 4-6 bit weights, q, k and v carry errors far above bf16 rounding: the attention multiplies
+        // in bf16 (twice the products per instruction with AVX512_BF16). Float and Q8_0 weights keep
+        // float32 attention (there bf16 would add about as much error as the weights: measured 1.6x).
+        const GgmlType t = L.qkv.type;
+        const bool bf16 = t != GgmlType::F32 && t != GgmlType::F16 && t != GgmlType::BF16 && t != GgmlType::Q8_0;
         attention(qkv, T, 3 * E, qkv + E, qkv + 2 * E, 3 * E, false, T, false, 0, (int)hp.n_head, (int)hp.n_head,
-                  (int)hp.head_dim, scale, att, E, pool);
+                  (int)hp.head_dim, scale, att, E, pool, bf16);
         matmul(L.out, att, T, h, L.out_b, pool);
         add_layernorm_rows(x, h, h, T, E, L.ln2_w, L.ln2_b, hp.ln_eps, pool);
 

@@ -6,7 +6,7 @@
 //       .matmul(x, bias=None, n_threads=1, repeat=1)
 //   _core.isa(), _core.isa_best(), _core.isa_supported(name), _core.set_isa(name)
 //   _core.vec_math(fn, x) -> float32 (fn: exp, erf, gelu_erf, gelu_tanh, softmax; softmax over the last axis)
-//   _core.attention_test(q, k, v, n_head, n_head_kv, scale, causal=False, pos0=0, n_threads=1)
+//   _core.attention_test(q, k, v, n_head, n_head_kv, scale, causal=False, pos0=0, n_threads=1, bf16=False)
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
@@ -158,7 +158,7 @@ py::array_t<float> vec_math(const std::string& fn, F32Array x) {
 
 // K/V as float32, or float16 for a half-precision cache.
 py::array_t<float> attention_test(F32Array q, py::array k, py::array v, int n_head, int n_head_kv, float scale,
-                                  bool causal, int64_t pos0, int n_threads) {
+                                  bool causal, int64_t pos0, int n_threads, bool bf16) {
     const bool f16 = k.dtype().kind() == 'f' && k.dtype().itemsize() == 2;
     if (!k.dtype().is(v.dtype()) || !(f16 || (k.dtype().kind() == 'f' && k.dtype().itemsize() == 4)))
         throw ModelError(fmt("k and v must both be float32 or both float16, got %s and %s",
@@ -166,6 +166,7 @@ py::array_t<float> attention_test(F32Array q, py::array k, py::array v, int n_he
     if (n_head < 1 || n_head_kv < 1 || n_head % n_head_kv != 0)
         throw ModelError(fmt("n_head %d must be a positive multiple of n_head_kv %d", n_head, n_head_kv));
     if (n_threads < 1 || n_threads > 256) throw ModelError(fmt("n_threads must be in [1, 256], got %d", n_threads));
+    if (bf16 && f16) throw ModelError("bf16 attention takes float32 k and v, got float16");
     if (q.ndim() != 2 || q.shape(0) < 1 || q.shape(1) % n_head != 0 || q.shape(1) == 0)
         throw ModelError(fmt("q must be [T, n_head * hd] with T >= 1, got %s for %d heads", shape_of(q).c_str(), n_head));
     const int64_t T = q.shape(0), hd = q.shape(1) / n_head;
@@ -186,7 +187,7 @@ py::array_t<float> attention_test(F32Array q, py::array k, py::array v, int n_he
         py::gil_scoped_release release;
         ThreadPool pool(n_threads);
         attention(qp, T, n_head * hd, kp, vp, n_head_kv * hd, f16, n_kv, causal, pos0, n_head, n_head_kv, (int)hd,
-                  scale, op, n_head * hd, pool);
+                  scale, op, n_head * hd, pool, bf16);
     }
     return out;
 }
@@ -311,9 +312,10 @@ void bind_kernels(py::module_& m) {
     }, py::arg("x"), "IEEE half bits (uint16) as float32, as the attention reads a half-precision K/V cache.");
     m.def("attention_test", &attention_test, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"),
           py::arg("n_head_kv"), py::arg("scale"), py::arg("causal") = false, py::arg("pos0") = 0,
-          py::arg("n_threads") = 1,
+          py::arg("n_threads") = 1, py::arg("bf16") = false,
           "The engine's multi-head attention: q [T, n_head*hd] float32, k and v [n_kv, n_head_kv*hd] float32 or "
-          "float16 (a half-precision cache); returns [T, n_head*hd].");
+          "float16 (a half-precision cache); returns [T, n_head*hd]. bf16: products in bfloat16 (float32 k, v; "
+          "several query rows).");
 }
 
 }  // namespace tg
