@@ -172,12 +172,87 @@ static void attention_rows(const float* q, int64_t T, int64_t q_stride, const vo
 }
 
 // ---- blocked path: a tile of query rows of one head against its keys ---------------------------
+//
+// A thread packs one head's K and V at a time (a Pack), then runs its tiles of query rows: scores,
+// softmax (float32, here), P V, scaling. PackF32 keeps float32 values; PackBF16 the bf16 pairs of the
+// bf16 variant, converting the query rows and the softmax weights on the way in.
+
+static inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 // One key/value row of hd values as float32 (exact for half).
 static inline void widen_row(const VecMath&, const float* x, float* y, int hd) { std::copy(x, x + hd, y); }
 static inline void widen_row(const VecMath& M, const uint16_t* x, float* y, int hd) { M.from_f16(x, y, hd); }
 
 template <class T>
+struct PackF32 {
+    const AttnKernels& K;
+    const VecMath& M;
+    const int hd;
+    const int64_t n_kv, ldk, ldv;
+    std::vector<float> kt, vp, krow;  // K transposed: hd rows of ldk keys; V: n_kv rows of ldv; zero padded
+    PackF32(const AttnKernels& K_, const VecMath& M_, int hd_, int64_t n_kv_, int64_t /*tile_rows*/)
+        : K(K_), M(M_), hd(hd_), n_kv(n_kv_), ldk(round_up(n_kv_, K_.key_block)), ldv(round_up(hd_, K_.dim_block)),
+          kt((size_t)(hd * ldk), 0.f), vp((size_t)(n_kv * ldv), 0.f), krow((size_t)hd) {}
+    void head(const T* kh, const T* vh, int64_t kv_stride) {  // kt beyond n_kv is never written: stays zero
+        for (int64_t j = 0; j < n_kv; j++) {
+            widen_row(M, kh + j * kv_stride, krow.data(), hd);
+            for (int d = 0; d < hd; d++) kt[(size_t)(d * ldk + j)] = krow[(size_t)d];
+            widen_row(M, vh + j * kv_stride, &vp[(size_t)(j * ldv)], hd);
+        }
+    }
+    void scores(const float* q, int64_t q_stride, int rows, int64_t nk, float scale, float* s) {
+        K.scores(q, q_stride, rows, kt.data(), ldk, nk, hd, scale, s);
+    }
+    void pv(float* p, int rows, int64_t nk, float* o) { K.pv(p, ldk, rows, nk, vp.data(), ldv, o); }
+};
+
+struct PackBF16 {
+    const AttnKernels& K;
+    const int hd, np;        // np pairs of dimensions
+    const int64_t n_kv, ldk, ldv;  // ldk even: the P rows hold key pairs
+    // K transposed: np rows of ldk keys; V: one row of ldv per key pair; the tile's query rows and weights
+    std::vector<uint32_t> kt, vp, qp, pp, krow;
+    std::vector<uint16_t> a, b;  // one row in bf16
+    PackBF16(const AttnKernels& K_, const VecMath&, int hd_, int64_t n_kv_, int64_t tile_rows)
+        : K(K_), hd(hd_), np((hd_ + 1) / 2), n_kv(n_kv_), ldk(round_up(n_kv_ + (n_kv_ & 1), K_.bf16_key_block)),
+          ldv(round_up(hd_, K_.bf16_dim_block)), kt((size_t)(np * ldk), 0), vp((size_t)((n_kv + 1) / 2 * ldv), 0),
+          qp((size_t)(tile_rows * np)), pp((size_t)(tile_rows * ldk / 2)), krow((size_t)np),
+          a((size_t)std::max<int64_t>(2 * np, ldk), 0), b((size_t)hd, 0) {}
+    // a row's bf16 values in memory order are its pairs (a[hd] = 0 pads an odd hd)
+    void pairs_of(const float* x, uint32_t* dst) {
+        a[(size_t)hd] = 0;
+        K.to_bf16(x, a.data(), hd);
+        std::memcpy(dst, a.data(), sizeof(uint32_t) * np);
+    }
+    void head(const float* kh, const float* vh, int64_t kv_stride) {
+        for (int64_t j = 0; j < n_kv; j++) {
+            pairs_of(kh + j * kv_stride, krow.data());
+            for (int p = 0; p < np; p++) kt[(size_t)(p * ldk + j)] = krow[(size_t)p];
+        }
+        for (int64_t jp = 0; 2 * jp < n_kv; jp++) {  // pair (key 2jp, key 2jp + 1) of each dimension
+            K.to_bf16(vh + 2 * jp * kv_stride, a.data(), hd);
+            if (2 * jp + 1 < n_kv) K.to_bf16(vh + (2 * jp + 1) * kv_stride, b.data(), hd);
+            else std::fill(b.begin(), b.end(), (uint16_t)0);
+            for (int d = 0; d < hd; d++) vp[(size_t)(jp * ldv + d)] = (uint32_t)a[(size_t)d] | (uint32_t)b[(size_t)d] << 16;
+        }
+    }
+    void scores(const float* q, int64_t q_stride, int rows, int64_t nk, float scale, float* s) {
+        for (int r = 0; r < rows; r++) pairs_of(q + r * q_stride, &qp[(size_t)(r * np)]);
+        K.scores_bf16(qp.data(), np, rows, kt.data(), ldk, nk, np, scale, s);
+    }
+    void pv(float* p, int rows, int64_t nk, float* o) {
+        const int64_t n_even = nk + (nk & 1);
+        for (int r = 0; r < rows; r++) {
+            float* pr = p + r * ldk;
+            std::fill(pr + nk, pr + n_even, 0.f);
+            K.to_bf16(pr, a.data(), n_even);
+            std::memcpy(&pp[(size_t)(r * ldk / 2)], a.data(), sizeof(uint16_t) * n_even);
+        }
+        K.pv_bf16(pp.data(), ldk / 2, rows, n_even / 2, vp.data(), ldv, o);
+    }
+};
+
+template <class Pack, class T>
 static void attention_blocked(const float* q, int64_t T_, int64_t q_stride, const T* k, const T* v, int64_t kv_stride,
                               int64_t n_kv, bool causal, int64_t pos0, int n_head, int n_head_kv, int hd, float scale,
                               float* out, int64_t out_stride, ThreadPool& pool) {
@@ -185,114 +260,35 @@ static void attention_blocked(const float* q, int64_t T_, int64_t q_stride, cons
     const AttnKernels& K = attn_kernels();
     const VecMath& M = vecmath();
     const int group = n_head / n_head_kv;
-    const int64_t ldk = (n_kv + K.key_block - 1) / K.key_block * K.key_block;
-    const int64_t ldv = ((int64_t)hd + K.dim_block - 1) / K.dim_block * K.dim_block;
     const int64_t n_tiles = (T_ + kTile - 1) / kTile;
     // keys query row t sees
     auto keys_of = [&](int64_t t) { return causal ? std::min<int64_t>(n_kv, pos0 + t + 1) : n_kv; };
     // Work items in (head, tile) order: a thread's contiguous chunk mostly shares one head's K and V.
     pool.parallel_for(n_head * n_tiles, 1, [&](int64_t i0, int64_t i1, int) {
-        std::vector<float> kt((size_t)(hd * ldk), 0.f), vp((size_t)(n_kv * ldv), 0.f), krow((size_t)hd);
-        std::vector<float> s((size_t)(kTile * ldk)), o((size_t)(kTile * ldv));
+        Pack pk(K, M, hd, n_kv, kTile);
+        std::vector<float> s((size_t)(kTile * pk.ldk)), o((size_t)(kTile * pk.ldv));
         int packed = -1;
         for (int64_t i = i0; i < i1; i++) {
             const int h = (int)(i / n_tiles), hk = h / group;
-            if (hk != packed) {  // kt: zero beyond n_kv from the start, never written there
-                const T* kh = k + (int64_t)hk * hd;
-                const T* vh = v + (int64_t)hk * hd;
-                for (int64_t j = 0; j < n_kv; j++) {
-                    widen_row(M, kh + j * kv_stride, krow.data(), hd);
-                    for (int d = 0; d < hd; d++) kt[(size_t)(d * ldk + j)] = krow[(size_t)d];
-                    widen_row(M, vh + j * kv_stride, &vp[(size_t)(j * ldv)], hd);
-                }
+            if (hk != packed) {
+                pk.head(k + (int64_t)hk * hd, v + (int64_t)hk * hd, kv_stride);
                 packed = hk;
             }
             const int64_t t0 = (i % n_tiles) * kTile;
             const int rows = (int)std::min(kTile, T_ - t0);
             const int64_t n_tile = keys_of(t0 + rows - 1);  // the longest row of the tile
-            K.scores(q + t0 * q_stride + (int64_t)h * hd, q_stride, rows, kt.data(), ldk, n_tile, hd, scale, s.data());
+            pk.scores(q + t0 * q_stride + (int64_t)h * hd, q_stride, rows, n_tile, scale, s.data());
             float inv[kTile];
             for (int r = 0; r < rows; r++) {
-                float* sr = &s[(size_t)(r * ldk)];
+                float* sr = &s[(size_t)(r * pk.ldk)];
                 const int64_t len = keys_of(t0 + r);
                 inv[r] = 1.0f / M.exp_sum(sr, len, M.max(sr, len));
                 std::fill(sr + len, sr + n_tile, 0.f);
             }
-            K.pv(s.data(), ldk, rows, n_tile, vp.data(), ldv, o.data());
+            pk.pv(s.data(), rows, n_tile, o.data());
             for (int r = 0; r < rows; r++) {
                 float* dst = out + (t0 + r) * out_stride + (int64_t)h * hd;
-                const float* src = &o[(size_t)(r * ldv)];
-                for (int d = 0; d < hd; d++) dst[d] = src[d] * inv[r];
-            }
-        }
-    });
-}
-
-// ---- blocked path in bf16 (float32 K/V) ---------------------------------------------------------
-
-static void attention_blocked_bf16(const float* q, int64_t T_, int64_t q_stride, const float* k, const float* v,
-                                   int64_t kv_stride, int64_t n_kv, bool causal, int64_t pos0, int n_head,
-                                   int n_head_kv, int hd, float scale, float* out, int64_t out_stride,
-                                   ThreadPool& pool) {
-    constexpr int64_t kTile = 48;  // query rows per work item
-    const AttnKernels& K = attn_kernels();
-    const VecMath& M = vecmath();
-    const int group = n_head / n_head_kv;
-    const int np = (hd + 1) / 2;           // pairs of dimensions
-    const int64_t nkp = (n_kv + 1) / 2;    // pairs of keys
-    const int64_t n_kv2 = n_kv + (n_kv & 1);  // P rows hold key pairs: ldk is even
-    const int64_t ldk = (n_kv2 + K.bf16_key_block - 1) / K.bf16_key_block * K.bf16_key_block;
-    const int64_t ldv = ((int64_t)hd + K.bf16_dim_block - 1) / K.bf16_dim_block * K.bf16_dim_block;
-    const int64_t n_tiles = (T_ + kTile - 1) / kTile;
-    auto keys_of = [&](int64_t t) { return causal ? std::min<int64_t>(n_kv, pos0 + t + 1) : n_kv; };
-    pool.parallel_for(n_head * n_tiles, 1, [&](int64_t i0, int64_t i1, int) {
-        // kt: np rows of ldk key pairs; vp: one row of ldv dimension pairs per key pair; zero padded
-        std::vector<uint32_t> kt((size_t)(np * ldk), 0), vp((size_t)(nkp * ldv), 0), qp((size_t)(kTile * np));
-        std::vector<uint32_t> pp((size_t)(kTile * ldk / 2));
-        std::vector<uint16_t> a((size_t)(2 * std::max<int64_t>(np, ldk / 2)), 0), b((size_t)hd, 0);
-        std::vector<float> s((size_t)(kTile * ldk)), o((size_t)(kTile * ldv));
-        auto pair = [&](int64_t i) { return (uint32_t)a[(size_t)(2 * i)] | (uint32_t)a[(size_t)(2 * i + 1)] << 16; };
-        int packed = -1;
-        for (int64_t i = i0; i < i1; i++) {
-            const int h = (int)(i / n_tiles), hk = h / group;
-            if (hk != packed) {
-                const float* kh = k + (int64_t)hk * hd;
-                const float* vh = v + (int64_t)hk * hd;
-                a[(size_t)hd] = 0;  // the pair of an odd hd's last dimension (only P rows write past hd)
-                for (int64_t j = 0; j < n_kv; j++) {
-                    K.to_bf16(kh + j * kv_stride, a.data(), hd);
-                    for (int p = 0; p < np; p++) kt[(size_t)(p * ldk + j)] = pair(p);
-                }
-                for (int64_t jp = 0; jp < nkp; jp++) {
-                    K.to_bf16(vh + 2 * jp * kv_stride, a.data(), hd);
-                    if (2 * jp + 1 < n_kv) K.to_bf16(vh + (2 * jp + 1) * kv_stride, b.data(), hd);
-                    else std::fill(b.begin(), b.end(), (uint16_t)0);
-                    for (int d = 0; d < hd; d++) vp[(size_t)(jp * ldv + d)] = (uint32_t)a[(size_t)d] | (uint32_t)b[(size_t)d] << 16;
-                }
-                packed = hk;
-            }
-            const int64_t t0 = (i % n_tiles) * kTile;
-            const int rows = (int)std::min(kTile, T_ - t0);
-            const int64_t n_tile = keys_of(t0 + rows - 1), n_even = n_tile + (n_tile & 1);
-            for (int r = 0; r < rows; r++) {  // the pairs of a row are its bf16 values in memory order
-                a[(size_t)hd] = 0;
-                K.to_bf16(q + (t0 + r) * q_stride + (int64_t)h * hd, a.data(), hd);
-                std::memcpy(&qp[(size_t)(r * np)], a.data(), sizeof(uint32_t) * np);
-            }
-            K.scores_bf16(qp.data(), np, rows, kt.data(), ldk, n_tile, np, scale, s.data());
-            float inv[kTile];
-            for (int r = 0; r < rows; r++) {
-                float* sr = &s[(size_t)(r * ldk)];
-                const int64_t len = keys_of(t0 + r);
-                inv[r] = 1.0f / M.exp_sum(sr, len, M.max(sr, len));
-                std::fill(sr + len, sr + n_even, 0.f);
-                K.to_bf16(sr, a.data(), n_even);
-                std::memcpy(&pp[(size_t)(r * ldk / 2)], a.data(), sizeof(uint16_t) * n_even);
-            }
-            K.pv_bf16(pp.data(), ldk / 2, rows, n_even / 2, vp.data(), ldv, o.data());
-            for (int r = 0; r < rows; r++) {
-                float* dst = out + (t0 + r) * out_stride + (int64_t)h * hd;
-                const float* src = &o[(size_t)(r * ldv)];
+                const float* src = &o[(size_t)(r * pk.ldv)];
                 for (int d = 0; d < hd; d++) dst[d] = src[d] * inv[r];
             }
         }
@@ -303,14 +299,14 @@ void attention(const float* q, int64_t T, int64_t q_stride, const void* k, const
                bool kv_f16, int64_t n_kv, bool causal, int64_t pos0, int n_head, int n_head_kv, int hd,
                float scale, float* out, int64_t out_stride, ThreadPool& pool, bool bf16) {
     if (T > 1 && bf16 && !kv_f16)
-        attention_blocked_bf16(q, T, q_stride, (const float*)k, (const float*)v, kv_stride, n_kv, causal, pos0, n_head,
-                               n_head_kv, hd, scale, out, out_stride, pool);
+        attention_blocked<PackBF16>(q, T, q_stride, (const float*)k, (const float*)v, kv_stride, n_kv, causal, pos0,
+                                    n_head, n_head_kv, hd, scale, out, out_stride, pool);
     else if (T > 1 && kv_f16)
-        attention_blocked(q, T, q_stride, (const uint16_t*)k, (const uint16_t*)v, kv_stride, n_kv, causal, pos0, n_head,
-                          n_head_kv, hd, scale, out, out_stride, pool);
+        attention_blocked<PackF32<uint16_t>>(q, T, q_stride, (const uint16_t*)k, (const uint16_t*)v, kv_stride, n_kv,
+                                             causal, pos0, n_head, n_head_kv, hd, scale, out, out_stride, pool);
     else if (T > 1)
-        attention_blocked(q, T, q_stride, (const float*)k, (const float*)v, kv_stride, n_kv, causal, pos0, n_head,
-                          n_head_kv, hd, scale, out, out_stride, pool);
+        attention_blocked<PackF32<float>>(q, T, q_stride, (const float*)k, (const float*)v, kv_stride, n_kv, causal,
+                                          pos0, n_head, n_head_kv, hd, scale, out, out_stride, pool);
     else if (kv_f16)
         attention_rows<true>(q, T, q_stride, k, v, kv_stride, n_kv, causal, pos0, n_head, n_head_kv, hd, scale, out,
                              out_stride, pool);
