@@ -23,7 +23,7 @@ ISAS = [s for s in ("scalar", "avx2", "avx512") if _core.isa_supported(s)]
 SIMD = [s for s in ISAS if s != "scalar"]
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"]
 BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_K": 256, "Q6_K": 256}
-NS = [1, 2, 3, 7, 16, 33]
+NS = [1, 2, 3, 7, 9, 16, 33]
 # Error of y against unquantized float64 weights and activations, relative to |x| @ |w|.T
 # (Frobenius norms): the quantization error of each format. ggml's own dot-product limit is
 # checked in test_quants.py.

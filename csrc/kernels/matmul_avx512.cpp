@@ -518,7 +518,7 @@ void gemm_f32(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF32>(A,
 void gemm_f16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF16>(A, g0, g1); }
 void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(A, g0, g1); }
 
-constexpr int kMaxTileRows = 4;  // activation rows per prompt tile (8 measured no faster)
+constexpr int kMaxTileRows = 5;  // activation rows per prompt tile (4 and 6: 1-3% slower, 8 slower; alternated runs)
 template <template <int> class K, int... N>
 void run_table(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, std::integer_sequence<int, N...>) {
     static constexpr TileFn t[sizeof...(N)] = {K<N + 1>::run...};
