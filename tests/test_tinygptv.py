@@ -78,7 +78,6 @@ def test_quantized_model_stays_close(model_set, tmp_path):
     assert np.abs(a - b).max() < 0.1 * a.std()
 
 
-
 def test_quantized_vision_tower_stays_close(tmp_path):
     """A vision tower wide enough to quantize (64 = 4 heads x 16, MLP 96): Q8_0 (float32 attention) and
     Q4_0 (attention in bf16, csrc/model/vision.cpp) image embeddings against the float32 reference."""
@@ -97,6 +96,7 @@ def test_quantized_vision_tower_stays_close(tmp_path):
         ours = Model(q, n_threads=2).encode_image(img).reshape(-1)
         cos = float(ours @ want / np.linalg.norm(ours) / np.linalg.norm(want))
         assert cos > floor, (qtype, cos)
+
 
 def test_quantize_vision_type_keeps_image_path(model_set, tmp_path):
     """`quantize q4_0 --vision-type f16`: the image path's weights are F16, the decoder's Q4_0, and the

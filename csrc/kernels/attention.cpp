@@ -37,61 +37,43 @@ static void axpy_scalar(float* y, float a, const T* x, int n) {
     for (int i = 0; i < n; i++) y[i] = std::fma(a, as_f32(x[i]), y[i]);
 }
 
-static void scores_scalar(const float* q, int64_t qs, int rows, const float* kt, int64_t ldk, int64_t nk, int hd,
-                          float scale, float* s) {
+// The blocked kernels for both element kinds (attention_kernels.h): float32 values take one fma per
+// step, bf16 pairs two (the halves widened to float32, the odd one first).
+struct ScalarF32 {
+    using E = float;
+    static float mac(float acc, float a, float b) { return std::fma(a, b, acc); }
+};
+struct ScalarBF16 {
+    using E = uint32_t;
+    static float mac(float acc, uint32_t a, uint32_t b) {
+        acc = std::fma(bf16_to_fp32((uint16_t)(a >> 16)), bf16_to_fp32((uint16_t)(b >> 16)), acc);
+        return std::fma(bf16_to_fp32((uint16_t)a), bf16_to_fp32((uint16_t)b), acc);
+    }
+};
+
+template <class El>
+static void scores_scalar(const typename El::E* q, int64_t qs, int rows, const typename El::E* kt, int64_t ldk,
+                          int64_t nk, int hd, float scale, float* s) {
     for (int r = 0; r < rows; r++) {
         float* sr = s + r * ldk;
         std::fill(sr, sr + nk, 0.f);
         for (int d = 0; d < hd; d++) {
-            const float qd = q[r * qs + d];
-            const float* kd = kt + d * ldk;
-            for (int64_t j = 0; j < nk; j++) sr[j] = std::fma(qd, kd[j], sr[j]);
+            const typename El::E qd = q[r * qs + d];
+            const typename El::E* kd = kt + d * ldk;
+            for (int64_t j = 0; j < nk; j++) sr[j] = El::mac(sr[j], qd, kd[j]);
         }
         for (int64_t j = 0; j < nk; j++) sr[j] = sr[j] * scale;
     }
 }
 
-static void pv_scalar(const float* p, int64_t ldp, int rows, int64_t n, const float* vp, int64_t ldv, float* o) {
-    for (int r = 0; r < rows; r++) {
-        float* orow = o + r * ldv;
-        std::fill(orow, orow + ldv, 0.f);
-        for (int64_t j = 0; j < n; j++) axpy_scalar(orow, p[r * ldp + j], vp + j * ldv, (int)ldv);
-    }
-}
-
-// bf16 pairs (attention_kernels.h): the halves widened to float32, the odd one first
-static inline float bits_to_float(uint32_t u) {
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
-static inline float bf16_lo(uint32_t x) { return bits_to_float(x << 16); }
-static inline float bf16_hi(uint32_t x) { return bits_to_float(x & 0xffff0000u); }
-static inline float dot_bf16_step(float acc, uint32_t a, uint32_t b) {
-    return std::fma(bf16_lo(a), bf16_lo(b), std::fma(bf16_hi(a), bf16_hi(b), acc));
-}
-
-static void scores_bf16_scalar(const uint32_t* q, int64_t qs, int rows, const uint32_t* kt, int64_t ldk, int64_t nk,
-                               int np, float scale, float* s) {
-    for (int r = 0; r < rows; r++) {
-        float* sr = s + r * ldk;
-        std::fill(sr, sr + nk, 0.f);
-        for (int p = 0; p < np; p++) {
-            const uint32_t qp = q[r * qs + p];
-            const uint32_t* kp = kt + p * ldk;
-            for (int64_t j = 0; j < nk; j++) sr[j] = dot_bf16_step(sr[j], qp, kp[j]);
-        }
-        for (int64_t j = 0; j < nk; j++) sr[j] = sr[j] * scale;
-    }
-}
-
-static void pv_bf16_scalar(const uint32_t* p, int64_t ldp, int rows, int64_t n, const uint32_t* vp, int64_t ldv,
-                           float* o) {
+template <class El>
+static void pv_scalar(const typename El::E* p, int64_t ldp, int rows, int64_t n, const typename El::E* vp,
+                      int64_t ldv, float* o) {
     for (int r = 0; r < rows; r++) {
         float* orow = o + r * ldv;
         std::fill(orow, orow + ldv, 0.f);
         for (int64_t j = 0; j < n; j++)
-            for (int64_t d = 0; d < ldv; d++) orow[d] = dot_bf16_step(orow[d], p[r * ldp + j], vp[j * ldv + d]);
+            for (int64_t d = 0; d < ldv; d++) orow[d] = El::mac(orow[d], p[r * ldp + j], vp[j * ldv + d]);
     }
 }
 
@@ -101,8 +83,8 @@ static void to_bf16_scalar(const float* x, uint16_t* y, int64_t n) {
 
 const AttnKernels& attn_kernels_scalar() {
     static const AttnKernels k = {dot16_scalar<float>, dot16_scalar<uint16_t>, axpy_scalar<float>, axpy_scalar<uint16_t>,
-                                  1, 1, scores_scalar, pv_scalar, 1, 1, scores_bf16_scalar, pv_bf16_scalar,
-                                  to_bf16_scalar};
+                                  1, 1, scores_scalar<ScalarF32>, pv_scalar<ScalarF32>, 1, 1,
+                                  scores_scalar<ScalarBF16>, pv_scalar<ScalarBF16>, to_bf16_scalar};
     return k;
 }
 

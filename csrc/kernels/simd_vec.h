@@ -62,33 +62,18 @@ struct Vec {
     static Vec set1_bits(uint32_t x) { return {_mm512_castsi512_ps(_mm512_set1_epi32((int)x))}; }
     // acc = fma(a.odd, b.odd, acc), then fma(a.even, b.even, acc): vdpbf16ps rounds each step so (the SDM's
     // order; measured on Zen 4). Only called where CPUID has AVX512_BF16 (attention.cpp picks the AVX2
-    // kernels' emulation otherwise).
+    // kernels' emulation and conversion otherwise).
     static Vec dot_bf16(Vec acc, Vec a, Vec b) {
-#if defined(__AVX512BF16__)
         return {_mm512_dpbf16_ps(acc.v, (__m512bh)_mm512_castps_si512(a.v), (__m512bh)_mm512_castps_si512(b.v))};
-#else
-        const __m512i ai = _mm512_castps_si512(a.v), bi = _mm512_castps_si512(b.v), hi = _mm512_set1_epi32((int)0xffff0000u);
-        const __m512 acc1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(ai, hi)),
-                                            _mm512_castsi512_ps(_mm512_and_si512(bi, hi)), acc.v);
-        return {_mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(ai, 16)), _mm512_castsi512_ps(_mm512_slli_epi32(bi, 16)), acc1)};
-#endif
     }
     // bf16_round of 16 floats (of the first n, n <= 16): vcvtneps2bf16 (round to nearest even, NaN ->
-    // src[31:16] | 0x40) after zeroing |x| < 2^-50 where the CPU has it, else the same in integer steps
+    // src[31:16] | 0x40) after zeroing |x| < 2^-50. AVX512_BF16 only, as dot_bf16.
     static void to_bf16(const float* x, uint16_t* y, int n = 16) {
         const __mmask16 in = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
-        const __m512i u = _mm512_castps_si512(_mm512_maskz_loadu_ps(in, x));
-        const __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+        const __m512 v = _mm512_maskz_loadu_ps(in, x);
+        const __m512i a = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff));
         const __mmask16 keep = _mm512_cmpge_epu32_mask(a, _mm512_set1_epi32(0x26800000));
-#if defined(__AVX512BF16__)
-        _mm256_mask_storeu_epi16(y, in, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(keep, _mm512_castsi512_ps(u))));
-#else
-        const __mmask16 nan = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000));
-        const __m512i hi = _mm512_srli_epi32(u, 16);
-        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(hi, _mm512_set1_epi32(1))));
-        r = _mm512_mask_or_epi32(_mm512_srli_epi32(r, 16), nan, hi, _mm512_set1_epi32(0x40));
-        _mm256_mask_storeu_epi16(y, in, _mm512_cvtepi32_epi16(_mm512_maskz_mov_epi32(keep, r)));
-#endif
+        _mm256_mask_storeu_epi16(y, in, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(keep, v)));
     }
     // lane_sum16 (vecmath.h) of the 16 lanes in a[0], in registers
     static float sum16(const Vec* a) {
