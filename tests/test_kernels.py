@@ -60,9 +60,31 @@ def q8k_numpy(x):
     return out
 
 
+def q8_groups_numpy(x, group):
+    """Independent int8 activation quantizer with one scale per `group` blocks of 32 (the last group
+    shorter), by ggml's Q8_0 rule: d = fp16(max|x| / 127), q = round-half-away(x * 127 / max|x|),
+    all zero where the fp16 scale is 0. Returns (dequantized x, scales [n, groups])."""
+    x = x.astype(np.float32)
+    n, k = x.shape
+    out, ds = np.zeros_like(x), []
+    for c0 in range(0, k, 32 * group):
+        v = x[:, c0:c0 + 32 * group]
+        dd = np.abs(v).max(1) / np.float32(127)
+        d = dd.astype(np.float16).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            idd = np.where(dd != 0, np.float32(1) / dd, np.float32(0)).astype(np.float32)
+        t = (v * idd[:, None]).astype(np.float32)
+        q = np.where(d[:, None] != 0, np.sign(t) * np.floor(np.abs(t).astype(np.float64) + 0.5), 0)
+        out[:, c0:c0 + 32 * group] = q * d[:, None]
+        ds.append(d)
+    return out, np.stack(ds, 1)
+
+
 def dequant_acts(ty, x):
-    if ty in ("Q8_0", "Q4_0"):
+    if ty == "Q8_0":
         return gg_dequantize(gg_quantize(x, T.Q8_0), T.Q8_0).reshape(x.shape)
+    if ty == "Q4_0":  # one activation scale per 4 blocks (csrc/kernels/matmul_impl.h, kActGroupQ4_0)
+        return q8_groups_numpy(x, 4)[0]
     if ty in ("Q4_K", "Q6_K"):
         return q8k_numpy(x).reshape(x.shape)
     return x
@@ -182,6 +204,25 @@ def test_activation_quantizer_blocks():
         assert np.array_equal(qs, qs0), f"{isa}: values differ in blocks {np.argwhere((qs != qs0).reshape(n, nb, 32).any(2))[:5]}"
         assert np.array_equal(d.view(np.uint32), d0.view(np.uint32)) or np.array_equal(d, d0, equal_nan=True), isa
         assert np.array_equal(s, s0), isa
+
+    # One scale per 4 blocks (Q4_0 products): 45 blocks = 11 groups and a group of 1; the same
+    # special rows spread their value over the whole group.
+    _core.set_isa("scalar")
+    qs0, d0, s0 = _core.quantize_act_q8(x, 4)
+    assert d0.shape == (n, 12) and np.array_equal(s0, qs0.reshape(n, nb, 32).astype(np.int32).sum(2))
+    with np.errstate(over="ignore", invalid="ignore"):  # row 5's scale is inf in fp16 (0 * inf: NaN on both sides)
+        ref_x, ref_d = q8_groups_numpy(x[:finite_rows], 4)
+        np.testing.assert_array_equal(d0[:finite_rows], ref_d)
+        np.testing.assert_array_equal(qs0[:finite_rows] * np.repeat(d0[:finite_rows], 128, 1)[:, :nb * 32], ref_x)
+    assert list(qs0[0, 3 * 32:4 * 32:8]) == [127, -8, 1, 9]  # the group's maximum is that block's 127
+    for isa in SIMD:
+        _core.set_isa(isa)
+        qs, d, s = _core.quantize_act_q8(x, 4)
+        assert np.array_equal(qs, qs0), f"{isa}: values differ in blocks {np.argwhere((qs != qs0).reshape(n, nb, 32).any(2))[:5]}"
+        assert np.array_equal(d.view(np.uint32), d0.view(np.uint32)) or np.array_equal(d, d0, equal_nan=True), isa
+        assert np.array_equal(s, s0), isa
+    with pytest.raises(ModelError, match="group must be 1"):
+        _core.quantize_act_q8(x, 3)
 
 
 @pytest.mark.skipif(not SIMD, reason="no SIMD path on this machine")

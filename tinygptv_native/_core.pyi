@@ -38,7 +38,7 @@ def isa_supported(name: str) -> bool: ...
 def set_isa(name: str) -> None: ...
 def vec_math(fn: str, x: _ArrayLike) -> _F32:
     """The engine's float32 'exp', 'erf', 'gelu_erf', 'gelu_tanh' or 'softmax' (over the last axis) of x."""
-def quantize_act_q8(x: _ArrayLike) -> tuple[npt.NDArray[np.int8], _F32, npt.NDArray[np.int32]]:
+def quantize_act_q8(x: _ArrayLike, group: int = 1) -> tuple[npt.NDArray[np.int8], _F32, npt.NDArray[np.int32]]:
     """Activation rows [n, k] as the int8 blocks of 32 the Q8_0/Q4_0 products use (active instruction set):
     (values [n, k], fp16 scales as float [n, k/32], block sums [n, k/32])."""
 def to_f16(x: _ArrayLike) -> npt.NDArray[np.uint16]:

@@ -232,21 +232,25 @@ void dequantize_row(const MatW& w, int64_t row, float* out) {
 
 // ---- activation quantization ----------------------------------------------------------------
 
-void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum) {
-    for (int64_t b = 0; b < k / QK8_0; b++, x += QK8_0, qs += QK8_0) {
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum, int gb) {
+    const int64_t nb = k / QK8_0;
+    for (int64_t b0 = 0, c = 0; b0 < nb; b0 += gb, c++) {
+        const int64_t b1 = std::min<int64_t>(b0 + gb, nb);
         float amax = 0.f;
-        for (int j = 0; j < QK8_0; j++) amax = std::fmax(amax, std::fabs(x[j]));
+        for (int64_t j = b0 * QK8_0; j < b1 * QK8_0; j++) amax = std::fmax(amax, std::fabs(x[j]));
         const float dd = amax / 127.f;
         const float id = dd != 0.f ? 1.0f / dd : 0.0f;
-        d[b] = fp16_to_fp32(fp32_to_fp16(dd));
-        int32_t s = 0;
-        for (int j = 0; j < QK8_0; j++) {
-            float v = std::round(x[j] * id);
-            int q = d[b] == 0.f || v != v ? 0 : (v > 127.f ? 127 : (v < -128.f ? -128 : (int)v));
-            qs[j] = (int8_t)q;
-            s += q;
+        d[c] = fp16_to_fp32(fp32_to_fp16(dd));
+        for (int64_t b = b0; b < b1; b++) {
+            int32_t s = 0;
+            for (int64_t j = b * QK8_0; j < (b + 1) * QK8_0; j++) {
+                float v = std::round(x[j] * id);
+                int q = d[c] == 0.f || v != v ? 0 : (v > 127.f ? 127 : (v < -128.f ? -128 : (int)v));
+                qs[j] = (int8_t)q;
+                s += q;
+            }
+            sum[b] = s;
         }
-        sum[b] = s;
     }
 }
 
@@ -276,14 +280,15 @@ QuantActQ8Row quantize_act_q8_row_for(Isa isa) {
 
 // offset: what the repacked weights add to each stored value (Q4_0 nibbles q + 8, Q8_0 bytes q + 128);
 // it goes into ActQ8::corr, which only the AVX-512 kernels read.
-static void quantize_act_q8(const float* x, int64_t n, int64_t k, ActQ8& a, int32_t offset, Isa isa, ThreadPool& pool) {
-    a.n = n; a.k = k; a.nb = k / QK8_0;
-    a.qs.resize(n * k); a.d.resize(n * a.nb); a.sum.resize(n * a.nb);
+static void quantize_act_q8(const float* x, int64_t n, int64_t k, ActQ8& a, int32_t offset, int gb, Isa isa,
+                            ThreadPool& pool) {
+    a.n = n; a.k = k; a.nb = k / QK8_0; a.gb = gb; a.ng = (a.nb + gb - 1) / gb;
+    a.qs.resize(n * k); a.d.resize(n * a.ng); a.sum.resize(n * a.nb);
     const bool corr = isa == Isa::Avx512;
     if (corr) a.corr.resize(n * a.nb);
     const QuantActQ8Row row = quantize_act_q8_row_for(isa);
     pool.parallel_for(n, 4, [&](int64_t i0, int64_t i1, int) {
-        for (int64_t i = i0; i < i1; i++) row(x + i * k, k, &a.qs[i * k], &a.d[i * a.nb], &a.sum[i * a.nb]);
+        for (int64_t i = i0; i < i1; i++) row(x + i * k, k, &a.qs[i * k], &a.d[i * a.ng], &a.sum[i * a.nb], gb);
         if (corr)
             for (int64_t j = i0 * a.nb; j < i1 * a.nb; j++) a.corr[j] = kMagicBits - offset * a.sum[j];
     });
@@ -342,13 +347,17 @@ static void scalar_q4_0(const GemmArgs& A, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++)
         for (int64_t i = 0; i < A.n; i++) {
             float acc = 0.f;
-            for (int64_t b = 0; b < a.nb; b++) {
-                const BlockQ4_0& blk = W[r * a.nb + b];
-                const int8_t* xq = &a.qs[i * a.k + b * QK4_0];
-                int32_t isum = 0;
-                for (int j = 0; j < 16; j++)
-                    isum += ((blk.qs[j] & 0xF) - 8) * xq[j] + ((blk.qs[j] >> 4) - 8) * xq[j + 16];
-                acc = std::fma(fp16_to_fp32(blk.d) * a.d[i * a.nb + b], (float)isum, acc);
+            for (int64_t c = 0; c < a.ng; c++) {
+                float t = 0.f;
+                for (int64_t b = c * a.gb; b < std::min(a.nb, (c + 1) * a.gb); b++) {
+                    const BlockQ4_0& blk = W[r * a.nb + b];
+                    const int8_t* xq = &a.qs[i * a.k + b * QK4_0];
+                    int32_t isum = 0;
+                    for (int j = 0; j < 16; j++)
+                        isum += ((blk.qs[j] & 0xF) - 8) * xq[j] + ((blk.qs[j] >> 4) - 8) * xq[j + 16];
+                    t = std::fma(fp16_to_fp32(blk.d), (float)isum, t);
+                }
+                acc = std::fma(a.d[i * a.ng + c], t, acc);
             }
             A.y[i * A.n_out + r] = finish(acc, A.bias, r);
         }
@@ -475,7 +484,8 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
     thread_local ActQ8 a8;  // reused across calls: no page faults per token
     thread_local ActQ8K ak;
     if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q4_0) {
-        quantize_act_q8(x, n, k, a8, w.type == GgmlType::Q4_0 ? 8 : 128, isa, pool);
+        if (w.type == GgmlType::Q4_0) quantize_act_q8(x, n, k, a8, 8, kActGroupQ4_0, isa, pool);
+        else quantize_act_q8(x, n, k, a8, 128, 1, isa, pool);
         A.a8 = &a8;
     } else if (w.type == GgmlType::Q4_K || w.type == GgmlType::Q6_K) {
         quantize_act_q8k(x, n, k, ak, isa, pool);

@@ -156,30 +156,34 @@ void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[NT];
     for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* blk = wg + pair_quant_off<kPackQ4_0>(b);
-        const __m256 dw = load_ph(wg + pair_scale_off<kPackQ4_0>(b) + 16 * h);
-        __m256i lo[4], hi[4];
-        for (int s = 0; s < 4; s++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + 64 * s + 32 * h));
-            lo[s] = _mm256_and_si256(v, m4);
-            hi[s] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    for (int64_t c = 0; c < a.ng; c++) {
+        __m256 t[NT];
+        for (int j = 0; j < NT; j++) t[j] = _mm256_setzero_ps();
+        for (int64_t b = c * kActGroupQ4_0; b < std::min(nb, (c + 1) * kActGroupQ4_0); b++) {
+            const uint8_t* blk = wg + pair_quant_off<kPackQ4_0>(b);
+            const __m256 dw = load_ph(wg + pair_scale_off<kPackQ4_0>(b) + 16 * h);
+            __m256i lo[4], hi[4];
+            for (int s = 0; s < 4; s++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + 64 * s + 32 * h));
+                lo[s] = _mm256_and_si256(v, m4);
+                hi[s] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            }
+            for (int j = 0; j < NT; j++) {
+                const int64_t ii = (i0 + j) * nb + b;
+                const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK4_0;
+                __m256i s0 = _mm256_set1_epi32(-8 * a.sum[ii]), s1 = _mm256_setzero_si256();
+                s0 = dp4(s0, lo[0], bc(xq));
+                s1 = dp4(s1, lo[1], bc(xq + 4));
+                s0 = dp4(s0, lo[2], bc(xq + 8));
+                s1 = dp4(s1, lo[3], bc(xq + 12));
+                s0 = dp4(s0, hi[0], bc(xq + 16));
+                s1 = dp4(s1, hi[1], bc(xq + 20));
+                s0 = dp4(s0, hi[2], bc(xq + 24));
+                s1 = dp4(s1, hi[3], bc(xq + 28));
+                t[j] = _mm256_fmadd_ps(dw, _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), t[j]);
+            }
         }
-        for (int j = 0; j < NT; j++) {
-            const int64_t ii = (i0 + j) * nb + b;
-            const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK4_0;
-            __m256i s0 = _mm256_set1_epi32(-8 * a.sum[ii]), s1 = _mm256_setzero_si256();
-            s0 = dp4(s0, lo[0], bc(xq));
-            s1 = dp4(s1, lo[1], bc(xq + 4));
-            s0 = dp4(s0, lo[2], bc(xq + 8));
-            s1 = dp4(s1, lo[3], bc(xq + 12));
-            s0 = dp4(s0, hi[0], bc(xq + 16));
-            s1 = dp4(s1, hi[1], bc(xq + 20));
-            s0 = dp4(s0, hi[2], bc(xq + 24));
-            s1 = dp4(s1, hi[3], bc(xq + 28));
-            const __m256 sc = _mm256_mul_ps(dw, _mm256_set1_ps(a.d[ii]));
-            acc[j] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc[j]);
-        }
+        for (int j = 0; j < NT; j++) acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(a.d[(i0 + j) * a.ng + c]), t[j], acc[j]);
     }
     for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
 }
@@ -219,27 +223,33 @@ void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[NG][2];
     for (int j = 0; j < NG; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < a.nb; b++) {
-        const int8_t* xq = a.qs.data() + b * QK4_0;
-        const __m256i corr = _mm256_set1_epi32(-8 * a.sum[b]);
-        const __m256 dx = _mm256_set1_ps(a.d[b]);
+    for (int64_t c = 0; c < a.ng; c++) {
+        __m256 t[NG][2];
+        for (int j = 0; j < NG; j++) t[j][0] = t[j][1] = _mm256_setzero_ps();
+        for (int64_t b = c * kActGroupQ4_0; b < std::min(a.nb, (c + 1) * kActGroupQ4_0); b++) {
+            const int8_t* xq = a.qs.data() + b * QK4_0;
+            const __m256i corr = _mm256_set1_epi32(-8 * a.sum[b]);
+            for (int j = 0; j < NG; j++)
+                for (int h = 0; h < 2; h++) {
+                    const uint8_t* blk = wg[j] + pair_quant_off<kPackQ4_0>(b) + 32 * h;
+                    const __m256 dw = load_ph(wg[j] + pair_scale_off<kPackQ4_0>(b) + 16 * h);
+                    __m256i v[4];
+                    for (int s = 0; s < 4; s++) v[s] = _mm256_loadu_si256((const __m256i*)(blk + 64 * s));
+                    __m256i s0 = corr, s1 = _mm256_setzero_si256();
+                    for (int s = 0; s < 4; s += 2) {  // low nibbles: values 0..15, then high: 16..31
+                        s0 = dp4(s0, _mm256_and_si256(v[s], m4), bc(xq + 4 * s));
+                        s1 = dp4(s1, _mm256_and_si256(v[s + 1], m4), bc(xq + 4 * s + 4));
+                    }
+                    for (int s = 0; s < 4; s += 2) {
+                        s0 = dp4(s0, _mm256_and_si256(_mm256_srli_epi16(v[s], 4), m4), bc(xq + 16 + 4 * s));
+                        s1 = dp4(s1, _mm256_and_si256(_mm256_srli_epi16(v[s + 1], 4), m4), bc(xq + 20 + 4 * s));
+                    }
+                    t[j][h] = _mm256_fmadd_ps(dw, _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), t[j][h]);
+                }
+        }
+        const __m256 dx = _mm256_set1_ps(a.d[c]);
         for (int j = 0; j < NG; j++)
-            for (int h = 0; h < 2; h++) {
-                const uint8_t* blk = wg[j] + pair_quant_off<kPackQ4_0>(b) + 32 * h;
-                const __m256 dw = load_ph(wg[j] + pair_scale_off<kPackQ4_0>(b) + 16 * h);
-                __m256i v[4];
-                for (int s = 0; s < 4; s++) v[s] = _mm256_loadu_si256((const __m256i*)(blk + 64 * s));
-                __m256i s0 = corr, s1 = _mm256_setzero_si256();
-                for (int s = 0; s < 4; s += 2) {  // low nibbles: values 0..15, then high: 16..31
-                    s0 = dp4(s0, _mm256_and_si256(v[s], m4), bc(xq + 4 * s));
-                    s1 = dp4(s1, _mm256_and_si256(v[s + 1], m4), bc(xq + 4 * s + 4));
-                }
-                for (int s = 0; s < 4; s += 2) {
-                    s0 = dp4(s0, _mm256_and_si256(_mm256_srli_epi16(v[s], 4), m4), bc(xq + 16 + 4 * s));
-                    s1 = dp4(s1, _mm256_and_si256(_mm256_srli_epi16(v[s + 1], 4), m4), bc(xq + 20 + 4 * s));
-                }
-                acc[j][h] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc[j][h]);
-            }
+            for (int h = 0; h < 2; h++) acc[j][h] = _mm256_fmadd_ps(dx, t[j][h], acc[j][h]);
     }
     for (int j = 0; j < NG; j++)
         for (int h = 0; h < 2; h++) store_out(A, 0, g[j], h, acc[j][h]);
@@ -415,33 +425,36 @@ inline void store_i8x32(int8_t* dst, const __m256i q[4]) {
 
 }  // namespace
 
-void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum) {
-    for (int64_t b = 0; b < k / QK8_0; b++, x += QK8_0, qs += QK8_0) {
-        __m256 v[4];
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum, int gb) {
+    const int64_t nb = k / QK8_0;
+    for (int64_t b0 = 0, c = 0; b0 < nb; b0 += gb, c++) {
+        const int64_t b1 = std::min<int64_t>(b0 + gb, nb);
         bool nan = false;
         __m256 m = _mm256_setzero_ps();
-        for (int j = 0; j < 4; j++) {
-            v[j] = _mm256_loadu_ps(x + 8 * j);
-            nan |= nan8(v[j]);
-            m = _mm256_max_ps(m, abs8(v[j]));
+        for (int64_t j = b0 * QK8_0; j < b1 * QK8_0; j += 8) {
+            const __m256 v = _mm256_loadu_ps(x + j);
+            nan |= nan8(v);
+            m = _mm256_max_ps(m, abs8(v));
         }
         const float amax = hmax8(m);
         if (nan || !(amax <= 3.4028235e38f)) {  // NaN or inf: the scalar path's values
-            tg::quantize_act_q8_row(x, QK8_0, qs, d + b, sum + b);
+            tg::quantize_act_q8_row(x + b0 * QK8_0, (b1 - b0) * QK8_0, qs + b0 * QK8_0, d + c, sum + b0, gb);
             continue;
         }
         const float dd = amax / 127.f;
         const float id = dd != 0.f ? 1.0f / dd : 0.0f;
-        d[b] = _cvtsh_ss(_cvtss_sh(dd, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        if (d[b] == 0.f) {
-            std::memset(qs, 0, QK8_0);
-            sum[b] = 0;
-            continue;
+        d[c] = _cvtsh_ss(_cvtss_sh(dd, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        for (int64_t b = b0; b < b1; b++) {
+            if (d[c] == 0.f) {
+                std::memset(qs + b * QK8_0, 0, QK8_0);
+                sum[b] = 0;
+                continue;
+            }
+            __m256i q[4];
+            for (int j = 0; j < 4; j++) q[j] = round_away8(_mm256_mul_ps(_mm256_loadu_ps(x + b * QK8_0 + 8 * j), _mm256_set1_ps(id)));
+            store_i8x32(qs + b * QK8_0, q);
+            sum[b] = hsum8(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
         }
-        __m256i q[4];
-        for (int j = 0; j < 4; j++) q[j] = round_away8(_mm256_mul_ps(v[j], _mm256_set1_ps(id)));
-        store_i8x32(qs, q);
-        sum[b] = hsum8(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
     }
 }
 

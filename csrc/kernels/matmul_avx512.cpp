@@ -170,9 +170,9 @@ struct ActRegs {
 // acc + (dw * dx) * float(corr + the block's dot product of w with x) (magic_to_float: corr carries
 // the bias). Q8_0 weights are stored as q + 128 (unsigned for vpdpbusd), Q4_0 nibbles as q + 8:
 // ActQ8::corr subtracts 128 (8) times the activation block's sum.
+// corr + the block's dot product of w with x, in two chains (one chain of eight: 5% slower)
 template <class X>
-__attribute__((always_inline)) inline __m512 block_dot(__m512 acc, const __m512i (&w)[8], const X& x, __m512i corr,
-                                                       __m512 dw, __m512 dx) {
+__attribute__((always_inline)) inline __m512i block_isum(const __m512i (&w)[8], const X& x, __m512i corr) {
     __m512i s0 = corr, s1 = _mm512_setzero_si512();
     s0 = _mm512_dpbusd_epi32(s0, w[0], x[0]);
     s1 = _mm512_dpbusd_epi32(s1, w[1], x[1]);
@@ -182,7 +182,12 @@ __attribute__((always_inline)) inline __m512 block_dot(__m512 acc, const __m512i
     s1 = _mm512_dpbusd_epi32(s1, w[5], x[5]);
     s0 = _mm512_dpbusd_epi32(s0, w[6], x[6]);
     s1 = _mm512_dpbusd_epi32(s1, w[7], x[7]);
-    return _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), magic_to_float(_mm512_add_epi32(s0, s1)), acc);
+    return _mm512_add_epi32(s0, s1);
+}
+template <class X>
+__attribute__((always_inline)) inline __m512 block_dot(__m512 acc, const __m512i (&w)[8], const X& x, __m512i corr,
+                                                       __m512 dw, __m512 dx) {
+    return _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), magic_to_float(block_isum(w, x, corr)), acc);
 }
 
 // One block of NG groups x NT rows; W::load(wg, b, w) gives a group's 32 values x 16 rows as eight
@@ -238,10 +243,41 @@ __attribute__((always_inline)) inline void q8_0_block(const ActQ8& a, const uint
                                                       __m512 (&acc)[NG][NT]) {
     q8_block<Q8_0W, NT, NG>(a, wg, b, i0, acc);
 }
+
+// One activation scale group c (up to kActGroupQ4_0 blocks) of NG groups x NT rows:
+// t = fma(dw, float(isum), t) per block, then acc = fma(dx, t, acc).
 template <int NT, int NG>
-__attribute__((always_inline)) inline void q4_0_block(const ActQ8& a, const uint8_t* const* wg, int64_t b, int64_t i0,
+__attribute__((always_inline)) inline void q4_0_group(const ActQ8& a, const uint8_t* const* wg, int64_t c, int64_t i0,
                                                       __m512 (&acc)[NG][NT]) {
-    q8_block<Q4_0W, NT, NG>(a, wg, b, i0, acc);
+    __m512 t[NG][NT];
+    for (int g = 0; g < NG; g++)
+        for (int j = 0; j < NT; j++) t[g][j] = _mm512_setzero_ps();
+    const int64_t b1 = std::min(a.nb, (c + 1) * kActGroupQ4_0);
+    for (int64_t b = c * kActGroupQ4_0; b < b1; b++) {
+        if constexpr (NT == 1) {
+            const ActRegs x(a.qs.data() + i0 * a.k + b * QK8_0);
+            const __m512i corr = _mm512_set1_epi32(a.corr[i0 * a.nb + b]);
+            for (int g = 0; g < NG; g++) {
+                __m512i w[8];
+                const __m512 dw = Q4_0W::load(wg[g], b, w);
+                t[g][0] = _mm512_fmadd_ps(dw, magic_to_float(block_isum(w, x, corr)), t[g][0]);
+            }
+        } else {
+            for (int g = 0; g < NG; g++) {
+                __m512i w[8];
+                const __m512 dw = Q4_0W::load(wg[g], b, w);
+                for (int j = 0; j < NT; j++) {
+                    const __m512i corr = _mm512_set1_epi32(a.corr[(i0 + j) * a.nb + b]);
+                    const ActMem x{a.qs.data() + (i0 + j) * a.k + b * QK8_0};
+                    t[g][j] = _mm512_fmadd_ps(dw, magic_to_float(block_isum(w, x, corr)), t[g][j]);
+                }
+            }
+        }
+    }
+    for (int j = 0; j < NT; j++) {
+        const __m512 dx = _mm512_set1_ps(a.d[(i0 + j) * a.ng + c]);
+        for (int g = 0; g < NG; g++) acc[g][j] = _mm512_fmadd_ps(dx, t[g][j], acc[g][j]);
+    }
 }
 
 // ---- K-quant weights with Q8_K activations ---------------------------------------------------
@@ -342,15 +378,16 @@ __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uin
 }
 
 // ---- prompt tiles (NT activation rows of one group) and decode kernels (NG groups, one row) ----
-// (each calls its routine directly: called through a template parameter, GCC left a tile 8% slower)
+// (each calls its routine directly: called through a template parameter, GCC left a tile 8% slower);
+// STEPS: the ActQ8/ActQ8K field that counts STEP's units (blocks, scale groups or super-blocks).
 
-#define TG_TILE_AND_VEC(NAME, ACT, STEP)                                                             \
+#define TG_TILE_AND_VEC(NAME, ACT, STEP, STEPS)                                                      \
     template <int NT>                                                                                \
     void NAME##_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0) {                  \
         const auto& a = *A.ACT;                                                                      \
         __m512 acc[1][NT];                                                                           \
         for (int j = 0; j < NT; j++) acc[0][j] = _mm512_setzero_ps();                                \
-        for (int64_t b = 0; b < a.nb; b++) STEP<NT, 1>(a, &wg, b, i0, acc);                          \
+        for (int64_t b = 0; b < a.STEPS; b++) STEP<NT, 1>(a, &wg, b, i0, acc);                       \
         for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, acc[0][j]);                             \
     }                                                                                                \
     template <int NG>                                                                                \
@@ -358,14 +395,14 @@ __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uin
         const auto& a = *A.ACT;                                                                      \
         __m512 acc[NG][1];                                                                           \
         for (int j = 0; j < NG; j++) acc[j][0] = _mm512_setzero_ps();                                \
-        for (int64_t b = 0; b < a.nb; b++) STEP<1, NG>(a, wg, b, 0, acc);                            \
+        for (int64_t b = 0; b < a.STEPS; b++) STEP<1, NG>(a, wg, b, 0, acc);                         \
         for (int j = 0; j < NG; j++) store_out(A, 0, g[j], acc[j][0]);                               \
     }
 
-TG_TILE_AND_VEC(q8_0, a8, q8_0_block)
-TG_TILE_AND_VEC(q4_0, a8, q4_0_block)
-TG_TILE_AND_VEC(q4_K, ak, q4_K_super)
-TG_TILE_AND_VEC(q6_K, ak, q6_K_super)
+TG_TILE_AND_VEC(q8_0, a8, q8_0_block, nb)
+TG_TILE_AND_VEC(q4_0, a8, q4_0_group, ng)
+TG_TILE_AND_VEC(q4_K, ak, q4_K_super, nb)
+TG_TILE_AND_VEC(q6_K, ak, q6_K_super, nb)
 #undef TG_TILE_AND_VEC
 
 using TileFn = void (*)(const GemmArgs&, const uint8_t*, int64_t, int64_t);
@@ -419,7 +456,7 @@ inline __m512 combine16(__m512* m, Op op) {
 // up past the next integer exactly when |v| has a fraction >= 0.5), and |v| <= 127.5 here, so no
 // clamp is needed. Returns false, writing nothing, if a value is NaN or a block maximum is not finite
 // (those take the scalar path).
-inline bool quantize_16_blocks(const float* x, int nblk, int8_t* qs, float* d, int32_t* sum) {
+inline bool quantize_16_blocks(const float* x, int nblk, int8_t* qs, float* d, int32_t* sum, int gb) {
     __m512 m[16];
     __mmask16 nan = 0;
     for (int b = nblk; b < 16; b++) m[kTreeSlot[b]] = _mm512_setzero_ps();
@@ -428,14 +465,19 @@ inline bool quantize_16_blocks(const float* x, int nblk, int8_t* qs, float* d, i
         nan |= _mm512_cmp_ps_mask(v0, v1, _CMP_UNORD_Q);
         m[kTreeSlot[b]] = _mm512_max_ps(abs_ps(v0), abs_ps(v1));
     }
-    const __m512 amax = combine16(m, [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); });
+    __m512 amax = combine16(m, [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); });
+    if (gb == 4) {  // the maximum of each 4 blocks (a 128-bit lane) in all four of its lanes
+        amax = _mm512_max_ps(amax, _mm512_shuffle_ps(amax, amax, 0xB1));
+        amax = _mm512_max_ps(amax, _mm512_shuffle_ps(amax, amax, 0x4E));
+    }
     if (nan || _mm512_cmp_ps_mask(amax, _mm512_set1_ps(3.4028235e38f), _CMP_GT_OQ)) return false;
     const __m512 dd = _mm512_div_ps(amax, _mm512_set1_ps(127.f));
     const __mmask16 nz = _mm512_cmp_ps_mask(dd, _mm512_setzero_ps(), _CMP_NEQ_OQ);
     const __m512 id = _mm512_maskz_div_ps(nz, _mm512_set1_ps(1.0f), dd);
     const __m512 dh = _mm512_cvtph_ps(_mm512_cvtps_ph(dd, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     const __mmask16 keep = (__mmask16)((1u << nblk) - 1);
-    _mm512_mask_storeu_ps(d, keep, dh);
+    if (gb == 4) _mm512_mask_storeu_ps(d, (__mmask16)((1u << ((nblk + 3) / 4)) - 1), _mm512_maskz_compress_ps(0x1111, dh));
+    else _mm512_mask_storeu_ps(d, keep, dh);
     // a block whose fp16 scale is 0 gets all-zero values: its multiplier is 0
     alignas(64) float ids[16];
     _mm512_store_ps(ids, _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(dh, _mm512_setzero_ps(), _CMP_NEQ_OQ), id));
@@ -463,12 +505,13 @@ inline bool quantize_16_blocks(const float* x, int nblk, int8_t* qs, float* d, i
 
 }  // namespace
 
-void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum) {
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum, int gb) {
+    if (gb != 1 && gb != 4) return tg::quantize_act_q8_row(x, k, qs, d, sum, gb);
     const int64_t nb = k / QK8_0;
-    for (int64_t b = 0; b < nb; b += 16) {
+    for (int64_t b = 0; b < nb; b += 16) {  // 16 is a multiple of gb: the chunks hold whole groups
         const int nblk = (int)std::min<int64_t>(16, nb - b);
-        if (!quantize_16_blocks(x + b * QK8_0, nblk, qs + b * QK8_0, d + b, sum + b))
-            tg::quantize_act_q8_row(x + b * QK8_0, nblk * QK8_0, qs + b * QK8_0, d + b, sum + b);
+        if (!quantize_16_blocks(x + b * QK8_0, nblk, qs + b * QK8_0, d + b / gb, sum + b, gb))
+            tg::quantize_act_q8_row(x + b * QK8_0, nblk * QK8_0, qs + b * QK8_0, d + b / gb, sum + b, gb);
     }
 }
 

@@ -25,8 +25,12 @@
 // Every path computes each output with the same arithmetic, so results are bit-identical across
 // instruction sets and thread counts:
 //   float weights:  acc = fma(w[k], x[k], acc) for k = 0, 1, ... in order (acc starts at 0)
-//   Q8_0 / Q4_0:    per block b: isum = exact int32 dot of the int8 values;
+//   Q8_0:           per block b: isum = exact int32 dot of the int8 values;
 //                   acc = fma(d_w * d_x, (float)isum, acc)
+//   Q4_0:           per activation scale group c (kActGroupQ4_0 blocks, the last one shorter):
+//                   t = 0; per block b of c: t = fma(d_w[b], (float)isum_b, t); then acc = fma(d_x[c], t, acc)
+//                   (one activation scale for 4 blocks: the product d_w * d_x per block would cost
+//                   a multiply on the ports of vpdpbusd, 1 in 10 of a block's operations there)
 //   Q4_K:           per super-block: isum = sum_j sc_j * dot_j, msum = sum_j m_j * xsum_j (int32);
 //                   acc = fma(d_w * d_x, (float)isum, acc); acc = fma(-(dmin_w * d_x), (float)msum, acc)
 //   Q6_K:           per super-block: isum = sum_t sc_t * dot_t (values q - 32);
@@ -56,11 +60,18 @@ template <size_t QB> constexpr size_t pair_group_bytes(int64_t nb) { return (siz
 constexpr size_t kPackQ4_K = 32 + 32 + 128 + 128 + 32 * 64;
 constexpr size_t kPackQ6_K = 32 + 256 + 32 * 64 + 16 * 64;
 
+// Blocks of 32 activations that share one scale for Q4_0 weights (Q8_0 weights: 1, as ggml's Q8_0).
+// With 4-bit weights the weights' rounding error is ~15x the activations' even at one scale per 128
+// values (numpy: relative error of a 2560-wide product 0.0857 with scales per 32, 0.0857 per 128;
+// 0.0862 -> 0.0874 with six 20x outlier channels); ggml's K-quants take one per 256 (Q8_K).
+constexpr int kActGroupQ4_0 = 4;
+
 // Activations quantized once per matmul (shared by all paths, so all see identical int8 data).
-struct ActQ8 {                 // for Q8_0 and Q4_0 weights: Q8_0 blocks of 32
+struct ActQ8 {                 // for Q8_0 and Q4_0 weights: int8 blocks of 32, a scale per gb blocks
     int64_t n = 0, k = 0, nb = 0;
+    int64_t gb = 1, ng = 0;    // blocks per scale; scales per row = ceil(nb / gb)
     std::vector<int8_t> qs;    // [n][k]
-    std::vector<float> d;      // [n][nb]  fp16 scale as float
+    std::vector<float> d;      // [n][ng]  fp16 scale as float
     std::vector<int32_t> sum;  // [n][nb]  sum of the block's qs
     std::vector<int32_t> corr; // [n][nb]  AVX-512 only: kMagicBits - offset * sum, where the weights'
                                //          stored values are q + offset (the term each block's dot starts from)
@@ -79,12 +90,13 @@ struct ActQ8K {                // for K-quant weights: Q8_K blocks of 256
 };
 
 // Activation quantizers, one row of k values (the scalar versions are the reference; the SIMD
-// versions produce identical bytes). Q8_0 rows: blocks of 32 with an fp16 scale, as ggml's
-// quantize_row_q8_0 except that a block whose fp16 scale is 0 gets all-zero values.
+// versions produce identical bytes). Q8_0 rows: blocks of 32 with one fp16 scale per gb blocks (gb
+// 1 or 4; the last group may be shorter); gb = 1 is ggml's quantize_row_q8_0 except that a block
+// whose fp16 scale is 0 gets all-zero values, gb = 4 the same rule over 128 values.
 // Q8_K rows: ggml's quantize_row_q8_K (blocks of 256, float scale), plus sums of 16 and 32.
-void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum);
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum, int gb);
 void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
-using QuantActQ8Row = void (*)(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum);
+using QuantActQ8Row = void (*)(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum, int gb);
 QuantActQ8Row quantize_act_q8_row_for(Isa isa);  // the instruction set's version of quantize_act_q8_row
 
 struct GemmArgs {
@@ -141,7 +153,7 @@ inline int64_t act_chunk_rows(int64_t n, int64_t k_bytes) {
 
 #if defined(TINYGPTV_X86)
 namespace avx2 {
-void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum);
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum, int gb);
 void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
 void gemm_f32(const GemmArgs&, int64_t, int64_t);
 void gemm_f16(const GemmArgs&, int64_t, int64_t);
@@ -152,7 +164,7 @@ void gemm_q4_K(const GemmArgs&, int64_t, int64_t);
 void gemm_q6_K(const GemmArgs&, int64_t, int64_t);
 }  // namespace avx2
 namespace avx512 {
-void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum);
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum, int gb);
 void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
 void gemm_f32(const GemmArgs&, int64_t, int64_t);
 void gemm_f16(const GemmArgs&, int64_t, int64_t);

@@ -277,23 +277,28 @@ void bind_kernels(py::module_& m) {
           "Force the kernels onto 'scalar', 'avx2' or 'avx512' (weights prepared later use it).");
     m.def("vec_math", &vec_math, py::arg("fn"), py::arg("x"),
           "Apply the engine's float32 'exp', 'erf', 'gelu_erf' or 'softmax' (over the last axis) to x.");
-    m.def("quantize_act_q8", [](F32Array x) {
+    m.def("quantize_act_q8", [](F32Array x, int group) {
         if (x.ndim() != 2 || x.shape(1) % QK8_0 != 0)
             throw ModelError(fmt("quantize_act_q8: x must be [n, k] with k a multiple of %d, got %s", QK8_0,
                                  shape_of(x).c_str()));
-        const int64_t n = x.shape(0), k = x.shape(1), nb = k / QK8_0;
+        if (group != 1 && group != kActGroupQ4_0)
+            throw ModelError(fmt("quantize_act_q8: group must be 1 (Q8_0) or %d (Q4_0), got %d", kActGroupQ4_0, group));
+        const int64_t n = x.shape(0), k = x.shape(1), nb = k / QK8_0, ng = (nb + group - 1) / group;
         py::array_t<int8_t> qs({n, k});
-        py::array_t<float> d({n, nb});
+        py::array_t<float> d({n, ng});
         py::array_t<int32_t> sum({n, nb});
         {
             py::gil_scoped_release release;
             const QuantActQ8Row row = quantize_act_q8_row_for(isa_active());
             for (int64_t i = 0; i < n; i++)
-                row(x.data() + i * k, k, qs.mutable_data() + i * k, d.mutable_data() + i * nb, sum.mutable_data() + i * nb);
+                row(x.data() + i * k, k, qs.mutable_data() + i * k, d.mutable_data() + i * ng,
+                    sum.mutable_data() + i * nb, group);
         }
         return py::make_tuple(qs, d, sum);
-    }, py::arg("x"), "Activation rows as the int8 blocks of 32 the Q8_0/Q4_0 products use, with the active "
-       "instruction set: (values [n, k], fp16 scales as float [n, k/32], block sums [n, k/32]).");
+    }, py::arg("x"), py::arg("group") = 1,
+       "Activation rows as the int8 blocks of 32 the Q8_0 (group 1) and Q4_0 (group 4) products use, one "
+       "fp16 scale per `group` blocks, with the active instruction set: (values [n, k], scales as float "
+       "[n, ceil(k/32/group)], block sums [n, k/32]).");
     m.def("to_f16", [](F32Array x) {
         py::array_t<uint16_t> y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
         {
