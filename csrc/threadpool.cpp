@@ -37,14 +37,18 @@ static void chunk_of(int64_t n, int64_t grain, int n_threads, int index, int64_t
     *e = std::min(n, b1 * grain);
 }
 
-// Takes chunks of a dynamic job until none is left.
-static void take_chunks(std::atomic<int64_t>& next, int64_t n, int64_t chunk, int index,
+// Takes chunks of a dynamic job until none is left: `chunk` items at a time while much is left, then
+// a 2 * n_threads-th of what is left (at least 1), so that the threads finish close together.
+static void take_chunks(std::atomic<int64_t>& next, int64_t n, int64_t chunk, int n_threads, int index,
                         const std::function<void(int64_t, int64_t, int)>& fn) {
+    int64_t b = next.load(std::memory_order_relaxed);
     for (;;) {
-        const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
-        const int64_t b = c * chunk;
         if (b >= n) return;
-        fn(b, std::min(n, b + chunk), index);
+        const int64_t len = std::min(chunk, std::max<int64_t>(1, (n - b) / (2 * n_threads)));
+        if (next.compare_exchange_weak(b, b + len, std::memory_order_relaxed)) {
+            fn(b, b + len, index);
+            b = next.load(std::memory_order_relaxed);
+        }
     }
 }
 
@@ -75,7 +79,7 @@ void ThreadPool::run(int64_t n, int64_t grain, bool dynamic, const std::function
     }
     cv_start_.notify_all();
     if (dynamic) {
-        take_chunks(next_chunk_, n, grain, 0, fn);
+        take_chunks(next_chunk_, n, grain, n_threads_, 0, fn);
     } else {
         int64_t b, e;
         chunk_of(n, grain, n_threads_, 0, &b, &e);
@@ -116,7 +120,7 @@ void ThreadPool::worker(int index) {
             dynamic = job_dynamic_;
         }
         if (dynamic) {
-            take_chunks(next_chunk_, n, grain, index, *job);
+            take_chunks(next_chunk_, n, grain, n_threads_, index, *job);
         } else {
             int64_t b, e;
             chunk_of(n, grain, n_threads_, index, &b, &e);

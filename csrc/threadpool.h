@@ -31,10 +31,11 @@ public:
     // Not reentrant: one parallel_for at a time per pool (callers hold a Session lock).
     void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn);
 
-    // [0, n) cut into chunks of `chunk` (the last one shorter) that the threads take in turn until none
-    // is left: fn(begin, end, thread_index) runs once per chunk, so a thread may run it several times or
-    // not at all, and a thread that runs slower (another process on its core) takes fewer. For work
-    // whose outputs do not depend on which thread computes them. Blocks until all are done.
+    // [0, n) cut into chunks that the threads take in turn until none is left: `chunk` items while
+    // much is left, then smaller ones (a 2 * size()-th of what is left, at least 1) so that the threads
+    // finish together. fn(begin, end, thread_index) runs once per chunk, so a thread may run it several
+    // times or not at all, and a thread that runs slower (another process on its core) takes fewer.
+    // For work whose outputs do not depend on which thread computes them. Blocks until all are done.
     void parallel_chunks(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t, int)>& fn);
 
 private:
@@ -50,7 +51,7 @@ private:
     const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
     int64_t job_n_ = 0, job_grain_ = 1;
     bool job_dynamic_ = false;
-    std::atomic<int64_t> next_chunk_{0};  // dynamic jobs: the next chunk to take
+    std::atomic<int64_t> next_chunk_{0};  // dynamic jobs: the first item not yet taken
     std::atomic<uint64_t> generation_{0};
     std::atomic<int> pending_{0};
     std::atomic<bool> stop_{false};
