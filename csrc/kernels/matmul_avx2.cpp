@@ -100,7 +100,7 @@ void float_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
         for (int64_t g = g0 + 2 * len; g < g1; g++) float_tile<C, 1, 1>(A, gbytes, g, 0);
         return;
     }
-    const int64_t chunk = act_chunk_rows(A.n, A.n_in * 4);
+    const int64_t chunk = act_chunk_rows(A.n, A.n_in * 4, 6);
     for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
         const int64_t c1 = std::min(A.n, c0 + chunk);
         for (int64_t g = g0; g < g1; g++)
@@ -372,7 +372,7 @@ TG_TILE_AND_VEC(q6_K, q6_K_super)
 using TileFn = void (*)(const GemmArgs&, const uint8_t*, int64_t, int64_t, int);
 
 void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const TileFn tiles[4]) {
-    const int64_t chunk = act_chunk_rows(A.n, A.n_in);
+    const int64_t chunk = act_chunk_rows(A.n, A.n_in, 4);
     for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
         const int64_t c1 = std::min(A.n, c0 + chunk);
         for (int64_t g = g0; g < g1; g++) {

@@ -167,10 +167,9 @@ struct ActRegs {
     __m512i operator[](int s) const { return x[s]; }
 };
 
-// acc + (dw * dx) * float(corr + the block's dot product of w with x) (magic_to_float: corr carries
-// the bias). Q8_0 weights are stored as q + 128 (unsigned for vpdpbusd), Q4_0 nibbles as q + 8:
-// ActQ8::corr subtracts 128 (8) times the activation block's sum.
-// corr + the block's dot product of w with x, in two chains (one chain of eight: 5% slower)
+// corr + the block's dot product of w with x, in two chains (one chain of eight: 5% slower). Q8_0
+// weights are stored as q + 128 (unsigned for vpdpbusd), Q4_0 nibbles as q + 8: ActQ8::corr
+// subtracts 128 (8) times the activation block's sum and adds kMagicBits for magic_to_float.
 template <class X>
 __attribute__((always_inline)) inline __m512i block_isum(const __m512i (&w)[8], const X& x, __m512i corr) {
     __m512i s0 = corr, s1 = _mm512_setzero_si512();
@@ -184,6 +183,7 @@ __attribute__((always_inline)) inline __m512i block_isum(const __m512i (&w)[8], 
     s1 = _mm512_dpbusd_epi32(s1, w[7], x[7]);
     return _mm512_add_epi32(s0, s1);
 }
+// acc + (dw * dx) * float(the block's dot product) (Q8_0)
 template <class X>
 __attribute__((always_inline)) inline __m512 block_dot(__m512 acc, const __m512i (&w)[8], const X& x, __m512i corr,
                                                        __m512 dw, __m512 dx) {
@@ -411,7 +411,7 @@ using TileFn = void (*)(const GemmArgs&, const uint8_t*, int64_t, int64_t);
 // are reused across the tile); activations are taken in L2-sized chunks.
 template <int MaxNT>
 void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const TileFn (&tiles)[MaxNT]) {
-    const int64_t chunk = act_chunk_rows(A.n, A.n_in);
+    const int64_t chunk = act_chunk_rows(A.n, A.n_in, MaxNT);
     for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
         const int64_t c1 = std::min(A.n, c0 + chunk);
         for (int64_t g = g0; g < g1; g++) {
