@@ -122,6 +122,7 @@ BF16_CASES = [  # T, n_kv, n_head, n_head_kv, hd, causal
     (9, 50, 4, 2, 21, False),     # grouped heads, odd head size
     (17, 17, 2, 2, 33, True),     # causal
     (32, 257, 3, 3, 64, False),
+    (6, 6, 2, 2, 40, False),      # fewer keys than dimensions (the packing row holds hd + 1 values)
 ]
 
 

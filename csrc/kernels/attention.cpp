@@ -194,12 +194,12 @@ struct PackBF16 {
     const int64_t n_kv, ldk, ldv;  // ldk even: the P rows hold key pairs
     // K transposed: np rows of ldk keys; V: one row of ldv per key pair; the tile's query rows and weights
     std::vector<uint32_t> kt, vp, qp, pp, krow;
-    std::vector<uint16_t> a, b;  // one row in bf16
+    std::vector<uint16_t> a, b;  // one row in bf16 (a: room for the pad of an odd hd, or a row of P)
     PackBF16(const AttnKernels& K_, const VecMath&, int hd_, int64_t n_kv_, int64_t tile_rows)
         : K(K_), hd(hd_), np((hd_ + 1) / 2), n_kv(n_kv_), ldk(round_up(n_kv_ + (n_kv_ & 1), K_.bf16_key_block)),
           ldv(round_up(hd_, K_.bf16_dim_block)), kt((size_t)(np * ldk), 0), vp((size_t)((n_kv + 1) / 2 * ldv), 0),
           qp((size_t)(tile_rows * np)), pp((size_t)(tile_rows * ldk / 2)), krow((size_t)np),
-          a((size_t)std::max<int64_t>(2 * np, ldk), 0), b((size_t)hd, 0) {}
+          a((size_t)std::max<int64_t>(2 * np + 1, ldk), 0), b((size_t)hd, 0) {}
     // a row's bf16 values in memory order are its pairs (a[hd] = 0 pads an odd hd)
     void pairs_of(const float* x, uint32_t* dst) {
         a[(size_t)hd] = 0;
