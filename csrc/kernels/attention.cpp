@@ -161,6 +161,16 @@ static void attention_rows(const float* q, int64_t T, int64_t q_stride, const vo
 
 static inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+// Rows of q, k and v lie a whole qkv row apart (thousands of bytes): the packing loops ask for the
+// row kAhead rows on while converting one.
+constexpr int64_t kAhead = 4;
+template <class T>
+static inline void prefetch_row(const T* p, int n) {
+    const char* b = (const char*)p;
+    for (size_t i = 0; i < n * sizeof(T); i += 64) __builtin_prefetch(b + i);
+    __builtin_prefetch(b + n * sizeof(T) - 1);
+}
+
 // One key/value row of hd values as float32 (exact for half).
 static inline void widen_row(const VecMath&, const float* x, float* y, int hd) { std::copy(x, x + hd, y); }
 static inline void widen_row(const VecMath& M, const uint16_t* x, float* y, int hd) { M.from_f16(x, y, hd); }
@@ -177,6 +187,10 @@ struct PackF32 {
           kt((size_t)(hd * ldk), 0.f), vp((size_t)(n_kv * ldv), 0.f), krow((size_t)hd) {}
     void head(const T* kh, const T* vh, int64_t kv_stride) {  // kt beyond n_kv is never written: stays zero
         for (int64_t j = 0; j < n_kv; j++) {
+            if (j + kAhead < n_kv) {
+                prefetch_row(kh + (j + kAhead) * kv_stride, hd);
+                prefetch_row(vh + (j + kAhead) * kv_stride, hd);
+            }
             widen_row(M, kh + j * kv_stride, krow.data(), hd);
             for (int d = 0; d < hd; d++) kt[(size_t)(d * ldk + j)] = krow[(size_t)d];
             widen_row(M, vh + j * kv_stride, &vp[(size_t)(j * ldv)], hd);
@@ -208,10 +222,12 @@ struct PackBF16 {
     }
     void head(const float* kh, const float* vh, int64_t kv_stride) {
         for (int64_t j = 0; j < n_kv; j++) {
+            if (j + kAhead < n_kv) prefetch_row(kh + (j + kAhead) * kv_stride, hd);
             pairs_of(kh + j * kv_stride, krow.data());
             for (int p = 0; p < np; p++) kt[(size_t)(p * ldk + j)] = krow[(size_t)p];
         }
         for (int64_t jp = 0; 2 * jp < n_kv; jp++) {  // pair (key 2jp, key 2jp + 1) of each dimension
+            for (int64_t j = 2 * jp + kAhead; j < std::min(n_kv, 2 * jp + kAhead + 2); j++) prefetch_row(vh + j * kv_stride, hd);
             K.to_bf16(vh + 2 * jp * kv_stride, a.data(), hd);
             if (2 * jp + 1 < n_kv) K.to_bf16(vh + (2 * jp + 1) * kv_stride, b.data(), hd);
             else std::fill(b.begin(), b.end(), (uint16_t)0);
@@ -219,7 +235,10 @@ struct PackBF16 {
         }
     }
     void scores(const float* q, int64_t q_stride, int rows, int64_t nk, float scale, float* s) {
-        for (int r = 0; r < rows; r++) pairs_of(q + r * q_stride, &qp[(size_t)(r * np)]);
+        for (int r = 0; r < rows; r++) {
+            if (r + kAhead < rows) prefetch_row(q + (r + kAhead) * q_stride, hd);
+            pairs_of(q + r * q_stride, &qp[(size_t)(r * np)]);
+        }
         K.scores_bf16(qp.data(), np, rows, kt.data(), ldk, nk, np, scale, s);
     }
     void pv(float* p, int rows, int64_t nk, float* o) {
