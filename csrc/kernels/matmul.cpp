@@ -27,6 +27,7 @@
 #include "cpu.h"
 #include "errors.h"
 #include "fp16.h"
+#include "hot_buffer.h"
 #include "kernels/matmul_impl.h"
 #include "quants.h"
 #include "threadpool.h"
@@ -195,20 +196,6 @@ static void populate(const void* p, size_t n, bool write) {
 #endif
 }
 
-// A repacked weight's buffer: 64-byte aligned, and from 2 MB up aligned to 2 MB and marked for
-// transparent huge pages, so that the decoder's streams through it cross no 4 KB page boundaries
-// (where the hardware prefetchers stop) and miss the TLB 512x less.
-static void* alloc_weight_buffer(size_t n) {
-    constexpr size_t kHuge = (size_t)2 << 20;
-    const size_t align = n >= kHuge ? kHuge : 64;
-    void* p = std::aligned_alloc(align, (n + align - 1) / align * align);
-    if (!p) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (align == kHuge) madvise(p, n / kHuge * kHuge, MADV_HUGEPAGE);  // advice only
-#endif
-    return p;
-}
-
 static void prepare(MatW& w, ThreadPool* pool) {
     check_weight(w);
     w.repacked.reset();
@@ -216,7 +203,7 @@ static void prepare(MatW& w, ThreadPool* pool) {
     const int64_t groups = (w.n_out + kGroup - 1) / kGroup;
     const size_t gb = packed_group_bytes(w.type, w.n_in);
     const size_t total = (size_t)groups * gb;
-    void* mem = alloc_weight_buffer(total);
+    void* mem = hot_alloc(total);
     std::shared_ptr<uint8_t> buf((uint8_t*)mem, [](uint8_t* p) { std::free(p); });
     const size_t rb = row_bytes(w.type, w.n_in);
     auto work = [&](int64_t g0, int64_t g1, int) {

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "hot_buffer.h"
 #include "kernels/matmul.h"
 
 namespace tg {
@@ -69,12 +70,12 @@ struct VisionWeights {
 
 // Scratch of one encoder run, sized once from the hyperparameters.
 struct VisionScratch {
-    std::vector<float> patches;  // [n_patches, 3*p*p]
-    std::vector<float> x;        // [n_tokens, n_embd] residual stream
-    std::vector<float> h;        // [n_tokens, n_embd]
-    std::vector<float> qkv;      // [n_tokens, 3*n_embd]
-    std::vector<float> att;      // [n_tokens, n_embd]
-    std::vector<float> ff;       // [n_tokens, n_ff]
+    HotVector<float> patches;  // [n_patches, 3*p*p]
+    HotVector<float> x;        // [n_tokens, n_embd] residual stream
+    HotVector<float> h;        // [n_tokens, n_embd]
+    HotVector<float> qkv;      // [n_tokens, 3*n_embd]
+    HotVector<float> att;      // [n_tokens, n_embd]
+    HotVector<float> ff;       // [n_tokens, n_ff]
 
     explicit VisionScratch(const VisionHparams& hp);
 };
