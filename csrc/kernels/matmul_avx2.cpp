@@ -154,34 +154,39 @@ void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     const ActQ8& a = *A.a8;
     const int64_t nb = a.nb, k = a.k;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256 acc[NT];
+    __m256 acc[NT], t[NT];
     for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    auto block = [&](int64_t b) __attribute__((always_inline)) {
+        const uint8_t* blk = wg + pair_quant_off<kPackQ4_0>(b);
+        const __m256 dw = load_ph(wg + pair_scale_off<kPackQ4_0>(b) + 16 * h);
+        __m256i lo[4], hi[4];
+        for (int s = 0; s < 4; s++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + 64 * s + 32 * h));
+            lo[s] = _mm256_and_si256(v, m4);
+            hi[s] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        }
+        for (int j = 0; j < NT; j++) {
+            const int64_t ii = (i0 + j) * nb + b;
+            const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK4_0;
+            __m256i s0 = _mm256_set1_epi32(-8 * a.sum[ii]), s1 = _mm256_setzero_si256();
+            s0 = dp4(s0, lo[0], bc(xq));
+            s1 = dp4(s1, lo[1], bc(xq + 4));
+            s0 = dp4(s0, lo[2], bc(xq + 8));
+            s1 = dp4(s1, lo[3], bc(xq + 12));
+            s0 = dp4(s0, hi[0], bc(xq + 16));
+            s1 = dp4(s1, hi[1], bc(xq + 20));
+            s0 = dp4(s0, hi[2], bc(xq + 24));
+            s1 = dp4(s1, hi[3], bc(xq + 28));
+            t[j] = _mm256_fmadd_ps(dw, _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), t[j]);
+        }
+    };
     for (int64_t c = 0; c < a.ng; c++) {
-        __m256 t[NT];
         for (int j = 0; j < NT; j++) t[j] = _mm256_setzero_ps();
-        for (int64_t b = c * kActGroupQ4_0; b < std::min(nb, (c + 1) * kActGroupQ4_0); b++) {
-            const uint8_t* blk = wg + pair_quant_off<kPackQ4_0>(b);
-            const __m256 dw = load_ph(wg + pair_scale_off<kPackQ4_0>(b) + 16 * h);
-            __m256i lo[4], hi[4];
-            for (int s = 0; s < 4; s++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + 64 * s + 32 * h));
-                lo[s] = _mm256_and_si256(v, m4);
-                hi[s] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            }
-            for (int j = 0; j < NT; j++) {
-                const int64_t ii = (i0 + j) * nb + b;
-                const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK4_0;
-                __m256i s0 = _mm256_set1_epi32(-8 * a.sum[ii]), s1 = _mm256_setzero_si256();
-                s0 = dp4(s0, lo[0], bc(xq));
-                s1 = dp4(s1, lo[1], bc(xq + 4));
-                s0 = dp4(s0, lo[2], bc(xq + 8));
-                s1 = dp4(s1, lo[3], bc(xq + 12));
-                s0 = dp4(s0, hi[0], bc(xq + 16));
-                s1 = dp4(s1, hi[1], bc(xq + 20));
-                s0 = dp4(s0, hi[2], bc(xq + 24));
-                s1 = dp4(s1, hi[3], bc(xq + 28));
-                t[j] = _mm256_fmadd_ps(dw, _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), t[j]);
-            }
+        const int64_t b0 = c * kActGroupQ4_0, b1 = std::min(nb, b0 + kActGroupQ4_0);
+        if (b1 - b0 == 4) {  // whole groups unrolled (a loop of unknown count: 3% slower)
+            block(b0); block(b0 + 1); block(b0 + 2); block(b0 + 3);
+        } else {
+            for (int64_t b = b0; b < b1; b++) block(b);
         }
         for (int j = 0; j < NT; j++) acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(a.d[(i0 + j) * a.ng + c]), t[j], acc[j]);
     }
