@@ -244,6 +244,22 @@ def test_decode_streams_bit_identical(ty):
                 assert diff.size == 0, f"{ty}/{isa} {n_out}x{n_in} threads={threads}: {diff.size} outputs differ"
 
 
+@pytest.mark.skipif(not SIMD, reason="no SIMD path on this machine")
+@pytest.mark.parametrize("ty", TYPES)
+def test_long_prompt_in_activation_chunks(ty):
+    """Enough rows of a wide input that the SIMD prompt kernels take them in several chunks (about
+    384 KB of activations each, whole tiles): every row still equals the scalar path's."""
+    rng = np.random.default_rng(13)
+    n, n_in, n_out = 203, 4096, 37
+    _, wq, _ = make(ty, n_out, n_in, 17)
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    ys = run(ty, "scalar", wq, n_out, n_in, x, None)
+    for isa in SIMD:
+        y = run(ty, isa, wq, n_out, n_in, x, None)
+        diff = np.flatnonzero(y.view(np.uint32) != ys.view(np.uint32))
+        assert diff.size == 0, f"{ty}/{isa}: {diff.size} outputs differ, first rows {np.unique(diff // n_out)[:5]}"
+
+
 @pytest.mark.parametrize("ty", TYPES)
 def test_thread_count_invariance(ty):
     rng = np.random.default_rng(2)

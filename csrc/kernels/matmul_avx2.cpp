@@ -182,7 +182,7 @@ void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     };
     for (int64_t c = 0; c < a.ng; c++) {
         for (int j = 0; j < NT; j++) t[j] = _mm256_setzero_ps();
-        const int64_t b0 = c * kActGroupQ4_0, b1 = std::min(nb, b0 + kActGroupQ4_0);
+        const int64_t b0 = c * a.gb, b1 = std::min(nb, b0 + a.gb);
         if (b1 - b0 == 4) {  // whole groups unrolled (a loop of unknown count: 3% slower)
             block(b0); block(b0 + 1); block(b0 + 2); block(b0 + 3);
         } else {
@@ -231,7 +231,7 @@ void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
     for (int64_t c = 0; c < a.ng; c++) {
         __m256 t[NG][2];
         for (int j = 0; j < NG; j++) t[j][0] = t[j][1] = _mm256_setzero_ps();
-        for (int64_t b = c * kActGroupQ4_0; b < std::min(a.nb, (c + 1) * kActGroupQ4_0); b++) {
+        for (int64_t b = c * a.gb; b < std::min(a.nb, (c + 1) * a.gb); b++) {
             const int8_t* xq = a.qs.data() + b * QK4_0;
             const __m256i corr = _mm256_set1_epi32(-8 * a.sum[b]);
             for (int j = 0; j < NG; j++)
