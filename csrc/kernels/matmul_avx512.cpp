@@ -244,16 +244,17 @@ __attribute__((always_inline)) inline void q8_0_block(const ActQ8& a, const uint
     q8_block<Q8_0W, NT, NG>(a, wg, b, i0, acc);
 }
 
-// One activation scale group c (a.gb blocks, the last group fewer) of NG groups x NT rows:
-// t = fma(dw, float(isum), t) per block, then acc = fma(dx, t, acc).
+// One activation scale group c (kActGroupQ4_0 blocks, the last group fewer) of NG groups x NT rows:
+// t = fma(dw, float(isum), t) per block, then acc = fma(dx, t, acc). (The group size as a constant, not
+// a.gb, which always equals it for Q4_0: the 1408-wide ViT products ran 7% faster so.)
 template <int NT, int NG>
 __attribute__((always_inline)) inline void q4_0_group(const ActQ8& a, const uint8_t* const* wg, int64_t c, int64_t i0,
                                                       __m512 (&acc)[NG][NT]) {
     __m512 t[NG][NT];
     for (int g = 0; g < NG; g++)
         for (int j = 0; j < NT; j++) t[g][j] = _mm512_setzero_ps();
-    const int64_t b1 = std::min(a.nb, (c + 1) * a.gb);
-    for (int64_t b = c * a.gb; b < b1; b++) {
+    const int64_t b1 = std::min(a.nb, (c + 1) * kActGroupQ4_0);
+    for (int64_t b = c * kActGroupQ4_0; b < b1; b++) {
         if constexpr (NT == 1) {
             const ActRegs x(a.qs.data() + i0 * a.k + b * QK8_0);
             const __m512i corr = _mm512_set1_epi32(a.corr[i0 * a.nb + b]);
