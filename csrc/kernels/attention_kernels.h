@@ -34,7 +34,6 @@
 
 namespace tg {
 
-
 struct AttnKernels {
     // Row path.
     float (*dot_f32)(const float* q, const float* k, int n);
