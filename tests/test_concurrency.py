@@ -135,8 +135,10 @@ def test_gil_released_during_compute(big_model):
 
 
 def test_sessions_overlap_in_time(big_model):
-    """Two threads' eval calls are in flight at the same moment (each records when it is inside)."""
-    ids = np.arange(200, dtype=np.int32) % big_model.n_vocab
+    """Two threads' eval calls are in flight at the same moment (each records when it is inside). One
+    call each, so that a held GIL would leave the probe no chance to see both inside: the call is made
+    long (500 positions, ~25 ms here) and the probe samples every 0.2 ms."""
+    ids = np.arange(500, dtype=np.int32) % big_model.n_vocab
     sessions = [_core.Session(big_model, 512, 1, False) for _ in range(2)]
     inside = [0]
     both = [0]  # probe samples that saw both calls in flight
@@ -148,7 +150,7 @@ def test_sessions_overlap_in_time(big_model):
         while not stop.is_set():
             with lock:
                 both[0] += inside[0] == 2
-            time.sleep(0.001)
+            time.sleep(0.0002)
 
     def work(s):
         barrier.wait()
