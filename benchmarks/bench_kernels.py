@@ -59,14 +59,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--types", default=",".join(TYPES))
-    ap.add_argument("--isa", default="", help="comma-separated subset of scalar,avx2,avx512 (default: all supported)")
+    ap.add_argument("--isa", default="", help="comma-separated subset of scalar,avx2,avx512,neon (default: all supported)")
     ap.add_argument("--quick", action="store_true", help="shorter timing runs")
     ap.add_argument("--cpu-time", action="store_true", help="1 thread, CPU time of the calling thread")
     args = ap.parse_args()
     threads = 1 if args.cpu_time else args.threads
     min_time = 0.3 if args.quick else 1.0
     types = [t.strip().upper() for t in args.types.split(",") if t.strip()]
-    isas = [s for s in (args.isa.split(",") if args.isa else ["scalar", "avx2", "avx512"]) if _core.isa_supported(s)]
+    isas = [s for s in (args.isa.split(",") if args.isa else ["scalar", "avx2", "avx512", "neon"]) if _core.isa_supported(s)]
     rng = np.random.default_rng(0)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"threads={threads} clock={'thread CPU time' if args.cpu_time else 'wall'} best isa={_core.isa_best()} "

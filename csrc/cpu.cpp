@@ -10,6 +10,15 @@
 #if defined(TINYGPTV_X86)
 #include <cpuid.h>
 #endif
+#if defined(TINYGPTV_ARM) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#endif
+#if defined(TINYGPTV_ARM) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
 
 namespace tg {
 
@@ -17,6 +26,7 @@ namespace {
 
 struct Features {
     bool avx2 = false, avx512 = false, avx512_bf16 = false;
+    bool neon_dot = false;  // AArch64 NEON with sdot (ARMv8.2 dot product)
 };
 
 Features detect() {
@@ -37,6 +47,13 @@ Features detect() {
     f.avx2 = ymm_os && avx2 && fma && f16c;
     f.avx512 = f.avx2 && zmm_os && f512 && dq && bw && vl && vnni;
     if (f.avx512 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512_bf16 = a & (1u << 5);
+#endif
+#if defined(TINYGPTV_ARM) && defined(__linux__)
+    f.neon_dot = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#elif defined(TINYGPTV_ARM) && defined(__APPLE__)
+    int v = 0;
+    size_t len = sizeof v;
+    f.neon_dot = sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &len, nullptr, 0) == 0 && v != 0;
 #endif
     return f;
 }
@@ -73,6 +90,7 @@ const char* isa_name(Isa isa) {
         case Isa::Scalar: return "scalar";
         case Isa::Avx2: return "avx2";
         case Isa::Avx512: return "avx512";
+        case Isa::Neon: return "neon";
     }
     return "?";
 }
@@ -81,7 +99,8 @@ Isa parse_isa(const char* name) {
     if (!std::strcmp(name, "scalar")) return Isa::Scalar;
     if (!std::strcmp(name, "avx2")) return Isa::Avx2;
     if (!std::strcmp(name, "avx512")) return Isa::Avx512;
-    throw ModelError(fmt("unknown instruction set '%s' (expected scalar, avx2 or avx512)", name));
+    if (!std::strcmp(name, "neon")) return Isa::Neon;
+    throw ModelError(fmt("unknown instruction set '%s' (expected scalar, avx2, avx512 or neon)", name));
 }
 
 bool isa_supported(Isa isa) {
@@ -89,6 +108,7 @@ bool isa_supported(Isa isa) {
         case Isa::Scalar: return true;
         case Isa::Avx2: return features().avx2;
         case Isa::Avx512: return features().avx512;
+        case Isa::Neon: return features().neon_dot;
     }
     return false;
 }
@@ -96,6 +116,7 @@ bool isa_supported(Isa isa) {
 Isa isa_best() {
     if (isa_supported(Isa::Avx512)) return Isa::Avx512;
     if (isa_supported(Isa::Avx2)) return Isa::Avx2;
+    if (isa_supported(Isa::Neon)) return Isa::Neon;
     return Isa::Scalar;
 }
 

@@ -1,11 +1,13 @@
-// Instruction-set selection for the SIMD kernels, decided once by CPUID.
-// TINYGPTV_ISA=scalar|avx2|avx512 in the environment forces a path (an unsupported choice is an
+// Instruction-set selection for the SIMD kernels, decided once at first use: CPUID on x86, the
+// kernel's hardware capabilities on AArch64 (NEON with the dot-product extension; on ARM only the
+// matrix products have a NEON path, attention and vector math run their scalar versions).
+// TINYGPTV_ISA=scalar|avx2|avx512|neon in the environment forces a path (an unsupported choice is an
 // error at first use). set_isa() switches at run time (tests use it to compare every path).
 #pragma once
 
 namespace tg {
 
-enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2, Neon = 3 };
 
 const char* isa_name(Isa isa);
 bool isa_supported(Isa isa);  // compiled in and supported by this CPU and OS

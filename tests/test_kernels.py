@@ -19,7 +19,7 @@ from gguf.quants import quantize as gg_quantize  # noqa: E402
 
 from tinygptv_native import ModelError, _core  # noqa: E402
 
-ISAS = [s for s in ("scalar", "avx2", "avx512") if _core.isa_supported(s)]
+ISAS = [s for s in ("scalar", "avx2", "avx512", "neon") if _core.isa_supported(s)]
 SIMD = [s for s in ISAS if s != "scalar"]
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"]
 BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_K": 256, "Q6_K": 256}
@@ -330,7 +330,7 @@ def test_isa_reporting():
     for isa in ISAS:
         _core.set_isa(isa)
         assert _core.isa() == isa
-    for isa in ("avx2", "avx512"):
+    for isa in ("avx2", "avx512", "neon"):
         if not _core.isa_supported(isa):
             with pytest.raises(ModelError, match="not supported"):
                 _core.set_isa(isa)

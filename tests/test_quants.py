@@ -151,7 +151,7 @@ def test_dot_product_error_ggml_limit(name):
     x = ggml_data(4096, 1.0).reshape(1, -1)
     wq = _core.quantize(name, w)
     ref = float((w.astype(np.float64) @ x.astype(np.float64).T)[0, 0])
-    for isa in ("scalar", "avx2", "avx512"):
+    for isa in ("scalar", "avx2", "avx512", "neon"):
         if not _core.isa_supported(isa):
             continue
         _core.set_isa(isa)

@@ -19,7 +19,7 @@ import pytest
 
 from tinygptv_native import ModelError, _core
 
-ISAS = [s for s in ("scalar", "avx2", "avx512") if _core.isa_supported(s)]
+ISAS = [s for s in ("scalar", "avx2", "avx512", "neon") if _core.isa_supported(s)]
 F32 = np.finfo(np.float32)
 
 

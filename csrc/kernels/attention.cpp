@@ -111,7 +111,7 @@ const AttnKernels& attn_kernels() {
     switch (isa_active()) {
         case Isa::Avx512: return cpu_has_avx512_bf16() ? attn_kernels_avx512() : attn_kernels_avx512_no_bf16();
         case Isa::Avx2: return attn_kernels_avx2();
-        case Isa::Scalar: break;
+        case Isa::Scalar: case Isa::Neon: break;
     }
 #endif
     return attn_kernels_scalar();

@@ -472,6 +472,20 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {
         }
     }
 #endif
+#if defined(TINYGPTV_ARM)
+    if (isa == Isa::Neon) {
+        switch (t) {
+            case GgmlType::F32: return neon::gemm_f32;
+            case GgmlType::F16: return neon::gemm_f16;
+            case GgmlType::BF16: return neon::gemm_bf16;
+            case GgmlType::Q8_0: return neon::gemm_q8_0;
+            case GgmlType::Q4_0: return neon::gemm_q4_0;
+            case GgmlType::Q4_K: return neon::gemm_q4_K;
+            case GgmlType::Q6_K: return neon::gemm_q6_K;
+            default: return nullptr;
+        }
+    }
+#endif
     (void)isa; (void)t;
     return nullptr;
 }

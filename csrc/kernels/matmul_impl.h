@@ -180,5 +180,16 @@ void gemm_q4_K(const GemmArgs&, int64_t, int64_t);
 void gemm_q6_K(const GemmArgs&, int64_t, int64_t);
 }  // namespace avx512
 #endif
+#if defined(TINYGPTV_ARM)
+namespace neon {  // the activation quantizers are the scalar ones
+void gemm_f32(const GemmArgs&, int64_t, int64_t);
+void gemm_f16(const GemmArgs&, int64_t, int64_t);
+void gemm_bf16(const GemmArgs&, int64_t, int64_t);
+void gemm_q8_0(const GemmArgs&, int64_t, int64_t);
+void gemm_q4_0(const GemmArgs&, int64_t, int64_t);
+void gemm_q4_K(const GemmArgs&, int64_t, int64_t);
+void gemm_q6_K(const GemmArgs&, int64_t, int64_t);
+}  // namespace neon
+#endif
 
 }  // namespace tg

@@ -63,7 +63,7 @@ const VecMath& vecmath() {
     switch (isa_active()) {
         case Isa::Avx512: return vecmath_avx512();
         case Isa::Avx2: return vecmath_avx2();
-        case Isa::Scalar: break;
+        case Isa::Scalar: case Isa::Neon: break;
     }
 #endif
     return vecmath_scalar();

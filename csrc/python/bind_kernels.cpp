@@ -272,9 +272,9 @@ void bind_kernels(py::module_& m) {
     m.def("isa", [] { return std::string(isa_name(isa_active())); }, "The instruction set the kernels use now.");
     m.def("isa_best", [] { return std::string(isa_name(isa_best())); }, "The fastest instruction set this CPU supports.");
     m.def("isa_supported", [](const std::string& name) { return isa_supported(parse_isa(name.c_str())); },
-          py::arg("name"), "Whether 'scalar', 'avx2' or 'avx512' can run here.");
+          py::arg("name"), "Whether 'scalar', 'avx2', 'avx512' or 'neon' can run here.");
     m.def("set_isa", [](const std::string& name) { set_isa(parse_isa(name.c_str())); }, py::arg("name"),
-          "Force the kernels onto 'scalar', 'avx2' or 'avx512' (weights prepared later use it).");
+          "Force the kernels onto 'scalar', 'avx2', 'avx512' or 'neon' (weights prepared later use it).");
     m.def("vec_math", &vec_math, py::arg("fn"), py::arg("x"),
           "Apply the engine's float32 'exp', 'erf', 'gelu_erf' or 'softmax' (over the last axis) to x.");
     m.def("quantize_act_q8", [](F32Array x, int group) {

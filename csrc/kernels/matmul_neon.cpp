@@ -1,0 +1,409 @@
+// NEON (AArch64 with the dot-product extension, ARMv8.2 +dotprod: Apple M1 and later, Graviton 2
+// and later, Cortex-A76/A55 and later) kernels over the repacked layout of matmul_impl.h. A 16-row
+// group is handled as four quarters of 4 rows (one 128-bit register: a lane per row); sdot
+// (vdotq_s32) accumulates 4 int8 products per row per lane, as vpdpbusd does on x86. Same arithmetic
+// per output as the scalar kernels, so results are bit-identical to them. The activation quantizers
+// are the scalar ones (the reference itself).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include <arm_neon.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/matmul_impl.h"
+#include "quants.h"
+
+namespace tg {
+namespace neon {
+
+namespace {
+
+// The 4 bytes at p in every 32-bit lane (one activation quad against 4 rows).
+inline int8x16_t bc(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return vreinterpretq_s8_s32(vdupq_n_s32(v));
+}
+
+inline int8x16_t ld_s8(const uint8_t* p) { return vreinterpretq_s8_u8(vld1q_u8(p)); }
+
+// 4 fp16 values as float (exact)
+inline float32x4_t load_ph(const uint8_t* p) {
+    uint16_t h[4];
+    std::memcpy(h, p, 8);
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
+}
+
+// 4 bytes at p widened to int32 lanes
+inline int32x4_t load_u8x4(const uint8_t* p) {
+    uint8_t b[8] = {0};
+    std::memcpy(b, p, 4);
+    return vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(vmovl_u8(vld1_u8(b)))));
+}
+inline int32x4_t load_s8x4(const uint8_t* p) {
+    int8_t b[8] = {0};
+    std::memcpy(b, p, 4);
+    return vmovl_s16(vget_low_s16(vmovl_s8(vld1_s8(b))));
+}
+
+// Rows 4q..4q+3 of group g, activation row i: y = acc (+ bias), the rows past n_out dropped.
+inline void store_out(const GemmArgs& A, int64_t i, int64_t g, int q, float32x4_t acc) {
+    const int64_t r0 = g * kGroup + 4 * q;
+    float* y = A.y + i * A.n_out + r0;
+    if (r0 + 4 <= A.n_out) {
+        if (A.bias) acc = vaddq_f32(acc, vld1q_f32(A.bias + r0));
+        vst1q_f32(y, acc);
+    } else if (r0 < A.n_out) {
+        float v[4];
+        vst1q_f32(v, acc);
+        for (int64_t e = 0; e < A.n_out - r0; e++) y[e] = A.bias ? v[e] + A.bias[r0 + e] : v[e];
+    }
+}
+
+// ---- float weights: acc = fma(w[k], x[k], acc) in k order ------------------------------------
+
+struct CvtF32 {
+    static constexpr size_t elem = 4;
+    static float32x4_t load(const uint8_t* p, int64_t kk, int q) { return vld1q_f32((const float*)p + kk * kGroup + 4 * q); }
+};
+struct CvtF16 {
+    static constexpr size_t elem = 2;
+    static float32x4_t load(const uint8_t* p, int64_t kk, int q) { return load_ph(p + kk * 32 + 8 * q); }
+};
+struct CvtBF16 {
+    static constexpr size_t elem = 2;
+    static float32x4_t load(const uint8_t* p, int64_t kk, int q) {
+        uint16_t h[4];
+        std::memcpy(h, p + kk * 32 + 8 * q, 8);
+        return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(h), 16));
+    }
+};
+
+// GB groups (g, g + gstep, ...) x 4 quarters x NT activation rows.
+template <typename C, int GB, int NT>
+void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0, int64_t gstep = 1) {
+    const int64_t k = A.n_in;
+    float32x4_t acc[4 * GB][NT];
+    for (int b = 0; b < 4 * GB; b++)
+        for (int j = 0; j < NT; j++) acc[b][j] = vdupq_n_f32(0.f);
+    const uint8_t* wg = A.w + (g - A.g_base) * gbytes;
+    const float* x = A.x + i0 * k;
+    for (int64_t kk = 0; kk < k; kk++) {
+        float32x4_t w[4 * GB];
+        for (int b = 0; b < 4 * GB; b++) w[b] = C::load(wg + (b / 4) * gstep * gbytes, kk, b & 3);
+        for (int j = 0; j < NT; j++) {
+            const float32x4_t xb = vdupq_n_f32(x[j * k + kk]);
+            for (int b = 0; b < 4 * GB; b++) acc[b][j] = vfmaq_f32(acc[b][j], w[b], xb);
+        }
+    }
+    for (int b = 0; b < 4 * GB; b++)
+        for (int j = 0; j < NT; j++) store_out(A, i0 + j, g + (b / 4) * gstep, b & 3, acc[b][j]);
+}
+
+template <typename C>
+void float_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
+    const size_t gbytes = (size_t)A.n_in * kGroup * C::elem;
+    if (A.n == 1) {  // two groups at once from the two halves of the range: two memory streams
+        const int64_t len = (g1 - g0) / 2;
+        for (int64_t g = g0; g < g0 + len; g++) float_tile<C, 2, 1>(A, gbytes, g, 0, len);
+        for (int64_t g = g0 + 2 * len; g < g1; g++) float_tile<C, 1, 1>(A, gbytes, g, 0);
+        return;
+    }
+    const int64_t chunk = act_chunk_rows(A.n, A.n_in * 4, 4);
+    for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
+        const int64_t c1 = std::min(A.n, c0 + chunk);
+        for (int64_t g = g0; g < g1; g++)
+            for (int64_t i = c0; i < c1; i += 4) {
+                switch (std::min<int64_t>(4, c1 - i)) {
+                    case 1: float_tile<C, 1, 1>(A, gbytes, g, i); break;
+                    case 2: float_tile<C, 1, 2>(A, gbytes, g, i); break;
+                    case 3: float_tile<C, 1, 3>(A, gbytes, g, i); break;
+                    default: float_tile<C, 1, 4>(A, gbytes, g, i); break;
+                }
+            }
+    }
+}
+
+// ---- Q8_0 / Q4_0 ------------------------------------------------------------------------------
+// A block's quants for quarter q: Q8_0 eight 16-byte slots (values 4s..4s+3 of 4 rows, stored
+// q + 128: xor 0x80 gives the signed value), Q4_0 four slots (low nibbles values 4s..4s+3, high
+// nibbles 16 + 4s.., stored q + 8; the dot starts from -8 * the activation block's sum).
+
+inline int32x4_t q8_0_isum(const int8x16_t (&w)[8], const int8_t* xq) {
+    int32x4_t s0 = vdupq_n_s32(0), s1 = vdupq_n_s32(0);
+    for (int s = 0; s < 8; s += 2) {
+        s0 = vdotq_s32(s0, w[s], bc(xq + 4 * s));
+        s1 = vdotq_s32(s1, w[s + 1], bc(xq + 4 * s + 4));
+    }
+    return vaddq_s32(s0, s1);
+}
+
+inline void q8_0_load(const uint8_t* blk, int8x16_t (&w)[8]) {
+    const uint8x16_t flip = vdupq_n_u8(0x80);
+    for (int s = 0; s < 8; s++) w[s] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(blk + 64 * s), flip));
+}
+
+inline int32x4_t q4_0_isum(const uint8_t* blk, const int8_t* xq, int32_t sum) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    int32x4_t s0 = vdupq_n_s32(-8 * sum), s1 = vdupq_n_s32(0);
+    for (int s = 0; s < 4; s += 2) {
+        const uint8x16_t v0 = vld1q_u8(blk + 64 * s), v1 = vld1q_u8(blk + 64 * s + 64);
+        s0 = vdotq_s32(s0, vreinterpretq_s8_u8(vandq_u8(v0, m4)), bc(xq + 4 * s));
+        s1 = vdotq_s32(s1, vreinterpretq_s8_u8(vandq_u8(v1, m4)), bc(xq + 4 * s + 4));
+        s0 = vdotq_s32(s0, vreinterpretq_s8_u8(vshrq_n_u8(v0, 4)), bc(xq + 16 + 4 * s));
+        s1 = vdotq_s32(s1, vreinterpretq_s8_u8(vshrq_n_u8(v1, 4)), bc(xq + 20 + 4 * s));
+    }
+    return vaddq_s32(s0, s1);
+}
+
+template <int NT>
+void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) {
+    const ActQ8& a = *A.a8;
+    float32x4_t acc[NT];
+    for (int j = 0; j < NT; j++) acc[j] = vdupq_n_f32(0.f);
+    for (int64_t b = 0; b < a.nb; b++) {
+        int8x16_t w[8];
+        q8_0_load(wg + pair_quant_off<kPackQ8_0>(b) + 16 * q, w);
+        const float32x4_t dw = load_ph(wg + pair_scale_off<kPackQ8_0>(b) + 8 * q);
+        for (int j = 0; j < NT; j++) {
+            const int64_t ii = (i0 + j) * a.nb + b;
+            const int32x4_t isum = q8_0_isum(w, a.qs.data() + (i0 + j) * a.k + b * QK8_0);
+            acc[j] = vfmaq_f32(acc[j], vmulq_f32(dw, vdupq_n_f32(a.d[ii])), vcvtq_f32_s32(isum));
+        }
+    }
+    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, q, acc[j]);
+}
+
+template <int NT>
+void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) {
+    const ActQ8& a = *A.a8;
+    float32x4_t acc[NT];
+    for (int j = 0; j < NT; j++) acc[j] = vdupq_n_f32(0.f);
+    for (int64_t c = 0; c < a.ng; c++) {
+        float32x4_t t[NT];
+        for (int j = 0; j < NT; j++) t[j] = vdupq_n_f32(0.f);
+        for (int64_t b = c * a.gb; b < std::min(a.nb, (c + 1) * a.gb); b++) {
+            const uint8_t* blk = wg + pair_quant_off<kPackQ4_0>(b) + 16 * q;
+            const float32x4_t dw = load_ph(wg + pair_scale_off<kPackQ4_0>(b) + 8 * q);
+            for (int j = 0; j < NT; j++) {
+                const int64_t ii = (i0 + j) * a.nb + b;
+                const int32x4_t isum = q4_0_isum(blk, a.qs.data() + (i0 + j) * a.k + b * QK4_0, a.sum[ii]);
+                t[j] = vfmaq_f32(t[j], dw, vcvtq_f32_s32(isum));
+            }
+        }
+        for (int j = 0; j < NT; j++) acc[j] = vfmaq_f32(acc[j], vdupq_n_f32(a.d[(i0 + j) * a.ng + c]), t[j]);
+    }
+    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, q, acc[j]);
+}
+
+// Decode (one activation row) over NG groups taken from NG separate places of the weight, all
+// four quarters of each: NG memory streams per core. Per output the arithmetic of the tiles.
+template <int NG>
+void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
+    const ActQ8& a = *A.a8;
+    float32x4_t acc[NG][4];
+    for (int j = 0; j < NG; j++)
+        for (int q = 0; q < 4; q++) acc[j][q] = vdupq_n_f32(0.f);
+    for (int64_t b = 0; b < a.nb; b++) {
+        const int8_t* xq = a.qs.data() + b * QK8_0;
+        const float32x4_t dx = vdupq_n_f32(a.d[b]);
+        for (int j = 0; j < NG; j++)
+            for (int q = 0; q < 4; q++) {
+                int8x16_t w[8];
+                q8_0_load(wg[j] + pair_quant_off<kPackQ8_0>(b) + 16 * q, w);
+                const float32x4_t dw = load_ph(wg[j] + pair_scale_off<kPackQ8_0>(b) + 8 * q);
+                acc[j][q] = vfmaq_f32(acc[j][q], vmulq_f32(dw, dx), vcvtq_f32_s32(q8_0_isum(w, xq)));
+            }
+    }
+    for (int j = 0; j < NG; j++)
+        for (int q = 0; q < 4; q++) store_out(A, 0, g[j], q, acc[j][q]);
+}
+
+template <int NG>
+void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
+    const ActQ8& a = *A.a8;
+    float32x4_t acc[NG][4];
+    for (int j = 0; j < NG; j++)
+        for (int q = 0; q < 4; q++) acc[j][q] = vdupq_n_f32(0.f);
+    for (int64_t c = 0; c < a.ng; c++) {
+        const float32x4_t dx = vdupq_n_f32(a.d[c]);
+        const int64_t b0 = c * a.gb, b1 = std::min(a.nb, (c + 1) * a.gb);
+        for (int j = 0; j < NG; j++)  // one scale group of each stream in turn (t: one register)
+            for (int q = 0; q < 4; q++) {
+                float32x4_t t = vdupq_n_f32(0.f);
+                for (int64_t b = b0; b < b1; b++) {
+                    const float32x4_t dw = load_ph(wg[j] + pair_scale_off<kPackQ4_0>(b) + 8 * q);
+                    const int32x4_t isum = q4_0_isum(wg[j] + pair_quant_off<kPackQ4_0>(b) + 16 * q,
+                                                     a.qs.data() + b * QK4_0, a.sum[b]);
+                    t = vfmaq_f32(t, dw, vcvtq_f32_s32(isum));
+                }
+                acc[j][q] = vfmaq_f32(acc[j][q], dx, t);
+            }
+    }
+    for (int j = 0; j < NG; j++)
+        for (int q = 0; q < 4; q++) store_out(A, 0, g[j], q, acc[j][q]);
+}
+
+// ---- K-quants ----------------------------------------------------------------------------------
+// One super-block b of quarter q of a group (wg: the group's data) against NT activation rows from
+// i0, acc[j] updated with the arithmetic of matmul_impl.h.
+
+template <int NT>
+inline void q4_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int64_t i0, float32x4_t (&acc)[NT]) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    const uint8_t* blk = wg + b * kPackQ4_K;
+    const uint8_t* qs = blk + 320 + 16 * q;
+    int32x4_t isum[NT];
+    for (int j = 0; j < NT; j++) isum[j] = vdupq_n_s32(0);
+    for (int c = 0; c < 4; c++) {
+        int32x4_t ae[NT], ao[NT];
+        for (int j = 0; j < NT; j++) ae[j] = ao[j] = vdupq_n_s32(0);
+        for (int s = 0; s < 8; s++) {
+            const uint8x16_t v = vld1q_u8(qs + 64 * (8 * c + s));
+            const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(v, m4)), hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+            for (int j = 0; j < NT; j++) {
+                const int8_t* xq = a.qs.data() + (i0 + j) * a.k + b * QK_K + 64 * c + 4 * s;
+                ae[j] = vdotq_s32(ae[j], lo, bc(xq));
+                ao[j] = vdotq_s32(ao[j], hi, bc(xq + 32));
+            }
+        }
+        const int32x4_t sce = load_u8x4(blk + 64 + 16 * (2 * c) + 4 * q);
+        const int32x4_t sco = load_u8x4(blk + 64 + 16 * (2 * c + 1) + 4 * q);
+        for (int j = 0; j < NT; j++) isum[j] = vmlaq_s32(vmlaq_s32(isum[j], ae[j], sce), ao[j], sco);
+    }
+    const float32x4_t dw = load_ph(blk + 8 * q);
+    const float32x4_t dm = load_ph(blk + 32 + 8 * q);
+    int16x8_t mp[4];  // (m of sub-block 2p, m of 2p + 1) of each of the 4 rows
+    for (int p = 0; p < 4; p++) mp[p] = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(blk + 192 + 32 * p + 8 * q)));
+    for (int j = 0; j < NT; j++) {
+        const int64_t ii = (i0 + j) * a.nb + b;
+        const int32_t* pr = a.pair32.data() + ii * 4;  // (sum of sub-block 2p, of 2p + 1) as int16 pairs
+        int32x4_t msum = vdupq_n_s32(0);
+        for (int p = 0; p < 4; p++) {
+            const int16x8_t x2 = vreinterpretq_s16_s32(vdupq_n_s32(pr[p]));
+            msum = vaddq_s32(msum, vpaddq_s32(vmull_s16(vget_low_s16(mp[p]), vget_low_s16(x2)),
+                                              vmull_high_s16(mp[p], x2)));
+        }
+        const float32x4_t dx = vdupq_n_f32(a.d[ii]);
+        acc[j] = vfmaq_f32(acc[j], vmulq_f32(dw, dx), vcvtq_f32_s32(isum[j]));
+        acc[j] = vfmsq_f32(acc[j], vmulq_f32(dm, dx), vcvtq_f32_s32(msum));
+    }
+}
+
+template <int NT>
+inline void q6_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int64_t i0, float32x4_t (&acc)[NT]) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), m30 = vdupq_n_u8(0x30);
+    const uint8_t* blk = wg + b * kPackQ6_K;
+    const uint8_t* qq = blk + 288 + 16 * q;
+    int32x4_t isum[NT];
+    for (int j = 0; j < NT; j++) isum[j] = vdupq_n_s32(0);
+    for (int t = 0; t < 16; t++) {
+        const uint8x16_t l0 = vld1q_u8(qq + 192 * t), l1 = vld1q_u8(qq + 192 * t + 64);
+        const uint8x16_t hb = vld1q_u8(qq + 192 * t + 128);
+        const int8x16_t u0 = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(l0, m4), vandq_u8(vshlq_n_u8(hb, 4), m30)));
+        const int8x16_t u1 = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(l0, 4), vandq_u8(vshlq_n_u8(hb, 2), m30)));
+        const int8x16_t u2 = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(l1, m4), vandq_u8(hb, m30)));
+        const int8x16_t u3 = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(l1, 4), vandq_u8(vshrq_n_u8(hb, 2), m30)));
+        const int32x4_t sc = load_s8x4(blk + 32 + 16 * t + 4 * q);
+        for (int j = 0; j < NT; j++) {
+            const int64_t ii = (i0 + j) * a.nb + b;
+            const int8_t* xq = a.qs.data() + (i0 + j) * a.k + b * QK_K + 16 * t;
+            int32x4_t s = vdupq_n_s32(-32 * a.bsum[ii * 16 + t]);
+            s = vdotq_s32(s, u0, bc(xq));
+            s = vdotq_s32(s, u1, bc(xq + 4));
+            s = vdotq_s32(s, u2, bc(xq + 8));
+            s = vdotq_s32(s, u3, bc(xq + 12));
+            isum[j] = vmlaq_s32(isum[j], s, sc);
+        }
+    }
+    const float32x4_t dw = load_ph(blk + 8 * q);
+    for (int j = 0; j < NT; j++) {
+        const float32x4_t dx = vdupq_n_f32(a.d[(i0 + j) * a.nb + b]);
+        acc[j] = vfmaq_f32(acc[j], vmulq_f32(dw, dx), vcvtq_f32_s32(isum[j]));
+    }
+}
+
+// The prompt tile (NT activation rows of one group, one quarter q) and the decode kernel (one row,
+// NG groups, every quarter) of each K-quant type, made from its super-block routine.
+#define TG_TILE_AND_VEC(NAME, SUPER)                                                                 \
+    template <int NT>                                                                                \
+    void NAME##_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) {           \
+        const ActQ8K& a = *A.ak;                                                                     \
+        float32x4_t acc[NT];                                                                         \
+        for (int j = 0; j < NT; j++) acc[j] = vdupq_n_f32(0.f);                                      \
+        for (int64_t b = 0; b < a.nb; b++) SUPER<NT>(a, wg, b, q, i0, acc);                          \
+        for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, q, acc[j]);                             \
+    }                                                                                                \
+    template <int NG>                                                                                \
+    void NAME##_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {                 \
+        const ActQ8K& a = *A.ak;                                                                     \
+        float32x4_t acc[NG][4][1];                                                                   \
+        for (int j = 0; j < NG; j++)                                                                 \
+            for (int q = 0; q < 4; q++) acc[j][q][0] = vdupq_n_f32(0.f);                             \
+        for (int64_t b = 0; b < a.nb; b++)                                                           \
+            for (int j = 0; j < NG; j++)                                                             \
+                for (int q = 0; q < 4; q++) SUPER<1>(a, wg[j], b, q, 0, acc[j][q]);                  \
+        for (int j = 0; j < NG; j++)                                                                 \
+            for (int q = 0; q < 4; q++) store_out(A, 0, g[j], q, acc[j][q][0]);                      \
+    }
+
+TG_TILE_AND_VEC(q4_K, q4_K_super)
+TG_TILE_AND_VEC(q6_K, q6_K_super)
+#undef TG_TILE_AND_VEC
+
+using TileFn = void (*)(const GemmArgs&, const uint8_t*, int64_t, int64_t, int);
+
+// Row groups outer, quarters, then activation tiles of up to 4 rows (the unpacked weights of a
+// block are reused across the tile); activations are taken in L2-sized chunks.
+void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const TileFn tiles[4]) {
+    const int64_t chunk = act_chunk_rows(A.n, A.n_in, 4);
+    for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
+        const int64_t c1 = std::min(A.n, c0 + chunk);
+        for (int64_t g = g0; g < g1; g++) {
+            const uint8_t* wg = A.w + (g - A.g_base) * gbytes;
+            for (int q = 0; q < 4; q++) {
+                if (g * kGroup + 4 * q >= A.n_out) break;
+                for (int64_t i = c0; i < c1; i += 4) tiles[std::min<int64_t>(4, c1 - i) - 1](A, wg, g, i, q);
+            }
+        }
+    }
+}
+
+}  // namespace
+
+void gemm_f32(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF32>(A, g0, g1); }
+void gemm_f16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF16>(A, g0, g1); }
+void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(A, g0, g1); }
+
+void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
+    const size_t gbytes = packed_group_bytes(GgmlType::Q8_0, A.n_in);
+    if (A.n == 1) return decode_streams<q8_0_vec<kDecodeStreams>, q8_0_vec<1>>(A, g0, g1, gbytes);
+    static const TileFn t[4] = {q8_0_tile<1>, q8_0_tile<2>, q8_0_tile<3>, q8_0_tile<4>};
+    quant_gemm(A, g0, g1, gbytes, t);
+}
+void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
+    const size_t gbytes = packed_group_bytes(GgmlType::Q4_0, A.n_in);
+    if (A.n == 1) return decode_streams<q4_0_vec<kDecodeStreams>, q4_0_vec<1>>(A, g0, g1, gbytes);
+    static const TileFn t[4] = {q4_0_tile<1>, q4_0_tile<2>, q4_0_tile<3>, q4_0_tile<4>};
+    quant_gemm(A, g0, g1, gbytes, t);
+}
+void gemm_q4_K(const GemmArgs& A, int64_t g0, int64_t g1) {
+    const size_t gbytes = (A.n_in / QK_K) * kPackQ4_K;
+    if (A.n == 1) return decode_streams<q4_K_vec<kDecodeStreams>, q4_K_vec<1>>(A, g0, g1, gbytes);
+    static const TileFn t[4] = {q4_K_tile<1>, q4_K_tile<2>, q4_K_tile<3>, q4_K_tile<4>};
+    quant_gemm(A, g0, g1, gbytes, t);
+}
+void gemm_q6_K(const GemmArgs& A, int64_t g0, int64_t g1) {
+    const size_t gbytes = (A.n_in / QK_K) * kPackQ6_K;
+    if (A.n == 1) return decode_streams<q6_K_vec<kDecodeStreams>, q6_K_vec<1>>(A, g0, g1, gbytes);
+    static const TileFn t[4] = {q6_K_tile<1>, q6_K_tile<2>, q6_K_tile<3>, q6_K_tile<4>};
+    quant_gemm(A, g0, g1, gbytes, t);
+}
+
+}  // namespace neon
+}  // namespace tg
