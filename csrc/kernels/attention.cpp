@@ -113,6 +113,8 @@ const AttnKernels& attn_kernels() {
         case Isa::Avx2: return attn_kernels_avx2();
         case Isa::Scalar: case Isa::Neon: break;
     }
+#elif defined(TINYGPTV_ARM)
+    if (isa_active() == Isa::Neon) return attn_kernels_neon();
 #endif
     return attn_kernels_scalar();
 }

@@ -1,6 +1,6 @@
 // Inner loops of attention (ops.h: attention()), with a plain scalar version (attention.cpp) and
-// AVX2 / AVX-512 versions (attention_avx2.cpp, attention_avx512.cpp) of the same arithmetic, so
-// results are bit-identical on every path and for any thread count. Not part of the engine's API.
+// AVX2 / AVX-512 / NEON versions (attention_avx2.cpp, attention_avx512.cpp, attention_neon.cpp) of the
+// same arithmetic, so results are bit-identical on every path and for any thread count. Not part of the engine's API.
 //
 // Two ways to compute one query row against its keys; the caller picks one from the shapes only:
 //
@@ -61,6 +61,7 @@ struct AttnKernels {
 const AttnKernels& attn_kernels_scalar();
 const AttnKernels& attn_kernels_avx2();    // only when the CPU supports it (cpu.h)
 const AttnKernels& attn_kernels_avx512();  // only when the CPU supports it (cpu.h)
+const AttnKernels& attn_kernels_neon();    // AArch64 builds only
 const AttnKernels& attn_kernels();         // the set for the active instruction set (isa_active())
 
 }  // namespace tg

@@ -1,17 +1,24 @@
 // A float vector type for the SIMD kernel files: `Vec` is 8 lanes (AVX2 + FMA + F16C) in *_avx2.cpp
-// files and 16 lanes (AVX-512) in *_avx512.cpp files, with the few operations the kernels written
-// once for both (vecmath_simd.h, attention_simd.h) need. Every operation is the IEEE one of its
-// scalar counterpart, so a lane computes exactly what the scalar code computes.
+// files, 16 lanes (AVX-512) in *_avx512.cpp files and 4 lanes (AArch64 NEON) in *_neon.cpp files,
+// with the few operations the kernels written once for all (vecmath_simd.h, attention_simd.h) need.
+// Every operation is the IEEE one of its scalar counterpart, so a lane computes exactly what the
+// scalar code computes.
 #pragma once
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 
 #include <cstdint>
+#include <cstring>
 
 #include "fp16.h"
 
 namespace tg {
 namespace {
 
+#if defined(__AVX2__) || defined(__AVX512F__)
 // Lanes l += l + 4, l += l + 2, l += l + 1 of 8 lanes; returns lane 0.
 inline float sum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -19,6 +26,7 @@ inline float sum8(__m256 v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
+#endif
 
 #if defined(__AVX512F__)
 struct Vec {
@@ -145,8 +153,75 @@ struct Vec {
         return _mm_cvtss_f32(m);
     }
 };
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+struct Vec {
+    static constexpr int W = 4;
+    float32x4_t v;
+    static Vec load(const float* p) { return {vld1q_f32(p)}; }
+    static Vec load_f16(const uint16_t* p) { return {vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)))}; }
+    static Vec set1(float x) { return {vdupq_n_f32(x)}; }
+    static Vec zero() { return {vdupq_n_f32(0.f)}; }
+    void store(float* p) const { vst1q_f32(p, v); }
+    // IEEE half, round to nearest even (the default rounding mode; fp16.h fp32_to_fp16)
+    void store_f16(uint16_t* p) const { vst1_u16(p, vreinterpret_u16_f16(vcvt_f16_f32(v))); }
+    friend Vec operator+(Vec a, Vec b) { return {vaddq_f32(a.v, b.v)}; }
+    friend Vec operator-(Vec a, Vec b) { return {vsubq_f32(a.v, b.v)}; }
+    friend Vec operator*(Vec a, Vec b) { return {vmulq_f32(a.v, b.v)}; }
+    friend Vec operator/(Vec a, Vec b) { return {vdivq_f32(a.v, b.v)}; }
+    static Vec fma(Vec a, Vec b, Vec c) { return {vfmaq_f32(c.v, a.v, b.v)}; }
+    // a > b ? a : b and a < b ? a : b, as x86's maxps / minps (fmax / vmaxq would treat NaN otherwise)
+    static Vec max(Vec a, Vec b) { return {vbslq_f32(vcgtq_f32(a.v, b.v), a.v, b.v)}; }
+    static Vec min(Vec a, Vec b) { return {vbslq_f32(vcltq_f32(a.v, b.v), a.v, b.v)}; }
+    static Vec abs(Vec a) { return {vabsq_f32(a.v)}; }
+    static Vec copysign(Vec a, Vec s) {
+        const uint32x4_t m = vandq_u32(vreinterpretq_u32_f32(s.v), vdupq_n_u32(0x80000000u));
+        return {vreinterpretq_f32_u32(vorrq_u32(vreinterpretq_u32_f32(a.v), m))};
+    }
+    static Vec select_lt(Vec a, Vec b, Vec x, Vec y) { return {vbslq_f32(vcltq_f32(a.v, b.v), x.v, y.v)}; }
+    static void pow2_split(Vec t, float shift, Vec& s1, Vec& s2) {
+        const int32x4_t n = vsubq_s32(vreinterpretq_s32_f32(t.v), vreinterpretq_s32_f32(vdupq_n_f32(shift)));
+        const int32x4_t n1 = vshrq_n_s32(n, 1), n2 = vsubq_s32(n, n1), b = vdupq_n_s32(127);
+        s1.v = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(n1, b), 23));
+        s2.v = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(n2, b), 23));
+    }
+    static Vec load_bits(const uint32_t* p) { return {vreinterpretq_f32_u32(vld1q_u32(p))}; }
+    static Vec set1_bits(uint32_t x) { return {vreinterpretq_f32_u32(vdupq_n_u32(x))}; }
+    // the two fmas of a bf16 pair step, the odd (high) halves first
+    static Vec dot_bf16(Vec acc, Vec a, Vec b) {
+        const uint32x4_t ai = vreinterpretq_u32_f32(a.v), bi = vreinterpretq_u32_f32(b.v), hi = vdupq_n_u32(0xffff0000u);
+        const float32x4_t acc1 = vfmaq_f32(acc.v, vreinterpretq_f32_u32(vandq_u32(ai, hi)), vreinterpretq_f32_u32(vandq_u32(bi, hi)));
+        return {vfmaq_f32(acc1, vreinterpretq_f32_u32(vshlq_n_u32(ai, 16)), vreinterpretq_f32_u32(vshlq_n_u32(bi, 16)))};
+    }
+    // bf16_round (fp16.h) of 4 floats (of the first n, n <= 4), in integer steps
+    static void to_bf16(const float* x, uint16_t* y, int n = 4) {
+        if (n < 4) {
+            for (int i = 0; i < n; i++) y[i] = bf16_round(x[i]);
+            return;
+        }
+        const uint32x4_t u = vld1q_u32((const uint32_t*)(const void*)x);
+        const uint32x4_t a = vandq_u32(u, vdupq_n_u32(0x7fffffff));
+        const uint32x4_t tiny = vcltq_u32(a, vdupq_n_u32(0x26800000)), nan = vcgtq_u32(a, vdupq_n_u32(0x7f800000));
+        const uint32x4_t hi = vshrq_n_u32(u, 16);
+        uint32x4_t r = vshrq_n_u32(vaddq_u32(u, vaddq_u32(vdupq_n_u32(0x7fff), vandq_u32(hi, vdupq_n_u32(1)))), 16);
+        r = vbslq_u32(nan, vorrq_u32(hi, vdupq_n_u32(0x40)), r);
+        r = vbicq_u32(r, tiny);
+        vst1_u16(y, vmovn_u32(r));
+    }
+    // lane_sum16 (vecmath.h) of the 16 lanes in a[0] (lanes 0-3) .. a[3] (lanes 12-15), in registers
+    static float sum16(const Vec* a) {
+        const float32x4_t s = vaddq_f32(vaddq_f32(a[0].v, a[2].v), vaddq_f32(a[1].v, a[3].v));  // l += l + 8, l + 4
+        const float32x4_t t = vaddq_f32(s, vextq_f32(s, s, 2));                                   // l += l + 2
+        return vgetq_lane_f32(t, 0) + vgetq_lane_f32(t, 1);                                      // l += l + 1
+    }
+    // lanes i vs i + 2, then 0 vs 1, each a > b ? a : b (the AVX2 order)
+    float reduce_max() const {
+        const Vec h = max(*this, Vec{vextq_f32(v, v, 2)});
+        const float a0 = vgetq_lane_f32(h.v, 0), a1 = vgetq_lane_f32(h.v, 1);
+        return a0 > a1 ? a0 : a1;
+    }
+};
 #else
-#error "simd_vec.h is for the *_avx2.cpp and *_avx512.cpp kernel files"
+#error "simd_vec.h is for the *_avx2.cpp, *_avx512.cpp and *_neon.cpp kernel files"
 #endif
 
 }  // namespace

@@ -65,6 +65,8 @@ const VecMath& vecmath() {
         case Isa::Avx2: return vecmath_avx2();
         case Isa::Scalar: case Isa::Neon: break;
     }
+#elif defined(TINYGPTV_ARM)
+    if (isa_active() == Isa::Neon) return vecmath_neon();
 #endif
     return vecmath_scalar();
 }

@@ -1,6 +1,6 @@
 // Vectorised float32 exp and erf, and the row operations built on them (exact GELU, softmax sums).
-// A plain scalar version (vecmath.cpp) and AVX2 / AVX-512 versions (vecmath_avx2.cpp,
-// vecmath_avx512.cpp) follow the same arithmetic, so results are bit-identical on every path:
+// A plain scalar version (vecmath.cpp) and AVX2 / AVX-512 / NEON versions (vecmath_avx2.cpp,
+// vecmath_avx512.cpp, vecmath_neon.cpp) follow the same arithmetic, so results are bit-identical on every path:
 //
 //   exp(x):  x = min(max(x, -104), 89)                     (NaN passes through)
 //            t = fma(x, log2(e), 1.5 * 2^23);  n = t - 1.5 * 2^23       (round to nearest integer)
@@ -130,6 +130,7 @@ struct VecMath {
 const VecMath& vecmath_scalar();
 const VecMath& vecmath_avx2();    // only when the CPU supports it (cpu.h)
 const VecMath& vecmath_avx512();  // only when the CPU supports it (cpu.h)
+const VecMath& vecmath_neon();    // AArch64 builds only
 const VecMath& vecmath();         // the set for the active instruction set (isa_active())
 
 }  // namespace tg

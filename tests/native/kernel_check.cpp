@@ -1,10 +1,15 @@
-// A standalone check of the matrix-product kernels, for machines the Python tests cannot reach: it
-// is built for AArch64 by tests/test_arm_kernels.py and run under an emulator there (qemu-aarch64),
-// and builds natively too. For every weight type, a set of shapes (odd block counts, a last row
-// group of fewer than 16 rows, decode and prompt row counts, with and without bias, zero rows) and
-// every instruction set this CPU supports, it requires the SIMD result to equal the scalar one bit
-// for bit with 1, 2 and 3 threads and with the weight prepared (repacked) or not, and the scalar
-// result to lie within a stated error of a double-precision product of the dequantized weights.
+// A standalone check of the SIMD kernels, for machines the Python tests cannot reach: it is built for
+// AArch64 by tests/test_native_kernel_check.py and run under an emulator there (qemu-aarch64), and builds
+// natively too. For every instruction set this CPU supports it requires:
+//  - matrix products: for every weight type and a set of shapes (odd block counts, a last row group
+//    of fewer than 16 rows, decode and prompt row counts, with and without bias, zero rows), the SIMD
+//    result equal to the scalar one bit for bit with 1, 2 and 3 threads and with the weight prepared
+//    (repacked) or not, and the scalar result within a stated error of a double-precision product of
+//    the dequantized weights;
+//  - vector math (exp, erf, GELUs, softmax sums, max, half conversions) on random and special values
+//    (zeros, infinities, NaN, denormals, the clamps' edges) and attention (row and blocked paths,
+//    float and half K/V, grouped heads, causal, bf16) equal to the scalar versions bit for bit, the
+//    attention with 1, 2 and 3 threads.
 //
 // Output: one line per instruction set, then "kernel_check: ... 0 mismatches"; exit status 1 on any
 // mismatch or error (the first few are printed).
@@ -18,8 +23,11 @@
 
 #include "cpu.h"
 #include "errors.h"
+#include "fp16.h"
 #include "ggml_type.h"
 #include "kernels/matmul.h"
+#include "kernels/ops.h"
+#include "kernels/vecmath.h"
 #include "quants.h"
 #include "threadpool.h"
 
@@ -124,6 +132,98 @@ void check_case(GgmlType type, const Shape& s, bool with_bias, std::mt19937& rng
     }
 }
 
+bool same_bits(const void* a, const void* b, size_t n) { return std::memcmp(a, b, n) == 0; }
+
+// Random values with the special ones mixed in.
+std::vector<float> vm_inputs(std::mt19937& rng, int n, float scale) {
+    std::normal_distribution<float> nd(0.f, scale);
+    const float special[] = {0.f, -0.f, INFINITY, -INFINITY, NAN, 88.72f, -103.97f, 89.f, -105.f, 1e-40f,
+                             -1e-40f, 3e38f, -3e38f, 0.921875f, -0.921875f, 1e-20f, 65504.f, 65520.f, 6e-8f};
+    std::vector<float> x((size_t)n);
+    for (auto& v : x) v = nd(rng);
+    for (int i = 0; i < n && i < (int)(sizeof special / sizeof *special); i++) x[(size_t)(i * 3 % n)] = special[i];
+    return x;
+}
+
+void check_vecmath(Isa isa, std::mt19937& rng) {
+    const VecMath& s = vecmath_scalar();
+    set_isa(isa);
+    const VecMath& v = vecmath();
+    for (int n : {1, 7, 37, 64, 301})
+        for (float scale : {1.f, 10.f}) {
+            const std::vector<float> x = vm_inputs(rng, n, scale);
+            const std::string at = std::string(isa_name(isa)) + " vecmath n=" + std::to_string(n) + " scale " +
+                                   std::to_string(scale) + ": ";
+            std::vector<float> a(x.size()), b(x.size());
+            s.exp(x.data(), a.data(), n); v.exp(x.data(), b.data(), n);
+            if (!same_bits(a.data(), b.data(), n * 4)) fail(at + "exp");
+            s.erf(x.data(), a.data(), n); v.erf(x.data(), b.data(), n);
+            if (!same_bits(a.data(), b.data(), n * 4)) fail(at + "erf");
+            a = x; b = x; s.gelu_erf(a.data(), n); v.gelu_erf(b.data(), n);
+            if (!same_bits(a.data(), b.data(), n * 4)) fail(at + "gelu_erf");
+            a = x; b = x; s.gelu_tanh(a.data(), n); v.gelu_tanh(b.data(), n);
+            if (!same_bits(a.data(), b.data(), n * 4)) fail(at + "gelu_tanh");
+            std::vector<float> f(x.size());  // softmax rows: finite, below the max given
+            for (int i = 0; i < n; i++) f[(size_t)i] = std::isfinite(x[(size_t)i]) ? std::fmin(x[(size_t)i], 50.f) : -1e30f;
+            a = f; b = f;
+            const float sa = s.exp_sum(a.data(), n, 50.f), sb = v.exp_sum(b.data(), n, 50.f);
+            if (!same_bits(a.data(), b.data(), n * 4) || !same_bits(&sa, &sb, 4)) fail(at + "exp_sum");
+            const float ma = s.max(x.data(), n), mb = v.max(x.data(), n);  // NaN never wins
+            if (!same_bits(&ma, &mb, 4)) fail(at + "max");
+            std::vector<uint16_t> ha((size_t)n), hb((size_t)n);
+            s.to_f16(x.data(), ha.data(), n); v.to_f16(x.data(), hb.data(), n);
+            if (!same_bits(ha.data(), hb.data(), n * 2)) fail(at + "to_f16");
+            s.from_f16(ha.data(), a.data(), n); v.from_f16(ha.data(), b.data(), n);
+            if (!same_bits(a.data(), b.data(), n * 4)) fail(at + "from_f16");
+            g_compared += 8;
+        }
+}
+
+struct AttnCase {
+    int64_t T, n_kv;
+    int n_head, n_head_kv, hd;
+    bool causal, kv_f16, bf16;
+};
+
+void check_attention(Isa isa, std::mt19937& rng) {
+    const AttnCase cases[] = {
+        {1, 37, 4, 2, 40, false, false, false}, {1, 37, 4, 4, 64, true, true, false},   // row path
+        {7, 50, 4, 2, 88, true, false, false},  {13, 13, 2, 2, 72, false, true, false},  // blocked
+        {33, 33, 2, 2, 16, true, false, false}, {9, 41, 2, 1, 66, false, false, true},   // bf16
+        {6, 6, 2, 2, 40, true, false, true},    {20, 20, 3, 3, 30, false, false, true},
+    };
+    std::normal_distribution<float> nd(0.f, 1.f);
+    for (const AttnCase& c : cases) {
+        const int64_t q_stride = c.n_head * c.hd, kv_stride = c.n_head_kv * c.hd;
+        std::vector<float> q((size_t)(c.T * q_stride)), k((size_t)(c.n_kv * kv_stride)), v(k.size());
+        for (auto& x : q) x = 2.f * nd(rng);
+        for (auto& x : k) x = nd(rng);
+        for (auto& x : v) x = nd(rng);
+        std::vector<uint16_t> kh(k.size()), vh(v.size());
+        for (size_t i = 0; i < k.size(); i++) kh[i] = fp32_to_fp16(k[i]), vh[i] = fp32_to_fp16(v[i]);
+        const void* kp = c.kv_f16 ? (const void*)kh.data() : (const void*)k.data();
+        const void* vp = c.kv_f16 ? (const void*)vh.data() : (const void*)v.data();
+        const float scale = 1.f / std::sqrt((float)c.hd);
+        auto run_attn = [&](Isa which, int threads) {
+            set_isa(which);
+            std::vector<float> out((size_t)(c.T * q_stride), -1.f);
+            ThreadPool pool(threads);
+            attention(q.data(), c.T, q_stride, kp, vp, kv_stride, c.kv_f16, c.n_kv, c.causal, c.n_kv - c.T, c.n_head,
+                      c.n_head_kv, c.hd, scale, out.data(), q_stride, pool, c.bf16);
+            return out;
+        };
+        const std::vector<float> ref = run_attn(Isa::Scalar, 1);
+        for (int threads = 1; threads <= 3; threads++) {
+            const std::vector<float> out = run_attn(isa, threads);
+            g_compared++;
+            if (!same_bits(out.data(), ref.data(), out.size() * 4))
+                fail(std::string(isa_name(isa)) + " attention T=" + std::to_string(c.T) + " n_kv=" +
+                     std::to_string(c.n_kv) + " hd=" + std::to_string(c.hd) + (c.bf16 ? " bf16" : "") +
+                     (c.kv_f16 ? " f16 kv" : "") + ", " + std::to_string(threads) + " threads");
+        }
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -149,7 +249,12 @@ int main() {
                 for (const Shape& s : block_shapes) check_case(t, s, (cases++ & 1) != 0, rng, isas);
             for (const Shape& s : super_shapes) check_case(t, s, (cases++ & 1) != 0, rng, isas);
         }
-        std::printf("kernel_check: %d cases, %ld SIMD results compared with the scalar ones, %d mismatches\n", cases,
+        for (Isa isa : isas) {
+            if (isa == Isa::Scalar) continue;
+            check_vecmath(isa, rng);
+            check_attention(isa, rng);
+        }
+        std::printf("kernel_check: %d matmul cases, %ld SIMD results compared with the scalar ones, %d mismatches\n", cases,
                     g_compared, g_fail);
         return g_fail ? 1 : 0;
     } catch (const std::exception& e) {
