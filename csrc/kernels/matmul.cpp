@@ -277,8 +277,23 @@ QuantActQ8Row quantize_act_q8_row_for(Isa isa) {
     if (isa == Isa::Avx512) return &avx512::quantize_act_q8_row;
     if (isa == Isa::Avx2) return &avx2::quantize_act_q8_row;
 #endif
+#if defined(TINYGPTV_ARM)
+    if (isa == Isa::Neon) return &neon::quantize_act_q8_row;
+#endif
     (void)isa;
     return &quantize_act_q8_row;
+}
+
+QuantActQ8KRow quantize_act_q8k_row_for(Isa isa) {
+#if defined(TINYGPTV_X86)
+    if (isa == Isa::Avx512) return &avx512::quantize_act_q8k_row;
+    if (isa == Isa::Avx2) return &avx2::quantize_act_q8k_row;
+#endif
+#if defined(TINYGPTV_ARM)
+    if (isa == Isa::Neon) return &neon::quantize_act_q8k_row;
+#endif
+    (void)isa;
+    return &quantize_act_q8k_row;
 }
 
 // offset: what the repacked weights add to each stored value (Q4_0 nibbles q + 8, Q8_0 bytes q + 128);
@@ -300,11 +315,7 @@ static void quantize_act_q8(const float* x, int64_t n, int64_t k, ActQ8& a, int3
 static void quantize_act_q8k(const float* x, int64_t n, int64_t k, ActQ8K& a, Isa isa, ThreadPool& pool) {
     a.n = n; a.k = k; a.nb = k / QK_K;
     a.qs.resize(n * k); a.d.resize(n * a.nb); a.bsum.resize(n * a.nb * 16); a.pair32.resize(n * a.nb * 4);
-    auto row = &quantize_act_q8k_row;
-#if defined(TINYGPTV_X86)
-    if (isa == Isa::Avx512) row = &avx512::quantize_act_q8k_row;
-    if (isa == Isa::Avx2) row = &avx2::quantize_act_q8k_row;
-#endif
+    const QuantActQ8KRow row = quantize_act_q8k_row_for(isa);
     pool.parallel_for(n, 4, [&](int64_t i0, int64_t i1, int) {
         for (int64_t i = i0; i < i1; i++)
             row(x + i * k, k, &a.qs[i * k], &a.d[i * a.nb], &a.bsum[i * a.nb * 16], &a.pair32[i * a.nb * 4]);

@@ -98,6 +98,8 @@ void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_
 void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
 using QuantActQ8Row = void (*)(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum, int gb);
 QuantActQ8Row quantize_act_q8_row_for(Isa isa);  // the instruction set's version of quantize_act_q8_row
+using QuantActQ8KRow = void (*)(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
+QuantActQ8KRow quantize_act_q8k_row_for(Isa isa);  // ... of quantize_act_q8k_row
 
 struct GemmArgs {
     const uint8_t* w = nullptr;  // repacked weight, starting at group g_base
@@ -181,7 +183,9 @@ void gemm_q6_K(const GemmArgs&, int64_t, int64_t);
 }  // namespace avx512
 #endif
 #if defined(TINYGPTV_ARM)
-namespace neon {  // the activation quantizers are the scalar ones
+namespace neon {
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum, int gb);
+void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
 void gemm_f32(const GemmArgs&, int64_t, int64_t);
 void gemm_f16(const GemmArgs&, int64_t, int64_t);
 void gemm_bf16(const GemmArgs&, int64_t, int64_t);

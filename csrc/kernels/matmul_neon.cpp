@@ -2,8 +2,8 @@
 // and later, Cortex-A76/A55 and later) kernels over the repacked layout of matmul_impl.h. A 16-row
 // group is handled as four quarters of 4 rows (one 128-bit register: a lane per row); sdot
 // (vdotq_s32) accumulates 4 int8 products per row per lane, as vpdpbusd does on x86. Same arithmetic
-// per output as the scalar kernels, so results are bit-identical to them. The activation quantizers
-// are the scalar ones (the reference itself).
+// per output as the scalar kernels, so results are bit-identical to them; the activation quantizers
+// give the scalar ones' bytes.
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)
@@ -13,8 +13,10 @@
 #include <arm_neon.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
+#include "fp16.h"
 #include "kernels/matmul_impl.h"
 #include "quants.h"
 
@@ -374,7 +376,96 @@ void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const 
     }
 }
 
+// 16 int32 values (4 vectors, in order, each in [-128, 127]) -> 16 int8
+inline void store_i8x16(int8_t* dst, const int32x4_t (&q)[4]) {
+    const int16x8_t lo = vcombine_s16(vmovn_s32(q[0]), vmovn_s32(q[1])), hi = vcombine_s16(vmovn_s32(q[2]), vmovn_s32(q[3]));
+    vst1q_s8(dst, vcombine_s8(vmovn_s16(lo), vmovn_s16(hi)));
+}
+
+inline bool any_nan(float32x4_t v) { return vmaxvq_u32(vmvnq_u32(vceqq_f32(v, v))) != 0; }
+
 }  // namespace
+
+// ---- activation quantizers (byte-identical to the scalar ones in matmul.cpp) ------------------
+
+void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum, int gb) {
+    const int64_t nb = k / QK8_0;
+    for (int64_t b0 = 0, c = 0; b0 < nb; b0 += gb, c++) {
+        const int64_t b1 = std::min<int64_t>(b0 + gb, nb);
+        bool nan = false;
+        float32x4_t m = vdupq_n_f32(0.f);
+        for (int64_t j = b0 * QK8_0; j < b1 * QK8_0; j += 4) {
+            const float32x4_t v = vld1q_f32(x + j);
+            nan |= any_nan(v);
+            m = vmaxq_f32(m, vabsq_f32(v));
+        }
+        const float amax = vmaxvq_f32(m);
+        if (nan || !(amax <= 3.4028235e38f)) {  // NaN or inf: the scalar path's values
+            tg::quantize_act_q8_row(x + b0 * QK8_0, (b1 - b0) * QK8_0, qs + b0 * QK8_0, d + c, sum + b0, gb);
+            continue;
+        }
+        const float dd = amax / 127.f;
+        const float id = dd != 0.f ? 1.0f / dd : 0.0f;
+        d[c] = fp16_to_fp32(fp32_to_fp16(dd));
+        const int32x4_t lo = vdupq_n_s32(-128), hi = vdupq_n_s32(127);
+        for (int64_t b = b0; b < b1; b++) {
+            if (d[c] == 0.f) {
+                std::memset(qs + b * QK8_0, 0, QK8_0);
+                sum[b] = 0;
+                continue;
+            }
+            int32x4_t acc = vdupq_n_s32(0);
+            for (int h = 0; h < 2; h++) {
+                int32x4_t q[4];
+                for (int e = 0; e < 4; e++) {  // round half away from zero, as std::round
+                    const float32x4_t v = vmulq_f32(vld1q_f32(x + b * QK8_0 + 16 * h + 4 * e), vdupq_n_f32(id));
+                    q[e] = vmaxq_s32(vminq_s32(vcvtaq_s32_f32(v), hi), lo);
+                    acc = vaddq_s32(acc, q[e]);
+                }
+                store_i8x16(qs + b * QK8_0 + 16 * h, q);
+            }
+            sum[b] = vaddvq_s32(acc);
+        }
+    }
+}
+
+void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32) {
+    for (int64_t b = 0; b < k / QK_K; b++, x += QK_K, qs += QK_K) {
+        float32x4_t m = vdupq_n_f32(0.f);
+        bool nan = false;
+        for (int j = 0; j < QK_K; j += 4) {
+            const float32x4_t v = vld1q_f32(x + j);
+            nan |= any_nan(v);
+            m = vmaxq_f32(m, vabsq_f32(v));
+        }
+        const float amax = nan ? 0.f : vmaxvq_f32(m);
+        if (nan || amax == 0.f || !(amax <= 3.4028235e38f)) {
+            tg::quantize_act_q8k_row(x, QK_K, qs, d + b, bsum + 16 * b, pair32 + 4 * b);
+            continue;
+        }
+        float max = 0.f;  // the first value of largest magnitude, as the scalar scan finds it
+        for (int j = 0; j < QK_K; j++)
+            if (std::fabs(x[j]) == amax) {
+                max = x[j];
+                break;
+            }
+        const float iscale = -127.f / max;
+        int32_t* bs = bsum + 16 * b;
+        const int32x4_t lo = vdupq_n_s32(-127), hi = vdupq_n_s32(127);
+        for (int j = 0; j < 16; j++) {  // 16 values per step; round half to even, as nearest_int
+            int32x4_t q[4];
+            for (int e = 0; e < 4; e++)
+                q[e] = vmaxq_s32(vminq_s32(vcvtnq_s32_f32(vmulq_f32(vdupq_n_f32(iscale), vld1q_f32(x + 16 * j + 4 * e))), hi), lo);
+            store_i8x16(qs + 16 * j, q);
+            bs[j] = vaddvq_s32(vaddq_s32(vaddq_s32(q[0], q[1]), vaddq_s32(q[2], q[3])));
+        }
+        d[b] = 1 / iscale;
+        for (int p = 0; p < 4; p++) {
+            int lo16 = bs[4 * p] + bs[4 * p + 1], hi16 = bs[4 * p + 2] + bs[4 * p + 3];
+            pair32[4 * b + p] = (int32_t)((uint32_t)(uint16_t)lo16 | ((uint32_t)(uint16_t)hi16 << 16));
+        }
+    }
+}
 
 void gemm_f32(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF32>(A, g0, g1); }
 void gemm_f16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF16>(A, g0, g1); }

@@ -6,6 +6,8 @@
 //    result equal to the scalar one bit for bit with 1, 2 and 3 threads and with the weight prepared
 //    (repacked) or not, and the scalar result within a stated error of a double-precision product of
 //    the dequantized weights;
+//  - the activation quantizers (int8 blocks with a scale per 32 or 128 values, Q8_K) giving the
+//    scalar ones' bytes, on rows with zeros, tiny values, halves (rounding ties), infinities and NaN;
 //  - vector math (exp, erf, GELUs, softmax sums, max, half conversions) on random and special values
 //    (zeros, infinities, NaN, denormals, the clamps' edges) and attention (row and blocked paths,
 //    float and half K/V, grouped heads, causal, bf16) equal to the scalar versions bit for bit, the
@@ -26,6 +28,7 @@
 #include "fp16.h"
 #include "ggml_type.h"
 #include "kernels/matmul.h"
+#include "kernels/matmul_impl.h"
 #include "kernels/ops.h"
 #include "kernels/vecmath.h"
 #include "quants.h"
@@ -179,6 +182,48 @@ void check_vecmath(Isa isa, std::mt19937& rng) {
         }
 }
 
+void check_act_quantizers(Isa isa, std::mt19937& rng) {
+    std::normal_distribution<float> nd(0.f, 1.f);
+    const int64_t k = 1280;  // 40 blocks of 32 (10 groups of 4), 5 super-blocks of 256
+    for (int kind = 0; kind < 7; kind++) {
+        std::vector<float> x((size_t)k);
+        for (auto& v : x) v = nd(rng);
+        switch (kind) {
+            case 1: for (int64_t j = 0; j < 300; j++) x[(size_t)j] = 0.f; break;            // zero blocks
+            case 2: for (int64_t j = 0; j < k; j += 2) x[(size_t)j] *= 1e-30f; break;       // tiny scales
+            case 3:  // scale 1 (127 in every block) and half-integers: every value a rounding tie
+                for (int64_t j = 0; j < k; j++) x[(size_t)j] = j % 32 == 0 ? 127.f : (float)(j % 9) - 4.5f;
+                break;
+            case 4: x[40] = INFINITY; x[700] = -INFINITY; break;
+            case 5: x[33] = NAN; x[1000] = NAN; break;
+            case 6: x[5] = 1e30f; x[900] = -3e38f; break;
+            default: break;
+        }
+        for (int gb : {1, 4}) {
+            const int64_t nb = k / QK8_0, ng = (nb + gb - 1) / gb;
+            std::vector<int8_t> qa((size_t)k), qb((size_t)k);
+            std::vector<float> da((size_t)ng), db((size_t)ng);
+            std::vector<int32_t> sa((size_t)nb), sb((size_t)nb);
+            quantize_act_q8_row_for(Isa::Scalar)(x.data(), k, qa.data(), da.data(), sa.data(), gb);
+            quantize_act_q8_row_for(isa)(x.data(), k, qb.data(), db.data(), sb.data(), gb);
+            g_compared++;
+            if (qa != qb || !same_bits(da.data(), db.data(), da.size() * 4) || sa != sb)
+                fail(std::string(isa_name(isa)) + " activation quantizer, group " + std::to_string(gb) + ", input kind " +
+                     std::to_string(kind));
+        }
+        const int64_t nb = k / QK_K;
+        std::vector<int8_t> qa((size_t)k), qb((size_t)k);
+        std::vector<float> da((size_t)nb), db((size_t)nb);
+        std::vector<int32_t> ba((size_t)(16 * nb)), bb(ba.size()), pa((size_t)(4 * nb)), pb(pa.size());
+        quantize_act_q8k_row_for(Isa::Scalar)(x.data(), k, qa.data(), da.data(), ba.data(), pa.data());
+        quantize_act_q8k_row_for(isa)(x.data(), k, qb.data(), db.data(), bb.data(), pb.data());
+        g_compared++;
+        if (kind == 5) continue;  // NaN: ggml's Q8_K leaves those values undefined (both paths take the scalar one)
+        if (qa != qb || !same_bits(da.data(), db.data(), da.size() * 4) || ba != bb || pa != pb)
+            fail(std::string(isa_name(isa)) + " Q8_K activation quantizer, input kind " + std::to_string(kind));
+    }
+}
+
 struct AttnCase {
     int64_t T, n_kv;
     int n_head, n_head_kv, hd;
@@ -251,6 +296,7 @@ int main() {
         }
         for (Isa isa : isas) {
             if (isa == Isa::Scalar) continue;
+            check_act_quantizers(isa, rng);
             check_vecmath(isa, rng);
             check_attention(isa, rng);
         }
