@@ -10,6 +10,8 @@ static const int kSpin = 4000;
 static inline void cpu_relax() {
 #if defined(TINYGPTV_X86)
     __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("isb" ::: "memory");  // a short stall as pause is (yield is a no-op on many cores)
 #else
     std::this_thread::yield();
 #endif
