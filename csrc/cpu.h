@@ -1,6 +1,6 @@
 // Instruction-set selection for the SIMD kernels, decided once at first use: CPUID on x86, the
-// kernel's hardware capabilities on AArch64 (NEON with the dot-product extension; on ARM only the
-// matrix products have a NEON path, attention and vector math run their scalar versions).
+// kernel's hardware capabilities on AArch64 (NEON with the dot-product extension: without it an ARM
+// CPU runs the scalar kernels).
 // TINYGPTV_ISA=scalar|avx2|avx512|neon in the environment forces a path (an unsupported choice is an
 // error at first use). set_isa() switches at run time (tests use it to compare every path).
 #pragma once

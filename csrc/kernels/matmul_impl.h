@@ -1,10 +1,10 @@
 // Internals shared by the matmul dispatcher (matmul.cpp) and its SIMD kernels
-// (matmul_avx2.cpp, matmul_avx512.cpp). Not part of the engine's contract.
+// (matmul_avx2.cpp, matmul_avx512.cpp, matmul_neon.cpp). Not part of the engine's contract.
 //
 // Repacked weight layout ("interleaved groups"): rows are taken 16 at a time (a group; the last
 // group is padded with zero rows). Within a group, data is ordered so that one 64-byte load
 // holds 4 consecutive bytes of each of the 16 rows: a SIMD lane is a row, and a dot-product
-// instruction (vpdpbusd, or pmaddubsw+pmaddwd) accumulates 4 products per row per lane without
+// instruction (vpdpbusd, pmaddubsw+pmaddwd, or NEON's sdot on 4 rows at a time) accumulates 4 products per row per lane without
 // horizontal sums. Per block (per k value for float types) of one group:
 //
 //   F32   k x [16 rows] f32                                             64 B per k
