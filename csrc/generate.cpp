@@ -6,7 +6,7 @@ namespace tg {
 
 Generator::Generator(Session& session, const Tokenizer& tok, const SamplerParams& params, std::vector<int32_t> history,
                      std::vector<float> last_logits)
-    : s_(session), tok_(tok), sampler_(params, tok), history_(std::move(history)), logits_(std::move(last_logits)) {
+    : s_(session), sampler_(params, tok), history_(std::move(history)), logits_(std::move(last_logits)) {
     if ((int64_t)logits_.size() != s_.model().hparams().n_vocab)
         throw ModelError(fmt("generator needs the %lld logits of the last position, got %zu",
                              (long long)s_.model().hparams().n_vocab, logits_.size()));

@@ -29,7 +29,6 @@ public:
 
 private:
     Session& s_;
-    const Tokenizer& tok_;
     Sampler sampler_;
     std::vector<int32_t> history_;
     std::vector<float> logits_;

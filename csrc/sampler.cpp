@@ -30,7 +30,7 @@ double Pcg32::uniform() {
     return ((double)a * 67108864.0 + (double)b) * (1.0 / 9007199254740992.0);
 }
 
-Sampler::Sampler(const SamplerParams& p, const Tokenizer& tok) : params_(p), tok_(tok), rng_(p.seed) {
+Sampler::Sampler(const SamplerParams& p, const Tokenizer& tok) : params_(p), rng_(p.seed) {
     if (!std::isfinite(p.temperature) || p.temperature < 0.0f)
         throw std::invalid_argument(fmt("temperature must be a finite number >= 0, got %g", (double)p.temperature));
     if (std::isnan(p.top_p) || p.top_p < 0.0f)

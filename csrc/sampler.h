@@ -45,7 +45,7 @@ class Pcg32 {
 
 class Sampler {
   public:
-    Sampler(const SamplerParams& params, const Tokenizer& tok);  // keeps a reference to tok
+    Sampler(const SamplerParams& params, const Tokenizer& tok);  // reads which ids tok can sample
     // One id in [0, n_logits). Throws std::invalid_argument when n_logits <= 0 or no id can be sampled.
     int32_t sample(const float* logits, int32_t n_logits, const std::vector<int32_t>& history);
     void reseed(uint64_t seed) { rng_.reseed(seed); }
@@ -53,7 +53,6 @@ class Sampler {
 
   private:
     SamplerParams params_;
-    const Tokenizer& tok_;
     Pcg32 rng_;
     struct Cand {
         float v;       // logit after penalty and temperature

@@ -32,8 +32,6 @@ inline int8x16_t bc(const int8_t* p) {
     return vreinterpretq_s8_s32(vdupq_n_s32(v));
 }
 
-inline int8x16_t ld_s8(const uint8_t* p) { return vreinterpretq_s8_u8(vld1q_u8(p)); }
-
 // 4 fp16 values as float (exact)
 inline float32x4_t load_ph(const uint8_t* p) {
     uint16_t h[4];
@@ -56,14 +54,13 @@ inline int32x4_t load_s8x4(const uint8_t* p) {
 // Rows 4q..4q+3 of group g, activation row i: y = acc (+ bias), the rows past n_out dropped.
 inline void store_out(const GemmArgs& A, int64_t i, int64_t g, int q, float32x4_t acc) {
     const int64_t r0 = g * kGroup + 4 * q;
-    float* y = A.y + i * A.n_out + r0;
     if (r0 + 4 <= A.n_out) {
         if (A.bias) acc = vaddq_f32(acc, vld1q_f32(A.bias + r0));
-        vst1q_f32(y, acc);
+        vst1q_f32(A.y + i * A.n_out + r0, acc);
     } else if (r0 < A.n_out) {
         float v[4];
         vst1q_f32(v, acc);
-        for (int64_t e = 0; e < A.n_out - r0; e++) y[e] = A.bias ? v[e] + A.bias[r0 + e] : v[e];
+        for (int64_t e = 0; e < A.n_out - r0; e++) A.y[i * A.n_out + r0 + e] = A.bias ? v[e] + A.bias[r0 + e] : v[e];
     }
 }
 
@@ -132,33 +129,31 @@ void float_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
 }
 
 // ---- Q8_0 / Q4_0 ------------------------------------------------------------------------------
-// A block's quants for quarter q: Q8_0 eight 16-byte slots (values 4s..4s+3 of 4 rows, stored
-// q + 128: xor 0x80 gives the signed value), Q4_0 four slots (low nibbles values 4s..4s+3, high
-// nibbles 16 + 4s.., stored q + 8; the dot starts from -8 * the activation block's sum).
+// A block's quants for quarter q, unpacked to eight vectors w[s] of values 4s..4s+3 of 4 rows: Q8_0
+// eight 16-byte slots stored q + 128 (xor 0x80 gives the signed value), Q4_0 four slots whose low
+// nibbles are values 4s..4s+3 and high nibbles 16 + 4s.. (stored q + 8: the dot starts from -8 times
+// the activation block's sum).
 
-inline int32x4_t q8_0_isum(const int8x16_t (&w)[8], const int8_t* xq) {
-    int32x4_t s0 = vdupq_n_s32(0), s1 = vdupq_n_s32(0);
-    for (int s = 0; s < 8; s += 2) {
-        s0 = vdotq_s32(s0, w[s], bc(xq + 4 * s));
-        s1 = vdotq_s32(s1, w[s + 1], bc(xq + 4 * s + 4));
-    }
-    return vaddq_s32(s0, s1);
-}
-
-inline void q8_0_load(const uint8_t* blk, int8x16_t (&w)[8]) {
+inline void q8_0_unpack(const uint8_t* blk, int8x16_t (&w)[8]) {
     const uint8x16_t flip = vdupq_n_u8(0x80);
     for (int s = 0; s < 8; s++) w[s] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(blk + 64 * s), flip));
 }
 
-inline int32x4_t q4_0_isum(const uint8_t* blk, const int8_t* xq, int32_t sum) {
+inline void q4_0_unpack(const uint8_t* blk, int8x16_t (&w)[8]) {
     const uint8x16_t m4 = vdupq_n_u8(0x0F);
-    int32x4_t s0 = vdupq_n_s32(-8 * sum), s1 = vdupq_n_s32(0);
-    for (int s = 0; s < 4; s += 2) {
-        const uint8x16_t v0 = vld1q_u8(blk + 64 * s), v1 = vld1q_u8(blk + 64 * s + 64);
-        s0 = vdotq_s32(s0, vreinterpretq_s8_u8(vandq_u8(v0, m4)), bc(xq + 4 * s));
-        s1 = vdotq_s32(s1, vreinterpretq_s8_u8(vandq_u8(v1, m4)), bc(xq + 4 * s + 4));
-        s0 = vdotq_s32(s0, vreinterpretq_s8_u8(vshrq_n_u8(v0, 4)), bc(xq + 16 + 4 * s));
-        s1 = vdotq_s32(s1, vreinterpretq_s8_u8(vshrq_n_u8(v1, 4)), bc(xq + 20 + 4 * s));
+    for (int s = 0; s < 4; s++) {
+        const uint8x16_t v = vld1q_u8(blk + 64 * s);
+        w[s] = vreinterpretq_s8_u8(vandq_u8(v, m4));
+        w[s + 4] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+    }
+}
+
+// start + the 32 products of a block, per row (two chains)
+inline int32x4_t dot32(int32x4_t start, const int8x16_t (&w)[8], const int8_t* xq) {
+    int32x4_t s0 = start, s1 = vdupq_n_s32(0);
+    for (int s = 0; s < 8; s += 2) {
+        s0 = vdotq_s32(s0, w[s], bc(xq + 4 * s));
+        s1 = vdotq_s32(s1, w[s + 1], bc(xq + 4 * s + 4));
     }
     return vaddq_s32(s0, s1);
 }
@@ -170,11 +165,11 @@ void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     for (int j = 0; j < NT; j++) acc[j] = vdupq_n_f32(0.f);
     for (int64_t b = 0; b < a.nb; b++) {
         int8x16_t w[8];
-        q8_0_load(wg + pair_quant_off<kPackQ8_0>(b) + 16 * q, w);
+        q8_0_unpack(wg + pair_quant_off<kPackQ8_0>(b) + 16 * q, w);
         const float32x4_t dw = load_ph(wg + pair_scale_off<kPackQ8_0>(b) + 8 * q);
         for (int j = 0; j < NT; j++) {
             const int64_t ii = (i0 + j) * a.nb + b;
-            const int32x4_t isum = q8_0_isum(w, a.qs.data() + (i0 + j) * a.k + b * QK8_0);
+            const int32x4_t isum = dot32(vdupq_n_s32(0), w, a.qs.data() + (i0 + j) * a.k + b * QK8_0);
             acc[j] = vfmaq_f32(acc[j], vmulq_f32(dw, vdupq_n_f32(a.d[ii])), vcvtq_f32_s32(isum));
         }
     }
@@ -190,11 +185,12 @@ void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
         float32x4_t t[NT];
         for (int j = 0; j < NT; j++) t[j] = vdupq_n_f32(0.f);
         for (int64_t b = c * a.gb; b < std::min(a.nb, (c + 1) * a.gb); b++) {
-            const uint8_t* blk = wg + pair_quant_off<kPackQ4_0>(b) + 16 * q;
+            int8x16_t w[8];
+            q4_0_unpack(wg + pair_quant_off<kPackQ4_0>(b) + 16 * q, w);
             const float32x4_t dw = load_ph(wg + pair_scale_off<kPackQ4_0>(b) + 8 * q);
             for (int j = 0; j < NT; j++) {
                 const int64_t ii = (i0 + j) * a.nb + b;
-                const int32x4_t isum = q4_0_isum(blk, a.qs.data() + (i0 + j) * a.k + b * QK4_0, a.sum[ii]);
+                const int32x4_t isum = dot32(vdupq_n_s32(-8 * a.sum[ii]), w, a.qs.data() + (i0 + j) * a.k + b * QK4_0);
                 t[j] = vfmaq_f32(t[j], dw, vcvtq_f32_s32(isum));
             }
         }
@@ -217,9 +213,9 @@ void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
         for (int j = 0; j < NG; j++)
             for (int q = 0; q < 4; q++) {
                 int8x16_t w[8];
-                q8_0_load(wg[j] + pair_quant_off<kPackQ8_0>(b) + 16 * q, w);
+                q8_0_unpack(wg[j] + pair_quant_off<kPackQ8_0>(b) + 16 * q, w);
                 const float32x4_t dw = load_ph(wg[j] + pair_scale_off<kPackQ8_0>(b) + 8 * q);
-                acc[j][q] = vfmaq_f32(acc[j][q], vmulq_f32(dw, dx), vcvtq_f32_s32(q8_0_isum(w, xq)));
+                acc[j][q] = vfmaq_f32(acc[j][q], vmulq_f32(dw, dx), vcvtq_f32_s32(dot32(vdupq_n_s32(0), w, xq)));
             }
     }
     for (int j = 0; j < NG; j++)
@@ -239,9 +235,10 @@ void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
             for (int q = 0; q < 4; q++) {
                 float32x4_t t = vdupq_n_f32(0.f);
                 for (int64_t b = b0; b < b1; b++) {
+                    int8x16_t w[8];
+                    q4_0_unpack(wg[j] + pair_quant_off<kPackQ4_0>(b) + 16 * q, w);
                     const float32x4_t dw = load_ph(wg[j] + pair_scale_off<kPackQ4_0>(b) + 8 * q);
-                    const int32x4_t isum = q4_0_isum(wg[j] + pair_quant_off<kPackQ4_0>(b) + 16 * q,
-                                                     a.qs.data() + b * QK4_0, a.sum[b]);
+                    const int32x4_t isum = dot32(vdupq_n_s32(-8 * a.sum[b]), w, a.qs.data() + b * QK4_0);
                     t = vfmaq_f32(t, dw, vcvtq_f32_s32(isum));
                 }
                 acc[j][q] = vfmaq_f32(acc[j][q], dx, t);
