@@ -10,7 +10,8 @@ CI installs both, elsewhere they are skipped unless TINYGPTV_REQUIRE_ARM_CHECK=1
 source of the core is compiled for AArch64 with warnings as errors, both programs are linked
 statically and run under qemu-aarch64 with `-cpu max` (NEON with the dot-product extension) and
 `-cpu cortex-a53` (no dot product: the scalar path must be chosen), and the model's answers are
-compared with the Python module's on this machine. On an ARM machine the Python tests
+compared with the Python module's on this machine; kernel_check also runs under AddressSanitizer +
+UndefinedBehaviorSanitizer there. On an ARM machine the Python tests
 (tests/test_kernels.py and the others) run the NEON path natively too.
 """
 import os
@@ -118,6 +119,27 @@ def test_neon_kernels_equal_the_scalar_ones(arm_build):
     assert rc == 0, out
     assert "best instruction set: neon; checked: scalar neon" in out, out
     assert " 0 mismatches" in out and ", 0 SIMD results" not in out, out
+
+
+@arm
+def test_neon_kernels_under_sanitizers(tmp_path):
+    """kernel_check built with AddressSanitizer + UndefinedBehaviorSanitizer for AArch64 (linked against
+    the cross toolchain's runtimes, run with qemu's -L; leak checking does not work under qemu)."""
+    san = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+    common = [a for a in ARM if a != "-O2"] + san
+    plain = [CSRC / "cpu.cpp", CSRC / "quants.cpp", CSRC / "threadpool.cpp", CSRC / "kernels" / "ops.cpp",
+             *(CSRC / "kernels" / f"{k}.cpp" for k in KERNELS), NATIVE / "kernel_check.cpp"]
+    simd = [(CSRC / "kernels" / f"{k}_neon.cpp", NEON_FLAGS) for k in KERNELS]
+    objs = _objects(CXX, common, [*simd, *((p, []) for p in plain)], tmp_path)
+    exe = tmp_path / "kernel_check_san"
+    _compile(CXX, [*common, "-pthread", *objs, "-o", str(exe)])
+    sysroot = Path(os.environ.get("TINYGPTV_ARM_SYSROOT", "/usr/aarch64-linux-gnu"))  # Debian's cross libraries
+    assert (sysroot / "lib" / "ld-linux-aarch64.so.1").exists(), f"no AArch64 loader under {sysroot} (TINYGPTV_ARM_SYSROOT)"
+    r = subprocess.run([QEMU, "-cpu", "max", "-L", str(sysroot), str(exe)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and " 0 mismatches" in out and "runtime error" not in out, out[-4000:]
+    assert "checked: scalar neon" in out, out
 
 
 @arm
