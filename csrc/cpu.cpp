@@ -12,6 +12,9 @@
 #endif
 #if defined(TINYGPTV_ARM) && defined(__linux__)
 #include <sys/auxv.h>
+#ifndef HWCAP_ASIMD
+#define HWCAP_ASIMD (1 << 1)
+#endif
 #ifndef HWCAP_ASIMDDP
 #define HWCAP_ASIMDDP (1 << 20)
 #endif
@@ -26,7 +29,7 @@ namespace {
 
 struct Features {
     bool avx2 = false, avx512 = false, avx512_bf16 = false;
-    bool neon_dot = false;  // AArch64 NEON with sdot (ARMv8.2 dot product)
+    bool neon = false, neon_dot = false;  // AArch64 NEON, and its ARMv8.2 dot product (sdot)
 };
 
 Features detect() {
@@ -49,10 +52,13 @@ Features detect() {
     if (f.avx512 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512_bf16 = a & (1u << 5);
 #endif
 #if defined(TINYGPTV_ARM) && defined(__linux__)
-    f.neon_dot = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+    const unsigned long hw = getauxval(AT_HWCAP);
+    f.neon = (hw & HWCAP_ASIMD) != 0;
+    f.neon_dot = f.neon && (hw & HWCAP_ASIMDDP) != 0;
 #elif defined(TINYGPTV_ARM) && defined(__APPLE__)
     int v = 0;
     size_t len = sizeof v;
+    f.neon = true;  // every arm64 Mac
     f.neon_dot = sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &len, nullptr, 0) == 0 && v != 0;
 #endif
     return f;
@@ -84,6 +90,7 @@ void init_active() {
 }  // namespace
 
 bool cpu_has_avx512_bf16() { return features().avx512_bf16; }
+bool cpu_has_neon_dot() { return features().neon_dot; }
 
 const char* isa_name(Isa isa) {
     switch (isa) {
@@ -108,7 +115,7 @@ bool isa_supported(Isa isa) {
         case Isa::Scalar: return true;
         case Isa::Avx2: return features().avx2;
         case Isa::Avx512: return features().avx512;
-        case Isa::Neon: return features().neon_dot;
+        case Isa::Neon: return features().neon;
     }
     return false;
 }

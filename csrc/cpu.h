@@ -1,6 +1,6 @@
 // Instruction-set selection for the SIMD kernels, decided once at first use: CPUID on x86, the
-// kernel's hardware capabilities on AArch64 (NEON with the dot-product extension: without it an ARM
-// CPU runs the scalar kernels).
+// kernel's hardware capabilities on AArch64 (NEON, with or without the dot-product extension: the
+// int8 products take sdot where it exists).
 // TINYGPTV_ISA=scalar|avx2|avx512|neon in the environment forces a path (an unsupported choice is an
 // error at first use). set_isa() switches at run time (tests use it to compare every path).
 #pragma once
@@ -16,5 +16,6 @@ Isa isa_active();             // the path the kernels use now
 void set_isa(Isa isa);        // throws ModelError if unsupported
 Isa parse_isa(const char* name);  // throws ModelError on an unknown name
 bool cpu_has_avx512_bf16();   // AVX512_BF16 (vdpbf16ps) on top of the AVX-512 path
+bool cpu_has_neon_dot();      // the ARMv8.2 dot product (sdot) on top of the NEON path
 
 }  // namespace tg

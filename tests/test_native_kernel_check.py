@@ -8,8 +8,8 @@ values; attention's row, blocked and bf16 paths); tests/native/model_check.cpp r
 The AArch64 tests need a cross compiler (Debian: g++-aarch64-linux-gnu) and an emulator (qemu-user);
 CI installs both, elsewhere they are skipped unless TINYGPTV_REQUIRE_ARM_CHECK=1 asks for them. Every
 source of the core is compiled for AArch64 with warnings as errors, both programs are linked
-statically and run under qemu-aarch64 with `-cpu max` (NEON with the dot-product extension) and
-`-cpu cortex-a53` (no dot product: the scalar path must be chosen), and the model's answers are
+statically and run under qemu-aarch64 with `-cpu max` (NEON with the dot-product extension: sdot) and
+`-cpu cortex-a53` (ARMv8.0, no dot product: the NEON kernels' widening-multiply path), and the model's answers are
 compared with the Python module's on this machine; kernel_check also runs under AddressSanitizer +
 UndefinedBehaviorSanitizer there. On an ARM machine the Python tests
 (tests/test_kernels.py and the others) run the NEON path natively too.
@@ -114,11 +114,22 @@ def test_kernel_check_on_this_machine(tmp_path):
 
 
 @arm
-def test_neon_kernels_equal_the_scalar_ones(arm_build):
-    rc, out = _qemu(arm_build["kernel_check"], "max")
+@pytest.mark.parametrize("cpu,dot", [("max", "yes (sdot)"), ("cortex-a53", "no (widening multiplies)")])
+def test_neon_kernels_equal_the_scalar_ones(arm_build, cpu, dot):
+    """-cpu max has the ARMv8.2 dot product (sdot), cortex-a53 (ARMv8.0: Raspberry Pi 3, and as the
+    Pi 4's A72) not: its int8 products take widening multiplies; an sdot there would be an illegal
+    instruction."""
+    rc, out = _qemu(arm_build["kernel_check"], cpu)
     assert rc == 0, out
     assert "best instruction set: neon; checked: scalar neon" in out, out
+    assert f"neon dot product: {dot}" in out, out
     assert " 0 mismatches" in out and ", 0 SIMD results" not in out, out
+
+
+@arm
+def test_an_instruction_set_this_cpu_lacks_is_refused(arm_build):
+    rc, out = _qemu(arm_build["kernel_check"], "max", TINYGPTV_ISA="avx2")
+    assert rc == 1 and "TINYGPTV_ISA=avx2 is not supported by this CPU (best: neon)" in out, out
 
 
 @arm
@@ -135,20 +146,12 @@ def test_neon_kernels_under_sanitizers(tmp_path):
     _compile(CXX, [*common, "-pthread", *objs, "-o", str(exe)])
     sysroot = Path(os.environ.get("TINYGPTV_ARM_SYSROOT", "/usr/aarch64-linux-gnu"))  # Debian's cross libraries
     assert (sysroot / "lib" / "ld-linux-aarch64.so.1").exists(), f"no AArch64 loader under {sysroot} (TINYGPTV_ARM_SYSROOT)"
-    r = subprocess.run([QEMU, "-cpu", "max", "-L", str(sysroot), str(exe)], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"})
-    out = r.stdout + r.stderr
-    assert r.returncode == 0 and " 0 mismatches" in out and "runtime error" not in out, out[-4000:]
-    assert "checked: scalar neon" in out, out
-
-
-@arm
-def test_without_the_dot_product_the_scalar_path_runs(arm_build):
-    rc, out = _qemu(arm_build["kernel_check"], "cortex-a53")  # ARMv8.0: NEON but no sdot
-    assert rc == 0, out
-    assert "best instruction set: scalar; checked: scalar\n" in out, out
-    rc, out = _qemu(arm_build["kernel_check"], "cortex-a53", TINYGPTV_ISA="neon")
-    assert rc == 1 and "TINYGPTV_ISA=neon is not supported by this CPU (best: scalar)" in out, out
+    for cpu in ("max", "cortex-a53"):  # with and without sdot
+        r = subprocess.run([QEMU, "-cpu", cpu, "-L", str(sysroot), str(exe)], capture_output=True, text=True,
+                           timeout=600, env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"})
+        out = r.stdout + r.stderr
+        assert r.returncode == 0 and " 0 mismatches" in out and "runtime error" not in out, (cpu, out[-4000:])
+        assert "checked: scalar neon" in out, out
 
 
 @arm
@@ -191,21 +194,21 @@ def _check_model(exe, tmp_path, path, texts, pixels, n_gen):
     (tmp_path / "texts.hex").write_text("".join(t.encode().hex() + "\n" for t in texts))
     pixels.astype(np.float32).tofile(tmp_path / "pixels.f32")
     ids, image, logits, greedy = _reference(path, texts, pixels, n_gen)
-    for cpu in ("max", "cortex-a53"):  # NEON, then the scalar kernels
-        rc, out = _qemu(exe, cpu, path, tmp_path / "texts.hex", tmp_path / "pixels.f32", n_gen)
+    for cpu, isa in (("max", "neon"), ("cortex-a53", "neon"), ("max", "scalar")):  # sdot, without, scalar
+        rc, out = _qemu(exe, cpu, path, tmp_path / "texts.hex", tmp_path / "pixels.f32", n_gen, TINYGPTV_ISA=isa)
         assert rc == 0, out
-        assert [[int(x) for x in line.split()] for line in _lines(out, "tokens")] == ids, cpu
+        assert [[int(x) for x in line.split()] for line in _lines(out, "tokens")] == ids, (cpu, isa)
         if image is not None:
             n, s, sa, *v = (float(x) for x in _lines(out, "image")[0].split())
             assert n == image.size
-            assert abs(s - image.sum(dtype=np.float64)) <= 1e-4 * np.abs(image).sum(), (cpu, s, image.sum())
-            assert abs(sa - np.abs(image).sum(dtype=np.float64)) <= 1e-5 * sa, cpu
+            assert abs(s - image.sum(dtype=np.float64)) <= 1e-4 * np.abs(image).sum(), (cpu, isa, s, image.sum())
+            assert abs(sa - np.abs(image).sum(dtype=np.float64)) <= 1e-5 * sa, (cpu, isa)
             np.testing.assert_allclose(v, image.ravel()[:4], rtol=1e-4, atol=1e-5 * np.abs(image).max())
         best, mx, total = _lines(out, "logits")[0].split()
-        assert int(best) == int(np.argmax(logits)), cpu
-        assert abs(float(mx) - logits.max()) <= 1e-4 * logits.std(), cpu
-        assert abs(float(total) - logits.sum(dtype=np.float64)) <= 1e-4 * np.abs(logits).sum(), cpu
-        assert [int(x) for x in _lines(out, "greedy")[0].split()] == greedy, cpu
+        assert int(best) == int(np.argmax(logits)), (cpu, isa)
+        assert abs(float(mx) - logits.max()) <= 1e-4 * logits.std(), (cpu, isa)
+        assert abs(float(total) - logits.sum(dtype=np.float64)) <= 1e-4 * np.abs(logits).sum(), (cpu, isa)
+        assert [int(x) for x in _lines(out, "greedy")[0].split()] == greedy, (cpu, isa)
 
 
 TEXTS = ["<s>[INST] <Img><ImageHere></Img> What colour is the shape? [/INST]", "hello  world\n\tend",

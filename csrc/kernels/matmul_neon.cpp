@@ -1,9 +1,10 @@
-// NEON (AArch64 with the dot-product extension, ARMv8.2 +dotprod: Apple M1 and later, Graviton 2
-// and later, Cortex-A76/A55 and later) kernels over the repacked layout of matmul_impl.h. A 16-row
-// group is handled as four quarters of 4 rows (one 128-bit register: a lane per row); sdot
-// (vdotq_s32) accumulates 4 int8 products per row per lane, as vpdpbusd does on x86. Same arithmetic
-// per output as the scalar kernels, so results are bit-identical to them; the activation quantizers
-// give the scalar ones' bytes.
+// AArch64 NEON kernels over the repacked layout of matmul_impl.h. A 16-row group is handled as four
+// quarters of 4 rows (one 128-bit register: a lane per row); dp4 accumulates 4 int8 products per row
+// per lane, as vpdpbusd does on x86: with sdot where the CPU has the dot product (ARMv8.2 +dotprod:
+// Apple M1 and later, Graviton 2 and later, Cortex-A55/A76 and later), with widening multiplies and
+// pairwise adds elsewhere (ARMv8.0: Cortex-A53/A72, Raspberry Pi 3 and 4). Same arithmetic per output
+// as the scalar kernels, so results are bit-identical to them; the activation quantizers give the
+// scalar ones' bytes.
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)
@@ -16,6 +17,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "cpu.h"
 #include "fp16.h"
 #include "kernels/matmul_impl.h"
 #include "quants.h"
@@ -30,6 +32,19 @@ inline int8x16_t bc(const int8_t* p) {
     int32_t v;
     std::memcpy(&v, p, 4);
     return vreinterpretq_s8_s32(vdupq_n_s32(v));
+}
+
+// acc + each lane's dot product of 4 int8 pairs: sdot where the CPU has it (DOT), else widening
+// multiplies and pairwise adds (every product fits int16 and every sum int32: the same integers)
+template <bool DOT>
+inline int32x4_t dp4(int32x4_t acc, int8x16_t a, int8x16_t b) {
+    if constexpr (DOT) {
+        return vdotq_s32(acc, a, b);
+    } else {
+        const int32x4_t lo = vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)));  // bytes 0-7, pairs
+        const int32x4_t hi = vpaddlq_s16(vmull_high_s8(a, b));                       // bytes 8-15
+        return vaddq_s32(acc, vpaddq_s32(lo, hi));
+    }
 }
 
 // 4 fp16 values as float (exact)
@@ -149,16 +164,17 @@ inline void q4_0_unpack(const uint8_t* blk, int8x16_t (&w)[8]) {
 }
 
 // start + the 32 products of a block, per row (two chains)
+template <bool DOT>
 inline int32x4_t dot32(int32x4_t start, const int8x16_t (&w)[8], const int8_t* xq) {
     int32x4_t s0 = start, s1 = vdupq_n_s32(0);
     for (int s = 0; s < 8; s += 2) {
-        s0 = vdotq_s32(s0, w[s], bc(xq + 4 * s));
-        s1 = vdotq_s32(s1, w[s + 1], bc(xq + 4 * s + 4));
+        s0 = dp4<DOT>(s0, w[s], bc(xq + 4 * s));
+        s1 = dp4<DOT>(s1, w[s + 1], bc(xq + 4 * s + 4));
     }
     return vaddq_s32(s0, s1);
 }
 
-template <int NT>
+template <bool DOT, int NT>
 void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) {
     const ActQ8& a = *A.a8;
     float32x4_t acc[NT];
@@ -169,14 +185,14 @@ void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
         const float32x4_t dw = load_ph(wg + pair_scale_off<kPackQ8_0>(b) + 8 * q);
         for (int j = 0; j < NT; j++) {
             const int64_t ii = (i0 + j) * a.nb + b;
-            const int32x4_t isum = dot32(vdupq_n_s32(0), w, a.qs.data() + (i0 + j) * a.k + b * QK8_0);
+            const int32x4_t isum = dot32<DOT>(vdupq_n_s32(0), w, a.qs.data() + (i0 + j) * a.k + b * QK8_0);
             acc[j] = vfmaq_f32(acc[j], vmulq_f32(dw, vdupq_n_f32(a.d[ii])), vcvtq_f32_s32(isum));
         }
     }
     for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, q, acc[j]);
 }
 
-template <int NT>
+template <bool DOT, int NT>
 void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) {
     const ActQ8& a = *A.a8;
     float32x4_t acc[NT];
@@ -190,7 +206,7 @@ void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
             const float32x4_t dw = load_ph(wg + pair_scale_off<kPackQ4_0>(b) + 8 * q);
             for (int j = 0; j < NT; j++) {
                 const int64_t ii = (i0 + j) * a.nb + b;
-                const int32x4_t isum = dot32(vdupq_n_s32(-8 * a.sum[ii]), w, a.qs.data() + (i0 + j) * a.k + b * QK4_0);
+                const int32x4_t isum = dot32<DOT>(vdupq_n_s32(-8 * a.sum[ii]), w, a.qs.data() + (i0 + j) * a.k + b * QK4_0);
                 t[j] = vfmaq_f32(t[j], dw, vcvtq_f32_s32(isum));
             }
         }
@@ -201,7 +217,7 @@ void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
 
 // Decode (one activation row) over NG groups taken from NG separate places of the weight, all
 // four quarters of each: NG memory streams per core. Per output the arithmetic of the tiles.
-template <int NG>
+template <bool DOT, int NG>
 void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
     const ActQ8& a = *A.a8;
     float32x4_t acc[NG][4];
@@ -215,14 +231,14 @@ void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
                 int8x16_t w[8];
                 q8_0_unpack(wg[j] + pair_quant_off<kPackQ8_0>(b) + 16 * q, w);
                 const float32x4_t dw = load_ph(wg[j] + pair_scale_off<kPackQ8_0>(b) + 8 * q);
-                acc[j][q] = vfmaq_f32(acc[j][q], vmulq_f32(dw, dx), vcvtq_f32_s32(dot32(vdupq_n_s32(0), w, xq)));
+                acc[j][q] = vfmaq_f32(acc[j][q], vmulq_f32(dw, dx), vcvtq_f32_s32(dot32<DOT>(vdupq_n_s32(0), w, xq)));
             }
     }
     for (int j = 0; j < NG; j++)
         for (int q = 0; q < 4; q++) store_out(A, 0, g[j], q, acc[j][q]);
 }
 
-template <int NG>
+template <bool DOT, int NG>
 void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
     const ActQ8& a = *A.a8;
     float32x4_t acc[NG][4];
@@ -238,7 +254,7 @@ void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
                     int8x16_t w[8];
                     q4_0_unpack(wg[j] + pair_quant_off<kPackQ4_0>(b) + 16 * q, w);
                     const float32x4_t dw = load_ph(wg[j] + pair_scale_off<kPackQ4_0>(b) + 8 * q);
-                    const int32x4_t isum = dot32(vdupq_n_s32(-8 * a.sum[b]), w, a.qs.data() + b * QK4_0);
+                    const int32x4_t isum = dot32<DOT>(vdupq_n_s32(-8 * a.sum[b]), w, a.qs.data() + b * QK4_0);
                     t = vfmaq_f32(t, dw, vcvtq_f32_s32(isum));
                 }
                 acc[j][q] = vfmaq_f32(acc[j][q], dx, t);
@@ -252,7 +268,7 @@ void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
 // One super-block b of quarter q of a group (wg: the group's data) against NT activation rows from
 // i0, acc[j] updated with the arithmetic of matmul_impl.h.
 
-template <int NT>
+template <bool DOT, int NT>
 inline void q4_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int64_t i0, float32x4_t (&acc)[NT]) {
     const uint8x16_t m4 = vdupq_n_u8(0x0F);
     const uint8_t* blk = wg + b * kPackQ4_K;
@@ -267,8 +283,8 @@ inline void q4_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int
             const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(v, m4)), hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
             for (int j = 0; j < NT; j++) {
                 const int8_t* xq = a.qs.data() + (i0 + j) * a.k + b * QK_K + 64 * c + 4 * s;
-                ae[j] = vdotq_s32(ae[j], lo, bc(xq));
-                ao[j] = vdotq_s32(ao[j], hi, bc(xq + 32));
+                ae[j] = dp4<DOT>(ae[j], lo, bc(xq));
+                ao[j] = dp4<DOT>(ao[j], hi, bc(xq + 32));
             }
         }
         const int32x4_t sce = load_u8x4(blk + 64 + 16 * (2 * c) + 4 * q);
@@ -294,7 +310,7 @@ inline void q4_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int
     }
 }
 
-template <int NT>
+template <bool DOT, int NT>
 inline void q6_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int64_t i0, float32x4_t (&acc)[NT]) {
     const uint8x16_t m4 = vdupq_n_u8(0x0F), m30 = vdupq_n_u8(0x30);
     const uint8_t* blk = wg + b * kPackQ6_K;
@@ -313,10 +329,10 @@ inline void q6_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int
             const int64_t ii = (i0 + j) * a.nb + b;
             const int8_t* xq = a.qs.data() + (i0 + j) * a.k + b * QK_K + 16 * t;
             int32x4_t s = vdupq_n_s32(-32 * a.bsum[ii * 16 + t]);
-            s = vdotq_s32(s, u0, bc(xq));
-            s = vdotq_s32(s, u1, bc(xq + 4));
-            s = vdotq_s32(s, u2, bc(xq + 8));
-            s = vdotq_s32(s, u3, bc(xq + 12));
+            s = dp4<DOT>(s, u0, bc(xq));
+            s = dp4<DOT>(s, u1, bc(xq + 4));
+            s = dp4<DOT>(s, u2, bc(xq + 8));
+            s = dp4<DOT>(s, u3, bc(xq + 12));
             isum[j] = vmlaq_s32(isum[j], s, sc);
         }
     }
@@ -330,15 +346,15 @@ inline void q6_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int
 // The prompt tile (NT activation rows of one group, one quarter q) and the decode kernel (one row,
 // NG groups, every quarter) of each K-quant type, made from its super-block routine.
 #define TG_TILE_AND_VEC(NAME, SUPER)                                                                 \
-    template <int NT>                                                                                \
+    template <bool DOT, int NT>                                                                      \
     void NAME##_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) {           \
         const ActQ8K& a = *A.ak;                                                                     \
         float32x4_t acc[NT];                                                                         \
         for (int j = 0; j < NT; j++) acc[j] = vdupq_n_f32(0.f);                                      \
-        for (int64_t b = 0; b < a.nb; b++) SUPER<NT>(a, wg, b, q, i0, acc);                          \
+        for (int64_t b = 0; b < a.nb; b++) SUPER<DOT, NT>(a, wg, b, q, i0, acc);                     \
         for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, q, acc[j]);                             \
     }                                                                                                \
-    template <int NG>                                                                                \
+    template <bool DOT, int NG>                                                                      \
     void NAME##_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {                 \
         const ActQ8K& a = *A.ak;                                                                     \
         float32x4_t acc[NG][4][1];                                                                   \
@@ -346,7 +362,7 @@ inline void q6_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int
             for (int q = 0; q < 4; q++) acc[j][q][0] = vdupq_n_f32(0.f);                             \
         for (int64_t b = 0; b < a.nb; b++)                                                           \
             for (int j = 0; j < NG; j++)                                                             \
-                for (int q = 0; q < 4; q++) SUPER<1>(a, wg[j], b, q, 0, acc[j][q]);                  \
+                for (int q = 0; q < 4; q++) SUPER<DOT, 1>(a, wg[j], b, q, 0, acc[j][q]);             \
         for (int j = 0; j < NG; j++)                                                                 \
             for (int q = 0; q < 4; q++) store_out(A, 0, g[j], q, acc[j][q][0]);                      \
     }
@@ -468,30 +484,26 @@ void gemm_f32(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF32>(A,
 void gemm_f16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF16>(A, g0, g1); }
 void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(A, g0, g1); }
 
-void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
-    const size_t gbytes = packed_group_bytes(GgmlType::Q8_0, A.n_in);
-    if (A.n == 1) return decode_streams<q8_0_vec<kDecodeStreams>, q8_0_vec<1>>(A, g0, g1, gbytes);
-    static const TileFn t[4] = {q8_0_tile<1>, q8_0_tile<2>, q8_0_tile<3>, q8_0_tile<4>};
-    quant_gemm(A, g0, g1, gbytes, t);
-}
-void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
-    const size_t gbytes = packed_group_bytes(GgmlType::Q4_0, A.n_in);
-    if (A.n == 1) return decode_streams<q4_0_vec<kDecodeStreams>, q4_0_vec<1>>(A, g0, g1, gbytes);
-    static const TileFn t[4] = {q4_0_tile<1>, q4_0_tile<2>, q4_0_tile<3>, q4_0_tile<4>};
-    quant_gemm(A, g0, g1, gbytes, t);
-}
-void gemm_q4_K(const GemmArgs& A, int64_t g0, int64_t g1) {
-    const size_t gbytes = (A.n_in / QK_K) * kPackQ4_K;
-    if (A.n == 1) return decode_streams<q4_K_vec<kDecodeStreams>, q4_K_vec<1>>(A, g0, g1, gbytes);
-    static const TileFn t[4] = {q4_K_tile<1>, q4_K_tile<2>, q4_K_tile<3>, q4_K_tile<4>};
-    quant_gemm(A, g0, g1, gbytes, t);
-}
-void gemm_q6_K(const GemmArgs& A, int64_t g0, int64_t g1) {
-    const size_t gbytes = (A.n_in / QK_K) * kPackQ6_K;
-    if (A.n == 1) return decode_streams<q6_K_vec<kDecodeStreams>, q6_K_vec<1>>(A, g0, g1, gbytes);
-    static const TileFn t[4] = {q6_K_tile<1>, q6_K_tile<2>, q6_K_tile<3>, q6_K_tile<4>};
-    quant_gemm(A, g0, g1, gbytes, t);
-}
+// The prompt and decode kernels of a type, with sdot (DOT) or without.
+#define TG_GEMM(NAME, GBYTES)                                                                          \
+    template <bool DOT>                                                                              \
+    void NAME##_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {                                    \
+        const size_t gbytes = GBYTES;                                                                \
+        if (A.n == 1) return decode_streams<NAME##_vec<DOT, kDecodeStreams>, NAME##_vec<DOT, 1>>(A, g0, g1, gbytes); \
+        static const TileFn t[4] = {NAME##_tile<DOT, 1>, NAME##_tile<DOT, 2>, NAME##_tile<DOT, 3>,   \
+                                    NAME##_tile<DOT, 4>};                                            \
+        quant_gemm(A, g0, g1, gbytes, t);                                                            \
+    }                                                                                                \
+    void gemm_##NAME(const GemmArgs& A, int64_t g0, int64_t g1) {                                    \
+        if (cpu_has_neon_dot()) NAME##_gemm<true>(A, g0, g1);                                        \
+        else NAME##_gemm<false>(A, g0, g1);                                                          \
+    }
+
+TG_GEMM(q8_0, packed_group_bytes(GgmlType::Q8_0, A.n_in))
+TG_GEMM(q4_0, packed_group_bytes(GgmlType::Q4_0, A.n_in))
+TG_GEMM(q4_K, (size_t)(A.n_in / QK_K) * kPackQ4_K)
+TG_GEMM(q6_K, (size_t)(A.n_in / QK_K) * kPackQ6_K)
+#undef TG_GEMM
 
 }  // namespace neon
 }  // namespace tg

@@ -280,6 +280,9 @@ int main() {
         std::printf("best instruction set: %s; checked:", isa_name(isa_best()));
         for (Isa isa : isas) std::printf(" %s", isa_name(isa));
         std::printf("\n");
+#if defined(TINYGPTV_ARM)
+        std::printf("neon dot product: %s\n", cpu_has_neon_dot() ? "yes (sdot)" : "no (widening multiplies)");
+#endif
 
         std::mt19937 rng(1234);
         const Shape block_shapes[] = {{21, 96, 1}, {21, 96, 6}, {33, 160, 1}, {40, 64, 9}, {5, 32, 3}};
