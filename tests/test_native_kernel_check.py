@@ -43,6 +43,9 @@ X86_FLAGS = {"avx2": ["-mavx2", "-mfma", "-mf16c"],
 WARN = ["-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror"]
 ARM = ["-std=gnu++17", "-O2", "-DTINYGPTV_ARM=1", f"-I{CSRC}", *WARN]
 KERNELS = ["matmul", "vecmath", "attention"]  # each with a file per instruction set
+# kernel_check and the instruction-set-neutral sources it needs (the SIMD files come with their flags)
+KERNEL_CHECK_SOURCES = [CSRC / "cpu.cpp", CSRC / "quants.cpp", CSRC / "threadpool.cpp", CSRC / "kernels" / "ops.cpp",
+                        *(CSRC / "kernels" / f"{k}.cpp" for k in KERNELS), NATIVE / "kernel_check.cpp"]
 HAVE_ARM = bool(shutil.which(CXX) and shutil.which(QEMU))
 arm = pytest.mark.skipif(not HAVE_ARM and os.environ.get("TINYGPTV_REQUIRE_ARM_CHECK") != "1",
                          reason=f"needs {CXX} and {QEMU} (Debian: g++-aarch64-linux-gnu, qemu-user)")
@@ -94,8 +97,6 @@ def test_kernel_check_on_this_machine(tmp_path):
     """Natively: every path this CPU has against the scalar one (x86: AVX2, AVX-512)."""
     if not shutil.which(HOST_CXX):
         pytest.skip(f"no C++ compiler ({HOST_CXX})")
-    plain = [CSRC / "cpu.cpp", CSRC / "quants.cpp", CSRC / "threadpool.cpp", CSRC / "kernels" / "ops.cpp",
-             *(CSRC / "kernels" / f"{k}.cpp" for k in KERNELS), NATIVE / "kernel_check.cpp"]
     if platform.machine() in ("x86_64", "AMD64"):
         # (no -Werror: GCC 12's own AVX-512 headers trip -Wmaybe-uninitialized)
         common = ["-std=gnu++17", "-O2", "-DTINYGPTV_X86=1", f"-I{CSRC}", *WARN[:-1]]
@@ -104,7 +105,7 @@ def test_kernel_check_on_this_machine(tmp_path):
         common, simd = ARM, [(CSRC / "kernels" / f"{k}_neon.cpp", NEON_FLAGS) for k in KERNELS]
     else:
         pytest.skip(f"no SIMD kernels for {platform.machine()}")
-    objs = _objects(HOST_CXX, common, [*simd, *((p, []) for p in plain)], tmp_path)
+    objs = _objects(HOST_CXX, common, [*simd, *((p, []) for p in KERNEL_CHECK_SOURCES)], tmp_path)
     exe = tmp_path / "kernel_check"
     _compile(HOST_CXX, [*common, "-pthread", *objs, "-o", str(exe)])
     r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
@@ -138,10 +139,8 @@ def test_neon_kernels_under_sanitizers(tmp_path):
     the cross toolchain's runtimes, run with qemu's -L; leak checking does not work under qemu)."""
     san = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
     common = [a for a in ARM if a != "-O2"] + san
-    plain = [CSRC / "cpu.cpp", CSRC / "quants.cpp", CSRC / "threadpool.cpp", CSRC / "kernels" / "ops.cpp",
-             *(CSRC / "kernels" / f"{k}.cpp" for k in KERNELS), NATIVE / "kernel_check.cpp"]
     simd = [(CSRC / "kernels" / f"{k}_neon.cpp", NEON_FLAGS) for k in KERNELS]
-    objs = _objects(CXX, common, [*simd, *((p, []) for p in plain)], tmp_path)
+    objs = _objects(CXX, common, [*simd, *((p, []) for p in KERNEL_CHECK_SOURCES)], tmp_path)
     exe = tmp_path / "kernel_check_san"
     _compile(CXX, [*common, "-pthread", *objs, "-o", str(exe)])
     sysroot = Path(os.environ.get("TINYGPTV_ARM_SYSROOT", "/usr/aarch64-linux-gnu"))  # Debian's cross libraries

@@ -374,22 +374,6 @@ TG_TILE_AND_VEC(q4_K, q4_K_super)
 TG_TILE_AND_VEC(q6_K, q6_K_super)
 #undef TG_TILE_AND_VEC
 
-using TileFn = void (*)(const GemmArgs&, const uint8_t*, int64_t, int64_t, int);
-
-void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const TileFn tiles[4]) {
-    const int64_t chunk = act_chunk_rows(A.n, A.n_in, 4);
-    for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
-        const int64_t c1 = std::min(A.n, c0 + chunk);
-        for (int64_t g = g0; g < g1; g++) {
-            const uint8_t* wg = A.w + (g - A.g_base) * gbytes;
-            for (int h = 0; h < 2; h++) {
-                if (g * kGroup + 8 * h >= A.n_out) break;
-                for (int64_t i = c0; i < c1; i += 4) tiles[std::min<int64_t>(4, c1 - i) - 1](A, wg, g, i, h);
-            }
-        }
-    }
-}
-
 // ---- activation quantizers (byte-identical to the scalar ones in matmul.cpp) ------------------
 
 inline __m256 abs8(__m256 v) { return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
@@ -516,26 +500,26 @@ void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(
 void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1)
         return decode_streams<q8_0_vec<kDecodeStreams>, q8_0_vec<1>>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in));
-    static const TileFn t[4] = {q8_0_tile<1>, q8_0_tile<2>, q8_0_tile<3>, q8_0_tile<4>};
-    quant_gemm(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), t);
+    static const PartTileFn t[4] = {q8_0_tile<1>, q8_0_tile<2>, q8_0_tile<3>, q8_0_tile<4>};
+    part_quant_gemm<2>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), t);
 }
 void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1)
         return decode_streams<q4_0_vec<kDecodeStreams>, q4_0_vec<1>>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in));
-    static const TileFn t[4] = {q4_0_tile<1>, q4_0_tile<2>, q4_0_tile<3>, q4_0_tile<4>};
-    quant_gemm(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in), t);
+    static const PartTileFn t[4] = {q4_0_tile<1>, q4_0_tile<2>, q4_0_tile<3>, q4_0_tile<4>};
+    part_quant_gemm<2>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in), t);
 }
 void gemm_q4_K(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1)
         return decode_streams<q4_K_vec<kDecodeStreams>, q4_K_vec<1>>(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K);
-    static const TileFn t[4] = {q4_K_tile<1>, q4_K_tile<2>, q4_K_tile<3>, q4_K_tile<4>};
-    quant_gemm(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K, t);
+    static const PartTileFn t[4] = {q4_K_tile<1>, q4_K_tile<2>, q4_K_tile<3>, q4_K_tile<4>};
+    part_quant_gemm<2>(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K, t);
 }
 void gemm_q6_K(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1)
         return decode_streams<q6_K_vec<kDecodeStreams>, q6_K_vec<1>>(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K);
-    static const TileFn t[4] = {q6_K_tile<1>, q6_K_tile<2>, q6_K_tile<3>, q6_K_tile<4>};
-    quant_gemm(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K, t);
+    static const PartTileFn t[4] = {q6_K_tile<1>, q6_K_tile<2>, q6_K_tile<3>, q6_K_tile<4>};
+    part_quant_gemm<2>(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K, t);
 }
 
 }  // namespace avx2

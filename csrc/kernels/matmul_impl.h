@@ -158,42 +158,44 @@ inline int64_t act_chunk_rows(int64_t n, int64_t k_bytes, int64_t tile) {
     return (rows + tile - 1) / tile * tile;
 }
 
+// Prompt driver of the kernels that take a 16-row group in PARTS parts of 16 / PARTS rows (AVX2:
+// halves, NEON: quarters): row groups outer, parts, then activation tiles of up to 4 rows (the
+// unpacked weights of a block are reused across the tile); activations are taken in L2-sized chunks.
+// tiles[t - 1] computes a tile of t rows of one part.
+using PartTileFn = void (*)(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int part);
+template <int PARTS>
+void part_quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const PartTileFn (&tiles)[4]) {
+    const int64_t chunk = act_chunk_rows(A.n, A.n_in, 4);
+    for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
+        const int64_t c1 = c0 + chunk < A.n ? c0 + chunk : A.n;
+        for (int64_t g = g0; g < g1; g++) {
+            const uint8_t* wg = A.w + (g - A.g_base) * gbytes;
+            for (int p = 0; p < PARTS; p++) {
+                if (g * kGroup + (kGroup / PARTS) * p >= A.n_out) break;
+                for (int64_t i = c0; i < c1; i += 4) tiles[(c1 - i < 4 ? c1 - i : 4) - 1](A, wg, g, i, p);
+            }
+        }
+    }
+}
+
+// The entry points of each SIMD instruction set (one namespace each, the same set).
+#define TG_SIMD_KERNEL_SET                                                                                  \
+    void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum, int gb);        \
+    void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32); \
+    void gemm_f32(const GemmArgs&, int64_t, int64_t);                                                       \
+    void gemm_f16(const GemmArgs&, int64_t, int64_t);                                                       \
+    void gemm_bf16(const GemmArgs&, int64_t, int64_t);                                                      \
+    void gemm_q8_0(const GemmArgs&, int64_t, int64_t);                                                      \
+    void gemm_q4_0(const GemmArgs&, int64_t, int64_t);                                                      \
+    void gemm_q4_K(const GemmArgs&, int64_t, int64_t);                                                      \
+    void gemm_q6_K(const GemmArgs&, int64_t, int64_t);
 #if defined(TINYGPTV_X86)
-namespace avx2 {
-void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum, int gb);
-void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
-void gemm_f32(const GemmArgs&, int64_t, int64_t);
-void gemm_f16(const GemmArgs&, int64_t, int64_t);
-void gemm_bf16(const GemmArgs&, int64_t, int64_t);
-void gemm_q8_0(const GemmArgs&, int64_t, int64_t);
-void gemm_q4_0(const GemmArgs&, int64_t, int64_t);
-void gemm_q4_K(const GemmArgs&, int64_t, int64_t);
-void gemm_q6_K(const GemmArgs&, int64_t, int64_t);
-}  // namespace avx2
-namespace avx512 {
-void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum, int gb);
-void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
-void gemm_f32(const GemmArgs&, int64_t, int64_t);
-void gemm_f16(const GemmArgs&, int64_t, int64_t);
-void gemm_bf16(const GemmArgs&, int64_t, int64_t);
-void gemm_q8_0(const GemmArgs&, int64_t, int64_t);
-void gemm_q4_0(const GemmArgs&, int64_t, int64_t);
-void gemm_q4_K(const GemmArgs&, int64_t, int64_t);
-void gemm_q6_K(const GemmArgs&, int64_t, int64_t);
-}  // namespace avx512
+namespace avx2 { TG_SIMD_KERNEL_SET }
+namespace avx512 { TG_SIMD_KERNEL_SET }
 #endif
 #if defined(TINYGPTV_ARM)
-namespace neon {
-void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum, int gb);
-void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* bsum, int32_t* pair32);
-void gemm_f32(const GemmArgs&, int64_t, int64_t);
-void gemm_f16(const GemmArgs&, int64_t, int64_t);
-void gemm_bf16(const GemmArgs&, int64_t, int64_t);
-void gemm_q8_0(const GemmArgs&, int64_t, int64_t);
-void gemm_q4_0(const GemmArgs&, int64_t, int64_t);
-void gemm_q4_K(const GemmArgs&, int64_t, int64_t);
-void gemm_q6_K(const GemmArgs&, int64_t, int64_t);
-}  // namespace neon
+namespace neon { TG_SIMD_KERNEL_SET }
 #endif
+#undef TG_SIMD_KERNEL_SET
 
 }  // namespace tg

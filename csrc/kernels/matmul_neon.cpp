@@ -371,24 +371,6 @@ TG_TILE_AND_VEC(q4_K, q4_K_super)
 TG_TILE_AND_VEC(q6_K, q6_K_super)
 #undef TG_TILE_AND_VEC
 
-using TileFn = void (*)(const GemmArgs&, const uint8_t*, int64_t, int64_t, int);
-
-// Row groups outer, quarters, then activation tiles of up to 4 rows (the unpacked weights of a
-// block are reused across the tile); activations are taken in L2-sized chunks.
-void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const TileFn tiles[4]) {
-    const int64_t chunk = act_chunk_rows(A.n, A.n_in, 4);
-    for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
-        const int64_t c1 = std::min(A.n, c0 + chunk);
-        for (int64_t g = g0; g < g1; g++) {
-            const uint8_t* wg = A.w + (g - A.g_base) * gbytes;
-            for (int q = 0; q < 4; q++) {
-                if (g * kGroup + 4 * q >= A.n_out) break;
-                for (int64_t i = c0; i < c1; i += 4) tiles[std::min<int64_t>(4, c1 - i) - 1](A, wg, g, i, q);
-            }
-        }
-    }
-}
-
 // 16 int32 values (4 vectors, in order, each in [-128, 127]) -> 16 int8
 inline void store_i8x16(int8_t* dst, const int32x4_t (&q)[4]) {
     const int16x8_t lo = vcombine_s16(vmovn_s32(q[0]), vmovn_s32(q[1])), hi = vcombine_s16(vmovn_s32(q[2]), vmovn_s32(q[3]));
@@ -490,9 +472,9 @@ void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(
     void NAME##_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {                                    \
         const size_t gbytes = GBYTES;                                                                \
         if (A.n == 1) return decode_streams<NAME##_vec<DOT, kDecodeStreams>, NAME##_vec<DOT, 1>>(A, g0, g1, gbytes); \
-        static const TileFn t[4] = {NAME##_tile<DOT, 1>, NAME##_tile<DOT, 2>, NAME##_tile<DOT, 3>,   \
-                                    NAME##_tile<DOT, 4>};                                            \
-        quant_gemm(A, g0, g1, gbytes, t);                                                            \
+        static const PartTileFn t[4] = {NAME##_tile<DOT, 1>, NAME##_tile<DOT, 2>, NAME##_tile<DOT, 3>,  \
+                                        NAME##_tile<DOT, 4>};                                        \
+        part_quant_gemm<4>(A, g0, g1, gbytes, t);                                                    \
     }                                                                                                \
     void gemm_##NAME(const GemmArgs& A, int64_t g0, int64_t g1) {                                    \
         if (cpu_has_neon_dot()) NAME##_gemm<true>(A, g0, g1);                                        \
