@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from tinygptv_native import Model
+from tinygptv_native import Model, _core
 from tinygptv_native.demo import demo_image_path, demo_model_path
 
 QUESTIONS = ["Describe the picture.", "What colour is the largest shape?", "Is there anything in the corner?",
@@ -31,20 +31,20 @@ def main():
     chat = m.new_chat()
     rows = []
     for k in range(min(args.turns, len(QUESTIONS))):
-        r = chat.ask(QUESTIONS[k], image if k == 0 else None, temperature=0, max_new_tokens=args.n_predict,
+        r = chat.ask(QUESTIONS[k], image=image if k == 0 else None, temperature=0, max_new_tokens=args.n_predict,
                      ignore_eos=True, return_result=True)
         # The same prompt from scratch: encode the image again and evaluate the whole spliced history.
-        toks = chat.tokens(chat.prompt_positions)
+        toks = chat.tokens(r.cached_tokens + r.prompt_tokens + r.image_tokens)
+        fresh = _core.Context(m._model, len(toks) + m.n_image_tokens, 1, m.n_threads, image_cache_mb=0)
         t0 = time.perf_counter()
-        emb = m.encode_image(image)
+        emb = fresh.encode_image(m.preprocess(image)).numpy()
         t_enc = (time.perf_counter() - t0) * 1e3
         ids_at = [i for i, t in enumerate(toks) if isinstance(t, np.ndarray)]
         ids = [t for t in toks if not isinstance(t, np.ndarray)]
         x = np.concatenate([m._model.embed_tokens(np.asarray(ids[:ids_at[0]], np.int32)), emb,
                             m._model.embed_tokens(np.asarray(ids[ids_at[0]:], np.int32))])
-        s = m._session(len(x))
         t0 = time.perf_counter()
-        s.eval_embeddings(np.ascontiguousarray(x, np.float32), False)
+        fresh.eval_embeddings(0, np.ascontiguousarray(x, np.float32), False)
         t_full = (time.perf_counter() - t0) * 1e3
         rows.append((k + 1, r, len(x), t_enc + t_full))
     print(f"model: {m.path}, threads: {m.n_threads}, answers of {args.n_predict} tokens (greedy)")

@@ -63,7 +63,7 @@ def evaluate(path, painter, n, threads, render=256):
     for _ in range(n):
         scene, img = draw_sample(rng, painter, render)
         qtype, q, a = sample_question(scene, rng)
-        p = m.chat(img, q, temperature=0.0, max_new_tokens=24).strip()
+        p = m.chat(q, image=img, temperature=0.0, max_new_tokens=24).strip()
         if qtype == "refer":
             pb, ab = parse_box(p), parse_box(a)
             ok = pb is not None and iou(pb, ab) >= 0.5

@@ -114,17 +114,17 @@ def worker_ours(path: str, threads: int) -> dict:
     t0 = time.perf_counter()
     m = _core.Model(path)
     load = time.perf_counter() - t0
-    s = _core.Session(m, N_PROMPT + 16, threads, True)
+    s = _core.Context(m, N_PROMPT + 16, 1, threads, True)
     ids = _prompt_ids(N_PROMPT, 1)
     t0 = time.perf_counter()
-    s.eval_tokens(ids, False)
+    s.eval_tokens(0, ids, False)
     pp = N_PROMPT / (time.perf_counter() - t0)
-    s = _core.Session(m, N_SHORT + N_GEN + 8, threads, True)
-    logits = s.eval_tokens(_prompt_ids(N_SHORT, 2), False)
+    s = _core.Context(m, N_SHORT + N_GEN + 8, 1, threads, True)
+    logits = s.eval_tokens(0, _prompt_ids(N_SHORT, 2), False)
     t0 = time.perf_counter()
     for _ in range(N_GEN):
         tok = int(np.argmax(logits[: VOCAB - 1000]))
-        logits = s.eval_tokens(np.array([tok], np.int32), False)
+        logits = s.eval_tokens(0, np.array([tok], np.int32), False)
     tg = N_GEN / (time.perf_counter() - t0)
     return {"load_s": load, "pp": pp, "tg": tg}
 

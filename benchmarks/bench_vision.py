@@ -2,7 +2,7 @@
 
 Writes a random GGUF with the real widths of TinyGPT-V's image path (EVA ViT-g: 1408 wide, 16 heads,
 FFN 6144; Q-Former: 768 wide, 12 heads, FFN 3072, 32 queries; projector 768 -> 4096 -> 2560) but only a
-few blocks, times Session.encode_image three times (b ViT blocks + 2 Q-Former layers, 2b + 2, b + 4) and
+few blocks, times Context.encode_image three times (b ViT blocks + 2 Q-Former layers, 2b + 2, b + 4) and
 extrapolates to the full depth (39 ViT blocks, 12 Q-Former layers) from the per-block and per-layer
 differences. Prints a table.
 
@@ -92,7 +92,7 @@ def write_model(path, image_size, vit_blocks, qf_layers, dtype):
 
 def time_encode(path, image_size, threads, repeat):
     m = _core.Model(path)
-    s = _core.Session(m, 16, threads)
+    s = _core.Context(m, 16, 1, threads, image_cache_mb=0)  # time the encoder, not the cache
     x = np.random.default_rng(1).standard_normal((3, image_size, image_size)).astype(np.float32)
     s.encode_image(x)  # warm-up (allocates the scratch)
     best = float("inf")

@@ -1,38 +1,110 @@
-// The token loop of one answer: sample from the last logits, feed the token back, repeat.
-// Text handling (stop strings, streaming pieces) stays in Python; this class does all the math, so
-// Python makes one call per token and computes nothing itself.
+// The token loop of every sequence of a context, in one call per step.
+//
+// A request is a prompt (pieces of token ids and images, spliced here into one run of positions),
+// sampling settings and stop conditions. submit() places it in a free slot of the context: the one
+// whose cache already holds the longest prefix of the prompt (copied from a busy slot when that one
+// holds more), so a request that repeats a conversation evaluates only what is new. step() makes one
+// decode call for all active sequences (prompt chunks of some, the next token of others), samples
+// each sequence that got logits, turns its tokens into whole UTF-8 characters, applies stop ids and
+// stop strings, and reports what each produced.
+//
+// A sequence's tokens do not depend on what else is decoded with it: its rows compute as they do
+// alone, and each sequence has its own sampler and random stream.
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
-#include "model/tinygptv.h"
+#include "model/context.h"
 #include "sampler.h"
+#include "stop_matcher.h"
 #include "tokenizer/tokenizer.h"
 
 namespace tg {
 
+// One piece of a prompt: token ids, or an image's embeddings.
+struct PromptPiece {
+    std::vector<int32_t> tokens;
+    std::shared_ptr<const ImageEmbd> image;
+};
+
+struct GenRequest {
+    std::vector<PromptPiece> prompt;
+    SamplerParams sampling;
+    int64_t max_new_tokens = 128;
+    std::vector<int32_t> stop_ids;        // end the answer (not part of it); eos too when use_eos
+    std::vector<std::string> stop_strings;
+    bool use_eos = true;
+    std::vector<int32_t> penalty_history;  // ids the repetition penalty sees before the answer
+};
+
+// What one sequence produced in a step.
+struct GenEvent {
+    int32_t seq = -1;
+    int32_t token = -1;         // the answer's new token, or -1 (an end token, or no token)
+    std::string text;           // text that became safe to show (whole characters, no stop string)
+    bool finished = false;
+    const char* finish_reason = "";  // "stop", "length" or "interrupted" when finished
+};
+
 class Generator {
 public:
-    // The session must already hold the prompt and `last_logits` the logits of its last position.
-    Generator(Session& session, const Tokenizer& tok, const SamplerParams& params, std::vector<int32_t> history,
-              std::vector<float> last_logits);
+    // n_batch: most prompt rows evaluated per step (decode rows of active sequences always go).
+    Generator(Context& ctx, const Tokenizer& tok, int64_t n_batch = 512);
 
-    // Feeds the pending token (the one returned by the previous step, if any) through the model, then
-    // samples the next one and returns it (it stays pending until the next step or commit).
-    int32_t step();
-    // Feeds the pending token without sampling another (keeps the KV cache complete for a follow-up).
-    void commit();
-    int32_t pending() const { return pending_; }
-    Session& session() { return s_; }
-    const std::vector<float>& last_logits() const { return logits_; }
+    // Checks the request (nothing changes when it is bad), places it and returns the slot. cached: how
+    // many prompt positions the slot already held. Throws ModelError when no slot is free.
+    int submit(GenRequest req, int64_t* cached);
+    bool has_free_slot() const;
+    int n_active() const;
+
+    // One decode call for all active sequences. The returned events (one per sequence that produced
+    // something or finished) stay valid until the next step.
+    const std::vector<GenEvent>& step();
+    // Ends an active sequence now ("interrupted"); its cache keeps what was evaluated.
+    GenEvent cancel(int seq);
+    // The logits at the end of the slot's last prompt (kept until its next prompt ends).
+    const std::vector<float>& prompt_logits(int seq) const;
+
+    // A free slot (least recently used) taken out of the generator's use until release(), for a caller
+    // that decodes into it directly; its cache is kept. Throws ModelError when none is free.
+    int reserve();
+    void release(int seq);
+
+    Context& context() { return ctx_; }
 
 private:
-    Session& s_;
-    Sampler sampler_;
-    std::vector<int32_t> history_;
-    std::vector<float> logits_;
-    int32_t pending_ = -1;
+    struct Slot {
+        bool active = false;
+        bool reserved = false;
+        uint64_t last_used = 0;
+        std::vector<Cell> cells;                     // the prompt
+        std::vector<const float*> embd;              // per prompt position: its image row, or null
+        std::vector<std::shared_ptr<const ImageEmbd>> images;  // kept alive while the prompt runs
+        int64_t n_done = 0;                          // prompt positions in the cache
+        std::vector<float> prompt_logits;            // at the prompt's last position
+        int32_t pending = -1;                        // sampled, not yet evaluated
+        int64_t max_new = 0, n_new = 0;
+        bool use_eos = true;
+        std::vector<int32_t> stop_ids;
+        std::vector<int32_t> history;
+        std::unique_ptr<Sampler> sampler;
+        std::unique_ptr<StreamDecoder> dec;
+        StopMatcher stop;
+    };
+    void finish(int seq, const char* reason, GenEvent& ev, bool stop_hit = false);
+    void sample(int seq, const float* logits, GenEvent& ev);
+
+    Context& ctx_;
+    const Tokenizer& tok_;
+    int64_t n_batch_;
+    uint64_t tick_ = 0;
+    std::vector<Slot> slots_;
+    Batch batch_;
+    std::vector<int32_t> row_slot_;  // per batch row wanting logits: its slot
+    std::vector<GenEvent> events_;
+    std::vector<uint8_t> allowed_;
 };
 
 }  // namespace tg

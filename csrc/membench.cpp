@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "threadpool.h"
+#include "exec.h"
 
 namespace tg {
 
@@ -13,12 +13,12 @@ double read_bandwidth(size_t bytes, int n_threads) {
     const size_t n = std::max<size_t>(bytes / sizeof(uint64_t), 1024);
     std::vector<uint64_t> buf(n);
     for (size_t i = 0; i < n; i++) buf[i] = i;
-    ThreadPool pool(n_threads);
+    Exec ex(n_threads);
     std::vector<uint64_t> sink(64 * (size_t)n_threads);
     double best = 0;
     for (int pass = 0; pass < 4; pass++) {
         auto t0 = std::chrono::steady_clock::now();
-        pool.parallel_for((int64_t)n, 4096, [&](int64_t b, int64_t e, int t) {
+        ex.parallel_for((int64_t)n, 4096, [&](int64_t b, int64_t e, int t) {
             // Eight independent accumulators keep the loads in flight.
             uint64_t a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             int64_t i = b;

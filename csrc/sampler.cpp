@@ -30,19 +30,24 @@ double Pcg32::uniform() {
     return ((double)a * 67108864.0 + (double)b) * (1.0 / 9007199254740992.0);
 }
 
-Sampler::Sampler(const SamplerParams& p, const Tokenizer& tok) : params_(p), rng_(p.seed) {
+void SamplerParams::validate() const {
+    const SamplerParams& p = *this;
     if (!std::isfinite(p.temperature) || p.temperature < 0.0f)
         throw std::invalid_argument(fmt("temperature must be a finite number >= 0, got %g", (double)p.temperature));
-    if (std::isnan(p.top_p) || p.top_p < 0.0f)
-        throw std::invalid_argument(fmt("top_p must be >= 0 (>= 1 disables it), got %g", (double)p.top_p));
-    if (std::isnan(p.min_p) || p.min_p > 1.0f)
-        throw std::invalid_argument(fmt("min_p must be <= 1 (<= 0 disables it), got %g", (double)p.min_p));
+    if (!(p.top_p > 0.0f && p.top_p <= 1.0f))
+        throw std::invalid_argument(fmt("top_p must be in (0, 1] (1 disables it), got %g", (double)p.top_p));
+    if (!(p.min_p >= 0.0f && p.min_p <= 1.0f))
+        throw std::invalid_argument(fmt("min_p must be in [0, 1] (0 disables it), got %g", (double)p.min_p));
     if (!std::isfinite(p.repetition_penalty) || p.repetition_penalty <= 0.0f)
         throw std::invalid_argument(fmt("repetition_penalty must be a finite number > 0 (1 disables it), got %g",
                                         (double)p.repetition_penalty));
     if (p.penalty_last_n < -1)
         throw std::invalid_argument(fmt("penalty_last_n must be >= -1 (-1: whole history, 0: off), got %d",
                                         p.penalty_last_n));
+}
+
+Sampler::Sampler(const SamplerParams& p, const Tokenizer& tok) : params_(p), rng_(p.seed) {
+    p.validate();
     sampleable_.resize(tok.n_vocab());
     for (int32_t i = 0; i < tok.n_vocab(); ++i) sampleable_[i] = tok.is_sampleable(i) ? 1 : 0;
 }

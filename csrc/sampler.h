@@ -30,6 +30,9 @@ struct SamplerParams {
     float repetition_penalty = 1.0f; // > 0; 1 disables
     int penalty_last_n = 64;         // 0 disables the penalty, -1 = the whole history
     uint64_t seed = 0;
+
+    // The one place the settings are checked: throws std::invalid_argument naming the setting and value.
+    void validate() const;
 };
 
 // PCG32 (O'Neill, pcg-random.org): small, fast, and the same sequence everywhere.

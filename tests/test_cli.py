@@ -44,7 +44,7 @@ def test_run_streams_the_answer(files):
                             "-n", 12, "--temp", 0, "-t", 1)
     assert rc == 0, err
     m = tg.Model(files["model"], n_threads=1)
-    want = m.chat(files["image"], "What is it?", max_new_tokens=12, temperature=0)
+    want = m.chat("What is it?", image=files["image"], max_new_tokens=12, temperature=0)
     assert out == want + "\n"
     assert err == ""  # quiet unless --verbose
 
@@ -58,7 +58,7 @@ def test_run_verbose_sampling_and_stdin(files):
     rc2, out2, _ = tinygptv(*args, "-p", "-", stdin="[vqa] colour?")
     assert rc2 == 0 and out2 == out  # same seed, same answer; -p - reads stdin
     m = tg.Model(files["model"], n_threads=1)
-    assert out == m.chat(files["image"], "[vqa] colour?", max_new_tokens=10, temperature=0.7, top_p=0.8, top_k=20,
+    assert out == m.chat("[vqa] colour?", image=files["image"], max_new_tokens=10, temperature=0.7, top_p=0.8, top_k=20,
                          seed=3) + "\n"
 
 
@@ -134,7 +134,7 @@ def test_chat_reads_piped_input(files):
     assert "error: temp needs a float value, got 'hot'" in out
     assert "unknown command '/nonsense'" in out and "conversation cleared" in out
     m = tg.Model(files["model"], n_threads=1)
-    assert m.chat(files["image"], "What is it?", temperature=0, max_new_tokens=6) in out
+    assert m.chat("What is it?", image=files["image"], temperature=0, max_new_tokens=6) in out
 
 
 def test_chat_eof_exits_and_errors(files):

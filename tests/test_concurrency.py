@@ -1,6 +1,6 @@
-"""One Model shared by many Python threads, each with its own Session: the results equal the serial
+"""One Model shared by many Python threads, each with its own Context: the results equal the serial
 ones bit for bit, the calls really run at the same time (the GIL is released during compute), and
-the logits do not depend on a Session's thread count."""
+the logits do not depend on a Context's thread count."""
 from __future__ import annotations
 
 import os
@@ -41,17 +41,17 @@ def _prompts(k, n_vocab):
 def _run_chat(model, k, n_threads=1, kv_f16=True):
     """A small conversation: a prefill, then token-by-token decode, then a rewind and a second turn.
     Returns every logits array produced."""
-    s = _core.Session(model, 128, n_threads, kv_f16)
+    s = _core.Context(model, 128, 1, n_threads, kv_f16)
     out = []
     p1, p2, p3 = _prompts(k, model.n_vocab)
-    out.append(s.eval_tokens(p1, True))
+    out.append(s.eval_tokens(0, p1, True))
     tok = int(np.argmax(out[-1][-1]))
     for _ in range(6):
-        out.append(s.eval_tokens(np.array([tok], np.int32)))
+        out.append(s.eval_tokens(0, np.array([tok], np.int32)))
         tok = int(np.argmax(out[-1]))
-    s.rewind(len(p1))
-    out.append(s.eval_tokens(p2, True))
-    out.append(s.eval_tokens(p3))
+    s.truncate(0, len(p1))
+    out.append(s.eval_tokens(0, p2, True))
+    out.append(s.eval_tokens(0, p3))
     return out
 
 
@@ -88,12 +88,12 @@ def test_threads_share_model_and_match_serial(model):
 
 def test_gil_released_during_compute(big_model):
     """A pure-Python ticker keeps running while another thread is inside eval_tokens."""
-    s = _core.Session(big_model, 512, 1, False)
+    s = _core.Context(big_model, 512, 1, 1, False)
     ids = np.arange(256, dtype=np.int32) % big_model.n_vocab
     t0 = time.perf_counter()
-    s.eval_tokens(ids)
+    s.eval_tokens(0, ids)
     single = time.perf_counter() - t0
-    s.rewind(0)
+    s.truncate(0, 0)
 
     ticks = [0]
     stop = threading.Event()
@@ -114,8 +114,8 @@ def test_gil_released_during_compute(big_model):
             a = time.perf_counter()
             results["calls"] = 0
             while time.perf_counter() - a < 0.25:
-                s.rewind(0)
-                s.eval_tokens(ids)
+                s.truncate(0, 0)
+                s.eval_tokens(0, ids)
                 results["calls"] += 1
             results["dt"] = time.perf_counter() - a
             results["ticks"] = ticks[0] - before
@@ -134,12 +134,12 @@ def test_gil_released_during_compute(big_model):
         f"only {results['ticks']} ticks during a {results['dt']:.3f} s call: the GIL seems to be held"
 
 
-def test_sessions_overlap_in_time(big_model):
+def test_contexts_overlap_in_time(big_model):
     """Two threads' eval calls are in flight at the same moment (each records when it is inside). One
     call each, so that a held GIL would leave the probe no chance to see both inside: the call is made
     long (500 positions, ~25 ms here) and the probe samples every 0.2 ms."""
     ids = np.arange(500, dtype=np.int32) % big_model.n_vocab
-    sessions = [_core.Session(big_model, 512, 1, False) for _ in range(2)]
+    contexts = [_core.Context(big_model, 512, 1, 1, False) for _ in range(2)]
     inside = [0]
     both = [0]  # probe samples that saw both calls in flight
     lock = threading.Lock()
@@ -156,13 +156,13 @@ def test_sessions_overlap_in_time(big_model):
         barrier.wait()
         with lock:
             inside[0] += 1
-        s.eval_tokens(ids)
+        s.eval_tokens(0, ids)
         with lock:
             inside[0] -= 1
 
     pr = threading.Thread(target=probe)
     pr.start()
-    ts = [threading.Thread(target=work, args=(s,)) for s in sessions]
+    ts = [threading.Thread(target=work, args=(s,)) for s in contexts]
     for t in ts:
         t.start()
     for t in ts:
@@ -186,14 +186,14 @@ def test_thread_count_invariance(model, big_model, kv_f16):
                 assert np.array_equal(a, b), f"{n_threads} threads: call {i} differs from 1 thread"
 
 
-def test_session_from_many_threads_is_serialised(model):
-    """One Session hit by several threads at once never corrupts its state: each call is atomic, so
+def test_context_from_many_threads_is_serialised(model):
+    """One Context hit by several threads at once never corrupts its state: each call is atomic, so
     the final KV length is the sum of all tokens and a replay gives the same last logits."""
-    s = _core.Session(model, 256, 2, False)
+    s = _core.Context(model, 256, 1, 2, False)
     chunks = [np.full(5, k, np.int32) for k in range(8)]
-    ths = [threading.Thread(target=s.eval_tokens, args=(c,)) for c in chunks]
+    ths = [threading.Thread(target=s.eval_tokens, args=(0, c)) for c in chunks]
     for t in ths:
         t.start()
     for t in ths:
         t.join()
-    assert s.n_past == 40
+    assert s.n_past(0) == 40

@@ -33,8 +33,8 @@ def test_demo_model_is_shipped_small_and_q8_0(demo):
 
 def test_example_picture(demo):
     img = str(demo_image_path())
-    assert demo.chat(img, "How many shapes are there?", temperature=0) == "three"
-    assert demo.chat(img, "Is there a green triangle?", temperature=0) == "yes"
+    assert demo.chat("How many shapes are there?", image=img, temperature=0) == "three"
+    assert demo.chat("Is there a green triangle?", image=img, temperature=0) == "yes"
 
 
 @pytest.mark.parametrize("painter", ["A", "B"])
@@ -46,7 +46,7 @@ def test_fresh_pictures(demo, painter):
         qtype, q, a = sample_question(scene, rng)
         if qtype == "refer":
             continue
-        ok = demo.chat(img, q, temperature=0, max_new_tokens=24).strip() == a
+        ok = demo.chat(q, image=img, temperature=0, max_new_tokens=24).strip() == a
         for k in (qtype, "all"):
             if k in right:
                 right[k][0] += ok
@@ -67,7 +67,7 @@ def test_grounding_boxes(demo, painter):
         if not cands:
             continue
         q, a = cands[int(rng.integers(len(cands)))]
-        box = parse_box(demo.chat(img, q, temperature=0, max_new_tokens=24))
+        box = parse_box(demo.chat(q, image=img, temperature=0, max_new_tokens=24))
         hits += box is not None and iou(box, parse_box(a)) >= 0.5
         n += 1
     assert hits >= 0.7 * n, (hits, n)

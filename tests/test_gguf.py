@@ -57,8 +57,8 @@ def _worker_main():
             _core.GGUFReader(path).validate()
         elif op == "model":
             m = _core.Model(path)
-            s = _core.Session(m, 8, 1, False)
-            s.eval_tokens(numpy.array([1, 2, 3], numpy.int32))
+            s = _core.Context(m, 8, 1, 1, False)
+            s.eval_tokens(0, numpy.array([1, 2, 3], numpy.int32))
         else:
             raise RuntimeError(op)
 
@@ -630,7 +630,7 @@ def test_valid_phi2_variants_load_and_agree(tmp_path):
         p = tmp_path / name
         b.write(p)
         m = _core.Model(str(p))
-        return _core.Session(m, 16, 1, False).eval_tokens(ids, True)
+        return _core.Context(m, 16, 1, 1, False).eval_tokens(0, ids, True)
 
     ref = logits(gb.phi2_builder(), "ref.gguf")
     assert np.isfinite(ref).all() and ref.shape == (5, 260)

@@ -174,18 +174,18 @@ def _reference(path, texts, pixels, n_gen):
     m = _core.Model(str(path), 2)
     tok = _core.tokenizer_from_model(m)
     ids = [tok.encode(t, False) for t in texts]
-    s = _core.Session(m, 512, 2, True)
+    s = _core.Context(m, 512, 1, 2, True)
     image = None
     if m.has_vision:
-        emb = s.encode_image(pixels)
+        emb = s.encode_image(pixels).numpy()
         image = emb
-        s.eval_embeddings(emb)
-    logits = s.eval_tokens(np.array(ids[0], dtype=np.int32))
+        s.eval_embeddings(0, emb)
+    logits = s.eval_tokens(0, np.array(ids[0], dtype=np.int32))
     out, nxt = [], int(np.argmax(logits))
     first = logits.copy()
     for _ in range(n_gen):
         out.append(nxt)
-        nxt = int(np.argmax(s.eval_tokens(np.array([nxt], dtype=np.int32))))
+        nxt = int(np.argmax(s.eval_tokens(0, np.array([nxt], dtype=np.int32))))
     return ids, image, first, out
 
 

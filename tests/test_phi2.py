@@ -60,16 +60,16 @@ def test_incremental_decode_equals_full_forward(tmp_path):
     m = Model(path, n_threads=2, kv_type="f32")
     ids = np.random.default_rng(3).integers(0, 320, size=24).astype(np.int32)
     full = m.logits(ids)
-    s = _core.Session(m._model, 64, 2, False)
-    rows = [s.eval_tokens(ids[:7], True)]
-    rows += [s.eval_tokens(ids[i:i + 1], True) for i in range(7, 20)]
-    rows.append(s.eval_tokens(ids[20:], True))
+    s = _core.Context(m._model, 64, 1, 2, False)
+    rows = [s.eval_tokens(0, ids[:7], True)]
+    rows += [s.eval_tokens(0, ids[i:i + 1], True) for i in range(7, 20)]
+    rows.append(s.eval_tokens(0, ids[20:], True))
     inc = np.concatenate(rows)
     np.testing.assert_allclose(inc, full, rtol=0, atol=1e-5 * float(np.abs(full).max()))
     assert (inc.argmax(1) == full.argmax(1)).all()
     # rewinding and re-feeding gives the same logits again
-    s.rewind(10)
-    again = s.eval_tokens(ids[10:], True)
+    s.truncate(0, 10)
+    again = s.eval_tokens(0, ids[10:], True)
     np.testing.assert_allclose(again, full[10:], rtol=0, atol=1e-5 * float(np.abs(full).max()))
 
 
@@ -83,10 +83,10 @@ def test_prompt_with_last_row_logits_only(tmp_path):
     ids = np.random.default_rng(4).integers(0, 320, size=301).astype(np.int32)
     full = m.logits(ids)  # every row: nothing skipped
     tol = 1e-5 * float(np.abs(full).max())
-    s = _core.Session(m._model, 320, 2, False)
-    last = s.eval_tokens(ids[:300], False)  # chunks of 256 (no logits) and 44 (last row)
+    s = _core.Context(m._model, 320, 1, 2, False)
+    last = s.eval_tokens(0, ids[:300], False)  # chunks of 256 (no logits) and 44 (last row)
     np.testing.assert_allclose(last, full[299], rtol=0, atol=tol)
-    nxt = s.eval_tokens(ids[300:], False)  # decodes from the cache the skipping prompt left
+    nxt = s.eval_tokens(0, ids[300:], False)  # decodes from the cache the skipping prompt left
     np.testing.assert_allclose(nxt, full[300], rtol=0, atol=tol)
     assert last.argmax() == full[299].argmax() and nxt.argmax() == full[300].argmax()
     ref = _ref_logits(hf, ids.tolist())
@@ -151,14 +151,14 @@ def test_context_overflow_is_typed_and_leaves_state(tmp_path):
     m = Model(path, n_threads=1, n_ctx=16)
     with pytest.raises(ContextOverflowError):
         m.generate(list(range(10)), max_new_tokens=10)
-    s = _core.Session(m._model, 8, 1, True)
-    s.eval_tokens(np.arange(5, dtype=np.int32))
+    s = _core.Context(m._model, 8, 1, 1, True)
+    s.eval_tokens(0, np.arange(5, dtype=np.int32))
     with pytest.raises(ContextOverflowError, match="exceed n_ctx"):
-        s.eval_tokens(np.arange(5, dtype=np.int32))
-    assert s.n_past == 5
+        s.eval_tokens(0, np.arange(5, dtype=np.int32))
+    assert s.n_past(0) == 5
     with pytest.raises(_core.ModelError, match="outside the vocabulary"):
-        s.eval_tokens(np.array([1, 10**6], dtype=np.int32))
-    assert s.n_past == 5
+        s.eval_tokens(0, np.array([1, 10**6], dtype=np.int32))
+    assert s.n_past(0) == 5
 
 
 def test_sampling_is_seeded(tmp_path):

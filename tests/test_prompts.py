@@ -18,17 +18,17 @@ def test_empty_prompt(model):
     assert model.tokenize("") == []
     with pytest.raises(ValueError):
         model.generate("", max_new_tokens=4)
-    out = model.chat(None, "", temperature=0, max_new_tokens=4)  # the template alone is a valid prompt
+    out = model.chat("", image=None, temperature=0, max_new_tokens=4)  # the template alone is a valid prompt
     assert isinstance(out, str)
 
 
 def test_prompt_beyond_the_context_is_refused_before_any_change(model):
     c = model.new_chat()
     c.ask("hello", temperature=0, max_new_tokens=4)
-    n_past, history = c.n_past, list(c.history)
+    n_tokens, history = c.n_tokens, list(c.history)
     with pytest.raises(ContextOverflowError):
         c.ask("word " * 2000, temperature=0, max_new_tokens=4)
-    assert c.n_past == n_past and c.history == history
+    assert c.n_tokens == n_tokens and c.history == history
     assert isinstance(c.ask("again", temperature=0, max_new_tokens=4), str)
 
 
@@ -38,7 +38,7 @@ def test_invalid_utf8_and_control_characters_round_trip(model):
     assert model._tok.decode(ids) == raw  # bytes exactly
     text = "tab\tbell\x07 nul\x00 esc\x1b[0m"
     assert model.detokenize(model.tokenize(text)) == text
-    assert isinstance(model.chat(None, text, temperature=0, max_new_tokens=4), str)
+    assert isinstance(model.chat(text, image=None, temperature=0, max_new_tokens=4), str)
 
 
 def test_template_markers_in_user_text_do_not_inject(model):

@@ -221,8 +221,8 @@ def _compare(got, want):
 
 def _encode(path, pixels, n_threads=2):
     m = tn._core.Model(str(path))
-    s = _core.Session(m, 16, n_threads)
-    return m, s, s.encode_image(pixels)
+    s = _core.Context(m, 16, 1, n_threads)
+    return m, s, s.encode_image(pixels).numpy()
 
 
 @pytest.mark.parametrize("image_size,cross_freq", [(28, 2), (56, 2), (28, 1), (42, 3)])
@@ -238,9 +238,9 @@ def test_parity_f32(tmp_path, image_size, cross_freq):
     assert rel < 1e-4, rel
     # A second image through the same session (scratch reused) is independent of the first.
     pixels2 = _pixels(image_size, 2)
-    cos2, rel2 = _compare(s.encode_image(pixels2), ref(pixels2))
+    cos2, rel2 = _compare(s.encode_image(pixels2).numpy(), ref(pixels2))
     assert cos2 >= 0.99999 and rel2 < 1e-4, (cos2, rel2)
-    assert s.n_past == 0  # the KV cache is not touched
+    assert s.n_past(0) == 0  # the KV cache is not touched
 
 
 def test_parity_f16_weights(tmp_path):
@@ -278,7 +278,7 @@ def test_thread_count_invariance(tmp_path):
     path = write_gguf(tmp_path / "m.gguf", ref)
     pixels = _pixels(56, 4)
     m = _core.Model(str(path))
-    outs = [_core.Session(m, 16, n).encode_image(pixels) for n in (1, 2, 3)]
+    outs = [_core.Context(m, 16, 1, n).encode_image(pixels).numpy() for n in (1, 2, 3)]
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
 
 
@@ -297,7 +297,7 @@ def test_model_properties(tmp_path):
 def test_encode_image_input_errors(tmp_path):
     ref = Reference(28, 2, seed=9)
     m = _core.Model(str(write_gguf(tmp_path / "m.gguf", ref)))
-    s = _core.Session(m, 16, 1)
+    s = _core.Context(m, 16, 1, 1)
     with pytest.raises(tn.ModelError, match=r"\(3, 28, 28\), got \(3, 56, 56\)"):
         s.encode_image(np.zeros((3, 56, 56), np.float32))
     with pytest.raises(tn.ModelError, match=r"got \(28, 28\)"):
@@ -307,7 +307,7 @@ def test_encode_image_input_errors(tmp_path):
     with pytest.raises(tn.ModelError, match=r"channel 1, row 2, column 5"):
         s.encode_image(bad)
     # float64 input is converted, not refused
-    assert s.encode_image(np.zeros((3, 28, 28), np.float64)).shape == (QF["n_query"], LM_EMBD)
+    assert s.encode_image(np.zeros((3, 28, 28), np.float64)).numpy().shape == (QF["n_query"], LM_EMBD)
 
 
 def test_no_vision_path(tmp_path):
@@ -317,7 +317,7 @@ def test_no_vision_path(tmp_path):
     m = _core.Model(str(write_gguf(tmp_path / "m.gguf", ref, meta_override=meta, drop=drop)))
     assert not m.has_vision and m.image_size is None and m.n_image_tokens == 0
     with pytest.raises(tn.ModelError, match="no vision encoder"):
-        _core.Session(m, 16, 1).encode_image(np.zeros((3, 28, 28), np.float32))
+        _core.Context(m, 16, 1, 1).encode_image(np.zeros((3, 28, 28), np.float32))
 
 
 def _vision_keys():

@@ -12,17 +12,12 @@ tokenized as plain text, so a user who types ``<ImageHere>``, ``###`` or ``<|end
 characters, not a second image, an early end of the turn or a control token. Each text piece between
 images is tokenized as one string, as the reference implementation does.
 
-A Chat owns one native session (KV cache). The image is encoded once and its embeddings stay in the
-cache: a follow-up question costs only its own tokens. The cache always holds a prefix of the recorded
-conversation (``Chat.tokens()``); tokens recorded but not yet evaluated (the tail of the last answer) are
-fed with the next question.
-
-A new conversation reuses what it shares with the one before: ``Chat.reset()`` keeps the first text
-piece (the system text up to the image) in the cache, and ``Model.chat()`` hands its finished session
-to the next ``Model.chat()`` the same way. The next first turn evaluates only from where its token ids
-stop matching (``GenerationResult.cached_tokens`` counts the reused positions). The logits are the same
-as without reuse: every position is computed with the same arithmetic whether it is evaluated in one
-batch or in two (each batch of at least two positions).
+A Chat is a light handle: the recorded conversation (token ids and image embeddings) and its turns.
+Each question sends the whole conversation to the model's engine, which finds the sequence whose KV
+cache already holds the longest part of it (normally the one that answered the last question) and
+evaluates only the rest: a follow-up costs its own tokens, the image is encoded once, and a new
+conversation reuses the system text. ``Chat.from_messages`` rebuilds a chat from an OpenAI-shaped
+history without generating the old answers.
 """
 from __future__ import annotations
 
@@ -42,7 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 IMAGE_PLACEHOLDER = "<ImageHere>"
 PROMPT_PLACEHOLDER = "{prompt}"
-TASK_TAGS = ("[vqa]", "[caption]", "[refer]", "[grounding]", "[identify]", "[detection]")
 
 
 class _Image:
@@ -151,100 +145,95 @@ class Message:
         return iter((self.role, self.text))
 
 
-@dataclass
-class _Span:
-    """A stretch of the conversation: token ids, or one image's embeddings."""
-    ids: List[int] = field(default_factory=list)
-    image: Optional[np.ndarray] = None
-
-    @property
-    def n(self) -> int:
-        return len(self.image) if self.image is not None else len(self.ids)
+Recorded = Union[List[int], "_core.ImageEmbedding"]
 
 
 class Chat:
     """A conversation with a model. Not for concurrent use: give each thread its own Chat (they may share
-    one Model). Create with :meth:`Model.new_chat`."""
+    one Model, and are then answered together). Create with :meth:`Model.new_chat` or
+    :meth:`Chat.from_messages`."""
 
-    def __init__(self, model: "Model", system: Optional[str] = None, n_ctx: Optional[int] = None,
-                 _fit_ctx: bool = False):
+    def __init__(self, model: "Model", system: Optional[str] = None):
         self.model = model
-        self._fit_ctx = _fit_ctx  # one-shot chats size their KV cache to the one turn they hold
         self.template = model.chat_template.with_system(system)
-        self.n_ctx = int(n_ctx or model.n_ctx)
         self.history: List[Message] = []
         self.last: Optional["GenerationResult"] = None
-        self.images_encoded = 0   # how many times this chat ran the vision encoder
-        self._session: Optional[_core.Session] = None
-        self._spans: List[_Span] = []      # the conversation as recorded (text ids and images)
-        self._n_eval = 0                   # how many positions of it are in the KV cache
-        self._kv_prefix: Tuple[int, ...] = ()  # ids the cache starts with from an earlier conversation
+        self.images_encoded = 0   # images this chat sent to the encoder (the engine's cache may have had them)
+        self._pieces: List[Recorded] = []  # the conversation as recorded
         self._active: Optional["weakref.ref[ChatStream]"] = None  # the unfinished stream, if any
         self._busy = threading.Lock()
-        self.prompt_logits: Optional[np.ndarray] = None  # logits at the end of the last prompt
+        self._request = None
         self.prompt_positions = 0  # positions of the conversation up to the end of the last prompt
+
+    @property
+    def prompt_logits(self) -> Optional[np.ndarray]:
+        """The logits at the end of the last prompt (what the answer's first token was sampled from)."""
+        return self._request.prompt_logits if self._request is not None else None
+
+    @classmethod
+    def from_messages(cls, model: "Model", messages: Sequence[dict]) -> "Chat":
+        """A chat holding an OpenAI-shaped history (``role`` system / user / assistant, ``content`` a string
+        or a list of ``text`` and ``image_url`` / ``image`` parts), the answers taken as given."""
+        from .model import _message_parts
+        system = None
+        msgs = list(messages)
+        if msgs and isinstance(msgs[0], dict) and msgs[0].get("role") == "system":
+            system = _message_parts(msgs[0], 0)[0]
+            msgs = msgs[1:]
+        c = cls(model, system=system)
+        for i, msg in enumerate(msgs, start=1 if system is not None else 0):
+            text, images = _message_parts(msg, i)
+            role = msg.get("role")
+            if role == "user":
+                c._record_turn(text, images, i)
+            elif role == "assistant":
+                if images:
+                    raise ValueError(f"message {i}: an assistant message cannot hold images")
+                if not c.history or c.history[-1].role != "user":
+                    raise ValueError(f"message {i}: an assistant message must follow a user message")
+                c._record_answer_text(text, model.tokenize(text) if text else [], None)
+            elif role == "system":
+                raise ValueError(f"message {i}: a system message may only come first")
+            else:
+                raise ValueError(f"message {i}: unknown role {role!r} (expected 'system', 'user' or 'assistant')")
+        return c
 
     def __repr__(self) -> str:
         turns = sum(1 for h in self.history if h.role == "user")
-        return (f"Chat(turns={turns}, positions={self.n_tokens}/{self.n_ctx}, "
-                f"images_encoded={self.images_encoded})")
+        return f"Chat(turns={turns}, positions={self.n_tokens}/{self.model.n_ctx}, images_encoded={self.images_encoded})"
 
     # ---- state -------------------------------------------------------------------------------
     @property
-    def n_past(self) -> int:
-        """Positions of the conversation held in the KV cache."""
-        return self._session.n_past if self._session is not None else 0
-
-    @property
     def n_tokens(self) -> int:
         """Positions of the recorded conversation (image embeddings count as n_image_tokens)."""
-        return sum(s.n for s in self._spans)
+        return sum(_length(p) for p in self._pieces)
 
     def tokens(self, n_positions: Optional[int] = None) -> List[Union[int, np.ndarray]]:
         """The recorded conversation (its first n_positions positions): token ids, with each image as its
         (n_image_tokens, n_embd) array."""
         out: List[Union[int, np.ndarray]] = []
         left = self.n_tokens if n_positions is None else int(n_positions)
-        for s in self._spans:
+        for p in self._pieces:
             if left <= 0:
                 break
-            if s.image is not None:
-                out.append(s.image)
+            if isinstance(p, list):
+                out.extend(p[:left])
             else:
-                out.extend(s.ids[:left])
-            left -= s.n
+                out.append(p.numpy())
+            left -= _length(p)
         return out
 
     def reset(self) -> None:
-        """Forgets the conversation (and the image); the next question starts a new one, reusing the start
-        of this one's prompt (the system text) that is still in the KV cache where it matches."""
+        """Forgets the conversation (and the image). The next question starts a new one; the engine still
+        reuses whatever its cache holds of it (the system text)."""
         self._finish_active()
-        keep = self._kept_prefix()
         self.history.clear()
-        self._spans.clear()
-        self._n_eval = 0
+        self._pieces.clear()
         self.last = None
-        self.prompt_logits = None
+        self._request = None
         self.prompt_positions = 0
-        if self._session is not None:
-            self._session.rewind(len(keep))
-            self._kv_prefix = tuple(keep)
 
     clear = reset
-
-    def _kept_prefix(self) -> List[int]:
-        """The evaluated ids of the conversation's first piece, when it is text of two tokens or more."""
-        first = self._spans[0] if self._spans else None
-        if first is None or first.image is not None:
-            return []
-        keep = first.ids[:min(len(first.ids), self._n_eval)]
-        return keep if len(keep) >= 2 else []
-
-    def _release_session(self) -> None:
-        """A one-shot chat (Model.chat) is done: its session goes back to the model with the prefix."""
-        s, self._session = self._session, None
-        if s is not None:
-            self.model._keep_session(s, self._kept_prefix())
 
     def _finish_active(self) -> None:
         it = self._active() if self._active is not None else None
@@ -252,16 +241,8 @@ class Chat:
         if it is not None:
             it.close()  # runs the stream's cleanup: the partial answer is kept
 
-    def _get_session(self, need: int) -> "_core.Session":
-        if self._session is None:
-            if self._fit_ctx:  # sized to the turn, rounded up so that the next chat() can reuse it
-                self._session, self._kv_prefix = self.model._take_session(min(self.n_ctx, -(-need // 128) * 128))
-            else:
-                self._session = self.model._session(self.n_ctx)
-        return self._session
-
     # ---- asking ------------------------------------------------------------------------------
-    def ask(self, prompt: str, image: Any = None, *, stream: bool = False, return_result: bool = False,
+    def ask(self, prompt: str, *, image: Any = None, stream: bool = False, return_result: bool = False,
             max_new_tokens: Optional[int] = None, temperature: Optional[float] = None, top_p: Optional[float] = None,
             top_k: Optional[int] = None, min_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
             seed: Optional[int] = None, stop: Optional[Sequence[str]] = None, ignore_eos: bool = False):
@@ -281,163 +262,108 @@ class Chat:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("this Chat is already answering in another thread; give each thread its own Chat")
         try:
-            it = self._start(prompt, image, params, n_new, stop, ignore_eos)
+            gen = self._start(prompt, image, params, n_new, stop, ignore_eos)
         except BaseException:
             self._busy.release()
             raise
-        gen = ChatStream(self, it)
         if stream:
             self._active = weakref.ref(gen)
             return gen
         text = "".join(gen)
         return gen.result if return_result else text
 
-    def _start(self, prompt: str, image: Any, params, max_new_tokens: int, stop: Optional[Sequence[str]],
-               ignore_eos: bool = False):
-        """Checks, encodes and evaluates one user turn; returns the token loop (not started)."""
-        from .model import GenerationResult
+    def _turn_pieces(self, prompt: str, image: Any) -> Tuple[List[Recorded], float]:
+        """One user turn as recorded pieces (the image encoded, or found in the engine's cache), and the
+        encode time in ms."""
         m = self.model
-        first = not self.history
-        pieces = self.template.turn(prompt, first=first, image=image is not None)
-        pixels = m.preprocess(image) if image is not None else None  # bad images fail here, nothing changed
-        new_ids: List[List[int]] = []
-        n_turn = 0
+        pieces = self.template.turn(prompt, first=not self.history, image=image is not None)
+        emb = None
+        ms = 0.0
+        if image is not None:
+            t0 = time.perf_counter()
+            emb = m.encode_image_embedding(image)  # bad images fail here, nothing changed
+            ms = (time.perf_counter() - t0) * 1e3
+        out: List[Recorded] = []
         for p in pieces:
             if isinstance(p, str):
                 ids = m.tokenize(p) if p else []
-                new_ids.append(ids)
-                n_turn += len(ids)
+                if ids:
+                    out.append(ids)
             else:
-                n_turn += m.n_image_tokens
-        pending = self.n_tokens - self._n_eval
-        need = self._n_eval + pending + n_turn + max_new_tokens
-        if need > self.n_ctx:
-            raise _core.ContextOverflowError(
-                f"the conversation ({self.n_tokens} positions) plus this turn ({n_turn}) plus max_new_tokens "
-                f"({max_new_tokens}) needs {need} positions, more than n_ctx {self.n_ctx}; "
-                f"start a new conversation or use a larger n_ctx")
-        if self._n_eval + pending + n_turn == 0:
-            raise ValueError("empty prompt: the template and the text produce no tokens")
+                out.append(emb)
+        return out, ms
+
+    def _record_turn(self, text: str, images: list, index: int) -> None:
+        if len(images) > 1:
+            raise ValueError(f"message {index}: {len(images)} images in one user message; this model takes one "
+                             f"image per turn")
+        pieces, _ = self._turn_pieces(text, images[0] if images else None)
+        if images:
+            self.images_encoded += 1
+        self._pieces.extend(pieces)
+        self.history.append(Message("user", text, image=bool(images)))
+
+    def _start(self, prompt: str, image: Any, params, max_new_tokens: int, stop: Optional[Sequence[str]],
+               ignore_eos: bool = False) -> "ChatStream":
+        """Checks, encodes and submits one user turn; returns its stream (not started)."""
+        from .model import GenerationResult, _results
+        m = self.model
+        new, encode_ms = self._turn_pieces(prompt, image)
         if stop is not None and isinstance(stop, str):
             stop = [stop]
         stops = ([] if ignore_eos else list(self.template.stop_strings)) + [s for s in (stop or []) if s]
         stop_ids = () if ignore_eos else self.template.stop_ids
-
-        result = GenerationResult()
-        session = self._get_session(need)
-        emb = None
-        if pixels is not None:
-            t0 = time.perf_counter()
-            emb = session.encode_image(pixels)
-            result.image_encode_ms = (time.perf_counter() - t0) * 1e3
-            result.image_tokens = len(emb)
+        whole = self._pieces + new
+        n_total = sum(_length(p) for p in whole)
+        n_turn = sum(_length(p) for p in new)
+        if n_total + max_new_tokens > m.n_ctx:
+            raise _core.ContextOverflowError(
+                f"the conversation ({self.n_tokens} positions) plus this turn ({n_turn}) plus max_new_tokens "
+                f"({max_new_tokens}) needs {n_total + max_new_tokens} positions, more than n_ctx {m.n_ctx}; "
+                f"start a new conversation or use a larger n_ctx")
+        if n_total == 0:
+            raise ValueError("empty prompt: the template and the text produce no tokens")
+        req = m.engine.submit(whole, params, max_new_tokens, stop_strings=stops, stop_ids=stop_ids,
+                              use_eos=not ignore_eos, keep_prompt_logits=True)
+        self._request = req
+        self.prompt_positions = n_total
+        if image is not None:
             self.images_encoded += 1
-
-        # New spans: the not-yet-evaluated tail of the conversation, then this turn.
-        spans: List[_Span] = []
-        k = 0
-        for p in pieces:
-            if isinstance(p, str):
-                if new_ids[k]:
-                    spans.append(_Span(ids=new_ids[k]))
-                k += 1
-            else:
-                spans.append(_Span(image=emb))
-        reuse = self._reuse_prefix(session, spans)
-        if reuse:  # the first piece is recorded now; its first `reuse` positions are in the cache already
-            self._spans.append(spans.pop(0))
-            self._n_eval = reuse
-        tail = self._unevaluated()
-        x = self._embed(tail + spans)
-        before = self._n_eval
-        result.cached_tokens = before
-        result.prompt_tokens = sum(s.n for s in tail + spans if s.image is None)
-        t0 = time.perf_counter()
-        try:
-            logits = session.eval_embeddings(x, False)
-        except BaseException:
-            if reuse:  # back to an empty conversation whose cache starts with the reused ids
-                self._kv_prefix = tuple(self._spans.pop().ids[:reuse])
-                self._n_eval = 0
-            session.rewind(before)  # nothing changed
-            raise
-        result.prompt_ms = (time.perf_counter() - t0) * 1e3
-        self._spans.extend(spans)
-        self._n_eval = self.n_tokens
-        self.prompt_logits = logits
-        self.prompt_positions = self._n_eval
-        self.history.append(Message("user", prompt, image=emb is not None))
+        result = GenerationResult(image_encode_ms=encode_ms)
+        result.image_tokens = m.n_image_tokens if image is not None else 0
+        result.cached_tokens = req.cached
+        # text positions evaluated: those past the cached prefix that are not image rows
+        pos, img_evaluated = 0, 0
+        for p in whole:
+            if not isinstance(p, list):
+                img_evaluated += max(0, pos + p.n_rows - max(pos, req.cached))
+            pos += _length(p)
+        result.prompt_tokens = n_total - req.cached - img_evaluated
+        self._pieces.extend(new)
+        self.history.append(Message("user", prompt, image=image is not None))
         self.last = result
-        return m._run(session, [], logits, params, max_new_tokens, stops, stop_ids, result, use_eos=not ignore_eos)
-
-    def _reuse_prefix(self, session: "_core.Session", spans: List[_Span]) -> int:
-        """On a first turn, how many leading ids of its first (text) piece the session's cache holds from an
-        earlier conversation; the cache is cut to them (to nothing when they are not worth reusing)."""
-        kept, self._kv_prefix = self._kv_prefix, ()
-        if self._spans or not kept:
-            return 0
-        first = spans[0].ids if spans and spans[0].image is None else []
-        n = 0
-        while n < min(len(kept), len(first)) and kept[n] == first[n]:
-            n += 1
-        # at least two positions evaluated in each batch (a single one takes the one-row attention path)
-        if n < 2 or sum(s.n for s in spans) - n < 2:
-            n = 0
-        session.rewind(n)
-        return n
-
-    def _evaluated_spans(self) -> List[_Span]:
-        """The spans, cut at what the KV cache holds."""
-        out, n = [], 0
-        for s in self._spans:
-            if n + s.n <= self._n_eval:
-                out.append(s)
-            elif s.image is None and n < self._n_eval:
-                out.append(_Span(ids=s.ids[: self._n_eval - n]))
-            n += s.n
-        return out
-
-    def _unevaluated(self) -> List[_Span]:
-        out, n = [], 0
-        for s in self._spans:
-            if n >= self._n_eval:
-                out.append(s)
-            elif n + s.n > self._n_eval:
-                assert s.image is None, "an image is never split"
-                out.append(_Span(ids=s.ids[self._n_eval - n:]))
-            n += s.n
-        return out
-
-    def _embed(self, spans: List[_Span]) -> np.ndarray:
-        rows = [s.image if s.image is not None else self.model._model.embed_tokens(np.asarray(s.ids, dtype=np.int32))
-                for s in spans if s.n]
-        return np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)
+        return ChatStream(self, _results(req, result), result)
 
     def _record_answer(self) -> None:
-        """Keeps the answer text in the history and makes the KV cache a prefix of the recorded tokens:
-        the generated ids when they spell the kept text, else the text's own tokens (the cache is cut back
-        to the longest prefix it shares with them)."""
+        """Keeps the answer in the history; the recorded ids are the generated ones when they spell the kept
+        text, else the text's own tokens."""
         res = self.last
         m = self.model
         gen = list(res.token_ids)
-        text = res.text
-        if m.detokenize(gen) == text:
-            ids = gen
-        else:
-            ids = m.tokenize(text) if text else []
-        suffix = m.tokenize(self.template.answer_suffix) if self.template.answer_suffix else []
-        # The cache holds the prompt and the generated ids except the last sampled one (still pending).
-        n_gen_eval = self._session.n_past - self._n_eval
-        common = 0
-        while common < min(len(ids), n_gen_eval) and ids[common] == gen[common]:
-            common += 1
-        self._session.rewind(self._n_eval + common)
-        self._spans.append(_Span(ids=ids + suffix))
-        self._n_eval += common
-        res.token_ids = gen
-        self.history.append(Message("assistant", text, finish_reason=res.finish_reason))
+        ids = gen if m.detokenize(gen) == res.text else (m.tokenize(res.text) if res.text else [])
+        self._record_answer_text(res.text, ids, res.finish_reason)
         if logger.isEnabledFor(20):
             logger.info("answer of %d tokens (%s)\n%s", res.completion_tokens, res.finish_reason, res.summary())
+
+    def _record_answer_text(self, text: str, ids: List[int], finish_reason: Optional[str]) -> None:
+        suffix = self.model.tokenize(self.template.answer_suffix) if self.template.answer_suffix else []
+        if ids or suffix:
+            self._pieces.append(list(ids) + suffix)
+        self.history.append(Message("assistant", text, finish_reason=finish_reason))
+
+
+def _length(p: Recorded) -> int:
+    return len(p) if isinstance(p, list) else p.n_rows
 
 
 class ChatStream:
@@ -445,11 +371,11 @@ class ChatStream:
     GenerationResult (complete once the iteration ends). Closing it, or dropping it, before the end stops
     generation: the partial answer is kept with finish_reason "interrupted"."""
 
-    def __init__(self, chat: Chat, it: Iterator[str]):
+    def __init__(self, chat: Chat, it: Iterator[str], result: "GenerationResult"):
         self._chat = chat
         self._it = it
         self._done = False
-        self.result = chat.last
+        self.result = result
 
     def __iter__(self) -> "ChatStream":
         return self
@@ -460,10 +386,11 @@ class ChatStream:
         try:
             return next(self._it)
         except StopIteration:
-            self._finish(False)
+            self._finish()
             raise
         except BaseException:
-            self._finish(True)
+            self._it.close()
+            self._finish()
             raise
 
     def close(self) -> None:
@@ -471,22 +398,18 @@ class ChatStream:
             try:
                 self._it.close()
             finally:
-                self._finish(True)
+                self._finish()
 
-    def _finish(self, interrupted: bool) -> None:
+    def _finish(self) -> None:
         if self._done:
             return
         self._done = True
         chat = self._chat
         try:
-            if interrupted:
-                self.result.finish_reason = "interrupted"
             chat._record_answer()
         finally:
             if chat._active is not None and chat._active() is self:
                 chat._active = None
-            if chat._fit_ctx:
-                chat._release_session()
             chat._busy.release()
 
     def __del__(self) -> None:

@@ -81,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.image is not None and not m.has_vision:
         raise CLIError(f"this model ({m.arch}) has no vision encoder, so it cannot take --image")
     tty = sys.stdout.isatty()
-    stream = m.new_chat().ask(prompt, args.image, stream=True, **_sampling(args))
+    stream = m.new_chat().ask(prompt, image=args.image, stream=True, **_sampling(args))
     try:
         for piece in stream:
             sys.stdout.write(printable(piece) if tty else piece)
@@ -116,6 +116,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     from . import _core
     from .cli import CLIError
+    from .engine import SamplingParams
     if args.prompt_tokens < 1 or args.gen_tokens < 1 or args.reps < 1:
         raise CLIError(f"-p, -n and --reps must be >= 1, got {args.prompt_tokens}, {args.gen_tokens}, {args.reps}")
     _check_image(args.image)
@@ -131,22 +132,30 @@ def _bench(args: argparse.Namespace) -> int:
         else:
             s = m.image_size
             pixels = rng.standard_normal((3, s, s)).astype(np.float32)
+    eng = m.engine
     for _ in range(args.reps):
-        s = m._session(args.prompt_tokens + args.gen_tokens + 1)
         if pixels is not None:
+            eng.ctx.clear_image_cache()  # time the encoder, not the cache
             t0 = time.perf_counter()
-            s.encode_image(pixels)
+            eng.ctx.encode_image(pixels)
             enc.append((time.perf_counter() - t0) * 1e3)
-        t0 = time.perf_counter()
-        logits = s.eval_tokens(ids, False)
-        pp.append(args.prompt_tokens / (time.perf_counter() - t0))
-        s.rewind(1)
-        logits = s.eval_tokens(ids[:1], False)
-        g = _core.Generator(s, m._tok, [], logits, temperature=0.0)
-        t0 = time.perf_counter()
-        for _ in range(args.gen_tokens):
-            g.step()
-        tg.append(args.gen_tokens / (time.perf_counter() - t0))
+        seq = eng.reserve()
+        try:
+            eng.ctx.clear(seq)
+            b = _core.Batch()
+            for i, t in enumerate(ids):
+                b.add_token(int(t), seq, i, i == len(ids) - 1)
+            t0 = time.perf_counter()
+            eng.ctx.decode(b)
+            pp.append(args.prompt_tokens / (time.perf_counter() - t0))
+            eng.ctx.clear(seq)
+        finally:
+            eng.release(seq)
+        # generation: the first token comes with the one-token prompt, the rest are timed decode steps
+        req = eng.submit([[int(ids[0])]], SamplingParams(temperature=0.0), args.gen_tokens + 1, use_eos=False)
+        for _ in req.events():
+            pass
+        tg.append(args.gen_tokens / (req.generation_ms / 1e3))
     med = lambda a: float(np.median(a)) if a else float("nan")  # noqa: E731
     name = os.path.basename(m.path)
     print(f"model: {name} ({m.arch}, {m._model.file_size / 1e6:.1f} MB), threads: {m.n_threads}, "

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _core
 from ._logging import set_verbose
-from ._text import StopMatcher
+from .engine import Engine, Request, SamplingParams, check_max_new_tokens
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chat import Chat, ChatTemplate
@@ -29,18 +29,6 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
-
-
-@dataclass
-class SamplingParams:
-    """Sampling settings. temperature == 0 means greedy (argmax)."""
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repetition_penalty: float = 1.0
-    penalty_last_n: int = 64
-    seed: Optional[int] = None
 
 
 @dataclass
@@ -101,12 +89,16 @@ class GenerationResult:
 class Model:
     """A TinyGPT-V (or plain Phi-2) model loaded from a GGUF file.
 
-    The model is immutable and may be shared by threads; each generation or chat runs in its own
-    session (KV cache). ``n_ctx`` is the context size of the sessions this model creates.
+    The model is immutable and may be shared by threads. Its answers run in one engine context of
+    ``n_parallel`` sequences (``n_ctx`` positions each) with one thread pool: calls from several threads
+    (``generate``, ``chat``, their own Chats) are decoded together, each in its own sequence, and a
+    request whose prompt starts like one the context still holds (a conversation resent whole, the
+    system text) evaluates only the rest.
     """
 
     def __init__(self, path: Optional[PathLike] = None, *, n_threads: Optional[int] = None, n_ctx: int = 2048,
-                 seed: Optional[int] = None, verbose: bool = False, kv_type: str = "f16"):
+                 n_parallel: int = 4, seed: Optional[int] = None, verbose: bool = False, kv_type: str = "f16",
+                 image_cache_mb: float = 64.0):
         if path is None:
             from .demo import demo_model_path
             path = demo_model_path()
@@ -115,6 +107,8 @@ class Model:
             raise ValueError(f"n_threads must be in [1, 512], got {n_threads}")
         if int(n_ctx) < 1:
             raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+        if not 1 <= int(n_parallel) <= 256:
+            raise ValueError(f"n_parallel must be in [1, 256], got {n_parallel}")
         if kv_type not in ("f16", "f32"):
             raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
         self.path = str(path)
@@ -127,15 +121,15 @@ class Model:
         self.load_ms = (time.perf_counter() - t0) * 1e3
         self.n_threads = int(n_threads) if n_threads is not None else default_threads()
         self.n_ctx = int(n_ctx)
+        self.n_parallel = int(n_parallel)
         self.seed = seed
         self.kv_f16 = kv_type == "f16"
+        self.image_cache_mb = float(image_cache_mb)
         self.metadata = self._model.metadata()
         self._chat_template = None
-        self.last_result: Optional[GenerationResult] = None
-        # The session of the last finished one-shot chat(), rewound to the prompt prefix it still holds
-        # (token ids): the next chat() reuses the part of its prompt that matches (the system text).
-        self._idle: Optional[Tuple["_core.Session", Tuple[int, ...]]] = None
-        self._idle_lock = threading.Lock()
+        self._engine: Optional[Engine] = None
+        self._engine_lock = threading.Lock()
+        self._local = threading.local()  # last_result per thread
         log.info("loaded %s in %.0f ms: arch %s, %d layers, vocab %d", self.path, self.load_ms, self._model.arch,
                  self._model.n_layer, self._model.n_vocab)
 
@@ -164,23 +158,29 @@ class Model:
     def n_image_tokens(self) -> int:
         return self._model.n_image_tokens
 
-    def _session(self, n_ctx: Optional[int] = None) -> "_core.Session":
-        return _core.Session(self._model, int(n_ctx or self.n_ctx), self.n_threads, self.kv_f16)
+    @property
+    def tokenizer(self) -> "_core.Tokenizer":
+        return self._tok
 
-    def _take_session(self, need: int) -> Tuple["_core.Session", Tuple[int, ...]]:
-        """A session with room for ``need`` positions and the token ids its KV cache starts with: the idle
-        one left by the last chat() when it is big enough, else a new, empty one."""
-        with self._idle_lock:
-            idle, self._idle = self._idle, None
-        if idle is not None and idle[0].n_ctx >= need:
-            return idle
-        return self._session(need), ()
+    @property
+    def engine(self) -> Engine:
+        """The engine context (created on first use: its KV cache is reserved as sequences are written)."""
+        if self._engine is None:
+            with self._engine_lock:
+                if self._engine is None:
+                    self._engine = Engine(self._model, self._tok, n_ctx=self.n_ctx, n_seq=self.n_parallel,
+                                          n_threads=self.n_threads, kv_f16=self.kv_f16,
+                                          image_cache_mb=self.image_cache_mb)
+        return self._engine
 
-    def _keep_session(self, session: "_core.Session", prefix: Sequence[int]) -> None:
-        """Keeps a finished chat's session for the next chat(), holding only ``prefix`` (its first ids)."""
-        session.rewind(len(prefix))
-        with self._idle_lock:
-            self._idle = (session, tuple(prefix))
+    @property
+    def last_result(self) -> Optional[GenerationResult]:
+        """The result of this thread's latest generate() or chat()."""
+        return getattr(self._local, "last_result", None)
+
+    @last_result.setter
+    def last_result(self, r: Optional[GenerationResult]) -> None:
+        self._local.last_result = r
 
     # ---- text --------------------------------------------------------------------------------
     def tokenize(self, text: Union[str, bytes], *, special: bool = False) -> List[int]:
@@ -194,24 +194,41 @@ class Model:
         return bytes(self._tok.decode(list(ids))).decode("utf-8", "replace")
 
     def logits(self, ids: Sequence[int], image=None, image_at: Optional[int] = None) -> np.ndarray:
-        """Logits of every position, computed in a fresh context.
+        """Logits of every position, computed from scratch (no cached prefix).
 
         Without an image: shape (len(ids), n_vocab). With an image, its embeddings are inserted before
         token index ``image_at`` (default 0) and the result has len(ids) + n_image_tokens rows.
         """
-        ids = np.asarray(list(ids), dtype=np.int32)
-        if image is None:
-            if len(ids) == 0:
-                raise ValueError("logits() needs at least one token")
-            s = self._session(len(ids))
-            return s.eval_tokens(ids, True)
-        emb = self.encode_image(image)
+        ids = [int(t) for t in ids]
+        emb = self.encode_image_embedding(image) if image is not None else None
         at = 0 if image_at is None else int(image_at)
-        if not 0 <= at <= len(ids):
+        if emb is None and not ids:
+            raise ValueError("logits() needs at least one token")
+        if emb is not None and not 0 <= at <= len(ids):
             raise ValueError(f"image_at {at} is outside [0, {len(ids)}]")
-        x = np.concatenate([self._model.embed_tokens(ids[:at]), emb, self._model.embed_tokens(ids[at:])])
-        s = self._session(len(x))
-        return s.eval_embeddings(np.ascontiguousarray(x, dtype=np.float32), True)
+        n = len(ids) + (emb.n_rows if emb is not None else 0)
+        if n > self.n_ctx:
+            raise _core.ContextOverflowError(f"{n} positions exceed n_ctx {self.n_ctx}")
+        eng = self.engine
+        seq = eng.reserve()
+        try:
+            eng.ctx.clear(seq)
+            b = _core.Batch()
+            pos = 0
+            for i, t in enumerate(ids):
+                if emb is not None and i == at:
+                    for r in range(emb.n_rows):
+                        b.add_image_row(emb, r, seq, pos, True)
+                        pos += 1
+                b.add_token(t, seq, pos, True)
+                pos += 1
+            if emb is not None and at == len(ids):
+                for r in range(emb.n_rows):
+                    b.add_image_row(emb, r, seq, pos, True)
+                    pos += 1
+            return eng.ctx.decode(b)
+        finally:
+            eng.release(seq)
 
     # ---- images ------------------------------------------------------------------------------
     def preprocess(self, image) -> np.ndarray:
@@ -219,11 +236,17 @@ class Model:
         from .image import preprocess_for_model
         return preprocess_for_model(image, self._model)
 
+    def encode_image_embedding(self, image) -> "_core.ImageEmbedding":
+        """The image's projected embeddings as the engine holds them (cached by the pixels' content)."""
+        if isinstance(image, _core.ImageEmbedding):
+            return image
+        if not self.has_vision:
+            raise _core.ModelError(f"this model (general.architecture '{self.arch}') has no vision encoder")
+        return self.engine.ctx.encode_image(self.preprocess(image))
+
     def encode_image(self, image) -> np.ndarray:
         """The projected image embeddings, float32 (n_image_tokens, n_embd), ready to splice into a prompt."""
-        pixels = self.preprocess(image)
-        s = _core.Session(self._model, 1, self.n_threads, self.kv_f16)
-        return s.encode_image(pixels)
+        return self.encode_image_embedding(image).numpy()
 
     # ---- chat --------------------------------------------------------------------------------
     @property
@@ -250,132 +273,162 @@ class Model:
         return int(self.metadata.get(f"{self.arch}.chat.max_new_tokens", 256))
 
     def _chat_params(self, *, max_new_tokens=None, temperature=None, top_p=None, top_k=None, min_p=None,
-                     repetition_penalty=None, seed=None):
-        """The sampling settings of one answer: the model's defaults, overridden where given; validated."""
+                     repetition_penalty=None, seed=None) -> Tuple[SamplingParams, int]:
+        """The sampling settings of one answer: the model's defaults, overridden where given; checked."""
         p = self.chat_defaults
-        if temperature is not None:
-            p.temperature = float(temperature)
-        if top_p is not None:
-            p.top_p = float(top_p)
-        if top_k is not None:
-            p.top_k = int(top_k)
-        if min_p is not None:
-            p.min_p = float(min_p)
-        if repetition_penalty is not None:
-            p.repetition_penalty = float(repetition_penalty)
-        if seed is not None:
-            p.seed = int(seed)
+        for name, v, conv in (("temperature", temperature, float), ("top_p", top_p, float), ("top_k", top_k, int),
+                              ("min_p", min_p, float), ("repetition_penalty", repetition_penalty, float),
+                              ("seed", seed, int)):
+            if v is not None:
+                setattr(p, name, conv(v))
         n = self.default_max_new_tokens if max_new_tokens is None else max_new_tokens
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-        if not (p.temperature >= 0 and np.isfinite(p.temperature)):
-            raise ValueError(f"temperature must be >= 0, got {p.temperature}")
-        if not 0 < p.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {p.top_p}")
-        if not 0 <= p.min_p <= 1:
-            raise ValueError(f"min_p must be in [0, 1], got {p.min_p}")
-        if not (p.repetition_penalty > 0 and np.isfinite(p.repetition_penalty)):
-            raise ValueError(f"repetition_penalty must be > 0, got {p.repetition_penalty}")
-        return p, int(n)
+        return p.check(), check_max_new_tokens(n)
 
-    def new_chat(self, system: Optional[str] = None, *, n_ctx: Optional[int] = None) -> "Chat":
-        """A new conversation (its own KV cache). ``system`` replaces the model's system text."""
+    def new_chat(self, system: Optional[str] = None) -> "Chat":
+        """A new conversation. ``system`` replaces the model's system text."""
         from .chat import Chat
-        return Chat(self, system=system, n_ctx=n_ctx)
+        return Chat(self, system=system)
 
-    def chat(self, image, prompt: str, *, stream: bool = False, return_result: bool = False,
+    def chat(self, prompt: str, *, image=None, stream: bool = False, return_result: bool = False,
              max_new_tokens: Optional[int] = None, temperature: Optional[float] = None, top_p: Optional[float] = None,
              top_k: Optional[int] = None, min_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
              seed: Optional[int] = None, stop: Optional[Sequence[str]] = None, ignore_eos: bool = False):
-        """One question about an image (a path, bytes, PIL image, uint8 numpy array, or None for a text-only
-        question). Returns the answer text, an iterator of text pieces with ``stream=True``, or the
-        GenerationResult with ``return_result=True``. Settings default to the model's own (metadata);
-        ``self.last_result`` holds the result of the latest call."""
-        _, n = self._chat_params(max_new_tokens=max_new_tokens)
+        """One question, optionally about an image (a path, bytes, PIL image or uint8 numpy array). Returns
+        the answer text, an iterator of text pieces with ``stream=True``, or the GenerationResult with
+        ``return_result=True``. Settings default to the model's own (metadata); ``self.last_result`` holds
+        the result of this thread's latest call."""
         from .chat import Chat
-        c = Chat(self, n_ctx=self.n_ctx, _fit_ctx=True)
-        out = c.ask(prompt, image, stream=stream, return_result=return_result, max_new_tokens=n,
+        c = Chat(self)
+        out = c.ask(prompt, image=image, stream=stream, return_result=return_result, max_new_tokens=max_new_tokens,
                     temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                     repetition_penalty=repetition_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos)
         self.last_result = c.last
         return out
 
+    def chat_completion(self, messages: Sequence[dict], *, stream: bool = False, max_new_tokens: Optional[int] = None,
+                        temperature: Optional[float] = None, top_p: Optional[float] = None,
+                        top_k: Optional[int] = None, min_p: Optional[float] = None,
+                        repetition_penalty: Optional[float] = None, seed: Optional[int] = None,
+                        stop: Optional[Sequence[str]] = None, ignore_eos: bool = False):
+        """The answer to a whole conversation given as OpenAI-shaped messages (``role`` system / user /
+        assistant; ``content`` a string or a list of ``text`` and ``image_url`` / ``image`` parts); the
+        last message is the user's question. Earlier answers are taken as given, not generated again,
+        and the part of the conversation a sequence of the engine still holds is not evaluated again.
+        Returns the GenerationResult, or with ``stream=True`` a ChatStream of text pieces (its
+        ``result`` complete at the end)."""
+        from .chat import Chat
+        msgs = list(messages)
+        if not msgs or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "user":
+            raise ValueError("the last message must be the user's (role 'user')")
+        c = Chat.from_messages(self, msgs[:-1])
+        text, images = _message_parts(msgs[-1], len(msgs) - 1)
+        out = c.ask(text, image=images[0] if images else None, stream=stream, return_result=not stream,
+                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                    repetition_penalty=repetition_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos)
+        self.last_result = c.last
+        return out
+
     # ---- generation --------------------------------------------------------------------------
-    def generate(self, prompt: Union[str, Sequence[int]], *, max_new_tokens: int = 128, temperature: float = 0.8,
-                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repetition_penalty: float = 1.0,
+    def generate(self, prompt: Union[str, Sequence[int]], *, max_new_tokens: int = 128,
+                 temperature: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                 min_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
                  seed: Optional[int] = None, stop: Optional[Sequence[str]] = None, stream: bool = False,
                  stop_ids: Optional[Sequence[int]] = None):
         """Continue a text prompt (or a list of token ids). Returns the new text, or an iterator of text
         pieces when ``stream=True``. Generation ends at ``max_new_tokens``, at an end-of-text token, at
-        a token in ``stop_ids`` or at a string in ``stop`` (not included in the text)."""
+        a token in ``stop_ids`` or at a string in ``stop`` (not included in the text). Sampling settings
+        default to the sampler's (SamplingParams())."""
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise ValueError("generate() needs a non-empty prompt")
-        params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty,
-                                seed=seed if seed is not None else self.seed)
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if len(ids) + max_new_tokens > self.n_ctx:
-            raise _core.ContextOverflowError(
-                f"prompt of {len(ids)} tokens plus max_new_tokens {max_new_tokens} exceeds n_ctx {self.n_ctx}")
-        session = self._session()
+        p = SamplingParams(seed=seed if seed is not None else self.seed)
+        for name, v, conv in (("temperature", temperature, float), ("top_p", top_p, float), ("top_k", top_k, int),
+                              ("min_p", min_p, float), ("repetition_penalty", repetition_penalty, float)):
+            if v is not None:
+                setattr(p, name, conv(v))
+        if isinstance(stop, str):
+            stop = [stop]
+        req = self.engine.submit([ids], p, max_new_tokens, stop_strings=stop or [], stop_ids=stop_ids or [],
+                                 penalty_history=ids)
         result = GenerationResult(prompt_tokens=len(ids))
-        t0 = time.perf_counter()
-        logits = session.eval_tokens(np.asarray(ids, dtype=np.int32), False)
-        result.prompt_ms = (time.perf_counter() - t0) * 1e3
-        it = self._run(session, ids, logits, params, max_new_tokens, stop or [], stop_ids or [], result)
         self.last_result = result
+        it = _results(req, result)
         if stream:
             return it
         return "".join(it)
 
-    def _sampling_kwargs(self, p: SamplingParams) -> dict:
-        seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(8), "little")
-        return dict(temperature=float(p.temperature), top_k=int(p.top_k), top_p=float(p.top_p),
-                    min_p=float(p.min_p), repetition_penalty=float(p.repetition_penalty),
-                    penalty_last_n=int(p.penalty_last_n), seed=int(seed) & 0xFFFFFFFFFFFFFFFF)
+    def close(self) -> None:
+        """Stops the engine's thread (the model stays usable: a later call starts it again)."""
+        if self._engine is not None:
+            self._engine.close()
 
-    def _run(self, session, history: List[int], logits: np.ndarray, params: SamplingParams, max_new_tokens: int,
-             stop: Sequence[str], stop_ids: Sequence[int], result: GenerationResult,
-             commit_last: bool = False, use_eos: bool = True) -> Iterator[str]:
-        """The token loop shared by generate() and chats: yields text pieces, fills ``result``."""
-        gen = _core.Generator(session, self._tok, list(history), logits, **self._sampling_kwargs(params))
-        dec = _core.StreamDecoder(self._tok)
-        matcher = StopMatcher(stop)
-        end_ids = set(int(t) for t in stop_ids)
-        eos = self._tok.eos
-        if eos >= 0 and use_eos:
-            end_ids.add(eos)
-        t0 = time.perf_counter()
-        result.finish_reason = "length"
-        try:
-            hit = False
-            for _ in range(max_new_tokens):
-                if session.n_past >= session.n_ctx:
-                    break
-                tok = gen.step()
-                if tok in end_ids:
-                    result.finish_reason = "stop"
-                    break
+
+def _results(req: Request, result: GenerationResult) -> Iterator[str]:
+    """The text pieces of a request, filling ``result`` as they come."""
+    events = req.events()
+    whole = False
+    try:
+        for tok, text in events:
+            if tok >= 0:
                 result.token_ids.append(tok)
                 result.completion_tokens += 1
-                text, hit = matcher.push(dec.push(tok))
-                if text:
-                    result.text += text
-                    yield text
-                if hit:
-                    result.finish_reason = "stop"
-                    break
-            if not hit:  # the held-back tail was not a stop string after all
-                tail, hit = matcher.push(dec.flush())
-                tail += "" if hit else matcher.flush()
-                if tail:
-                    result.text += tail
-                    yield tail
-            if commit_last and result.finish_reason != "stop":
-                gen.commit()
-        except (KeyboardInterrupt, GeneratorExit):
-            result.finish_reason = "interrupted"
-            raise
-        finally:
-            result.generation_ms = (time.perf_counter() - t0) * 1e3
+            if text:
+                result.text += text
+                yield text
+        whole = True
+    finally:
+        events.close()  # cancels the request when the consumer stopped early
+        # the engine may have run ahead of a consumer that stopped: the answer is what it took
+        result.finish_reason = (req.finish_reason or "interrupted") if whole else "interrupted"
+        result.cached_tokens = req.cached
+        result.prompt_ms = req.prompt_ms
+        result.generation_ms = req.generation_ms
+
+
+def _message_parts(msg: dict, index: int) -> Tuple[str, list]:
+    """The text and the images of one OpenAI-shaped message."""
+    if not isinstance(msg, dict) or "role" not in msg:
+        raise ValueError(f"message {index} must be a dict with a 'role', got {msg!r:.80}")
+    content = msg.get("content")
+    if content is None:
+        return "", []
+    if isinstance(content, str):
+        return content, []
+    if not isinstance(content, (list, tuple)):
+        raise ValueError(f"message {index}: content must be a string or a list of parts, got {type(content).__name__}")
+    texts, images = [], []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            texts.append(str(part.get("text", "")))
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if not isinstance(url, str):
+                raise ValueError(f"message {index}, part {j}: image_url needs a 'url' string")
+            images.append(_image_from_url(url, index, j))
+        elif kind == "image":
+            images.append(part.get("image"))
+        else:
+            raise ValueError(f"message {index}, part {j}: unknown part type {kind!r} (expected 'text', 'image_url' "
+                             f"or 'image')")
+    return "\n".join(texts), images
+
+
+def _image_from_url(url: str, index: int, part: int):
+    """The image of an image_url part: a data: URL (base64) or a local path (file:// or plain)."""
+    import base64
+    import binascii
+    if url.startswith("data:"):
+        head, _, data = url.partition(",")
+        if ";base64" not in head:
+            raise ValueError(f"message {index}, part {part}: only base64 data: URLs are supported")
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ValueError(f"message {index}, part {part}: the data: URL is not valid base64 ({e})") from None
+    if url.startswith("file://"):
+        return url[len("file://"):]
+    if "://" in url:
+        raise ValueError(f"message {index}, part {part}: cannot fetch {url[:80]!r}; send the image as a data: URL")
+    return url

@@ -268,7 +268,7 @@ class Repl:
             image = paths[-1]
             self.say(f"image: {image}")
         try:
-            stream = self.chat.ask(text, image, stream=True, **self.sampling)
+            stream = self.chat.ask(text, image=image, stream=True, **self.sampling)
         except KeyboardInterrupt:
             self.say("\n[interrupted]")
             return

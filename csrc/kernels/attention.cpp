@@ -16,7 +16,7 @@
 #include "kernels/attention_kernels.h"
 #include "kernels/ops.h"
 #include "kernels/vecmath.h"
-#include "threadpool.h"
+#include "exec.h"
 
 namespace tg {
 
@@ -121,38 +121,70 @@ const AttnKernels& attn_kernels() {
 
 // ---- row path: one (query row, head) at a time --------------------------------------------------
 
+// One head of one query row against len keys; att: room for len scores.
+template <bool F16>
+static void attend_head(const float* qh, const uint8_t* kb, const uint8_t* vb, int64_t kv_stride, int64_t len, int hd,
+                        float scale, float* att, float* o, const AttnKernels& K, const VecMath& M) {
+    const size_t esz = F16 ? 2 : 4;
+    for (int64_t j = 0; j < len; j++) {
+        const void* kr = kb + (size_t)j * kv_stride * esz;
+        att[j] = (F16 ? K.dot_f16(qh, (const uint16_t*)kr, hd) : K.dot_f32(qh, (const float*)kr, hd)) * scale;
+    }
+    const float inv = 1.0f / M.exp_sum(att, len, M.max(att, len));
+    std::fill(o, o + hd, 0.f);
+    for (int64_t j = 0; j < len; j++) {
+        const void* vr = vb + (size_t)j * kv_stride * esz;
+        if (F16) K.axpy_f16(o, att[j], (const uint16_t*)vr, hd);
+        else K.axpy_f32(o, att[j], (const float*)vr, hd);
+    }
+    for (int d = 0; d < hd; d++) o[d] = o[d] * inv;
+}
+
 template <bool F16>
 static void attention_rows(const float* q, int64_t T, int64_t q_stride, const void* k, const void* v,
                            int64_t kv_stride, int64_t n_kv, bool causal, int64_t pos0, int n_head, int n_head_kv,
-                           int hd, float scale, float* out, int64_t out_stride, ThreadPool& pool) {
+                           int hd, float scale, float* out, int64_t out_stride, Exec& ex) {
     const size_t esz = F16 ? 2 : 4;
     const int group = n_head / n_head_kv;
     const AttnKernels& K = attn_kernels();
     const VecMath& M = vecmath();
-    pool.parallel_for(T * n_head, 1, [&](int64_t i0, int64_t i1, int) {
+    ex.parallel_for(T * n_head, 1, [&](int64_t i0, int64_t i1, int) {
         std::vector<float> att((size_t)n_kv);
         for (int64_t i = i0; i < i1; i++) {
             const int64_t t = i / n_head;
             const int h = (int)(i % n_head), hk = h / group;
             const int64_t len = causal ? std::min<int64_t>(n_kv, pos0 + t + 1) : n_kv;
-            const float* qh = q + t * q_stride + (int64_t)h * hd;
-            const uint8_t* kb = (const uint8_t*)k + (size_t)hk * hd * esz;
-            const uint8_t* vb = (const uint8_t*)v + (size_t)hk * hd * esz;
-            for (int64_t j = 0; j < len; j++) {
-                const void* kr = kb + (size_t)j * kv_stride * esz;
-                att[j] = (F16 ? K.dot_f16(qh, (const uint16_t*)kr, hd) : K.dot_f32(qh, (const float*)kr, hd)) * scale;
-            }
-            const float inv = 1.0f / M.exp_sum(att.data(), len, M.max(att.data(), len));
-            float* o = out + t * out_stride + (int64_t)h * hd;
-            std::fill(o, o + hd, 0.f);
-            for (int64_t j = 0; j < len; j++) {
-                const void* vr = vb + (size_t)j * kv_stride * esz;
-                if (F16) K.axpy_f16(o, att[j], (const uint16_t*)vr, hd);
-                else K.axpy_f32(o, att[j], (const float*)vr, hd);
-            }
-            for (int d = 0; d < hd; d++) o[d] = o[d] * inv;
+            attend_head<F16>(q + t * q_stride + (int64_t)h * hd, (const uint8_t*)k + (size_t)hk * hd * esz,
+                             (const uint8_t*)v + (size_t)hk * hd * esz, kv_stride, len, hd, scale, att.data(),
+                             out + t * out_stride + (int64_t)h * hd, K, M);
         }
     });
+}
+
+template <bool F16>
+static void attention_decode_impl(const AttnRow* rows, int64_t n, int64_t kv_stride, int n_head, int n_head_kv, int hd,
+                                  float scale, float* scratch, int64_t scratch_stride, Exec& ex) {
+    const size_t esz = F16 ? 2 : 4;
+    const int group = n_head / n_head_kv;
+    const AttnKernels& K = attn_kernels();
+    const VecMath& M = vecmath();
+    ex.parallel_for(n * n_head, 1, [&](int64_t i0, int64_t i1, int th) {
+        float* att = scratch + (int64_t)th * scratch_stride;
+        for (int64_t i = i0; i < i1; i++) {
+            const AttnRow& r = rows[i / n_head];
+            const int h = (int)(i % n_head), hk = h / group;
+            attend_head<F16>(r.q + (int64_t)h * hd, (const uint8_t*)r.k + (size_t)hk * hd * esz,
+                             (const uint8_t*)r.v + (size_t)hk * hd * esz, kv_stride, r.n_kv, hd, scale, att,
+                             r.out + (int64_t)h * hd, K, M);
+        }
+    });
+}
+
+void attention_decode(const AttnRow* rows, int64_t n, int64_t kv_stride, bool kv_f16, int n_head, int n_head_kv,
+                      int hd, float scale, float* scratch, int64_t scratch_stride, Exec& ex) {
+    if (n <= 0) return;
+    if (kv_f16) attention_decode_impl<true>(rows, n, kv_stride, n_head, n_head_kv, hd, scale, scratch, scratch_stride, ex);
+    else attention_decode_impl<false>(rows, n, kv_stride, n_head, n_head_kv, hd, scale, scratch, scratch_stride, ex);
 }
 
 // ---- blocked path: a tile of query rows of one head against its keys ---------------------------
@@ -258,7 +290,7 @@ struct PackBF16 {
 template <class Pack, class T>
 static void attention_blocked(const float* q, int64_t T_, int64_t q_stride, const T* k, const T* v, int64_t kv_stride,
                               int64_t n_kv, bool causal, int64_t pos0, int n_head, int n_head_kv, int hd, float scale,
-                              float* out, int64_t out_stride, ThreadPool& pool) {
+                              float* out, int64_t out_stride, Exec& ex) {
     constexpr int64_t kTile = 48;  // query rows per work item
     const AttnKernels& K = attn_kernels();
     const VecMath& M = vecmath();
@@ -267,7 +299,7 @@ static void attention_blocked(const float* q, int64_t T_, int64_t q_stride, cons
     // keys query row t sees
     auto keys_of = [&](int64_t t) { return causal ? std::min<int64_t>(n_kv, pos0 + t + 1) : n_kv; };
     // Work items in (head, tile) order: a thread's contiguous chunk mostly shares one head's K and V.
-    pool.parallel_for(n_head * n_tiles, 1, [&](int64_t i0, int64_t i1, int) {
+    ex.parallel_for(n_head * n_tiles, 1, [&](int64_t i0, int64_t i1, int) {
         Pack pk(K, M, hd, n_kv, kTile);
         std::vector<float> s((size_t)(kTile * pk.ldk)), o((size_t)(kTile * pk.ldv));
         int packed = -1;
@@ -300,22 +332,22 @@ static void attention_blocked(const float* q, int64_t T_, int64_t q_stride, cons
 
 void attention(const float* q, int64_t T, int64_t q_stride, const void* k, const void* v, int64_t kv_stride,
                bool kv_f16, int64_t n_kv, bool causal, int64_t pos0, int n_head, int n_head_kv, int hd,
-               float scale, float* out, int64_t out_stride, ThreadPool& pool, bool bf16) {
+               float scale, float* out, int64_t out_stride, Exec& ex, bool bf16) {
     if (T > 1 && bf16 && !kv_f16)
         attention_blocked<PackBF16>(q, T, q_stride, (const float*)k, (const float*)v, kv_stride, n_kv, causal, pos0,
-                                    n_head, n_head_kv, hd, scale, out, out_stride, pool);
+                                    n_head, n_head_kv, hd, scale, out, out_stride, ex);
     else if (T > 1 && kv_f16)
         attention_blocked<PackF32<uint16_t>>(q, T, q_stride, (const uint16_t*)k, (const uint16_t*)v, kv_stride, n_kv,
-                                             causal, pos0, n_head, n_head_kv, hd, scale, out, out_stride, pool);
+                                             causal, pos0, n_head, n_head_kv, hd, scale, out, out_stride, ex);
     else if (T > 1)
         attention_blocked<PackF32<float>>(q, T, q_stride, (const float*)k, (const float*)v, kv_stride, n_kv, causal,
-                                          pos0, n_head, n_head_kv, hd, scale, out, out_stride, pool);
+                                          pos0, n_head, n_head_kv, hd, scale, out, out_stride, ex);
     else if (kv_f16)
         attention_rows<true>(q, T, q_stride, k, v, kv_stride, n_kv, causal, pos0, n_head, n_head_kv, hd, scale, out,
-                             out_stride, pool);
+                             out_stride, ex);
     else
         attention_rows<false>(q, T, q_stride, k, v, kv_stride, n_kv, causal, pos0, n_head, n_head_kv, hd, scale, out,
-                              out_stride, pool);
+                              out_stride, ex);
 }
 
 }  // namespace tg

@@ -29,7 +29,7 @@
 #include "fp16.h"
 #include "kernels/matmul_impl.h"
 #include "quants.h"
-#include "threadpool.h"
+#include "exec.h"
 
 namespace tg {
 
@@ -195,7 +195,7 @@ static void populate(const void* p, size_t n, bool write) {
 #endif
 }
 
-static void prepare(MatW& w, ThreadPool* pool) {
+static void prepare(MatW& w, Exec* ex) {
     check_weight(w);
     w.repacked.reset();
     if (isa_active() == Isa::Scalar) return;  // the scalar kernels read the standard layout
@@ -217,13 +217,13 @@ static void prepare(MatW& w, ThreadPool* pool) {
         }
         for (int64_t g = g0; g < g1; g++) repack_group(w, g, buf.get() + g * gb);
     };
-    if (pool) pool->parallel_for(groups, 4, work);
+    if (ex) ex->parallel_for(groups, 4, work);
     else work(0, groups, 0);
     w.repacked = std::shared_ptr<const void>(buf, buf.get());
 }
 
 void prepare_weight(MatW& w) { prepare(w, nullptr); }
-void prepare_weight(MatW& w, ThreadPool& pool) { prepare(w, &pool); }
+void prepare_weight(MatW& w, Exec& ex) { prepare(w, &ex); }
 
 void dequantize_row(const MatW& w, int64_t row, float* out) {
     if (!matmul_supports(w.type) && w.type != GgmlType::Q8_K)
@@ -299,24 +299,24 @@ QuantActQ8KRow quantize_act_q8k_row_for(Isa isa) {
 // offset: what the repacked weights add to each stored value (Q4_0 nibbles q + 8, Q8_0 bytes q + 128);
 // it goes into ActQ8::corr, which only the AVX-512 kernels read.
 static void quantize_act_q8(const float* x, int64_t n, int64_t k, ActQ8& a, int32_t offset, int gb, Isa isa,
-                            ThreadPool& pool) {
+                            Exec& ex) {
     a.n = n; a.k = k; a.nb = k / QK8_0; a.gb = gb; a.ng = (a.nb + gb - 1) / gb;
     a.qs.resize(n * k); a.d.resize(n * a.ng); a.sum.resize(n * a.nb);
     const bool corr = isa == Isa::Avx512;
     if (corr) a.corr.resize(n * a.nb);
     const QuantActQ8Row row = quantize_act_q8_row_for(isa);
-    pool.parallel_for(n, 4, [&](int64_t i0, int64_t i1, int) {
+    ex.parallel_for(n, 4, [&](int64_t i0, int64_t i1, int) {
         for (int64_t i = i0; i < i1; i++) row(x + i * k, k, &a.qs[i * k], &a.d[i * a.ng], &a.sum[i * a.nb], gb);
         if (corr)
             for (int64_t j = i0 * a.nb; j < i1 * a.nb; j++) a.corr[j] = kMagicBits - offset * a.sum[j];
     });
 }
 
-static void quantize_act_q8k(const float* x, int64_t n, int64_t k, ActQ8K& a, Isa isa, ThreadPool& pool) {
+static void quantize_act_q8k(const float* x, int64_t n, int64_t k, ActQ8K& a, Isa isa, Exec& ex) {
     a.n = n; a.k = k; a.nb = k / QK_K;
     a.qs.resize(n * k); a.d.resize(n * a.nb); a.bsum.resize(n * a.nb * 16); a.pair32.resize(n * a.nb * 4);
     const QuantActQ8KRow row = quantize_act_q8k_row_for(isa);
-    pool.parallel_for(n, 4, [&](int64_t i0, int64_t i1, int) {
+    ex.parallel_for(n, 4, [&](int64_t i0, int64_t i1, int) {
         for (int64_t i = i0; i < i1; i++)
             row(x + i * k, k, &a.qs[i * k], &a.d[i * a.nb], &a.bsum[i * a.nb * 16], &a.pair32[i * a.nb * 4]);
     });
@@ -501,7 +501,7 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {
     return nullptr;
 }
 
-void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bias, ThreadPool& pool) {
+void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bias, Exec& ex) {
     check_weight(w);
     if (n < 0) throw ModelError(fmt("matmul: negative row count %lld", (long long)n));
     if (n == 0) return;
@@ -512,11 +512,11 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
     thread_local ActQ8 a8;  // reused across calls: no page faults per token
     thread_local ActQ8K ak;
     if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q4_0) {
-        if (w.type == GgmlType::Q4_0) quantize_act_q8(x, n, k, a8, 8, kActGroupQ4_0, isa, pool);
-        else quantize_act_q8(x, n, k, a8, 128, 1, isa, pool);
+        if (w.type == GgmlType::Q4_0) quantize_act_q8(x, n, k, a8, 8, kActGroupQ4_0, isa, ex);
+        else quantize_act_q8(x, n, k, a8, 128, 1, isa, ex);
         A.a8 = &a8;
     } else if (w.type == GgmlType::Q4_K || w.type == GgmlType::Q6_K) {
-        quantize_act_q8k(x, n, k, ak, isa, pool);
+        quantize_act_q8k(x, n, k, ak, isa, ex);
         A.ak = &ak;
     }
     GemmFn fn = isa != Isa::Scalar ? simd_kernel(isa, w.type) : nullptr;
@@ -525,20 +525,20 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
         A.w = (const uint8_t*)w.repacked.get();
         auto run = [&](int64_t g0, int64_t g1, int) { fn(A, g0, g1); };
         if (n == 1) {
-            pool.parallel_for(groups, 1, run);  // decode: long contiguous ranges (decode_streams)
+            ex.parallel_for(groups, 1, run);  // decode: long contiguous ranges (decode_streams)
         } else {
             // Prompt: chunks of at most about 256 KB of weights (one stays in L2 across the activation
             // chunks), at least 4 per thread, taken in turn: a thread slowed down by another process
             // on its core takes fewer.
             const int64_t by_size = (int64_t)((256u << 10) / packed_group_bytes(w.type, k));
-            const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(by_size, groups / (4 * pool.size())));
-            pool.parallel_chunks(groups, chunk, run);
+            const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(by_size, groups / (4 * ex.size())));
+            ex.parallel_chunks(groups, chunk, run);
         }
     } else if (fn) {
         // Not prepared: repack one group at a time into a scratch buffer (slower than a prepared
         // weight, same results).
         const size_t gb = packed_group_bytes(w.type, k);
-        pool.parallel_for(groups, 1, [&](int64_t g0, int64_t g1, int) {
+        ex.parallel_for(groups, 1, [&](int64_t g0, int64_t g1, int) {
             thread_local std::vector<uint8_t> scratch;
             if (scratch.size() < gb) scratch.resize(gb);
             GemmArgs B = A;
@@ -551,7 +551,7 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
         });
     } else {
         A.w = (const uint8_t*)w.data;
-        pool.parallel_for(w.n_out, kGroup, [&](int64_t r0, int64_t r1, int) { scalar_gemm(w.type, A, r0, r1); });
+        ex.parallel_for(w.n_out, kGroup, [&](int64_t r0, int64_t r1, int) { scalar_gemm(w.type, A, r0, r1); });
     }
 }
 

@@ -13,7 +13,7 @@
 
 namespace tg {
 
-class ThreadPool;
+class Exec;
 
 struct MatW {
     GgmlType type = GgmlType::F32;
@@ -32,15 +32,15 @@ bool matmul_supports(GgmlType t);
 // of `data` from memory (madvise MADV_DONTNEED on a read-only file mapping).
 // Throws ModelError for an unsupported type or a row length that is not a multiple of the block.
 void prepare_weight(MatW& w);
-// The same, repacking on the pool's threads (load time).
-void prepare_weight(MatW& w, ThreadPool& pool);
+// The same, repacking on the Exec's threads (load time).
+void prepare_weight(MatW& w, Exec& ex);
 
 // Quantized weights multiply int8 activations (x quantized on the fly to Q8_0 for Q8_0/Q4_0,
 // to Q8_K for Q4_K/Q6_K) with integer dot products; float weights use float FMAs. Every output is
 // computed with the same arithmetic on every instruction set and thread count (bit-identical).
 // A weight without `repacked` (prepare_weight not called) is repacked group by group on every call:
 // same results, slower. y must not overlap x or bias.
-void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bias, ThreadPool& pool);
+void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bias, Exec& ex);
 
 // Row `row` of W as float32 (embedding lookup). out has n_in floats.
 void dequantize_row(const MatW& w, int64_t row, float* out);

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "kernels/vecmath.h"
-#include "threadpool.h"
+#include "exec.h"
 
 namespace tg {
 
@@ -46,8 +46,8 @@ void rmsnorm(const float* x, float* y, int64_t n, const float* w, float eps) {
 }
 
 void layernorm_rows(const float* x, float* y, int64_t rows, int64_t n, const float* w, const float* b, float eps,
-                    ThreadPool& pool) {
-    pool.parallel_for(rows, 1, [&](int64_t r0, int64_t r1, int) {
+                    Exec& ex) {
+    ex.parallel_for(rows, 1, [&](int64_t r0, int64_t r1, int) {
         for (int64_t r = r0; r < r1; r++) layernorm(x + r * n, y + r * n, n, w, b, eps);
     });
 }

@@ -6,15 +6,15 @@
 
 namespace tg {
 
-class ThreadPool;
+class Exec;
 
 // y = (x - mean) / sqrt(var + eps) * w + b   (w, b may be null: identity)
 void layernorm(const float* x, float* y, int64_t n, const float* w, const float* b, float eps);
 // y = x / sqrt(mean(x^2) + eps) * w
 void rmsnorm(const float* x, float* y, int64_t n, const float* w, float eps);
-// The same over `rows` rows of length n (row stride n), split over the pool.
+// The same over `rows` rows of length n (row stride n), split over the Exec's threads.
 void layernorm_rows(const float* x, float* y, int64_t rows, int64_t n, const float* w, const float* b, float eps,
-                    ThreadPool& pool);
+                    Exec& ex);
 
 void gelu_erf(float* x, int64_t n);   // exact GELU: 0.5 x (1 + erf(x / sqrt 2))
 void gelu_tanh(float* x, int64_t n);  // gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
@@ -42,6 +42,20 @@ void rope_neox(float* x, int n_rot, const float* cos, const float* sin);
 //   for callers whose q, k, v carry more error than that anyway (a tower with quantized weights).
 void attention(const float* q, int64_t T, int64_t q_stride, const void* k, const void* v, int64_t kv_stride,
                bool kv_f16, int64_t n_kv, bool causal, int64_t pos0, int n_head, int n_head_kv, int hd,
-               float scale, float* out, int64_t out_stride, ThreadPool& pool, bool bf16 = false);
+               float scale, float* out, int64_t out_stride, Exec& ex, bool bf16 = false);
+
+// One query row of each of several sequences, each against its own cache (a decode step of a batch):
+// row i sees keys [0, n_kv) of its k/v (rows kv_stride apart, as in attention()). The arithmetic of
+// attention()'s row path, so a row gives the same result alone or in a batch. scratch: ex.size() rows
+// of scratch_stride >= max n_kv floats (the caller's, so a decode step allocates nothing).
+struct AttnRow {
+    const float* q;   // n_head * hd
+    const void* k;    // the sequence's keys, position 0
+    const void* v;
+    int64_t n_kv;     // keys this row sees (its position + 1)
+    float* out;       // n_head * hd
+};
+void attention_decode(const AttnRow* rows, int64_t n, int64_t kv_stride, bool kv_f16, int n_head, int n_head_kv,
+                      int hd, float scale, float* scratch, int64_t scratch_stride, Exec& ex);
 
 }  // namespace tg

@@ -5,7 +5,7 @@
 
 #include "errors.h"
 #include "fp16.h"
-#include "threadpool.h"
+#include "exec.h"
 
 #include <cstring>
 

@@ -13,13 +13,13 @@
 
 namespace tg {
 
-class ThreadPool;
+class Exec;
 
 class WeightLoader {
 public:
-    // pool: threads for repacking weights at load (may be null: the calling thread repacks).
-    WeightLoader(const GGUFFile& file, std::deque<std::vector<float>>& arena, ThreadPool* pool = nullptr)
-        : f_(file), arena_(arena), pool_(pool) {}
+    // ex: threads for repacking weights at load (may be null: the calling thread repacks).
+    WeightLoader(const GGUFFile& file, std::deque<std::vector<float>>& arena, Exec* ex = nullptr)
+        : f_(file), arena_(arena), pool_(ex) {}
 
     bool has(const std::string& name) const { return f_.find_tensor(name) != nullptr; }
 
@@ -39,7 +39,7 @@ private:
     const GGUFTensor& get(const std::string& name);
     const GGUFFile& f_;
     std::deque<std::vector<float>>& arena_;
-    ThreadPool* pool_;
+    Exec* pool_;
     std::set<std::string> used_;
 };
 

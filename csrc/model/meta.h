@@ -1,4 +1,4 @@
-// Checked reads of hyperparameters from GGUF metadata, shared by the vision-side components.
+// Checked reads of hyperparameters from GGUF metadata, shared by the model components.
 // Each throws ModelError naming the key and the offending value (GGUFError when the key is missing or
 // has the wrong type).
 #pragma once
@@ -26,6 +26,11 @@ inline float meta_eps(const GGUFFile& f, const std::string& key) {
     if (!(e > 0.f) || !std::isfinite(e) || e > 1.f)
         throw ModelError(fmt("hyperparameter %s = %g must be a small positive number", key.c_str(), (double)e));
     return e;
+}
+
+// The same where the key is optional, with a default.
+inline float meta_eps_or(const GGUFFile& f, const std::string& key, float def) {
+    return f.has(key) ? meta_eps(f, key) : def;
 }
 
 // `what` must be divisible by `by` (head counts into widths, patch size into image size).

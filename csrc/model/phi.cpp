@@ -8,25 +8,12 @@
 #include "gguf.h"
 #include "kernels/ops.h"
 #include "kernels/vecmath.h"
+#include "model/kv_cache.h"
 #include "model/loader.h"
-#include "threadpool.h"
+#include "model/meta.h"
+#include "exec.h"
 
 namespace tg {
-
-static int64_t bounded(const GGUFFile& f, const std::string& key, int64_t lo, int64_t hi) {
-    int64_t v = f.get_u32(key);
-    if (v < lo || v > hi)
-        throw ModelError(fmt("hyperparameter %s = %lld is outside the sane range [%lld, %lld]", key.c_str(),
-                             (long long)v, (long long)lo, (long long)hi));
-    return v;
-}
-
-static float positive_eps(const GGUFFile& f, const std::string& key, float def) {
-    float e = f.get_f32_or(key, def);
-    if (!(e > 0.f) || !std::isfinite(e) || e > 1.f)
-        throw ModelError(fmt("hyperparameter %s = %g must be a small positive number", key.c_str(), (double)e));
-    return e;
-}
 
 PhiHparams PhiHparams::read(const GGUFFile& f) {
     PhiHparams hp;
@@ -38,12 +25,12 @@ PhiHparams PhiHparams::read(const GGUFFile& f) {
         throw ModelError(fmt("unsupported general.architecture '%s' (expected 'phi2' or 'tinygptv')", shown.c_str()));
     }
     const std::string p = hp.arch + ".";
-    hp.n_ctx_train = bounded(f, p + "context_length", 1, 1 << 20);
-    hp.n_embd = bounded(f, p + "embedding_length", 1, 1 << 16);
-    hp.n_ff = bounded(f, p + "feed_forward_length", 1, 1 << 18);
-    hp.n_layer = bounded(f, p + "block_count", 1, 1024);
-    hp.n_head = bounded(f, p + "attention.head_count", 1, 1024);
-    hp.n_head_kv = f.has(p + "attention.head_count_kv") ? bounded(f, p + "attention.head_count_kv", 1, 1024) : hp.n_head;
+    hp.n_ctx_train = meta_u32_in(f, p + "context_length", 1, 1 << 20);
+    hp.n_embd = meta_u32_in(f, p + "embedding_length", 1, 1 << 16);
+    hp.n_ff = meta_u32_in(f, p + "feed_forward_length", 1, 1 << 18);
+    hp.n_layer = meta_u32_in(f, p + "block_count", 1, 1024);
+    hp.n_head = meta_u32_in(f, p + "attention.head_count", 1, 1024);
+    hp.n_head_kv = f.has(p + "attention.head_count_kv") ? meta_u32_in(f, p + "attention.head_count_kv", 1, 1024) : hp.n_head;
     if (hp.n_embd % hp.n_head != 0)
         throw ModelError(fmt("attention.head_count %lld does not divide embedding_length %lld", (long long)hp.n_head,
                              (long long)hp.n_embd));
@@ -51,12 +38,12 @@ PhiHparams PhiHparams::read(const GGUFFile& f) {
         throw ModelError(fmt("attention.head_count_kv %lld does not divide head_count %lld", (long long)hp.n_head_kv,
                              (long long)hp.n_head));
     hp.head_dim = hp.n_embd / hp.n_head;
-    hp.n_rot = f.has(p + "rope.dimension_count") ? bounded(f, p + "rope.dimension_count", 0, 1 << 16) : hp.head_dim;
+    hp.n_rot = f.has(p + "rope.dimension_count") ? meta_u32_in(f, p + "rope.dimension_count", 0, 1 << 16) : hp.head_dim;
     if (hp.n_rot > hp.head_dim || hp.n_rot % 2 != 0)
         throw ModelError(fmt("rope.dimension_count %lld must be even and at most the head size %lld", (long long)hp.n_rot,
                              (long long)hp.head_dim));
-    hp.ln_eps = positive_eps(f, p + "attention.layer_norm_epsilon", 1e-5f);
-    hp.rms_eps = positive_eps(f, p + "attention.layer_norm_rms_epsilon", 1e-6f);
+    hp.ln_eps = meta_eps_or(f, p + "attention.layer_norm_epsilon", 1e-5f);
+    hp.rms_eps = meta_eps_or(f, p + "attention.layer_norm_rms_epsilon", 1e-6f);
     hp.rope_base = f.get_f32_or(p + "rope.freq_base", 10000.f);
     if (!(hp.rope_base > 1.f) || !std::isfinite(hp.rope_base))
         throw ModelError(fmt("rope.freq_base %g must be a finite number above 1", (double)hp.rope_base));
@@ -137,97 +124,95 @@ void PhiWeights::load(WeightLoader& ld, const PhiHparams& hp) {
     }
 }
 
-PhiState::PhiState(const PhiHparams& hp, int64_t n_ctx, bool kv_f16) : n_ctx_(n_ctx), kv_f16_(kv_f16) {
-    if (n_ctx < 1 || n_ctx > (1 << 20)) throw ModelError(fmt("n_ctx %lld must be in [1, 1048576]", (long long)n_ctx));
-    const size_t esz = kv_f16 ? 2 : 4;
-    const size_t bytes = (size_t)hp.n_layer * (size_t)n_ctx * (size_t)hp.kv_dim() * esz;
-    k_.assign(bytes, 0);
-    v_.assign(bytes, 0);
+PhiScratch::PhiScratch(const PhiHparams& hp, int64_t n_ctx) {
     const int64_t half = hp.n_rot / 2;
-    rope_cos_.resize((size_t)(n_ctx * half));
-    rope_sin_.resize((size_t)(n_ctx * half));
+    rope_cos.resize((size_t)(n_ctx * half));
+    rope_sin.resize((size_t)(n_ctx * half));
     for (int64_t i = 0; i < half; i++) {
         // inv_freq computed in float32 as the reference implementation does.
         const float inv_freq = 1.0f / std::pow(hp.rope_base, (float)(2 * i) / (float)hp.n_rot);
         for (int64_t p = 0; p < n_ctx; p++) {
             const float ang = (float)p * inv_freq;
-            rope_cos_[(size_t)(p * half + i)] = std::cos(ang);
-            rope_sin_[(size_t)(p * half + i)] = std::sin(ang);
+            rope_cos[(size_t)(p * half + i)] = std::cos(ang);
+            rope_sin[(size_t)(p * half + i)] = std::sin(ang);
         }
     }
-}
-
-void PhiState::rewind(int64_t n_past) {
-    if (n_past < 0 || n_past > n_past_)
-        throw ModelError(fmt("cannot rewind to position %lld (the cache holds %lld)", (long long)n_past, (long long)n_past_));
-    n_past_ = n_past;
 }
 
 static void grow(std::vector<float>& v, size_t n) {
     if (v.size() < n) v.resize(n);
 }
 
-void PhiState::forward(const PhiHparams& hp, const PhiWeights& w, const float* x, int64_t n, bool all_logits,
-                       float* logits, ThreadPool& pool) {
-    if (n < 1) throw ModelError("forward needs at least one input row");
-    if (n_past_ + n > n_ctx_)
-        throw ContextOverflow(fmt("%lld positions in the cache plus %lld new ones exceed n_ctx = %lld",
-                                  (long long)n_past_, (long long)n, (long long)n_ctx_));
-    const int64_t CHUNK = 256;  // bounds the scratch memory of a long prefill
-    for (int64_t s = 0; s < n; s += CHUNK) {
-        const int64_t m = std::min(CHUNK, n - s);
-        const bool last = s + m == n;
-        float* lg = nullptr;
-        if (logits && all_logits) lg = logits + s * hp.n_vocab;
-        else if (logits && last) lg = logits;
-        forward_chunk(hp, w, x + s * hp.n_embd, m, all_logits, lg, pool);
-    }
+// Moves rows keep[0..m) of a [rows][width] buffer to rows 0..m-1 (keep ascending, keep[i] >= i: a row
+// is read before anything is written over it).
+static void compact_rows(float* buf, int64_t width, const int64_t* keep, int64_t m) {
+    for (int64_t i = 0; i < m; i++)
+        if (keep[i] != i) std::memcpy(buf + i * width, buf + keep[i] * width, sizeof(float) * (size_t)width);
 }
 
-void PhiState::forward_chunk(const PhiHparams& hp, const PhiWeights& w, const float* xin, int64_t n, bool all_logits,
-                             float* logits, ThreadPool& pool) {
+void phi_decode(const PhiHparams& hp, const PhiWeights& w, const float* xin, const PhiRow* rows, int64_t n, KvCache& kv,
+                PhiScratch& s, float* logits, Exec& ex) {
     const int64_t E = hp.n_embd, KV = hp.kv_dim(), F = hp.n_ff, D = hp.head_dim, H = hp.n_head, HKV = hp.n_head_kv;
     const int64_t QKV = E + 2 * KV, half = hp.n_rot / 2;
-    const size_t esz = kv_f16_ ? 2 : 4;
-    grow(x_, n * E);
-    grow(h_, n * E);
-    grow(qkv_, n * QKV);
-    grow(att_, n * E);
-    grow(a_, n * E);
-    grow(ff_, n * F);
-    std::memcpy(x_.data(), xin, sizeof(float) * n * E);
+    const bool f16 = kv.f16();
+    const size_t esz = kv.elem_size();
+    grow(s.x, n * E);
+    grow(s.h, n * E);
+    grow(s.qkv, n * QKV);
+    grow(s.att, n * E);
+    grow(s.a, n * E);
+    grow(s.ff, n * F);
+    grow(s.attn, (size_t)ex.size() * kv.n_ctx());
+    std::memcpy(s.x.data(), xin, sizeof(float) * n * E);
     const float scale = 1.0f / std::sqrt((float)D);
 
-    // Rows whose output is needed after the last layer: those that get logits (none, the last, or all).
-    // The last layer computes the keys and values of every row (the cache needs them) but the rest only
-    // for those rows, as llama.cpp does: a prompt of n rows saves most of one layer's work for n - 1.
-    const int64_t r_out = !logits ? n : all_logits ? 0 : n - 1;
+    // Rows whose output is needed after the last layer: in each sequence's run of rows, those from the
+    // first that wants logits to the run's end. The last layer computes keys and values of every row
+    // (the cache needs them) but the rest only for those rows, as llama.cpp does: a prompt of n rows
+    // saves most of one layer's work for n - 1 of them.
+    std::vector<int64_t>& out_rows = s.out_rows;
+    out_rows.clear();
+    for (int64_t r0 = 0; r0 < n;) {
+        int64_t r1 = r0 + 1;
+        while (r1 < n && rows[r1].seq == rows[r0].seq) r1++;
+        int64_t f = r0;
+        while (f < r1 && !rows[f].logits) f++;
+        for (int64_t r = f; r < r1; r++) out_rows.push_back(r);
+        r0 = r1;
+    }
+    const int64_t n_out = (int64_t)out_rows.size();
+
     for (int64_t il = 0; il < hp.n_layer; il++) {
         const PhiLayer& L = w.layers[(size_t)il];
-        const int64_t r0 = il == hp.n_layer - 1 ? r_out : 0;  // this layer's output rows: [r0, n)
-        layernorm_rows(x_.data(), h_.data(), n, E, L.attn_norm_w, L.attn_norm_b, hp.ln_eps, pool);
+        const bool last = il == hp.n_layer - 1;
+        layernorm_rows(s.x.data(), s.h.data(), n, E, L.attn_norm_w, L.attn_norm_b, hp.ln_eps, ex);
         if (L.fused) {
-            matmul(L.qkv, h_.data(), n, qkv_.data(), L.qkv_b, pool);
+            matmul(L.qkv, s.h.data(), n, s.qkv.data(), L.qkv_b, ex);
         } else {  // separate projections: write into the same [q | k | v] row layout
-            grow(tmp_, n * E);
-            matmul(L.wq, h_.data(), n, tmp_.data(), L.bq, pool);
-            for (int64_t t = 0; t < n; t++) std::memcpy(&qkv_[t * QKV], &tmp_[t * E], sizeof(float) * E);
-            matmul(L.wk, h_.data(), n, tmp_.data(), L.bk, pool);
-            for (int64_t t = 0; t < n; t++) std::memcpy(&qkv_[t * QKV + E], &tmp_[t * KV], sizeof(float) * KV);
-            matmul(L.wv, h_.data(), n, tmp_.data(), L.bv, pool);
-            for (int64_t t = 0; t < n; t++) std::memcpy(&qkv_[t * QKV + E + KV], &tmp_[t * KV], sizeof(float) * KV);
+            grow(s.tmp, n * E);
+            float* q = s.qkv.data();
+            const float* t = s.tmp.data();
+            matmul(L.wq, s.h.data(), n, s.tmp.data(), L.bq, ex);
+            for (int64_t r = 0; r < n; r++) std::memcpy(q + r * QKV, t + r * E, sizeof(float) * E);
+            matmul(L.wk, s.h.data(), n, s.tmp.data(), L.bk, ex);
+            for (int64_t r = 0; r < n; r++) std::memcpy(q + r * QKV + E, t + r * KV, sizeof(float) * KV);
+            matmul(L.wv, s.h.data(), n, s.tmp.data(), L.bv, ex);
+            for (int64_t r = 0; r < n; r++) std::memcpy(q + r * QKV + E + KV, t + r * KV, sizeof(float) * KV);
         }
-        // q/k norms and rotary embedding per (row, head); then store k, v into the cache.
-        uint8_t* kc = k_.data() + (size_t)il * n_ctx_ * KV * esz;
-        uint8_t* vc = v_.data() + (size_t)il * n_ctx_ * KV * esz;
+        // q/k norms and rotary embedding per (row, head); then k, v into the row's own slot. The rows'
+        // slots are reserved here, before the parallel job.
+        for (int64_t r = 0; r < n; r++) (void)kv.k(rows[r].seq, il);
         const VecMath& M = vecmath();
-        pool.parallel_for(n, 1, [&](int64_t t0, int64_t t1, int) {
+        const int64_t* outs = out_rows.data();
+        ex.parallel_for(n, 1, [&](int64_t t0, int64_t t1, int) {
             for (int64_t t = t0; t < t1; t++) {
-                const int64_t pos = n_past_ + t;
-                float* row = &qkv_[t * QKV];
-                const float* cs = &rope_cos_[pos * half];
-                const float* sn = &rope_sin_[pos * half];
-                for (int64_t h = 0; h < H && t >= r0; h++) {  // queries of output rows only
+                const int64_t pos = rows[t].pos;
+                float* row = &s.qkv[t * QKV];
+                const float* cs = &s.rope_cos[pos * half];
+                const float* sn = &s.rope_sin[pos * half];
+                // queries: of every row, but in the last layer only of its output rows
+                const bool want_q = !last || std::binary_search(outs, outs + n_out, t);
+                for (int64_t h = 0; h < H && want_q; h++) {
                     float* q = row + h * D;
                     if (L.q_norm_w) layernorm(q, q, D, L.q_norm_w, L.q_norm_b, hp.ln_eps);
                     if (half) rope_neox(q, (int)hp.n_rot, cs, sn);
@@ -239,36 +224,68 @@ void PhiState::forward_chunk(const PhiHparams& hp, const PhiWeights& w, const fl
                 }
                 const float* k = row + E;
                 const float* v = row + E + KV;
-                if (kv_f16_) {
-                    M.to_f16(k, (uint16_t*)(kc + (size_t)pos * KV * esz), KV);
-                    M.to_f16(v, (uint16_t*)(vc + (size_t)pos * KV * esz), KV);
+                uint8_t* kd = kv.k(rows[t].seq, il) + (size_t)pos * KV * esz;
+                uint8_t* vd = kv.v(rows[t].seq, il) + (size_t)pos * KV * esz;
+                if (f16) {
+                    M.to_f16(k, (uint16_t*)kd, KV);
+                    M.to_f16(v, (uint16_t*)vd, KV);
                 } else {
-                    std::memcpy(kc + (size_t)pos * KV * esz, k, sizeof(float) * KV);
-                    std::memcpy(vc + (size_t)pos * KV * esz, v, sizeof(float) * KV);
+                    std::memcpy(kd, k, sizeof(float) * KV);
+                    std::memcpy(vd, v, sizeof(float) * KV);
                 }
             }
         });
-        const int64_t m = n - r0;
-        if (m == 0) continue;
-        attention(&qkv_[r0 * QKV], m, QKV, kc, vc, KV, kv_f16_, n_past_ + n, true, n_past_ + r0, (int)H, (int)HKV,
-                  (int)D, scale, &att_[r0 * E], E, pool);
-        matmul(L.out, &att_[r0 * E], m, &a_[r0 * E], L.out_b, pool);
+        if (last && n_out == 0) break;
+
+        // Attention per sequence against its own slot: a run of several rows in one blocked call, the
+        // single rows of all sequences (decode steps) in one dispatch.
+        s.decode_rows.clear();
+        for (int64_t i = 0; i < (last ? n_out : n);) {
+            const int64_t r0 = last ? outs[i] : i;
+            int64_t j = i + 1;
+            while (j < (last ? n_out : n) && rows[last ? outs[j] : j].seq == rows[r0].seq) j++;
+            const int64_t m = j - i;  // the run's rows (consecutive in the batch and in position)
+            const int32_t seq = rows[r0].seq;
+            const int64_t p0 = rows[r0].pos;
+            if (m == 1)
+                s.decode_rows.push_back(AttnRow{&s.qkv[r0 * QKV], kv.k(seq, il), kv.v(seq, il), p0 + 1, &s.att[r0 * E]});
+            else
+                attention(&s.qkv[r0 * QKV], m, QKV, kv.k(seq, il), kv.v(seq, il), KV, f16, p0 + m, true, p0, (int)H,
+                          (int)HKV, (int)D, scale, &s.att[r0 * E], E, ex);
+            i = j;
+        }
+        attention_decode(s.decode_rows.data(), (int64_t)s.decode_rows.size(), KV, f16, (int)H, (int)HKV, (int)D, scale,
+                         s.attn.data(), kv.n_ctx(), ex);
+
+        // The rest of the layer, row by row: in the last layer over the output rows only, moved to the
+        // front of the buffers.
+        int64_t m = n;
+        if (last && n_out < n) {
+            compact_rows(s.att.data(), E, outs, n_out);
+            compact_rows(s.h.data(), E, outs, n_out);
+            compact_rows(s.x.data(), E, outs, n_out);
+            m = n_out;
+        }
+        matmul(L.out, s.att.data(), m, s.a.data(), L.out_b, ex);
         if (L.post_norm_w) {
-            pool.parallel_for(m, 1, [&](int64_t t0, int64_t t1, int) {
-                for (int64_t t = r0 + t0; t < r0 + t1; t++) rmsnorm(&a_[t * E], &a_[t * E], E, L.post_norm_w, hp.rms_eps);
+            ex.parallel_for(m, 1, [&](int64_t t0, int64_t t1, int) {
+                for (int64_t t = t0; t < t1; t++) rmsnorm(&s.a[t * E], &s.a[t * E], E, L.post_norm_w, hp.rms_eps);
             });
         }
-        matmul(L.up, &h_[r0 * E], m, &ff_[r0 * F], L.up_b, pool);
-        pool.parallel_for(m, 1, [&](int64_t t0, int64_t t1, int) { gelu_tanh(&ff_[(r0 + t0) * F], (t1 - t0) * F); });
-        matmul(L.down, &ff_[r0 * F], m, &h_[r0 * E], L.down_b, pool);  // h_ is free again: reuse for the MLP output
-        for (int64_t i = r0 * E; i < n * E; i++) x_[i] = (a_[i] + h_[i]) + x_[i];
+        matmul(L.up, s.h.data(), m, s.ff.data(), L.up_b, ex);
+        ex.parallel_for(m, 1, [&](int64_t t0, int64_t t1, int) { gelu_tanh(&s.ff[t0 * F], (t1 - t0) * F); });
+        matmul(L.down, s.ff.data(), m, s.h.data(), L.down_b, ex);  // h is free again: reuse for the MLP output
+        for (int64_t i = 0; i < m * E; i++) s.x[i] = (s.a[i] + s.h[i]) + s.x[i];
     }
-    n_past_ += n;
+    if (n_out == 0 || !logits) return;
 
-    if (!logits) return;
-    const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
-    layernorm_rows(&x_[first * E], h_.data(), rows, E, w.out_norm_w, w.out_norm_b, hp.ln_eps, pool);
-    matmul(w.output, h_.data(), rows, logits, w.output_b, pool);
+    // The output rows that want logits (rows i of x stand for out_rows[i]).
+    int64_t n_logits = 0;
+    for (int64_t i = 0; i < n_out; i++)
+        if (rows[out_rows[(size_t)i]].logits) out_rows[(size_t)n_logits++] = i;
+    compact_rows(s.x.data(), E, out_rows.data(), n_logits);
+    layernorm_rows(s.x.data(), s.h.data(), n_logits, E, w.out_norm_w, w.out_norm_b, hp.ln_eps, ex);
+    matmul(w.output, s.h.data(), n_logits, logits, w.output_b, ex);
 }
 
 }  // namespace tg

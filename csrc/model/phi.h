@@ -9,12 +9,14 @@
 #include <vector>
 
 #include "kernels/matmul.h"
+#include "kernels/ops.h"
 
 namespace tg {
 
 class GGUFFile;
 class WeightLoader;
-class ThreadPool;
+class Exec;
+class KvCache;
 
 struct PhiHparams {
     std::string arch;      // "phi2" or "tinygptv"
@@ -69,31 +71,30 @@ struct PhiWeights {
     void load(WeightLoader& ld, const PhiHparams& hp);
 };
 
-// Per-conversation state of the decoder: the KV cache and scratch buffers.
-class PhiState {
-public:
-    PhiState(const PhiHparams& hp, int64_t n_ctx, bool kv_f16);
-
-    int64_t n_ctx() const { return n_ctx_; }
-    int64_t n_past() const { return n_past_; }
-    void rewind(int64_t n_past);  // forget every position >= n_past
-    bool kv_f16() const { return kv_f16_; }
-    size_t kv_bytes() const { return k_.size() + v_.size(); }
-
-    // Runs n input embeddings (rows of n_embd) at positions n_past .. n_past+n-1, appending them to the
-    // KV cache. Writes logits of every row (logits: n x n_vocab) when all_logits, else of the last row
-    // only (logits: n_vocab); logits may be null.
-    void forward(const PhiHparams& hp, const PhiWeights& w, const float* x, int64_t n, bool all_logits,
-                 float* logits, ThreadPool& pool);
-
-private:
-    void forward_chunk(const PhiHparams& hp, const PhiWeights& w, const float* x, int64_t n, bool all_logits,
-                       float* logits, ThreadPool& pool);
-    int64_t n_ctx_, n_past_ = 0;
-    bool kv_f16_;
-    std::vector<uint8_t> k_, v_;    // [n_layer][n_ctx][kv_dim], float32 or half
-    std::vector<float> rope_cos_, rope_sin_;  // [n_ctx][n_rot/2]
-    std::vector<float> x_, h_, qkv_, att_, a_, ff_, tmp_;  // scratch, grown as needed
+// One row of a decode batch as the decoder sees it: its input embedding is row i of x.
+struct PhiRow {
+    int32_t seq;   // the cache slot it belongs to
+    int64_t pos;   // its position in that sequence
+    bool logits;   // whether its logits are wanted
 };
+
+// Scratch of the decoder's forward and its RoPE tables: owned by a context, grown to the largest batch
+// it has run and then reused, so a decode step allocates nothing.
+struct PhiScratch {
+    PhiScratch(const PhiHparams& hp, int64_t n_ctx);
+    std::vector<float> rope_cos, rope_sin;  // [n_ctx][n_rot/2]
+    std::vector<float> x, h, qkv, att, a, ff, tmp;
+    std::vector<float> attn;                // per thread: one row of scores (decode attention)
+    std::vector<AttnRow> decode_rows;
+    std::vector<int64_t> out_rows;          // rows computed by the last layer
+};
+
+// Runs the n rows of x (input embeddings, rows of n_embd) through the decoder. Rows of one sequence are
+// contiguous, at consecutive positions that continue what its slot holds (the caller checks); their
+// keys and values are written into kv at those positions. A sequence with several rows takes the
+// blocked attention, one row the row path, so a row's result does not depend on what else is in the
+// batch. Logits of the rows that want them, in row order, go to logits (rows x n_vocab).
+void phi_decode(const PhiHparams& hp, const PhiWeights& w, const float* x, const PhiRow* rows, int64_t n, KvCache& kv,
+                PhiScratch& s, float* logits, Exec& ex);
 
 }  // namespace tg

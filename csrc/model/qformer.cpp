@@ -9,7 +9,7 @@
 #include "kernels/ops.h"
 #include "model/loader.h"
 #include "model/meta.h"
-#include "threadpool.h"
+#include "exec.h"
 
 namespace tg {
 
@@ -113,7 +113,7 @@ QformerScratch::QformerScratch(const QformerHparams& hp, int64_t n_img) {
 }
 
 void qformer_forward(const QformerHparams& hp, const QformerWeights& w, const float* img, int64_t n_img, float* out,
-                     QformerScratch& s, ThreadPool& pool) {
+                     QformerScratch& s, Exec& ex) {
     const int64_t E = hp.n_embd, F = hp.n_ff, NQ = hp.n_query;
     const int H = (int)hp.n_head, D = (int)hp.head_dim;
     const float scale = 1.0f / std::sqrt((float)hp.head_dim);
@@ -122,38 +122,38 @@ void qformer_forward(const QformerHparams& hp, const QformerWeights& w, const fl
     // Post-LN residual: h = LN(tmp + h), tmp already holding the sublayer's output.
     auto residual_ln = [&](const float* lw, const float* lb) {
         add_inplace(tmp, h, NQ * E);
-        layernorm_rows(tmp, h, NQ, E, lw, lb, hp.ln_eps, pool);
+        layernorm_rows(tmp, h, NQ, E, lw, lb, hp.ln_eps, ex);
     };
 
-    layernorm_rows(w.query, h, NQ, E, w.emb_ln_w, w.emb_ln_b, hp.ln_eps, pool);
+    layernorm_rows(w.query, h, NQ, E, w.emb_ln_w, w.emb_ln_b, hp.ln_eps, ex);
     for (const QformerLayer& L : w.layers) {
-        matmul(L.attn_q.w, h, NQ, q, L.attn_q.b, pool);
-        matmul(L.attn_k.w, h, NQ, k, L.attn_k.b, pool);
-        matmul(L.attn_v.w, h, NQ, v, L.attn_v.b, pool);
-        attention(q, NQ, E, k, v, E, false, NQ, false, 0, H, H, D, scale, att, E, pool);
-        matmul(L.attn_out.w, att, NQ, tmp, L.attn_out.b, pool);
+        matmul(L.attn_q.w, h, NQ, q, L.attn_q.b, ex);
+        matmul(L.attn_k.w, h, NQ, k, L.attn_k.b, ex);
+        matmul(L.attn_v.w, h, NQ, v, L.attn_v.b, ex);
+        attention(q, NQ, E, k, v, E, false, NQ, false, 0, H, H, D, scale, att, E, ex);
+        matmul(L.attn_out.w, att, NQ, tmp, L.attn_out.b, ex);
         residual_ln(L.attn_ln_w, L.attn_ln_b);
 
         if (L.cross) {
-            matmul(L.cross_q.w, h, NQ, q, L.cross_q.b, pool);
-            matmul(L.cross_k.w, img, n_img, s.ck.data(), L.cross_k.b, pool);
-            matmul(L.cross_v.w, img, n_img, s.cv.data(), L.cross_v.b, pool);
-            attention(q, NQ, E, s.ck.data(), s.cv.data(), E, false, n_img, false, 0, H, H, D, scale, att, E, pool);
-            matmul(L.cross_out.w, att, NQ, tmp, L.cross_out.b, pool);
+            matmul(L.cross_q.w, h, NQ, q, L.cross_q.b, ex);
+            matmul(L.cross_k.w, img, n_img, s.ck.data(), L.cross_k.b, ex);
+            matmul(L.cross_v.w, img, n_img, s.cv.data(), L.cross_v.b, ex);
+            attention(q, NQ, E, s.ck.data(), s.cv.data(), E, false, n_img, false, 0, H, H, D, scale, att, E, ex);
+            matmul(L.cross_out.w, att, NQ, tmp, L.cross_out.b, ex);
             residual_ln(L.cross_ln_w, L.cross_ln_b);
         }
 
-        matmul(L.ffn_up.w, h, NQ, s.ff.data(), L.ffn_up.b, pool);
+        matmul(L.ffn_up.w, h, NQ, s.ff.data(), L.ffn_up.b, ex);
         gelu_erf(s.ff.data(), NQ * F);
-        matmul(L.ffn_down.w, s.ff.data(), NQ, tmp, L.ffn_down.b, pool);
+        matmul(L.ffn_down.w, s.ff.data(), NQ, tmp, L.ffn_down.b, ex);
         residual_ln(L.ffn_ln_w, L.ffn_ln_b);
     }
 
     if (hp.n_proj_mid == 0) {
-        matmul(w.proj0.w, h, NQ, out, w.proj0.b, pool);
+        matmul(w.proj0.w, h, NQ, out, w.proj0.b, ex);
     } else {
-        matmul(w.proj0.w, h, NQ, s.mid.data(), w.proj0.b, pool);
-        matmul(w.proj1.w, s.mid.data(), NQ, out, w.proj1.b, pool);
+        matmul(w.proj0.w, h, NQ, s.mid.data(), w.proj0.b, ex);
+        matmul(w.proj1.w, s.mid.data(), NQ, out, w.proj1.b, ex);
     }
 }
 

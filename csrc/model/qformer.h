@@ -19,7 +19,7 @@ namespace tg {
 
 class GGUFFile;
 class WeightLoader;
-class ThreadPool;
+class Exec;
 
 struct QformerHparams {
     int64_t n_embd = 0;      // 768 for the BERT-base Q-Former
@@ -85,6 +85,6 @@ struct QformerScratch {
 
 // img: [n_img, n_embd_enc] image tokens (after ln_vision); out: [n_query, n_embd_out].
 void qformer_forward(const QformerHparams& hp, const QformerWeights& w, const float* img, int64_t n_img, float* out,
-                     QformerScratch& s, ThreadPool& pool);
+                     QformerScratch& s, Exec& ex);
 
 }  // namespace tg

@@ -9,6 +9,7 @@
 #include "cpu.h"
 #include "errors.h"
 #include "log.h"
+#include "exec.h"
 #include "model/loader.h"
 
 namespace tg {
@@ -23,8 +24,8 @@ Model::Model(const std::string& path, int n_threads) : file_(new GGUFFile(path))
         qhp_ = QformerHparams::read(*file_, vhp_.n_embd, hp_.n_embd);
     }
     const auto t0 = std::chrono::steady_clock::now();
-    ThreadPool pool(n_threads > 0 ? n_threads : (int)std::max(1u, std::thread::hardware_concurrency()));
-    WeightLoader ld(*file_, arena_, &pool);
+    Exec ex(n_threads > 0 ? n_threads : (int)std::max(1u, std::thread::hardware_concurrency()));
+    WeightLoader ld(*file_, arena_, &ex);
     lm_.load(ld, hp_);
     if (has_vision_) {
         vis_.load(ld, vhp_);
@@ -43,41 +44,6 @@ void Model::embed_tokens(const int32_t* ids, int64_t n, float* out) const {
                                  (long long)hp_.n_vocab));
         dequantize_row(lm_.tok_embd, ids[i], out + i * hp_.n_embd);
     }
-}
-
-Session::Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_threads, bool kv_f16)
-    : model_(std::move(model)), pool_(n_threads), state_(model_->hparams(), n_ctx, kv_f16) {}
-
-void Session::eval_embeddings(const float* x, int64_t n, bool all_logits, float* logits) {
-    state_.forward(model_->hparams(), model_->lm(), x, n, all_logits, logits, pool_);
-}
-
-void Session::eval_tokens(const int32_t* ids, int64_t n, bool all_logits, float* logits) {
-    const int64_t E = model_->hparams().n_embd;
-    if ((int64_t)embd_.size() < n * E) embd_.resize((size_t)(n * E));
-    model_->embed_tokens(ids, n, embd_.data());
-    eval_embeddings(embd_.data(), n, all_logits, logits);
-}
-
-void Session::encode_image(const float* pixels, float* out) {
-    const Model& m = *model_;
-    if (!m.has_vision())
-        throw ModelError(fmt("this model (general.architecture '%s') has no vision encoder", m.hparams().arch.c_str()));
-    const VisionHparams& vhp = m.vision_hparams();
-    const int64_t n_pix = 3 * vhp.image_size * vhp.image_size;
-    for (int64_t i = 0; i < n_pix; i++)
-        if (!std::isfinite(pixels[i]))
-            throw ModelError(fmt("pixel %lld (channel %lld, row %lld, column %lld) is %g; the image must be finite",
-                                 (long long)i, (long long)(i / (vhp.image_size * vhp.image_size)),
-                                 (long long)(i / vhp.image_size % vhp.image_size), (long long)(i % vhp.image_size),
-                                 (double)pixels[i]));
-    if (!vis_scratch_) {
-        vis_scratch_.reset(new VisionScratch(vhp));
-        qf_scratch_.reset(new QformerScratch(m.qformer_hparams(), vhp.n_tokens()));
-        img_tokens_.resize((size_t)(vhp.n_tokens() * vhp.n_embd));
-    }
-    vision_forward(vhp, m.vision(), pixels, img_tokens_.data(), *vis_scratch_, pool_);
-    qformer_forward(m.qformer_hparams(), m.qformer(), img_tokens_.data(), vhp.n_tokens(), out, *qf_scratch_, pool_);
 }
 
 }  // namespace tg

@@ -1,11 +1,9 @@
-// The Model (immutable after load: the file mapping, hyperparameters, weights, tokenizer) and the
-// Session (one conversation: KV cache, scratch, its own thread pool). Many Sessions may run on one
-// Model at the same time from different threads.
+// The Model: immutable after load (the file mapping, hyperparameters, weights). Many engine contexts
+// (model/context.h) may share one Model, from different threads.
 #pragma once
 #include <cstdint>
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -13,7 +11,7 @@
 #include "model/phi.h"
 #include "model/qformer.h"
 #include "model/vision.h"
-#include "threadpool.h"
+#include "exec.h"
 
 namespace tg {
 
@@ -47,39 +45,6 @@ private:
     VisionWeights vis_;
     QformerHparams qhp_;
     QformerWeights qf_;
-};
-
-class Session {
-public:
-    Session(std::shared_ptr<const Model> model, int64_t n_ctx, int n_threads, bool kv_f16);
-
-    const Model& model() const { return *model_; }
-    int64_t n_ctx() const { return state_.n_ctx(); }
-    int64_t n_past() const { return state_.n_past(); }
-    int n_threads() const { return pool_.size(); }
-    void rewind(int64_t n_past) { state_.rewind(n_past); }
-
-    // Appends n rows of input embeddings; logits of the last row (or of all rows) into logits.
-    void eval_embeddings(const float* x, int64_t n, bool all_logits, float* logits);
-    void eval_tokens(const int32_t* ids, int64_t n, bool all_logits, float* logits);
-
-    // pixels: [3, S, S] normalised image (S = vision_hparams().image_size), out: [n_query, n_embd] image
-    // embeddings in the language model's width. Does not touch the KV cache. Throws ModelError when the
-    // model has no vision path or a pixel is not finite.
-    void encode_image(const float* pixels, float* out);
-
-    std::mutex& mutex() { return mu_; }  // held by the binding for the duration of a call
-    ThreadPool& pool() { return pool_; }
-
-private:
-    std::shared_ptr<const Model> model_;
-    ThreadPool pool_;
-    PhiState state_;
-    std::vector<float> embd_;
-    std::unique_ptr<VisionScratch> vis_scratch_;  // allocated on the first encode_image
-    std::unique_ptr<QformerScratch> qf_scratch_;
-    std::vector<float> img_tokens_;               // [n_tokens, vision n_embd]
-    std::mutex mu_;
 };
 
 }  // namespace tg

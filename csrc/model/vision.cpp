@@ -10,7 +10,7 @@
 #include "kernels/ops.h"
 #include "model/loader.h"
 #include "model/meta.h"
-#include "threadpool.h"
+#include "exec.h"
 
 namespace tg {
 
@@ -101,11 +101,11 @@ VisionScratch::VisionScratch(const VisionHparams& hp)
       att((size_t)(hp.n_tokens() * hp.n_embd)),
       ff((size_t)(hp.n_tokens() * hp.n_ff)) {}
 
-// The residual step and the layer norm after it, one row at a time (one pass over x, one pool
+// The residual step and the layer norm after it, one row at a time (one pass over x, one parallel
 // dispatch): x[r] += h[r], then dst[r] = layernorm(x[r]). dst may be h.
 static void add_layernorm_rows(float* x, const float* h, float* dst, int64_t rows, int64_t n, const float* w,
-                               const float* b, float eps, ThreadPool& pool) {
-    pool.parallel_for(rows, 1, [&](int64_t r0, int64_t r1, int) {
+                               const float* b, float eps, Exec& ex) {
+    ex.parallel_for(rows, 1, [&](int64_t r0, int64_t r1, int) {
         for (int64_t r = r0; r < r1; r++) {
             add_inplace(x + r * n, h + r * n, n);
             layernorm(x + r * n, dst + r * n, n, w, b, eps);
@@ -114,12 +114,12 @@ static void add_layernorm_rows(float* x, const float* h, float* dst, int64_t row
 }
 
 void vision_forward(const VisionHparams& hp, const VisionWeights& w, const float* pixels, float* out,
-                    VisionScratch& s, ThreadPool& pool) {
+                    VisionScratch& s, Exec& ex) {
     const int64_t E = hp.n_embd, F = hp.n_ff, T = hp.n_tokens(), P = hp.patch_size, G = hp.grid(), S = hp.image_size;
     const int64_t K = hp.patch_dim();
 
     // Patch embedding as one matrix product: gather each patch in (c, ky, kx) order (the conv kernel's order).
-    pool.parallel_for(hp.n_patches(), 1, [&](int64_t i0, int64_t i1, int) {
+    ex.parallel_for(hp.n_patches(), 1, [&](int64_t i0, int64_t i1, int) {
         for (int64_t i = i0; i < i1; i++) {
             const int64_t gy = i / G, gx = i % G;
             float* dst = &s.patches[i * K];
@@ -130,17 +130,17 @@ void vision_forward(const VisionHparams& hp, const VisionWeights& w, const float
     });
     float* x = s.x.data();
     std::memcpy(x, w.cls, sizeof(float) * E);
-    matmul(w.patch, s.patches.data(), hp.n_patches(), x + E, w.patch_b, pool);
+    matmul(w.patch, s.patches.data(), hp.n_patches(), x + E, w.patch_b, ex);
 
     const float scale = 1.0f / std::sqrt((float)hp.head_dim);
     float *h = s.h.data(), *qkv = s.qkv.data(), *att = s.att.data(), *ff = s.ff.data();
     const size_t nl = w.layers.size();
     // x += position embeddings; h = the first block's ln1(x)
-    if (nl) add_layernorm_rows(x, w.pos, h, T, E, w.layers[0].ln1_w, w.layers[0].ln1_b, hp.ln_eps, pool);
-    else add_layernorm_rows(x, w.pos, out, T, E, w.post_w, w.post_b, hp.post_eps, pool);
+    if (nl) add_layernorm_rows(x, w.pos, h, T, E, w.layers[0].ln1_w, w.layers[0].ln1_b, hp.ln_eps, ex);
+    else add_layernorm_rows(x, w.pos, out, T, E, w.post_w, w.post_b, hp.post_eps, ex);
     for (size_t il = 0; il < nl; il++) {
         const VisionLayer& L = w.layers[il];
-        matmul(L.qkv, h, T, qkv, L.qkv_b, pool);
+        matmul(L.qkv, h, T, qkv, L.qkv_b, ex);
         // With 4-6 bit weights, q, k and v carry errors far above bf16 rounding: the attention multiplies
         // in bf16 (twice the products per instruction with AVX512_BF16). Float and Q8_0 weights keep
         // float32 attention (there bf16 would add about as much error as the weights: in a test, 1 - cosine
@@ -148,15 +148,15 @@ void vision_forward(const VisionHparams& hp, const VisionWeights& w, const float
         const GgmlType t = L.qkv.type;
         const bool bf16 = t != GgmlType::F32 && t != GgmlType::F16 && t != GgmlType::BF16 && t != GgmlType::Q8_0;
         attention(qkv, T, 3 * E, qkv + E, qkv + 2 * E, 3 * E, false, T, false, 0, (int)hp.n_head, (int)hp.n_head,
-                  (int)hp.head_dim, scale, att, E, pool, bf16);
-        matmul(L.out, att, T, h, L.out_b, pool);
-        add_layernorm_rows(x, h, h, T, E, L.ln2_w, L.ln2_b, hp.ln_eps, pool);
+                  (int)hp.head_dim, scale, att, E, ex, bf16);
+        matmul(L.out, att, T, h, L.out_b, ex);
+        add_layernorm_rows(x, h, h, T, E, L.ln2_w, L.ln2_b, hp.ln_eps, ex);
 
-        matmul(L.up, h, T, ff, L.up_b, pool);
-        pool.parallel_for(T, 1, [&](int64_t r0, int64_t r1, int) { gelu_erf(ff + r0 * F, (r1 - r0) * F); });
-        matmul(L.down, ff, T, h, L.down_b, pool);
-        if (il + 1 < nl) add_layernorm_rows(x, h, h, T, E, w.layers[il + 1].ln1_w, w.layers[il + 1].ln1_b, hp.ln_eps, pool);
-        else add_layernorm_rows(x, h, out, T, E, w.post_w, w.post_b, hp.post_eps, pool);  // post norm (ln_vision)
+        matmul(L.up, h, T, ff, L.up_b, ex);
+        ex.parallel_for(T, 1, [&](int64_t r0, int64_t r1, int) { gelu_erf(ff + r0 * F, (r1 - r0) * F); });
+        matmul(L.down, ff, T, h, L.down_b, ex);
+        if (il + 1 < nl) add_layernorm_rows(x, h, h, T, E, w.layers[il + 1].ln1_w, w.layers[il + 1].ln1_b, hp.ln_eps, ex);
+        else add_layernorm_rows(x, h, out, T, E, w.post_w, w.post_b, hp.post_eps, ex);  // post norm (ln_vision)
     }
 }
 

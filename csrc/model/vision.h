@@ -17,7 +17,7 @@ namespace tg {
 
 class GGUFFile;
 class WeightLoader;
-class ThreadPool;
+class Exec;
 
 struct VisionHparams {
     int64_t image_size = 0;  // S (square input)
@@ -82,6 +82,6 @@ struct VisionScratch {
 
 // pixels: [3, S, S] normalised (channel-major); out: [n_tokens, n_embd] = ln_vision(ViT(pixels)).
 void vision_forward(const VisionHparams& hp, const VisionWeights& w, const float* pixels, float* out,
-                    VisionScratch& s, ThreadPool& pool);
+                    VisionScratch& s, Exec& ex);
 
 }  // namespace tg

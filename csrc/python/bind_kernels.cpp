@@ -24,7 +24,7 @@
 #include "kernels/vecmath.h"
 #include "python/bind.h"
 #include "quants.h"
-#include "threadpool.h"
+#include "exec.h"
 
 namespace py = pybind11;
 
@@ -93,8 +93,8 @@ public:
         {
             py::gil_scoped_release release;
             if (prepared_ && isa_active() != Isa::Scalar && !w_.repacked) prepare_weight(w_);
-            ThreadPool& pool = pool_for(n_threads);
-            for (int r = 0; r < repeat; r++) tg::matmul(w_, xp, n, yp, bp, pool);
+            Exec& ex = pool_for(n_threads);
+            for (int r = 0; r < repeat; r++) tg::matmul(w_, xp, n, yp, bp, ex);
         }
         return y;
     }
@@ -112,16 +112,16 @@ private:
         for (py::ssize_t i = 0; i < a.ndim(); i++) s += (i ? ", " : "") + std::to_string(a.shape(i));
         return s + "]";
     }
-    ThreadPool& pool_for(int n) {
+    Exec& pool_for(int n) {
         auto& p = pools_[n];
-        if (!p) p = std::make_unique<ThreadPool>(n);
+        if (!p) p = std::make_unique<Exec>(n);
         return *p;
     }
 
     bool prepared_ = true;
     std::vector<uint8_t> bytes_;
     MatW w_;
-    std::map<int, std::unique_ptr<ThreadPool>> pools_;
+    std::map<int, std::unique_ptr<Exec>> pools_;
 };
 
 std::string shape_of(const py::array& a) {
@@ -185,9 +185,9 @@ py::array_t<float> attention_test(F32Array q, py::array k, py::array v, int n_he
     float* op = out.mutable_data();
     {
         py::gil_scoped_release release;
-        ThreadPool pool(n_threads);
+        Exec ex(n_threads);
         attention(qp, T, n_head * hd, kp, vp, n_head_kv * hd, f16, n_kv, causal, pos0, n_head, n_head_kv, (int)hd,
-                  scale, op, n_head * hd, pool, bf16);
+                  scale, op, n_head * hd, ex, bf16);
     }
     return out;
 }

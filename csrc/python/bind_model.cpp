@@ -1,4 +1,4 @@
-// Python binding of the GGUF reader, the Model and its Sessions. Compute runs with the GIL released.
+// Python binding of the GGUF reader and the Model. Compute runs with the GIL released.
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
@@ -148,71 +148,6 @@ void bind_model(py::module_& m) {
             }
             return out;
         }, py::arg("ids"));
-
-    py::class_<Session, std::shared_ptr<Session>>(m, "Session")
-        .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, int n_threads, bool kv_f16) {
-                 py::gil_scoped_release nogil;
-                 return std::make_shared<Session>(model, n_ctx, n_threads, kv_f16);
-             }), py::arg("model"), py::arg("n_ctx"), py::arg("n_threads"), py::arg("kv_f16") = true)
-        .def_property_readonly("n_ctx", &Session::n_ctx)
-        .def_property_readonly("n_past", &Session::n_past)
-        .def_property_readonly("n_threads", &Session::n_threads)
-        .def("rewind", [](Session& s, int64_t n) {
-            std::lock_guard<std::mutex> lk(s.mutex());
-            s.rewind(n);
-        }, py::arg("n_past"))
-        .def("eval_tokens", [](Session& s, I32Array ids, bool all_logits) {
-            const int64_t n = ids.size(), V = s.model().hparams().n_vocab;
-            F32Array out = all_logits ? F32Array({n, V}) : F32Array({V});
-            const int32_t* ip = ids.data();
-            float* op = out.mutable_data();
-            {
-                py::gil_scoped_release nogil;
-                std::lock_guard<std::mutex> lk(s.mutex());
-                s.eval_tokens(ip, n, all_logits, op);
-            }
-            return out;
-        }, py::arg("ids"), py::arg("all_logits") = false)
-        .def("eval_embeddings", [](Session& s, F32Array x, bool all_logits) {
-            const int64_t E = s.model().hparams().n_embd, V = s.model().hparams().n_vocab;
-            if (x.ndim() != 2 || x.shape(1) != E)
-                throw ModelError(fmt("embeddings must have shape (n, %lld)", (long long)E));
-            const int64_t n = x.shape(0);
-            F32Array out = all_logits ? F32Array({n, V}) : F32Array({V});
-            const float* xp = x.data();
-            float* op = out.mutable_data();
-            {
-                py::gil_scoped_release nogil;
-                std::lock_guard<std::mutex> lk(s.mutex());
-                s.eval_embeddings(xp, n, all_logits, op);
-            }
-            return out;
-        }, py::arg("embeddings"), py::arg("all_logits") = false)
-        .def("encode_image", [](Session& s, F32Array pixels) {
-            const Model& mo = s.model();
-            if (!mo.has_vision())
-                throw ModelError(fmt("this model (general.architecture '%s') has no vision encoder",
-                                     mo.hparams().arch.c_str()));
-            const int64_t S = mo.vision_hparams().image_size;
-            if (pixels.ndim() != 3 || pixels.shape(0) != 3 || pixels.shape(1) != S || pixels.shape(2) != S) {
-                std::string shape = "(";
-                for (py::ssize_t i = 0; i < pixels.ndim(); i++) shape += (i ? ", " : "") + std::to_string(pixels.shape(i));
-                shape += pixels.ndim() == 1 ? ",)" : ")";
-                throw ModelError(fmt("image must have shape (3, %lld, %lld), got %s", (long long)S, (long long)S,
-                                     shape.c_str()));
-            }
-            F32Array out({mo.qformer_hparams().n_query, mo.hparams().n_embd});
-            const float* xp = pixels.data();
-            float* op = out.mutable_data();
-            {
-                py::gil_scoped_release nogil;
-                std::lock_guard<std::mutex> lk(s.mutex());
-                s.encode_image(xp, op);
-            }
-            return out;
-        }, py::arg("pixels"),
-           "Image embeddings (n_image_tokens, n_embd) of a normalised float32 image (3, S, S); the KV cache is "
-           "not touched.");
 }
 
 }  // namespace tg

@@ -12,6 +12,7 @@ PYBIND11_MODULE(_core, m) {
     tg::bind_kernels(m);
     tg::bind_tokenizer(m);
     tg::bind_model(m);
+    tg::bind_context(m);
     tg::bind_generate(m);
     tg::bind_bench(m);
     tg::bind_log(m);

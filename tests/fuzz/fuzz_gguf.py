@@ -76,11 +76,11 @@ def one_input(data: bytes):
     except _expected_errors():
         return
     _stats["model_ok"] += 1
-    s = _core.Session(m, 8, 1, True)
+    s = _core.Context(m, 8, 1, 1, True)
     ids = np.array([0, m.n_vocab - 1, 1], np.int32)
-    s.eval_tokens(ids, True)
+    s.eval_tokens(0, ids, True)
     try:
-        s.eval_tokens(np.array([m.n_vocab], np.int32))
+        s.eval_tokens(0, np.array([m.n_vocab], np.int32))
         raise AssertionError("an out-of-vocabulary id was accepted")
     except _core.ModelError:
         pass

@@ -32,7 +32,7 @@
 #include "kernels/ops.h"
 #include "kernels/vecmath.h"
 #include "quants.h"
-#include "threadpool.h"
+#include "exec.h"
 
 using namespace tg;
 
@@ -63,8 +63,8 @@ double tolerance(GgmlType t) {
 
 std::vector<float> run(const MatW& w, const std::vector<float>& x, int64_t n, const float* bias, int threads) {
     std::vector<float> y((size_t)(n * w.n_out), -1.f);
-    ThreadPool pool(threads);
-    matmul(w, x.data(), n, y.data(), bias, pool);
+    Exec ex(threads);
+    matmul(w, x.data(), n, y.data(), bias, ex);
     return y;
 }
 
@@ -252,9 +252,9 @@ void check_attention(Isa isa, std::mt19937& rng) {
         auto run_attn = [&](Isa which, int threads) {
             set_isa(which);
             std::vector<float> out((size_t)(c.T * q_stride), -1.f);
-            ThreadPool pool(threads);
+            Exec ex(threads);
             attention(q.data(), c.T, q_stride, kp, vp, kv_stride, c.kv_f16, c.n_kv, c.causal, c.n_kv - c.T, c.n_head,
-                      c.n_head_kv, c.hd, scale, out.data(), q_stride, pool, c.bf16);
+                      c.n_head_kv, c.hd, scale, out.data(), q_stride, ex, c.bf16);
             return out;
         };
         const std::vector<float> ref = run_attn(Isa::Scalar, 1);

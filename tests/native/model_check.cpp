@@ -9,6 +9,7 @@
 // vision path, the image embeddings of the normalised image in PIXELS.f32 (raw float32 [3, S, S])
 // ("image: n sum sum_abs v0 v1 v2 v3"), which are fed to the decoder before the prompt; the last
 // position's logits ("logits: argmax max sum"); and N_GEN greedy tokens ("greedy: ...").
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
@@ -18,7 +19,7 @@
 #include <vector>
 
 #include "errors.h"
-#include "model/tinygptv.h"
+#include "model/context.h"
 #include "model/vocab.h"
 #include "tokenizer/tokenizer.h"
 
@@ -59,25 +60,33 @@ int main(int argc, char** argv) {
         }
         if (texts.empty()) throw ModelError("no texts");
 
-        Session s(model, 512, 2, true);
+        Context ctx(model, 512, 1, 2, true);
         const int64_t V = model->hparams().n_vocab;
         std::vector<float> logits((size_t)V);
+        Batch b;
+        auto run = [&]() {  // the batch, then the logits of its last row
+            const int64_t n = ctx.decode(b);
+            std::copy(ctx.logits() + (n - 1) * V, ctx.logits() + n * V, logits.begin());
+            b.clear();
+        };
         if (model->has_vision()) {
             const int64_t S = model->vision_hparams().image_size;
             std::vector<float> px((size_t)(3 * S * S));
             std::ifstream pf(argv[3], std::ios::binary);
             if (!pf.read((char*)px.data(), (std::streamsize)(px.size() * sizeof(float))))
                 throw ModelError(fmt("%s: expected %lld float32 pixels", argv[3], (long long)px.size()));
-            const int64_t n = model->qformer_hparams().n_query, E = model->hparams().n_embd;
-            std::vector<float> emb((size_t)(n * E));
-            s.encode_image(px.data(), emb.data());
+            std::shared_ptr<const ImageEmbd> img = ctx.encode_image(px.data());
+            const std::vector<float>& emb = img->data;
             double sum = 0, sum_abs = 0;
             for (float v : emb) sum += v, sum_abs += std::fabs(v);
             std::printf("image: %lld %.9g %.9g %.9g %.9g %.9g %.9g\n", (long long)emb.size(), sum, sum_abs, emb[0],
                         emb[1], emb[2], emb[3]);
-            s.eval_embeddings(emb.data(), n, false, logits.data());
+            for (int32_t r = 0; r < (int32_t)img->n_rows; r++) b.add_image_row(*img, r, 0, r, r + 1 == img->n_rows);
+            run();
         }
-        s.eval_tokens(texts[0].data(), (int64_t)texts[0].size(), false, logits.data());
+        for (size_t i = 0; i < texts[0].size(); i++)
+            b.add_token(texts[0][i], 0, ctx.n_past(0) + (int64_t)i, i + 1 == texts[0].size());
+        run();
         double sum = 0;
         for (float v : logits) sum += v;
         const int32_t best = argmax(logits);
@@ -86,7 +95,8 @@ int main(int argc, char** argv) {
         int32_t next = best;
         for (int i = 0; i < std::atoi(argv[4]); i++) {
             std::printf(" %d", next);
-            s.eval_tokens(&next, 1, false, logits.data());
+            b.add_token(next, 0, ctx.n_past(0), true);
+            run();
             next = argmax(logits);
         }
         std::printf("\n");

@@ -1,0 +1,97 @@
+// The engine context: one execution object over a shared, immutable Model, in the manner of
+// llama.cpp's llama_context + llama_batch.
+//
+// A Context holds an Exec (on the CPU: its thread pool, one however many sequences), a KV cache of
+// n_seq sequences (slots) with the record of what each holds, the decoder's scratch, the vision
+// scratch and a cache of image embeddings. decode() runs one batch: rows of any sequences, each a
+// token or an embedding row, so that prompt chunks of some sequences and decode steps of others read
+// the weights once. A row's result does not depend on the other rows of its batch, nor on the thread
+// count.
+//
+// Not thread-safe: one call at a time (the bindings hold mutex() for each call).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "exec.h"
+#include "model/image_cache.h"
+#include "model/kv_cache.h"
+#include "model/phi.h"
+#include "model/tinygptv.h"
+
+namespace tg {
+
+// The rows of one decode call. The rows of a sequence are contiguous and continue its slot: the first
+// at the position the slot holds next, the others after it.
+struct Batch {
+    std::vector<int32_t> token;        // token id, or -1 where embd names the row's input
+    std::vector<const float*> embd;    // n_embd floats (image rows), or null for a token
+    std::vector<Cell> cell;            // what the position will be recorded as
+    std::vector<int32_t> seq;
+    std::vector<int64_t> pos;
+    std::vector<uint8_t> logits;       // whether the row's logits are wanted
+
+    int64_t size() const { return (int64_t)seq.size(); }
+    void clear();  // keeps the capacity: a reused Batch allocates nothing
+    void add_token(int32_t tok, int32_t s, int64_t p, bool want_logits);
+    // A row of an image's embeddings (the buffer must outlive the decode call).
+    void add_image_row(const ImageEmbd& img, int32_t row, int32_t s, int64_t p, bool want_logits);
+};
+
+class Context {
+public:
+    // n_ctx: positions per sequence. image_cache_bytes: bound of the image-embedding cache.
+    Context(std::shared_ptr<const Model> model, int64_t n_ctx, int n_seq, int n_threads, bool kv_f16,
+            size_t image_cache_bytes = 64u << 20);
+
+    const Model& model() const { return *model_; }
+    std::shared_ptr<const Model> model_ptr() const { return model_; }
+    Exec& exec() { return ex_; }
+    int64_t n_ctx() const { return kv_.n_ctx(); }
+    int n_seq() const { return kv_.n_seq(); }
+    int n_threads() const { return ex_.size(); }
+    const KvCache& kv() const { return kv_; }
+
+    // Runs the batch; checked first (sequence ids, positions, token ids, room), so a bad batch changes
+    // nothing. Returns how many rows wanted logits: logits() holds them, in row order.
+    int64_t decode(const Batch& b);
+    const float* logits() const { return logits_.data(); }  // [rows that wanted them][n_vocab]
+
+    // Sequence operations.
+    int64_t n_past(int seq) const { return kv_.n_past(seq); }
+    void seq_truncate(int seq, int64_t p0) { kv_.truncate(seq, p0); }  // forget [p0, n_past)
+    void seq_copy(int src, int dst, int64_t n) { kv_.copy_prefix(src, dst, n); }
+    void seq_clear(int seq) { kv_.truncate(seq, 0); }
+    // The sequence (among those where allowed[seq], all when allowed is null) holding the longest prefix
+    // of cells; ties go to the lowest id. Returns {seq, length}; {-1, 0} when none is allowed.
+    std::pair<int, int64_t> longest_prefix(const Cell* cells, int64_t n, const std::vector<uint8_t>* allowed) const;
+
+    // The projected embeddings of a normalised [3, S, S] image: from the cache when the same pixels were
+    // encoded before, else encoded (ViT, Q-Former, projector) and cached. Throws ModelError when the
+    // model has no vision path or a pixel is not finite.
+    std::shared_ptr<const ImageEmbd> encode_image(const float* pixels);
+    ImageCache& image_cache() { return images_; }
+
+    std::mutex& mutex() { return mu_; }
+
+private:
+    void check(const Batch& b) const;
+
+    std::shared_ptr<const Model> model_;
+    Exec ex_;
+    KvCache kv_;
+    PhiScratch phi_;
+    std::vector<float> x_;        // input embeddings of a batch piece
+    std::vector<PhiRow> rows_;
+    std::vector<float> logits_;
+    mutable std::vector<uint8_t> seen_;
+    std::unique_ptr<VisionScratch> vis_scratch_;  // allocated on the first image
+    std::unique_ptr<QformerScratch> qf_scratch_;
+    std::vector<float> img_tokens_;               // [n_tokens, vision n_embd]
+    ImageCache images_;
+    std::mutex mu_;
+};
+
+}  // namespace tg
