@@ -501,6 +501,10 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {
     return nullptr;
 }
 
+// Rows up to which a product is split statically like a decode step rather than in chunks taken in
+// turn: for a few rows the weights' memory stream is the cost, not the tiles' arithmetic.
+static const int64_t kSmallBatchRows = 8;
+
 void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bias, Exec& ex) {
     check_weight(w);
     if (n < 0) throw ModelError(fmt("matmul: negative row count %lld", (long long)n));
@@ -524,8 +528,10 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
     if (fn && w.repacked) {
         A.w = (const uint8_t*)w.repacked.get();
         auto run = [&](int64_t g0, int64_t g1, int) { fn(A, g0, g1); };
-        if (n == 1) {
-            ex.parallel_for(groups, 1, run);  // decode: long contiguous ranges (decode_streams)
+        if (n <= kSmallBatchRows) {
+            // decode (one row: decode_streams) and the decode steps of a few sequences: long
+            // contiguous ranges, each thread streaming its part of the weights once
+            ex.parallel_for(groups, 1, run);
         } else {
             // Prompt: chunks of at most about 256 KB of weights (one stays in L2 across the activation
             // chunks), at least 4 per thread, taken in turn: a thread slowed down by another process

@@ -1,0 +1,182 @@
+"""The Python face of the engine context: one Model answering many threads at once (decoded together,
+each with the answers it gets alone), the messages entry point that reuses what a sequence's cache holds,
+and no growth over many mixed requests."""
+from __future__ import annotations
+
+import base64
+import gc
+import threading
+
+import numpy as np
+import pytest
+from fixtures.tiny_model import tiny_gguf  # noqa: F401
+
+import tinygptv_native as tg
+
+
+@pytest.fixture(scope="module")
+def model(tiny_gguf):  # noqa: F811
+    return tg.Model(tiny_gguf[0], n_threads=2, n_ctx=512, n_parallel=4)
+
+
+@pytest.fixture(scope="module")
+def image(tiny_gguf):  # noqa: F811
+    return tiny_gguf[1]
+
+
+def _data_url(path):
+    return "data:image/png;base64," + base64.b64encode(open(path, "rb").read()).decode()
+
+
+def test_messages_reuse_the_cache_and_match_a_fresh_model():
+    """The embedded demo model (trained: its answers are ordinary text, tokenized again as generated)."""
+    from tinygptv_native.demo import demo_image_path, demo_model_path
+    demo = tg.Model(demo_model_path(), n_threads=2)
+    image = demo_image_path()
+    kw = dict(temperature=0, max_new_tokens=16)
+    c = demo.new_chat()
+    a1 = c.ask("How many shapes are there?", image=image, **kw)
+    a2 = c.ask("Is there a red circle?", **kw)
+    r3 = c.ask("What colour is the square?", return_result=True, **kw)
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "How many shapes are there?"},
+                                         {"type": "image_url", "image_url": {"url": _data_url(image)}}]},
+            {"role": "assistant", "content": a1},
+            {"role": "user", "content": "Is there a red circle?"},
+            {"role": "assistant", "content": a2},
+            {"role": "user", "content": "What colour is the square?"}]
+    r = demo.chat_completion(msgs, **kw)
+    assert r.token_ids == r3.token_ids and r.text == r3.text
+    # everything but the last two positions came from the cache: the image was not encoded again
+    n = sum(1 if isinstance(t, int) else len(t) for t in c.tokens(c.prompt_positions))
+    assert r.cached_tokens == n - 2 and r.prompt_tokens == 2
+    # a model that never saw the conversation evaluates it all and answers the same
+    other = tg.Model(demo_model_path(), n_threads=1)
+    f = other.chat_completion(msgs, **kw)
+    assert f.cached_tokens == 0 and f.token_ids == r.token_ids
+    s = other.chat_completion(msgs, stream=True, **kw)
+    assert "".join(s) == r.text and s.result.token_ids == r.token_ids
+
+
+def test_chat_from_messages_generates_nothing(model, image):
+    msgs = [{"role": "system", "content": "You look at pictures."},
+            {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Hi"}]},
+            {"role": "assistant", "content": "hello"}]
+    c = tg.Chat.from_messages(model, msgs)
+    assert [(h.role, h.text, h.image) for h in c.history] == [("user", "Hi", True), ("assistant", "hello", False)]
+    assert c.last is None and c.template.system == "You look at pictures."
+    toks = c.tokens()
+    assert sum(isinstance(t, np.ndarray) for t in toks) == 1
+    text = model.detokenize([t for t in toks if not isinstance(t, np.ndarray)])
+    assert text.startswith("You look at pictures.") and "hello###" in text
+
+
+@pytest.mark.parametrize("msgs, err", [
+    ([], "last message must be the user's"),
+    ([{"role": "assistant", "content": "x"}], "last message must be the user's"),
+    ([{"role": "user", "content": "a"}, {"role": "system", "content": "s"}, {"role": "user", "content": "b"}],
+     "message 1: a system message may only come first"),
+    ([{"role": "robot", "content": "a"}, {"role": "user", "content": "b"}], "unknown role 'robot'"),
+    ([{"role": "user", "content": [{"type": "audio"}]}], "unknown part type 'audio'"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}],
+     "cannot fetch"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}],
+     "not valid base64"),
+    ([{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}], "must follow a user message"),
+    ([{"role": "user", "content": 5}], "content must be a string or a list"),
+])
+def test_bad_messages(model, msgs, err):
+    with pytest.raises(ValueError, match=err):
+        model.chat_completion(msgs, max_new_tokens=2)
+
+
+def test_two_images_in_one_message_are_refused(model, image):
+    part = {"type": "image", "image": image}
+    with pytest.raises(ValueError, match="2 images in one user message"):
+        model.chat_completion([{"role": "user", "content": [part, part]}, {"role": "user", "content": "q"}])
+
+
+def test_eight_threads_get_their_serial_answers(model, image):
+    """8 threads on one Model (4 sequences: the rest wait for a free one) get the answers each gets alone."""
+    def work(i):
+        if i % 2:
+            return model.generate([3 + i, 7, 11, 13], max_new_tokens=12, temperature=1.0, seed=i)
+        c = model.new_chat()
+        a = c.ask(f"question {i}", image=image if i % 4 == 0 else None, seed=i, temperature=1.0, max_new_tokens=10)
+        return a, c.ask("more?", seed=50 + i, temperature=1.0, max_new_tokens=10)
+
+    serial = [work(i) for i in range(8)]
+    out, errors = [None] * 8, []
+    active = []
+    stop = threading.Event()
+
+    def watch():  # how many sequences the engine decodes together
+        while not stop.is_set():
+            active.append(model.engine.gen.n_active)
+
+    def run(i):
+        try:
+            out[i] = work(i)
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+
+    w = threading.Thread(target=watch)
+    w.start()
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    stop.set()
+    w.join()
+    assert not errors and out == serial
+    assert max(active) >= 2, "the threads were never decoded together"
+
+
+def test_interrupted_stream_frees_its_sequence(model):
+    streams = [model.generate([5, 6, 7], max_new_tokens=50, temperature=0, stream=True) for _ in range(6)]
+    for s in streams:  # more streams than sequences: the later ones wait, then run
+        next(s)
+        s.close()
+    assert model.generate([5, 6, 7], max_new_tokens=3, temperature=0) == \
+        model.generate([5, 6, 7], max_new_tokens=3, temperature=0)
+    assert model.engine.gen.n_active == 0
+
+
+def _rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def test_no_growth_over_500_mixed_requests(model, image):
+    """Chats, one-shot questions with and without an image, text generation, streams closed early and
+    messages: after a warm-up, 500 more requests leave the process's memory where it was."""
+    rng = np.random.default_rng(0)
+
+    def one(k):
+        kind = k % 5
+        if kind == 0:
+            c = model.new_chat()
+            c.ask("hi", image=image, max_new_tokens=4, seed=k)
+            c.ask("and?", max_new_tokens=3, seed=k)
+        elif kind == 1:
+            model.chat("what?", image=image if k % 2 else None, max_new_tokens=4, seed=k)
+        elif kind == 2:
+            model.generate(list(map(int, rng.integers(0, 200, 5))), max_new_tokens=5, seed=k)
+        elif kind == 3:
+            s = model.generate([1, 2, 3], max_new_tokens=30, stream=True, seed=k)
+            next(s, None)
+            s.close()
+        else:
+            model.chat_completion([{"role": "user", "content": "hello"}, {"role": "assistant", "content": "yo"},
+                                   {"role": "user", "content": f"n{k}"}], max_new_tokens=3, seed=k)
+
+    for k in range(100):
+        one(k)
+    gc.collect()
+    before = _rss_mb()
+    for k in range(500):
+        one(k)
+    gc.collect()
+    grown = _rss_mb() - before
+    assert grown < 8, f"RSS grew by {grown:.1f} MB over 500 requests"
+    assert model.engine.gen.n_active == 0
