@@ -1,6 +1,7 @@
 #include "generate.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "errors.h"
 
@@ -60,6 +61,8 @@ int Generator::submit(GenRequest req, int64_t* cached) {
                                   (long long)(n + req.max_new_tokens), (long long)ctx_.n_ctx()));
     for (int32_t t : req.stop_ids)
         if (t < 0) throw ModelError(fmt("stop id %d is negative", t));
+    if (req.n_probs < 0 || req.n_probs > 20)
+        throw ModelError(fmt("n_probs %d must be in [0, 20]", req.n_probs));
     auto sampler = std::make_unique<Sampler>(req.sampling, tok_);
 
     // The slot: the free one holding the longest prefix (ties: least recently used), unless a busy
@@ -104,6 +107,7 @@ int Generator::submit(GenRequest req, int64_t* cached) {
     sl.n_done = keep;
     sl.pending = -1;
     sl.max_new = req.max_new_tokens;
+    sl.n_probs = req.n_probs;
     sl.n_new = 0;
     sl.use_eos = req.use_eos;
     sl.stop_ids = std::move(req.stop_ids);
@@ -134,6 +138,38 @@ void Generator::finish(int seq, const char* reason, GenEvent& ev, bool stop_hit)
     sl.last_used = ++tick_;
 }
 
+// The log-softmax of the logits at tok, and the k largest (ties: lower id first). NaN logits count as
+// impossible.
+void Generator::log_probs(const float* logits, int32_t n, int32_t tok, int32_t k, GenEvent& ev) {
+    float mx = -INFINITY;
+    for (int32_t i = 0; i < n; i++)
+        if (logits[i] > mx) mx = logits[i];
+    double sum = 0;
+    for (int32_t i = 0; i < n; i++)
+        if (logits[i] == logits[i]) sum += std::exp((double)logits[i] - mx);
+    const float lse = mx + (float)std::log(sum);
+    ev.logprob = logits[tok] - lse;
+    top_.clear();
+    // a heap whose front is the worst of the k kept
+    auto better = [](const std::pair<int32_t, float>& a, const std::pair<int32_t, float>& b) {
+        return a.second > b.second || (a.second == b.second && a.first < b.first);
+    };
+    for (int32_t i = 0; i < n; i++) {
+        if (!(logits[i] == logits[i])) continue;
+        std::pair<int32_t, float> c(i, logits[i] - lse);
+        if ((int32_t)top_.size() < k) {
+            top_.push_back(c);
+            std::push_heap(top_.begin(), top_.end(), better);
+        } else if (better(c, top_.front())) {
+            std::pop_heap(top_.begin(), top_.end(), better);
+            top_.back() = c;
+            std::push_heap(top_.begin(), top_.end(), better);
+        }
+    }
+    std::sort_heap(top_.begin(), top_.end(), better);
+    ev.top = top_;
+}
+
 void Generator::sample(int seq, const float* logits, GenEvent& ev) {
     Slot& sl = slots_[(size_t)seq];
     ev.seq = seq;
@@ -144,6 +180,7 @@ void Generator::sample(int seq, const float* logits, GenEvent& ev) {
         return;
     }
     ev.token = tok;
+    if (sl.n_probs > 0) log_probs(logits, (int32_t)ctx_.model().hparams().n_vocab, tok, sl.n_probs, ev);
     sl.history.push_back(tok);
     sl.n_new++;
     sl.pending = tok;

@@ -37,6 +37,7 @@ struct GenRequest {
     std::vector<std::string> stop_strings;
     bool use_eos = true;
     std::vector<int32_t> penalty_history;  // ids the repetition penalty sees before the answer
+    int32_t n_probs = 0;                   // report the log-probability of each token and this many top ones
 };
 
 // What one sequence produced in a step.
@@ -46,6 +47,10 @@ struct GenEvent {
     std::string text;           // text that became safe to show (whole characters, no stop string)
     bool finished = false;
     const char* finish_reason = "";  // "stop", "length" or "interrupted" when finished
+    // With GenRequest::n_probs: the token's log-probability under the model (log-softmax of the logits,
+    // before penalties and sampling settings) and the n_probs most probable ids with theirs.
+    float logprob = 0.f;
+    std::vector<std::pair<int32_t, float>> top;
 };
 
 class Generator {
@@ -86,6 +91,7 @@ private:
         std::vector<float> prompt_logits;            // at the prompt's last position
         int32_t pending = -1;                        // sampled, not yet evaluated
         int64_t max_new = 0, n_new = 0;
+        int32_t n_probs = 0;
         bool use_eos = true;
         std::vector<int32_t> stop_ids;
         std::vector<int32_t> history;
@@ -95,6 +101,7 @@ private:
     };
     void finish(int seq, const char* reason, GenEvent& ev, bool stop_hit = false);
     void sample(int seq, const float* logits, GenEvent& ev);
+    void log_probs(const float* logits, int32_t n, int32_t tok, int32_t k, GenEvent& ev);
 
     Context& ctx_;
     const Tokenizer& tok_;
@@ -105,6 +112,7 @@ private:
     std::vector<int32_t> row_slot_;  // per batch row wanting logits: its slot
     std::vector<GenEvent> events_;
     std::vector<uint8_t> allowed_;
+    std::vector<std::pair<int32_t, float>> top_;
 };
 
 }  // namespace tg

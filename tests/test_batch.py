@@ -120,7 +120,7 @@ def test_generator_tokens_do_not_depend_on_company(model):
                 k = pending.pop(0)
                 s, cached = gen.submit([list(map(int, _prompt(k, model.n_vocab, 6 + 5 * k)))], 10 + k, seed=k, **kw)
                 seqs[s] = k
-            for s, t, text, finished, reason in gen.step():
+            for s, t, text, finished, reason, _, _ in gen.step():
                 if t >= 0:
                     out[seqs[s]].append(t)
         return out

@@ -180,3 +180,21 @@ def test_no_growth_over_500_mixed_requests(model, image):
     grown = _rss_mb() - before
     assert grown < 8, f"RSS grew by {grown:.1f} MB over 500 requests"
     assert model.engine.gen.n_active == 0
+
+
+def test_logprobs_are_the_models_log_softmax(model):
+    """n_probs: each answer token's log-probability and the most probable ids, from the logits (before
+    penalties and sampling settings), against numpy's log-softmax of a fresh forward."""
+    ids = [5, 9, 14, 3]
+    r = model.generate(ids, max_new_tokens=4, temperature=0, n_probs=5, return_result=True)
+    assert len(r.logprobs) == len(r.token_ids) == 4
+    lg = model.logits(ids + r.token_ids[:-1]).astype(np.float64)
+    for k, (tok, lp, top) in enumerate(r.logprobs):
+        row = lg[len(ids) - 1 + k]
+        ref = row - row.max() - np.log(np.exp(row - row.max()).sum())
+        assert tok == r.token_ids[k] and abs(lp - ref[tok]) < 1e-4
+        order = np.argsort(-ref, kind="stable")[:5]
+        assert [i for i, _ in top] == list(order)
+        np.testing.assert_allclose([p for _, p in top], ref[order], atol=1e-4)
+    with pytest.raises(tg.ModelError, match="n_probs 21 must be in"):
+        model.generate(ids, max_new_tokens=1, n_probs=21)

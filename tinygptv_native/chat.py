@@ -245,7 +245,8 @@ class Chat:
     def ask(self, prompt: str, *, image: Any = None, stream: bool = False, return_result: bool = False,
             max_new_tokens: Optional[int] = None, temperature: Optional[float] = None, top_p: Optional[float] = None,
             top_k: Optional[int] = None, min_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
-            seed: Optional[int] = None, stop: Optional[Sequence[str]] = None, ignore_eos: bool = False):
+            seed: Optional[int] = None, stop: Optional[Sequence[str]] = None, ignore_eos: bool = False,
+            n_probs: int = 0):
         """Asks a question (optionally about a new image) and returns the answer text, or an iterator of text
         pieces when ``stream=True``, or the GenerationResult when ``return_result=True`` (not streaming).
 
@@ -254,7 +255,9 @@ class Chat:
         On KeyboardInterrupt the partial answer is kept in the history and in ``last`` (finish_reason
         "interrupted") and the exception propagates; a stream that is closed or dropped early ends the same
         way. ``stop`` adds stop strings to the model's; ``ignore_eos`` generates ``max_new_tokens`` tokens,
-        ignoring end-of-text, the model's stop ids and stop strings (for benchmarks and tests)."""
+        ignoring end-of-text, the model's stop ids and stop strings (for benchmarks and tests). ``n_probs``
+        > 0 records each answer token's log-probability and the ``n_probs`` most probable tokens in
+        ``GenerationResult.logprobs``."""
         self._finish_active()
         params, n_new = self.model._chat_params(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                                 top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
@@ -262,7 +265,7 @@ class Chat:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("this Chat is already answering in another thread; give each thread its own Chat")
         try:
-            gen = self._start(prompt, image, params, n_new, stop, ignore_eos)
+            gen = self._start(prompt, image, params, n_new, stop, ignore_eos, n_probs)
         except BaseException:
             self._busy.release()
             raise
@@ -304,7 +307,7 @@ class Chat:
         self.history.append(Message("user", text, image=bool(images)))
 
     def _start(self, prompt: str, image: Any, params, max_new_tokens: int, stop: Optional[Sequence[str]],
-               ignore_eos: bool = False) -> "ChatStream":
+               ignore_eos: bool = False, n_probs: int = 0) -> "ChatStream":
         """Checks, encodes and submits one user turn; returns its stream (not started)."""
         from .model import GenerationResult, _results
         m = self.model
@@ -324,7 +327,7 @@ class Chat:
         if n_total == 0:
             raise ValueError("empty prompt: the template and the text produce no tokens")
         req = m.engine.submit(whole, params, max_new_tokens, stop_strings=stops, stop_ids=stop_ids,
-                              use_eos=not ignore_eos, keep_prompt_logits=True)
+                              use_eos=not ignore_eos, keep_prompt_logits=True, n_probs=n_probs)
         self._request = req
         self.prompt_positions = n_total
         if image is not None:

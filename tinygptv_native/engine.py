@@ -11,13 +11,22 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from . import _core
 
 Piece = Union[List[int], "_core.ImageEmbedding"]
 
 _END = object()
+
+
+class Event(NamedTuple):
+    """What one step gave a request: a token of the answer (or -1), text now safe to show, and with
+    ``n_probs`` the token's log-probability and the most probable ids [(id, logprob)]."""
+    token: int
+    text: str
+    logprob: float = 0.0
+    top: Optional[List[Tuple[int, float]]] = None
 
 
 @dataclass
@@ -48,7 +57,8 @@ class Request:
     """One prompt being answered. Iterate ``events()`` for (token, text) pairs; ``cancel()`` stops it."""
 
     def __init__(self, engine: "Engine", prompt: Sequence[Piece], params: SamplingParams, max_new_tokens: int,
-                 stop_strings: Sequence[str], stop_ids: Sequence[int], use_eos: bool, penalty_history: Sequence[int]):
+                 stop_strings: Sequence[str], stop_ids: Sequence[int], use_eos: bool, penalty_history: Sequence[int],
+                 n_probs: int = 0):
         self._engine = engine
         self.prompt = list(prompt)
         self.params = params
@@ -57,6 +67,7 @@ class Request:
         self.stop_ids = [int(t) for t in stop_ids]
         self.use_eos = use_eos
         self.penalty_history = [int(t) for t in penalty_history]
+        self.n_probs = int(n_probs)
         self.seq = -1
         self.cached = 0                       # prompt positions the sequence's cache already held
         self.tokens: List[int] = []           # the answer's tokens so far
@@ -77,10 +88,10 @@ class Request:
                     top_p=float(p.top_p), min_p=float(p.min_p), repetition_penalty=float(p.repetition_penalty),
                     penalty_last_n=int(p.penalty_last_n), seed=int(seed) & 0xFFFFFFFFFFFFFFFF,
                     stop_ids=self.stop_ids, stop_strings=self.stop_strings, use_eos=self.use_eos,
-                    penalty_history=self.penalty_history)
+                    penalty_history=self.penalty_history, n_probs=self.n_probs)
 
-    def events(self) -> Iterator[Tuple[int, str]]:
-        """(token or -1, text) as the engine produces them, until the answer ends. Closing the iterator
+    def events(self) -> Iterator[Event]:
+        """Events as the engine produces them, until the answer ends. Closing the iterator
         early (or an exception in the consumer, KeyboardInterrupt included) cancels the request."""
         try:
             while True:
@@ -136,12 +147,12 @@ class Engine:
     # ---- requests ----------------------------------------------------------------------------
     def submit(self, prompt: Sequence[Piece], params: SamplingParams, max_new_tokens: int, *,
                stop_strings: Sequence[str] = (), stop_ids: Sequence[int] = (), use_eos: bool = True,
-               penalty_history: Sequence[int] = (), keep_prompt_logits: bool = False) -> Request:
+               penalty_history: Sequence[int] = (), keep_prompt_logits: bool = False, n_probs: int = 0) -> Request:
         """Starts answering a prompt. A bad request raises here (nothing changes); a request that finds
         every sequence busy waits for one (its errors then come out of ``events()``)."""
         params.check()
         req = Request(self, prompt, params, check_max_new_tokens(max_new_tokens), stop_strings, stop_ids, use_eos,
-                      penalty_history)
+                      penalty_history, n_probs)
         req.keep_prompt_logits = keep_prompt_logits
         with self._cv:
             if self._closed:
@@ -219,7 +230,7 @@ class Engine:
                     self._deliver(ev)
 
     def _deliver(self, ev) -> None:
-        seq, tok, text, finished, reason = ev
+        seq, tok, text, finished, reason, logprob, top = ev
         req = self._running.get(seq)
         if req is None:
             return
@@ -231,7 +242,7 @@ class Engine:
         if tok >= 0:
             req.tokens.append(tok)
         if tok >= 0 or text:
-            req._q.put((tok, text))
+            req._q.put(Event(tok, text, logprob, top))
         if finished:
             del self._running[seq]
             self._finish(req, reason)

@@ -44,6 +44,8 @@ class GenerationResult:
     generation_ms: float = 0.0
     cached_tokens: int = 0  # positions reused from the KV cache (earlier turns of a chat)
     token_ids: List[int] = field(default_factory=list)
+    # with n_probs: per answer token (id, log-probability, [(id, log-probability)] of the most probable)
+    logprobs: List[Tuple[int, float, List[Tuple[int, float]]]] = field(default_factory=list)
 
     def __str__(self) -> str:
         return self.text
@@ -292,7 +294,8 @@ class Model:
     def chat(self, prompt: str, *, image=None, stream: bool = False, return_result: bool = False,
              max_new_tokens: Optional[int] = None, temperature: Optional[float] = None, top_p: Optional[float] = None,
              top_k: Optional[int] = None, min_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
-             seed: Optional[int] = None, stop: Optional[Sequence[str]] = None, ignore_eos: bool = False):
+             seed: Optional[int] = None, stop: Optional[Sequence[str]] = None, ignore_eos: bool = False,
+             n_probs: int = 0):
         """One question, optionally about an image (a path, bytes, PIL image or uint8 numpy array). Returns
         the answer text, an iterator of text pieces with ``stream=True``, or the GenerationResult with
         ``return_result=True``. Settings default to the model's own (metadata); ``self.last_result`` holds
@@ -301,7 +304,8 @@ class Model:
         c = Chat(self)
         out = c.ask(prompt, image=image, stream=stream, return_result=return_result, max_new_tokens=max_new_tokens,
                     temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                    repetition_penalty=repetition_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos)
+                    repetition_penalty=repetition_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos,
+                    n_probs=n_probs)
         self.last_result = c.last
         return out
 
@@ -309,7 +313,7 @@ class Model:
                         temperature: Optional[float] = None, top_p: Optional[float] = None,
                         top_k: Optional[int] = None, min_p: Optional[float] = None,
                         repetition_penalty: Optional[float] = None, seed: Optional[int] = None,
-                        stop: Optional[Sequence[str]] = None, ignore_eos: bool = False):
+                        stop: Optional[Sequence[str]] = None, ignore_eos: bool = False, n_probs: int = 0):
         """The answer to a whole conversation given as OpenAI-shaped messages (``role`` system / user /
         assistant; ``content`` a string or a list of ``text`` and ``image_url`` / ``image`` parts); the
         last message is the user's question. Earlier answers are taken as given, not generated again,
@@ -324,7 +328,8 @@ class Model:
         text, images = _message_parts(msgs[-1], len(msgs) - 1)
         out = c.ask(text, image=images[0] if images else None, stream=stream, return_result=not stream,
                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                    repetition_penalty=repetition_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos)
+                    repetition_penalty=repetition_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos,
+                    n_probs=n_probs)
         self.last_result = c.last
         return out
 
@@ -333,11 +338,12 @@ class Model:
                  temperature: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
                  min_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
                  seed: Optional[int] = None, stop: Optional[Sequence[str]] = None, stream: bool = False,
-                 stop_ids: Optional[Sequence[int]] = None):
+                 stop_ids: Optional[Sequence[int]] = None, n_probs: int = 0, return_result: bool = False):
         """Continue a text prompt (or a list of token ids). Returns the new text, or an iterator of text
         pieces when ``stream=True``. Generation ends at ``max_new_tokens``, at an end-of-text token, at
         a token in ``stop_ids`` or at a string in ``stop`` (not included in the text). Sampling settings
-        default to the sampler's (SamplingParams())."""
+        default to the sampler's (SamplingParams()). ``return_result`` returns the GenerationResult
+        (with ``n_probs``: each token's log-probability and the most probable ones)."""
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise ValueError("generate() needs a non-empty prompt")
@@ -349,13 +355,14 @@ class Model:
         if isinstance(stop, str):
             stop = [stop]
         req = self.engine.submit([ids], p, max_new_tokens, stop_strings=stop or [], stop_ids=stop_ids or [],
-                                 penalty_history=ids)
+                                 penalty_history=ids, n_probs=n_probs)
         result = GenerationResult(prompt_tokens=len(ids))
         self.last_result = result
         it = _results(req, result)
         if stream:
             return it
-        return "".join(it)
+        text = "".join(it)
+        return result if return_result else text
 
     def close(self) -> None:
         """Stops the engine's thread (the model stays usable: a later call starts it again)."""
@@ -368,10 +375,12 @@ def _results(req: Request, result: GenerationResult) -> Iterator[str]:
     events = req.events()
     whole = False
     try:
-        for tok, text in events:
+        for tok, text, logprob, top in events:
             if tok >= 0:
                 result.token_ids.append(tok)
                 result.completion_tokens += 1
+                if top is not None:
+                    result.logprobs.append((tok, logprob, top))
             if text:
                 result.text += text
                 yield text

@@ -22,7 +22,14 @@ struct PyGenerator {
 static py::tuple event_tuple(const GenEvent& e) {
     PyObject* s = PyUnicode_DecodeUTF8(e.text.data(), (Py_ssize_t)e.text.size(), "replace");
     if (!s) throw py::error_already_set();
-    return py::make_tuple(e.seq, e.token, py::reinterpret_steal<py::str>(s), e.finished, std::string(e.finish_reason));
+    py::object top = py::none();
+    if (!e.top.empty()) {
+        py::list l;
+        for (auto& p : e.top) l.append(py::make_tuple(p.first, p.second));
+        top = l;
+    }
+    return py::make_tuple(e.seq, e.token, py::reinterpret_steal<py::str>(s), e.finished, std::string(e.finish_reason),
+                          e.logprob, top);
 }
 
 void bind_generate(py::module_& m) {
@@ -52,7 +59,7 @@ void bind_generate(py::module_& m) {
         .def("submit", [](PyGenerator& g, py::list prompt, int64_t max_new_tokens, float temperature, int top_k,
                           float top_p, float min_p, float repetition_penalty, int penalty_last_n, uint64_t seed,
                           std::vector<int32_t> stop_ids, std::vector<std::string> stop_strings, bool use_eos,
-                          std::vector<int32_t> penalty_history) {
+                          std::vector<int32_t> penalty_history, int32_t n_probs) {
             GenRequest req;
             for (py::handle h : prompt) {
                 PromptPiece p;
@@ -66,6 +73,7 @@ void bind_generate(py::module_& m) {
             req.stop_strings = std::move(stop_strings);
             req.use_eos = use_eos;
             req.penalty_history = std::move(penalty_history);
+            req.n_probs = n_probs;
             int64_t cached = 0;
             int seq;
             {
@@ -77,7 +85,7 @@ void bind_generate(py::module_& m) {
         }, py::arg("prompt"), py::arg("max_new_tokens"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
            py::arg("min_p"), py::arg("repetition_penalty"), py::arg("penalty_last_n"), py::arg("seed"),
            py::arg("stop_ids") = std::vector<int32_t>(), py::arg("stop_strings") = std::vector<std::string>(),
-           py::arg("use_eos") = true, py::arg("penalty_history") = std::vector<int32_t>(),
+           py::arg("use_eos") = true, py::arg("penalty_history") = std::vector<int32_t>(), py::arg("n_probs") = 0,
            "prompt: a list of token-id lists and ImageEmbeddings. Returns (sequence, cached positions).")
         .def("step", [](PyGenerator& g) {
             std::vector<GenEvent> evs;
@@ -89,7 +97,8 @@ void bind_generate(py::module_& m) {
             py::list out;
             for (const GenEvent& e : evs) out.append(event_tuple(e));
             return out;
-        }, "one decode call for every active sequence: a list of (seq, token or -1, text, finished, reason)")
+        }, "one decode call for every active sequence: a list of (seq, token or -1, text, finished, reason, logprob, "
+           "top) where top is [(id, logprob)] with n_probs, else None")
         .def("cancel", [](PyGenerator& g, int seq) {
             GenEvent e;
             {
