@@ -144,6 +144,18 @@ class Engine:
         self._thread: Optional[threading.Thread] = None
         self._closed = False
 
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a free sequence."""
+        with self._cv:
+            return len(self._waiting)
+
+    @property
+    def n_busy(self) -> int:
+        """Sequences answering a request now."""
+        with self._cv:
+            return len(self._running)
+
     # ---- requests ----------------------------------------------------------------------------
     def submit(self, prompt: Sequence[Piece], params: SamplingParams, max_new_tokens: int, *,
                stop_strings: Sequence[str] = (), stop_ids: Sequence[int] = (), use_eos: bool = True,
