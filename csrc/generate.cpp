@@ -55,10 +55,10 @@ int Generator::submit(GenRequest req, int64_t* cached) {
     }
     const int64_t n = (int64_t)cells.size();
     if (n == 0) throw ModelError("empty prompt: no tokens and no image");
-    if (n + req.max_new_tokens > ctx_.n_ctx())
-        throw ContextOverflow(fmt("a prompt of %lld positions plus max_new_tokens %lld needs %lld positions, more than "
-                                  "n_ctx %lld", (long long)n, (long long)req.max_new_tokens,
-                                  (long long)(n + req.max_new_tokens), (long long)ctx_.n_ctx()));
+    // Only the prompt must fit: the answer stops at the end of the context ("length"), as llama.cpp's.
+    if (n > ctx_.n_ctx())
+        throw ContextOverflow(fmt("a prompt of %lld positions does not fit in n_ctx %lld", (long long)n,
+                                  (long long)ctx_.n_ctx()));
     for (int32_t t : req.stop_ids)
         if (t < 0) throw ModelError(fmt("stop id %d is negative", t));
     if (req.n_probs < 0 || req.n_probs > 20)

@@ -78,7 +78,7 @@ def test_run_text_only_and_draw(files):
     (["-m", "{model}", "--image", "/nonexistent/x.png", "-p", "hi"], "image file not found"),
     (["-m", "{model}", "--image", "{notimg}", "-p", "hi"], "not a recognised image"),
     (["-m", "{notgguf}", "-p", "hi"], "error:"),
-    (["-m", "{model}", "-p", "hi", "-n", "100000"], "n_ctx"),
+    (["-m", "{model}", "-c", "16", "-p", "hi " * 40], "n_ctx"),
     (["-m", "{model}", "-p", "hi", "-n", "-1"], "max_new_tokens"),
     (["-m", "{model}", "-p", "hi", "--temp", "-1"], "temperature"),
     (["-m", "{model}", "-p", "hi", "--top-p", "0"], "top_p"),
@@ -95,7 +95,7 @@ def test_run_errors_are_one_line(files, args, pattern):
 
 
 def test_run_verbose_error_shows_traceback(files):
-    rc, out, err = tinygptv("run", "-m", files["model"], "-p", "hi", "-n", "100000", "--verbose")
+    rc, out, err = tinygptv("run", "-m", files["model"], "-c", "16", "-p", "hi " * 40, "--verbose")
     assert rc != 0 and "Traceback" in err and "ContextOverflowError" in err
 
 

@@ -149,8 +149,10 @@ def test_separate_qkv_layout_loads_and_matches(tmp_path):
 def test_context_overflow_is_typed_and_leaves_state(tmp_path):
     hf, path = _build(tmp_path, "f32", **CONFIGS[0])
     m = Model(path, n_threads=1, n_ctx=16)
-    with pytest.raises(ContextOverflowError):
-        m.generate(list(range(10)), max_new_tokens=10)
+    with pytest.raises(ContextOverflowError, match="does not fit in n_ctx 16"):
+        m.generate(list(range(17)), max_new_tokens=1)
+    r = m.generate(list(range(10)), max_new_tokens=10, return_result=True, stop_ids=[], temperature=0)
+    assert r.finish_reason in ("length", "stop") and len(r.token_ids) <= 16 - 10 + 1
     s = _core.Context(m._model, 8, 1, 1, True)
     s.eval_tokens(0, np.arange(5, dtype=np.int32))
     with pytest.raises(ContextOverflowError, match="exceed n_ctx"):

@@ -251,7 +251,8 @@ class Chat:
         pieces when ``stream=True``, or the GenerationResult when ``return_result=True`` (not streaming).
 
         Sampling settings default to the model's own (its metadata). Raises ContextOverflowError, before
-        anything changes, when the conversation plus this turn plus ``max_new_tokens`` exceeds n_ctx.
+        anything changes, when the conversation plus this turn does not fit in n_ctx; an answer that
+        reaches the end of the context stops there (finish_reason "length"), as llama.cpp's do.
         On KeyboardInterrupt the partial answer is kept in the history and in ``last`` (finish_reason
         "interrupted") and the exception propagates; a stream that is closed or dropped early ends the same
         way. ``stop`` adds stop strings to the model's; ``ignore_eos`` generates ``max_new_tokens`` tokens,
@@ -319,11 +320,10 @@ class Chat:
         whole = self._pieces + new
         n_total = sum(_length(p) for p in whole)
         n_turn = sum(_length(p) for p in new)
-        if n_total + max_new_tokens > m.n_ctx:
+        if n_total > m.n_ctx:
             raise _core.ContextOverflowError(
-                f"the conversation ({self.n_tokens} positions) plus this turn ({n_turn}) plus max_new_tokens "
-                f"({max_new_tokens}) needs {n_total + max_new_tokens} positions, more than n_ctx {m.n_ctx}; "
-                f"start a new conversation or use a larger n_ctx")
+                f"the conversation ({self.n_tokens} positions) plus this turn ({n_turn}) needs {n_total} "
+                f"positions, more than n_ctx {m.n_ctx}; start a new conversation or use a larger n_ctx")
         if n_total == 0:
             raise ValueError("empty prompt: the template and the text produce no tokens")
         req = m.engine.submit(whole, params, max_new_tokens, stop_strings=stops, stop_ids=stop_ids,
