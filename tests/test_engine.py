@@ -198,3 +198,22 @@ def test_logprobs_are_the_models_log_softmax(model):
         np.testing.assert_allclose([p for _, p in top], ref[order], atol=1e-4)
     with pytest.raises(tg.ModelError, match="n_probs 21 must be in"):
         model.generate(ids, max_new_tokens=1, n_probs=21)
+
+
+def test_score_ranks_by_the_models_likelihood(model, image):
+    """score(): the sum of log-softmax over each continuation's tokens, against Model.logits."""
+    prompt = [5, 9, 14, 3]
+    cands = [[7], [7, 8, 9], [100, 3]]
+    got = model.score(prompt, cands)
+    for c, g in zip(cands, got):
+        lg = model.logits(prompt + c).astype(np.float64)
+        lp = lg - lg.max(axis=1, keepdims=True)
+        lp -= np.log(np.exp(lp).sum(axis=1, keepdims=True))
+        want = sum(lp[len(prompt) - 1 + j, t] for j, t in enumerate(c))
+        assert abs(g - want) < 1e-3 * max(1.0, abs(want))
+    # as a chat answer about an image: the best candidate is the greedy answer's first token
+    r = model.chat("What is it?", image=image, temperature=0, max_new_tokens=1, return_result=True, ignore_eos=True)
+    scores = model.score("What is it?", [[r.token_ids[0]], [(r.token_ids[0] + 1) % 200]], image=image, chat=True)
+    assert scores[0] > scores[1]
+    with pytest.raises(ValueError, match="at least one token"):
+        model.score(prompt, [[]])

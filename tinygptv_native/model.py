@@ -232,6 +232,68 @@ class Model:
         finally:
             eng.release(seq)
 
+    def score(self, prompt: Union[str, Sequence[int]], continuations: Sequence[Union[str, Sequence[int]]], *,
+              image=None, chat: bool = False) -> List[float]:
+        """The log-likelihood of each continuation after the prompt: the sum over its tokens of
+        log p(token | prompt, the tokens before it), for ranking candidate answers. The prompt is
+        evaluated once; each continuation costs its own tokens. ``chat=True`` puts the prompt into the
+        model's chat template as a first turn (with ``image`` spliced in) and scores the continuations
+        as the answer; otherwise the prompt is plain text or ids (an image then goes in front)."""
+        if isinstance(prompt, str) or chat:
+            from .chat import Chat
+            if chat:
+                if not isinstance(prompt, str):
+                    raise TypeError("with chat=True the prompt must be a str")
+                pieces, _ = Chat(self)._turn_pieces(prompt, image)
+            else:
+                pieces = ([self.encode_image_embedding(image)] if image is not None else []) + [self.tokenize(prompt)]
+        else:
+            pieces = ([self.encode_image_embedding(image)] if image is not None else []) + [[int(t) for t in prompt]]
+        cands = [self.tokenize(c) if isinstance(c, str) else [int(t) for t in c] for c in continuations]
+        if any(not c for c in cands):
+            raise ValueError("every continuation needs at least one token")
+        n_prompt = sum(len(p) if isinstance(p, list) else p.n_rows for p in pieces)
+        if n_prompt == 0:
+            raise ValueError("score() needs a non-empty prompt")
+        if n_prompt + max((len(c) for c in cands), default=0) > self.n_ctx:
+            raise _core.ContextOverflowError(f"the prompt ({n_prompt} positions) and the longest continuation do not "
+                                             f"fit in n_ctx {self.n_ctx}")
+
+        def log_softmax(rows: np.ndarray) -> np.ndarray:
+            r = rows.astype(np.float64)
+            m = r.max(axis=1, keepdims=True)
+            return r - m - np.log(np.exp(r - m).sum(axis=1, keepdims=True))
+
+        eng = self.engine
+        seq = eng.reserve()
+        try:
+            eng.ctx.clear(seq)
+            b = _core.Batch()
+            pos = 0
+            for p in pieces:
+                for r in range(len(p) if isinstance(p, list) else p.n_rows):
+                    last = pos == n_prompt - 1
+                    if isinstance(p, list):
+                        b.add_token(p[r], seq, pos, last)
+                    else:
+                        b.add_image_row(p, r, seq, pos, last)
+                    pos += 1
+            first = log_softmax(eng.ctx.decode(b))[0]
+            out = []
+            for c in cands:
+                total = float(first[c[0]])
+                if len(c) > 1:
+                    eng.ctx.truncate(seq, n_prompt)
+                    b = _core.Batch()
+                    for j, t in enumerate(c[:-1]):
+                        b.add_token(t, seq, n_prompt + j, True)
+                    lp = log_softmax(eng.ctx.decode(b))
+                    total += float(sum(lp[j, t] for j, t in enumerate(c[1:])))
+                out.append(total)
+            return out
+        finally:
+            eng.release(seq)
+
     # ---- images ------------------------------------------------------------------------------
     def preprocess(self, image) -> np.ndarray:
         """The normalised (3, S, S) float32 input of an image (path, bytes, PIL image or array)."""
