@@ -286,6 +286,8 @@ def bench_type(typ: str, path: Path, a, seqs: list, py_seqs: list) -> dict:
           + (f", {llama.info['load_s']:.1f} s (llama.cpp)" if llama else ""), flush=True)
     # Warm-up (page faults of llama.cpp's mapping, first-touch of buffers): not measured.
     ours.ask("run", 1, 4, [prompt(99, 0, 0)])
+    if py_seqs:  # (also creates the high-level Model's engine context)
+        ours.ask("run_py", 1, 4, [prompt(98, 0, 0)])
     if llama:
         llama.ask("run", 1, 4, [prompt(99, 0, 0)])
     res = {"ours": {k: [] for k in seqs}, "llama": {k: [] for k in seqs}, "py": {k: [] for k in py_seqs}}
