@@ -27,11 +27,29 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".bench"
 N_PROMPT, N_GEN, N_SHORT = 256, 64, 8
 VOCAB, EMBD, FF, LAYERS, HEADS, CTX = 51200, 2560, 10240, 32, 32, 2048
+# The dimensions build_f16 uses unless told others (bench_batch.py --small makes a small model).
+FULL = {"vocab": VOCAB, "embd": EMBD, "ff": FF, "layers": LAYERS, "heads": HEADS, "ctx": CTX}
 
 
-def build_f16(path: Path) -> None:
+def gpt2_byte_tokens() -> list:
+    """The 256 byte tokens of a GPT-2 vocabulary, in byte order: printable bytes as themselves, the
+    others as the characters from U+0100 on (GPT-2's bytes_to_unicode)."""
+    printable = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
+    out, extra = [], 0
+    for byte in range(256):
+        if byte in printable:
+            out.append(chr(byte))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
+def build_f16(path: Path, dims: dict | None = None) -> None:
     import numpy as np
     import gguf
+    d = {**FULL, **(dims or {})}
+    VOCAB, EMBD, FF, LAYERS, HEADS, CTX = (d[k] for k in ("vocab", "embd", "ff", "layers", "heads", "ctx"))
     rng = np.random.default_rng(0)
     tmp = path.with_suffix(".tmp")
     w = gguf.GGUFWriter(str(tmp), "phi2")
@@ -45,8 +63,10 @@ def build_f16(path: Path) -> None:
     w.add_rope_dimension_count(32)
     w.add_layer_norm_eps(1e-5)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    # A byte-level vocabulary of the right size (llama.cpp needs one to load the file).
-    toks = [bytes([b]).decode("latin-1") for b in range(256)]
+    # A byte-level vocabulary of the right size (llama.cpp needs one to load the file; the 256 byte
+    # tokens spelt as GPT-2 spells them, as tinygptv_native's tokenizer requires of a gpt2 vocabulary).
+    toks = gpt2_byte_tokens()
+    toks += ["to", "tok"]  # what the two merges make
     toks += [f"tok{i}" for i in range(VOCAB - len(toks) - 1)] + ["<|endoftext|>"]
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
@@ -86,15 +106,17 @@ def build_f16(path: Path) -> None:
     os.replace(tmp, path)
 
 
-def model_file(typ: str) -> Path:
-    CACHE.mkdir(exist_ok=True)
-    f16 = CACHE / "phi2-random-f16.gguf"
+def model_file(typ: str, cache: Path = CACHE, dims: dict | None = None, name: str = "phi2-random") -> Path:
+    """The cached random Phi-2 of type `typ` (built from its F16 file, itself built first when missing)."""
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    f16 = cache / f"{name}-f16.gguf"
     if not f16.exists():
         print(f"building {f16} ...", flush=True)
-        build_f16(f16)
+        build_f16(f16, dims)
     if typ == "f16":
         return f16
-    out = CACHE / f"phi2-random-{typ}.gguf"
+    out = cache / f"{name}-{typ}.gguf"
     if not out.exists():
         print(f"quantizing {out} ...", flush=True)
         from tinygptv_native.quantize import quantize_file
@@ -129,8 +151,10 @@ def worker_ours(path: str, threads: int) -> dict:
     return {"load_s": load, "pp": pp, "tg": tg}
 
 
-def worker_llama(path: str, threads: int) -> dict:
+def worker_llama(path: str, threads: int, no_amx: bool = False) -> dict:
     import numpy as np
+    if no_amx:
+        llama_without_amx()
     from llama_cpp import Llama
     t0 = time.perf_counter()
     llm = Llama(model_path=path, n_ctx=N_PROMPT + N_GEN + 32, n_batch=512, n_ubatch=512, n_threads=threads,
@@ -151,6 +175,52 @@ def worker_llama(path: str, threads: int) -> dict:
     return {"load_s": load, "pp": pp, "tg": tg}
 
 
+# ---- llama.cpp's AMX kernels ----------------------------------------------------------------------
+# A llama.cpp built for a CPU with AMX (llama-cpp-python builds with GGML_NATIVE) routes Q4_0/Q8_0/
+# K-quant products of more than one row to its AMX kernels, which on some Linux machines die of SIGILL
+# at the first tile instruction in a worker thread (llama.cpp PR #26954: the tile-data permission and
+# the tile configuration are not in place in the threads that compute). llama_amx_crashes() tries
+# it in a child process; llama_without_amx() then keeps AMX from llama.cpp in this process: its
+# ggml_amx_init() asks the kernel for the tile-data permission (arch_prctl ARCH_REQ_XCOMP_PERM), and a
+# seccomp filter that refuses that one request makes it fall back to its other kernels (the AVX2/AVX-512
+# repacked ones included), as a build without AMX would.
+def llama_amx_crashes(path: Path, threads: int, python: str) -> bool:
+    """Whether llama.cpp dies of SIGILL evaluating two tokens of `path` (its AMX path, see above)."""
+    code = ("from llama_cpp import Llama; "
+            f"Llama(model_path={str(path)!r}, n_ctx=64, n_threads={threads}, verbose=False).eval([300, 301])")
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    return out.returncode in (-4, 132)
+
+
+def llama_without_amx() -> None:
+    """Refuse this process (threads made later included) the AMX tile-data permission (Linux x86-64)."""
+    import ctypes
+    import struct
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def ins(code, jt, jf, k):  # struct sock_filter
+        return struct.pack("HBBI", code, jt, jf, k)
+
+    LD, JEQ, RET = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+    prog = b"".join([
+        ins(LD, 0, 0, 4), ins(JEQ, 0, 5, 0xC000003E),  # seccomp_data.arch: x86-64, else allow
+        ins(LD, 0, 0, 0), ins(JEQ, 0, 3, 158),         # .nr: arch_prctl
+        ins(LD, 0, 0, 16), ins(JEQ, 0, 1, 0x1023),     # .args[0]: ARCH_REQ_XCOMP_PERM
+        ins(RET, 0, 0, 0x00050000 | 1),                # SECCOMP_RET_ERRNO | EPERM
+        ins(RET, 0, 0, 0x7FFF0000),                    # SECCOMP_RET_ALLOW
+    ])
+    buf = ctypes.create_string_buffer(prog, len(prog))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or \
+            libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "could not install the seccomp filter that keeps AMX from llama.cpp")
+
+
 def peak_rss_mb() -> float:
     """This process's own peak resident memory (VmHWM; ru_maxrss would carry a parent's peak across exec)."""
     with open("/proc/self/status") as f:
@@ -160,9 +230,10 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def run_worker(engine: str, path: Path, threads: int, python: str) -> dict:
+def run_worker(engine: str, path: Path, threads: int, python: str, no_amx: bool = False) -> dict:
+    extra = ", no_amx=True" if no_amx else ""
     code = (f"import sys, json; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import bench_phi2 as b; "
-            f"r = b.worker_{engine}({str(path)!r}, {threads}); "
+            f"r = b.worker_{engine}({str(path)!r}, {threads}{extra}); "
             "r['rss_mb'] = b.peak_rss_mb(); print('RESULT', json.dumps(r))")
     out = subprocess.run([python, "-c", code], capture_output=True, text=True)
     for line in out.stdout.splitlines():
@@ -194,12 +265,15 @@ def main() -> int:
     rows = []
     for typ in a.types.split(","):
         path = model_file(typ)
+        no_amx = not a.no_llama and llama_amx_crashes(path, a.threads, a.llama_python)
+        if no_amx:
+            print(f"{typ}: llama.cpp's AMX kernels die of SIGILL here: measuring llama.cpp without them", flush=True)
         weights_mb = path.stat().st_size / 1e6
         res = {"ours": [], "llama": []}
         for _ in range(a.runs):
             res["ours"].append(run_worker("ours", path, a.threads, sys.executable))
             if not a.no_llama:
-                res["llama"].append(run_worker("llama", path, a.threads, a.llama_python))
+                res["llama"].append(run_worker("llama", path, a.threads, a.llama_python, no_amx))
         ceiling = bw * 1e3 / weights_mb  # tokens/s if every weight byte is read once per token
         med = {e: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for e, rs in res.items() if rs}
         rows.append((typ, weights_mb, ceiling, med))
