@@ -18,6 +18,7 @@ from . import _core
 Piece = Union[List[int], "_core.ImageEmbedding"]
 
 _END = object()
+_IDLE_EXIT_S = 2.0
 
 
 class Event(NamedTuple):
@@ -208,10 +209,14 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
+                idle_since = time.monotonic()
                 while not self._running and not self._waiting and not self._cancels:
-                    if self._closed:
+                    # an idle engine lets its thread go (a later request starts another), so that a
+                    # Model nobody uses any more can be collected
+                    if self._closed or time.monotonic() - idle_since > _IDLE_EXIT_S:
+                        self._thread = None
                         return
-                    self._cv.wait(timeout=1.0)
+                    self._cv.wait(timeout=0.5)
                 for req in self._cancels:
                     if req.finish_reason is None and req.seq >= 0 and self._running.get(req.seq) is req:
                         self._deliver(self.gen.cancel(req.seq))
