@@ -280,7 +280,11 @@ class Engine:
             self.gen.release(seq)
             self._cv.notify_all()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 2.0) -> None:
+        """Lets the stepping thread end once nothing is running (a closed engine takes no new request)."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+            t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)

@@ -427,9 +427,17 @@ class Model:
         return result if return_result else text
 
     def close(self) -> None:
-        """Stops the engine's thread (the model stays usable: a later call starts it again)."""
-        if self._engine is not None:
-            self._engine.close()
+        """Ends the engine (its thread, its context and KV cache); a later call makes a new one."""
+        with self._engine_lock:
+            eng, self._engine = self._engine, None
+        if eng is not None:
+            eng.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 def _results(req: Request, result: GenerationResult) -> Iterator[str]:
