@@ -178,6 +178,30 @@ void part_quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, c
     }
 }
 
+// Float-weight driver of the kernels that take a whole 16-row group per call (AVX2, NEON; AVX-512
+// widens 16-bit weights once per pair of groups and has its own). Decode (one activation row): two
+// groups at once, from the two halves of the thread's range, so that each core reads two places of
+// the weight at once (pair). Prompts: row groups outer, then activation tiles of up to MAXNT rows (the
+// loaded weights of a k step are reused across the tile), the activations in L2-sized chunks.
+// tiles[t - 1] computes a tile of t rows of one group; gstep is the group distance of pair's groups.
+using FloatTileFn = void (*)(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0, int64_t gstep);
+template <int MAXNT>
+void float_gemm_groups(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, FloatTileFn pair,
+                       const FloatTileFn (&tiles)[MAXNT]) {
+    if (A.n == 1) {
+        const int64_t len = (g1 - g0) / 2;
+        for (int64_t g = g0; g < g0 + len; g++) pair(A, gbytes, g, 0, len);
+        for (int64_t g = g0 + 2 * len; g < g1; g++) tiles[0](A, gbytes, g, 0, 1);
+        return;
+    }
+    const int64_t chunk = act_chunk_rows(A.n, A.n_in * 4, MAXNT);
+    for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
+        const int64_t c1 = c0 + chunk < A.n ? c0 + chunk : A.n;
+        for (int64_t g = g0; g < g1; g++)
+            for (int64_t i = c0; i < c1; i += MAXNT) tiles[(c1 - i < MAXNT ? c1 - i : MAXNT) - 1](A, gbytes, g, i, 1);
+    }
+}
+
 // The entry points of each SIMD instruction set (one namespace each, the same set).
 #define TG_SIMD_KERNEL_SET                                                                                  \
     void quantize_act_q8_row(const float* x, int64_t k, int8_t* qs, float* d, int32_t* sum, int gb);        \
