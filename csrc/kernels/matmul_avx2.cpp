@@ -166,7 +166,7 @@ void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     for (int64_t c = 0; c < a.ng; c++) {
         for (int j = 0; j < NT; j++) t[j] = _mm256_setzero_ps();
         const int64_t b0 = c * a.gb, b1 = std::min(nb, b0 + a.gb);
-        if (b1 - b0 == 4) {  // whole groups unrolled (a loop of unknown count: 3% slower)
+        if (b1 - b0 == 4) {  // whole groups unrolled (the loop of run-time count below ran slower)
             block(b0); block(b0 + 1); block(b0 + 2); block(b0 + 3);
         } else {
             for (int64_t b = b0; b < b1; b++) block(b);
@@ -331,7 +331,7 @@ __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uin
 
 // The prompt tile (NT activation rows of one group, one 8-row half h) and the decode kernel (one row,
 // NG groups, both halves) of each K-quant type, made from its super-block routine. Each calls the
-// routine directly: passed as a template parameter instead, it left the Q6_K tile 8% slower with GCC.
+// routine directly: passed as a template parameter instead, GCC compiled the Q6_K tile to slower code.
 #define TG_TILE_AND_VEC(NAME, SUPER)                                                                 \
     template <int NT>                                                                                \
     void NAME##_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {           \

@@ -124,9 +124,9 @@ using DecodeFn = void (*)(const GemmArgs&, const uint8_t* const* wg, const int64
 
 // Decode driver shared by the SIMD paths: the thread's groups [g0, g1) are split into
 // kDecodeStreams equal parts walked side by side, so each core reads kDecodeStreams places of the
-// weight at once (more cache-line fetches in flight than one sequential stream: +25-40% read rate
-// measured). V4 takes one group from each part, V1 the groups left over. Per output the arithmetic
-// is that of the ISA's tile kernels.
+// weight at once: more cache-line fetches in flight than one sequential stream keeps, so a core
+// reads the weights faster. V4 takes one group from each part, V1 the groups left over. Per output
+// the arithmetic is that of the ISA's tile kernels.
 constexpr int kDecodeStreams = 4;
 template <DecodeFn V4, DecodeFn V1>
 void decode_streams(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes) {
