@@ -499,7 +499,7 @@ def test_quantize_file_failure_while_writing_leaves_nothing(tmp_path, monkeypatc
     dst = tmp_path / "out.gguf"
     dst.write_bytes(b"previous contents")
     calls = {"n": 0}
-    real = qmod._core.quantize
+    real = _core.quantize
 
     def failing(ty, x):
         calls["n"] += 1
@@ -507,7 +507,7 @@ def test_quantize_file_failure_while_writing_leaves_nothing(tmp_path, monkeypatc
             raise RuntimeError("disk on fire")
         return real(ty, x)
 
-    monkeypatch.setattr(qmod._core, "quantize", failing)
+    monkeypatch.setattr(_core, "quantize", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
         qmod.quantize_file(str(src), str(dst), "q4_0", progress=False, n_threads=1)
     assert dst.read_bytes() == b"previous contents"  # the old output is untouched
