@@ -29,6 +29,7 @@ if "--cpu-time" in sys.argv:  # the numpy peer must run on the calling thread to
 import numpy as np  # noqa: E402
 
 from tinygptv_native import _core  # noqa: E402
+from tinygptv_native._core import _testing  # noqa: E402
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"]
 FLOAT = ("F32", "F16", "BF16")
@@ -66,10 +67,10 @@ def main() -> None:
     threads = 1 if args.cpu_time else args.threads
     min_time = 0.3 if args.quick else 1.0
     types = [t.strip().upper() for t in args.types.split(",") if t.strip()]
-    isas = [s for s in (args.isa.split(",") if args.isa else ["scalar", "avx2", "avx512", "neon"]) if _core.isa_supported(s)]
+    isas = [s for s in (args.isa.split(",") if args.isa else ["scalar", "avx2", "avx512", "neon"]) if _testing.isa_supported(s)]
     rng = np.random.default_rng(0)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"threads={threads} clock={'thread CPU time' if args.cpu_time else 'wall'} best isa={_core.isa_best()} "
+    print(f"threads={threads} clock={'thread CPU time' if args.cpu_time else 'wall'} best isa={_testing.isa_best()} "
           f"numpy={np.__version__} load average={load:.2f}")
     print(f"{'shape':26s} {'type':6s} {'isa':7s} {'ms':>9s} {'GFLOP/s':>9s} {'GB/s':>7s}")
 
@@ -100,8 +101,8 @@ def main() -> None:
             for isa in isas:
                 if isa == "scalar" and (n > 1 or stream):
                     continue  # the scalar reference is far too slow for these shapes
-                _core.set_isa(isa)
-                pws = [_core.PreparedWeight(ty, wq, n_out, n_in) for _ in range(count)]
+                _testing.set_isa(isa)
+                pws = [_testing.PreparedWeight(ty, wq, n_out, n_in) for _ in range(count)]
                 if count == 1:
                     pw = pws[0]
                     t = timeit(lambda: pw.matmul(x, None, threads), min_time, args.cpu_time)
@@ -109,7 +110,7 @@ def main() -> None:
                     t = timeit(lambda: [p.matmul(x, None, threads) for p in pws], min_time, args.cpu_time) / count
                 row(label, ty, isa, t, flop, wq.nbytes)
                 del pws
-    _core.set_isa(_core.isa_best())
+    _testing.set_isa(_testing.isa_best())
 
 
 if __name__ == "__main__":

@@ -243,8 +243,8 @@ def run_worker(engine: str, path: Path, threads: int, python: str, no_amx: bool 
 
 
 def read_bandwidth_gbs(threads: int) -> float:
-    from tinygptv_native import _core
-    return statistics.median(_core.read_bandwidth(1 << 30, threads) for _ in range(3))
+    from tinygptv_native._core import _testing
+    return statistics.median(_testing.read_bandwidth(1 << 30, threads) for _ in range(3))
 
 
 def main() -> int:

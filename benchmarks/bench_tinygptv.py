@@ -24,7 +24,7 @@ file in float32 and bfloat16, one process at a time, and each of our rows gets t
 
 The native encoder is one call; its split into ViT / Q-Former / projector is estimated from the
 matrix products each part runs, timed one by one through the engine's own kernels
-(_core.PreparedWeight) on the same shapes and weight types: Q-Former and projector are their product
+(_testing.PreparedWeight) on the same shapes and weight types: Q-Former and projector are their product
 times, the ViT is the measured total minus those. The ViT's products are also reported as GFLOP/s
 against measured peaks (float32: a large numpy/BLAS SGEMM; int8: torch._int_mm, oneDNN VNNI).
 --quick: one type (q4_0, vision quantized), 224 px, one run, reference in bfloat16 only.
@@ -304,10 +304,11 @@ def vit_attention_flop(size: int) -> float:
 
 
 def profile_ops(size: int, types: dict, threads: int) -> list:
-    """Time of each product through _core.PreparedWeight with the file's weight types.
+    """Time of each product through _testing.PreparedWeight with the file's weight types.
     types: the file's {tensor name: type}. Returns rows (part, op, type, count, ms each, GFLOP each)."""
     import numpy as np
     from tinygptv_native import _core
+    from tinygptv_native._core import _testing
     name_of = {"patch_embd": "v.patch_embd.weight", "attn_qkv": "v.blk.0.attn_qkv.weight",
                "attn_out": "v.blk.0.attn_out.weight", "ffn_up": "v.blk.0.ffn_up.weight",
                "ffn_down": "v.blk.0.ffn_down.weight", "self q,k,v,out": "qf.blk.0.attn_q.weight",
@@ -319,7 +320,7 @@ def profile_ops(size: int, types: dict, threads: int) -> list:
         key = name_of.get(op) or ("qf.blk.0." + op + ".weight")
         ty = types[key]
         w = (rng.standard_normal((n_out, n_in)) * 0.02).astype(np.float32)
-        pw = _core.PreparedWeight(ty, _core.quantize(ty, w), n_out, n_in)
+        pw = _testing.PreparedWeight(ty, _core.quantize(ty, w), n_out, n_in)
         x = rng.standard_normal((n, n_in)).astype(np.float32)
         t = _timeit(lambda: pw.matmul(x, None, threads))
         rows.append((part, op, ty, count, t * 1e3, 2.0 * n * n_out * n_in / 1e9))
@@ -414,8 +415,8 @@ def main() -> int:
 
     print("command: python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]))
     print(machine())
-    from tinygptv_native import _core
-    print(f"threads {a.threads}, kernels {_core.isa()}, runs {a.runs} for q4_0, {a.other_runs} for the other files, "
+    from tinygptv_native._core import _testing
+    print(f"threads {a.threads}, kernels {_testing.isa()}, runs {a.runs} for q4_0, {a.other_runs} for the other files, "
           f"{torch_runs} for the reference; {N_GEN} generated tokens ({a.ref_gen} for the reference)")
     report = []
     for size in sizes:

@@ -199,7 +199,7 @@ def _as_numpy_f32(values):
 
 def write_with_outtype(out_path, arch, meta, planned, outtype, progress=True):
     """--outtype dispatch: f32/f16/bf16 written directly; quantized types written as F32 to a
-    temporary file, then handed to tinygptv_native.quantize.quantize_file."""
+    temporary file, then handed to quantize.quantize_file (the engine's quantizers)."""
     outtype = outtype.lower()
     if outtype not in schema.OUTTYPES:
         raise ConvertError(f"unknown --outtype {outtype!r}; expected one of {', '.join(schema.OUTTYPES)}")
@@ -209,9 +209,10 @@ def write_with_outtype(out_path, arch, meta, planned, outtype, progress=True):
         write_gguf(out_path, arch, meta, planned, outtype, progress)
         return
     try:
-        from ..quantize import quantize_file
+        from .quantize import quantize_file
     except ImportError as e:
-        raise ConvertError(f"--outtype {outtype} needs tinygptv_native.quantize, which cannot be imported: {e}") from e
+        raise ConvertError(f"--outtype {outtype} needs the quantizer of the native core (tinygptv_native._core), "
+                           f"which cannot be imported: {e}") from e
     out_path = check_output_path(out_path)
     meta.u32(schema.GENERAL_FILE_TYPE, schema.FILE_TYPE["f32"])
     meta.u32(schema.GENERAL_QUANTIZATION_VERSION, schema.QUANTIZATION_VERSION)

@@ -1,6 +1,7 @@
 // Memory for large arrays walked with big strides (the vision tower's activations: a head's rows of
 // q, k, v lie a whole qkv row apart): 64-byte aligned, and from 2 MB up 2 MB aligned and advised for
-// transparent huge pages, so that those walks miss the TLB 512x less (encode 448 px -4.5%, 224 px -2%).
+// transparent huge pages, so that those walks miss the TLB 512x less (the larger the image, the more
+// the vision tower's encode gains).
 // Advice only: where the system has no transparent huge pages this is plain aligned memory. Not for
 // the weights (see matmul.cpp prepare: their load got slower and less predictable).
 #pragma once

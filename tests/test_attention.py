@@ -13,15 +13,16 @@ query row: decode).
 import numpy as np
 import pytest
 
-from tinygptv_native import ModelError, _core
+from tinygptv_native import ModelError
+from tinygptv_native._core import _testing
 
-ISAS = [s for s in ("scalar", "avx2", "avx512", "neon") if _core.isa_supported(s)]
+ISAS = [s for s in ("scalar", "avx2", "avx512", "neon") if _testing.isa_supported(s)]
 
 
 @pytest.fixture(autouse=True)
 def restore_isa():
     yield
-    _core.set_isa(_core.isa_best())
+    _testing.set_isa(_testing.isa_best())
 
 
 def reference(q, k, v, n_head, n_head_kv, scale, causal, pos0):
@@ -69,9 +70,9 @@ def test_attention(T, n_kv, n_head, n_head_kv, hd, causal, kv_type):
     ref = reference(q, k, v, n_head, n_head_kv, scale, causal, pos0)
     first = None
     for isa in ISAS:
-        _core.set_isa(isa)
+        _testing.set_isa(isa)
         for threads in (1, 2, 3):
-            out = _core.attention_test(q, k, v, n_head, n_head_kv, scale, causal, pos0, threads)
+            out = _testing.attention_test(q, k, v, n_head, n_head_kv, scale, causal, pos0, threads)
             if first is None:
                 first = out
                 err = np.abs(out - ref).max()
@@ -87,9 +88,9 @@ def test_peaked_and_flat_scores():
     v = rng.standard_normal((n, hd)).astype(np.float32)
     k = rng.standard_normal((n, hd)).astype(np.float32)
     q = (40 * rng.standard_normal((T, hd))).astype(np.float32)
-    out = _core.attention_test(q, k, v, 1, 1, 1.0)
+    out = _testing.attention_test(q, k, v, 1, 1, 1.0)
     assert np.abs(out - reference(q, k, v, 1, 1, 1.0, False, 0)).max() < 1e-5
-    out = _core.attention_test(np.zeros((T, hd), np.float32), k, v, 1, 1, 1.0)
+    out = _testing.attention_test(np.zeros((T, hd), np.float32), k, v, 1, 1, 1.0)
     assert np.abs(out - v.astype(np.float64).mean(0)).max() < 1e-6
 
 
@@ -97,13 +98,13 @@ def test_bad_arguments():
     q = np.zeros((4, 32), np.float32)
     k = np.zeros((5, 32), np.float32)
     with pytest.raises(ModelError, match="n_kv"):
-        _core.attention_test(q, k[:, :16], k[:, :16], 2, 2, 1.0)
+        _testing.attention_test(q, k[:, :16], k[:, :16], 2, 2, 1.0)
     with pytest.raises(ModelError, match="float16"):
-        _core.attention_test(q, k, k.astype(np.float16), 2, 2, 1.0)
+        _testing.attention_test(q, k, k.astype(np.float16), 2, 2, 1.0)
     with pytest.raises(ModelError, match="pos0"):
-        _core.attention_test(q, k, k, 2, 2, 1.0, True, 3)
+        _testing.attention_test(q, k, k, 2, 2, 1.0, True, 3)
     with pytest.raises(ModelError, match="n_head_kv"):
-        _core.attention_test(q, k, k, 2, 3, 1.0)
+        _testing.attention_test(q, k, k, 2, 3, 1.0)
 
 
 def bf16_round(x):
@@ -139,9 +140,9 @@ def test_bf16_attention(T, n_kv, n_head, n_head_kv, hd, causal):
     rounded = reference(bf16_round(q), bf16_round(k), bf16_round(v), n_head, n_head_kv, scale, causal, pos0)
     first = None
     for isa in ISAS:
-        _core.set_isa(isa)
+        _testing.set_isa(isa)
         for threads in (1, 2, 3):
-            out = _core.attention_test(q, k, v, n_head, n_head_kv, scale, causal, pos0, threads, bf16=True)
+            out = _testing.attention_test(q, k, v, n_head, n_head_kv, scale, causal, pos0, threads, bf16=True)
             if first is None:
                 first = out
                 # only the softmax weights' rounding separates us from the rounded-input reference
@@ -149,7 +150,7 @@ def test_bf16_attention(T, n_kv, n_head, n_head_kv, hd, causal):
                 assert np.abs(out - exact).max() <= 5e-3 * vmax
             else:
                 assert np.array_equal(out.view(np.uint32), first.view(np.uint32)), f"{isa}, {threads} threads"
-    f32 = _core.attention_test(q, k, v, n_head, n_head_kv, scale, causal, pos0)
+    f32 = _testing.attention_test(q, k, v, n_head, n_head_kv, scale, causal, pos0)
     assert not np.array_equal(f32, first)  # it is another computation
 
 
@@ -169,8 +170,8 @@ def test_bf16_attention_special_values():
     q[8, 2] = np.nan
     outs = []
     for isa in ISAS:
-        _core.set_isa(isa)
-        outs.append(_core.attention_test(q, k, v, 1, 1, 0.2, False, 0, 2, bf16=True))
+        _testing.set_isa(isa)
+        outs.append(_testing.attention_test(q, k, v, 1, 1, 0.2, False, 0, 2, bf16=True))
     for o in outs[1:]:
         assert np.array_equal(o.view(np.uint32), outs[0].view(np.uint32))
     assert np.isnan(outs[0][8]).all() and np.isfinite(np.delete(outs[0], 8, axis=0)).all()
@@ -182,4 +183,4 @@ def test_bf16_needs_float_kv():
     q = np.zeros((4, 16), np.float32)
     k = np.zeros((4, 16), np.float16)
     with pytest.raises(ModelError, match="bf16 attention takes float32"):
-        _core.attention_test(q, k, k, 1, 1, 1.0, bf16=True)
+        _testing.attention_test(q, k, k, 1, 1, 1.0, bf16=True)

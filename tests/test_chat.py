@@ -448,6 +448,7 @@ def test_verbose_model_logs_timings(tiny_gguf, caplog):  # noqa: F811
 def test_stubs_cover_the_core_module():
     import ast
     import os
+    import re
     pkg = os.path.dirname(tg.__file__)
     assert os.path.isfile(os.path.join(pkg, "py.typed"))
     tree = ast.parse(open(os.path.join(pkg, "_core.pyi")).read())
@@ -465,3 +466,9 @@ def test_stubs_cover_the_core_module():
             continue
         real = {n for n in dir(obj) if not n.startswith("_")}
         assert real == members - {"__init__"}, (name, real ^ (members - {"__init__"}))
+    # The hooks of _core._testing are listed in a comment of the stub, one line each.
+    text = open(os.path.join(pkg, "_core.pyi")).read()
+    hooks = text[text.index("# ---- test and benchmark hooks"):]
+    listed = set(re.findall(r"^#   (\w+)\(", hooks, re.M))
+    real = {n for n in dir(_core._testing) if not n.startswith("_")}
+    assert listed == real, listed ^ real

@@ -225,9 +225,9 @@ def test_quantized_outtype_goes_through_quantize_file(tmp_path, phi_model, monke
         with open(out_path, "wb") as fo, open(in_path, "rb") as fi:
             fo.write(fi.read())
 
-    mod = types.ModuleType("tinygptv_native.quantize")
+    mod = types.ModuleType("tinygptv_native.convert.quantize")
     mod.quantize_file = fake_quantize_file
-    monkeypatch.setitem(sys.modules, "tinygptv_native.quantize", mod)
+    monkeypatch.setitem(sys.modules, "tinygptv_native.convert.quantize", mod)
     out = str(tmp_path / "q.gguf")
     convert_phi2(d, out, outtype="q8_0", progress=False)
     assert len(calls) == 1 and calls[0][1] == os.path.abspath(out) and calls[0][2] == "q8_0"

@@ -18,8 +18,9 @@ from gguf.quants import dequantize as gg_dequantize  # noqa: E402
 from gguf.quants import quantize as gg_quantize  # noqa: E402
 
 from tinygptv_native import ModelError, _core  # noqa: E402
+from tinygptv_native._core import _testing  # noqa: E402
 
-ISAS = [s for s in ("scalar", "avx2", "avx512", "neon") if _core.isa_supported(s)]
+ISAS = [s for s in ("scalar", "avx2", "avx512", "neon") if _testing.isa_supported(s)]
 SIMD = [s for s in ISAS if s != "scalar"]
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"]
 BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_K": 256, "Q6_K": 256}
@@ -33,7 +34,7 @@ REL_ERROR_VS_FLOAT = {"F32": 1e-6, "F16": 5e-4, "BF16": 4e-3, "Q8_0": 0.01, "Q4_
 @pytest.fixture(autouse=True)
 def restore_isa():
     yield
-    _core.set_isa(_core.isa_best())
+    _testing.set_isa(_testing.isa_best())
 
 
 def n_ins(ty):
@@ -42,8 +43,8 @@ def n_ins(ty):
 
 
 def run(ty, isa, wq, n_out, n_in, x, bias, threads=2):
-    _core.set_isa(isa)
-    return _core.matmul_test(ty, wq, n_out, n_in, x, bias, threads)
+    _testing.set_isa(isa)
+    return _testing.matmul_test(ty, wq, n_out, n_in, x, bias, threads)
 
 
 def q8k_numpy(x):
@@ -185,8 +186,8 @@ def test_activation_quantizer_blocks():
     x[10, 15, 3], x[10, 16, 4] = np.nan, np.inf  # specials on both sides of a 16-block boundary
     x = x.reshape(n, nb * 32)
 
-    _core.set_isa("scalar")
-    qs0, d0, s0 = _core.quantize_act_q8(x)
+    _testing.set_isa("scalar")
+    qs0, d0, s0 = _testing.quantize_act_q8(x)
     assert np.array_equal(s0, qs0.reshape(n, nb, 32).astype(np.int32).sum(2))
     with np.errstate(over="ignore"):  # row 5's scale is inf in fp16, as ours
         ref = np.frombuffer(gg_quantize(x[:finite_rows], T.Q8_0).tobytes(), np.uint8).reshape(finite_rows, nb, 34)
@@ -199,16 +200,16 @@ def test_activation_quantizer_blocks():
     assert not qs0[:finite_rows].reshape(finite_rows, nb, 32)[zero].any()
     assert list(qs0[0, 3 * 32:4 * 32:8]) == [127, -8, 1, 9] and list(qs0[0, 33 * 32 + 1:33 * 32 + 4]) == [15, 14, 13]
     for isa in SIMD:
-        _core.set_isa(isa)
-        qs, d, s = _core.quantize_act_q8(x)
+        _testing.set_isa(isa)
+        qs, d, s = _testing.quantize_act_q8(x)
         assert np.array_equal(qs, qs0), f"{isa}: values differ in blocks {np.argwhere((qs != qs0).reshape(n, nb, 32).any(2))[:5]}"
         assert np.array_equal(d.view(np.uint32), d0.view(np.uint32)) or np.array_equal(d, d0, equal_nan=True), isa
         assert np.array_equal(s, s0), isa
 
     # One scale per 4 blocks (Q4_0 products): 45 blocks = 11 groups and a group of 1; the same
     # special rows spread their value over the whole group.
-    _core.set_isa("scalar")
-    qs0, d0, s0 = _core.quantize_act_q8(x, 4)
+    _testing.set_isa("scalar")
+    qs0, d0, s0 = _testing.quantize_act_q8(x, 4)
     assert d0.shape == (n, 12) and np.array_equal(s0, qs0.reshape(n, nb, 32).astype(np.int32).sum(2))
     with np.errstate(over="ignore", invalid="ignore"):  # row 5's scale is inf in fp16 (0 * inf: NaN on both sides)
         ref_x, ref_d = q8_groups_numpy(x[:finite_rows], 4)
@@ -216,13 +217,13 @@ def test_activation_quantizer_blocks():
         np.testing.assert_array_equal(qs0[:finite_rows] * np.repeat(d0[:finite_rows], 128, 1)[:, :nb * 32], ref_x)
     assert list(qs0[0, 3 * 32:4 * 32:8]) == [127, -8, 1, 9]  # the group's maximum is that block's 127
     for isa in SIMD:
-        _core.set_isa(isa)
-        qs, d, s = _core.quantize_act_q8(x, 4)
+        _testing.set_isa(isa)
+        qs, d, s = _testing.quantize_act_q8(x, 4)
         assert np.array_equal(qs, qs0), f"{isa}: values differ in blocks {np.argwhere((qs != qs0).reshape(n, nb, 32).any(2))[:5]}"
         assert np.array_equal(d.view(np.uint32), d0.view(np.uint32)) or np.array_equal(d, d0, equal_nan=True), isa
         assert np.array_equal(s, s0), isa
     with pytest.raises(ModelError, match="group must be 1"):
-        _core.quantize_act_q8(x, 3)
+        _testing.quantize_act_q8(x, 3)
 
 
 @pytest.mark.skipif(not SIMD, reason="no SIMD path on this machine")
@@ -272,10 +273,10 @@ def test_thread_count_invariance(ty):
             ys = [run(ty, isa, wq, n_out, n_in, x, None, threads=t) for t in (1, 2, 3)]
             assert np.array_equal(ys[0], ys[1]) and np.array_equal(ys[0], ys[2]), f"{ty}/{isa} n={n}"
             # repacking on several threads gives the same layout
-            pw = _core.PreparedWeight(ty, wq, n_out, n_in, prepare_threads=3)
+            pw = _testing.PreparedWeight(ty, wq, n_out, n_in, prepare_threads=3)
             assert np.array_equal(pw.matmul(x, None, 2), ys[0]), f"{ty}/{isa} n={n} (threaded prepare)"
             # a weight that was never prepared is repacked on the fly: same results
-            pw = _core.PreparedWeight(ty, wq, n_out, n_in, prepared=False)
+            pw = _testing.PreparedWeight(ty, wq, n_out, n_in, prepared=False)
             assert not pw.repacked
             assert np.array_equal(pw.matmul(x, None, 2), ys[0]), f"{ty}/{isa} n={n} (unprepared)"
             # each output row is the same whatever the batch it is computed in
@@ -311,29 +312,29 @@ def test_extreme_weights_and_activations(ty):
 def test_bad_arguments():
     wq = _core.quantize("Q8_0", np.zeros((4, 64), np.float32))
     with pytest.raises(ModelError, match="needs"):
-        _core.matmul_test("Q8_0", wq[:, :-1], 4, 64, np.zeros((1, 64), np.float32))
+        _testing.matmul_test("Q8_0", wq[:, :-1], 4, 64, np.zeros((1, 64), np.float32))
     with pytest.raises(ModelError, match=r"shape \[n, 64\]"):
-        _core.matmul_test("Q8_0", wq, 4, 64, np.zeros((1, 32), np.float32))
+        _testing.matmul_test("Q8_0", wq, 4, 64, np.zeros((1, 32), np.float32))
     with pytest.raises(ModelError, match="bias"):
-        _core.matmul_test("Q8_0", wq, 4, 64, np.zeros((1, 64), np.float32), np.zeros(3, np.float32))
+        _testing.matmul_test("Q8_0", wq, 4, 64, np.zeros((1, 64), np.float32), np.zeros(3, np.float32))
     with pytest.raises(ModelError, match="not supported"):
-        _core.matmul_test("Q5_K", np.zeros(176, np.uint8), 1, 256, np.zeros((1, 256), np.float32))
+        _testing.matmul_test("Q5_K", np.zeros(176, np.uint8), 1, 256, np.zeros((1, 256), np.float32))
     with pytest.raises(ModelError, match="multiple of 32"):
-        _core.matmul_test("Q4_0", np.zeros(18, np.uint8), 1, 48, np.zeros((1, 48), np.float32))
+        _testing.matmul_test("Q4_0", np.zeros(18, np.uint8), 1, 48, np.zeros((1, 48), np.float32))
     with pytest.raises(ModelError, match="unknown instruction set"):
-        _core.set_isa("sse9")
+        _testing.set_isa("sse9")
 
 
 def test_isa_reporting():
-    assert _core.isa() in ISAS
-    assert _core.isa_best() == ISAS[-1]
+    assert _testing.isa() in ISAS
+    assert _testing.isa_best() == ISAS[-1]
     for isa in ISAS:
-        _core.set_isa(isa)
-        assert _core.isa() == isa
+        _testing.set_isa(isa)
+        assert _testing.isa() == isa
     for isa in ("avx2", "avx512", "neon"):
-        if not _core.isa_supported(isa):
+        if not _testing.isa_supported(isa):
             with pytest.raises(ModelError, match="not supported"):
-                _core.set_isa(isa)
+                _testing.set_isa(isa)
 
 
 # ---- tinygptv quantize ----------------------------------------------------------------------
@@ -477,7 +478,7 @@ def test_isa_environment_variable():
     import subprocess
     import sys
     from fixtures.proc import CHILD_CWD, child_env
-    code = "from tinygptv_native import _core; print(_core.isa())"
+    code = "from tinygptv_native._core import _testing; print(_testing.isa())"
     env = child_env()
     for isa in ISAS:
         env["TINYGPTV_ISA"] = isa
@@ -498,7 +499,7 @@ def test_quantize_file_failure_while_writing_leaves_nothing(tmp_path, monkeypatc
     dst = tmp_path / "out.gguf"
     dst.write_bytes(b"previous contents")
     calls = {"n": 0}
-    real = qmod._core.quantize
+    real = _core.quantize
 
     def failing(ty, x):
         calls["n"] += 1
@@ -506,7 +507,7 @@ def test_quantize_file_failure_while_writing_leaves_nothing(tmp_path, monkeypatc
             raise RuntimeError("disk on fire")
         return real(ty, x)
 
-    monkeypatch.setattr(qmod._core, "quantize", failing)
+    monkeypatch.setattr(_core, "quantize", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
         qmod.quantize_file(str(src), str(dst), "q4_0", progress=False, n_threads=1)
     assert dst.read_bytes() == b"previous contents"  # the old output is untouched

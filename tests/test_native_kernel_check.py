@@ -27,6 +27,7 @@ import pytest
 import numpy as np
 
 from tinygptv_native import _core
+from tinygptv_native._core import _testing
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
@@ -111,7 +112,7 @@ def test_kernel_check_on_this_machine(tmp_path):
     r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and " 0 mismatches" in r.stdout, r.stdout + r.stderr
     best = r.stdout.split("best instruction set: ")[1].split(";")[0]
-    assert best == _core.isa_best(), (best, _core.isa_best())  # the same choice as the module's
+    assert best == _testing.isa_best(), (best, _testing.isa_best())  # the same choice as the module's
 
 
 @arm

@@ -14,6 +14,7 @@ from gguf.quants import dequantize as gg_dequantize  # noqa: E402
 from gguf.quants import quantize as gg_quantize  # noqa: E402
 
 from tinygptv_native import ModelError, _core  # noqa: E402
+from tinygptv_native._core import _testing  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # gguf-py on inf/huge inputs
 
@@ -152,12 +153,12 @@ def test_dot_product_error_ggml_limit(name):
     wq = _core.quantize(name, w)
     ref = float((w.astype(np.float64) @ x.astype(np.float64).T)[0, 0])
     for isa in ("scalar", "avx2", "avx512", "neon"):
-        if not _core.isa_supported(isa):
+        if not _testing.isa_supported(isa):
             continue
-        _core.set_isa(isa)
-        y = float(_core.matmul_test(name, wq, 1, 4096, x)[0, 0])
+        _testing.set_isa(isa)
+        y = float(_testing.matmul_test(name, wq, 1, 4096, x)[0, 0])
         assert abs(y - ref) / 4096 < MAX_DOT_PRODUCT_ERROR, f"{name}/{isa}: {y} vs {ref}"
-    _core.set_isa(_core.isa_best())
+    _testing.set_isa(_testing.isa_best())
 
 
 def test_bad_input_errors():

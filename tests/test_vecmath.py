@@ -17,24 +17,25 @@ import math
 import numpy as np
 import pytest
 
-from tinygptv_native import ModelError, _core
+from tinygptv_native import ModelError
+from tinygptv_native._core import _testing
 
-ISAS = [s for s in ("scalar", "avx2", "avx512", "neon") if _core.isa_supported(s)]
+ISAS = [s for s in ("scalar", "avx2", "avx512", "neon") if _testing.isa_supported(s)]
 F32 = np.finfo(np.float32)
 
 
 @pytest.fixture(autouse=True)
 def restore_isa():
     yield
-    _core.set_isa(_core.isa_best())
+    _testing.set_isa(_testing.isa_best())
 
 
 def on_every_isa(fn, x):
     """fn on every path; asserts they agree bit for bit and returns the result."""
     ys = []
     for isa in ISAS:
-        _core.set_isa(isa)
-        ys.append(_core.vec_math(fn, x))
+        _testing.set_isa(isa)
+        ys.append(_testing.vec_math(fn, x))
     for isa, y in zip(ISAS[1:], ys[1:]):
         diff = np.flatnonzero(y.view(np.uint32) != ys[0].view(np.uint32))
         assert diff.size == 0, f"{fn}/{isa} differs from scalar at x = {x.ravel()[diff[:5]]}"
@@ -131,7 +132,7 @@ def test_softmax():
 
 def test_bad_function_name():
     with pytest.raises(ModelError, match="tanh"):
-        _core.vec_math("tanh", np.zeros(3, np.float32))
+        _testing.vec_math("tanh", np.zeros(3, np.float32))
 
 
 def test_to_f16_matches_numpy():
@@ -150,14 +151,14 @@ def test_to_f16_matches_numpy():
     with np.errstate(over="ignore"):
         want = x.astype(np.float16).view(np.uint16)
     for isa in ISAS:
-        _core.set_isa(isa)
-        got = _core.to_f16(x)
+        _testing.set_isa(isa)
+        got = _testing.to_f16(x)
         bad = np.flatnonzero(got != want)
         assert bad.size == 0, f"{isa}: x = {x[bad[:5]]} -> {got[bad[:5]]}, numpy {want[bad[:5]]}"
     nan = np.array([np.nan, -np.nan], np.float32)
     for isa in ISAS:
-        _core.set_isa(isa)
-        got = _core.to_f16(nan).view(np.float16)
+        _testing.set_isa(isa)
+        got = _testing.to_f16(nan).view(np.float16)
         assert np.isnan(got).all() and list(np.signbit(got)) == [False, True], isa
 
 
@@ -167,7 +168,7 @@ def test_from_f16_every_half():
     nan = np.isnan(h.view(np.float16))
     want = np.where(nan, want | np.uint32(0x400000), want)  # quiet NaN, payload and sign kept
     for isa in ISAS:
-        _core.set_isa(isa)
-        got = _core.from_f16(h).view(np.uint32)
+        _testing.set_isa(isa)
+        got = _testing.from_f16(h).view(np.uint32)
         bad = np.flatnonzero(got != want)
         assert bad.size == 0, f"{isa}: halves {[hex(v) for v in h[bad[:4]]]} -> {[hex(v) for v in got[bad[:4]]]}"

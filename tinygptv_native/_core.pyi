@@ -1,4 +1,5 @@
 """Type stubs of the native core (csrc/python/bind_*.cpp). Compute releases the GIL."""
+import types
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -20,33 +21,6 @@ def quantize(type: str, x: _ArrayLike) -> npt.NDArray[np.uint8]:
     """Quantize the rows of a 2-D float32 array to a GGML type (GGML byte layout)."""
 def dequantize(type: str, data: _ArrayLike, shape: Sequence[int]) -> _F32:
     """Dequantize GGML-layout bytes to float32 of the given shape."""
-
-class PreparedWeight:
-    """A weight prepared (repacked) for the active instruction set."""
-    def __init__(self, type: str, data: _ArrayLike, n_out: int, n_in: int) -> None: ...
-    def matmul(self, x: _ArrayLike, bias: Optional[_ArrayLike] = None, n_threads: int = 1, repeat: int = 1) -> _F32: ...
-    def prepare(self) -> None: ...
-    @property
-    def repacked(self) -> bool: ...
-
-def matmul_test(type: str, w: _ArrayLike, n_out: int, n_in: int, x: _ArrayLike, bias: Optional[_ArrayLike] = None,
-                n_threads: int = 1) -> _F32: ...
-def isa() -> str:
-    """The instruction set the kernels use now ('scalar', 'avx2', 'avx512' or 'neon')."""
-def isa_best() -> str: ...
-def isa_supported(name: str) -> bool: ...
-def set_isa(name: str) -> None: ...
-def vec_math(fn: str, x: _ArrayLike) -> _F32:
-    """The engine's float32 'exp', 'erf', 'gelu_erf', 'gelu_tanh' or 'softmax' (over the last axis) of x."""
-def quantize_act_q8(x: _ArrayLike, group: int = 1) -> tuple[npt.NDArray[np.int8], _F32, npt.NDArray[np.int32]]:
-    """Activation rows [n, k] as the int8 blocks of 32 the Q8_0/Q4_0 products use (active instruction set):
-    (values [n, k], fp16 scales as float [n, k/32], block sums [n, k/32])."""
-def to_f16(x: _ArrayLike) -> npt.NDArray[np.uint16]:
-    """The engine's float32 -> IEEE half conversion (as stored in a half-precision K/V cache); bits as uint16."""
-def from_f16(x: _ArrayLike) -> _F32:
-    """IEEE half bits (uint16) as float32, as the attention reads a half-precision K/V cache."""
-def attention_test(q: _ArrayLike, k: _ArrayLike, v: _ArrayLike, n_head: int, n_head_kv: int, scale: float,
-                   causal: bool = False, pos0: int = 0, n_threads: int = 1, bf16: bool = False) -> _F32: ...
 
 # ---- tokenizer (bind_tokenizer.cpp) ---------------------------------------------------------------
 
@@ -218,11 +192,6 @@ class Generator:
     @property
     def has_free_slot(self) -> bool: ...
 
-# ---- machine measurements (bind_bench.cpp) --------------------------------------------------------
-
-def read_bandwidth(bytes: int, n_threads: int) -> float:
-    """Memory read bandwidth in GB/s (best of 4 passes)."""
-
 # ---- log (bind_log.cpp) ---------------------------------------------------------------------------
 
 def set_log_handler(handler: Optional[Callable[[int, str], Any]]) -> None:
@@ -230,3 +199,22 @@ def set_log_handler(handler: Optional[Callable[[int, str], Any]]) -> None:
 def set_log_level(level: int) -> None: ...
 def log_level() -> int: ...
 def log(level: int, message: str) -> None: ...
+
+# ---- test and benchmark hooks: _core._testing (bind_kernels.cpp, bind_bench.cpp) --------------------
+# Not part of the package's API: the tests, benchmarks and tools reach the kernels through them
+# (`from tinygptv_native._core import _testing`). One line per hook, checked by tests/test_chat.py:
+#   matmul_test(type, w, n_out, n_in, x, bias=None, n_threads=1) -> x @ W.T (+ bias), float32 [n, n_out]
+#   PreparedWeight(type, data, n_out, n_in, prepare_threads=1, prepared=True): a repacked weight with
+#       .matmul(x, bias=None, n_threads=1, repeat=1), .prepare() and .repacked
+#   isa() -> the instruction set the kernels use now: 'scalar', 'avx2', 'avx512' or 'neon'
+#   isa_best() -> the fastest instruction set this CPU supports
+#   isa_supported(name) -> whether that instruction set can run here
+#   set_isa(name): forces the kernels onto an instruction set (weights prepared later use it)
+#   vec_math(fn, x) -> float32: 'exp', 'erf', 'gelu_erf', 'gelu_tanh' or 'softmax' (over the last axis)
+#   quantize_act_q8(x, group=1) -> int8 values [n, k], scales, block sums: the Q8_0/Q4_0 activations
+#   to_f16(x) -> uint16: float32 to IEEE half bits, as a half-precision K/V cache stores them
+#   from_f16(bits) -> float32: IEEE half bits to float32, as the attention reads them
+#   attention_test(q, k, v, n_head, n_head_kv, scale, causal=False, pos0=0, n_threads=1, bf16=False)
+#       -> float32 [T, n_head * hd]: the engine's multi-head attention
+#   read_bandwidth(bytes, n_threads) -> float: memory read bandwidth in GB/s (best of 4 passes)
+_testing: types.ModuleType

@@ -202,9 +202,9 @@ static void prepare(MatW& w, Exec* ex) {
     const int64_t groups = (w.n_out + kGroup - 1) / kGroup;
     const size_t gb = packed_group_bytes(w.type, w.n_in);
     const size_t total = (size_t)groups * gb;
-    // (Not huge pages: advised for them, the weights made the decode step 9% faster, but a 2 GB
-    // model's load slower and less predictable here, 1.1-2.7 s against 0.6-1.3 s, most of it the
-    // kernel clearing 2 MB pages on first touch.)
+    // (Not huge pages: advised for them, the weights make the decode step faster, but the load of a
+    // large model much slower and less predictable, most of it the kernel clearing 2 MB pages on
+    // first touch.)
     void* mem = std::aligned_alloc(64, (total + 63) / 64 * 64);
     if (!mem) throw std::bad_alloc();
     std::shared_ptr<uint8_t> buf((uint8_t*)mem, [](uint8_t* p) { std::free(p); });

@@ -72,7 +72,7 @@ struct CvtBF16 {
 
 // The GB groups are g, g + gstep, g + 2 gstep, ... (gstep 1: adjacent groups).
 template <typename C, int GB, int NT>
-void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0, int64_t gstep = 1) {
+void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0, int64_t gstep) {
     const int64_t k = A.n_in;
     __m256 acc[2 * GB][NT];
     for (int b = 0; b < 2 * GB; b++)
@@ -91,30 +91,13 @@ void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0, int64_t
         for (int j = 0; j < NT; j++) store_out(A, i0 + j, g + (b / 2) * gstep, b & 1, acc[b][j]);
 }
 
+// Prompt tiles of up to 6 activation rows: 2 halves x 6 rows = 12 accumulators, 2 weight vectors
+// and a broadcast fill 15 of the 16 ymm registers.
 template <typename C>
 void float_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
-    const size_t gbytes = (size_t)A.n_in * kGroup * C::elem;
-    if (A.n == 1) {  // two groups at once from the two halves of the range: two memory streams
-        const int64_t len = (g1 - g0) / 2;
-        for (int64_t g = g0; g < g0 + len; g++) float_tile<C, 2, 1>(A, gbytes, g, 0, len);
-        for (int64_t g = g0 + 2 * len; g < g1; g++) float_tile<C, 1, 1>(A, gbytes, g, 0);
-        return;
-    }
-    const int64_t chunk = act_chunk_rows(A.n, A.n_in * 4, 6);
-    for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
-        const int64_t c1 = std::min(A.n, c0 + chunk);
-        for (int64_t g = g0; g < g1; g++)
-            for (int64_t i = c0; i < c1; i += 6) {
-                switch (std::min<int64_t>(6, c1 - i)) {
-                    case 1: float_tile<C, 1, 1>(A, gbytes, g, i); break;
-                    case 2: float_tile<C, 1, 2>(A, gbytes, g, i); break;
-                    case 3: float_tile<C, 1, 3>(A, gbytes, g, i); break;
-                    case 4: float_tile<C, 1, 4>(A, gbytes, g, i); break;
-                    case 5: float_tile<C, 1, 5>(A, gbytes, g, i); break;
-                    default: float_tile<C, 1, 6>(A, gbytes, g, i); break;
-                }
-            }
-    }
+    static const FloatTileFn tiles[6] = {float_tile<C, 1, 1>, float_tile<C, 1, 2>, float_tile<C, 1, 3>,
+                                         float_tile<C, 1, 4>, float_tile<C, 1, 5>, float_tile<C, 1, 6>};
+    float_gemm_groups<6>(A, g0, g1, (size_t)A.n_in * kGroup * C::elem, float_tile<C, 2, 1>, tiles);
 }
 
 // ---- Q8_0 / Q4_0 ----------------------------------------------------------------------------
@@ -183,7 +166,7 @@ void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     for (int64_t c = 0; c < a.ng; c++) {
         for (int j = 0; j < NT; j++) t[j] = _mm256_setzero_ps();
         const int64_t b0 = c * a.gb, b1 = std::min(nb, b0 + a.gb);
-        if (b1 - b0 == 4) {  // whole groups unrolled (a loop of unknown count: 3% slower)
+        if (b1 - b0 == 4) {  // whole groups unrolled (the loop of run-time count below ran slower)
             block(b0); block(b0 + 1); block(b0 + 2); block(b0 + 3);
         } else {
             for (int64_t b = b0; b < b1; b++) block(b);
@@ -348,7 +331,7 @@ __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uin
 
 // The prompt tile (NT activation rows of one group, one 8-row half h) and the decode kernel (one row,
 // NG groups, both halves) of each K-quant type, made from its super-block routine. Each calls the
-// routine directly: passed as a template parameter instead, it left the Q6_K tile 8% slower with GCC.
+// routine directly: passed as a template parameter instead, GCC compiled the Q6_K tile to slower code.
 #define TG_TILE_AND_VEC(NAME, SUPER)                                                                 \
     template <int NT>                                                                                \
     void NAME##_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {           \
@@ -488,10 +471,6 @@ void quantize_act_q8k_row(const float* x, int64_t k, int8_t* qs, float* d, int32
         }
     }
 }
-
-namespace {
-
-}  // namespace
 
 void gemm_f32(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF32>(A, g0, g1); }
 void gemm_f16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF16>(A, g0, g1); }

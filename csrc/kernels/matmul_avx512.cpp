@@ -32,7 +32,7 @@ inline __m512i bc(const int8_t* p) {
 // where the float spacing is 1), then 1.5 * 2^23 is subtracted; both steps are exact, so the result
 // equals (float)v. The integer add is folded into the correction term each dot product starts from
 // (ActQ8::corr, computed once per activation block), and the float subtract runs on the adder ports
-// instead of beside vpdpbusd (+10% for Q4_0 prompt tiles).
+// instead of beside vpdpbusd on its ports, which made the Q4_0 prompt tiles faster.
 inline __m512 magic_to_float(__m512i biased) {
     return _mm512_sub_ps(_mm512_castsi512_ps(biased), _mm512_set1_ps(12582912.0f));
 }
@@ -167,9 +167,10 @@ struct ActRegs {
     __m512i operator[](int s) const { return x[s]; }
 };
 
-// corr + the block's dot product of w with x, in two chains (one chain of eight: 5% slower). Q8_0
-// weights are stored as q + 128 (unsigned for vpdpbusd), Q4_0 nibbles as q + 8: ActQ8::corr
-// subtracts 128 (8) times the activation block's sum and adds kMagicBits for magic_to_float.
+// corr + the block's dot product of w with x, in two chains (one chain of eight would wait out the
+// latency of each vpdpbusd before the next). Q8_0 weights are stored as q + 128 (unsigned for
+// vpdpbusd), Q4_0 nibbles as q + 8: ActQ8::corr subtracts 128 (8) times the activation block's sum
+// and adds kMagicBits for magic_to_float.
 template <class X>
 __attribute__((always_inline)) inline __m512i block_isum(const __m512i (&w)[8], const X& x, __m512i corr) {
     __m512i s0 = corr, s1 = _mm512_setzero_si512();
@@ -246,7 +247,8 @@ __attribute__((always_inline)) inline void q8_0_block(const ActQ8& a, const uint
 
 // One activation scale group c (kActGroupQ4_0 blocks, the last group fewer) of NG groups x NT rows:
 // t = fma(dw, float(isum), t) per block, then acc = fma(dx, t, acc). (The group size as a constant, not
-// a.gb, which always equals it for Q4_0: the 1408-wide ViT products ran 7% faster so.)
+// a.gb, which always equals it for Q4_0: the compiler unrolls a loop of constant count, which made
+// the ViT products faster.)
 template <int NT, int NG>
 __attribute__((always_inline)) inline void q4_0_group(const ActQ8& a, const uint8_t* const* wg, int64_t c, int64_t i0,
                                                       __m512 (&acc)[NG][NT]) {
@@ -379,7 +381,7 @@ __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uin
 }
 
 // ---- prompt tiles (NT activation rows of one group) and decode kernels (NG groups, one row) ----
-// (each calls its routine directly: called through a template parameter, GCC left a tile 8% slower);
+// (each calls its routine directly: called through a template parameter, GCC compiled a tile to slower code);
 // STEPS: the ActQ8/ActQ8K field that counts STEP's units (blocks, scale groups or super-blocks).
 
 #define TG_TILE_AND_VEC(NAME, ACT, STEP, STEPS)                                                      \
@@ -562,7 +564,10 @@ void gemm_f32(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF32>(A,
 void gemm_f16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtF16>(A, g0, g1); }
 void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(A, g0, g1); }
 
-constexpr int kMaxTileRows = 5;  // activation rows per prompt tile (4 and 6: 1-3% slower, 8 slower; alternated runs)
+// Activation rows per prompt tile: of 4, 5, 6 and 8, 5 was the fastest in alternated benchmark runs
+// (more rows reuse each loaded weight block more, but their accumulators and broadcasts crowd the
+// registers).
+constexpr int kMaxTileRows = 5;
 template <template <int> class K, int... N>
 void run_table(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, std::integer_sequence<int, N...>) {
     static constexpr TileFn t[sizeof...(N)] = {K<N + 1>::run...};

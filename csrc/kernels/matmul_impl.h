@@ -124,9 +124,9 @@ using DecodeFn = void (*)(const GemmArgs&, const uint8_t* const* wg, const int64
 
 // Decode driver shared by the SIMD paths: the thread's groups [g0, g1) are split into
 // kDecodeStreams equal parts walked side by side, so each core reads kDecodeStreams places of the
-// weight at once (more cache-line fetches in flight than one sequential stream: +25-40% read rate
-// measured). V4 takes one group from each part, V1 the groups left over. Per output the arithmetic
-// is that of the ISA's tile kernels.
+// weight at once: more cache-line fetches in flight than one sequential stream keeps, so a core
+// reads the weights faster. V4 takes one group from each part, V1 the groups left over. Per output
+// the arithmetic is that of the ISA's tile kernels.
 constexpr int kDecodeStreams = 4;
 template <DecodeFn V4, DecodeFn V1>
 void decode_streams(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes) {
@@ -175,6 +175,30 @@ void part_quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, c
                 for (int64_t i = c0; i < c1; i += 4) tiles[(c1 - i < 4 ? c1 - i : 4) - 1](A, wg, g, i, p);
             }
         }
+    }
+}
+
+// Float-weight driver of the kernels that take a whole 16-row group per call (AVX2, NEON; AVX-512
+// widens 16-bit weights once per pair of groups and has its own). Decode (one activation row): two
+// groups at once, from the two halves of the thread's range, so that each core reads two places of
+// the weight at once (pair). Prompts: row groups outer, then activation tiles of up to MAXNT rows (the
+// loaded weights of a k step are reused across the tile), the activations in L2-sized chunks.
+// tiles[t - 1] computes a tile of t rows of one group; gstep is the group distance of pair's groups.
+using FloatTileFn = void (*)(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0, int64_t gstep);
+template <int MAXNT>
+void float_gemm_groups(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, FloatTileFn pair,
+                       const FloatTileFn (&tiles)[MAXNT]) {
+    if (A.n == 1) {
+        const int64_t len = (g1 - g0) / 2;
+        for (int64_t g = g0; g < g0 + len; g++) pair(A, gbytes, g, 0, len);
+        for (int64_t g = g0 + 2 * len; g < g1; g++) tiles[0](A, gbytes, g, 0, 1);
+        return;
+    }
+    const int64_t chunk = act_chunk_rows(A.n, A.n_in * 4, MAXNT);
+    for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
+        const int64_t c1 = c0 + chunk < A.n ? c0 + chunk : A.n;
+        for (int64_t g = g0; g < g1; g++)
+            for (int64_t i = c0; i < c1; i += MAXNT) tiles[(c1 - i < MAXNT ? c1 - i : MAXNT) - 1](A, gbytes, g, i, 1);
     }
 }
 

@@ -100,7 +100,7 @@ struct CvtBF16 {
 
 // GB groups (g, g + gstep, ...) x 4 quarters x NT activation rows.
 template <typename C, int GB, int NT>
-void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0, int64_t gstep = 1) {
+void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0, int64_t gstep) {
     const int64_t k = A.n_in;
     float32x4_t acc[4 * GB][NT];
     for (int b = 0; b < 4 * GB; b++)
@@ -119,28 +119,13 @@ void float_tile(const GemmArgs& A, size_t gbytes, int64_t g, int64_t i0, int64_t
         for (int j = 0; j < NT; j++) store_out(A, i0 + j, g + (b / 4) * gstep, b & 3, acc[b][j]);
 }
 
+// Prompt tiles of up to 4 activation rows: 4 quarters x 4 rows = 16 accumulators, with 4 weight
+// vectors and a broadcast 21 of the 32 vector registers.
 template <typename C>
 void float_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
-    const size_t gbytes = (size_t)A.n_in * kGroup * C::elem;
-    if (A.n == 1) {  // two groups at once from the two halves of the range: two memory streams
-        const int64_t len = (g1 - g0) / 2;
-        for (int64_t g = g0; g < g0 + len; g++) float_tile<C, 2, 1>(A, gbytes, g, 0, len);
-        for (int64_t g = g0 + 2 * len; g < g1; g++) float_tile<C, 1, 1>(A, gbytes, g, 0);
-        return;
-    }
-    const int64_t chunk = act_chunk_rows(A.n, A.n_in * 4, 4);
-    for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
-        const int64_t c1 = std::min(A.n, c0 + chunk);
-        for (int64_t g = g0; g < g1; g++)
-            for (int64_t i = c0; i < c1; i += 4) {
-                switch (std::min<int64_t>(4, c1 - i)) {
-                    case 1: float_tile<C, 1, 1>(A, gbytes, g, i); break;
-                    case 2: float_tile<C, 1, 2>(A, gbytes, g, i); break;
-                    case 3: float_tile<C, 1, 3>(A, gbytes, g, i); break;
-                    default: float_tile<C, 1, 4>(A, gbytes, g, i); break;
-                }
-            }
-    }
+    static const FloatTileFn tiles[4] = {float_tile<C, 1, 1>, float_tile<C, 1, 2>, float_tile<C, 1, 3>,
+                                         float_tile<C, 1, 4>};
+    float_gemm_groups<4>(A, g0, g1, (size_t)A.n_in * kGroup * C::elem, float_tile<C, 2, 1>, tiles);
 }
 
 // ---- Q8_0 / Q4_0 ------------------------------------------------------------------------------

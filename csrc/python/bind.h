@@ -22,11 +22,12 @@ inline SamplerParams sampler_params(float temperature, int top_k, float top_p, f
 }
 
 void bind_errors(pybind11::module_& m);
-void bind_kernels(pybind11::module_& m);    // quantizers, matmul test hooks, ISA info
+void bind_kernels(pybind11::module_& m);    // quantizers
+void bind_kernel_hooks(pybind11::module_& t);  // _testing: matmul, attention, vector math, ISA control
 void bind_tokenizer(pybind11::module_& m);  // Tokenizer, StreamDecoder, Sampler
 void bind_model(pybind11::module_& m);      // GGUF reader, the Model
 void bind_context(pybind11::module_& m);    // the engine Context, its batches and image embeddings
 void bind_generate(pybind11::module_& m);   // the token loop (Generator), tokenizer of a Model
-void bind_bench(pybind11::module_& m);      // machine measurements for the benchmarks
+void bind_bench(pybind11::module_& t);      // _testing: machine measurements for the benchmarks
 void bind_log(pybind11::module_& m);        // the core's log lines to a Python callable
 }  // namespace tg

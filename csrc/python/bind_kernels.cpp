@@ -1,12 +1,14 @@
-// Python bindings of the kernels: quantizers, matmul test hooks and instruction-set control.
+// Python bindings of the kernels. Product API (module _core), used by tinygptv_native/quantize.py:
 //   _core.quantize(type, x[rows, n] float32) -> uint8[rows, row_bytes]
 //   _core.dequantize(type, data uint8, shape) -> float32[shape]
-//   _core.matmul_test(type, w_bytes, n_out, n_in, x[n, n_in], bias=None, n_threads=1) -> float32[n, n_out]
-//   _core.PreparedWeight(type, w_bytes, n_out, n_in, prepare_threads=1, prepared=True)
+// Test and benchmark hooks (submodule _core._testing; not part of the package's API):
+//   matmul_test(type, w_bytes, n_out, n_in, x[n, n_in], bias=None, n_threads=1) -> float32[n, n_out]
+//   PreparedWeight(type, w_bytes, n_out, n_in, prepare_threads=1, prepared=True)
 //       .matmul(x, bias=None, n_threads=1, repeat=1)
-//   _core.isa(), _core.isa_best(), _core.isa_supported(name), _core.set_isa(name)
-//   _core.vec_math(fn, x) -> float32 (fn: exp, erf, gelu_erf, gelu_tanh, softmax; softmax over the last axis)
-//   _core.attention_test(q, k, v, n_head, n_head_kv, scale, causal=False, pos0=0, n_threads=1, bf16=False)
+//   isa(), isa_best(), isa_supported(name), set_isa(name)
+//   vec_math(fn, x) -> float32 (fn: exp, erf, gelu_erf, gelu_tanh, softmax; softmax over the last axis)
+//   quantize_act_q8(x, group=1), to_f16(x), from_f16(bits)
+//   attention_test(q, k, v, n_head, n_head_kv, scale, causal=False, pos0=0, n_threads=1, bf16=False)
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
@@ -250,8 +252,10 @@ void bind_kernels(py::module_& m) {
             return out;
         },
         py::arg("type"), py::arg("data"), py::arg("shape"), "Dequantize GGML-layout bytes to float32 of the given shape.");
+}
 
-    py::class_<PreparedWeight>(m, "PreparedWeight", "A weight prepared (repacked) for the active instruction set.")
+void bind_kernel_hooks(py::module_& t) {
+    py::class_<PreparedWeight>(t, "PreparedWeight", "A weight prepared (repacked) for the active instruction set.")
         .def(py::init<const std::string&, U8Array, int64_t, int64_t, int, bool>(), py::arg("type"), py::arg("data"),
              py::arg("n_out"), py::arg("n_in"), py::arg("prepare_threads") = 1, py::arg("prepared") = true,
              "prepared=False leaves the weight unprepared (matmul then repacks it on every call).")
@@ -260,7 +264,7 @@ void bind_kernels(py::module_& m) {
         .def("prepare", &PreparedWeight::prepare, "Rebuild the repacked layout for the active instruction set.")
         .def_property_readonly("repacked", &PreparedWeight::repacked);
 
-    m.def(
+    t.def(
         "matmul_test",
         [](const std::string& type, U8Array w, int64_t n_out, int64_t n_in, F32Array x, py::object bias, int n_threads) {
             PreparedWeight pw(type, w, n_out, n_in);
@@ -269,15 +273,15 @@ void bind_kernels(py::module_& m) {
         py::arg("type"), py::arg("w"), py::arg("n_out"), py::arg("n_in"), py::arg("x"), py::arg("bias") = py::none(),
         py::arg("n_threads") = 1, "Multiply through the engine's matmul with the active instruction set.");
 
-    m.def("isa", [] { return std::string(isa_name(isa_active())); }, "The instruction set the kernels use now.");
-    m.def("isa_best", [] { return std::string(isa_name(isa_best())); }, "The fastest instruction set this CPU supports.");
-    m.def("isa_supported", [](const std::string& name) { return isa_supported(parse_isa(name.c_str())); },
+    t.def("isa", [] { return std::string(isa_name(isa_active())); }, "The instruction set the kernels use now.");
+    t.def("isa_best", [] { return std::string(isa_name(isa_best())); }, "The fastest instruction set this CPU supports.");
+    t.def("isa_supported", [](const std::string& name) { return isa_supported(parse_isa(name.c_str())); },
           py::arg("name"), "Whether 'scalar', 'avx2', 'avx512' or 'neon' can run here.");
-    m.def("set_isa", [](const std::string& name) { set_isa(parse_isa(name.c_str())); }, py::arg("name"),
+    t.def("set_isa", [](const std::string& name) { set_isa(parse_isa(name.c_str())); }, py::arg("name"),
           "Force the kernels onto 'scalar', 'avx2', 'avx512' or 'neon' (weights prepared later use it).");
-    m.def("vec_math", &vec_math, py::arg("fn"), py::arg("x"),
-          "Apply the engine's float32 'exp', 'erf', 'gelu_erf' or 'softmax' (over the last axis) to x.");
-    m.def("quantize_act_q8", [](F32Array x, int group) {
+    t.def("vec_math", &vec_math, py::arg("fn"), py::arg("x"),
+          "Apply the engine's float32 'exp', 'erf', 'gelu_erf', 'gelu_tanh' or 'softmax' (over the last axis) to x.");
+    t.def("quantize_act_q8", [](F32Array x, int group) {
         if (x.ndim() != 2 || x.shape(1) % QK8_0 != 0)
             throw ModelError(fmt("quantize_act_q8: x must be [n, k] with k a multiple of %d, got %s", QK8_0,
                                  shape_of(x).c_str()));
@@ -299,7 +303,7 @@ void bind_kernels(py::module_& m) {
        "Activation rows as the int8 blocks of 32 the Q8_0 (group 1) and Q4_0 (group 4) products use, one "
        "fp16 scale per `group` blocks, with the active instruction set: (values [n, k], scales as float "
        "[n, ceil(k/32/group)], block sums [n, k/32]).");
-    m.def("to_f16", [](F32Array x) {
+    t.def("to_f16", [](F32Array x) {
         py::array_t<uint16_t> y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
         {
             py::gil_scoped_release release;
@@ -307,7 +311,7 @@ void bind_kernels(py::module_& m) {
         }
         return y;
     }, py::arg("x"), "The engine's float32 -> IEEE half conversion (as stored in a half-precision K/V cache); bits as uint16.");
-    m.def("from_f16", [](py::array_t<uint16_t, py::array::c_style | py::array::forcecast> x) {
+    t.def("from_f16", [](py::array_t<uint16_t, py::array::c_style | py::array::forcecast> x) {
         py::array_t<float> y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
         {
             py::gil_scoped_release release;
@@ -315,7 +319,7 @@ void bind_kernels(py::module_& m) {
         }
         return y;
     }, py::arg("x"), "IEEE half bits (uint16) as float32, as the attention reads a half-precision K/V cache.");
-    m.def("attention_test", &attention_test, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"),
+    t.def("attention_test", &attention_test, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"),
           py::arg("n_head_kv"), py::arg("scale"), py::arg("causal") = false, py::arg("pos0") = 0,
           py::arg("n_threads") = 1, py::arg("bf16") = false,
           "The engine's multi-head attention: q [T, n_head*hd] float32, k and v [n_kv, n_head_kv*hd] float32 or "

@@ -14,8 +14,12 @@ PYBIND11_MODULE(_core, m) {
     tg::bind_model(m);
     tg::bind_context(m);
     tg::bind_generate(m);
-    tg::bind_bench(m);
     tg::bind_log(m);
+    // Hooks for the tests, benchmarks and tools, kept apart from the product API above; the leading
+    // underscore keeps them out of the module's public names (and of its stub, _core.pyi).
+    py::module_ testing = m.def_submodule("_testing", "Test and benchmark hooks of the native core (not API).");
+    tg::bind_kernel_hooks(testing);
+    tg::bind_bench(testing);
 }
 
 namespace tg {
