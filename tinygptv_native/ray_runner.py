@@ -50,12 +50,10 @@ def _init_ray(address: Optional[str], num_cpus: Optional[int]):
     except ImportError:
         raise RuntimeError('--ray needs Ray Data: pip install "tinygptv-native[ray]" (or "ray[data]")') from None
     if not ray.is_initialized():
-        env = {k: os.environ[k] for k in (CRASH_ONCE_ENV,) if k in os.environ}
-        kw: Dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
         if address:
-            ray.init(address=address, log_to_driver=False, **kw)
+            ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, **kw)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     return ray
 
 
@@ -75,9 +73,11 @@ def run_ray(spec: dict, items: Sequence[dict], writer: Optional[OrderedWriter], 
     rows = [{"index": i, "item": json.dumps(it, ensure_ascii=False)} for i, it in enumerate(items)]
     n_blocks = max(1, min(len(rows), (len(rows) + batch_size - 1) // batch_size))
     ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
+    env = {k: os.environ[k] for k in (CRASH_ONCE_ENV,) if k in os.environ}
     ds = ds.map_batches(Answerer, fn_constructor_kwargs={"spec": spec}, batch_size=batch_size,
                         compute=ray.data.ActorPoolStrategy(size=max(1, actors)), num_cpus=threads,
-                        max_restarts=-1, max_task_retries=-1)
+                        runtime_env={"env_vars": env} if env else None)
+    # (Ray Data restarts a dead actor of the pool and retries its block: max_restarts = max_task_retries = -1)
     out: List[Optional[dict]] = [None] * len(items)
     for row in ds.iter_rows():
         i = int(row["index"])
