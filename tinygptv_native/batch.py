@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 ITEM_ERRORS = (ValueError, OSError, RuntimeError)  # ImageError and ContextOverflowError are among them
@@ -224,14 +224,6 @@ def resume_batch(out_path: str, items: Sequence[dict], overwrite: bool) -> int:
                              f"--overwrite or another --output")
     return len(done)
 
-
-def settings_dict(s: BatchSettings) -> dict:
-    return asdict(s)
-
-
-def iter_chunks(xs: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(xs), n):
-        yield xs[i:i + n]
 
 
 # ---- jobs: what a worker needs to answer items (plain data, so Ray can ship it) -----------------
