@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_commands(sub)
     except ImportError:
         pass
+    from .cli_batch import add_commands as add_batch_commands
+    add_batch_commands(sub)
     return p
 
 

@@ -233,12 +233,15 @@ class Model:
             eng.release(seq)
 
     def score(self, prompt: Union[str, Sequence[int]], continuations: Sequence[Union[str, Sequence[int]]], *,
-              image=None, chat: bool = False) -> List[float]:
+              image=None, chat: bool = False, image_at: Optional[int] = None) -> List[float]:
         """The log-likelihood of each continuation after the prompt: the sum over its tokens of
         log p(token | prompt, the tokens before it), for ranking candidate answers. The prompt is
         evaluated once; each continuation costs its own tokens. ``chat=True`` puts the prompt into the
         model's chat template as a first turn (with ``image`` spliced in) and scores the continuations
-        as the answer; otherwise the prompt is plain text or ids (an image then goes in front)."""
+        as the answer; otherwise the prompt is plain text or ids and an image goes before token index
+        ``image_at`` of the prompt's tokens (default 0, in front)."""
+        if image_at is not None and (chat or image is None):
+            raise ValueError("image_at places an image in a plain prompt: it needs an image and chat=False")
         if isinstance(prompt, str) or chat:
             from .chat import Chat
             if chat:
@@ -246,9 +249,9 @@ class Model:
                     raise TypeError("with chat=True the prompt must be a str")
                 pieces, _ = Chat(self)._turn_pieces(prompt, image)
             else:
-                pieces = ([self.encode_image_embedding(image)] if image is not None else []) + [self.tokenize(prompt)]
+                pieces = _with_image(self, self.tokenize(prompt), image, image_at)
         else:
-            pieces = ([self.encode_image_embedding(image)] if image is not None else []) + [[int(t) for t in prompt]]
+            pieces = _with_image(self, [int(t) for t in prompt], image, image_at)
         cands = [self.tokenize(c) if isinstance(c, str) else [int(t) for t in c] for c in continuations]
         if any(not c for c in cands):
             raise ValueError("every continuation needs at least one token")
@@ -438,6 +441,16 @@ class Model:
             self.close()
         except Exception:
             pass
+
+
+def _with_image(model: Model, ids: List[int], image, image_at: Optional[int]) -> list:
+    """Prompt pieces: the ids with the image's embeddings before index image_at (default 0)."""
+    if image is None:
+        return [ids]
+    at = 0 if image_at is None else int(image_at)
+    if not 0 <= at <= len(ids):
+        raise ValueError(f"image_at {at} is outside [0, {len(ids)}]")
+    return [ids[:at], model.encode_image_embedding(image), ids[at:]]
 
 
 def _results(req: Request, result: GenerationResult) -> Iterator[str]:
