@@ -54,7 +54,13 @@ def test_run_verbose_sampling_and_stdin(files):
             "--top-k", 20, "--seed", 3, "-c", 256, "--verbose"]
     rc, out, err = tinygptv(*args, "-p", "[vqa] colour?")
     assert rc == 0, err
-    assert "image encode:" in err and "tokens/s" in err and "generation:" in err
+    # ollama-style statistics on lines of their own after the answer; the load line once
+    lines = err.splitlines()
+    for key in ("total duration:", "image encode:", "prompt eval count:", "prompt eval rate:", "eval count:",
+                "eval rate:", "finish reason:"):
+        assert sum(ln.startswith(key) for ln in lines) == 1, (key, err)
+    assert sum("loaded" in ln for ln in lines) == 1, err
+    assert "answer of" not in err and "\x1b[" not in err  # not a terminal: no colours
     rc2, out2, _ = tinygptv(*args, "-p", "-", stdin="[vqa] colour?")
     assert rc2 == 0 and out2 == out  # same seed, same answer; -p - reads stdin
     m = tg.Model(files["model"], n_threads=1)
@@ -130,8 +136,8 @@ def test_chat_reads_piped_input(files):
     assert rc == 0, err
     assert "temperature = 0.0" in out and "max_new_tokens = 6" in out
     assert "image attached to the next question" in out
-    assert "image encode:" in out and "prompt eval:" in out
-    assert "error: temp needs a float value, got 'hot'" in out
+    assert "image encode:" in out and "prompt eval count:" in out
+    assert "error: temp needs a number, got 'hot'" in out
     assert "unknown command '/nonsense'" in out and "conversation cleared" in out
     m = tg.Model(files["model"], n_threads=1)
     assert m.chat("What is it?", image=files["image"], temperature=0, max_new_tokens=6) in out

@@ -52,11 +52,11 @@ def test_repl_session(slow_model):
         cmd(child, "/set", "temperature 0.0", "max_new_tokens 5")
         # a text-only question, answered in full
         cmd(child, "hello there")
-        out = cmd(child, "/stats", "generation:")
-        assert re.search(r"/ 5 tokens .*finish: length", out), out
+        out = cmd(child, "/stats", "eval rate:")
+        assert re.search(r"eval count:\s+5 token", out) and re.search(r"finish reason:\s+length", out), out
         # readline history: Up recalls the last line (/stats)
         child.send("\x1b[A\r")
-        child.expect_exact("generation:")
+        child.expect_exact("eval rate:")
         child.expect_exact(PROMPT)
         # an image, then a long answer stopped with Ctrl+C
         cmd(child, f"/image {image}", "image attached to the next question")
@@ -66,15 +66,15 @@ def test_repl_session(slow_model):
         child.sendcontrol("c")
         child.expect_exact("[interrupted]")
         child.expect_exact(PROMPT)
-        out = cmd(child, "/stats", "image encode:", "generation:")
-        assert "finish: interrupted" in out
-        n = int(re.search(r"/ (\d+) tokens", out).group(1))
+        out = cmd(child, "/stats", "image encode:", "eval rate:")
+        assert re.search(r"finish reason:\s+interrupted", out), out
+        n = int(re.search(r"eval count:\s+(\d+) token", out).group(1))
         assert 0 < n < 3000
         # the conversation goes on, without encoding the image again
         cmd(child, "/set max_tokens 3", "max_new_tokens = 3")
         cmd(child, "and the colour?")
-        out = cmd(child, "/stats", "prompt eval:")
-        assert "image encode:" not in out and " 0 cached" not in out
+        out = cmd(child, "/stats", "prompt eval count:")
+        assert "image encode:" not in out and "cached" in out
         # Ctrl+C at the prompt does not leave
         child.sendcontrol("c")
         child.expect_exact("Ctrl+D or /quit to leave")
@@ -110,7 +110,7 @@ def test_repl_ctrl_d_and_start_image(slow_model):
         assert f"image: {image}" in child.before
         cmd(child, "what is it?")
         out = cmd(child, "/stats", "image encode:")
-        assert "/ 4 tokens" in out or "finish: stop" in out
+        assert re.search(r"eval count:\s+4 token", out) or re.search(r"finish reason:\s+stop", out), out
         child.sendeof()
         child.expect(pexpect.EOF)
         child.close()
