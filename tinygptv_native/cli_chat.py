@@ -218,7 +218,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.prompt_tokens < 1 or args.gen_tokens < 1 or args.reps < 1:
         raise CLIError(f"-p, -n and --reps must be >= 1, got {args.prompt_tokens}, {args.gen_tokens}, {args.reps}")
     _check_image(args.image)
-    needed = args.prompt_tokens + args.gen_tokens + 1
+    needed = max(16, args.prompt_tokens + args.gen_tokens + 1)
     args.ctx_size = max(args.ctx_size or needed, needed)
     m = load_model(args, _setup_term(args), demo_picture=False)
     if args.image is not None and not m.has_vision:

@@ -261,7 +261,9 @@ class Repl:
 
     def set_image(self, arg: str) -> None:
         if not arg:
-            if self.image:
+            if not self.model.has_vision:
+                self.say(f"no image: this model ({self.model.arch}) has no vision encoder")
+            elif self.image:
                 self.say(f"image: {self.image} (attached to the next question)")
             elif self.conversation_image():
                 self.say(f"image: {self.conversation_image()} (in the conversation)")
