@@ -283,6 +283,16 @@ def test_invalid_utf8_prompt(files):
     one_line_error(p.stderr.decode(), "the prompt read from stdin is not valid UTF-8 text (byte 0xe9 at offset 3)")
 
 
+def test_invalid_utf8_chat_line(files):
+    p = subprocess.run([sys.executable, "-m", "tinygptv_native", "chat", "-m", files["model"], "-n", "2"],
+                       input=b"caf\xe9 ?\n/set max_tokens 3\n", capture_output=True, env=child_env(), cwd=CHILD_CWD,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.decode()
+    assert "error: the message is not valid UTF-8 text (byte 0xe9 at character 3)" in out
+    assert "max_new_tokens = 3" in out  # the next line is read as usual
+
+
 @pytest.fixture(scope="module")
 def text_only(tmp_path_factory):
     pytest.importorskip("torch")

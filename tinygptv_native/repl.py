@@ -184,6 +184,11 @@ class Repl:
 
     # ---- main loop -----------------------------------------------------------------------------
     def run(self) -> int:
+        if hasattr(self.stdin, "reconfigure"):  # undecodable bytes reach ask(), which names them
+            try:
+                self.stdin.reconfigure(errors="surrogateescape")
+            except (ValueError, OSError):
+                pass
         self._setup_readline()
         m = self.model
         self.say(f"tinygptv chat: {os.path.basename(m.path)} ({m.arch}"
