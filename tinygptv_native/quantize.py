@@ -204,7 +204,10 @@ def quantize_file(in_path: str, out_path: str, type: str, progress: bool = True,
     if os.path.isdir(out_path):
         raise QuantizeError(f"output '{out_path}' is a directory")
     # the engine's own reader first: it names what is wrong with a damaged file (truncated, bad offsets)
-    _core.GGUFReader(in_path)
+    try:
+        _core.GGUFReader(in_path)
+    except _core.GGUFError as e:
+        raise _core.GGUFError(f"cannot read GGUF file {in_path}: {e}") from None
     _gguf()
     from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 

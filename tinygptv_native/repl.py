@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, TextIO, Tuple
 
-from .cli_chat import context_full, printable, write_stream
+from .cli_chat import context_full, write_stream
 from .term import Term, colour_code, stats_lines
 
 HELP = """commands:
