@@ -235,7 +235,8 @@ def run_worker(engine: str, path: Path, threads: int, python: str, no_amx: bool 
     code = (f"import sys, json; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import bench_phi2 as b; "
             f"r = b.worker_{engine}({str(path)!r}, {threads}{extra}); "
             "r['rss_mb'] = b.peak_rss_mb(); print('RESULT', json.dumps(r))")
-    out = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    # cwd: `python -c` puts it first on sys.path, and the checkout's root would shadow the installed package
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=str(ROOT / "benchmarks"))
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])

@@ -43,8 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".bench"
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # (not the checkout's root: the installed tinygptv_native is measured)
 
 import tinygptv_random as R  # noqa: E402
 
@@ -256,7 +255,8 @@ def run_worker(call: str, label: str) -> dict:
     t0 = time.perf_counter()
     code = (f"import sys, json; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
             f"import bench_tinygptv as b; r = b.{call}; r['rss_mb'] = b.peak_rss_mb(); print('RESULT', json.dumps(r))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
+    # cwd: `python -c` puts it first on sys.path, and the checkout's root would shadow the installed package
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT / "benchmarks"))
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             r = json.loads(line[7:])

@@ -14,17 +14,16 @@ Used by bench_tinygptv.py. Three pieces:
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# The converter as installed with the package (tinygptv_native.convert), not the checkout's convert/ folder:
+# the benchmarks measure whatever tinygptv_native the Python running them imports.
+from tinygptv_native.convert import schema
+from tinygptv_native.convert.tinygptv import add_chat_metadata
 
-from convert import schema  # noqa: E402
-from convert.tinygptv import add_chat_metadata  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 # The real dimensions.
 PATCH, V_EMBD, V_LAYERS, V_HEADS, V_FF = 14, 1408, 39, 16, 6144
@@ -59,7 +58,7 @@ class _Values:
 
 def planned_tensors(image_size: int):
     """Every tensor of the model as convert.writer.Planned entries (shape in PyTorch order)."""
-    from convert.writer import Planned
+    from tinygptv_native.convert.writer import Planned
     v = _Values()
     P = []
 
@@ -130,8 +129,8 @@ def planned_tensors(image_size: int):
 
 
 def metadata(image_size: int):
-    from convert.tokenizer import load_vocab
-    from convert.writer import Metadata
+    from tinygptv_native.convert.tokenizer import load_vocab
+    from tinygptv_native.convert.writer import Metadata
     A = schema.ARCH_TINYGPTV
     k = lambda name: schema.lm_key(A, name)  # noqa: E731
     meta = Metadata()
@@ -171,7 +170,7 @@ def metadata(image_size: int):
 
 
 def build_f16(path: Path, image_size: int, progress=True) -> None:
-    from convert.writer import write_with_outtype
+    from tinygptv_native.convert.writer import write_with_outtype
     write_with_outtype(str(path), schema.ARCH_TINYGPTV, metadata(image_size), planned_tensors(image_size), "f16",
                        progress)
 

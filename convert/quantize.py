@@ -199,11 +199,24 @@ def quantize_file(in_path: str, out_path: str, type: str, progress: bool = True,
         vision_type = str(vision_type).lower()
         if vision_type not in VISION_TYPES:
             raise QuantizeError(f"unknown vision type {vision_type!r} (expected one of {', '.join(VISION_TYPES)})")
-    gguf = _gguf()
-    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
-
+    in_path, out_path = os.fspath(in_path), os.fspath(out_path)
+    if os.path.isdir(in_path):
+        raise QuantizeError(f"input '{in_path}' is a directory, not a GGUF file")
     if not os.path.isfile(in_path):
         raise FileNotFoundError(f"input file not found: {in_path}")
+    out_dir = os.path.dirname(os.path.abspath(out_path)) or "."
+    if not os.path.isdir(out_dir):
+        raise QuantizeError(f"output folder does not exist: {os.path.dirname(out_path) or out_dir}")
+    if os.path.isdir(out_path):
+        raise QuantizeError(f"output '{out_path}' is a directory")
+    # the engine's own reader first: it names what is wrong with a damaged file (truncated, bad offsets)
+    try:
+        _core.GGUFReader(in_path)
+    except _core.GGUFError as e:
+        raise _core.GGUFError(f"cannot read GGUF file {in_path}: {e}") from None
+    _gguf()
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+
     try:
         reader = GGUFReader(in_path, "r")
     except Exception as e:
@@ -233,8 +246,10 @@ def quantize_file(in_path: str, out_path: str, type: str, progress: bool = True,
         n_rows = int(np.prod(ne[1:])) if len(ne) > 1 else 1
         plan.append((t, in_type, out_type, ne, n_rows))
 
-    out_dir = os.path.dirname(os.path.abspath(out_path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".quantize-", suffix=".gguf.tmp", dir=out_dir)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".quantize-", suffix=".gguf.tmp", dir=out_dir)
+    except OSError as e:
+        raise QuantizeError(f"cannot create a file in {out_dir}: {e.strerror or e}") from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

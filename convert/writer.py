@@ -117,6 +117,13 @@ def check_output_path(out_path):
     return out_path
 
 
+def chmod_like_new_file(path):
+    """Gives a file made by mkstemp (mode 0600) the mode open() would have given it: 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_output(out_path):
     """Yields a temporary path next to out_path; renames it to out_path on success, removes it on any
@@ -129,6 +136,7 @@ def atomic_output(out_path):
         raise ConvertError(f"cannot create a file in {d}: {e}") from e
     os.close(fd)
     try:
+        chmod_like_new_file(tmp)
         yield tmp
         os.replace(tmp, out_path)
     except BaseException:

@@ -310,12 +310,10 @@ class Chat:
     def _start(self, prompt: str, image: Any, params, max_new_tokens: int, stop: Optional[Sequence[str]],
                ignore_eos: bool = False, n_probs: int = 0) -> "ChatStream":
         """Checks, encodes and submits one user turn; returns its stream (not started)."""
-        from .model import GenerationResult, _results
+        from .model import GenerationResult, _results, check_stop
         m = self.model
+        stops = ([] if ignore_eos else list(self.template.stop_strings)) + [s for s in check_stop(stop) if s]
         new, encode_ms = self._turn_pieces(prompt, image)
-        if stop is not None and isinstance(stop, str):
-            stop = [stop]
-        stops = ([] if ignore_eos else list(self.template.stop_strings)) + [s for s in (stop or []) if s]
         stop_ids = () if ignore_eos else self.template.stop_ids
         whole = self._pieces + new
         n_total = sum(_length(p) for p in whole)
@@ -356,7 +354,8 @@ class Chat:
         ids = gen if m.detokenize(gen) == res.text else (m.tokenize(res.text) if res.text else [])
         self._record_answer_text(res.text, ids, res.finish_reason)
         if logger.isEnabledFor(20):
-            logger.info("answer of %d tokens (%s)\n%s", res.completion_tokens, res.finish_reason, res.summary())
+            logger.info("answer of %d tokens (%s)\n%s", res.completion_tokens, res.finish_reason, res.summary(),
+                        extra={"result": res})
 
     def _record_answer_text(self, text: str, ids: List[int], finish_reason: Optional[str]) -> None:
         suffix = self.model.tokenize(self.template.answer_suffix) if self.template.answer_suffix else []
@@ -382,6 +381,13 @@ class ChatStream:
 
     def __iter__(self) -> "ChatStream":
         return self
+
+    @property
+    def prompt_progress(self) -> Tuple[int, int]:
+        """(positions of the prompt in the KV cache so far, positions of the whole prompt): progress while a
+        long prompt is evaluated, before the first piece comes."""
+        req = self._chat._request
+        return (req.prompt_done, req.n_prompt) if req is not None else (0, 0)
 
     def __next__(self) -> str:
         if self._done:

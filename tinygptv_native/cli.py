@@ -10,8 +10,48 @@ class CLIError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
+def check_file(path: str, what: str) -> None:
+    """A one-line CLIError unless `path` is a readable file."""
+    import os
+    if os.path.isdir(path):
+        raise CLIError(f"{what} '{path}' is a directory, not a file")
+    if not os.path.exists(path):
+        raise CLIError(f"{what} not found: '{path}'")
+
+
+def check_text(text: str, what: str) -> str:
+    """`text` unless it holds bytes that were not UTF-8 (which Python keeps as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        c = ord(text[e.start])
+        byte = f"byte 0x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"character U+{c:04X}"
+        raise CLIError(f"{what} is not valid UTF-8 text ({byte} at character {e.start})") from None
+    return text
+
+
+def fmt_value(v) -> str:
+    """A metadata or setting value for people: floats stored as float32 without their binary noise
+    (0.9, not 0.8999999761581421), lists item by item."""
+    if isinstance(v, float):
+        import numpy as np
+        f32 = np.float32(v)
+        return str(f32) if float(f32) == v and np.isfinite(f32) else repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(fmt_value(x) for x in v) + "]"
+    return repr(v)
+
+
 def _info(args: argparse.Namespace) -> int:
     from . import _core
+    if args.model is None:
+        from .demo import DEMO_MODEL
+        if not DEMO_MODEL.is_file():
+            raise CLIError(f"the embedded demo model is missing from this installation ({DEMO_MODEL})")
+        args.model = str(DEMO_MODEL)
+        print("the embedded demo model: a tiny TinyGPT-V trained on pictures of coloured shapes "
+              "(tinygptv run with no -m tries it)")
+    check_file(args.model, "model file")
     r = _core.GGUFReader(args.model)
     md = r.metadata(max_array=16)
     tensors = r.tensors()
@@ -42,18 +82,24 @@ def _info(args: argparse.Namespace) -> int:
     for k, v in md.items():
         if k.startswith("tokenizer.ggml.") and isinstance(v, list):
             continue
-        s = repr(v)
+        s = fmt_value(v)
         print(f"  {k} = {s if len(s) <= 120 else s[:117] + '...'}")
     return 0
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinygptv", description="Run TinyGPT-V natively from a GGUF file.")
     p.add_argument("--verbose", action="store_true", help="show tracebacks and timings")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
 
     pi = sub.add_parser("info", help="show a model file's architecture, sizes, tensor types and metadata")
-    pi.add_argument("model")
+    pi.add_argument("model", nargs="?", help="GGUF file (default: the embedded demo model)")
     pi.set_defaults(fn=_info)
 
     sub.add_parser("convert", help="convert published checkpoints to GGUF (see `tinygptv convert -h`)",
@@ -93,6 +139,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`tinygptv info x | head`): stop quietly, as cat does
+        import os
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except (CLIError, ValueError, OSError, RuntimeError) as e:
         if verbose:
             raise

@@ -71,6 +71,8 @@ class Request:
         self.n_probs = int(n_probs)
         self.seq = -1
         self.cached = 0                       # prompt positions the sequence's cache already held
+        self.n_prompt = sum(p.n_rows if hasattr(p, "n_rows") else len(p) for p in self.prompt)
+        self.prompt_done = 0                  # prompt positions in the cache so far (progress of a long prompt)
         self.tokens: List[int] = []           # the answer's tokens so far
         self.finish_reason: Optional[str] = None
         self.t_submit = time.perf_counter()
@@ -180,6 +182,7 @@ class Engine:
 
     def _start(self, req: Request) -> None:
         req.seq, req.cached = self.gen.submit(req.prompt, **req._core_args())
+        req.prompt_done = req.cached
         req.t_submit = time.perf_counter()
         self._running[req.seq] = req
 
@@ -245,6 +248,9 @@ class Engine:
             with self._cv:
                 for ev in events:
                     self._deliver(ev)
+                for req in self._running.values():
+                    if req.t_first is None:
+                        req.prompt_done = self.ctx.n_past(req.seq)
 
     def _deliver(self, ev) -> None:
         seq, tok, text, finished, reason, logprob, top = ev

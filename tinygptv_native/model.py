@@ -98,7 +98,7 @@ class Model:
     system text) evaluates only the rest.
     """
 
-    def __init__(self, path: Optional[PathLike] = None, *, n_threads: Optional[int] = None, n_ctx: int = 2048,
+    def __init__(self, path: Optional[PathLike] = None, *, n_threads: Optional[int] = None, n_ctx: Optional[int] = None,
                  n_parallel: int = 4, seed: Optional[int] = None, verbose: bool = False, kv_type: str = "f16",
                  image_cache_mb: float = 64.0):
         if path is None:
@@ -107,13 +107,19 @@ class Model:
             log.warning("no model given: using the embedded demo model (%s)", Path(path).name)
         if n_threads is not None and (int(n_threads) < 1 or int(n_threads) > 512):
             raise ValueError(f"n_threads must be in [1, 512], got {n_threads}")
+        ctx_given = n_ctx is not None
+        n_ctx = 2048 if n_ctx is None else n_ctx
         if int(n_ctx) < 1:
             raise ValueError(f"n_ctx must be positive, got {n_ctx}")
         if not 1 <= int(n_parallel) <= 256:
             raise ValueError(f"n_parallel must be in [1, 256], got {n_parallel}")
         if kv_type not in ("f16", "f32"):
             raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
-        self.path = str(path)
+        if isinstance(path, (bytes, os.PathLike)):
+            path = os.fsdecode(path)
+        if not isinstance(path, str):
+            raise TypeError(f"path must be a str, bytes or os.PathLike, got {type(path).__name__}")
+        self.path = path
         self.verbose = verbose
         if verbose:
             set_verbose(True)
@@ -132,8 +138,9 @@ class Model:
         self._engine: Optional[Engine] = None
         self._engine_lock = threading.Lock()
         self._local = threading.local()  # last_result per thread
-        log.info("loaded %s in %.0f ms: arch %s, %d layers, vocab %d", self.path, self.load_ms, self._model.arch,
-                 self._model.n_layer, self._model.n_vocab)
+        if ctx_given and self.n_ctx > self._model.n_ctx_train:
+            log.warning("n_ctx %d is larger than the %d positions the model was trained on: answers past them "
+                        "may degrade", self.n_ctx, self._model.n_ctx_train)
 
     # ---- basic facts -------------------------------------------------------------------------
     @property
@@ -201,7 +208,7 @@ class Model:
         Without an image: shape (len(ids), n_vocab). With an image, its embeddings are inserted before
         token index ``image_at`` (default 0) and the result has len(ids) + n_image_tokens rows.
         """
-        ids = [int(t) for t in ids]
+        ids = self._check_ids(ids)
         emb = self.encode_image_embedding(image) if image is not None else None
         at = 0 if image_at is None else int(image_at)
         if emb is None and not ids:
@@ -296,6 +303,20 @@ class Model:
             return out
         finally:
             eng.release(seq)
+
+    def _check_ids(self, ids: Sequence[int]) -> List[int]:
+        """The ids as ints, each checked to be a token of the vocabulary."""
+        if isinstance(ids, (str, bytes)):
+            raise TypeError("expected a sequence of token ids; tokenize() turns text into ids")
+        out = []
+        for i, t in enumerate(ids):
+            if isinstance(t, bool) or not hasattr(t, "__index__"):
+                raise TypeError(f"token id {i} must be an integer, got {type(t).__name__}")
+            t = int(t)
+            if not 0 <= t < self.n_vocab:
+                raise ValueError(f"token id {t} (index {i}) is outside the vocabulary [0, {self.n_vocab})")
+            out.append(t)
+        return out
 
     # ---- images ------------------------------------------------------------------------------
     def preprocess(self, image) -> np.ndarray:
@@ -409,7 +430,7 @@ class Model:
         a token in ``stop_ids`` or at a string in ``stop`` (not included in the text). Sampling settings
         default to the sampler's (SamplingParams()). ``return_result`` returns the GenerationResult
         (with ``n_probs``: each token's log-probability and the most probable ones)."""
-        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else self._check_ids(prompt)
         if not ids:
             raise ValueError("generate() needs a non-empty prompt")
         p = SamplingParams(seed=seed if seed is not None else self.seed)
@@ -417,8 +438,7 @@ class Model:
                               ("min_p", min_p, float), ("repetition_penalty", repetition_penalty, float)):
             if v is not None:
                 setattr(p, name, conv(v))
-        if isinstance(stop, str):
-            stop = [stop]
+        stop = check_stop(stop)
         req = self.engine.submit([ids], p, max_new_tokens, stop_strings=stop or [], stop_ids=stop_ids or [],
                                  penalty_history=ids, n_probs=n_probs)
         result = GenerationResult(prompt_tokens=len(ids))
@@ -475,6 +495,17 @@ def _results(req: Request, result: GenerationResult) -> Iterator[str]:
         result.cached_tokens = req.cached
         result.prompt_ms = req.prompt_ms
         result.generation_ms = req.generation_ms
+
+
+def check_stop(stop) -> List[str]:
+    """Stop strings as a list: one string or a sequence of strings."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+        raise TypeError(f"stop must be a string or a list of strings, got {stop!r:.60}")
+    return list(stop)
 
 
 def _message_parts(msg: dict, index: int) -> Tuple[str, list]:
