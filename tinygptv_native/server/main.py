@@ -88,6 +88,8 @@ def serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("tinygptv_native.server").setLevel(logging.INFO)
     logging.getLogger("uvicorn.error").setLevel(logging.INFO)
+    # asyncio's note on writes to a connection the client has closed: the stream is being cancelled
+    logging.getLogger("asyncio").addFilter(lambda r: "socket.send() raised exception" not in r.getMessage())
     if verbose:
         from .._logging import set_verbose
         set_verbose(True)
