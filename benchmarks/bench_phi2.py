@@ -29,9 +29,25 @@ N_PROMPT, N_GEN, N_SHORT = 256, 64, 8
 VOCAB, EMBD, FF, LAYERS, HEADS, CTX = 51200, 2560, 10240, 32, 32, 2048
 
 
-def build_f16(path: Path) -> None:
+def _byte_symbols() -> list:
+    """GPT-2's printable stand-ins for the 256 bytes (what a byte-level BPE vocabulary lists)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return [out[b] for b in range(256)]
+
+
+def build_f16(path: Path, *, vocab: int = 0, embd: int = 0, ff: int = 0, layers: int = 0, heads: int = 0) -> None:
+    """The random Phi-2 as F16 (the real dimensions unless given)."""
     import numpy as np
     import gguf
+    VOCAB, EMBD, FF, LAYERS, HEADS = (vocab or globals()["VOCAB"], embd or globals()["EMBD"], ff or globals()["FF"],
+                                      layers or globals()["LAYERS"], heads or globals()["HEADS"])
     rng = np.random.default_rng(0)
     tmp = path.with_suffix(".tmp")
     w = gguf.GGUFWriter(str(tmp), "phi2")
@@ -46,7 +62,7 @@ def build_f16(path: Path) -> None:
     w.add_layer_norm_eps(1e-5)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     # A byte-level vocabulary of the right size (llama.cpp needs one to load the file).
-    toks = [bytes([b]).decode("latin-1") for b in range(256)]
+    toks = _byte_symbols() + ["to", "tok"]  # the two merges below make these
     toks += [f"tok{i}" for i in range(VOCAB - len(toks) - 1)] + ["<|endoftext|>"]
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
