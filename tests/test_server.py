@@ -258,6 +258,23 @@ def test_ollama_listings(server):
     assert "version" in httpx.get(server.url + "/api/version").json()
 
 
+def test_ollama_python_client(model, server):
+    ollama = pytest.importorskip("ollama")
+    c = ollama.Client(host=server.url)
+    assert [m.model for m in c.list().models] == ["demo-q8_0"]
+    assert "vision" in c.show("demo-q8_0").capabilities
+    pic = str(demo_image_path())
+    parts = list(c.chat(model="demo-q8_0", stream=True, options={"temperature": 0},
+                        messages=[{"role": "user", "content": "Describe the image.", "images": [pic]}]))
+    assert "".join(p.message.content for p in parts) == model.chat("Describe the image.", image=IMG, temperature=0)
+    assert parts[-1].done and parts[-1].done_reason == "stop"
+    r = c.generate(model="demo-q8_0", prompt="How many shapes are there?", images=[pic], options={"temperature": 0})
+    assert r.response == "three" and r.eval_count == 1
+    with pytest.raises(ollama.ResponseError) as e:
+        c.chat(model="demo-q8_0", messages=[{"role": "wizard", "content": "hi"}])
+    assert e.value.status_code == 400 and "role" in e.value.error
+
+
 def test_ollama_errors_are_ollama_shaped(server):
     r = httpx.post(server.url + "/api/chat", json={"model": "demo", "messages": "hello"})
     assert r.status_code == 400 and isinstance(r.json()["error"], str)
