@@ -348,6 +348,7 @@ BAD = {
     "decompression bomb png": dict(image=data_url(png_header_only(100_000, 100_000)), status=413,
                                    match="decompression bomb"),
     "png over the pixel limit": dict(image=data_url(png_header_only(4000, 4000)), status=413, match="pixels"),
+    "image over the byte limit": dict(image=data_url(b"\0" * (5 << 19)), status=413, match="larger than the limit"),
     "non-image data url": dict(image=data_url(b"hello", "text/plain"), status=400, match="not an image"),
     "not base64": dict(image="data:image/png;base64,@@@@", status=400, match="base64"),
     "image bytes that are text": dict(image=data_url(b"just some text, not a picture"), status=422,
