@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import gc
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -130,6 +131,32 @@ def test_eight_threads_get_their_serial_answers(model, image):
     w.join()
     assert not errors and out == serial
     assert max(active) >= 2, "the threads were never decoded together"
+
+
+def test_a_sequence_freed_by_a_step_goes_to_the_next_request_only_after_its_events(model):
+    """A request that ends in a step frees its sequence before the step's events are delivered; a
+    request submitted in between may take that sequence. Each must still get its own answer and its
+    end (many short requests from 8 threads on 4 sequences make that hand-over frequent)."""
+    prompts = {i: [3 + i % 50, 7, 11 + i % 13] for i in range(400)}
+    serial = {i: model.generate(p, max_new_tokens=1 + i % 3, temperature=0) for i, p in prompts.items()}
+    out, errors = {}, []
+
+    def run(k):
+        try:
+            for i in range(k, 400, 8):
+                out[i] = model.generate(prompts[i], max_new_tokens=1 + i % 3, temperature=0)
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+
+    ts = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(8)]
+    for t in ts:
+        t.start()
+    deadline = time.time() + 60
+    for t in ts:
+        t.join(max(0.0, deadline - time.time()))
+    assert not any(t.is_alive() for t in ts), "a request never got its end"
+    assert not errors and out == serial
+    assert model.engine.gen.n_active == 0
 
 
 def test_interrupted_stream_frees_its_sequence(model):

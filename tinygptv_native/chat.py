@@ -378,6 +378,7 @@ class ChatStream:
         self._it = it
         self._done = False
         self.result = result
+        self.prompt_positions = chat.prompt_positions  # the whole prompt, cached part included
 
     def __iter__(self) -> "ChatStream":
         return self
@@ -408,6 +409,15 @@ class ChatStream:
                 self._it.close()
             finally:
                 self._finish()
+
+    def cancel(self) -> None:
+        """Stops generation; may be called from any thread, also while another thread is waiting in
+        ``next()`` (which then ends soon, the request being freed at once, queued or running). The
+        iteration ends with the partial answer (finish_reason "interrupted"); the reading thread
+        still closes the stream."""
+        req = self._chat._request
+        if req is not None:
+            req.cancel()
 
     def _finish(self) -> None:
         if self._done:

@@ -1,4 +1,4 @@
-"""The `tinygptv` command: run, chat, info, bench, convert, quantize."""
+"""The `tinygptv` command: run, chat, info, bench, serve, convert, quantize."""
 from __future__ import annotations
 
 import argparse
@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     from .cli_batch import add_commands as add_batch_commands
     add_batch_commands(sub)
+    from .server.main import add_command as add_serve  # the server's own packages load when it runs
+    add_serve(sub)
     return p
 
 

@@ -234,6 +234,11 @@ class Engine:
                         req._q.put(_END)
                 if not self._running:
                     continue
+                # Who owns each sequence as the step starts. A request that finishes in the step frees
+                # its sequence at once, and a submit() arriving before the events are delivered may take
+                # it: the step's events belong to the owners it ran for, not to whoever holds the
+                # sequence by then.
+                owners = dict(self._running)
             try:
                 events = self.gen.step()
             except Exception as e:  # e.g. out of memory: every running request ends with the error
@@ -247,15 +252,15 @@ class Engine:
                 continue
             with self._cv:
                 for ev in events:
-                    self._deliver(ev)
+                    self._deliver(ev, owners)
                 for req in self._running.values():
                     if req.t_first is None:
                         req.prompt_done = self.ctx.n_past(req.seq)
 
-    def _deliver(self, ev) -> None:
+    def _deliver(self, ev, owners: Optional[dict] = None) -> None:
         seq, tok, text, finished, reason, logprob, top = ev
-        req = self._running.get(seq)
-        if req is None:
+        req = owners[seq] if owners is not None and seq in owners else self._running.get(seq)
+        if req is None or req.finish_reason is not None:
             return
         now = time.perf_counter()
         if req.t_first is None:
@@ -267,7 +272,8 @@ class Engine:
         if tok >= 0 or text:
             req._q.put(Event(tok, text, logprob, top))
         if finished:
-            del self._running[seq]
+            if self._running.get(seq) is req:
+                del self._running[seq]
             self._finish(req, reason)
             req._q.put(_END)
 

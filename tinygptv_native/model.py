@@ -412,6 +412,9 @@ class Model:
             raise ValueError("the last message must be the user's (role 'user')")
         c = Chat.from_messages(self, msgs[:-1])
         text, images = _message_parts(msgs[-1], len(msgs) - 1)
+        if len(images) > 1:
+            raise ValueError(f"message {len(msgs) - 1}: {len(images)} images in one user message; this model takes "
+                             f"one image per turn")
         out = c.ask(text, image=images[0] if images else None, stream=stream, return_result=not stream,
                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                     repetition_penalty=repetition_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos,
