@@ -66,7 +66,20 @@ def test_python_example(code, expected, tmp_path, monkeypatch):
         data_url = "data:image/png;base64," + base64.b64encode(DEMO_IMAGE.read_bytes()).decode()
         code = code.replace("data:image/jpeg;base64,...", data_url)
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.ExitStack() as stack:
+        if "http://127.0.0.1:8080" in code:  # a client of `tinygptv serve`: the demo model served for it
+            pytest.importorskip("starlette")
+            pytest.importorskip("openai")
+            sys.path.insert(0, str(ROOT / "tests"))
+            from server_helpers import running
+
+            from tinygptv_native import Model
+            from tinygptv_native.server import ServerConfig
+            m = Model(n_threads=2)
+            stack.callback(m.close)
+            server = stack.enter_context(running(ServerConfig(model=m, n_parallel=m.n_parallel)))
+            code = code.replace("http://127.0.0.1:8080", server.url)
+        stack.enter_context(contextlib.redirect_stdout(out))
         exec(compile(code, "<example>", "exec"), {"__name__": "__example__"})
     if expected is not None:
         assert out.getvalue() == expected
@@ -83,6 +96,8 @@ def command_lines():
                 continue
             for line in code.replace("\\\n", " ").splitlines():
                 for part in line.split("&&"):
+                    if not part.strip().startswith("tinygptv "):  # other commands (curl with JSON over lines)
+                        continue
                     words = shlex.split(part, comments=True)
                     if words and words[0] == "tinygptv":
                         out.append(pytest.param(words[1:], id=" ".join(words[:2])))
