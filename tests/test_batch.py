@@ -228,3 +228,34 @@ def test_image_rows_in_a_batch_and_the_image_cache(tmp_path):
     assert ctx.image_cache_info()["misses"] == before + 1
     with pytest.raises(_core.ModelError, match="image row 99 is outside"):
         _core.Batch().add_image_row(a, 99, 0, 0)
+
+
+def test_decode_from_several_threads_returns_each_its_own_logits(model):
+    """Calls on one Context are serialised, and each returns the logits of its own batch (the context's
+    logits buffer is copied before the next call may reuse it)."""
+    import threading
+    ctx = _core.Context(model, N_CTX, 4, 1)
+    prompts = [_prompt(30 + k, model.n_vocab, 8) for k in range(4)]
+    got, errors = [None] * 4, []
+
+    def work(k):
+        try:
+            rows = []
+            for i, t in enumerate(prompts[k]):
+                b = _core.Batch()
+                b.add_token(int(t), k, i, True)
+                rows.append(ctx.decode(b))
+            got[k] = np.concatenate(rows)
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+    for k in range(4):  # one row at a time: the row path, so the reference goes row by row too
+        alone = _core.Context(model, N_CTX, 1, 1)
+        ref = np.concatenate([alone.eval_tokens(0, prompts[k][i:i + 1], True) for i in range(len(prompts[k]))])
+        assert np.array_equal(got[k], ref), k

@@ -246,7 +246,7 @@ class Chat:
             max_new_tokens: Optional[int] = None, temperature: Optional[float] = None, top_p: Optional[float] = None,
             top_k: Optional[int] = None, min_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
             seed: Optional[int] = None, stop: Optional[Sequence[str]] = None, ignore_eos: bool = False,
-            n_probs: int = 0):
+            n_probs: int = 0, reserve_new_tokens: bool = False):
         """Asks a question (optionally about a new image) and returns the answer text, or an iterator of text
         pieces when ``stream=True``, or the GenerationResult when ``return_result=True`` (not streaming).
 
@@ -258,7 +258,9 @@ class Chat:
         way. ``stop`` adds stop strings to the model's; ``ignore_eos`` generates ``max_new_tokens`` tokens,
         ignoring end-of-text, the model's stop ids and stop strings (for benchmarks and tests). ``n_probs``
         > 0 records each answer token's log-probability and the ``n_probs`` most probable tokens in
-        ``GenerationResult.logprobs``."""
+        ``GenerationResult.logprobs``. ``reserve_new_tokens`` refuses (ContextOverflowError) a turn that
+        leaves fewer than ``max_new_tokens`` positions, for callers that promise that many (a server
+        whose client asked for max_tokens)."""
         self._finish_active()
         params, n_new = self.model._chat_params(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                                 top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty,
@@ -266,7 +268,7 @@ class Chat:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("this Chat is already answering in another thread; give each thread its own Chat")
         try:
-            gen = self._start(prompt, image, params, n_new, stop, ignore_eos, n_probs)
+            gen = self._start(prompt, image, params, n_new, stop, ignore_eos, n_probs, reserve_new_tokens)
         except BaseException:
             self._busy.release()
             raise
@@ -308,7 +310,7 @@ class Chat:
         self.history.append(Message("user", text, image=bool(images)))
 
     def _start(self, prompt: str, image: Any, params, max_new_tokens: int, stop: Optional[Sequence[str]],
-               ignore_eos: bool = False, n_probs: int = 0) -> "ChatStream":
+               ignore_eos: bool = False, n_probs: int = 0, reserve_new_tokens: bool = False) -> "ChatStream":
         """Checks, encodes and submits one user turn; returns its stream (not started)."""
         from .model import GenerationResult, _results, check_stop
         m = self.model
@@ -322,6 +324,10 @@ class Chat:
             raise _core.ContextOverflowError(
                 f"the conversation ({self.n_tokens} positions) plus this turn ({n_turn}) needs {n_total} "
                 f"positions, more than n_ctx {m.n_ctx}; start a new conversation or use a larger n_ctx")
+        if reserve_new_tokens and n_total + max_new_tokens > m.n_ctx:
+            raise _core.ContextOverflowError(
+                f"the conversation and this turn ({n_total} positions) plus max_new_tokens ({max_new_tokens}) need "
+                f"{n_total + max_new_tokens} positions, more than n_ctx {m.n_ctx}")
         if n_total == 0:
             raise ValueError("empty prompt: the template and the text produce no tokens")
         req = m.engine.submit(whole, params, max_new_tokens, stop_strings=stops, stop_ids=stop_ids,

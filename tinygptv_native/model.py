@@ -399,7 +399,8 @@ class Model:
                         temperature: Optional[float] = None, top_p: Optional[float] = None,
                         top_k: Optional[int] = None, min_p: Optional[float] = None,
                         repetition_penalty: Optional[float] = None, seed: Optional[int] = None,
-                        stop: Optional[Sequence[str]] = None, ignore_eos: bool = False, n_probs: int = 0):
+                        stop: Optional[Sequence[str]] = None, ignore_eos: bool = False, n_probs: int = 0,
+                        reserve_new_tokens: bool = False):
         """The answer to a whole conversation given as OpenAI-shaped messages (``role`` system / user /
         assistant; ``content`` a string or a list of ``text`` and ``image_url`` / ``image`` parts); the
         last message is the user's question. Earlier answers are taken as given, not generated again,
@@ -418,7 +419,7 @@ class Model:
         out = c.ask(text, image=images[0] if images else None, stream=stream, return_result=not stream,
                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                     repetition_penalty=repetition_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos,
-                    n_probs=n_probs)
+                    n_probs=n_probs, reserve_new_tokens=reserve_new_tokens)
         self.last_result = c.last
         return out
 

@@ -108,15 +108,17 @@ void bind_context(py::module_& m) {
             return c.kv().reserved_bytes();
         }, "bytes of the KV cache reserved by the sequences written so far")
         .def("decode", [](Context& c, const PyBatch& b) {
+            const int64_t V = c.model().hparams().n_vocab;
+            std::vector<float> logits;  // copied under the lock: another thread's decode reuses the buffer
             int64_t n;
             {
                 py::gil_scoped_release nogil;
                 std::lock_guard<std::mutex> lk(c.mutex());
                 n = c.decode(b.b);
+                logits.assign(c.logits(), c.logits() + n * V);
             }
-            const int64_t V = c.model().hparams().n_vocab;
             F32Array out({n, V});
-            std::memcpy(out.mutable_data(), c.logits(), sizeof(float) * (size_t)(n * V));
+            std::memcpy(out.mutable_data(), logits.data(), sizeof(float) * logits.size());
             return out;
         }, py::arg("batch"), "Runs the batch; the logits of the rows that wanted them, in row order (n, n_vocab).")
         .def("eval_tokens", [](Context& c, int seq, I32Array ids, bool all_logits) {

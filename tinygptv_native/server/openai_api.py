@@ -219,6 +219,9 @@ async def chat_completions(request):
         raise bad_request("'top_logprobs' needs 'logprobs': true", param="top_logprobs", code="invalid_value")
     kw = sampling_of(body)
     kw["max_new_tokens"] = max_tokens_of(body, st, None)
+    # a client that names max_tokens is promised that many positions (else the answer stops at the
+    # context's end, finish_reason "length")
+    kw["reserve_new_tokens"] = kw["max_new_tokens"] is not None
     kw["stop"] = stop_list(body)
     kw["ignore_eos"] = boolean(body, "ignore_eos", default=False)
     if want_lp:
