@@ -83,7 +83,7 @@ class OursWorker:
             te = time.perf_counter()
             if not events:
                 raise RuntimeError(f"Generator.step() returned no events with {k - len(done)} sequences unfinished")
-            for seq, tok, _text, finished, _reason in events:
+            for seq, tok, _text, finished, _reason, *_ in events:
                 i = index[seq]
                 if tok >= 0:
                     toks[i].append(tok)
