@@ -22,13 +22,16 @@ from tinygptv_native._core import _testing  # noqa: E402
 
 ISAS = [s for s in ("scalar", "avx2", "avx512", "neon") if _testing.isa_supported(s)]
 SIMD = [s for s in ISAS if s != "scalar"]
-TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"]
-BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_K": 256, "Q6_K": 256}
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
+QUANTS = [t for t in TYPES if t not in ("F32", "F16", "BF16")]
+BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
+         "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
 NS = [1, 2, 3, 7, 9, 16, 33]
 # Error of y against unquantized float64 weights and activations, relative to |x| @ |w|.T
 # (Frobenius norms): the quantization error of each format. ggml's own dot-product limit is
 # checked in test_quants.py.
-REL_ERROR_VS_FLOAT = {"F32": 1e-6, "F16": 5e-4, "BF16": 4e-3, "Q8_0": 0.01, "Q4_0": 0.08, "Q4_K": 0.06, "Q6_K": 0.02}
+REL_ERROR_VS_FLOAT = {"F32": 1e-6, "F16": 5e-4, "BF16": 4e-3, "Q8_0": 0.01, "Q4_0": 0.08, "Q4_1": 0.08,
+                      "Q5_0": 0.04, "Q5_1": 0.04, "Q4_K": 0.06, "Q5_K": 0.03, "Q6_K": 0.02}
 
 
 @pytest.fixture(autouse=True)
@@ -84,9 +87,9 @@ def q8_groups_numpy(x, group):
 def dequant_acts(ty, x):
     if ty == "Q8_0":
         return gg_dequantize(gg_quantize(x, T.Q8_0), T.Q8_0).reshape(x.shape)
-    if ty == "Q4_0":  # one activation scale per 4 blocks (csrc/kernels/matmul_impl.h, kActGroupQ4_0)
+    if ty in ("Q4_0", "Q4_1", "Q5_0", "Q5_1"):  # one activation scale per 4 blocks (matmul_impl.h, kActGroupQ4_0)
         return q8_groups_numpy(x, 4)[0]
-    if ty in ("Q4_K", "Q6_K"):
+    if ty in ("Q4_K", "Q5_K", "Q6_K"):
         return q8k_numpy(x).reshape(x.shape)
     return x
 
@@ -140,7 +143,7 @@ def test_simd_bit_identical_to_scalar(ty):
 
 
 @pytest.mark.skipif(not SIMD, reason="no SIMD path on this machine")
-@pytest.mark.parametrize("ty", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("ty", QUANTS)
 def test_extreme_blocks_bit_identical(ty):
     """Blocks whose integer dot products are as large as the formats allow (every weight and
     activation at the end of its range, same or opposite signs, one outlier per block): the SIMD
@@ -284,7 +287,7 @@ def test_thread_count_invariance(ty):
             assert np.array_equal(rows, ys[0]), f"{ty}/{isa} n={n} (row by row)"
 
 
-@pytest.mark.parametrize("ty", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("ty", QUANTS)
 def test_extreme_weights_and_activations(ty):
     # Q8_0 weights of -128 (legal in files, never produced by the quantizer), zero rows, huge and
     # tiny activations, all-zero activation blocks.
@@ -299,7 +302,7 @@ def test_extreme_weights_and_activations(ty):
         blocks[5, :, 2:] = 0x80  # int8 -128
     x = rng.standard_normal((4, n_in)).astype(np.float32)
     # Q8_0 activation scales are fp16 (as in ggml), so block maxima stay below 65504 * 127.
-    x[1] *= 1e25 if ty in ("Q4_K", "Q6_K") else 1e5
+    x[1] *= 1e25 if ty in ("Q4_K", "Q5_K", "Q6_K") else 1e5
     x[2] *= 1e-25
     x[3, :256] = 0
     ys = run(ty, "scalar", wq, n_out, n_in, x, None)
@@ -307,6 +310,23 @@ def test_extreme_weights_and_activations(ty):
     assert np.all(ys[:, 3] == 0)
     for isa in SIMD:
         assert np.array_equal(run(ty, isa, wq, n_out, n_in, x, None).view(np.uint32), ys.view(np.uint32))
+
+
+@pytest.mark.parametrize("ty", ["Q4_1", "Q5_0", "Q5_1", "Q5_K"])
+def test_types_without_simd_kernels_fall_back_to_scalar(ty):
+    """Types that have only the scalar kernels build no repacked copy on any path and compute on every
+    path exactly what the scalar path computes (a file in these types loads and runs everywhere)."""
+    rng = np.random.default_rng(8)
+    n_in, n_out = 512, 40
+    _, wq, _ = make(ty, n_out, n_in, 5)
+    x = rng.standard_normal((3, n_in)).astype(np.float32)
+    _testing.set_isa("scalar")
+    ys = _testing.PreparedWeight(ty, wq, n_out, n_in).matmul(x, None, 2)
+    for isa in ISAS:
+        _testing.set_isa(isa)
+        pw = _testing.PreparedWeight(ty, wq, n_out, n_in, prepare_threads=2)
+        assert not pw.repacked, f"{ty}/{isa}"
+        assert np.array_equal(pw.matmul(x, None, 2).view(np.uint32), ys.view(np.uint32)), f"{ty}/{isa}"
 
 
 def test_bad_arguments():
@@ -318,7 +338,7 @@ def test_bad_arguments():
     with pytest.raises(ModelError, match="bias"):
         _testing.matmul_test("Q8_0", wq, 4, 64, np.zeros((1, 64), np.float32), np.zeros(3, np.float32))
     with pytest.raises(ModelError, match="not supported"):
-        _testing.matmul_test("Q5_K", np.zeros(176, np.uint8), 1, 256, np.zeros((1, 256), np.float32))
+        _testing.matmul_test("Q2_K", np.zeros(84, np.uint8), 1, 256, np.zeros((1, 256), np.float32))
     with pytest.raises(ModelError, match="multiple of 32"):
         _testing.matmul_test("Q4_0", np.zeros(18, np.uint8), 1, 48, np.zeros((1, 48), np.float32))
     with pytest.raises(ModelError, match="unknown instruction set"):

@@ -36,12 +36,15 @@ namespace tg {
 bool matmul_supports(GgmlType t) {
     switch (t) {
         case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q8_0:
-        case GgmlType::Q4_0: case GgmlType::Q4_K: case GgmlType::Q6_K:
+        case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1:
+        case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K:
             return true;
         default:
             return false;
     }
 }
+
+static GemmFn simd_kernel(Isa isa, GgmlType t);
 
 size_t packed_group_bytes(GgmlType t, int64_t n_in) {
     switch (t) {
@@ -198,7 +201,8 @@ static void populate(const void* p, size_t n, bool write) {
 static void prepare(MatW& w, Exec* ex) {
     check_weight(w);
     w.repacked.reset();
-    if (isa_active() == Isa::Scalar) return;  // the scalar kernels read the standard layout
+    // The scalar kernels read the standard layout, as does every path for a type without SIMD kernels.
+    if (isa_active() == Isa::Scalar || !simd_kernel(isa_active(), w.type)) return;
     const int64_t groups = (w.n_out + kGroup - 1) / kGroup;
     const size_t gb = packed_group_bytes(w.type, w.n_in);
     const size_t total = (size_t)groups * gb;
@@ -377,6 +381,76 @@ static void scalar_q4_0(const GemmArgs& A, int64_t r0, int64_t r1) {
         }
 }
 
+// Q4_1, Q5_0, Q5_1: the activation scale grouping of Q4_0 (kActGroupQ4_0 blocks per scale).
+//   Q5_0: t = fma(d_w[b], (float)isum_b, t) with isum_b over q - 16
+//   Q4_1, Q5_1: t = fma(d_w[b], (float)isum_b, t); t = fma(m_w[b], (float)xsum_b, t) with isum_b over q
+// then acc = fma(d_x[c], t, acc).
+template <GgmlType T>
+static void scalar_q_small(const GemmArgs& A, int64_t r0, int64_t r1) {
+    const ActQ8& a = *A.a8;
+    const size_t bb = type_traits((uint32_t)T).block_bytes;
+    const uint8_t* W = A.w;
+    uint8_t u[32];
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < A.n; i++) {
+            float acc = 0.f;
+            for (int64_t c = 0; c < a.ng; c++) {
+                float t = 0.f;
+                for (int64_t b = c * a.gb; b < std::min(a.nb, (c + 1) * a.gb); b++) {
+                    const uint8_t* blk = W + (r * a.nb + b) * bb;
+                    uint16_t dh, mh = 0;
+                    std::memcpy(&dh, blk, 2);
+                    if (T == GgmlType::Q4_1) {
+                        std::memcpy(&mh, blk + 2, 2);
+                        q5_unpack(blk + 4, nullptr, u);
+                    } else if (T == GgmlType::Q5_0) {
+                        q5_unpack(blk + 6, blk + 2, u);
+                    } else {
+                        std::memcpy(&mh, blk + 2, 2);
+                        q5_unpack(blk + 8, blk + 4, u);
+                    }
+                    const int off = T == GgmlType::Q5_0 ? 16 : 0;
+                    const int8_t* xq = &a.qs[i * a.k + b * 32];
+                    int32_t isum = 0;
+                    for (int j = 0; j < 32; j++) isum += ((int)u[j] - off) * xq[j];
+                    t = std::fma(fp16_to_fp32(dh), (float)isum, t);
+                    if (T != GgmlType::Q5_0) t = std::fma(fp16_to_fp32(mh), (float)a.sum[i * a.nb + b], t);
+                }
+                acc = std::fma(a.d[i * a.ng + c], t, acc);
+            }
+            A.y[i * A.n_out + r] = finish(acc, A.bias, r);
+        }
+}
+
+static void scalar_q5_K(const GemmArgs& A, int64_t r0, int64_t r1) {
+    const ActQ8K& a = *A.ak;
+    const BlockQ5_K* W = (const BlockQ5_K*)A.w;
+    uint8_t u[QK_K];
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < A.n; i++) {
+            float acc = 0.f;
+            for (int64_t b = 0; b < a.nb; b++) {
+                const BlockQ5_K& blk = W[r * a.nb + b];
+                const int8_t* xq = &a.qs[i * a.k + b * QK_K];
+                const int32_t* bs = &a.bsum[(i * a.nb + b) * 16];
+                qk_unpack5(blk.qs, blk.qh, u);
+                int32_t isum = 0, msum = 0;
+                for (int j = 0; j < 8; j++) {
+                    uint8_t sc, m;
+                    q4k_scale_min(j, blk.scales, &sc, &m);
+                    int32_t dot = 0;
+                    for (int l = 0; l < 32; l++) dot += u[32 * j + l] * xq[32 * j + l];
+                    isum += sc * dot;
+                    msum += m * (bs[2 * j] + bs[2 * j + 1]);
+                }
+                const float dx = a.d[i * a.nb + b];
+                acc = std::fma(fp16_to_fp32(blk.d) * dx, (float)isum, acc);
+                acc = std::fma(-(fp16_to_fp32(blk.dmin) * dx), (float)msum, acc);
+            }
+            A.y[i * A.n_out + r] = finish(acc, A.bias, r);
+        }
+}
+
 static void scalar_q4_K(const GemmArgs& A, int64_t r0, int64_t r1) {
     const ActQ8K& a = *A.ak;
     const BlockQ4_K* W = (const BlockQ4_K*)A.w;
@@ -448,7 +522,11 @@ static void scalar_gemm(GgmlType t, const GemmArgs& A, int64_t r0, int64_t r1) {
         }
         case GgmlType::Q8_0: scalar_q8_0(A, r0, r1); break;
         case GgmlType::Q4_0: scalar_q4_0(A, r0, r1); break;
+        case GgmlType::Q4_1: scalar_q_small<GgmlType::Q4_1>(A, r0, r1); break;
+        case GgmlType::Q5_0: scalar_q_small<GgmlType::Q5_0>(A, r0, r1); break;
+        case GgmlType::Q5_1: scalar_q_small<GgmlType::Q5_1>(A, r0, r1); break;
         case GgmlType::Q4_K: scalar_q4_K(A, r0, r1); break;
+        case GgmlType::Q5_K: scalar_q5_K(A, r0, r1); break;
         case GgmlType::Q6_K: scalar_q6_K(A, r0, r1); break;
         default: break;
     }
@@ -456,7 +534,7 @@ static void scalar_gemm(GgmlType t, const GemmArgs& A, int64_t r0, int64_t r1) {
 
 // ---- dispatch -----------------------------------------------------------------------------------
 
-static GemmFn simd_kernel(Isa isa, GgmlType t) {
+static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel over the standard layout
 #if defined(TINYGPTV_X86)
     if (isa == Isa::Avx512) {
         switch (t) {
@@ -515,11 +593,13 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
     const Isa isa = isa_active();
     thread_local ActQ8 a8;  // reused across calls: no page faults per token
     thread_local ActQ8K ak;
-    if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q4_0) {
-        if (w.type == GgmlType::Q4_0) quantize_act_q8(x, n, k, a8, 8, kActGroupQ4_0, isa, ex);
-        else quantize_act_q8(x, n, k, a8, 128, 1, isa, ex);
+    if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q4_0 || w.type == GgmlType::Q4_1 ||
+        w.type == GgmlType::Q5_0 || w.type == GgmlType::Q5_1) {
+        if (w.type == GgmlType::Q8_0) quantize_act_q8(x, n, k, a8, 128, 1, isa, ex);
+        else if (w.type == GgmlType::Q5_0) quantize_act_q8(x, n, k, a8, 16, kActGroupQ4_0, isa, ex);
+        else quantize_act_q8(x, n, k, a8, w.type == GgmlType::Q4_0 ? 8 : 0, kActGroupQ4_0, isa, ex);
         A.a8 = &a8;
-    } else if (w.type == GgmlType::Q4_K || w.type == GgmlType::Q6_K) {
+    } else if (w.type == GgmlType::Q4_K || w.type == GgmlType::Q5_K || w.type == GgmlType::Q6_K) {
         quantize_act_q8k(x, n, k, ak, isa, ex);
         A.ak = &ak;
     }

@@ -35,6 +35,11 @@
 //                   acc = fma(d_w * d_x, (float)isum, acc); acc = fma(-(dmin_w * d_x), (float)msum, acc)
 //   Q6_K:           per super-block: isum = sum_t sc_t * dot_t (values q - 32);
 //                   acc = fma(d_w * d_x, (float)isum, acc)
+//   Q5_0:           as Q4_0 (values q - 16)
+//   Q4_1, Q5_1:     as Q4_0 (values q, unsigned), and after each block's t = fma(d_w[b], (float)isum_b, t)
+//                   also t = fma(m_w[b], (float)xsum_b, t) (xsum_b: sum of the block's int8 activations)
+//   Q5_K:           as Q4_K (values 0..31)
+//   (Q4_1, Q5_0, Q5_1 and Q5_K have only the scalar kernels so far, over the standard layout.)
 //   then y = acc + bias (or acc without bias).
 #pragma once
 #include <cstddef>
