@@ -419,6 +419,15 @@ def expected_type(name, target):
         return target.upper()
     if name.startswith("v."):
         return "Q8_0"
+    if target in ("q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m"):  # llama.cpp's mixes for phi2, no imatrix
+        base = {"q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1"}.get(target, "Q5_K")
+        if name == "output.weight":
+            return "Q6_K"
+        if target == "q5_k_m" and name.startswith("blk."):
+            layer = int(name.split(".")[1])
+            if name.endswith(("ffn_down.weight", "attn_qkv.weight")) and use_more_bits(layer, 8):
+                return "Q6_K"
+        return base
     if name == "output.weight":
         return "Q6_K"
     if name.startswith("blk."):
@@ -428,7 +437,7 @@ def expected_type(name, target):
     return "Q4_K"
 
 
-@pytest.mark.parametrize("target", ["f16", "q8_0", "q4_0", "q4_k_m"])
+@pytest.mark.parametrize("target", ["f16", "q8_0", "q4_0", "q4_k_m", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m"])
 def test_quantize_file_round_trip(tmp_path, target):
     from tinygptv_native.quantize import FILE_TYPE, quantize_file
     rng = np.random.default_rng(21)
@@ -462,7 +471,7 @@ def test_quantize_file_round_trip(tmp_path, target):
             assert np.array_equal(got, x.astype(np.float16).astype(np.float32) if want == "F16" else x), name
         else:
             assert np.array_equal(raw, _core.quantize(want, x).reshape(-1)), name
-            if want in ("Q8_0", "Q4_0"):
+            if want in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"):
                 assert np.array_equal(raw, gg_quantize(x, getattr(T, want)).reshape(-1)), name
 
 
@@ -471,11 +480,11 @@ def test_quantize_file_errors_leave_no_output(tmp_path):
     from tinygptv_native.quantize import QuantizeError, main, quantize_file
     rng = np.random.default_rng(1)
     src = tmp_path / "in.gguf"
-    # A Q5_K weight can be copied but not converted: quantizing to q8_0 must fail cleanly.
-    q5 = rng.integers(0, 255, size=(4, 176), dtype=np.uint8)
-    _write_gguf(src, [("blk.0.ffn_up.weight", q5, T.Q5_K)])
+    # A Q2_K weight can be copied but not converted: quantizing to q8_0 must fail cleanly.
+    q2 = rng.integers(0, 255, size=(4, 84), dtype=np.uint8)
+    _write_gguf(src, [("blk.0.ffn_up.weight", q2, T.Q2_K)])
     dst = tmp_path / "out.gguf"
-    with pytest.raises(QuantizeError, match=r"blk\.0\.ffn_up\.weight.*Q5_K"):
+    with pytest.raises(QuantizeError, match=r"blk\.0\.ffn_up\.weight.*Q2_K"):
         quantize_file(str(src), str(dst), "q8_0", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf"]
     with pytest.raises(QuantizeError, match="q3_k"):
