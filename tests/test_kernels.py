@@ -85,9 +85,9 @@ def q8_groups_numpy(x, group):
 
 
 def dequant_acts(ty, x):
-    if ty == "Q8_0":
+    if ty in ("Q8_0", "Q5_0"):
         return gg_dequantize(gg_quantize(x, T.Q8_0), T.Q8_0).reshape(x.shape)
-    if ty in ("Q4_0", "Q4_1", "Q5_0", "Q5_1"):  # one activation scale per 4 blocks (matmul_impl.h, kActGroupQ4_0)
+    if ty in ("Q4_0", "Q4_1", "Q5_1"):  # one activation scale per 4 blocks (matmul_impl.h, kActGroupQ4_0)
         return q8_groups_numpy(x, 4)[0]
     if ty in ("Q4_K", "Q5_K", "Q6_K"):
         return q8k_numpy(x).reshape(x.shape)
@@ -312,7 +312,7 @@ def test_extreme_weights_and_activations(ty):
         assert np.array_equal(run(ty, isa, wq, n_out, n_in, x, None).view(np.uint32), ys.view(np.uint32))
 
 
-@pytest.mark.parametrize("ty", ["Q4_1", "Q5_0", "Q5_1", "Q5_K"])
+@pytest.mark.parametrize("ty", ["Q4_1", "Q5_1", "Q5_K"])
 def test_types_without_simd_kernels_fall_back_to_scalar(ty):
     """Types that have only the scalar kernels build no repacked copy on any path and compute on every
     path exactly what the scalar path computes (a file in these types loads and runs everywhere)."""
@@ -327,6 +327,31 @@ def test_types_without_simd_kernels_fall_back_to_scalar(ty):
         pw = _testing.PreparedWeight(ty, wq, n_out, n_in, prepare_threads=2)
         assert not pw.repacked, f"{ty}/{isa}"
         assert np.array_equal(pw.matmul(x, None, 2).view(np.uint32), ys.view(np.uint32)), f"{ty}/{isa}"
+
+
+def test_q5_0_runs_on_the_q8_0_kernels():
+    """Q5_0 is widened to Q8_0's repacked layout on every SIMD path (and then equals the scalar path bit
+    for bit, tested with the other types above); its products equal those of the same values stored
+    as Q8_0 blocks."""
+    rng = np.random.default_rng(12)
+    n_in, n_out = 512, 40
+    _, wq, wd = make("Q5_0", n_out, n_in, 6)
+    # the same weights as Q8_0 blocks: scale d, values q - 16
+    blocks = wq.reshape(n_out, -1, 22)
+    u = np.concatenate([blocks[:, :, 6:] & 15, blocks[:, :, 6:] >> 4], axis=2).astype(np.int16)
+    qh = blocks[:, :, 2:6].copy().view(np.uint32)
+    u |= (((qh >> np.arange(32, dtype=np.uint32)) & 1) << 4).astype(np.int16)
+    q8 = np.concatenate([blocks[:, :, :2], (u - 16).astype(np.int8).view(np.uint8)], axis=2).reshape(n_out, -1)
+    assert np.array_equal(_core.dequantize("Q8_0", q8, (n_out, n_in)), wd.astype(np.float32))
+    x = rng.standard_normal((5, n_in)).astype(np.float32)
+    for isa in ISAS:
+        _testing.set_isa(isa)
+        pw = _testing.PreparedWeight("Q5_0", wq, n_out, n_in, prepare_threads=2)
+        assert pw.repacked == (isa != "scalar"), isa
+        for n in (1, 5):
+            y5 = pw.matmul(x[:n], None, 2)
+            y8 = _testing.matmul_test("Q8_0", q8, n_out, n_in, x[:n])
+            assert np.array_equal(y5.view(np.uint32), y8.view(np.uint32)), f"{isa} n={n}"
 
 
 def test_bad_arguments():

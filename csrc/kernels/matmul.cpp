@@ -50,7 +50,7 @@ size_t packed_group_bytes(GgmlType t, int64_t n_in) {
     switch (t) {
         case GgmlType::F32: return (size_t)n_in * kGroup * 4;
         case GgmlType::F16: case GgmlType::BF16: return (size_t)n_in * kGroup * 2;
-        case GgmlType::Q8_0: return pair_group_bytes<kPackQ8_0>(n_in / QK8_0);
+        case GgmlType::Q8_0: case GgmlType::Q5_0: return pair_group_bytes<kPackQ8_0>(n_in / QK8_0);
         case GgmlType::Q4_0: return pair_group_bytes<kPackQ4_0>(n_in / QK4_0);
         case GgmlType::Q4_K: return (size_t)(n_in / QK_K) * kPackQ4_K;
         case GgmlType::Q6_K: return (size_t)(n_in / QK_K) * kPackQ6_K;
@@ -93,19 +93,29 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
                     for (int64_t i = i0; i < std::min<int64_t>(k, i0 + 64); i++) ((uint16_t*)dst)[i * kGroup + r] = p ? p[i] : 0;
                 }
             break;
-        case GgmlType::Q8_0:
+        case GgmlType::Q8_0: case GgmlType::Q5_0:
         {   // row by row: 4-byte moves, the destination of one group stays in the L2 cache
+            // (Q5_0 widened to Q8_0's layout: its values q - 16 as int8, the same fp16 scale)
             const int64_t nb = k / QK8_0;
+            const bool q5 = w.type == GgmlType::Q5_0;
             if (nb & 1) std::memset(dst + pair_scale_off<kPackQ8_0>(nb - 1), 0, 64);
             for (int r = 0; r < kGroup; r++) {
-                const BlockQ8_0* p = (const BlockQ8_0*)row(r);
+                const uint8_t* p = row(r);
                 for (int64_t b = 0; b < nb; b++) {
                     uint8_t* o = dst + pair_quant_off<kPackQ8_0>(b) + 4 * r;
                     uint8_t* d = dst + pair_scale_off<kPackQ8_0>(b) + 2 * r;
                     uint32_t v[8];
-                    if (p) {
-                        std::memcpy(d, &p[b].d, 2);
-                        std::memcpy(v, p[b].qs, 32);
+                    if (p && q5) {
+                        const BlockQ5_0& blk = ((const BlockQ5_0*)p)[b];
+                        std::memcpy(d, &blk.d, 2);
+                        uint8_t u[32];
+                        q5_unpack(blk.qs, blk.qh, u);
+                        for (int j = 0; j < 32; j++) u[j] = (uint8_t)(u[j] - 16 + 128);
+                        std::memcpy(v, u, 32);
+                    } else if (p) {
+                        const BlockQ8_0& blk = ((const BlockQ8_0*)p)[b];
+                        std::memcpy(d, &blk.d, 2);
+                        std::memcpy(v, blk.qs, 32);
                         for (int s = 0; s < 8; s++) v[s] ^= 0x80808080u;
                     } else {
                         std::memset(d, 0, 2);
@@ -342,18 +352,33 @@ static void scalar_float(const GemmArgs& A, int64_t r0, int64_t r1, Load load) {
         }
 }
 
+// Q8_0, and Q5_0 with the same arithmetic (values q - 16).
+template <GgmlType T>
 static void scalar_q8_0(const GemmArgs& A, int64_t r0, int64_t r1) {
     const ActQ8& a = *A.a8;
-    const BlockQ8_0* W = (const BlockQ8_0*)A.w;
+    const size_t bb = type_traits((uint32_t)T).block_bytes;
     for (int64_t r = r0; r < r1; r++)
         for (int64_t i = 0; i < A.n; i++) {
             float acc = 0.f;
             for (int64_t b = 0; b < a.nb; b++) {
-                const BlockQ8_0& blk = W[r * a.nb + b];
+                const uint8_t* blk = A.w + (r * a.nb + b) * bb;
+                int8_t q[QK8_0];
+                uint16_t dh;
+                if (T == GgmlType::Q5_0) {
+                    const BlockQ5_0& b5 = *(const BlockQ5_0*)blk;
+                    uint8_t u[32];
+                    q5_unpack(b5.qs, b5.qh, u);
+                    for (int j = 0; j < 32; j++) q[j] = (int8_t)(u[j] - 16);
+                    dh = b5.d;
+                } else {
+                    const BlockQ8_0& b8 = *(const BlockQ8_0*)blk;
+                    std::memcpy(q, b8.qs, QK8_0);
+                    dh = b8.d;
+                }
                 const int8_t* xq = &a.qs[i * a.k + b * QK8_0];
                 int32_t isum = 0;
-                for (int j = 0; j < QK8_0; j++) isum += (int32_t)blk.qs[j] * xq[j];
-                acc = std::fma(fp16_to_fp32(blk.d) * a.d[i * a.nb + b], (float)isum, acc);
+                for (int j = 0; j < QK8_0; j++) isum += (int32_t)q[j] * xq[j];
+                acc = std::fma(fp16_to_fp32(dh) * a.d[i * a.nb + b], (float)isum, acc);
             }
             A.y[i * A.n_out + r] = finish(acc, A.bias, r);
         }
@@ -381,9 +406,8 @@ static void scalar_q4_0(const GemmArgs& A, int64_t r0, int64_t r1) {
         }
 }
 
-// Q4_1, Q5_0, Q5_1: the activation scale grouping of Q4_0 (kActGroupQ4_0 blocks per scale).
-//   Q5_0: t = fma(d_w[b], (float)isum_b, t) with isum_b over q - 16
-//   Q4_1, Q5_1: t = fma(d_w[b], (float)isum_b, t); t = fma(m_w[b], (float)xsum_b, t) with isum_b over q
+// Q4_1, Q5_1: the activation scale grouping of Q4_0 (kActGroupQ4_0 blocks per scale):
+//   t = fma(d_w[b], (float)isum_b, t); t = fma(m_w[b], (float)xsum_b, t) with isum_b over q;
 // then acc = fma(d_x[c], t, acc).
 template <GgmlType T>
 static void scalar_q_small(const GemmArgs& A, int64_t r0, int64_t r1) {
@@ -403,18 +427,15 @@ static void scalar_q_small(const GemmArgs& A, int64_t r0, int64_t r1) {
                     if (T == GgmlType::Q4_1) {
                         std::memcpy(&mh, blk + 2, 2);
                         q5_unpack(blk + 4, nullptr, u);
-                    } else if (T == GgmlType::Q5_0) {
-                        q5_unpack(blk + 6, blk + 2, u);
                     } else {
                         std::memcpy(&mh, blk + 2, 2);
                         q5_unpack(blk + 8, blk + 4, u);
                     }
-                    const int off = T == GgmlType::Q5_0 ? 16 : 0;
                     const int8_t* xq = &a.qs[i * a.k + b * 32];
                     int32_t isum = 0;
-                    for (int j = 0; j < 32; j++) isum += ((int)u[j] - off) * xq[j];
+                    for (int j = 0; j < 32; j++) isum += (int)u[j] * xq[j];
                     t = std::fma(fp16_to_fp32(dh), (float)isum, t);
-                    if (T != GgmlType::Q5_0) t = std::fma(fp16_to_fp32(mh), (float)a.sum[i * a.nb + b], t);
+                    t = std::fma(fp16_to_fp32(mh), (float)a.sum[i * a.nb + b], t);
                 }
                 acc = std::fma(a.d[i * a.ng + c], t, acc);
             }
@@ -520,10 +541,10 @@ static void scalar_gemm(GgmlType t, const GemmArgs& A, int64_t r0, int64_t r1) {
             scalar_float(A, r0, r1, [&](int64_t r, int64_t j) { return bf16_to_fp32(W[r * k + j]); });
             break;
         }
-        case GgmlType::Q8_0: scalar_q8_0(A, r0, r1); break;
+        case GgmlType::Q8_0: scalar_q8_0<GgmlType::Q8_0>(A, r0, r1); break;
+        case GgmlType::Q5_0: scalar_q8_0<GgmlType::Q5_0>(A, r0, r1); break;
         case GgmlType::Q4_0: scalar_q4_0(A, r0, r1); break;
         case GgmlType::Q4_1: scalar_q_small<GgmlType::Q4_1>(A, r0, r1); break;
-        case GgmlType::Q5_0: scalar_q_small<GgmlType::Q5_0>(A, r0, r1); break;
         case GgmlType::Q5_1: scalar_q_small<GgmlType::Q5_1>(A, r0, r1); break;
         case GgmlType::Q4_K: scalar_q4_K(A, r0, r1); break;
         case GgmlType::Q5_K: scalar_q5_K(A, r0, r1); break;
@@ -541,7 +562,7 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::F32: return avx512::gemm_f32;
             case GgmlType::F16: return avx512::gemm_f16;
             case GgmlType::BF16: return avx512::gemm_bf16;
-            case GgmlType::Q8_0: return avx512::gemm_q8_0;
+            case GgmlType::Q8_0: case GgmlType::Q5_0: return avx512::gemm_q8_0;  // Q5_0: widened at repack
             case GgmlType::Q4_0: return avx512::gemm_q4_0;
             case GgmlType::Q4_K: return avx512::gemm_q4_K;
             case GgmlType::Q6_K: return avx512::gemm_q6_K;
@@ -553,7 +574,7 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::F32: return avx2::gemm_f32;
             case GgmlType::F16: return avx2::gemm_f16;
             case GgmlType::BF16: return avx2::gemm_bf16;
-            case GgmlType::Q8_0: return avx2::gemm_q8_0;
+            case GgmlType::Q8_0: case GgmlType::Q5_0: return avx2::gemm_q8_0;  // Q5_0: widened at repack
             case GgmlType::Q4_0: return avx2::gemm_q4_0;
             case GgmlType::Q4_K: return avx2::gemm_q4_K;
             case GgmlType::Q6_K: return avx2::gemm_q6_K;
@@ -567,7 +588,7 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::F32: return neon::gemm_f32;
             case GgmlType::F16: return neon::gemm_f16;
             case GgmlType::BF16: return neon::gemm_bf16;
-            case GgmlType::Q8_0: return neon::gemm_q8_0;
+            case GgmlType::Q8_0: case GgmlType::Q5_0: return neon::gemm_q8_0;  // Q5_0: widened at repack
             case GgmlType::Q4_0: return neon::gemm_q4_0;
             case GgmlType::Q4_K: return neon::gemm_q4_K;
             case GgmlType::Q6_K: return neon::gemm_q6_K;
@@ -595,8 +616,7 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
     thread_local ActQ8K ak;
     if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q4_0 || w.type == GgmlType::Q4_1 ||
         w.type == GgmlType::Q5_0 || w.type == GgmlType::Q5_1) {
-        if (w.type == GgmlType::Q8_0) quantize_act_q8(x, n, k, a8, 128, 1, isa, ex);
-        else if (w.type == GgmlType::Q5_0) quantize_act_q8(x, n, k, a8, 16, kActGroupQ4_0, isa, ex);
+        if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q5_0) quantize_act_q8(x, n, k, a8, 128, 1, isa, ex);
         else quantize_act_q8(x, n, k, a8, w.type == GgmlType::Q4_0 ? 8 : 0, kActGroupQ4_0, isa, ex);
         A.a8 = &a8;
     } else if (w.type == GgmlType::Q4_K || w.type == GgmlType::Q5_K || w.type == GgmlType::Q6_K) {

@@ -11,6 +11,7 @@
 //   F16   k x [16 rows] f16                                             32 B per k
 //   BF16  k x [16 rows] bf16                                            32 B per k
 //   Q8_0  8 slots x [16 rows][4 B] (int8 + 128, as uint8)               512 B per block of 32
+//         (Q5_0 is stored in this layout too, its values q - 16 widened to int8)
 //   Q4_0  4 slots x [16 rows][4 B] (qs bytes 4s..4s+3)                  256 B per block of 32
 //         (Q8_0 and Q4_0 blocks are stored in pairs, d[b][16] f16 | d[b+1][16] f16 | quants of b |
 //          quants of b+1, so that every 64-byte load is cache-line aligned; a lone last block has
@@ -35,11 +36,11 @@
 //                   acc = fma(d_w * d_x, (float)isum, acc); acc = fma(-(dmin_w * d_x), (float)msum, acc)
 //   Q6_K:           per super-block: isum = sum_t sc_t * dot_t (values q - 32);
 //                   acc = fma(d_w * d_x, (float)isum, acc)
-//   Q5_0:           as Q4_0 (values q - 16)
+//   Q5_0:           as Q8_0 (values q - 16; repacked into Q8_0's layout, so Q8_0's kernels run it)
 //   Q4_1, Q5_1:     as Q4_0 (values q, unsigned), and after each block's t = fma(d_w[b], (float)isum_b, t)
 //                   also t = fma(m_w[b], (float)xsum_b, t) (xsum_b: sum of the block's int8 activations)
 //   Q5_K:           as Q4_K (values 0..31)
-//   (Q4_1, Q5_0, Q5_1 and Q5_K have only the scalar kernels so far, over the standard layout.)
+//   (Q4_1, Q5_1 and Q5_K have only the scalar kernels so far, over the standard layout.)
 //   then y = acc + bias (or acc without bias).
 #pragma once
 #include <cstddef>
