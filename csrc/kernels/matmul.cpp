@@ -53,6 +53,7 @@ size_t packed_group_bytes(GgmlType t, int64_t n_in) {
         case GgmlType::Q8_0: case GgmlType::Q5_0: return pair_group_bytes<kPackQ8_0>(n_in / QK8_0);
         case GgmlType::Q4_0: return pair_group_bytes<kPackQ4_0>(n_in / QK4_0);
         case GgmlType::Q4_K: return (size_t)(n_in / QK_K) * kPackQ4_K;
+        case GgmlType::Q5_K: return (size_t)(n_in / QK_K) * kPackQ5_K;
         case GgmlType::Q6_K: return (size_t)(n_in / QK_K) * kPackQ6_K;
         default: return 0;
     }
@@ -147,27 +148,38 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
             }
             break;
         }
-        case GgmlType::Q4_K:
+        case GgmlType::Q4_K: case GgmlType::Q5_K: {
+            const bool q5 = w.type == GgmlType::Q5_K;
+            const size_t stride = q5 ? kPackQ5_K : kPackQ4_K;
             for (int64_t b = 0; b < k / QK_K; b++) {
-                uint8_t* o = dst + b * kPackQ4_K;
+                uint8_t* o = dst + b * stride;
                 for (int r = 0; r < kGroup; r++) {
-                    const BlockQ4_K* p = (const BlockQ4_K*)row(r);
-                    uint16_t d = p ? p[b].d : 0, dm = p ? p[b].dmin : 0;
+                    const uint8_t* rp = row(r);
+                    const BlockQ4_K* p4 = rp && !q5 ? (const BlockQ4_K*)rp + b : nullptr;
+                    const BlockQ5_K* p5 = rp && q5 ? (const BlockQ5_K*)rp + b : nullptr;
+                    const bool have = rp != nullptr;
+                    uint16_t d = p4 ? p4->d : (p5 ? p5->d : 0), dm = p4 ? p4->dmin : (p5 ? p5->dmin : 0);
+                    const uint8_t* scales = p4 ? p4->scales : (p5 ? p5->scales : nullptr);
+                    const uint8_t* qs = p4 ? p4->qs : (p5 ? p5->qs : nullptr);
                     std::memcpy(o + 2 * r, &d, 2);
                     std::memcpy(o + 32 + 2 * r, &dm, 2);
                     for (int j = 0; j < 8; j++) {
                         uint8_t sc = 0, m = 0;
-                        if (p) q4k_scale_min(j, p[b].scales, &sc, &m);
+                        if (have) q4k_scale_min(j, scales, &sc, &m);
                         o[64 + 16 * j + r] = sc;
                         o[192 + 32 * (j / 2) + 2 * r + (j & 1)] = m;
                     }
                     for (int c = 0; c < 4; c++)
                         for (int s = 0; s < 8; s++)
                             for (int e = 0; e < 4; e++)
-                                o[320 + 64 * (8 * c + s) + 4 * r + e] = p ? p[b].qs[32 * c + 4 * s + e] : 0;
+                                o[320 + 64 * (8 * c + s) + 4 * r + e] = have ? qs[32 * c + 4 * s + e] : 0;
+                    if (q5)
+                        for (int s = 0; s < 8; s++)
+                            for (int e = 0; e < 4; e++) o[kPackQ4_K + 64 * s + 4 * r + e] = p5 ? p5->qh[4 * s + e] : 0;
                 }
             }
             break;
+        }
         case GgmlType::Q6_K:
             for (int64_t b = 0; b < k / QK_K; b++) {
                 uint8_t* o = dst + b * kPackQ6_K;
@@ -565,6 +577,7 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::Q8_0: case GgmlType::Q5_0: return avx512::gemm_q8_0;  // Q5_0: widened at repack
             case GgmlType::Q4_0: return avx512::gemm_q4_0;
             case GgmlType::Q4_K: return avx512::gemm_q4_K;
+            case GgmlType::Q5_K: return avx512::gemm_q5_K;
             case GgmlType::Q6_K: return avx512::gemm_q6_K;
             default: return nullptr;
         }
@@ -577,6 +590,7 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::Q8_0: case GgmlType::Q5_0: return avx2::gemm_q8_0;  // Q5_0: widened at repack
             case GgmlType::Q4_0: return avx2::gemm_q4_0;
             case GgmlType::Q4_K: return avx2::gemm_q4_K;
+            case GgmlType::Q5_K: return avx2::gemm_q5_K;
             case GgmlType::Q6_K: return avx2::gemm_q6_K;
             default: return nullptr;
         }

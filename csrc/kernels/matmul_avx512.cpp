@@ -285,13 +285,15 @@ __attribute__((always_inline)) inline void q4_0_group(const ActQ8& a, const uint
 
 // ---- K-quant weights with Q8_K activations ---------------------------------------------------
 
-template <int NT, int NG>
+// Q4_K, and Q5_K (Q5: the 5th bits come from the qh slots after Q4_K's layout, bit 2c of a qh byte for
+// the low nibbles of chunk c, bit 2c + 1 for the high ones).
+template <int NT, int NG, bool Q5 = false>
 __attribute__((always_inline)) inline void q4_K_super(const ActQ8K& a, const uint8_t* const* wg, int64_t b, int64_t i0,
                                                       __m512 (&acc)[NG][NT]) {
     const int64_t nb = a.nb, k = a.k;
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i m4 = _mm512_set1_epi8(0x0F), one = _mm512_set1_epi8(1);
     const uint8_t* blks[NG];
-    for (int g = 0; g < NG; g++) blks[g] = wg[g] + b * kPackQ4_K;
+    for (int g = 0; g < NG; g++) blks[g] = wg[g] + b * (Q5 ? kPackQ5_K : kPackQ4_K);
     const int8_t* xb = a.qs.data() + i0 * k + b * QK_K;
     __m512i isum[NG][NT];
     for (int g = 0; g < NG; g++)
@@ -303,8 +305,13 @@ __attribute__((always_inline)) inline void q4_K_super(const ActQ8K& a, const uin
         for (int s = 0; s < 8; s++)
             for (int g = 0; g < NG; g++) {
                 const __m512i v = _mm512_loadu_si512(blks[g] + 320 + 64 * (8 * c + s));
-                const __m512i lo = _mm512_and_si512(v, m4);
-                const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                __m512i lo = _mm512_and_si512(v, m4);
+                __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                if constexpr (Q5) {  // bit b of each byte to bit 4 (16-bit shifts; the masks keep bytes apart)
+                    const __m512i h = _mm512_loadu_si512(blks[g] + kPackQ4_K + 64 * s);
+                    lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 2 * c), one), 4));
+                    hi = _mm512_or_si512(hi, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 2 * c + 1), one), 4));
+                }
                 for (int j = 0; j < NT; j++) {
                     const int8_t* xq = xb + j * k + 64 * c + 4 * s;
                     ae[g][j] = _mm512_dpbusd_epi32(ae[g][j], lo, bc(xq));
@@ -405,6 +412,12 @@ __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uin
 TG_TILE_AND_VEC(q8_0, a8, q8_0_block, nb)
 TG_TILE_AND_VEC(q4_0, a8, q4_0_group, ng)
 TG_TILE_AND_VEC(q4_K, ak, q4_K_super, nb)
+template <int NT, int NG>
+__attribute__((always_inline)) inline void q5_K_super(const ActQ8K& a, const uint8_t* const* wg, int64_t b, int64_t i0,
+                                                      __m512 (&acc)[NG][NT]) {
+    q4_K_super<NT, NG, true>(a, wg, b, i0, acc);
+}
+TG_TILE_AND_VEC(q5_K, ak, q5_K_super, nb)
 TG_TILE_AND_VEC(q6_K, ak, q6_K_super, nb)
 #undef TG_TILE_AND_VEC
 
@@ -430,6 +443,7 @@ void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const 
 template <int NT> struct Q8_0K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q8_0_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q4_0K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q4_0_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q4_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q4_K_tile<NT>(A, w, g, i); } };
+template <int NT> struct Q5_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q5_K_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q6_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q6_K_tile<NT>(A, w, g, i); } };
 
 // ---- activation quantizers (byte-identical to the scalar ones in matmul.cpp) ------------------
@@ -588,6 +602,11 @@ void gemm_q4_K(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q4_K_vec<kDecodeStreams>, q4_K_vec<1>>(A, g0, g1,
                                                                  packed_group_bytes(GgmlType::Q4_K, A.n_in));
     run_table<Q4_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K, std::make_integer_sequence<int, kMaxTileRows>());
+}
+void gemm_q5_K(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1) return decode_streams<q5_K_vec<kDecodeStreams>, q5_K_vec<1>>(A, g0, g1,
+                                                                 packed_group_bytes(GgmlType::Q5_K, A.n_in));
+    run_table<Q5_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ5_K, std::make_integer_sequence<int, kMaxTileRows>());
 }
 void gemm_q6_K(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q6_K_vec<kDecodeStreams>, q6_K_vec<1>>(A, g0, g1,
