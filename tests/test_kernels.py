@@ -448,14 +448,17 @@ def expected_type(name, target):
         return target.upper()
     if name.startswith("v."):
         return "Q8_0"
-    if target in ("q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m"):  # llama.cpp's mixes for phi2, no imatrix
-        base = {"q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1"}.get(target, "Q5_K")
+    if target in ("q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m"):  # llama.cpp's mixes for phi2, no imatrix
+        base = {"q4_k_s": "Q4_K", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1"}.get(target, "Q5_K")
         if name == "output.weight":
             return "Q6_K"
-        if target == "q5_k_m" and name.startswith("blk."):
+        if name.startswith("blk."):
             layer = int(name.split(".")[1])
-            if name.endswith(("ffn_down.weight", "attn_qkv.weight")) and use_more_bits(layer, 8):
+            if target == "q5_k_m" and name.endswith(("ffn_down.weight", "attn_qkv.weight")) and use_more_bits(layer, 8):
                 return "Q6_K"
+            if target == "q4_k_s" and ((name.endswith("attn_qkv.weight") and layer < 4) or
+                                       (name.endswith("ffn_down.weight") and layer < 1)):
+                return "Q5_K"
         return base
     if name == "output.weight":
         return "Q6_K"
@@ -466,7 +469,7 @@ def expected_type(name, target):
     return "Q4_K"
 
 
-@pytest.mark.parametrize("target", ["f16", "q8_0", "q4_0", "q4_k_m", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m"])
+@pytest.mark.parametrize("target", ["f16", "q8_0", "q4_0", "q4_k_m", "q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m"])
 def test_quantize_file_round_trip(tmp_path, target):
     from tinygptv_native.quantize import FILE_TYPE, quantize_file
     rng = np.random.default_rng(21)
