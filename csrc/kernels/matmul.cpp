@@ -54,6 +54,8 @@ size_t packed_group_bytes(GgmlType t, int64_t n_in) {
         case GgmlType::Q4_0: return pair_group_bytes<kPackQ4_0>(n_in / QK4_0);
         case GgmlType::Q4_K: return (size_t)(n_in / QK_K) * kPackQ4_K;
         case GgmlType::Q5_K: return (size_t)(n_in / QK_K) * kPackQ5_K;
+        case GgmlType::Q4_1: return (size_t)(n_in / 32) * kPackQ4_1;
+        case GgmlType::Q5_1: return (size_t)(n_in / 32) * kPackQ5_1;
         case GgmlType::Q6_K: return (size_t)(n_in / QK_K) * kPackQ6_K;
         default: return 0;
     }
@@ -144,6 +146,33 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
                         std::memset(d, 0, 2);
                     }
                     for (int s = 0; s < 4; s++) std::memcpy(o + 64 * s, &v[s], 4);
+                }
+            }
+            break;
+        }
+        case GgmlType::Q4_1: case GgmlType::Q5_1: {
+            const bool q5 = w.type == GgmlType::Q5_1;
+            const size_t stride = q5 ? kPackQ5_1 : kPackQ4_1;
+            for (int r = 0; r < kGroup; r++) {
+                const uint8_t* p = row(r);
+                for (int64_t b = 0; b < k / 32; b++) {
+                    uint8_t* o = dst + b * stride;
+                    uint8_t v[32];
+                    uint16_t d = 0, m = 0;
+                    if (p && q5) {
+                        const BlockQ5_1& blk = ((const BlockQ5_1*)p)[b];
+                        d = blk.d, m = blk.m;
+                        q5_unpack(blk.qs, blk.qh, v);
+                    } else if (p) {
+                        const BlockQ4_1& blk = ((const BlockQ4_1*)p)[b];
+                        d = blk.d, m = blk.m;
+                        std::memcpy(v, blk.qs, 16);
+                    } else {
+                        std::memset(v, 0, sizeof v);
+                    }
+                    std::memcpy(o + 2 * r, &d, 2);
+                    std::memcpy(o + 32 + 2 * r, &m, 2);
+                    for (int s = 0; s < (q5 ? 8 : 4); s++) std::memcpy(o + 64 + 64 * s + 4 * r, v + 4 * s, 4);
                 }
             }
             break;
@@ -578,6 +607,8 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::Q4_0: return avx512::gemm_q4_0;
             case GgmlType::Q4_K: return avx512::gemm_q4_K;
             case GgmlType::Q5_K: return avx512::gemm_q5_K;
+            case GgmlType::Q4_1: return avx512::gemm_q4_1;
+            case GgmlType::Q5_1: return avx512::gemm_q5_1;
             case GgmlType::Q6_K: return avx512::gemm_q6_K;
             default: return nullptr;
         }
