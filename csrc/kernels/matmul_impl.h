@@ -45,8 +45,8 @@
 //   Q4_1, Q5_1:     as Q4_0 (values q, unsigned), and after each block's t = fma(d_w[b], (float)isum_b, t)
 //                   also t = fma(m_w[b], (float)xsum_b, t) (xsum_b: sum of the block's int8 activations)
 //   Q5_K:           as Q4_K (values 0..31)
-//   (Q4_1 and Q5_1 have SIMD kernels on AVX-512 only so far; Q5_K none on NEON: those paths run
-//   the scalar kernels over the standard layout.)
+//   (Q4_1, Q5_1 and Q5_K have no NEON kernels yet: the NEON path runs their scalar kernels over the
+//   standard layout.)
 //   then y = acc + bias (or acc without bias).
 #pragma once
 #include <cstddef>
@@ -229,13 +229,14 @@ void float_gemm_groups(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes,
     void gemm_q4_K(const GemmArgs&, int64_t, int64_t);                                                      \
     void gemm_q6_K(const GemmArgs&, int64_t, int64_t);
 #if defined(TINYGPTV_X86)
-namespace avx2 { TG_SIMD_KERNEL_SET void gemm_q5_K(const GemmArgs&, int64_t, int64_t); }
-namespace avx512 {
-TG_SIMD_KERNEL_SET
-void gemm_q5_K(const GemmArgs&, int64_t, int64_t);
-void gemm_q4_1(const GemmArgs&, int64_t, int64_t);
-void gemm_q5_1(const GemmArgs&, int64_t, int64_t);
-}
+#define TG_X86_KERNEL_SET                                   \
+    TG_SIMD_KERNEL_SET                                      \
+    void gemm_q5_K(const GemmArgs&, int64_t, int64_t);      \
+    void gemm_q4_1(const GemmArgs&, int64_t, int64_t);      \
+    void gemm_q5_1(const GemmArgs&, int64_t, int64_t);
+namespace avx2 { TG_X86_KERNEL_SET }
+namespace avx512 { TG_X86_KERNEL_SET }
+#undef TG_X86_KERNEL_SET
 #endif
 #if defined(TINYGPTV_ARM)
 namespace neon { TG_SIMD_KERNEL_SET }
