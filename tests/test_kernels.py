@@ -313,7 +313,7 @@ def test_extreme_weights_and_activations(ty):
 
 
 # The paths on which a type has SIMD kernels (and a repacked copy); elsewhere the scalar kernel runs.
-SIMD_PATHS = {"Q4_1": ("avx2", "avx512"), "Q5_1": ("avx2", "avx512"), "Q5_K": ("avx2", "avx512"), "Q5_0": ("avx2", "avx512", "neon")}
+SIMD_PATHS = {"Q4_1": ("avx2", "avx512"), "Q5_1": ("avx2", "avx512"), "Q5_K": ("avx2", "avx512", "neon"), "Q5_0": ("avx2", "avx512", "neon")}
 
 
 @pytest.mark.parametrize("ty", ["Q4_1", "Q5_1", "Q5_K"])

@@ -638,6 +638,7 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::Q8_0: case GgmlType::Q5_0: return neon::gemm_q8_0;  // Q5_0: widened at repack
             case GgmlType::Q4_0: return neon::gemm_q4_0;
             case GgmlType::Q4_K: return neon::gemm_q4_K;
+            case GgmlType::Q5_K: return neon::gemm_q5_K;
             case GgmlType::Q6_K: return neon::gemm_q6_K;
             default: return nullptr;
         }
