@@ -313,13 +313,14 @@ def test_extreme_weights_and_activations(ty):
 
 
 # The paths on which a type has SIMD kernels (and a repacked copy); elsewhere the scalar kernel runs.
-SIMD_PATHS = {"Q4_1": ("avx2", "avx512"), "Q5_1": ("avx2", "avx512"), "Q5_K": ("avx2", "avx512", "neon"), "Q5_0": ("avx2", "avx512", "neon")}
+SIMD_PATHS = {"Q4_1": ("avx2", "avx512", "neon"), "Q5_1": ("avx2", "avx512", "neon"), "Q5_K": ("avx2", "avx512", "neon"), "Q5_0": ("avx2", "avx512", "neon")}
 
 
 @pytest.mark.parametrize("ty", ["Q4_1", "Q5_1", "Q5_K"])
 def test_repacked_only_where_simd_kernels_exist(ty):
-    """Types without SIMD kernels on a path build no repacked copy there and compute exactly what the
-    scalar path computes (a file in these types loads and runs on every path)."""
+    """The new types build a repacked copy exactly on the paths that have their SIMD kernels and compute
+    there exactly what the scalar path computes (a type without a path's kernels would run the scalar
+    kernel over the file's layout there)."""
     rng = np.random.default_rng(8)
     n_in, n_out = 512, 40
     _, wq, _ = make(ty, n_out, n_in, 5)

@@ -639,6 +639,8 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::Q4_0: return neon::gemm_q4_0;
             case GgmlType::Q4_K: return neon::gemm_q4_K;
             case GgmlType::Q5_K: return neon::gemm_q5_K;
+            case GgmlType::Q4_1: return neon::gemm_q4_1;
+            case GgmlType::Q5_1: return neon::gemm_q5_1;
             case GgmlType::Q6_K: return neon::gemm_q6_K;
             default: return nullptr;
         }

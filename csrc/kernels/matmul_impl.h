@@ -45,8 +45,6 @@
 //   Q4_1, Q5_1:     as Q4_0 (values q, unsigned), and after each block's t = fma(d_w[b], (float)isum_b, t)
 //                   also t = fma(m_w[b], (float)xsum_b, t) (xsum_b: sum of the block's int8 activations)
 //   Q5_K:           as Q4_K (values 0..31)
-//   (Q4_1 and Q5_1 have no NEON kernels yet: the NEON path runs their scalar kernels over the
-//   standard layout.)
 //   then y = acc + bias (or acc without bias).
 #pragma once
 #include <cstddef>
@@ -239,7 +237,12 @@ namespace avx512 { TG_X86_KERNEL_SET }
 #undef TG_X86_KERNEL_SET
 #endif
 #if defined(TINYGPTV_ARM)
-namespace neon { TG_SIMD_KERNEL_SET void gemm_q5_K(const GemmArgs&, int64_t, int64_t); }
+namespace neon {
+TG_SIMD_KERNEL_SET
+void gemm_q5_K(const GemmArgs&, int64_t, int64_t);
+void gemm_q4_1(const GemmArgs&, int64_t, int64_t);
+void gemm_q5_1(const GemmArgs&, int64_t, int64_t);
+}
 #endif
 #undef TG_SIMD_KERNEL_SET
 
