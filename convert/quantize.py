@@ -4,8 +4,8 @@
 The bytes come from the engine's quantizers (tinygptv_native._core.quantize / dequantize; gguf-py
 has none for the K-quants), the files are read and written with gguf-py.
 
-The type is one of f16, q8_0, q4_0, q4_k_m, q4_k_s, q4_1, q5_0, q5_1, q5_k_s, q5_k_m. Which tensors
-change:
+The type is one of f16, q8_0, q4_0, q4_k_m, q4_k_s, q4_1, q5_0, q5_1, q5_k_s, q5_k_m, q6_k. Which
+tensors change:
 
 - 2-D tensors named ``*.weight`` are matrix weights and get the target type.
 - 1-D tensors (norms, biases) are written as F32. Other tensors that are not ``*.weight``
@@ -19,8 +19,8 @@ change:
   blk.N.attn_qkv, which llama.cpp counts as an attn_v tensor: Q6_K on the same "more bits" layers,
   Q4_K on the others. All other LM weights Q4_K.
   The vision tower, Q-Former and projector (v.*, qf.*, mm.*) are stored as Q8_0.
-- q4_k_s, q4_1, q5_0, q5_1, q5_k_s and q5_k_m follow llama.cpp's choice for phi2 (llama-quant.cpp,
-  no importance matrix): every LM weight gets the base type (Q4_K, Q4_1, Q5_0, Q5_1, Q5_K) except
+- q4_k_s, q4_1, q5_0, q5_1, q5_k_s, q5_k_m and q6_k follow llama.cpp's choice for phi2 (llama-quant.cpp,
+  no importance matrix): every LM weight gets the base type (Q4_K, Q4_1, Q5_0, Q5_1, Q5_K, Q6_K) except
   output.weight, which gets Q6_K (Q8_0 when its rows are not a multiple of 256); q5_k_m also gives
   Q6_K to blk.N.attn_qkv and blk.N.ffn_down on the "more bits" layers (llama.cpp counts the fused
   attn_qkv as an attn_v tensor); q4_k_s gives Q5_K to blk.N.attn_qkv for N < 4 and to
@@ -34,7 +34,7 @@ change:
   closest to the float model) while the decoder is 4-bit.
 
 All metadata is kept; general.file_type is set as llama.cpp does (1 F16, 7 Q8_0, 2 Q4_0,
-15 Q4_K_M, 14 Q4_K_S, 3 Q4_1, 8 Q5_0, 9 Q5_1, 16 Q5_K_S, 17 Q5_K_M) and general.quantization_version to 2
+15 Q4_K_M, 14 Q4_K_S, 3 Q4_1, 8 Q5_0, 9 Q5_1, 16 Q5_K_S, 17 Q5_K_M, 18 Q6_K) and general.quantization_version to 2
 for quantized files. The output is written to
 a temporary file next to the output and renamed when complete, so a failure leaves no output
 behind (and an existing one untouched).
@@ -54,14 +54,14 @@ from tinygptv_native import _core
 
 from . import schema
 
-TYPES = ("f16", "q8_0", "q4_0", "q4_k_m", "q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m")
+TYPES = ("f16", "q8_0", "q4_0", "q4_k_m", "q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k")
 VISION_TYPES = ("f16", "q8_0", "q4_0")
 _VISION_PREFIXES = ("v.", "qf.", "mm.")
 FILE_TYPE = {t: schema.FILE_TYPE[t] for t in TYPES}  # llama.cpp's general.file_type
 QUANTIZATION_VERSION = schema.QUANTIZATION_VERSION
 _BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
           "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
-_BASE = {"q4_k_s": "Q4_K", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1", "q5_k_s": "Q5_K", "q5_k_m": "Q5_K"}
+_BASE = {"q4_k_s": "Q4_K", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1", "q5_k_s": "Q5_K", "q5_k_m": "Q5_K", "q6_k": "Q6_K"}
 _CHUNK_VALUES = 8 << 20  # float values dequantized/quantized per work item
 
 
