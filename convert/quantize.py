@@ -4,7 +4,8 @@
 The bytes come from the engine's quantizers (tinygptv_native._core.quantize / dequantize; gguf-py
 has none for the K-quants), the files are read and written with gguf-py.
 
-The type is one of f16, q8_0, q4_0, q4_k_m. Which tensors change:
+The type is one of f16, q8_0, q4_0, q4_k_m, q4_k_s, q4_1, q5_0, q5_1, q5_k_s, q5_k_m, q6_k. Which
+tensors change:
 
 - 2-D tensors named ``*.weight`` are matrix weights and get the target type.
 - 1-D tensors (norms, biases) are written as F32. Other tensors that are not ``*.weight``
@@ -15,17 +16,26 @@ The type is one of f16, q8_0, q4_0, q4_k_m. Which tensors change:
 - q4_k_m follows llama.cpp's Q4_K_M mix for the language model: output.weight Q6_K;
   token_embd.weight Q4_K; blk.N.ffn_down.weight Q6_K on the layers llama.cpp gives more bits
   (N < L/8, N >= 7L/8, or (N - L/8) % 3 == 2), Q4_K elsewhere. Phi-2 fuses Q, K and V into
-  blk.N.attn_qkv, which llama.cpp stores as Q5_K; this package has no Q5_K kernels, so
-  attn_qkv takes the attn_v rule instead (Q6_K on the same "more bits" layers, Q4_K on the
-  others), which averages 5.53 bits per weight against Q5_K's 5.5. All other LM weights Q4_K.
+  blk.N.attn_qkv, which llama.cpp counts as an attn_v tensor: Q6_K on the same "more bits" layers,
+  Q4_K on the others. All other LM weights Q4_K.
   The vision tower, Q-Former and projector (v.*, qf.*, mm.*) are stored as Q8_0.
+- q4_k_s, q4_1, q5_0, q5_1, q5_k_s, q5_k_m and q6_k follow llama.cpp's choice for phi2 (llama-quant.cpp,
+  no importance matrix): every LM weight gets the base type (Q4_K, Q4_1, Q5_0, Q5_1, Q5_K, Q6_K) except
+  output.weight, which gets Q6_K (Q8_0 when its rows are not a multiple of 256); q5_k_m also gives
+  Q6_K to blk.N.attn_qkv and blk.N.ffn_down on the "more bits" layers (llama.cpp counts the fused
+  attn_qkv as an attn_v tensor); q4_k_s gives Q5_K to blk.N.attn_qkv for N < 4 and to
+  blk.N.ffn_down for N < L/8. Rows that are not a multiple of 256 fall back as llama.cpp does
+  (Q5_K -> Q5_1, Q6_K -> Q8_0); rows that are not a multiple of 32 keep their float type. The image
+  path is stored as Q8_0, as for q4_k_m. Files quantized by llama.cpp's own quantizer in these mixes
+  hold the same types and the same bytes (tests/test_llamacpp_interop.py).
 - --vision-type f16|q8_0|q4_0 (vision_type=) gives the weights of the vision tower, Q-Former and
   projector (v.*, qf.*, mm.*) that type instead, whatever type the language model gets: for
   example `q4_0 --vision-type f16` keeps the image path in half precision (slower to encode,
   closest to the float model) while the decoder is 4-bit.
 
 All metadata is kept; general.file_type is set as llama.cpp does (1 F16, 7 Q8_0, 2 Q4_0,
-15 Q4_K_M) and general.quantization_version to 2 for quantized files. The output is written to
+15 Q4_K_M, 14 Q4_K_S, 3 Q4_1, 8 Q5_0, 9 Q5_1, 16 Q5_K_S, 17 Q5_K_M, 18 Q6_K) and general.quantization_version to 2
+for quantized files. The output is written to
 a temporary file next to the output and renamed when complete, so a failure leaves no output
 behind (and an existing one untouched).
 """
@@ -44,12 +54,14 @@ from tinygptv_native import _core
 
 from . import schema
 
-TYPES = ("f16", "q8_0", "q4_0", "q4_k_m")
+TYPES = ("f16", "q8_0", "q4_0", "q4_k_m", "q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k")
 VISION_TYPES = ("f16", "q8_0", "q4_0")
 _VISION_PREFIXES = ("v.", "qf.", "mm.")
 FILE_TYPE = {t: schema.FILE_TYPE[t] for t in TYPES}  # llama.cpp's general.file_type
 QUANTIZATION_VERSION = schema.QUANTIZATION_VERSION
-_BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_K": 256, "Q6_K": 256}
+_BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
+          "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
+_BASE = {"q4_k_s": "Q4_K", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1", "q5_k_s": "Q5_K", "q5_k_m": "Q5_K", "q6_k": "Q6_K"}
 _CHUNK_VALUES = 8 << 20  # float values dequantized/quantized per work item
 
 
@@ -94,9 +106,27 @@ def choose_type(name: str, ne: Sequence[int], in_type: str, target: str, n_layer
     if target in ("q8_0", "q4_0"):
         want = target.upper()
         return want if row % 32 == 0 else float_keep
-    # q4_k_m
+    # the mixes
     if name.startswith(_VISION_PREFIXES):
         return "Q8_0" if row % 32 == 0 else float_keep
+    if target in _BASE:
+        want = _BASE[target]
+        if name == "output.weight":
+            want = "Q6_K"
+        elif target in ("q5_k_m", "q4_k_s"):
+            m = _BLK.match(name)
+            if m:
+                i_layer, rest = int(m.group(1)), m.group(2)
+                if target == "q5_k_m":
+                    if rest in ("ffn_down.weight", "attn_qkv.weight", "attn_v.weight") and use_more_bits(i_layer, n_layers):
+                        want = "Q6_K"
+                elif (rest in ("attn_qkv.weight", "attn_v.weight") and i_layer < 4) or \
+                        (rest == "ffn_down.weight" and i_layer < n_layers // 8):
+                    want = "Q5_K"
+        if row % _BLOCK[want] != 0:  # llama.cpp's fallbacks
+            want = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}.get(want, want)
+        return want if row % _BLOCK[want] == 0 else float_keep
+    # q4_k_m
     want = "Q4_K"
     if name == "output.weight":
         want = "Q6_K"
@@ -164,7 +194,8 @@ def _rows_as_float(data: np.ndarray, in_type: str, ne0: int, r0: int, r1: int) -
 
 def _row_bytes(t: str, n: int) -> int:
     sizes = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "F64": (1, 8), "Q8_0": (32, 34), "Q4_0": (32, 18),
-             "Q4_K": (256, 144), "Q6_K": (256, 210)}
+             "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q4_K": (256, 144), "Q5_K": (256, 176),
+             "Q6_K": (256, 210)}
     blk, nb = sizes[t]
     return n // blk * nb
 
@@ -190,7 +221,7 @@ def _convert(data: np.ndarray, in_type: str, out_type: str, ne0: int, n_rows: in
 def quantize_file(in_path: str, out_path: str, type: str, progress: bool = True, n_threads: Optional[int] = None,
                   vision_type: Optional[str] = None) -> dict:
     """Write `out_path`, a copy of the GGUF file `in_path` with weights stored as `type`
-    (f16, q8_0, q4_0 or q4_k_m); `vision_type` (f16, q8_0 or q4_0) overrides it for the image
+    (one of TYPES); `vision_type` (f16, q8_0 or q4_0) overrides it for the image
     path's weights (v.*, qf.*, mm.*). Returns {tensor name: output type name}."""
     target = str(type).lower()
     if target not in TYPES:
@@ -269,7 +300,7 @@ def quantize_file(in_path: str, out_path: str, type: str, progress: bool = True,
             if name == "general.alignment":
                 writer.data_alignment = int(field.contents())
         writer.add_key_value("general.file_type", FILE_TYPE[target], GGUFValueType.UINT32)
-        if any(p[2] in ("Q8_0", "Q4_0", "Q4_K", "Q6_K") for p in plan):
+        if any(p[2].startswith("Q") for p in plan):
             writer.add_key_value("general.quantization_version", QUANTIZATION_VERSION, GGUFValueType.UINT32)
         total = 0
         for t, in_type, out_type, ne, n_rows in plan:

@@ -397,6 +397,23 @@ void GGUFFile::validate() const {
                 }
                 break;
             }
+            case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: {
+                // fp16 super-block scale d (and the scale of the mins, dmin, for Q4_K/Q5_K); Q6_K keeps d
+                // in its last two bytes
+                const TypeTraits tt = type_traits((uint32_t)t.type);
+                const bool q6 = t.type == GgmlType::Q6_K;
+                const uint64_t nb = n / (uint64_t)tt.block;
+                for (uint64_t b = 0; b < nb; b++) {
+                    const uint8_t* blk = t.data + b * tt.block_bytes;
+                    for (int k = 0; k < (q6 ? 1 : 2); k++) {
+                        uint16_t h;
+                        std::memcpy(&h, blk + (q6 ? tt.block_bytes - 2 : 2 * (size_t)k), 2);
+                        if ((h & 0x7c00) == 0x7c00)
+                            bad_value(t, b * (uint64_t)tt.block, fp16_to_fp32(h), k ? "super-block scale dmin" : "super-block scale d");
+                    }
+                }
+                break;
+            }
             default: break;  // integer tensors and the other block formats are not checked
         }
     }

@@ -144,58 +144,177 @@ float make_qkx2_quants(int n, int nmax, const float* x, const float* w, uint8_t*
     return scale;
 }
 
-void quantize_row_q4_K(const float* x, BlockQ4_K* y, int64_t k) {
-    uint8_t L[QK_K], Laux[32];
+// The scales, mins and values (L[256], 0..nmax) of one Q4_K / Q5_K super-block, as ggml's
+// quantize_row_q4_K_ref / quantize_row_q5_K_ref choose them (the search parameters differ).
+void kquant_minmax_block(const float* x, int nmax, float rmin, float rdelta, int nstep, uint16_t* d_out,
+                         uint16_t* dmin_out, uint8_t* sc_out, uint8_t* L) {
+    uint8_t Laux[32];
     float weights[32], mins[QK_K / 32], scales[QK_K / 32];
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < QK_K / 32; j++) {
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; l++) {
+            float t = x[32 * j + l] * x[32 * j + l];
+            sum_x2 += t;
+        }
+        float av_x = std::sqrt(sum_x2 / 32);
+        for (int l = 0; l < 32; l++) weights[l] = av_x + std::fabs(x[32 * j + l]);
+        scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, rdelta, nstep);
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    std::memset(sc_out, 0, 12);
+    for (int j = 0; j < QK_K / 32; j++) {
+        int ls = nearest_int(inv_scale * scales[j]);
+        int lm = nearest_int(inv_min * mins[j]);
+        uint8_t s8 = (uint8_t)ls, m8 = (uint8_t)lm;  // ggml stores through uint8_t first
+        if (s8 > 63) s8 = 63;
+        if (m8 > 63) m8 = 63;
+        if (j < 4) {
+            sc_out[j] = s8;
+            sc_out[j + 4] = m8;
+        } else {
+            sc_out[j + 4] = (uint8_t)((s8 & 0xF) | ((m8 & 0xF) << 4));
+            sc_out[j - 4] |= (uint8_t)((s8 >> 4) << 6);
+            sc_out[j] |= (uint8_t)((m8 >> 4) << 6);
+        }
+    }
+    *d_out = fp32_to_fp16(max_scale / 63.f);
+    *dmin_out = fp32_to_fp16(max_min / 63.f);
+    for (int j = 0; j < QK_K / 32; j++) {
+        uint8_t sc, m;
+        q4k_scale_min(j, sc_out, &sc, &m);
+        const float d = fp16_to_fp32(*d_out) * sc;
+        if (d == 0.f) continue;
+        const float dm = fp16_to_fp32(*dmin_out) * m;
+        for (int ii = 0; ii < 32; ii++) {
+            int l = nearest_int((x[32 * j + ii] + dm) / d);
+            L[32 * j + ii] = (uint8_t)(l < 0 ? 0 : (l > nmax ? nmax : l));
+        }
+    }
+}
+
+void quantize_row_q4_K(const float* x, BlockQ4_K* y, int64_t k) {
+    uint8_t L[QK_K];
     for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
-        float max_scale = 0, max_min = 0;
-        for (int j = 0; j < QK_K / 32; j++) {
-            float sum_x2 = 0;
-            for (int l = 0; l < 32; l++) {
-                float t = x[32 * j + l] * x[32 * j + l];
-                sum_x2 += t;
-            }
-            float av_x = std::sqrt(sum_x2 / 32);
-            for (int l = 0; l < 32; l++) weights[l] = av_x + std::fabs(x[32 * j + l]);
-            scales[j] = make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20);
-            if (scales[j] > max_scale) max_scale = scales[j];
-            if (mins[j] > max_min) max_min = mins[j];
-        }
-        float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
-        float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
         BlockQ4_K& b = y[i];
-        std::memset(b.scales, 0, sizeof b.scales);
-        for (int j = 0; j < QK_K / 32; j++) {
-            int ls = nearest_int(inv_scale * scales[j]);
-            int lm = nearest_int(inv_min * mins[j]);
-            uint8_t s8 = (uint8_t)ls, m8 = (uint8_t)lm;  // ggml stores through uint8_t first
-            if (s8 > 63) s8 = 63;
-            if (m8 > 63) m8 = 63;
-            if (j < 4) {
-                b.scales[j] = s8;
-                b.scales[j + 4] = m8;
-            } else {
-                b.scales[j + 4] = (uint8_t)((s8 & 0xF) | ((m8 & 0xF) << 4));
-                b.scales[j - 4] |= (uint8_t)((s8 >> 4) << 6);
-                b.scales[j] |= (uint8_t)((m8 >> 4) << 6);
-            }
-        }
-        b.d = fp32_to_fp16(max_scale / 63.f);
-        b.dmin = fp32_to_fp16(max_min / 63.f);
-        for (int j = 0; j < QK_K / 32; j++) {
-            uint8_t sc, m;
-            q4k_scale_min(j, b.scales, &sc, &m);
-            const float d = fp16_to_fp32(b.d) * sc;
-            if (d == 0.f) continue;
-            const float dm = fp16_to_fp32(b.dmin) * m;
-            for (int ii = 0; ii < 32; ii++) {
-                int l = nearest_int((x[32 * j + ii] + dm) / d);
-                L[32 * j + ii] = (uint8_t)(l < 0 ? 0 : (l > 15 ? 15 : l));
-            }
-        }
+        kquant_minmax_block(x, 15, -1.f, 0.1f, 20, &b.d, &b.dmin, b.scales, L);
         uint8_t* q = b.qs;
         for (int j = 0; j < QK_K; j += 64, q += 32)
             for (int l = 0; l < 32; l++) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+    }
+}
+
+void quantize_row_q5_K(const float* x, BlockQ5_K* y, int64_t k) {
+    uint8_t L[QK_K];
+    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        BlockQ5_K& b = y[i];
+        kquant_minmax_block(x, 31, -0.5f, 0.1f, 15, &b.d, &b.dmin, b.scales, L);
+        std::memset(b.qh, 0, sizeof b.qh);
+        uint8_t* ql = b.qs;
+        uint8_t m1 = 1, m2 = 2;
+        for (int n = 0; n < QK_K; n += 64, ql += 32) {
+            for (int j = 0; j < 32; j++) {
+                int l1 = L[n + j], l2 = L[n + j + 32];
+                if (l1 > 15) { l1 -= 16; b.qh[j] |= m1; }
+                if (l2 > 15) { l2 -= 16; b.qh[j] |= m2; }
+                ql[j] = (uint8_t)(l1 | (l2 << 4));
+            }
+            m1 = (uint8_t)(m1 << 2);
+            m2 = (uint8_t)(m2 << 2);
+        }
+    }
+}
+
+// C's float -> integer conversion of ggml's (int8_t)(v) / (uint8_t)(v) casts for the values they
+// meet (truncation toward zero); NaN gives 0 and out-of-range values are clamped instead of being
+// undefined behaviour.
+inline int trunc_cast(float v, int lo, int hi) {
+    if (!(v == v)) return 0;
+    float t = std::trunc(v);
+    return t < (float)lo ? lo : (t > (float)hi ? hi : (int)t);
+}
+
+// Minimum and maximum of a block as ggml's Q4_1 / Q5_1 reference quantizers find them.
+inline void block_min_max(const float* x, float* mn, float* mx) {
+    float lo = 3.402823466e+38f, hi = -3.402823466e+38f;
+    for (int j = 0; j < 32; j++) {
+        if (x[j] < lo) lo = x[j];
+        if (x[j] > hi) hi = x[j];
+    }
+    *mn = lo;
+    *mx = hi;
+}
+
+void quantize_row_q4_1(const float* x, BlockQ4_1* y, int64_t k) {
+    for (int64_t i = 0; i < k / 32; i++, x += 32) {
+        float min, max;
+        block_min_max(x, &min, &max);
+        const float d = (max - min) / 15;
+        const float id = d != 0.f ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        y[i].m = fp32_to_fp16(min);
+        for (int j = 0; j < 16; j++) {
+            float x0 = x[j] - min, x1 = x[j + 16] - min;
+            x0 = x0 * id;
+            x1 = x1 * id;
+            int q0 = trunc_cast(x0 + 0.5f, -128, 127), q1 = trunc_cast(x1 + 0.5f, -128, 127);
+            uint8_t u0 = (uint8_t)(q0 < 15 ? q0 : 15), u1 = (uint8_t)(q1 < 15 ? q1 : 15);  // MIN(15, int8) as uint8
+            y[i].qs[j] = (uint8_t)(u0 | (u1 << 4));
+        }
+    }
+}
+
+inline void store_qh(uint8_t* qh, uint32_t h) {
+    for (int b = 0; b < 4; b++) qh[b] = (uint8_t)(h >> (8 * b));
+}
+
+void quantize_row_q5_0(const float* x, BlockQ5_0* y, int64_t k) {
+    for (int64_t i = 0; i < k / 32; i++, x += 32) {
+        float amax = 0.f, max = 0.f;
+        for (int j = 0; j < 32; j++) {
+            if (amax < std::fabs(x[j])) {
+                amax = std::fabs(x[j]);
+                max = x[j];
+            }
+        }
+        const float d = max / -16;
+        const float id = d != 0.f ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        uint32_t qh = 0;
+        for (int j = 0; j < 16; j++) {
+            const float x0 = x[j] * id, x1 = x[j + 16] * id;
+            int q0 = trunc_cast(x0 + 16.5f, -128, 127), q1 = trunc_cast(x1 + 16.5f, -128, 127);
+            uint8_t u0 = (uint8_t)(q0 < 31 ? q0 : 31), u1 = (uint8_t)(q1 < 31 ? q1 : 31);
+            y[i].qs[j] = (uint8_t)((u0 & 0x0F) | ((u1 & 0x0F) << 4));
+            qh |= ((uint32_t)(u0 & 0x10u) >> 4) << j;
+            qh |= ((uint32_t)(u1 & 0x10u) >> 4) << (j + 16);
+        }
+        store_qh(y[i].qh, qh);
+    }
+}
+
+void quantize_row_q5_1(const float* x, BlockQ5_1* y, int64_t k) {
+    for (int64_t i = 0; i < k / 32; i++, x += 32) {
+        float min, max;
+        block_min_max(x, &min, &max);
+        const float d = (max - min) / 31;
+        const float id = d != 0.f ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        y[i].m = fp32_to_fp16(min);
+        uint32_t qh = 0;
+        for (int j = 0; j < 16; j++) {
+            float x0 = x[j] - min, x1 = x[j + 16] - min;
+            x0 = x0 * id;
+            x1 = x1 * id;
+            uint8_t u0 = (uint8_t)trunc_cast(x0 + 0.5f, 0, 255), u1 = (uint8_t)trunc_cast(x1 + 0.5f, 0, 255);
+            y[i].qs[j] = (uint8_t)((u0 & 0x0F) | ((u1 & 0x0F) << 4));
+            qh |= ((uint32_t)(u0 & 0x10u) >> 4) << j;
+            qh |= ((uint32_t)(u1 & 0x10u) >> 4) << (j + 16);
+        }
+        store_qh(y[i].qh, qh);
     }
 }
 
@@ -353,7 +472,8 @@ void quantize_row_q8_K(const float* x, BlockQ8_K* y, int64_t k) {
 bool quant_supported(GgmlType t) {
     switch (t) {
         case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q8_0:
-        case GgmlType::Q4_0: case GgmlType::Q4_K: case GgmlType::Q6_K: case GgmlType::Q8_K:
+        case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1:
+        case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: case GgmlType::Q8_K:
             return true;
         default:
             return false;
@@ -390,7 +510,11 @@ void quantize_rows(GgmlType t, const float* x, void* y, int64_t n_rows, int64_t 
                 break;
             case GgmlType::Q8_0: quantize_row_q8_0(xr, (BlockQ8_0*)yr, n_per_row); break;
             case GgmlType::Q4_0: quantize_row_q4_0(xr, (BlockQ4_0*)yr, n_per_row); break;
+            case GgmlType::Q4_1: quantize_row_q4_1(xr, (BlockQ4_1*)yr, n_per_row); break;
+            case GgmlType::Q5_0: quantize_row_q5_0(xr, (BlockQ5_0*)yr, n_per_row); break;
+            case GgmlType::Q5_1: quantize_row_q5_1(xr, (BlockQ5_1*)yr, n_per_row); break;
             case GgmlType::Q4_K: quantize_row_q4_K(xr, (BlockQ4_K*)yr, n_per_row); break;
+            case GgmlType::Q5_K: quantize_row_q5_K(xr, (BlockQ5_K*)yr, n_per_row); break;
             case GgmlType::Q6_K: quantize_row_q6_K(xr, (BlockQ6_K*)yr, n_per_row); break;
             case GgmlType::Q8_K: quantize_row_q8_K(xr, (BlockQ8_K*)yr, n_per_row); break;
             default: break;
@@ -423,6 +547,54 @@ void dequantize_values(GgmlType t, const void* x, float* y, int64_t k) {
                 for (int j = 0; j < 16; j++) {
                     y[i * 32 + j] = (float)((b[i].qs[j] & 0xF) - 8) * d;
                     y[i * 32 + j + 16] = (float)((b[i].qs[j] >> 4) - 8) * d;
+                }
+            }
+            break;
+        }
+        case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1: {
+            // gguf-py: Q4_1 / Q5_1 x = d*q + m; Q5_0 x = d*(q-16)
+            const size_t bb = type_traits((uint32_t)t).block_bytes;
+            uint8_t u[32];
+            for (int64_t i = 0; i < k / 32; i++) {
+                const uint8_t* blk = (const uint8_t*)x + i * bb;
+                uint16_t dh, mh = 0;
+                std::memcpy(&dh, blk, 2);
+                const float d = fp16_to_fp32(dh);
+                if (t == GgmlType::Q4_1) {
+                    std::memcpy(&mh, blk + 2, 2);
+                    q5_unpack(blk + 4, nullptr, u);
+                } else if (t == GgmlType::Q5_0) {
+                    q5_unpack(blk + 6, blk + 2, u);
+                } else {
+                    std::memcpy(&mh, blk + 2, 2);
+                    q5_unpack(blk + 8, blk + 4, u);
+                }
+                const float m = fp16_to_fp32(mh);
+                for (int j = 0; j < 32; j++) {
+                    if (t == GgmlType::Q5_0) {
+                        y[i * 32 + j] = d * (float)((int)u[j] - 16);
+                    } else {
+                        float v = d * (float)u[j];
+                        y[i * 32 + j] = v + m;
+                    }
+                }
+            }
+            break;
+        }
+        case GgmlType::Q5_K: {
+            const BlockQ5_K* b = (const BlockQ5_K*)x;
+            uint8_t u[QK_K];
+            for (int64_t i = 0; i < k / QK_K; i++) {
+                const float d = fp16_to_fp32(b[i].d), dmin = fp16_to_fp32(b[i].dmin);
+                qk_unpack5(b[i].qs, b[i].qh, u);
+                for (int j = 0; j < 8; j++) {
+                    uint8_t sc, m;
+                    q4k_scale_min(j, b[i].scales, &sc, &m);
+                    const float d1 = d * sc, m1 = dmin * m;
+                    for (int l = 0; l < 32; l++) {
+                        float v = d1 * (float)u[32 * j + l];
+                        y[i * QK_K + 32 * j + l] = v - m1;
+                    }
                 }
             }
             break;

@@ -3,15 +3,20 @@
 //
 //   Q8_0  32 values  34 bytes   fp16 d; int8 qs[32]                        x = d*q
 //   Q4_0  32 values  18 bytes   fp16 d; u8 qs[16] (j: low nibble, j+16: high)  x = d*(q-8)
+//   Q4_1  32 values  20 bytes   fp16 d, m; u8 qs[16] (as Q4_0)              x = d*q + m
+//   Q5_0  32 values  22 bytes   fp16 d; u8 qh[4] (bit j: 5th bit of value j); u8 qs[16] (as Q4_0)
+//                                                                          x = d*(q-16)
+//   Q5_1  32 values  24 bytes   fp16 d, m; u8 qh[4]; u8 qs[16] (as Q5_0)    x = d*q + m
 //   Q4_K 256 values 144 bytes   fp16 d, dmin; u8 scales[12] (8 x 6-bit scale, 8 x 6-bit min);
 //                               u8 qs[128]                                 x = d*sc*q - dmin*m
+//   Q5_K 256 values 176 bytes   fp16 d, dmin; u8 scales[12] (as Q4_K); u8 qh[32] (bit j of byte l:
+//                               5th bit of value 32j+l); u8 qs[128] (as Q4_K)   x = d*sc*q - dmin*m
 //   Q6_K 256 values 210 bytes   u8 ql[128]; u8 qh[64]; int8 scales[16]; fp16 d   x = d*sc*(q-32)
 //   Q8_K 256 values 292 bytes   f32 d; int8 qs[256]; int16 bsums[16]       (activations only)
 //
 // Q8_0 and Q4_0 quantize exactly as gguf-py's gguf.quants.quantize (round half away from zero;
-// Q4_0 truncates x*id + 8.5 in float32). Q4_K and Q6_K follow ggml's reference quantizers
-// (quantize_row_q4_K_ref / quantize_row_q6_K_ref, no importance matrix). All-zero blocks give
-// scale 0.
+// Q4_0 truncates x*id + 8.5 in float32). Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K follow ggml's
+// reference quantizers (quantize_row_*_ref, no importance matrix). All-zero blocks give scale 0.
 #pragma once
 #include <cstdint>
 
@@ -33,12 +38,62 @@ struct BlockQ4_0 {
 };
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block must be 18 bytes");
 
+struct BlockQ4_1 {
+    uint16_t d, m;          // fp16 scale and minimum
+    uint8_t qs[QK4_0 / 2];  // as Q4_0
+};
+static_assert(sizeof(BlockQ4_1) == 20, "Q4_1 block must be 20 bytes");
+
+struct BlockQ5_0 {
+    uint16_t d;             // fp16 scale
+    uint8_t qh[4];          // little-endian uint32: bit j is the 5th bit of value j
+    uint8_t qs[QK4_0 / 2];  // low 4 bits, as Q4_0
+};
+static_assert(sizeof(BlockQ5_0) == 22, "Q5_0 block must be 22 bytes");
+
+struct BlockQ5_1 {
+    uint16_t d, m;          // fp16 scale and minimum
+    uint8_t qh[4];          // as Q5_0
+    uint8_t qs[QK4_0 / 2];
+};
+static_assert(sizeof(BlockQ5_1) == 24, "Q5_1 block must be 24 bytes");
+
+// The 32 unsigned values of a Q4_0 / Q4_1 (qh == nullptr) or Q5_0 / Q5_1 block.
+inline void q5_unpack(const uint8_t* qs, const uint8_t* qh, uint8_t* u) {
+    uint32_t h = 0;
+    if (qh) h = (uint32_t)qh[0] | ((uint32_t)qh[1] << 8) | ((uint32_t)qh[2] << 16) | ((uint32_t)qh[3] << 24);
+    for (int j = 0; j < 16; j++) {
+        u[j] = (uint8_t)((qs[j] & 0xF) | (((h >> j) & 1) << 4));
+        u[j + 16] = (uint8_t)((qs[j] >> 4) | (((h >> (j + 16)) & 1) << 4));
+    }
+}
+
 struct BlockQ4_K {
     uint16_t d, dmin;        // fp16 super-block scales of the sub-block scales and mins
     uint8_t scales[12];      // 8 scales and 8 mins, 6 bits each (see q4k_scale_min)
     uint8_t qs[QK_K / 2];    // chunk c of 32 bytes: values 64c+l (low nibble), 64c+32+l (high)
 };
 static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block must be 144 bytes");
+
+struct BlockQ5_K {
+    uint16_t d, dmin;        // as Q4_K
+    uint8_t scales[12];      // as Q4_K
+    uint8_t qh[QK_K / 8];    // bit j of byte l: 5th bit of value 32j + l
+    uint8_t qs[QK_K / 2];    // low 4 bits, as Q4_K
+};
+static_assert(sizeof(BlockQ5_K) == 176, "Q5_K block must be 176 bytes");
+
+// All 256 unsigned 5-bit values of a Q5_K block (or 4-bit ones of a Q4_K block's qs, qh == nullptr).
+inline void qk_unpack5(const uint8_t* qs, const uint8_t* qh, uint8_t* u) {
+    for (int j = 0; j < 8; j++) {
+        const uint8_t* q = qs + 32 * (j / 2);
+        for (int l = 0; l < 32; l++) {
+            uint8_t v = (j & 1) ? (uint8_t)(q[l] >> 4) : (uint8_t)(q[l] & 0xF);
+            if (qh) v = (uint8_t)(v | (((qh[l] >> j) & 1) << 4));
+            u[32 * j + l] = v;
+        }
+    }
+}
 
 struct BlockQ6_K {
     uint8_t ql[QK_K / 2];    // low 4 bits
@@ -81,7 +136,8 @@ inline void q6k_unpack(const BlockQ6_K& b, uint8_t* u) {
     }
 }
 
-// Types quantize_rows / dequantize_values accept: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, Q8_K.
+// Types quantize_rows / dequantize_values accept: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+// Q4_K, Q5_K, Q6_K, Q8_K.
 bool quant_supported(GgmlType t);
 
 // Quantize n_rows rows of n_per_row floats into GGML layout (n_per_row a multiple of the block).

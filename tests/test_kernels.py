@@ -22,13 +22,16 @@ from tinygptv_native._core import _testing  # noqa: E402
 
 ISAS = [s for s in ("scalar", "avx2", "avx512", "neon") if _testing.isa_supported(s)]
 SIMD = [s for s in ISAS if s != "scalar"]
-TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"]
-BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_K": 256, "Q6_K": 256}
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
+QUANTS = [t for t in TYPES if t not in ("F32", "F16", "BF16")]
+BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
+         "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
 NS = [1, 2, 3, 7, 9, 16, 33]
 # Error of y against unquantized float64 weights and activations, relative to |x| @ |w|.T
 # (Frobenius norms): the quantization error of each format. ggml's own dot-product limit is
 # checked in test_quants.py.
-REL_ERROR_VS_FLOAT = {"F32": 1e-6, "F16": 5e-4, "BF16": 4e-3, "Q8_0": 0.01, "Q4_0": 0.08, "Q4_K": 0.06, "Q6_K": 0.02}
+REL_ERROR_VS_FLOAT = {"F32": 1e-6, "F16": 5e-4, "BF16": 4e-3, "Q8_0": 0.01, "Q4_0": 0.08, "Q4_1": 0.08,
+                      "Q5_0": 0.04, "Q5_1": 0.04, "Q4_K": 0.06, "Q5_K": 0.03, "Q6_K": 0.02}
 
 
 @pytest.fixture(autouse=True)
@@ -82,11 +85,11 @@ def q8_groups_numpy(x, group):
 
 
 def dequant_acts(ty, x):
-    if ty == "Q8_0":
+    if ty in ("Q8_0", "Q5_0"):
         return gg_dequantize(gg_quantize(x, T.Q8_0), T.Q8_0).reshape(x.shape)
-    if ty == "Q4_0":  # one activation scale per 4 blocks (csrc/kernels/matmul_impl.h, kActGroupQ4_0)
+    if ty in ("Q4_0", "Q4_1", "Q5_1"):  # one activation scale per 4 blocks (matmul_impl.h, kActGroupQ4_0)
         return q8_groups_numpy(x, 4)[0]
-    if ty in ("Q4_K", "Q6_K"):
+    if ty in ("Q4_K", "Q5_K", "Q6_K"):
         return q8k_numpy(x).reshape(x.shape)
     return x
 
@@ -140,7 +143,7 @@ def test_simd_bit_identical_to_scalar(ty):
 
 
 @pytest.mark.skipif(not SIMD, reason="no SIMD path on this machine")
-@pytest.mark.parametrize("ty", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("ty", QUANTS)
 def test_extreme_blocks_bit_identical(ty):
     """Blocks whose integer dot products are as large as the formats allow (every weight and
     activation at the end of its range, same or opposite signs, one outlier per block): the SIMD
@@ -284,7 +287,7 @@ def test_thread_count_invariance(ty):
             assert np.array_equal(rows, ys[0]), f"{ty}/{isa} n={n} (row by row)"
 
 
-@pytest.mark.parametrize("ty", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("ty", QUANTS)
 def test_extreme_weights_and_activations(ty):
     # Q8_0 weights of -128 (legal in files, never produced by the quantizer), zero rows, huge and
     # tiny activations, all-zero activation blocks.
@@ -299,7 +302,7 @@ def test_extreme_weights_and_activations(ty):
         blocks[5, :, 2:] = 0x80  # int8 -128
     x = rng.standard_normal((4, n_in)).astype(np.float32)
     # Q8_0 activation scales are fp16 (as in ggml), so block maxima stay below 65504 * 127.
-    x[1] *= 1e25 if ty in ("Q4_K", "Q6_K") else 1e5
+    x[1] *= 1e25 if ty in ("Q4_K", "Q5_K", "Q6_K") else 1e5
     x[2] *= 1e-25
     x[3, :256] = 0
     ys = run(ty, "scalar", wq, n_out, n_in, x, None)
@@ -307,6 +310,53 @@ def test_extreme_weights_and_activations(ty):
     assert np.all(ys[:, 3] == 0)
     for isa in SIMD:
         assert np.array_equal(run(ty, isa, wq, n_out, n_in, x, None).view(np.uint32), ys.view(np.uint32))
+
+
+# The paths on which a type has SIMD kernels (and a repacked copy); elsewhere the scalar kernel runs.
+SIMD_PATHS = {"Q4_1": ("avx2", "avx512", "neon"), "Q5_1": ("avx2", "avx512", "neon"), "Q5_K": ("avx2", "avx512", "neon"), "Q5_0": ("avx2", "avx512", "neon")}
+
+
+@pytest.mark.parametrize("ty", ["Q4_1", "Q5_1", "Q5_K"])
+def test_repacked_only_where_simd_kernels_exist(ty):
+    """The new types build a repacked copy exactly on the paths that have their SIMD kernels and compute
+    there exactly what the scalar path computes (a type without a path's kernels would run the scalar
+    kernel over the file's layout there)."""
+    rng = np.random.default_rng(8)
+    n_in, n_out = 512, 40
+    _, wq, _ = make(ty, n_out, n_in, 5)
+    x = rng.standard_normal((3, n_in)).astype(np.float32)
+    _testing.set_isa("scalar")
+    ys = _testing.PreparedWeight(ty, wq, n_out, n_in).matmul(x, None, 2)
+    for isa in ISAS:
+        _testing.set_isa(isa)
+        pw = _testing.PreparedWeight(ty, wq, n_out, n_in, prepare_threads=2)
+        assert pw.repacked == (isa in SIMD_PATHS[ty]), f"{ty}/{isa}"
+        assert np.array_equal(pw.matmul(x, None, 2).view(np.uint32), ys.view(np.uint32)), f"{ty}/{isa}"
+
+
+def test_q5_0_runs_on_the_q8_0_kernels():
+    """Q5_0 is widened to Q8_0's repacked layout on every SIMD path (and then equals the scalar path bit
+    for bit, tested with the other types above); its products equal those of the same values stored
+    as Q8_0 blocks."""
+    rng = np.random.default_rng(12)
+    n_in, n_out = 512, 40
+    _, wq, wd = make("Q5_0", n_out, n_in, 6)
+    # the same weights as Q8_0 blocks: scale d, values q - 16
+    blocks = wq.reshape(n_out, -1, 22)
+    u = np.concatenate([blocks[:, :, 6:] & 15, blocks[:, :, 6:] >> 4], axis=2).astype(np.int16)
+    qh = blocks[:, :, 2:6].copy().view(np.uint32)
+    u |= (((qh >> np.arange(32, dtype=np.uint32)) & 1) << 4).astype(np.int16)
+    q8 = np.concatenate([blocks[:, :, :2], (u - 16).astype(np.int8).view(np.uint8)], axis=2).reshape(n_out, -1)
+    assert np.array_equal(_core.dequantize("Q8_0", q8, (n_out, n_in)), wd.astype(np.float32))
+    x = rng.standard_normal((5, n_in)).astype(np.float32)
+    for isa in ISAS:
+        _testing.set_isa(isa)
+        pw = _testing.PreparedWeight("Q5_0", wq, n_out, n_in, prepare_threads=2)
+        assert pw.repacked == (isa != "scalar"), isa
+        for n in (1, 5):
+            y5 = pw.matmul(x[:n], None, 2)
+            y8 = _testing.matmul_test("Q8_0", q8, n_out, n_in, x[:n])
+            assert np.array_equal(y5.view(np.uint32), y8.view(np.uint32)), f"{isa} n={n}"
 
 
 def test_bad_arguments():
@@ -318,7 +368,7 @@ def test_bad_arguments():
     with pytest.raises(ModelError, match="bias"):
         _testing.matmul_test("Q8_0", wq, 4, 64, np.zeros((1, 64), np.float32), np.zeros(3, np.float32))
     with pytest.raises(ModelError, match="not supported"):
-        _testing.matmul_test("Q5_K", np.zeros(176, np.uint8), 1, 256, np.zeros((1, 256), np.float32))
+        _testing.matmul_test("Q2_K", np.zeros(84, np.uint8), 1, 256, np.zeros((1, 256), np.float32))
     with pytest.raises(ModelError, match="multiple of 32"):
         _testing.matmul_test("Q4_0", np.zeros(18, np.uint8), 1, 48, np.zeros((1, 48), np.float32))
     with pytest.raises(ModelError, match="unknown instruction set"):
@@ -399,6 +449,18 @@ def expected_type(name, target):
         return target.upper()
     if name.startswith("v."):
         return "Q8_0"
+    if target in ("q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k"):  # llama.cpp's mixes for phi2, no imatrix
+        base = {"q4_k_s": "Q4_K", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1", "q6_k": "Q6_K"}.get(target, "Q5_K")
+        if name == "output.weight":
+            return "Q6_K"
+        if name.startswith("blk."):
+            layer = int(name.split(".")[1])
+            if target == "q5_k_m" and name.endswith(("ffn_down.weight", "attn_qkv.weight")) and use_more_bits(layer, 8):
+                return "Q6_K"
+            if target == "q4_k_s" and ((name.endswith("attn_qkv.weight") and layer < 4) or
+                                       (name.endswith("ffn_down.weight") and layer < 1)):
+                return "Q5_K"
+        return base
     if name == "output.weight":
         return "Q6_K"
     if name.startswith("blk."):
@@ -408,7 +470,7 @@ def expected_type(name, target):
     return "Q4_K"
 
 
-@pytest.mark.parametrize("target", ["f16", "q8_0", "q4_0", "q4_k_m"])
+@pytest.mark.parametrize("target", ["f16", "q8_0", "q4_0", "q4_k_m", "q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k"])
 def test_quantize_file_round_trip(tmp_path, target):
     from tinygptv_native.quantize import FILE_TYPE, quantize_file
     rng = np.random.default_rng(21)
@@ -442,7 +504,7 @@ def test_quantize_file_round_trip(tmp_path, target):
             assert np.array_equal(got, x.astype(np.float16).astype(np.float32) if want == "F16" else x), name
         else:
             assert np.array_equal(raw, _core.quantize(want, x).reshape(-1)), name
-            if want in ("Q8_0", "Q4_0"):
+            if want in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"):
                 assert np.array_equal(raw, gg_quantize(x, getattr(T, want)).reshape(-1)), name
 
 
@@ -451,11 +513,11 @@ def test_quantize_file_errors_leave_no_output(tmp_path):
     from tinygptv_native.quantize import QuantizeError, main, quantize_file
     rng = np.random.default_rng(1)
     src = tmp_path / "in.gguf"
-    # A Q5_K weight can be copied but not converted: quantizing to q8_0 must fail cleanly.
-    q5 = rng.integers(0, 255, size=(4, 176), dtype=np.uint8)
-    _write_gguf(src, [("blk.0.ffn_up.weight", q5, T.Q5_K)])
+    # A Q2_K weight can be copied but not converted: quantizing to q8_0 must fail cleanly.
+    q2 = rng.integers(0, 255, size=(4, 84), dtype=np.uint8)
+    _write_gguf(src, [("blk.0.ffn_up.weight", q2, T.Q2_K)])
     dst = tmp_path / "out.gguf"
-    with pytest.raises(QuantizeError, match=r"blk\.0\.ffn_up\.weight.*Q5_K"):
+    with pytest.raises(QuantizeError, match=r"blk\.0\.ffn_up\.weight.*Q2_K"):
         quantize_file(str(src), str(dst), "q8_0", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf"]
     with pytest.raises(QuantizeError, match="q3_k"):

@@ -2,7 +2,9 @@
 
 llama.cpp is driven through the `llama-cpp-python` package (CI installs it; the test is skipped where
 it is not installed). The file comes from our converter, so this checks the converter's names and
-keys against llama.cpp's loader, and our decoder against a second independent implementation.
+keys against llama.cpp's loader, and our decoder against a second independent implementation. The
+other way round, files quantized by llama.cpp's own quantizer load in our engine and agree with
+llama.cpp's logits on them.
 """
 import numpy as np
 import pytest
@@ -44,3 +46,49 @@ def test_llamacpp_quantized_agreement_on_the_same_file(tmp_path, qtype):
     llm.eval(ids)
     theirs = (np.array(llm.scores[: len(ids)]).argmax(1) == ref).mean()
     assert ours >= theirs - 0.02, (qtype, ours, theirs)
+
+
+# llama.cpp's file types (llama_ftype) for the mixes our quantizer also writes
+LLAMA_FTYPE = {"q4_1": 3, "q5_0": 8, "q5_1": 9, "q4_k_s": 14, "q4_k_m": 15, "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18}
+
+
+def _llamacpp_quantize(src, dst, qtype):
+    import ctypes
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = LLAMA_FTYPE[qtype]
+    p.nthread = 2
+    assert llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(p)) == 0
+
+
+# (q4_0 is left out: ours is the plain type everywhere, where llama.cpp gives output.weight Q6_K)
+@pytest.mark.parametrize("qtype", ["q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q4_k_m", "q4_k_s", "q6_k"])
+def test_file_quantized_by_llamacpp(tmp_path, qtype):
+    """A random Phi-2 quantized by llama.cpp's own quantizer: the same tensor types and bytes as our
+    quantizer writes for that mix (both use ggml's reference quantizers, no importance matrix), our
+    engine loads it, and its logits agree with llama.cpp's on that file: top-1 agreement against the
+    F32 model within 2 points of llama.cpp's (the bound of the test above), and the logits of the two
+    engines closer to each other than either is to the F32 model's."""
+    import gguf
+    from test_phi2 import quantized_parity_model
+    path, ours_q, ids = quantized_parity_model(tmp_path, qtype)
+    theirs_q = str(tmp_path / f"llamacpp-{qtype}.gguf")
+    _llamacpp_quantize(path, theirs_q, qtype)
+    mine = {t.name: t for t in gguf.GGUFReader(ours_q).tensors}
+    theirs_t = {t.name: t for t in gguf.GGUFReader(theirs_q).tensors}
+    assert mine.keys() == theirs_t.keys()
+    for name, t in theirs_t.items():
+        assert t.tensor_type.name == mine[name].tensor_type.name, (name, t.tensor_type.name, mine[name].tensor_type.name)
+        if name.endswith(".weight") and len(t.shape) > 1:
+            assert np.array_equal(np.asarray(t.data).view(np.uint8), np.asarray(mine[name].data).view(np.uint8)), name
+
+    ref = Model(path, n_threads=2, kv_type="f32").logits(ids)
+    ours = Model(theirs_q, n_threads=2, kv_type="f32").logits(ids)
+    llm = llama_cpp.Llama(model_path=theirs_q, n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+    llm.eval(ids)
+    theirs = np.array(llm.scores[: len(ids)], dtype=np.float32)
+    assert theirs.shape == ours.shape
+    agree_ours = (ours.argmax(1) == ref.argmax(1)).mean()
+    agree_theirs = (theirs.argmax(1) == ref.argmax(1)).mean()
+    assert agree_ours >= agree_theirs - 0.02, (qtype, agree_ours, agree_theirs)
+    between = np.abs(ours - theirs).mean()
+    assert between < min(np.abs(ours - ref).mean(), np.abs(theirs - ref).mean()), (qtype, between)

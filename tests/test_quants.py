@@ -1,6 +1,7 @@
-"""Quantizers and dequantizers against gguf-py (byte-exact for Q8_0/Q4_0, bit-exact dequantization),
-against ggml's own C reference quantizers when llama-cpp-python is installed (byte-exact for all four
-types), and against ggml's test-quantize-fns error limits.
+"""Quantizers and dequantizers against gguf-py (byte-exact for Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 on random data,
+bit-exact dequantization of every type), against ggml's own C reference quantizers when
+llama-cpp-python is installed (byte-exact for every type, adversarial rows included except for
+Q8_0/Q4_0, which follow gguf-py there), and against ggml's test-quantize-fns error limits.
 
 ggml's metric: array_rmse(a, b) = sqrt(sum((a - b)^2)) / n (not an RMSE), on 0.1 + 2*cos(i + offset)
 with n = 4096; MAX_QUANTIZATION_TOTAL_ERROR = 0.002, MAX_DOT_PRODUCT_ERROR = 0.02 (|dot_q - dot| / n).
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # gguf-py on 
 
 MAX_QUANTIZATION_TOTAL_ERROR = 0.002
 MAX_DOT_PRODUCT_ERROR = 0.02
-BLOCK = {"Q8_0": 32, "Q4_0": 32, "Q4_K": 256, "Q6_K": 256}
+BLOCK = {"Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
+QUANTS = list(BLOCK)
 
 
 def ggml_data(n=4096, offset=0.0):
@@ -52,7 +54,7 @@ def adversarial_rows(block):
     return np.stack(rows).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", ["Q8_0", "Q4_0"])
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])
 def test_bytes_match_gguf_random(name):
     rng = np.random.default_rng(0)
     for scale in (1.0, 0.02, 300.0):
@@ -76,20 +78,20 @@ def test_bytes_match_gguf_adversarial(name):
     assert np.array_equal(_core.quantize(name, xx), gg_quantize(xx, getattr(T, name)))
 
 
-@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("name", QUANTS)
 def test_zero_blocks_have_zero_scale(name):
     blk = BLOCK[name]
     x = np.zeros((3, blk * 2), np.float32)
     q = _core.quantize(name, x)
     d = _core.dequantize(name, q, x.shape)
     assert np.all(d == 0) and not np.any(np.isnan(d))
-    if name in ("Q8_0", "Q4_0"):  # fp16 scale first; Q4_0 gives -0.0 exactly as gguf-py (0 / -8)
+    if name in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"):  # fp16 scale first; Q4_0 gives -0.0 exactly as gguf-py (0 / -8)
         scale = q[:, :2].copy().view(np.float16).astype(np.float32)
         assert np.all(scale == 0), "the scale of an all-zero block must be 0"
         assert np.array_equal(q, gg_quantize(x, getattr(T, name)))
 
 
-@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("name", QUANTS)
 def test_dequantize_bit_exact_vs_gguf(name):
     rng = np.random.default_rng(7)
     x = np.concatenate([rng.standard_normal((8, 512)), adversarial_rows(256)[:, :256].repeat(2, axis=1)]).astype(np.float32)
@@ -124,7 +126,7 @@ def test_float_conversions_match_gguf(name):
     assert np.array_equal(back, np.asarray(want, np.float32))
 
 
-@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("name", QUANTS)
 def test_quantization_error_ggml_limit(name):
     for offset in (0.0, 1.0, 7.5):
         x = ggml_data(4096, offset).reshape(1, -1)
@@ -138,15 +140,19 @@ def test_kquant_error_ordering_random():
     rng = np.random.default_rng(11)
     x = (rng.standard_normal((16, 1024)) * 0.05).astype(np.float32)
     rel = {}
-    for name in ("Q4_K", "Q6_K", "Q4_0", "Q8_0"):
+    for name in ("Q4_K", "Q5_K", "Q6_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
         d = _core.dequantize(name, _core.quantize(name, x), x.shape)
         rel[name] = float(np.sqrt(np.mean((d - x) ** 2)) / np.sqrt(np.mean(x ** 2)))
     assert rel["Q6_K"] < 0.5 * rel["Q4_K"], rel
     assert rel["Q4_K"] < rel["Q4_0"], rel  # the min/scale search must beat plain absmax
     assert rel["Q8_0"] < 0.01 and rel["Q4_K"] < 0.12, rel
+    # one more bit halves the error; a minimum per block beats a symmetric scale
+    assert rel["Q6_K"] < rel["Q5_K"] < 0.6 * rel["Q4_K"], rel
+    assert rel["Q5_0"] < 0.6 * rel["Q4_0"] and rel["Q5_1"] < 0.6 * rel["Q4_1"], rel
+    assert rel["Q4_1"] < rel["Q4_0"] and rel["Q5_1"] < rel["Q5_0"], rel
 
 
-@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("name", QUANTS)
 def test_dot_product_error_ggml_limit(name):
     w = ggml_data(4096, 0.0).reshape(1, -1)
     x = ggml_data(4096, 1.0).reshape(1, -1)
@@ -170,8 +176,8 @@ def test_bad_input_errors():
         _core.quantize("Q8_0", np.zeros(32, np.float32))
     with pytest.raises(ModelError, match="needs 68 bytes"):
         _core.dequantize("Q8_0", np.zeros(60, np.uint8), (2, 32))
-    with pytest.raises(ModelError, match="Q5_K"):
-        _core.quantize("Q5_K", np.zeros((1, 256), np.float32))
+    with pytest.raises(ModelError, match="Q2_K"):
+        _core.quantize("Q2_K", np.zeros((1, 256), np.float32))
 
 
 def _ggml_base_library():
@@ -194,7 +200,9 @@ def _ggml_base_library():
 
 @pytest.mark.parametrize("name,fn,block_bytes,block", [
     ("Q4_K", "quantize_row_q4_K_ref", 144, 256), ("Q6_K", "quantize_row_q6_K_ref", 210, 256),
-    ("Q8_0", "quantize_row_q8_0_ref", 34, 32), ("Q4_0", "quantize_row_q4_0_ref", 18, 32)])
+    ("Q8_0", "quantize_row_q8_0_ref", 34, 32), ("Q4_0", "quantize_row_q4_0_ref", 18, 32),
+    ("Q4_1", "quantize_row_q4_1_ref", 20, 32), ("Q5_0", "quantize_row_q5_0_ref", 22, 32),
+    ("Q5_1", "quantize_row_q5_1_ref", 24, 32), ("Q5_K", "quantize_row_q5_K_ref", 176, 256)])
 def test_bytes_match_ggml_reference(name, fn, block_bytes, block):
     import ctypes
     lib = _ggml_base_library()
@@ -204,8 +212,11 @@ def test_bytes_match_ggml_reference(name, fn, block_bytes, block):
     f.restype = None
     f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     rng = np.random.default_rng(17)
-    for x in (rng.standard_normal((16, 1024)), ggml_data(16 * 1024).reshape(16, -1),
-              np.where(rng.random((16, 1024)) < 0.02, rng.standard_normal((16, 1024)) * 10, 0)):
+    inputs = [rng.standard_normal((16, 1024)), ggml_data(16 * 1024).reshape(16, -1),
+              np.where(rng.random((16, 1024)) < 0.02, rng.standard_normal((16, 1024)) * 10, 0)]
+    if name not in ("Q8_0", "Q4_0"):  # those follow gguf-py on the edge cases (all -0.0: scale +0.0)
+        inputs.append(adversarial_rows(block))
+    for x in inputs:
         x = np.ascontiguousarray(x, dtype=np.float32)
         ref = np.zeros(x.size // block * block_bytes, np.uint8)
         f(x.ctypes.data, ref.ctypes.data, x.size)

@@ -1,6 +1,7 @@
 """`tinygptv quantize IN.gguf OUT.gguf TYPE`: rewrite a GGUF file with quantized weights.
 
-TYPE is one of f16, q8_0, q4_0, q4_k_m; --vision-type f16|q8_0|q4_0 gives the image path's weights
+TYPE is one of f16, q8_0, q4_0, q4_k_m, q4_k_s, q4_1, q5_0, q5_1, q5_k_s, q5_k_m, q6_k (llama.cpp's mixes of
+those names); --vision-type f16|q8_0|q4_0 gives the image path's weights
 (v.*, qf.*, mm.*) that type instead. The quantizer itself, with the rules for which tensor gets
 which type, is the converter's (convert/quantize.py, installed as tinygptv_native.convert.quantize):
 its names are re-exported here.
@@ -17,13 +18,13 @@ from .convert.quantize import (FILE_TYPE, QUANTIZATION_VERSION, TYPES, VISION_TY
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="tinygptv quantize",
-                                 description="Rewrite a GGUF file with quantized weights (f16, q8_0, q4_0, q4_k_m).")
+                                 description="Rewrite a GGUF file with quantized weights (" + ", ".join(TYPES) + ").")
     ap.add_argument("input", help="input GGUF file")
     ap.add_argument("output", help="output GGUF file (written to a temporary name, then renamed)")
     ap.add_argument("type", help="one of: " + ", ".join(TYPES))
     ap.add_argument("--vision-type", default=None, metavar="TYPE",
                     help="type of the vision tower, Q-Former and projector weights: " + ", ".join(VISION_TYPES)
-                    + " (default: TYPE; Q8_0 for q4_k_m)")
+                    + " (default: TYPE for f16, q8_0, q4_0; Q8_0 for the other types)")
     ap.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(list(argv) if argv is not None else None)

@@ -36,20 +36,26 @@ namespace tg {
 bool matmul_supports(GgmlType t) {
     switch (t) {
         case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q8_0:
-        case GgmlType::Q4_0: case GgmlType::Q4_K: case GgmlType::Q6_K:
+        case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1:
+        case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K:
             return true;
         default:
             return false;
     }
 }
 
+static GemmFn simd_kernel(Isa isa, GgmlType t);
+
 size_t packed_group_bytes(GgmlType t, int64_t n_in) {
     switch (t) {
         case GgmlType::F32: return (size_t)n_in * kGroup * 4;
         case GgmlType::F16: case GgmlType::BF16: return (size_t)n_in * kGroup * 2;
-        case GgmlType::Q8_0: return pair_group_bytes<kPackQ8_0>(n_in / QK8_0);
+        case GgmlType::Q8_0: case GgmlType::Q5_0: return pair_group_bytes<kPackQ8_0>(n_in / QK8_0);
         case GgmlType::Q4_0: return pair_group_bytes<kPackQ4_0>(n_in / QK4_0);
         case GgmlType::Q4_K: return (size_t)(n_in / QK_K) * kPackQ4_K;
+        case GgmlType::Q5_K: return (size_t)(n_in / QK_K) * kPackQ5_K;
+        case GgmlType::Q4_1: return (size_t)(n_in / 32) * kPackQ4_1;
+        case GgmlType::Q5_1: return (size_t)(n_in / 32) * kPackQ5_1;
         case GgmlType::Q6_K: return (size_t)(n_in / QK_K) * kPackQ6_K;
         default: return 0;
     }
@@ -90,19 +96,29 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
                     for (int64_t i = i0; i < std::min<int64_t>(k, i0 + 64); i++) ((uint16_t*)dst)[i * kGroup + r] = p ? p[i] : 0;
                 }
             break;
-        case GgmlType::Q8_0:
+        case GgmlType::Q8_0: case GgmlType::Q5_0:
         {   // row by row: 4-byte moves, the destination of one group stays in the L2 cache
+            // (Q5_0 widened to Q8_0's layout: its values q - 16 as int8, the same fp16 scale)
             const int64_t nb = k / QK8_0;
+            const bool q5 = w.type == GgmlType::Q5_0;
             if (nb & 1) std::memset(dst + pair_scale_off<kPackQ8_0>(nb - 1), 0, 64);
             for (int r = 0; r < kGroup; r++) {
-                const BlockQ8_0* p = (const BlockQ8_0*)row(r);
+                const uint8_t* p = row(r);
                 for (int64_t b = 0; b < nb; b++) {
                     uint8_t* o = dst + pair_quant_off<kPackQ8_0>(b) + 4 * r;
                     uint8_t* d = dst + pair_scale_off<kPackQ8_0>(b) + 2 * r;
                     uint32_t v[8];
-                    if (p) {
-                        std::memcpy(d, &p[b].d, 2);
-                        std::memcpy(v, p[b].qs, 32);
+                    if (p && q5) {
+                        const BlockQ5_0& blk = ((const BlockQ5_0*)p)[b];
+                        std::memcpy(d, &blk.d, 2);
+                        uint8_t u[32];
+                        q5_unpack(blk.qs, blk.qh, u);
+                        for (int j = 0; j < 32; j++) u[j] = (uint8_t)(u[j] - 16 + 128);
+                        std::memcpy(v, u, 32);
+                    } else if (p) {
+                        const BlockQ8_0& blk = ((const BlockQ8_0*)p)[b];
+                        std::memcpy(d, &blk.d, 2);
+                        std::memcpy(v, blk.qs, 32);
                         for (int s = 0; s < 8; s++) v[s] ^= 0x80808080u;
                     } else {
                         std::memset(d, 0, 2);
@@ -134,27 +150,65 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
             }
             break;
         }
-        case GgmlType::Q4_K:
+        case GgmlType::Q4_1: case GgmlType::Q5_1: {
+            const bool q5 = w.type == GgmlType::Q5_1;
+            const size_t stride = q5 ? kPackQ5_1 : kPackQ4_1;
+            for (int r = 0; r < kGroup; r++) {
+                const uint8_t* p = row(r);
+                for (int64_t b = 0; b < k / 32; b++) {
+                    uint8_t* o = dst + b * stride;
+                    uint8_t v[32];
+                    uint16_t d = 0, m = 0;
+                    if (p && q5) {
+                        const BlockQ5_1& blk = ((const BlockQ5_1*)p)[b];
+                        d = blk.d, m = blk.m;
+                        q5_unpack(blk.qs, blk.qh, v);
+                    } else if (p) {
+                        const BlockQ4_1& blk = ((const BlockQ4_1*)p)[b];
+                        d = blk.d, m = blk.m;
+                        std::memcpy(v, blk.qs, 16);
+                    } else {
+                        std::memset(v, 0, sizeof v);
+                    }
+                    std::memcpy(o + 2 * r, &d, 2);
+                    std::memcpy(o + 32 + 2 * r, &m, 2);
+                    for (int s = 0; s < (q5 ? 8 : 4); s++) std::memcpy(o + 64 + 64 * s + 4 * r, v + 4 * s, 4);
+                }
+            }
+            break;
+        }
+        case GgmlType::Q4_K: case GgmlType::Q5_K: {
+            const bool q5 = w.type == GgmlType::Q5_K;
+            const size_t stride = q5 ? kPackQ5_K : kPackQ4_K;
             for (int64_t b = 0; b < k / QK_K; b++) {
-                uint8_t* o = dst + b * kPackQ4_K;
+                uint8_t* o = dst + b * stride;
                 for (int r = 0; r < kGroup; r++) {
-                    const BlockQ4_K* p = (const BlockQ4_K*)row(r);
-                    uint16_t d = p ? p[b].d : 0, dm = p ? p[b].dmin : 0;
+                    const uint8_t* rp = row(r);
+                    const BlockQ4_K* p4 = rp && !q5 ? (const BlockQ4_K*)rp + b : nullptr;
+                    const BlockQ5_K* p5 = rp && q5 ? (const BlockQ5_K*)rp + b : nullptr;
+                    const bool have = rp != nullptr;
+                    uint16_t d = p4 ? p4->d : (p5 ? p5->d : 0), dm = p4 ? p4->dmin : (p5 ? p5->dmin : 0);
+                    const uint8_t* scales = p4 ? p4->scales : (p5 ? p5->scales : nullptr);
+                    const uint8_t* qs = p4 ? p4->qs : (p5 ? p5->qs : nullptr);
                     std::memcpy(o + 2 * r, &d, 2);
                     std::memcpy(o + 32 + 2 * r, &dm, 2);
                     for (int j = 0; j < 8; j++) {
                         uint8_t sc = 0, m = 0;
-                        if (p) q4k_scale_min(j, p[b].scales, &sc, &m);
+                        if (have) q4k_scale_min(j, scales, &sc, &m);
                         o[64 + 16 * j + r] = sc;
                         o[192 + 32 * (j / 2) + 2 * r + (j & 1)] = m;
                     }
                     for (int c = 0; c < 4; c++)
                         for (int s = 0; s < 8; s++)
                             for (int e = 0; e < 4; e++)
-                                o[320 + 64 * (8 * c + s) + 4 * r + e] = p ? p[b].qs[32 * c + 4 * s + e] : 0;
+                                o[320 + 64 * (8 * c + s) + 4 * r + e] = have ? qs[32 * c + 4 * s + e] : 0;
+                    if (q5)
+                        for (int s = 0; s < 8; s++)
+                            for (int e = 0; e < 4; e++) o[kPackQ4_K + 64 * s + 4 * r + e] = p5 ? p5->qh[4 * s + e] : 0;
                 }
             }
             break;
+        }
         case GgmlType::Q6_K:
             for (int64_t b = 0; b < k / QK_K; b++) {
                 uint8_t* o = dst + b * kPackQ6_K;
@@ -198,7 +252,8 @@ static void populate(const void* p, size_t n, bool write) {
 static void prepare(MatW& w, Exec* ex) {
     check_weight(w);
     w.repacked.reset();
-    if (isa_active() == Isa::Scalar) return;  // the scalar kernels read the standard layout
+    // The scalar kernels read the standard layout, as does every path for a type without SIMD kernels.
+    if (isa_active() == Isa::Scalar || !simd_kernel(isa_active(), w.type)) return;
     const int64_t groups = (w.n_out + kGroup - 1) / kGroup;
     const size_t gb = packed_group_bytes(w.type, w.n_in);
     const size_t total = (size_t)groups * gb;
@@ -338,18 +393,33 @@ static void scalar_float(const GemmArgs& A, int64_t r0, int64_t r1, Load load) {
         }
 }
 
+// Q8_0, and Q5_0 with the same arithmetic (values q - 16).
+template <GgmlType T>
 static void scalar_q8_0(const GemmArgs& A, int64_t r0, int64_t r1) {
     const ActQ8& a = *A.a8;
-    const BlockQ8_0* W = (const BlockQ8_0*)A.w;
+    const size_t bb = type_traits((uint32_t)T).block_bytes;
     for (int64_t r = r0; r < r1; r++)
         for (int64_t i = 0; i < A.n; i++) {
             float acc = 0.f;
             for (int64_t b = 0; b < a.nb; b++) {
-                const BlockQ8_0& blk = W[r * a.nb + b];
+                const uint8_t* blk = A.w + (r * a.nb + b) * bb;
+                int8_t q[QK8_0];
+                uint16_t dh;
+                if (T == GgmlType::Q5_0) {
+                    const BlockQ5_0& b5 = *(const BlockQ5_0*)blk;
+                    uint8_t u[32];
+                    q5_unpack(b5.qs, b5.qh, u);
+                    for (int j = 0; j < 32; j++) q[j] = (int8_t)(u[j] - 16);
+                    dh = b5.d;
+                } else {
+                    const BlockQ8_0& b8 = *(const BlockQ8_0*)blk;
+                    std::memcpy(q, b8.qs, QK8_0);
+                    dh = b8.d;
+                }
                 const int8_t* xq = &a.qs[i * a.k + b * QK8_0];
                 int32_t isum = 0;
-                for (int j = 0; j < QK8_0; j++) isum += (int32_t)blk.qs[j] * xq[j];
-                acc = std::fma(fp16_to_fp32(blk.d) * a.d[i * a.nb + b], (float)isum, acc);
+                for (int j = 0; j < QK8_0; j++) isum += (int32_t)q[j] * xq[j];
+                acc = std::fma(fp16_to_fp32(dh) * a.d[i * a.nb + b], (float)isum, acc);
             }
             A.y[i * A.n_out + r] = finish(acc, A.bias, r);
         }
@@ -372,6 +442,72 @@ static void scalar_q4_0(const GemmArgs& A, int64_t r0, int64_t r1) {
                     t = std::fma(fp16_to_fp32(blk.d), (float)isum, t);
                 }
                 acc = std::fma(a.d[i * a.ng + c], t, acc);
+            }
+            A.y[i * A.n_out + r] = finish(acc, A.bias, r);
+        }
+}
+
+// Q4_1, Q5_1: the activation scale grouping of Q4_0 (kActGroupQ4_0 blocks per scale):
+//   t = fma(d_w[b], (float)isum_b, t); t = fma(m_w[b], (float)xsum_b, t) with isum_b over q;
+// then acc = fma(d_x[c], t, acc).
+template <GgmlType T>
+static void scalar_q_small(const GemmArgs& A, int64_t r0, int64_t r1) {
+    const ActQ8& a = *A.a8;
+    const size_t bb = type_traits((uint32_t)T).block_bytes;
+    const uint8_t* W = A.w;
+    uint8_t u[32];
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < A.n; i++) {
+            float acc = 0.f;
+            for (int64_t c = 0; c < a.ng; c++) {
+                float t = 0.f;
+                for (int64_t b = c * a.gb; b < std::min(a.nb, (c + 1) * a.gb); b++) {
+                    const uint8_t* blk = W + (r * a.nb + b) * bb;
+                    uint16_t dh, mh = 0;
+                    std::memcpy(&dh, blk, 2);
+                    if (T == GgmlType::Q4_1) {
+                        std::memcpy(&mh, blk + 2, 2);
+                        q5_unpack(blk + 4, nullptr, u);
+                    } else {
+                        std::memcpy(&mh, blk + 2, 2);
+                        q5_unpack(blk + 8, blk + 4, u);
+                    }
+                    const int8_t* xq = &a.qs[i * a.k + b * 32];
+                    int32_t isum = 0;
+                    for (int j = 0; j < 32; j++) isum += (int)u[j] * xq[j];
+                    t = std::fma(fp16_to_fp32(dh), (float)isum, t);
+                    t = std::fma(fp16_to_fp32(mh), (float)a.sum[i * a.nb + b], t);
+                }
+                acc = std::fma(a.d[i * a.ng + c], t, acc);
+            }
+            A.y[i * A.n_out + r] = finish(acc, A.bias, r);
+        }
+}
+
+static void scalar_q5_K(const GemmArgs& A, int64_t r0, int64_t r1) {
+    const ActQ8K& a = *A.ak;
+    const BlockQ5_K* W = (const BlockQ5_K*)A.w;
+    uint8_t u[QK_K];
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < A.n; i++) {
+            float acc = 0.f;
+            for (int64_t b = 0; b < a.nb; b++) {
+                const BlockQ5_K& blk = W[r * a.nb + b];
+                const int8_t* xq = &a.qs[i * a.k + b * QK_K];
+                const int32_t* bs = &a.bsum[(i * a.nb + b) * 16];
+                qk_unpack5(blk.qs, blk.qh, u);
+                int32_t isum = 0, msum = 0;
+                for (int j = 0; j < 8; j++) {
+                    uint8_t sc, m;
+                    q4k_scale_min(j, blk.scales, &sc, &m);
+                    int32_t dot = 0;
+                    for (int l = 0; l < 32; l++) dot += u[32 * j + l] * xq[32 * j + l];
+                    isum += sc * dot;
+                    msum += m * (bs[2 * j] + bs[2 * j + 1]);
+                }
+                const float dx = a.d[i * a.nb + b];
+                acc = std::fma(fp16_to_fp32(blk.d) * dx, (float)isum, acc);
+                acc = std::fma(-(fp16_to_fp32(blk.dmin) * dx), (float)msum, acc);
             }
             A.y[i * A.n_out + r] = finish(acc, A.bias, r);
         }
@@ -446,9 +582,13 @@ static void scalar_gemm(GgmlType t, const GemmArgs& A, int64_t r0, int64_t r1) {
             scalar_float(A, r0, r1, [&](int64_t r, int64_t j) { return bf16_to_fp32(W[r * k + j]); });
             break;
         }
-        case GgmlType::Q8_0: scalar_q8_0(A, r0, r1); break;
+        case GgmlType::Q8_0: scalar_q8_0<GgmlType::Q8_0>(A, r0, r1); break;
+        case GgmlType::Q5_0: scalar_q8_0<GgmlType::Q5_0>(A, r0, r1); break;
         case GgmlType::Q4_0: scalar_q4_0(A, r0, r1); break;
+        case GgmlType::Q4_1: scalar_q_small<GgmlType::Q4_1>(A, r0, r1); break;
+        case GgmlType::Q5_1: scalar_q_small<GgmlType::Q5_1>(A, r0, r1); break;
         case GgmlType::Q4_K: scalar_q4_K(A, r0, r1); break;
+        case GgmlType::Q5_K: scalar_q5_K(A, r0, r1); break;
         case GgmlType::Q6_K: scalar_q6_K(A, r0, r1); break;
         default: break;
     }
@@ -456,16 +596,19 @@ static void scalar_gemm(GgmlType t, const GemmArgs& A, int64_t r0, int64_t r1) {
 
 // ---- dispatch -----------------------------------------------------------------------------------
 
-static GemmFn simd_kernel(Isa isa, GgmlType t) {
+static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel over the standard layout
 #if defined(TINYGPTV_X86)
     if (isa == Isa::Avx512) {
         switch (t) {
             case GgmlType::F32: return avx512::gemm_f32;
             case GgmlType::F16: return avx512::gemm_f16;
             case GgmlType::BF16: return avx512::gemm_bf16;
-            case GgmlType::Q8_0: return avx512::gemm_q8_0;
+            case GgmlType::Q8_0: case GgmlType::Q5_0: return avx512::gemm_q8_0;  // Q5_0: widened at repack
             case GgmlType::Q4_0: return avx512::gemm_q4_0;
             case GgmlType::Q4_K: return avx512::gemm_q4_K;
+            case GgmlType::Q5_K: return avx512::gemm_q5_K;
+            case GgmlType::Q4_1: return avx512::gemm_q4_1;
+            case GgmlType::Q5_1: return avx512::gemm_q5_1;
             case GgmlType::Q6_K: return avx512::gemm_q6_K;
             default: return nullptr;
         }
@@ -475,9 +618,12 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {
             case GgmlType::F32: return avx2::gemm_f32;
             case GgmlType::F16: return avx2::gemm_f16;
             case GgmlType::BF16: return avx2::gemm_bf16;
-            case GgmlType::Q8_0: return avx2::gemm_q8_0;
+            case GgmlType::Q8_0: case GgmlType::Q5_0: return avx2::gemm_q8_0;  // Q5_0: widened at repack
             case GgmlType::Q4_0: return avx2::gemm_q4_0;
             case GgmlType::Q4_K: return avx2::gemm_q4_K;
+            case GgmlType::Q5_K: return avx2::gemm_q5_K;
+            case GgmlType::Q4_1: return avx2::gemm_q4_1;
+            case GgmlType::Q5_1: return avx2::gemm_q5_1;
             case GgmlType::Q6_K: return avx2::gemm_q6_K;
             default: return nullptr;
         }
@@ -489,9 +635,12 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {
             case GgmlType::F32: return neon::gemm_f32;
             case GgmlType::F16: return neon::gemm_f16;
             case GgmlType::BF16: return neon::gemm_bf16;
-            case GgmlType::Q8_0: return neon::gemm_q8_0;
+            case GgmlType::Q8_0: case GgmlType::Q5_0: return neon::gemm_q8_0;  // Q5_0: widened at repack
             case GgmlType::Q4_0: return neon::gemm_q4_0;
             case GgmlType::Q4_K: return neon::gemm_q4_K;
+            case GgmlType::Q5_K: return neon::gemm_q5_K;
+            case GgmlType::Q4_1: return neon::gemm_q4_1;
+            case GgmlType::Q5_1: return neon::gemm_q5_1;
             case GgmlType::Q6_K: return neon::gemm_q6_K;
             default: return nullptr;
         }
@@ -515,11 +664,12 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
     const Isa isa = isa_active();
     thread_local ActQ8 a8;  // reused across calls: no page faults per token
     thread_local ActQ8K ak;
-    if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q4_0) {
-        if (w.type == GgmlType::Q4_0) quantize_act_q8(x, n, k, a8, 8, kActGroupQ4_0, isa, ex);
-        else quantize_act_q8(x, n, k, a8, 128, 1, isa, ex);
+    if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q4_0 || w.type == GgmlType::Q4_1 ||
+        w.type == GgmlType::Q5_0 || w.type == GgmlType::Q5_1) {
+        if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q5_0) quantize_act_q8(x, n, k, a8, 128, 1, isa, ex);
+        else quantize_act_q8(x, n, k, a8, w.type == GgmlType::Q4_0 ? 8 : 0, kActGroupQ4_0, isa, ex);
         A.a8 = &a8;
-    } else if (w.type == GgmlType::Q4_K || w.type == GgmlType::Q6_K) {
+    } else if (w.type == GgmlType::Q4_K || w.type == GgmlType::Q5_K || w.type == GgmlType::Q6_K) {
         quantize_act_q8k(x, n, k, ak, isa, ex);
         A.ak = &ak;
     }

@@ -176,6 +176,56 @@ void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
 }
 
+// Q4_1 / Q5_1 (values with a minimum), half h of a group for NT rows: per activation scale group c, per
+// block t = fma(dw, float(isum), t); t = fma(mw, float(xsum), t); then acc = fma(dx, t, acc).
+template <bool Q5, int NT>
+void min_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
+    const ActQ8& a = *A.a8;
+    const int64_t nb = a.nb, k = a.k;
+    constexpr size_t kB = Q5 ? kPackQ5_1 : kPackQ4_1;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[NT], t[NT];
+    for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < a.ng; c++) {
+        for (int j = 0; j < NT; j++) t[j] = _mm256_setzero_ps();
+        for (int64_t b = c * a.gb; b < std::min(nb, (c + 1) * a.gb); b++) {
+            const uint8_t* blk = wg + b * kB;
+            const __m256 dw = load_ph(blk + 16 * h), mw = load_ph(blk + 32 + 16 * h);
+            __m256i w[8];
+            if constexpr (Q5) {
+                for (int s = 0; s < 8; s++) w[s] = _mm256_loadu_si256((const __m256i*)(blk + 64 + 64 * s + 32 * h));
+            } else {
+                for (int s = 0; s < 4; s++) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + 64 + 64 * s + 32 * h));
+                    w[s] = _mm256_and_si256(v, m4);
+                    w[s + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                }
+            }
+            for (int j = 0; j < NT; j++) {
+                const int64_t ii = (i0 + j) * nb + b;
+                const int8_t* xq = a.qs.data() + (i0 + j) * k + b * 32;
+                __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+                for (int s = 0; s < 8; s += 2) {
+                    s0 = dp4(s0, w[s], bc(xq + 4 * s));
+                    s1 = dp4(s1, w[s + 1], bc(xq + 4 * s + 4));
+                }
+                t[j] = _mm256_fmadd_ps(dw, _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), t[j]);
+                t[j] = _mm256_fmadd_ps(mw, _mm256_set1_ps((float)a.sum[ii]), t[j]);
+            }
+        }
+        for (int j = 0; j < NT; j++) acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(a.d[(i0 + j) * a.ng + c]), t[j], acc[j]);
+    }
+    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
+}
+template <int NT> void q4_1_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) { min_tile<false, NT>(A, wg, g, i0, h); }
+template <int NT> void q5_1_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) { min_tile<true, NT>(A, wg, g, i0, h); }
+// Decode: the tile of one row, for each half of each of the NG groups in turn.
+template <bool Q5, int NG>
+void min_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
+    for (int j = 0; j < NG; j++)
+        for (int h = 0; h < 2; h++) min_tile<Q5, 1>(A, wg[j], g[j], 0, h);
+}
+
 // Decode (one activation row) over NG groups taken from NG separate places of the weight, both
 // halves of each: NG memory streams per core instead of one. Per output the arithmetic of the tiles.
 template <int NG>
@@ -249,11 +299,13 @@ void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
 // the decode kernels (NT = 1) walk one super-block of each of NG groups in turn (NG memory streams
 // per core).
 
-template <int NT>
+// Q4_K, and Q5_K (Q5: the 5th bits come from the qh slots after Q4_K's layout, bit 2c of a qh byte for
+// the low nibbles of chunk c, bit 2c + 1 for the high ones).
+template <int NT, bool Q5 = false>
 __attribute__((always_inline)) inline void q4_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int h, int64_t i0, __m256 (&acc)[NT]) {
     const int64_t nb = a.nb, k = a.k;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    const uint8_t* blk = wg + b * kPackQ4_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    const uint8_t* blk = wg + b * (Q5 ? kPackQ5_K : kPackQ4_K);
     const uint8_t* qs = blk + 320 + 32 * h;
     __m256i isum[NT];
     for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
@@ -262,8 +314,13 @@ __attribute__((always_inline)) inline void q4_K_super(const ActQ8K& a, const uin
         for (int j = 0; j < NT; j++) ae[j] = ao[j] = _mm256_setzero_si256();
         for (int s = 0; s < 8; s++) {
             const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 64 * (8 * c + s)));
-            const __m256i lo = _mm256_and_si256(v, m4);
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            __m256i lo = _mm256_and_si256(v, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            if constexpr (Q5) {  // bit b of each byte to bit 4 (16-bit shifts; the masks keep bytes apart)
+                const __m256i hb = _mm256_loadu_si256((const __m256i*)(blk + kPackQ4_K + 64 * s + 32 * h));
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), one), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), one), 4));
+            }
             for (int j = 0; j < NT; j++) {
                 const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK_K + 64 * c + 4 * s;
                 ae[j] = dp4(ae[j], lo, bc(xq));
@@ -354,6 +411,11 @@ __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uin
     }
 
 TG_TILE_AND_VEC(q4_K, q4_K_super)
+template <int NT>
+__attribute__((always_inline)) inline void q5_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int h, int64_t i0, __m256 (&acc)[NT]) {
+    q4_K_super<NT, true>(a, wg, b, h, i0, acc);
+}
+TG_TILE_AND_VEC(q5_K, q5_K_super)
 TG_TILE_AND_VEC(q6_K, q6_K_super)
 #undef TG_TILE_AND_VEC
 
@@ -488,11 +550,29 @@ void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     static const PartTileFn t[4] = {q4_0_tile<1>, q4_0_tile<2>, q4_0_tile<3>, q4_0_tile<4>};
     part_quant_gemm<2>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in), t);
 }
+void gemm_q4_1(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1)
+        return decode_streams<min_vec<false, kDecodeStreams>, min_vec<false, 1>>(A, g0, g1, packed_group_bytes(GgmlType::Q4_1, A.n_in));
+    static const PartTileFn t[4] = {q4_1_tile<1>, q4_1_tile<2>, q4_1_tile<3>, q4_1_tile<4>};
+    part_quant_gemm<2>(A, g0, g1, packed_group_bytes(GgmlType::Q4_1, A.n_in), t);
+}
+void gemm_q5_1(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1)
+        return decode_streams<min_vec<true, kDecodeStreams>, min_vec<true, 1>>(A, g0, g1, packed_group_bytes(GgmlType::Q5_1, A.n_in));
+    static const PartTileFn t[4] = {q5_1_tile<1>, q5_1_tile<2>, q5_1_tile<3>, q5_1_tile<4>};
+    part_quant_gemm<2>(A, g0, g1, packed_group_bytes(GgmlType::Q5_1, A.n_in), t);
+}
 void gemm_q4_K(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1)
         return decode_streams<q4_K_vec<kDecodeStreams>, q4_K_vec<1>>(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K);
     static const PartTileFn t[4] = {q4_K_tile<1>, q4_K_tile<2>, q4_K_tile<3>, q4_K_tile<4>};
     part_quant_gemm<2>(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K, t);
+}
+void gemm_q5_K(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1)
+        return decode_streams<q5_K_vec<kDecodeStreams>, q5_K_vec<1>>(A, g0, g1, (A.n_in / QK_K) * kPackQ5_K);
+    static const PartTileFn t[4] = {q5_K_tile<1>, q5_K_tile<2>, q5_K_tile<3>, q5_K_tile<4>};
+    part_quant_gemm<2>(A, g0, g1, (A.n_in / QK_K) * kPackQ5_K, t);
 }
 void gemm_q6_K(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1)

@@ -283,15 +283,76 @@ __attribute__((always_inline)) inline void q4_0_group(const ActQ8& a, const uint
     }
 }
 
+// Q4_1 / Q5_1 (values with a minimum): per activation scale group c, per block
+// t = fma(dw, float(isum), t); t = fma(mw, float(xsum), t); then acc = fma(dx, t, acc). The values are
+// stored as they are (offset 0: corr is kMagicBits alone).
+struct Q4_1W {  // nibbles as Q4_0W
+    static constexpr size_t kBytes = kPackQ4_1;
+    __attribute__((always_inline)) static void load(const uint8_t* blk, __m512i (&w)[8]) {
+        const __m512i m4 = _mm512_set1_epi8(0x0F);
+        for (int s = 0; s < 4; s++) {
+            const __m512i v = _mm512_loadu_si512(blk + 64 + 64 * s);
+            w[s] = _mm512_and_si512(v, m4);
+            w[s + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        }
+    }
+};
+struct Q5_1W {  // one byte per value
+    static constexpr size_t kBytes = kPackQ5_1;
+    __attribute__((always_inline)) static void load(const uint8_t* blk, __m512i (&w)[8]) {
+        for (int s = 0; s < 8; s++) w[s] = _mm512_loadu_si512(blk + 64 + 64 * s);
+    }
+};
+
+template <class W, int NT, int NG>
+__attribute__((always_inline)) inline void min_group(const ActQ8& a, const uint8_t* const* wg, int64_t c, int64_t i0,
+                                                     __m512 (&acc)[NG][NT]) {
+    __m512 t[NG][NT];
+    for (int g = 0; g < NG; g++)
+        for (int j = 0; j < NT; j++) t[g][j] = _mm512_setzero_ps();
+    const int64_t b1 = std::min(a.nb, (c + 1) * kActGroupQ4_0);
+    for (int64_t b = c * kActGroupQ4_0; b < b1; b++) {
+        for (int g = 0; g < NG; g++) {
+            const uint8_t* blk = wg[g] + b * W::kBytes;
+            __m512i w[8];
+            W::load(blk, w);
+            const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)blk));
+            const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(blk + 32)));
+            for (int j = 0; j < NT; j++) {
+                const int64_t ii = (i0 + j) * a.nb + b;
+                const ActMem x{a.qs.data() + (i0 + j) * a.k + b * QK8_0};
+                t[g][j] = _mm512_fmadd_ps(dw, magic_to_float(block_isum(w, x, _mm512_set1_epi32(a.corr[ii]))), t[g][j]);
+                t[g][j] = _mm512_fmadd_ps(mw, _mm512_set1_ps((float)a.sum[ii]), t[g][j]);
+            }
+        }
+    }
+    for (int j = 0; j < NT; j++) {
+        const __m512 dx = _mm512_set1_ps(a.d[(i0 + j) * a.ng + c]);
+        for (int g = 0; g < NG; g++) acc[g][j] = _mm512_fmadd_ps(dx, t[g][j], acc[g][j]);
+    }
+}
+template <int NT, int NG>
+__attribute__((always_inline)) inline void q4_1_group(const ActQ8& a, const uint8_t* const* wg, int64_t c, int64_t i0,
+                                                      __m512 (&acc)[NG][NT]) {
+    min_group<Q4_1W, NT, NG>(a, wg, c, i0, acc);
+}
+template <int NT, int NG>
+__attribute__((always_inline)) inline void q5_1_group(const ActQ8& a, const uint8_t* const* wg, int64_t c, int64_t i0,
+                                                      __m512 (&acc)[NG][NT]) {
+    min_group<Q5_1W, NT, NG>(a, wg, c, i0, acc);
+}
+
 // ---- K-quant weights with Q8_K activations ---------------------------------------------------
 
-template <int NT, int NG>
+// Q4_K, and Q5_K (Q5: the 5th bits come from the qh slots after Q4_K's layout, bit 2c of a qh byte for
+// the low nibbles of chunk c, bit 2c + 1 for the high ones).
+template <int NT, int NG, bool Q5 = false>
 __attribute__((always_inline)) inline void q4_K_super(const ActQ8K& a, const uint8_t* const* wg, int64_t b, int64_t i0,
                                                       __m512 (&acc)[NG][NT]) {
     const int64_t nb = a.nb, k = a.k;
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i m4 = _mm512_set1_epi8(0x0F), one = _mm512_set1_epi8(1);
     const uint8_t* blks[NG];
-    for (int g = 0; g < NG; g++) blks[g] = wg[g] + b * kPackQ4_K;
+    for (int g = 0; g < NG; g++) blks[g] = wg[g] + b * (Q5 ? kPackQ5_K : kPackQ4_K);
     const int8_t* xb = a.qs.data() + i0 * k + b * QK_K;
     __m512i isum[NG][NT];
     for (int g = 0; g < NG; g++)
@@ -303,8 +364,13 @@ __attribute__((always_inline)) inline void q4_K_super(const ActQ8K& a, const uin
         for (int s = 0; s < 8; s++)
             for (int g = 0; g < NG; g++) {
                 const __m512i v = _mm512_loadu_si512(blks[g] + 320 + 64 * (8 * c + s));
-                const __m512i lo = _mm512_and_si512(v, m4);
-                const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                __m512i lo = _mm512_and_si512(v, m4);
+                __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                if constexpr (Q5) {  // bit b of each byte to bit 4 (16-bit shifts; the masks keep bytes apart)
+                    const __m512i h = _mm512_loadu_si512(blks[g] + kPackQ4_K + 64 * s);
+                    lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 2 * c), one), 4));
+                    hi = _mm512_or_si512(hi, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 2 * c + 1), one), 4));
+                }
                 for (int j = 0; j < NT; j++) {
                     const int8_t* xq = xb + j * k + 64 * c + 4 * s;
                     ae[g][j] = _mm512_dpbusd_epi32(ae[g][j], lo, bc(xq));
@@ -404,7 +470,15 @@ __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uin
 
 TG_TILE_AND_VEC(q8_0, a8, q8_0_block, nb)
 TG_TILE_AND_VEC(q4_0, a8, q4_0_group, ng)
+TG_TILE_AND_VEC(q4_1, a8, q4_1_group, ng)
+TG_TILE_AND_VEC(q5_1, a8, q5_1_group, ng)
 TG_TILE_AND_VEC(q4_K, ak, q4_K_super, nb)
+template <int NT, int NG>
+__attribute__((always_inline)) inline void q5_K_super(const ActQ8K& a, const uint8_t* const* wg, int64_t b, int64_t i0,
+                                                      __m512 (&acc)[NG][NT]) {
+    q4_K_super<NT, NG, true>(a, wg, b, i0, acc);
+}
+TG_TILE_AND_VEC(q5_K, ak, q5_K_super, nb)
 TG_TILE_AND_VEC(q6_K, ak, q6_K_super, nb)
 #undef TG_TILE_AND_VEC
 
@@ -429,7 +503,10 @@ void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const 
 
 template <int NT> struct Q8_0K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q8_0_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q4_0K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q4_0_tile<NT>(A, w, g, i); } };
+template <int NT> struct Q4_1K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q4_1_tile<NT>(A, w, g, i); } };
+template <int NT> struct Q5_1K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q5_1_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q4_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q4_K_tile<NT>(A, w, g, i); } };
+template <int NT> struct Q5_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q5_K_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q6_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q6_K_tile<NT>(A, w, g, i); } };
 
 // ---- activation quantizers (byte-identical to the scalar ones in matmul.cpp) ------------------
@@ -584,10 +661,25 @@ void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
                                                                  packed_group_bytes(GgmlType::Q4_0, A.n_in));
     run_table<Q4_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in), std::make_integer_sequence<int, kMaxTileRows>());
 }
+void gemm_q4_1(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1) return decode_streams<q4_1_vec<kDecodeStreams>, q4_1_vec<1>>(A, g0, g1,
+                                                                 packed_group_bytes(GgmlType::Q4_1, A.n_in));
+    run_table<Q4_1K>(A, g0, g1, packed_group_bytes(GgmlType::Q4_1, A.n_in), std::make_integer_sequence<int, kMaxTileRows>());
+}
+void gemm_q5_1(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1) return decode_streams<q5_1_vec<kDecodeStreams>, q5_1_vec<1>>(A, g0, g1,
+                                                                 packed_group_bytes(GgmlType::Q5_1, A.n_in));
+    run_table<Q5_1K>(A, g0, g1, packed_group_bytes(GgmlType::Q5_1, A.n_in), std::make_integer_sequence<int, kMaxTileRows>());
+}
 void gemm_q4_K(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q4_K_vec<kDecodeStreams>, q4_K_vec<1>>(A, g0, g1,
                                                                  packed_group_bytes(GgmlType::Q4_K, A.n_in));
     run_table<Q4_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ4_K, std::make_integer_sequence<int, kMaxTileRows>());
+}
+void gemm_q5_K(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1) return decode_streams<q5_K_vec<kDecodeStreams>, q5_K_vec<1>>(A, g0, g1,
+                                                                 packed_group_bytes(GgmlType::Q5_K, A.n_in));
+    run_table<Q5_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ5_K, std::make_integer_sequence<int, kMaxTileRows>());
 }
 void gemm_q6_K(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q6_K_vec<kDecodeStreams>, q6_K_vec<1>>(A, g0, g1,

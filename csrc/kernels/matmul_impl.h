@@ -11,12 +11,18 @@
 //   F16   k x [16 rows] f16                                             32 B per k
 //   BF16  k x [16 rows] bf16                                            32 B per k
 //   Q8_0  8 slots x [16 rows][4 B] (int8 + 128, as uint8)               512 B per block of 32
+//         (Q5_0 is stored in this layout too, its values q - 16 widened to int8)
 //   Q4_0  4 slots x [16 rows][4 B] (qs bytes 4s..4s+3)                  256 B per block of 32
 //         (Q8_0 and Q4_0 blocks are stored in pairs, d[b][16] f16 | d[b+1][16] f16 | quants of b |
 //          quants of b+1, so that every 64-byte load is cache-line aligned; a lone last block has
 //          32 zero bytes after its scales)
+//   Q4_1  d[16] f16 | m[16] f16 | 4 slots x [16 rows][4 B] (qs bytes 4s..4s+3)   320 B per block of 32
+//   Q5_1  d[16] f16 | m[16] f16 | 8 slots x [16 rows][4 B] (values 4s..4s+3, 0..31 as bytes)
+//                                                                       576 B per block of 32
 //   Q4_K  d[16] f16 | dmin[16] f16 | sc[8][16] u8 | m[4][16][2] u8 |
 //         32 slots x [16 rows][4 B] (slot 8c+s: qs bytes 32c+4s..+3)    2368 B per block of 256
+//   Q5_K  Q4_K's layout (low 4 bits), then 8 slots x [16 rows][4 B]
+//         (slot s: qh bytes 4s..4s+3; bit j of qh byte l: 5th bit of value 32j + l)  2880 B per block of 256
 //   Q6_K  d[16] f16 | sc[16][16] i8 | 16 x (ql slot, ql slot, qh slot)  3360 B per block of 256
 //         (sub-block t of 16 values, slots at 288 + 192t: first byte e = u[16t+e] | u[16t+4+e] << 4,
 //          second byte e = u[16t+8+e] | u[16t+12+e] << 4, third byte e = high 2 bits of
@@ -35,6 +41,10 @@
 //                   acc = fma(d_w * d_x, (float)isum, acc); acc = fma(-(dmin_w * d_x), (float)msum, acc)
 //   Q6_K:           per super-block: isum = sum_t sc_t * dot_t (values q - 32);
 //                   acc = fma(d_w * d_x, (float)isum, acc)
+//   Q5_0:           as Q8_0 (values q - 16; repacked into Q8_0's layout, so Q8_0's kernels run it)
+//   Q4_1, Q5_1:     as Q4_0 (values q, unsigned), and after each block's t = fma(d_w[b], (float)isum_b, t)
+//                   also t = fma(m_w[b], (float)xsum_b, t) (xsum_b: sum of the block's int8 activations)
+//   Q5_K:           as Q4_K (values 0..31)
 //   then y = acc + bias (or acc without bias).
 #pragma once
 #include <cstddef>
@@ -59,6 +69,9 @@ template <size_t QB> constexpr size_t pair_quant_off(int64_t b) { return (size_t
 template <size_t QB> constexpr size_t pair_group_bytes(int64_t nb) { return (size_t)(nb / 2) * pair_bytes<QB>() + (size_t)(nb & 1) * (64 + QB); }
 constexpr size_t kPackQ4_K = 32 + 32 + 128 + 128 + 32 * 64;
 constexpr size_t kPackQ6_K = 32 + 256 + 32 * 64 + 16 * 64;
+constexpr size_t kPackQ5_K = kPackQ4_K + 8 * 64;
+constexpr size_t kPackQ4_1 = 64 + 4 * 64;
+constexpr size_t kPackQ5_1 = 64 + 8 * 64;
 
 // Blocks of 32 activations that share one scale for Q4_0 weights (Q8_0 weights: 1, as ggml's Q8_0).
 // With 4-bit weights the weights' rounding error is ~15x the activations' even at one scale per 128
@@ -214,11 +227,22 @@ void float_gemm_groups(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes,
     void gemm_q4_K(const GemmArgs&, int64_t, int64_t);                                                      \
     void gemm_q6_K(const GemmArgs&, int64_t, int64_t);
 #if defined(TINYGPTV_X86)
-namespace avx2 { TG_SIMD_KERNEL_SET }
-namespace avx512 { TG_SIMD_KERNEL_SET }
+#define TG_X86_KERNEL_SET                                   \
+    TG_SIMD_KERNEL_SET                                      \
+    void gemm_q5_K(const GemmArgs&, int64_t, int64_t);      \
+    void gemm_q4_1(const GemmArgs&, int64_t, int64_t);      \
+    void gemm_q5_1(const GemmArgs&, int64_t, int64_t);
+namespace avx2 { TG_X86_KERNEL_SET }
+namespace avx512 { TG_X86_KERNEL_SET }
+#undef TG_X86_KERNEL_SET
 #endif
 #if defined(TINYGPTV_ARM)
-namespace neon { TG_SIMD_KERNEL_SET }
+namespace neon {
+TG_SIMD_KERNEL_SET
+void gemm_q5_K(const GemmArgs&, int64_t, int64_t);
+void gemm_q4_1(const GemmArgs&, int64_t, int64_t);
+void gemm_q5_1(const GemmArgs&, int64_t, int64_t);
+}
 #endif
 #undef TG_SIMD_KERNEL_SET
 

@@ -253,10 +253,12 @@ void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
 // One super-block b of quarter q of a group (wg: the group's data) against NT activation rows from
 // i0, acc[j] updated with the arithmetic of matmul_impl.h.
 
-template <bool DOT, int NT>
-inline void q4_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int64_t i0, float32x4_t (&acc)[NT]) {
-    const uint8x16_t m4 = vdupq_n_u8(0x0F);
-    const uint8_t* blk = wg + b * kPackQ4_K;
+// Q4_K, and Q5_K (Q5: the 5th bits come from the qh slots after Q4_K's layout, bit 2c of a qh byte for
+// the low nibbles of chunk c, bit 2c + 1 for the high ones).
+template <bool DOT, int NT, bool Q5>
+inline void q45_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int64_t i0, float32x4_t (&acc)[NT]) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), one = vdupq_n_u8(1);
+    const uint8_t* blk = wg + b * (Q5 ? kPackQ5_K : kPackQ4_K);
     const uint8_t* qs = blk + 320 + 16 * q;
     int32x4_t isum[NT];
     for (int j = 0; j < NT; j++) isum[j] = vdupq_n_s32(0);
@@ -265,7 +267,13 @@ inline void q4_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int
         for (int j = 0; j < NT; j++) ae[j] = ao[j] = vdupq_n_s32(0);
         for (int s = 0; s < 8; s++) {
             const uint8x16_t v = vld1q_u8(qs + 64 * (8 * c + s));
-            const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(v, m4)), hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+            uint8x16_t ulo = vandq_u8(v, m4), uhi = vshrq_n_u8(v, 4);
+            if constexpr (Q5) {  // bit b of each byte to bit 4
+                const uint8x16_t h = vld1q_u8(blk + kPackQ4_K + 64 * s + 16 * q);
+                ulo = vorrq_u8(ulo, vshlq_n_u8(vandq_u8(vshlq_u8(h, vdupq_n_s8((int8_t)(-2 * c))), one), 4));
+                uhi = vorrq_u8(uhi, vshlq_n_u8(vandq_u8(vshlq_u8(h, vdupq_n_s8((int8_t)(-2 * c - 1))), one), 4));
+            }
+            const int8x16_t lo = vreinterpretq_s8_u8(ulo), hi = vreinterpretq_s8_u8(uhi);
             for (int j = 0; j < NT; j++) {
                 const int8_t* xq = a.qs.data() + (i0 + j) * a.k + b * QK_K + 64 * c + 4 * s;
                 ae[j] = dp4<DOT>(ae[j], lo, bc(xq));
@@ -293,6 +301,15 @@ inline void q4_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int
         acc[j] = vfmaq_f32(acc[j], vmulq_f32(dw, dx), vcvtq_f32_s32(isum[j]));
         acc[j] = vfmsq_f32(acc[j], vmulq_f32(dm, dx), vcvtq_f32_s32(msum));
     }
+}
+
+template <bool DOT, int NT>
+inline void q4_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int64_t i0, float32x4_t (&acc)[NT]) {
+    q45_K_super<DOT, NT, false>(a, wg, b, q, i0, acc);
+}
+template <bool DOT, int NT>
+inline void q5_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int64_t i0, float32x4_t (&acc)[NT]) {
+    q45_K_super<DOT, NT, true>(a, wg, b, q, i0, acc);
 }
 
 template <bool DOT, int NT>
@@ -353,8 +370,64 @@ inline void q6_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int
     }
 
 TG_TILE_AND_VEC(q4_K, q4_K_super)
+TG_TILE_AND_VEC(q5_K, q5_K_super)
 TG_TILE_AND_VEC(q6_K, q6_K_super)
 #undef TG_TILE_AND_VEC
+
+// Q4_1 / Q5_1 (values with a minimum), quarter q of a group for NT rows: per activation scale group c,
+// per block t = fma(dw, float(isum), t); t = fma(mw, float(xsum), t); then acc = fma(dx, t, acc).
+template <bool DOT, bool Q5, int NT>
+void min_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) {
+    const ActQ8& a = *A.a8;
+    constexpr size_t kB = Q5 ? kPackQ5_1 : kPackQ4_1;
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    float32x4_t acc[NT], t[NT];
+    for (int j = 0; j < NT; j++) acc[j] = vdupq_n_f32(0.f);
+    for (int64_t c = 0; c < a.ng; c++) {
+        for (int j = 0; j < NT; j++) t[j] = vdupq_n_f32(0.f);
+        for (int64_t b = c * a.gb; b < std::min(a.nb, (c + 1) * a.gb); b++) {
+            const uint8_t* blk = wg + b * kB;
+            const float32x4_t dw = load_ph(blk + 8 * q), mw = load_ph(blk + 32 + 8 * q);
+            int8x16_t w[8];
+            if constexpr (Q5) {
+                for (int s = 0; s < 8; s++) w[s] = vreinterpretq_s8_u8(vld1q_u8(blk + 64 + 64 * s + 16 * q));
+            } else {
+                for (int s = 0; s < 4; s++) {
+                    const uint8x16_t v = vld1q_u8(blk + 64 + 64 * s + 16 * q);
+                    w[s] = vreinterpretq_s8_u8(vandq_u8(v, m4));
+                    w[s + 4] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+                }
+            }
+            for (int j = 0; j < NT; j++) {
+                const int64_t ii = (i0 + j) * a.nb + b;
+                const int8_t* xq = a.qs.data() + (i0 + j) * a.k + b * 32;
+                int32x4_t s0 = vdupq_n_s32(0), s1 = vdupq_n_s32(0);
+                for (int s = 0; s < 8; s += 2) {
+                    s0 = dp4<DOT>(s0, w[s], bc(xq + 4 * s));
+                    s1 = dp4<DOT>(s1, w[s + 1], bc(xq + 4 * s + 4));
+                }
+                t[j] = vfmaq_f32(t[j], dw, vcvtq_f32_s32(vaddq_s32(s0, s1)));
+                t[j] = vfmaq_f32(t[j], mw, vdupq_n_f32((float)a.sum[ii]));
+            }
+        }
+        for (int j = 0; j < NT; j++) acc[j] = vfmaq_f32(acc[j], vdupq_n_f32(a.d[(i0 + j) * a.ng + c]), t[j]);
+    }
+    for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, q, acc[j]);
+}
+// Decode: the tile of one row, for each quarter of each of the NG groups in turn.
+template <bool DOT, bool Q5, int NG>
+void min_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
+    for (int j = 0; j < NG; j++)
+        for (int q = 0; q < 4; q++) min_tile<DOT, Q5, 1>(A, wg[j], g[j], 0, q);
+}
+template <bool DOT, bool Q5>
+void min_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
+    const size_t gbytes = packed_group_bytes(Q5 ? GgmlType::Q5_1 : GgmlType::Q4_1, A.n_in);
+    if (A.n == 1) return decode_streams<min_vec<DOT, Q5, kDecodeStreams>, min_vec<DOT, Q5, 1>>(A, g0, g1, gbytes);
+    static const PartTileFn t[4] = {min_tile<DOT, Q5, 1>, min_tile<DOT, Q5, 2>, min_tile<DOT, Q5, 3>,
+                                    min_tile<DOT, Q5, 4>};
+    part_quant_gemm<4>(A, g0, g1, gbytes, t);
+}
 
 // 16 int32 values (4 vectors, in order, each in [-128, 127]) -> 16 int8
 inline void store_i8x16(int8_t* dst, const int32x4_t (&q)[4]) {
@@ -469,8 +542,18 @@ void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(
 TG_GEMM(q8_0, packed_group_bytes(GgmlType::Q8_0, A.n_in))
 TG_GEMM(q4_0, packed_group_bytes(GgmlType::Q4_0, A.n_in))
 TG_GEMM(q4_K, (size_t)(A.n_in / QK_K) * kPackQ4_K)
+TG_GEMM(q5_K, (size_t)(A.n_in / QK_K) * kPackQ5_K)
 TG_GEMM(q6_K, (size_t)(A.n_in / QK_K) * kPackQ6_K)
 #undef TG_GEMM
+
+void gemm_q4_1(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (cpu_has_neon_dot()) min_gemm<true, false>(A, g0, g1);
+    else min_gemm<false, false>(A, g0, g1);
+}
+void gemm_q5_1(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (cpu_has_neon_dot()) min_gemm<true, true>(A, g0, g1);
+    else min_gemm<false, true>(A, g0, g1);
+}
 
 }  // namespace neon
 }  // namespace tg

@@ -288,11 +288,12 @@ int main() {
         const Shape block_shapes[] = {{21, 96, 1}, {21, 96, 6}, {33, 160, 1}, {40, 64, 9}, {5, 32, 3}};
         const Shape super_shapes[] = {{37, 256, 1}, {37, 256, 5}, {16, 512, 1}, {70, 768, 9}, {5, 256, 3},
                                       {53, 1280, 1}, {19, 2560, 2}};
-        const GgmlType types[] = {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0,
-                                  GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K};
+        const GgmlType types[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, GgmlType::Q8_0,
+                                  GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1,
+                                  GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
         int cases = 0;
         for (GgmlType t : types) {
-            const bool super = t == GgmlType::Q4_K || t == GgmlType::Q6_K;
+            const bool super = type_traits((uint32_t)t).block == QK_K;
             if (!super)
                 for (const Shape& s : block_shapes) check_case(t, s, (cases++ & 1) != 0, rng, isas);
             for (const Shape& s : super_shapes) check_case(t, s, (cases++ & 1) != 0, rng, isas);
