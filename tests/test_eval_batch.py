@@ -355,12 +355,23 @@ def test_batch_csv_and_folder(items_file, tmp_path):
 # ---- Ray --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(tmp_path_factory):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    # Ray's workers put the driver's working folder first on their import path: started from a checkout's
+    # root they would import its uncompiled source folder instead of the installed package. They start
+    # elsewhere and are told where the package this process imported lives.
+    import tinygptv_native
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(tinygptv_native.__file__)))
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray_cwd"))
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": pkg_parent}})
+        yield ray
+        ray.shutdown()
+    finally:
+        os.chdir(here)
 
 
 def test_ray_batch_matches_single_process(ray_local, items_file, tmp_path):
