@@ -150,8 +150,10 @@ def test_32_clients_at_once(setup):
         gc.collect()
         rss.append(_rss_mb())
     # flat: the first rounds warm up the allocator's per-thread arenas, the engine's caches and the
-    # thread pools; after them the memory does not grow with the number of requests served
-    assert rss[-1] - rss[WARMUP - 1] < 10, rss
+    # thread pools; after them the memory does not grow with the number of requests served (not under
+    # AddressSanitizer, whose quarantine keeps freed memory on purpose; leaks are its own report there)
+    if "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        assert rss[-1] - rss[WARMUP - 1] < 10, rss
     # the server still answers, and its counters saw every request
     r = httpx.post(s.url + "/v1/chat/completions", timeout=60,
                    json={"messages": [_user(QUESTIONS[1], pics[0])], "temperature": 0})
