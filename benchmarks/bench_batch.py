@@ -68,7 +68,7 @@ class OursWorker:
         gen = self._core.Generator(ctx, self.tok, 512)
         index = {}
         for i, p in enumerate(prompts):
-            seq, cached = gen.submit([p], n_gen, 0.0, 40, 1.0, 0.0, 1.0, 0, 0,
+            seq, cached, _ticket = gen.submit([p], n_gen, 0.0, 40, 1.0, 0.0, 1.0, 0, 0,
                                      stop_ids=[], stop_strings=[], use_eos=False)
             if cached:
                 raise RuntimeError(f"sequence {seq}: {cached} prompt positions cached in a fresh context")

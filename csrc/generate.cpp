@@ -27,7 +27,7 @@ int Generator::n_active() const {
     return n;
 }
 
-int Generator::submit(GenRequest req, int64_t* cached) {
+int Generator::submit(GenRequest req, int64_t* cached, uint64_t* ticket) {
     // Checks first: nothing changes for a bad request.
     req.sampling.validate();
     const PhiHparams& hp = ctx_.model().hparams();
@@ -116,7 +116,9 @@ int Generator::submit(GenRequest req, int64_t* cached) {
     sl.sampler = std::move(sampler);
     sl.dec = std::make_unique<StreamDecoder>(tok_);
     sl.stop = StopMatcher(std::move(req.stop_strings));
+    sl.ticket = ++tickets_;
     if (cached) *cached = keep;
+    if (ticket) *ticket = sl.ticket;
     return best;
 }
 
@@ -129,6 +131,7 @@ void Generator::finish(int seq, const char* reason, GenEvent& ev, bool stop_hit)
         ev.text += tail;
     }
     ev.seq = seq;
+    ev.ticket = sl.ticket;
     ev.finished = true;
     ev.finish_reason = stop_hit ? "stop" : reason;
     sl.active = false;
@@ -173,6 +176,7 @@ void Generator::log_probs(const float* logits, int32_t n, int32_t tok, int32_t k
 void Generator::sample(int seq, const float* logits, GenEvent& ev) {
     Slot& sl = slots_[(size_t)seq];
     ev.seq = seq;
+    ev.ticket = sl.ticket;
     const int32_t tok = sl.sampler->sample(logits, (int32_t)ctx_.model().hparams().n_vocab, sl.history);
     if (std::find(sl.stop_ids.begin(), sl.stop_ids.end(), tok) != sl.stop_ids.end()) {
         sl.pending = -1;
@@ -249,6 +253,7 @@ const std::vector<GenEvent>& Generator::step() {
         events_.emplace_back();
         GenEvent& ev = events_.back();
         ev.seq = s;
+        ev.ticket = sl.ticket;
         if (sl.n_new == 0) sl.prompt_logits.assign(ctx_.logits() + (int64_t)i * V, ctx_.logits() + (int64_t)(i + 1) * V);
         if (sl.n_new >= sl.max_new) {  // max_new_tokens 0: the prompt only
             finish(s, "length", ev);

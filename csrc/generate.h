@@ -43,6 +43,7 @@ struct GenRequest {
 // What one sequence produced in a step.
 struct GenEvent {
     int32_t seq = -1;
+    uint64_t ticket = 0;        // the request's (submit's) ticket: a sequence is reused by later requests
     int32_t token = -1;         // the answer's new token, or -1 (an end token, or no token)
     std::string text;           // text that became safe to show (whole characters, no stop string)
     bool finished = false;
@@ -60,7 +61,7 @@ public:
 
     // Checks the request (nothing changes when it is bad), places it and returns the slot. cached: how
     // many prompt positions the slot already held. Throws ModelError when no slot is free.
-    int submit(GenRequest req, int64_t* cached);
+    int submit(GenRequest req, int64_t* cached, uint64_t* ticket = nullptr);
     bool has_free_slot() const;
     int n_active() const;
 
@@ -83,6 +84,7 @@ private:
     struct Slot {
         bool active = false;
         bool reserved = false;
+        uint64_t ticket = 0;
         uint64_t last_used = 0;
         std::vector<Cell> cells;                     // the prompt
         std::vector<const float*> embd;              // per prompt position: its image row, or null
@@ -106,7 +108,7 @@ private:
     Context& ctx_;
     const Tokenizer& tok_;
     int64_t n_batch_;
-    uint64_t tick_ = 0;
+    uint64_t tick_ = 0, tickets_ = 0;
     std::vector<Slot> slots_;
     Batch batch_;
     std::vector<int32_t> row_slot_;  // per batch row wanting logits: its slot

@@ -118,9 +118,9 @@ def test_generator_tokens_do_not_depend_on_company(model):
         while pending or gen.n_active:
             if pending:  # one new request per step: they start at different times
                 k = pending.pop(0)
-                s, cached = gen.submit([list(map(int, _prompt(k, model.n_vocab, 6 + 5 * k)))], 10 + k, seed=k, **kw)
+                s, cached, _ = gen.submit([list(map(int, _prompt(k, model.n_vocab, 6 + 5 * k)))], 10 + k, seed=k, **kw)
                 seqs[s] = k
-            for s, t, text, finished, reason, _, _ in gen.step():
+            for s, t, text, finished, reason, *_ in gen.step():
                 if t >= 0:
                     out[seqs[s]].append(t)
         return out

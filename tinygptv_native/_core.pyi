@@ -179,11 +179,12 @@ class Generator:
     def submit(self, prompt: Sequence[Union[Sequence[int], ImageEmbedding]], max_new_tokens: int, temperature: float,
                top_k: int, top_p: float, min_p: float, repetition_penalty: float, penalty_last_n: int, seed: int,
                stop_ids: Sequence[int] = ..., stop_strings: Sequence[str] = ..., use_eos: bool = True,
-               penalty_history: Sequence[int] = ...) -> Tuple[int, int]:
-        """Places a request in a free sequence; (sequence, cached prompt positions)."""
-    def step(self) -> List[Tuple[int, int, str, bool, str]]:
-        """One decode call for every active sequence: (seq, token or -1, text, finished, reason) each."""
-    def cancel(self, seq: int) -> Tuple[int, int, str, bool, str]: ...
+               penalty_history: Sequence[int] = ..., n_probs: int = 0) -> Tuple[int, int, int]:
+        """Places a request in a free sequence; (sequence, cached prompt positions, ticket)."""
+    def step(self) -> List[Tuple[int, int, str, bool, str, float, Optional[List[Tuple[int, float]]], int]]:
+        """One decode call for every active sequence: (seq, token or -1, text, finished, reason, logprob, top,
+        ticket) each."""
+    def cancel(self, seq: int) -> Tuple[int, int, str, bool, str, float, Optional[List[Tuple[int, float]]], int]: ...
     def prompt_logits(self, seq: int) -> _F32: ...
     def reserve(self) -> int: ...
     def release(self, seq: int) -> None: ...

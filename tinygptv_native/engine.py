@@ -70,6 +70,7 @@ class Request:
         self.penalty_history = [int(t) for t in penalty_history]
         self.n_probs = int(n_probs)
         self.seq = -1
+        self.ticket = 0                       # names this request in the engine's events
         self.cached = 0                       # prompt positions the sequence's cache already held
         self.n_prompt = sum(p.n_rows if hasattr(p, "n_rows") else len(p) for p in self.prompt)
         self.prompt_done = 0                  # prompt positions in the cache so far (progress of a long prompt)
@@ -141,7 +142,8 @@ class Engine:
         self.n_seq = int(n_seq)
         self._cv = threading.Condition()
         self._waiting: List[Request] = []
-        self._running: dict = {}
+        self._running: dict = {}   # sequence -> the request it answers now
+        self._tickets: dict = {}   # ticket -> request: events name their request by ticket
         self._cancels: List[Request] = []
         self._reserved: set = set()
         self._thread: Optional[threading.Thread] = None
@@ -181,10 +183,11 @@ class Engine:
         return req
 
     def _start(self, req: Request) -> None:
-        req.seq, req.cached = self.gen.submit(req.prompt, **req._core_args())
+        req.seq, req.cached, req.ticket = self.gen.submit(req.prompt, **req._core_args())
         req.prompt_done = req.cached
         req.t_submit = time.perf_counter()
         self._running[req.seq] = req
+        self._tickets[req.ticket] = req
 
     def _cancel(self, req: Request) -> None:
         with self._cv:
@@ -234,32 +237,33 @@ class Engine:
                         req._q.put(_END)
                 if not self._running:
                     continue
-                # Who owns each sequence as the step starts. A request that finishes in the step frees
-                # its sequence at once, and a submit() arriving before the events are delivered may take
-                # it: the step's events belong to the owners it ran for, not to whoever holds the
-                # sequence by then.
-                owners = dict(self._running)
             try:
                 events = self.gen.step()
             except Exception as e:  # e.g. out of memory: every running request ends with the error
                 with self._cv:
                     for req in list(self._running.values()):
-                        self.gen.cancel(req.seq)
+                        try:
+                            self.gen.cancel(req.seq)
+                        except Exception:  # it had ended in the failed step
+                            pass
                         self._finish(req, "error")
                         req._q.put(e)
                         req._q.put(_END)
                     self._running.clear()
+                    self._tickets.clear()
                 continue
             with self._cv:
                 for ev in events:
-                    self._deliver(ev, owners)
+                    self._deliver(ev)
                 for req in self._running.values():
                     if req.t_first is None:
                         req.prompt_done = self.ctx.n_past(req.seq)
 
-    def _deliver(self, ev, owners: Optional[dict] = None) -> None:
-        seq, tok, text, finished, reason, logprob, top = ev
-        req = owners[seq] if owners is not None and seq in owners else self._running.get(seq)
+    def _deliver(self, ev) -> None:
+        # By ticket, not by sequence: a request that ends in a step frees its sequence at once, and a
+        # submit() before the events are delivered may take it for another request.
+        seq, tok, text, finished, reason, logprob, top, ticket = ev
+        req = self._tickets.get(ticket)
         if req is None or req.finish_reason is not None:
             return
         now = time.perf_counter()
@@ -274,6 +278,7 @@ class Engine:
         if finished:
             if self._running.get(seq) is req:
                 del self._running[seq]
+            self._tickets.pop(ticket, None)
             self._finish(req, reason)
             req._q.put(_END)
 

@@ -29,7 +29,7 @@ static py::tuple event_tuple(const GenEvent& e) {
         top = l;
     }
     return py::make_tuple(e.seq, e.token, py::reinterpret_steal<py::str>(s), e.finished, std::string(e.finish_reason),
-                          e.logprob, top);
+                          e.logprob, top, e.ticket);
 }
 
 void bind_generate(py::module_& m) {
@@ -75,18 +75,20 @@ void bind_generate(py::module_& m) {
             req.penalty_history = std::move(penalty_history);
             req.n_probs = n_probs;
             int64_t cached = 0;
+            uint64_t ticket = 0;
             int seq;
             {
                 py::gil_scoped_release nogil;
                 std::lock_guard<std::mutex> lk(g.ctx->mutex());
-                seq = g.gen.submit(std::move(req), &cached);
+                seq = g.gen.submit(std::move(req), &cached, &ticket);
             }
-            return py::make_tuple(seq, cached);
+            return py::make_tuple(seq, cached, ticket);
         }, py::arg("prompt"), py::arg("max_new_tokens"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
            py::arg("min_p"), py::arg("repetition_penalty"), py::arg("penalty_last_n"), py::arg("seed"),
            py::arg("stop_ids") = std::vector<int32_t>(), py::arg("stop_strings") = std::vector<std::string>(),
            py::arg("use_eos") = true, py::arg("penalty_history") = std::vector<int32_t>(), py::arg("n_probs") = 0,
-           "prompt: a list of token-id lists and ImageEmbeddings. Returns (sequence, cached positions).")
+           "prompt: a list of token-id lists and ImageEmbeddings. Returns (sequence, cached positions, ticket): the "
+           "ticket names the request in step()'s events (its sequence is reused once it ends).")
         .def("step", [](PyGenerator& g) {
             std::vector<GenEvent> evs;
             {
@@ -98,7 +100,7 @@ void bind_generate(py::module_& m) {
             for (const GenEvent& e : evs) out.append(event_tuple(e));
             return out;
         }, "one decode call for every active sequence: a list of (seq, token or -1, text, finished, reason, logprob, "
-           "top) where top is [(id, logprob)] with n_probs, else None")
+           "top, ticket) where top is [(id, logprob)] with n_probs, else None")
         .def("cancel", [](PyGenerator& g, int seq) {
             GenEvent e;
             {
