@@ -19,8 +19,7 @@ import anyio
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .errors import APIError, bad_request
-from .openai_api import _note, _shutdown_error, start_text
-from .runner import collect
+from .openai_api import _note, _shutdown_error, start_text, whole_answer
 from .schemas import boolean, integer, number, obj, read_json, stop_list, string
 
 FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
@@ -149,14 +148,10 @@ async def _run(request, st, job, stream: bool, piece_obj, final_obj):
         job.cancel("disconnect")
         raise
     if not stream:
-        try:
-            text, _ = await collect(job, request)
-        finally:
-            _note(request, job, st)
-        if job.cancel_reason == "shutdown":
-            raise _shutdown_error()
-        if job.cancel_reason == "disconnect":
-            return Response(status_code=499)
+        done = await whole_answer(job, request, st)
+        if isinstance(done, Response):
+            return done
+        text, _ = done
         return JSONResponse(final_obj(text))
 
     async def items():

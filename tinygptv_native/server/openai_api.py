@@ -241,14 +241,10 @@ async def chat_completions(request):
     fingerprint = st.fingerprint
 
     if not stream:
-        try:
-            text, lps = await collect(job, request)
-        finally:
-            _note(request, job, st)
-        if job.cancel_reason == "shutdown":
-            raise _shutdown_error()
-        if job.cancel_reason == "disconnect":
-            return Response(status_code=499)
+        done = await whole_answer(job, request, st)
+        if isinstance(done, Response):
+            return done
+        text, lps = done
         choice = {"index": 0, "message": {"role": "assistant", "content": text},
                   "logprobs": chat_logprobs(st, lps, n_top) if want_lp else None, "finish_reason": finish_of(job)}
         return JSONResponse({"id": cid, "object": "chat.completion", "created": created, "model": name,
@@ -358,14 +354,10 @@ async def completions(request):
     name = st.cfg.model_name
 
     if not stream:
-        try:
-            text, lps = await collect(job, request)
-        finally:
-            _note(request, job, st)
-        if job.cancel_reason == "shutdown":
-            raise _shutdown_error()
-        if job.cancel_reason == "disconnect":
-            return Response(status_code=499)
+        done = await whole_answer(job, request, st)
+        if isinstance(done, Response):
+            return done
+        text, lps = done
         choice = {"index": 0, "text": text, "logprobs": text_logprobs(st, lps, n_top or 0, 0) if want_lp else None,
                   "finish_reason": finish_of(job)}
         return JSONResponse({"id": cid, "object": "text_completion", "created": created, "model": name,
@@ -417,3 +409,16 @@ def model_card(st) -> dict:
 async def models(request):
     st = request.app.state.server
     return JSONResponse({"object": "list", "data": [model_card(st)]})
+
+async def whole_answer(job, request, st):
+    """A non-streamed answer: (text, log-probabilities), or the response for a job ended by the server's
+    shutdown (raised) or by its client going away (499)."""
+    try:
+        text, lps = await collect(job, request)
+    finally:
+        _note(request, job, st)
+    if job.cancel_reason == "shutdown":
+        raise _shutdown_error()
+    if job.cancel_reason == "disconnect":
+        return Response(status_code=499)
+    return text, lps
