@@ -681,6 +681,7 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
         if (n <= kSmallBatchRows) {
             // decode (one row: decode_streams) and the decode steps of a few sequences: long
             // contiguous ranges, each thread streaming its part of the weights once
+            if (n > 1) A.prefetch = packed_group_bytes(w.type, k);
             ex.parallel_for(groups, 1, run);
         } else {
             // Prompt: chunks of at most about 256 KB of weights (one stays in L2 across the activation

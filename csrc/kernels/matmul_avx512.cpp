@@ -450,13 +450,27 @@ __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uin
 // (each calls its routine directly: called through a template parameter, GCC compiled a tile to slower code);
 // STEPS: the ActQ8/ActQ8K field that counts STEP's units (blocks, scale groups or super-blocks).
 
+// A few activation rows take the prompt tiles over a thread's contiguous range of groups, one
+// memory stream per core, whose arithmetic leaves the hardware prefetcher behind: each step also
+// asks for its share of the next group's bytes, so the next group arrives while this one computes.
+inline int64_t prefetch_step(size_t group_bytes, int64_t steps) {
+    return group_bytes ? (int64_t)((group_bytes + steps - 1) / steps + 63) / 64 * 64 : 0;
+}
+__attribute__((always_inline)) inline void prefetch_lines(const uint8_t* p, int64_t bytes) {
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch((const char*)(p + o), _MM_HINT_T0);
+}
+
 #define TG_TILE_AND_VEC(NAME, ACT, STEP, STEPS)                                                      \
     template <int NT>                                                                                \
     void NAME##_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0) {                  \
         const auto& a = *A.ACT;                                                                      \
         __m512 acc[1][NT];                                                                           \
         for (int j = 0; j < NT; j++) acc[0][j] = _mm512_setzero_ps();                                \
-        for (int64_t b = 0; b < a.STEPS; b++) STEP<NT, 1>(a, &wg, b, i0, acc);                       \
+        const int64_t pf_step = prefetch_step(A.prefetch, a.STEPS);                                   \
+        for (int64_t b = 0; b < a.STEPS; b++) {                                                      \
+            if (pf_step) prefetch_lines(wg + A.prefetch + b * pf_step, pf_step);                     \
+            STEP<NT, 1>(a, &wg, b, i0, acc);                                                         \
+        }                                                                                            \
         for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, acc[0][j]);                             \
     }                                                                                                \
     template <int NG>                                                                                \

@@ -124,6 +124,8 @@ struct GemmArgs {
     const ActQ8K* ak = nullptr;  // K-quant weights
     float* y = nullptr;          // [n][n_out]
     const float* bias = nullptr; // [n_out] or null
+    size_t prefetch = 0;         // a few rows (the decode steps of several sequences): bytes of a
+                                 // group, prefetched for the next group while this one is computed
 };
 
 // Computes the outputs of row groups [g0, g1) for every activation row.
