@@ -13,7 +13,9 @@ with one answer token, so its wall time is the time to first token:
 - messages: `Model.chat_completion(messages)` with the three turns and their answers resent in full
   (the three turns before were asked the same way, as a stateless client would).
 The paths alternate within a run; medians over --runs. Goal: the messages path within 10% of the chat
-path, having evaluated the same number of new positions.
+path, having evaluated the same number of new positions. The resent answers are text and are tokenized
+again (as llama-server does): where a random model's answer ids are not the tokenizer's own split of
+their text, the cached prefix ends a few positions early; the script reports such runs apart.
 """
 from __future__ import annotations
 
@@ -109,10 +111,17 @@ def main() -> int:
         cached = sorted({r.cached_tokens for _, r in rs})
         print(f"| {name} | {med[name]:.1f} | {'/'.join(map(str, news))} | {'/'.join(map(str, cached))} |")
     ratio = med["messages"] / med["chat"]
-    same = all(a.prompt_tokens == b.prompt_tokens for (_, a), (_, b) in zip(rows["chat"], rows["messages"]))
-    print(f"messages / chat: {ratio:.2f}x; the same new positions evaluated: {'yes' if same else 'NO'}")
+    # The resent answers are text: tokenized again, they give the generated ids back only when those ids
+    # are the tokenizer's own split of their text (a trained model's answers nearly always are; a random
+    # model's often not), and the cached prefix then ends where the two differ.
+    same = [a.prompt_tokens == b.prompt_tokens for (_, a), (_, b) in zip(rows["chat"], rows["messages"])]
+    matched = [tb / ta for ((ta, _), (tb, _)), ok in zip(zip(rows["chat"], rows["messages"]), same) if ok]
+    print(f"messages / chat: {ratio:.2f}x over all runs; runs whose resent history re-tokenized to the cached "
+          f"ids: {len(matched)} of {len(same)}" + (f", median ratio on them {statistics.median(matched):.2f}x"
+                                                     if matched else ""))
     print(f"goal (within 10% of the chat path, only the new tokens evaluated): "
-          f"{'met' if ratio <= 1.10 and same else 'NOT met'}")
+          f"{'met' if ratio <= 1.10 and all(same) else 'NOT met'} over all runs" +
+          (f"; {'met' if statistics.median(matched) <= 1.10 else 'NOT met'} on the matched runs" if matched else ""))
     return 0
 
 
