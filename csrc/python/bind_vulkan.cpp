@@ -143,8 +143,10 @@ py::array_t<float> vk_matmul(const std::string& type, U8Array w, int64_t n_out, 
     if ((size_t)w.size() != need)
         throw VulkanError(fmt("weight data has %zu bytes, a [%lld, %lld] %s tensor needs %zu", (size_t)w.size(),
                               (long long)n_out, (long long)n_in, type_name(t), need));
+    // (a default-constructed array_t is an empty array, not a null handle: presence is has_bias)
+    const bool has_bias = !bias_obj.is_none();
     F32Array bias;
-    if (!bias_obj.is_none()) {
+    if (has_bias) {
         bias = bias_obj.cast<F32Array>();
         if (bias.ndim() != 1 || bias.shape(0) != n_out)
             throw VulkanError(fmt("bias must have shape [%lld]", (long long)n_out));
@@ -160,7 +162,7 @@ py::array_t<float> vk_matmul(const std::string& type, U8Array w, int64_t n_out, 
         dp = &d;
         bw = upload(d, w.data(), w.size());
         bx = upload(d, x.data(), (size_t)x.size() * 4);
-        if (bias) bb = upload(d, bias.data(), (size_t)n_out * 4);
+        if (has_bias) bb = upload(d, bias.data(), (size_t)n_out * 4);
         by = d.buffer((uint64_t)rows * n_out * 4);
         vk::Sequence seq(d);
         vk::matmul(seq, t, *bw, n_out, n_in, *bx, rows, *by, bb.get());
@@ -174,13 +176,15 @@ py::array_t<float> vk_norm(bool rms, F32Array x, py::object w_obj, py::object b_
     check_2d(x, "x");
     const int64_t rows = x.shape(0), n = x.shape(1);
     auto vec = [&](py::object o, const char* what) {
-        F32Array a;
-        if (o.is_none()) return a;
-        a = o.cast<F32Array>();
+        F32Array a = o.cast<F32Array>();
         if (a.ndim() != 1 || a.shape(0) != n) throw VulkanError(fmt("%s must have shape [%lld]", what, (long long)n));
         return a;
     };
-    F32Array w = vec(w_obj, "w"), b = vec(b_obj, "b");
+    // (a default-constructed array_t is an empty array, not a null handle: presence is has_w / has_b)
+    const bool has_w = !w_obj.is_none(), has_b = !b_obj.is_none();
+    F32Array w, b;
+    if (has_w) w = vec(w_obj, "w");
+    if (has_b) b = vec(b_obj, "b");
     std::lock_guard<std::mutex> lock(hooks_mutex);
     vk::Device* dp;
     std::unique_ptr<vk::Buffer> bx, bw, bb, by;
@@ -189,8 +193,8 @@ py::array_t<float> vk_norm(bool rms, F32Array x, py::object w_obj, py::object b_
         vk::Device& d = hook_device(device);
         dp = &d;
         bx = upload(d, x.data(), (size_t)x.size() * 4);
-        if (w) bw = upload(d, w.data(), (size_t)n * 4);
-        if (b) bb = upload(d, b.data(), (size_t)n * 4);
+        if (has_w) bw = upload(d, w.data(), (size_t)n * 4);
+        if (has_b) bb = upload(d, b.data(), (size_t)n * 4);
         by = d.buffer((uint64_t)x.size() * 4);
         vk::Sequence seq(d);
         if (rms) vk::rmsnorm(seq, *bx, *by, rows, n, bw.get(), eps);
