@@ -1,6 +1,7 @@
 // Typed errors of the core. Each maps to one Python exception class (see csrc/python/module.cpp):
 //   GGUFError -> tinygptv_native.GGUFError, ModelError -> tinygptv_native.ModelError,
-//   TokenizerError -> tinygptv_native.TokenizerError, ContextOverflow -> ContextOverflowError.
+//   TokenizerError -> tinygptv_native.TokenizerError, ContextOverflow -> ContextOverflowError,
+//   VulkanError -> tinygptv_native.VulkanError (a RuntimeError: the device or its driver failed, not the input).
 // Messages name the field and the offending value.
 #pragma once
 #include <cstdio>
@@ -13,6 +14,9 @@ struct GGUFError : std::runtime_error { using std::runtime_error::runtime_error;
 struct ModelError : std::runtime_error { using std::runtime_error::runtime_error; };
 struct TokenizerError : std::runtime_error { using std::runtime_error::runtime_error; };
 struct ContextOverflow : std::runtime_error { using std::runtime_error::runtime_error; };
+// The GPU backend: no loader, no device, or a Vulkan call that failed (the message names the call and
+// its VkResult). Raised also when the module was built without the backend.
+struct VulkanError : std::runtime_error { using std::runtime_error::runtime_error; };
 
 // printf-style message builder for error text.
 template <typename... Args>

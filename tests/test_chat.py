@@ -471,4 +471,6 @@ def test_stubs_cover_the_core_module():
     hooks = text[text.index("# ---- test and benchmark hooks"):]
     listed = set(re.findall(r"^#   (\w+)\(", hooks, re.M))
     real = {n for n in dir(_core._testing) if not n.startswith("_")}
+    if not _core.vulkan_built():  # the Vulkan backend's hooks exist only in a build that has it
+        listed = {n for n in listed if not n.startswith("vk_")}
     assert listed == real, listed ^ real

@@ -26,17 +26,18 @@ def _missing_core(e: ImportError) -> ImportError:
 
 
 try:
-    from ._core import ContextOverflowError, GGUFError, ModelError, TokenizerError  # noqa: F401
+    from ._core import ContextOverflowError, GGUFError, ModelError, TokenizerError, VulkanError  # noqa: F401
 except ImportError as _e:
     raise _missing_core(_e) from None
 from ._logging import set_verbose  # noqa: F401
 from .chat import Chat, ChatStream, ChatTemplate, Message  # noqa: F401
 from .grounding import Box, draw_boxes, parse_boxes  # noqa: F401
 from .image import ImageError  # noqa: F401
+from .gpu import vulkan_devices  # noqa: F401
 from .model import GenerationResult, Model, SamplingParams  # noqa: F401
 
 __version__ = "0.1.0"
 
 __all__ = ["Model", "Chat", "ChatStream", "ChatTemplate", "Message", "SamplingParams", "GenerationResult",
            "Box", "parse_boxes", "draw_boxes", "set_verbose", "GGUFError", "ModelError", "TokenizerError",
-           "ContextOverflowError", "ImageError"]
+           "ContextOverflowError", "ImageError", "VulkanError", "vulkan_devices"]

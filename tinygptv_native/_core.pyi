@@ -14,6 +14,7 @@ class GGUFError(ValueError): ...
 class ModelError(ValueError): ...
 class TokenizerError(ValueError): ...
 class ContextOverflowError(ValueError): ...
+class VulkanError(RuntimeError): ...
 
 # ---- kernels (bind_kernels.cpp) -------------------------------------------------------------------
 
@@ -218,4 +219,23 @@ def log(level: int, message: str) -> None: ...
 #   attention_test(q, k, v, n_head, n_head_kv, scale, causal=False, pos0=0, n_threads=1, bf16=False)
 #       -> float32 [T, n_head * hd]: the engine's multi-head attention
 #   read_bandwidth(bytes, n_threads) -> float: memory read bandwidth in GB/s (best of 4 passes)
+# The Vulkan backend's (bind_vulkan.cpp; only in a build that has it), each on Vulkan device `device=0`:
+#   vk_validation() -> whether the instance runs with the validation layer (TINYGPTV_VK_VALIDATION=1)
+#   vk_messages() -> [str]: the validation layer's messages since the last call
+#   vk_matmul(type, w, n_out, n_in, x, bias=None, device=0, replay=1) -> x @ W.T (+ bias) from GGUF blocks
+#   vk_matmul_supports(type) -> whether the GPU mat-vec reads that weight type
+#   vk_layernorm(x, w=None, b=None, eps=1e-5) -> float32 rows
+#   vk_rmsnorm(x, w=None, eps=1e-5) -> float32 rows
+#   vk_gelu(x, tanh=False) -> float32: exact or tanh GELU
+#   vk_softmax(x) -> float32: over the last axis
+#   vk_rope_neox(x, n_head, head_dim, n_rot, pos, cos, sin) -> float32: partial NeoX rotation of each head
+#   vk_add(a, b, replay=1) -> a + b (b repeated over a), the recorded sequence submitted `replay` times
+#   vk_roundtrip(data) -> uint8: the bytes uploaded to a device buffer and read back
 _testing: types.ModuleType
+
+# ---- the Vulkan backend (bind_vulkan.cpp) ----------------------------------------------------------
+
+def vulkan_built() -> bool:
+    """Whether this build has the Vulkan backend."""
+def vulkan_devices() -> List[Dict[str, Any]]:
+    """The Vulkan devices (opens the loader on first call; VulkanError without one or without the backend)."""

@@ -1,4 +1,4 @@
-"""The `tinygptv` command: run, chat, info, bench, serve, convert, quantize."""
+"""The `tinygptv` command: run, chat, info, devices, bench, serve, convert, quantize."""
 from __future__ import annotations
 
 import argparse
@@ -87,6 +87,17 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _devices(args: argparse.Namespace) -> int:
+    from .gpu import format_device, vulkan_devices
+    devs = vulkan_devices()  # VulkanError (a RuntimeError: one line, exit 1) without a loader or a backend
+    if not devs:
+        print("no Vulkan devices were found")
+        return 1
+    for d in devs:
+        print(format_device(d))
+    return 0
+
+
 def _version() -> str:
     from . import __version__
     return __version__
@@ -101,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("info", help="show a model file's architecture, sizes, tensor types and metadata")
     pi.add_argument("model", nargs="?", help="GGUF file (default: the embedded demo model)")
     pi.set_defaults(fn=_info)
+
+    pd = sub.add_parser("devices", help="list the Vulkan devices (GPUs) the GPU backend can use")
+    pd.set_defaults(fn=_devices)
 
     sub.add_parser("convert", help="convert published checkpoints to GGUF (see `tinygptv convert -h`)",
                    add_help=False)

@@ -39,7 +39,7 @@ BUILD=build/$VARIANT
 STAGE=$BUILD/stage
 mkdir -p "$STAGE/tinygptv_native"
 # Staging source tree: the real sources by symlink; the module lands in $STAGE/tinygptv_native.
-for f in CMakeLists.txt csrc convert; do
+for f in CMakeLists.txt cmake csrc convert; do
   [ -e "$f" ] && ln -sfn "$ROOT/$f" "$STAGE/$f"
 done
 for f in tinygptv_native/*; do  # every package file (stubs, assets, the demo model) but the module itself

@@ -30,4 +30,6 @@ void bind_context(pybind11::module_& m);    // the engine Context, its batches a
 void bind_generate(pybind11::module_& m);   // the token loop (Generator), tokenizer of a Model
 void bind_bench(pybind11::module_& t);      // _testing: machine measurements for the benchmarks
 void bind_log(pybind11::module_& m);        // the core's log lines to a Python callable
+// vulkan_built, vulkan_devices; _testing: the Vulkan kernels (with or without the backend built)
+void bind_vulkan(pybind11::module_& m, pybind11::module_& t);
 }  // namespace tg

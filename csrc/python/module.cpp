@@ -20,6 +20,7 @@ PYBIND11_MODULE(_core, m) {
     py::module_ testing = m.def_submodule("_testing", "Test and benchmark hooks of the native core (not API).");
     tg::bind_kernel_hooks(testing);
     tg::bind_bench(testing);
+    tg::bind_vulkan(m, testing);
 }
 
 namespace tg {
@@ -40,6 +41,8 @@ void bind_errors(py::module_& m) {
     static py::exception<ModelError> model_error(m, "ModelError", PyExc_ValueError);
     static py::exception<TokenizerError> tok_error(m, "TokenizerError", PyExc_ValueError);
     static py::exception<ContextOverflow> ctx_error(m, "ContextOverflowError", PyExc_ValueError);
+    // The GPU backend's failures are the device's or the driver's, not the input's: a RuntimeError.
+    static py::exception<VulkanError> vulkan_error(m, "VulkanError", PyExc_RuntimeError);
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);
@@ -51,6 +54,8 @@ void bind_errors(py::module_& m) {
             py::set_error(tok_error, message(e));
         } catch (const ContextOverflow& e) {
             py::set_error(ctx_error, message(e));
+        } catch (const VulkanError& e) {
+            py::set_error(vulkan_error, message(e));
         } catch (const std::invalid_argument& e) {
             py::set_error(PyExc_ValueError, message(e));
         } catch (const std::bad_alloc&) {
