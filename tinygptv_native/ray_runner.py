@@ -15,8 +15,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .batch import ITEM_ERRORS, OrderedWriter, Progress, item_function, load_job_model, run_items
 
-CRASH_ONCE_ENV = "TINYGPTV_RAY_CRASH_ONCE"  # tests: an actor exits mid-block once (this marker file records it)
-
 
 class Answerer:
     """A Ray Data actor: the model, loaded once; answers a block of items from n_parallel threads."""
@@ -29,16 +27,6 @@ class Answerer:
     def __call__(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         import numpy as np
         items = [json.loads(s) for s in batch["item"]]
-        marker = os.environ.get(CRASH_ONCE_ENV)
-        if marker and len(items) > 1:
-            try:
-                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                pass
-            else:  # answer part of the block, then die as a killed worker would
-                os.close(fd)
-                run_items(items[: len(items) // 2], self.fn, None, workers=self.spec["n_parallel"])
-                os._exit(1)
         records = run_items(items, self.fn, None, workers=self.spec["n_parallel"])
         return {"index": np.asarray(batch["index"]),
                 "record": np.asarray([json.dumps(r, ensure_ascii=False) for r in records], dtype=object)}
@@ -73,10 +61,8 @@ def run_ray(spec: dict, items: Sequence[dict], writer: Optional[OrderedWriter], 
     rows = [{"index": i, "item": json.dumps(it, ensure_ascii=False)} for i, it in enumerate(items)]
     n_blocks = max(1, min(len(rows), (len(rows) + batch_size - 1) // batch_size))
     ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
-    env = {k: os.environ[k] for k in (CRASH_ONCE_ENV,) if k in os.environ}
     ds = ds.map_batches(Answerer, fn_constructor_kwargs={"spec": spec}, batch_size=batch_size,
-                        compute=ray.data.ActorPoolStrategy(size=max(1, actors)), num_cpus=threads,
-                        runtime_env={"env_vars": env} if env else None)
+                        compute=ray.data.ActorPoolStrategy(size=max(1, actors)), num_cpus=threads)
     # (Ray Data restarts a dead actor of the pool and retries its block: max_restarts = max_task_retries = -1)
     out: List[Optional[dict]] = [None] * len(items)
     for row in ds.iter_rows():
