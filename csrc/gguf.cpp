@@ -397,11 +397,11 @@ void GGUFFile::validate() const {
                 }
                 break;
             }
-            case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: {
-                // fp16 super-block scale d (and the scale of the mins, dmin, for Q4_K/Q5_K); Q6_K keeps d
-                // in its last two bytes
+            case GgmlType::Q3_K: case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: {
+                // fp16 super-block scale d (and the scale of the mins, dmin, for Q4_K/Q5_K); Q3_K and
+                // Q6_K keep d in their last two bytes
                 const TypeTraits tt = type_traits((uint32_t)t.type);
-                const bool q6 = t.type == GgmlType::Q6_K;
+                const bool q6 = t.type == GgmlType::Q6_K || t.type == GgmlType::Q3_K;
                 const uint64_t nb = n / (uint64_t)tt.block;
                 for (uint64_t b = 0; b < nb; b++) {
                     const uint8_t* blk = t.data + b * tt.block_bytes;

@@ -27,6 +27,7 @@
 //         (sub-block t of 16 values, slots at 288 + 192t: first byte e = u[16t+e] | u[16t+4+e] << 4,
 //          second byte e = u[16t+8+e] | u[16t+12+e] << 4, third byte e = high 2 bits of
 //          u[16t+e], u[16t+4+e], u[16t+8+e], u[16t+12+e] at bits 0, 2, 4, 6; u = q + 32)
+//         (Q3_K is stored in this layout too: its values -4..3 as q, its scales sc - 32 as sc)
 //
 // Every path computes each output with the same arithmetic, so results are bit-identical across
 // instruction sets and thread counts:
@@ -45,6 +46,7 @@
 //   Q4_1, Q5_1:     as Q4_0 (values q, unsigned), and after each block's t = fma(d_w[b], (float)isum_b, t)
 //                   also t = fma(m_w[b], (float)xsum_b, t) (xsum_b: sum of the block's int8 activations)
 //   Q5_K:           as Q4_K (values 0..31)
+//   Q3_K:           as Q6_K (values -4..3, scales -32..31; repacked into Q6_K's layout, so Q6_K's kernels run it)
 //   then y = acc + bias (or acc without bias).
 #pragma once
 #include <cstddef>
