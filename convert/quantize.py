@@ -4,8 +4,8 @@
 The bytes come from the engine's quantizers (tinygptv_native._core.quantize / dequantize; gguf-py
 has none for the K-quants), the files are read and written with gguf-py.
 
-The type is one of f16, q8_0, q4_0, q4_k_m, q4_k_s, q4_1, q5_0, q5_1, q5_k_s, q5_k_m, q6_k. Which
-tensors change:
+The type is one of f16, q8_0, q4_0, q4_k_m, q4_k_s, q4_1, q5_0, q5_1, q5_k_s, q5_k_m, q6_k, q2_k,
+q3_k_s, q3_k_m, q3_k_l. Which tensors change:
 
 - 2-D tensors named ``*.weight`` are matrix weights and get the target type.
 - 1-D tensors (norms, biases) are written as F32. Other tensors that are not ``*.weight``
@@ -24,8 +24,14 @@ tensors change:
   output.weight, which gets Q6_K (Q8_0 when its rows are not a multiple of 256); q5_k_m also gives
   Q6_K to blk.N.attn_qkv and blk.N.ffn_down on the "more bits" layers (llama.cpp counts the fused
   attn_qkv as an attn_v tensor); q4_k_s gives Q5_K to blk.N.attn_qkv for N < 4 and to
-  blk.N.ffn_down for N < L/8. Rows that are not a multiple of 256 fall back as llama.cpp does
-  (Q5_K -> Q5_1, Q6_K -> Q8_0); rows that are not a multiple of 32 keep their float type. The image
+  blk.N.ffn_down for N < L/8.
+- q3_k_s, q3_k_m and q3_k_l follow llama.cpp's choice for phi2 in the same way (base type Q3_K,
+  output.weight Q6_K): q3_k_m gives blk.N.attn_qkv Q5_K for N < 2 and Q4_K above, blk.N.ffn_down
+  Q5_K for N < L/16 and Q4_K above, blk.N.attn_output Q4_K; q3_k_l gives those three Q5_K; q3_k_s
+  keeps them Q3_K. q2_k (base type Q2_K, output.weight Q6_K) gives blk.N.attn_qkv, blk.N.ffn_down and
+  blk.N.attn_output Q3_K (phi2 has no grouped-query attention, where llama.cpp would take Q4_K).
+- Rows that are not a multiple of 256 fall back as llama.cpp does (Q2_K, Q3_K -> Q4_0, Q5_K -> Q5_1,
+  Q6_K -> Q8_0); rows that are not a multiple of 32 keep their float type. The image
   path is stored as Q8_0, as for q4_k_m. Files quantized by llama.cpp's own quantizer in these mixes
   hold the same types and the same bytes (tests/test_llamacpp_interop.py).
 - --vision-type f16|q8_0|q4_0 (vision_type=) gives the weights of the vision tower, Q-Former and
@@ -34,7 +40,8 @@ tensors change:
   closest to the float model) while the decoder is 4-bit.
 
 All metadata is kept; general.file_type is set as llama.cpp does (1 F16, 7 Q8_0, 2 Q4_0,
-15 Q4_K_M, 14 Q4_K_S, 3 Q4_1, 8 Q5_0, 9 Q5_1, 16 Q5_K_S, 17 Q5_K_M, 18 Q6_K) and general.quantization_version to 2
+15 Q4_K_M, 14 Q4_K_S, 3 Q4_1, 8 Q5_0, 9 Q5_1, 16 Q5_K_S, 17 Q5_K_M, 18 Q6_K, 10 Q2_K, 11 Q3_K_S,
+12 Q3_K_M, 13 Q3_K_L) and general.quantization_version to 2
 for quantized files. The output is written to
 a temporary file next to the output and renamed when complete, so a failure leaves no output
 behind (and an existing one untouched).
@@ -54,14 +61,16 @@ from tinygptv_native import _core
 
 from . import schema
 
-TYPES = ("f16", "q8_0", "q4_0", "q4_k_m", "q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k")
+TYPES = ("f16", "q8_0", "q4_0", "q4_k_m", "q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k", "q2_k",
+         "q3_k_s", "q3_k_m", "q3_k_l")
 VISION_TYPES = ("f16", "q8_0", "q4_0")
 _VISION_PREFIXES = ("v.", "qf.", "mm.")
 FILE_TYPE = {t: schema.FILE_TYPE[t] for t in TYPES}  # llama.cpp's general.file_type
 QUANTIZATION_VERSION = schema.QUANTIZATION_VERSION
 _BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
-          "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
-_BASE = {"q4_k_s": "Q4_K", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1", "q5_k_s": "Q5_K", "q5_k_m": "Q5_K", "q6_k": "Q6_K"}
+          "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
+_BASE = {"q4_k_s": "Q4_K", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1", "q5_k_s": "Q5_K", "q5_k_m": "Q5_K", "q6_k": "Q6_K",
+         "q2_k": "Q2_K", "q3_k_s": "Q3_K", "q3_k_m": "Q3_K", "q3_k_l": "Q3_K"}
 _CHUNK_VALUES = 8 << 20  # float values dequantized/quantized per work item
 
 
@@ -84,6 +93,32 @@ def use_more_bits(i_layer: int, n_layers: int) -> bool:
 
 
 _BLK = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+
+def _layer_type(target: str, rest: str, i_layer: int, n_layers: int, want: str) -> str:
+    """llama.cpp's per-layer choice for the mixes other than q4_k_m (rest: the name after blk.N.).
+    llama.cpp counts phi2's fused attn_qkv as an attn_v tensor."""
+    attn_v = rest in ("attn_qkv.weight", "attn_v.weight")
+    if target == "q5_k_m":
+        if (attn_v or rest == "ffn_down.weight") and use_more_bits(i_layer, n_layers):
+            return "Q6_K"
+    elif target == "q4_k_s":
+        if (attn_v and i_layer < 4) or (rest == "ffn_down.weight" and i_layer < n_layers // 8):
+            return "Q5_K"
+    elif target == "q2_k":
+        if attn_v or rest in ("ffn_down.weight", "attn_output.weight"):
+            return "Q3_K"
+    elif target == "q3_k_m":
+        if attn_v:
+            return "Q5_K" if i_layer < 2 else "Q4_K"
+        if rest == "ffn_down.weight":
+            return "Q5_K" if i_layer < n_layers // 16 else "Q4_K"
+        if rest == "attn_output.weight":
+            return "Q4_K"
+    elif target == "q3_k_l":
+        if attn_v or rest in ("ffn_down.weight", "attn_output.weight"):
+            return "Q5_K"
+    return want
 
 
 def choose_type(name: str, ne: Sequence[int], in_type: str, target: str, n_layers: int,
@@ -111,20 +146,13 @@ def choose_type(name: str, ne: Sequence[int], in_type: str, target: str, n_layer
         return "Q8_0" if row % 32 == 0 else float_keep
     if target in _BASE:
         want = _BASE[target]
+        m = _BLK.match(name)
         if name == "output.weight":
             want = "Q6_K"
-        elif target in ("q5_k_m", "q4_k_s"):
-            m = _BLK.match(name)
-            if m:
-                i_layer, rest = int(m.group(1)), m.group(2)
-                if target == "q5_k_m":
-                    if rest in ("ffn_down.weight", "attn_qkv.weight", "attn_v.weight") and use_more_bits(i_layer, n_layers):
-                        want = "Q6_K"
-                elif (rest in ("attn_qkv.weight", "attn_v.weight") and i_layer < 4) or \
-                        (rest == "ffn_down.weight" and i_layer < n_layers // 8):
-                    want = "Q5_K"
+        elif m:
+            want = _layer_type(target, m.group(2), int(m.group(1)), n_layers, want)
         if row % _BLOCK[want] != 0:  # llama.cpp's fallbacks
-            want = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}.get(want, want)
+            want = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}.get(want, want)
         return want if row % _BLOCK[want] == 0 else float_keep
     # q4_k_m
     want = "Q4_K"
@@ -194,7 +222,7 @@ def _rows_as_float(data: np.ndarray, in_type: str, ne0: int, r0: int, r1: int) -
 
 def _row_bytes(t: str, n: int) -> int:
     sizes = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "F64": (1, 8), "Q8_0": (32, 34), "Q4_0": (32, 18),
-             "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q4_K": (256, 144), "Q5_K": (256, 176),
+             "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176),
              "Q6_K": (256, 210)}
     blk, nb = sizes[t]
     return n // blk * nb

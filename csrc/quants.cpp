@@ -61,9 +61,10 @@ void quantize_row_q4_0(const float* x, BlockQ4_0* y, int64_t k) {
     }
 }
 
-// Weighted min/scale search for 4-bit values with a min (ggml's make_qkx2_quants).
+// Weighted min/scale search for values with a min (ggml's make_qkx2_quants): the error is the
+// weighted squared difference, or the weighted absolute one with use_mad (Q2_K).
 float make_qkx2_quants(int n, int nmax, const float* x, const float* w, uint8_t* L, float* the_min,
-                       uint8_t* Laux, float rmin, float rdelta, int nstep) {
+                       uint8_t* Laux, float rmin, float rdelta, int nstep, bool use_mad) {
     float min = x[0], max = x[0];
     float sum_w = w[0];
     float sum_x = sum_w * x[0];
@@ -89,7 +90,7 @@ float make_qkx2_quants(int n, int nmax, const float* x, const float* w, uint8_t*
         float diff = scale * L[i];
         diff = diff + min;
         diff = diff - x[i];
-        diff = diff * diff;
+        diff = use_mad ? std::fabs(diff) : diff * diff;
         float t = w[i] * diff;
         best_error += t;
     }
@@ -128,7 +129,7 @@ float make_qkx2_quants(int n, int nmax, const float* x, const float* w, uint8_t*
                 float diff = this_scale * Laux[i];
                 diff = diff + this_min;
                 diff = diff - x[i];
-                diff = diff * diff;
+                diff = use_mad ? std::fabs(diff) : diff * diff;
                 float t = w[i] * diff;
                 cur_error += t;
             }
@@ -159,7 +160,7 @@ void kquant_minmax_block(const float* x, int nmax, float rmin, float rdelta, int
         }
         float av_x = std::sqrt(sum_x2 / 32);
         for (int l = 0; l < 32; l++) weights[l] = av_x + std::fabs(x[32 * j + l]);
-        scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, rdelta, nstep);
+        scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, rdelta, nstep, false);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -378,6 +379,172 @@ float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
     return scale;
 }
 
+void quantize_row_q2_K(const float* x, BlockQ2_K* y, int64_t k) {
+    uint8_t L[QK_K], Laux[16];
+    float weights[16], mins[QK_K / 16], scales[QK_K / 16];
+    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        BlockQ2_K& b = y[i];
+        float max_scale = 0, max_min = 0;
+        for (int j = 0; j < QK_K / 16; j++) {
+            for (int l = 0; l < 16; l++) weights[l] = std::fabs(x[16 * j + l]);
+            scales[j] = make_qkx2_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, true);
+            if (scales[j] > max_scale) max_scale = scales[j];
+            if (mins[j] > max_min) max_min = mins[j];
+        }
+        // 4-bit scales and mins; ggml stores nearest_int's result through uint8_t
+        if (max_scale > 0) {
+            const float iscale = 15.f / max_scale;
+            for (int j = 0; j < QK_K / 16; j++) b.scales[j] = (uint8_t)nearest_int(iscale * scales[j]);
+            b.d = fp32_to_fp16(max_scale / 15.f);
+        } else {
+            std::memset(b.scales, 0, sizeof b.scales);
+            b.d = fp32_to_fp16(0.f);
+        }
+        if (max_min > 0) {
+            const float iscale = 15.f / max_min;
+            for (int j = 0; j < QK_K / 16; j++) b.scales[j] |= (uint8_t)(nearest_int(iscale * mins[j]) << 4);
+            b.dmin = fp32_to_fp16(max_min / 15.f);
+        } else {
+            b.dmin = fp32_to_fp16(0.f);
+        }
+        for (int j = 0; j < QK_K / 16; j++) {
+            const float d = fp16_to_fp32(b.d) * (b.scales[j] & 0xF);
+            if (d == 0.f) continue;  // keeps the values of the search above, as ggml
+            const float dm = fp16_to_fp32(b.dmin) * (b.scales[j] >> 4);
+            for (int ii = 0; ii < 16; ii++) {
+                const int l = nearest_int((x[16 * j + ii] + dm) / d);
+                L[16 * j + ii] = (uint8_t)(l < 0 ? 0 : (l > 3 ? 3 : l));
+            }
+        }
+        for (int c = 0; c < 2; c++)
+            for (int l = 0; l < 32; l++) {
+                const uint8_t* q = L + 128 * c + l;
+                b.qs[32 * c + l] = (uint8_t)(q[0] | (q[32] << 2) | (q[64] << 4) | (q[96] << 6));
+            }
+    }
+}
+
+// Signed scale search for 3-bit values (ggml's make_q3_quants with do_rmse): values l in
+// [-nmax, nmax - 1] from the absmax scale, then up to 5 passes that move single values to the level
+// the regression without them prefers while that lowers the weighted (x^2) error. L gets l + nmax.
+float make_q3_quants(int n, int nmax, const float* x, int8_t* L) {
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; i++) {
+        float ax = std::fabs(x[i]);
+        if (ax > amax) {
+            amax = ax;
+            max = x[i];
+        }
+    }
+    if (amax < 1e-15f) {
+        for (int i = 0; i < n; i++) L[i] = 0;
+        return 0.f;
+    }
+    const float iscale = -nmax / max;
+    auto clamp = [nmax](int l) { return l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l); };
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        const int l = clamp(nearest_int(iscale * x[i]));
+        L[i] = (int8_t)l;
+        const float w = x[i] * x[i];
+        float t = w * x[i];
+        t = t * l;
+        sumlx += t;
+        t = w * l;
+        t = t * l;
+        suml2 += t;
+    }
+    for (int itry = 0; itry < 5; itry++) {
+        int n_changed = 0;
+        for (int i = 0; i < n; i++) {
+            const float w = x[i] * x[i];
+            float t = w * x[i];
+            t = t * L[i];
+            float slx = sumlx - t;
+            if (slx > 0) {
+                t = w * L[i];
+                t = t * L[i];
+                float sl2 = suml2 - t;
+                t = x[i] * sl2;
+                const int new_l = clamp(nearest_int(t / slx));
+                if (new_l != L[i]) {
+                    t = w * x[i];
+                    t = t * new_l;
+                    slx += t;
+                    t = w * new_l;
+                    t = t * new_l;
+                    sl2 += t;
+                    float lhs = slx * slx, rhs = sumlx * sumlx;
+                    lhs = lhs * suml2;
+                    rhs = rhs * sl2;
+                    if (sl2 > 0 && lhs > rhs) {
+                        L[i] = (int8_t)new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed++;
+                    }
+                }
+            }
+        }
+        if (!n_changed) break;
+    }
+    for (int i = 0; i < n; i++) L[i] = (int8_t)(L[i] + nmax);
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+void quantize_row_q3_K(const float* x, BlockQ3_K* y, int64_t k) {
+    int8_t L[QK_K];
+    float scales[QK_K / 16];
+    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        BlockQ3_K& b = y[i];
+        float max_scale = 0, amax = 0;
+        for (int j = 0; j < QK_K / 16; j++) {
+            scales[j] = make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
+            const float a = std::fabs(scales[j]);
+            if (a > amax) {
+                amax = a;
+                max_scale = scales[j];
+            }
+        }
+        std::memset(b.scales, 0, sizeof b.scales);
+        if (max_scale != 0.f) {  // (NaN included, as ggml's `if (max_scale)`)
+            const float iscale = -32.f / max_scale;
+            for (int j = 0; j < QK_K / 16; j++) {
+                int l = (int8_t)nearest_int(iscale * scales[j]);  // ggml stores through int8_t first
+                l = (l < -32 ? -32 : (l > 31 ? 31 : l)) + 32;
+                if (j < 8) b.scales[j] = (uint8_t)(l & 0xF);
+                else b.scales[j - 8] |= (uint8_t)((l & 0xF) << 4);
+                b.scales[j % 4 + 8] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
+            }
+            b.d = fp32_to_fp16(1 / iscale);
+        } else {
+            b.d = fp32_to_fp16(0.f);
+        }
+        int8_t sc[16];
+        q3k_scales(b.scales, sc);
+        for (int j = 0; j < QK_K / 16; j++) {
+            const float d = fp16_to_fp32(b.d) * sc[j];
+            if (d == 0.f) continue;  // keeps the values of the search above, as ggml
+            for (int ii = 0; ii < 16; ii++) {
+                int l = nearest_int(x[16 * j + ii] / d);
+                L[16 * j + ii] = (int8_t)((l < -4 ? -4 : (l > 3 ? 3 : l)) + 4);
+            }
+        }
+        std::memset(b.hmask, 0, sizeof b.hmask);
+        for (int e = 0; e < QK_K; e++) {
+            if (L[e] > 3) {
+                b.hmask[e % 32] |= (uint8_t)(1 << (e / 32));
+                L[e] = (int8_t)(L[e] - 4);
+            }
+        }
+        for (int c = 0; c < 2; c++)
+            for (int l = 0; l < 32; l++) {
+                const int8_t* q = L + 128 * c + l;
+                b.qs[32 * c + l] = (uint8_t)(q[0] | (q[32] << 2) | (q[64] << 4) | (q[96] << 6));
+            }
+    }
+}
+
 void quantize_row_q6_K(const float* x, BlockQ6_K* y, int64_t k) {
     int8_t L[QK_K];
     float scales[QK_K / 16];
@@ -473,7 +640,8 @@ bool quant_supported(GgmlType t) {
     switch (t) {
         case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q8_0:
         case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1:
-        case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: case GgmlType::Q8_K:
+        case GgmlType::Q2_K: case GgmlType::Q3_K: case GgmlType::Q4_K: case GgmlType::Q5_K:
+        case GgmlType::Q6_K: case GgmlType::Q8_K:
             return true;
         default:
             return false;
@@ -513,6 +681,8 @@ void quantize_rows(GgmlType t, const float* x, void* y, int64_t n_rows, int64_t 
             case GgmlType::Q4_1: quantize_row_q4_1(xr, (BlockQ4_1*)yr, n_per_row); break;
             case GgmlType::Q5_0: quantize_row_q5_0(xr, (BlockQ5_0*)yr, n_per_row); break;
             case GgmlType::Q5_1: quantize_row_q5_1(xr, (BlockQ5_1*)yr, n_per_row); break;
+            case GgmlType::Q2_K: quantize_row_q2_K(xr, (BlockQ2_K*)yr, n_per_row); break;
+            case GgmlType::Q3_K: quantize_row_q3_K(xr, (BlockQ3_K*)yr, n_per_row); break;
             case GgmlType::Q4_K: quantize_row_q4_K(xr, (BlockQ4_K*)yr, n_per_row); break;
             case GgmlType::Q5_K: quantize_row_q5_K(xr, (BlockQ5_K*)yr, n_per_row); break;
             case GgmlType::Q6_K: quantize_row_q6_K(xr, (BlockQ6_K*)yr, n_per_row); break;
@@ -577,6 +747,35 @@ void dequantize_values(GgmlType t, const void* x, float* y, int64_t k) {
                         float v = d * (float)u[j];
                         y[i * 32 + j] = v + m;
                     }
+                }
+            }
+            break;
+        }
+        case GgmlType::Q2_K: {  // gguf-py: (d * sc) * q - dmin * m
+            const BlockQ2_K* b = (const BlockQ2_K*)x;
+            uint8_t q[QK_K];
+            for (int64_t i = 0; i < k / QK_K; i++) {
+                const float d = fp16_to_fp32(b[i].d), dmin = fp16_to_fp32(b[i].dmin);
+                q2k_values(b[i], q);
+                for (int e = 0; e < QK_K; e++) {
+                    const uint8_t s = b[i].scales[e / 16];
+                    const float dl = d * (float)(s & 0xF), ml = dmin * (float)(s >> 4);
+                    const float v = dl * (float)q[e];
+                    y[i * QK_K + e] = v - ml;
+                }
+            }
+            break;
+        }
+        case GgmlType::Q3_K: {  // gguf-py: (d * (sc - 32)) * (q - 4)
+            const BlockQ3_K* b = (const BlockQ3_K*)x;
+            int8_t sc[16], q[QK_K];
+            for (int64_t i = 0; i < k / QK_K; i++) {
+                const float d = fp16_to_fp32(b[i].d);
+                q3k_scales(b[i].scales, sc);
+                q3k_values(b[i], q);
+                for (int e = 0; e < QK_K; e++) {
+                    const float dl = d * (float)sc[e / 16];
+                    y[i * QK_K + e] = dl * (float)q[e];
                 }
             }
             break;

@@ -11,11 +11,16 @@
 //                               u8 qs[128]                                 x = d*sc*q - dmin*m
 //   Q5_K 256 values 176 bytes   fp16 d, dmin; u8 scales[12] (as Q4_K); u8 qh[32] (bit j of byte l:
 //                               5th bit of value 32j+l); u8 qs[128] (as Q4_K)   x = d*sc*q - dmin*m
+//   Q2_K 256 values  84 bytes   u8 scales[16] (sub-block j of 16: 4-bit scale | 4-bit min << 4);
+//                               u8 qs[64] (as Q3_K's qs); fp16 d, dmin     x = d*sc*q - dmin*m
+//   Q3_K 256 values 110 bytes   u8 hmask[32] (bit j of byte l: 3rd bit of value 32j + l); u8 qs[64]
+//                               (2 low bits; chunk c of 32 bytes: values 128c+32s+l at bits 2s);
+//                               u8 scales[12] (16 x 6-bit scale + 32); fp16 d   x = d*(sc-32)*(q-4)
 //   Q6_K 256 values 210 bytes   u8 ql[128]; u8 qh[64]; int8 scales[16]; fp16 d   x = d*sc*(q-32)
 //   Q8_K 256 values 292 bytes   f32 d; int8 qs[256]; int16 bsums[16]       (activations only)
 //
 // Q8_0 and Q4_0 quantize exactly as gguf-py's gguf.quants.quantize (round half away from zero;
-// Q4_0 truncates x*id + 8.5 in float32). Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K follow ggml's
+// Q4_0 truncates x*id + 8.5 in float32). Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K follow ggml's
 // reference quantizers (quantize_row_*_ref, no importance matrix). All-zero blocks give scale 0.
 #pragma once
 #include <cstdint>
@@ -95,6 +100,45 @@ inline void qk_unpack5(const uint8_t* qs, const uint8_t* qh, uint8_t* u) {
     }
 }
 
+struct BlockQ2_K {
+    uint8_t scales[QK_K / 16]; // sub-block j: scale (low 4 bits) and min (high 4 bits)
+    uint8_t qs[QK_K / 4];      // 2-bit values, packed as Q3_K's low bits
+    uint16_t d, dmin;          // fp16 super-block scales of the sub-block scales and mins
+};
+static_assert(sizeof(BlockQ2_K) == 84, "Q2_K block must be 84 bytes");
+
+// All 256 unsigned 2-bit values (0..3) of a Q2_K block.
+inline void q2k_values(const BlockQ2_K& b, uint8_t* q) {
+    for (int e = 0; e < QK_K; e++) q[e] = (uint8_t)((b.qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3);
+}
+
+struct BlockQ3_K {
+    uint8_t hmask[QK_K / 8]; // bit j of byte l: 3rd bit of value 32j + l (set: q >= 0)
+    uint8_t qs[QK_K / 4];    // 2 low bits of values 128c + 32s + l at bits 2s of byte 32c + l
+    uint8_t scales[12];      // 16 6-bit scales, stored + 32 (see q3k_scales)
+    uint16_t d;              // fp16
+};
+static_assert(sizeof(BlockQ3_K) == 110, "Q3_K block must be 110 bytes");
+
+// The 16 signed scales (-32..31) of a Q3_K block: low 4 bits in scales[0..7] (j < 8: low nibble of
+// byte j, else high nibble of byte j - 8), high 2 bits at bits 2*(j/4) of byte 8 + j%4.
+inline void q3k_scales(const uint8_t* s, int8_t* sc) {
+    for (int j = 0; j < 16; j++) {
+        const int lo = j < 8 ? (s[j] & 0xF) : (s[j - 8] >> 4);
+        const int hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+        sc[j] = (int8_t)((lo | (hi << 4)) - 32);
+    }
+}
+
+// All 256 signed 3-bit values (-4..3) of a Q3_K block.
+inline void q3k_values(const BlockQ3_K& b, int8_t* q) {
+    for (int e = 0; e < QK_K; e++) {
+        const int low = (b.qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+        const int high = (b.hmask[e % 32] >> (e / 32)) & 1;
+        q[e] = (int8_t)(low - (high ? 0 : 4));
+    }
+}
+
 struct BlockQ6_K {
     uint8_t ql[QK_K / 2];    // low 4 bits
     uint8_t qh[QK_K / 4];    // high 2 bits
@@ -137,7 +181,7 @@ inline void q6k_unpack(const BlockQ6_K& b, uint8_t* u) {
 }
 
 // Types quantize_rows / dequantize_values accept: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
-// Q4_K, Q5_K, Q6_K, Q8_K.
+// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K.
 bool quant_supported(GgmlType t);
 
 // Quantize n_rows rows of n_per_row floats into GGML layout (n_per_row a multiple of the block).

@@ -22,16 +22,16 @@ from tinygptv_native._core import _testing  # noqa: E402
 
 ISAS = [s for s in ("scalar", "avx2", "avx512", "neon") if _testing.isa_supported(s)]
 SIMD = [s for s in ISAS if s != "scalar"]
-TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 QUANTS = [t for t in TYPES if t not in ("F32", "F16", "BF16")]
 BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
-         "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
+         "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
 NS = [1, 2, 3, 7, 9, 16, 33]
 # Error of y against unquantized float64 weights and activations, relative to |x| @ |w|.T
 # (Frobenius norms): the quantization error of each format. ggml's own dot-product limit is
 # checked in test_quants.py.
 REL_ERROR_VS_FLOAT = {"F32": 1e-6, "F16": 5e-4, "BF16": 4e-3, "Q8_0": 0.01, "Q4_0": 0.08, "Q4_1": 0.08,
-                      "Q5_0": 0.04, "Q5_1": 0.04, "Q4_K": 0.06, "Q5_K": 0.03, "Q6_K": 0.02}
+                      "Q5_0": 0.04, "Q5_1": 0.04, "Q2_K": 0.08, "Q3_K": 0.06, "Q4_K": 0.06, "Q5_K": 0.03, "Q6_K": 0.02}
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +89,7 @@ def dequant_acts(ty, x):
         return gg_dequantize(gg_quantize(x, T.Q8_0), T.Q8_0).reshape(x.shape)
     if ty in ("Q4_0", "Q4_1", "Q5_1"):  # one activation scale per 4 blocks (matmul_impl.h, kActGroupQ4_0)
         return q8_groups_numpy(x, 4)[0]
-    if ty in ("Q4_K", "Q5_K", "Q6_K"):
+    if ty in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"):
         return q8k_numpy(x).reshape(x.shape)
     return x
 
@@ -302,7 +302,7 @@ def test_extreme_weights_and_activations(ty):
         blocks[5, :, 2:] = 0x80  # int8 -128
     x = rng.standard_normal((4, n_in)).astype(np.float32)
     # Q8_0 activation scales are fp16 (as in ggml), so block maxima stay below 65504 * 127.
-    x[1] *= 1e25 if ty in ("Q4_K", "Q5_K", "Q6_K") else 1e5
+    x[1] *= 1e25 if ty in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K") else 1e5
     x[2] *= 1e-25
     x[3, :256] = 0
     ys = run(ty, "scalar", wq, n_out, n_in, x, None)
@@ -313,10 +313,12 @@ def test_extreme_weights_and_activations(ty):
 
 
 # The paths on which a type has SIMD kernels (and a repacked copy); elsewhere the scalar kernel runs.
-SIMD_PATHS = {"Q4_1": ("avx2", "avx512", "neon"), "Q5_1": ("avx2", "avx512", "neon"), "Q5_K": ("avx2", "avx512", "neon"), "Q5_0": ("avx2", "avx512", "neon")}
+SIMD_PATHS = {"Q4_1": ("avx2", "avx512", "neon"), "Q5_1": ("avx2", "avx512", "neon"), "Q5_K": ("avx2", "avx512", "neon"),
+              "Q5_0": ("avx2", "avx512", "neon"), "Q3_K": ("avx2", "avx512", "neon"),
+              "Q2_K": ("avx2", "avx512", "neon")}
 
 
-@pytest.mark.parametrize("ty", ["Q4_1", "Q5_1", "Q5_K"])
+@pytest.mark.parametrize("ty", ["Q4_1", "Q5_1", "Q5_K", "Q3_K", "Q2_K"])
 def test_repacked_only_where_simd_kernels_exist(ty):
     """The new types build a repacked copy exactly on the paths that have their SIMD kernels and compute
     there exactly what the scalar path computes (a type without a path's kernels would run the scalar
@@ -359,6 +361,40 @@ def test_q5_0_runs_on_the_q8_0_kernels():
             assert np.array_equal(y5.view(np.uint32), y8.view(np.uint32)), f"{isa} n={n}"
 
 
+def test_q3_k_runs_on_the_q6_k_kernels():
+    """Q3_K is widened to Q6_K's repacked layout on every SIMD path; its products equal those of the
+    same values stored as Q6_K blocks (values q - 4 and scales sc - 32, the same d)."""
+    rng = np.random.default_rng(14)
+    n_in, n_out = 512, 40
+    _, wq, wd = make("Q3_K", n_out, n_in, 9)
+    blocks = wq.reshape(n_out, -1, 110)
+    hmask, qs, sc, d = blocks[..., :32], blocks[..., 32:96], blocks[..., 96:108], blocks[..., 108:]
+    e = np.arange(256)
+    low = (qs[..., 32 * (e // 128) + e % 32] >> (2 * ((e % 128) // 32))).astype(np.int16) & 3
+    high = (hmask[..., e % 32] >> (e // 32)).astype(np.int16) & 1
+    q = low - 4 * (1 - high)                                       # -4..3
+    j = np.arange(16)
+    lo = np.where(j < 8, sc[..., j % 8] & 15, sc[..., j % 8] >> 4).astype(np.int16)
+    scales = (lo | (((sc[..., 8 + j % 4] >> (2 * (j // 4))) & 3).astype(np.int16) << 4)) - 32
+    # Q6_K block: ql[128], qh[64], scales[16] int8, d; value u = q + 32 (ggml's packing)
+    u = (q + 32).astype(np.uint8).reshape(n_out, -1, 2, 4, 32)     # [half][quarter][l]
+    ql = np.concatenate([(u[:, :, :, 0] & 15) | ((u[:, :, :, 2] & 15) << 4),
+                         (u[:, :, :, 1] & 15) | ((u[:, :, :, 3] & 15) << 4)], axis=3)
+    qh = (u[:, :, :, 0] >> 4) | ((u[:, :, :, 1] >> 4) << 2) | ((u[:, :, :, 2] >> 4) << 4) | ((u[:, :, :, 3] >> 4) << 6)
+    q6 = np.concatenate([ql.reshape(n_out, -1, 128), qh.reshape(n_out, -1, 64),
+                         scales.astype(np.int8).view(np.uint8), d], axis=2).reshape(n_out, -1)
+    assert np.array_equal(_core.dequantize("Q6_K", q6, (n_out, n_in)), wd.astype(np.float32))
+    x = rng.standard_normal((5, n_in)).astype(np.float32)
+    for isa in ISAS:
+        _testing.set_isa(isa)
+        pw = _testing.PreparedWeight("Q3_K", wq, n_out, n_in, prepare_threads=2)
+        assert pw.repacked == (isa != "scalar"), isa
+        for n in (1, 5):
+            y3 = pw.matmul(x[:n], None, 2)
+            y6 = _testing.matmul_test("Q6_K", q6, n_out, n_in, x[:n])
+            assert np.array_equal(y3.view(np.uint32), y6.view(np.uint32)), f"{isa} n={n}"
+
+
 def test_bad_arguments():
     wq = _core.quantize("Q8_0", np.zeros((4, 64), np.float32))
     with pytest.raises(ModelError, match="needs"):
@@ -367,8 +403,8 @@ def test_bad_arguments():
         _testing.matmul_test("Q8_0", wq, 4, 64, np.zeros((1, 32), np.float32))
     with pytest.raises(ModelError, match="bias"):
         _testing.matmul_test("Q8_0", wq, 4, 64, np.zeros((1, 64), np.float32), np.zeros(3, np.float32))
-    with pytest.raises(ModelError, match="not supported"):
-        _testing.matmul_test("Q2_K", np.zeros(84, np.uint8), 1, 256, np.zeros((1, 256), np.float32))
+    with pytest.raises(ModelError, match="IQ2_XXS is not supported"):
+        _testing.matmul_test("IQ2_XXS", np.zeros(66, np.uint8), 1, 256, np.zeros((1, 256), np.float32))
     with pytest.raises(ModelError, match="multiple of 32"):
         _testing.matmul_test("Q4_0", np.zeros(18, np.uint8), 1, 48, np.zeros((1, 48), np.float32))
     with pytest.raises(ModelError, match="unknown instruction set"):
@@ -419,6 +455,7 @@ def _tiny_model(rng):
             (f"blk.{i}.attn_qkv.weight", rng.standard_normal((96, 256)).astype(np.float16), None),
             (f"blk.{i}.attn_qkv.bias", rng.standard_normal(96).astype(np.float16), None),
             (f"blk.{i}.ffn_down.weight", rng.standard_normal((256, 512)).astype(np.float32), None),
+            (f"blk.{i}.attn_output.weight", rng.standard_normal((32, 256)).astype(np.float16), None),
         ]
     t += [
         ("output.weight", rng.standard_normal((12, 256)).astype(np.float32), None),
@@ -449,6 +486,24 @@ def expected_type(name, target):
         return target.upper()
     if name.startswith("v."):
         return "Q8_0"
+    if target == "q2_k":  # llama.cpp's mix for phi2 (no grouped-query attention)
+        if name == "output.weight":
+            return "Q6_K"
+        if name.endswith(("attn_qkv.weight", "ffn_down.weight", "attn_output.weight")):
+            return "Q3_K"
+        return "Q2_K"
+    if target in ("q3_k_s", "q3_k_m", "q3_k_l"):  # llama.cpp's mixes for phi2 (8 layers here: L/16 = 0)
+        if name == "output.weight":
+            return "Q6_K"
+        if name.startswith("blk.") and target != "q3_k_s":
+            layer = int(name.split(".")[1])
+            if target == "q3_k_l" and name.endswith(("attn_qkv.weight", "ffn_down.weight", "attn_output.weight")):
+                return "Q5_K"
+            if name.endswith("attn_qkv.weight"):
+                return "Q5_K" if layer < 2 else "Q4_K"
+            if name.endswith(("ffn_down.weight", "attn_output.weight")):
+                return "Q4_K"
+        return "Q3_K"
     if target in ("q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k"):  # llama.cpp's mixes for phi2, no imatrix
         base = {"q4_k_s": "Q4_K", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1", "q6_k": "Q6_K"}.get(target, "Q5_K")
         if name == "output.weight":
@@ -470,7 +525,8 @@ def expected_type(name, target):
     return "Q4_K"
 
 
-@pytest.mark.parametrize("target", ["f16", "q8_0", "q4_0", "q4_k_m", "q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k"])
+@pytest.mark.parametrize("target", ["f16", "q8_0", "q4_0", "q4_k_m", "q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k",
+                                    "q2_k", "q3_k_s", "q3_k_m", "q3_k_l"])
 def test_quantize_file_round_trip(tmp_path, target):
     from tinygptv_native.quantize import FILE_TYPE, quantize_file
     rng = np.random.default_rng(21)
@@ -513,11 +569,11 @@ def test_quantize_file_errors_leave_no_output(tmp_path):
     from tinygptv_native.quantize import QuantizeError, main, quantize_file
     rng = np.random.default_rng(1)
     src = tmp_path / "in.gguf"
-    # A Q2_K weight can be copied but not converted: quantizing to q8_0 must fail cleanly.
-    q2 = rng.integers(0, 255, size=(4, 84), dtype=np.uint8)
-    _write_gguf(src, [("blk.0.ffn_up.weight", q2, T.Q2_K)])
+    # An IQ2_XXS weight can be copied but not converted: quantizing to q8_0 must fail cleanly.
+    iq2 = rng.integers(0, 255, size=(4, 66), dtype=np.uint8)
+    _write_gguf(src, [("blk.0.ffn_up.weight", iq2, T.IQ2_XXS)])
     dst = tmp_path / "out.gguf"
-    with pytest.raises(QuantizeError, match=r"blk\.0\.ffn_up\.weight.*Q2_K"):
+    with pytest.raises(QuantizeError, match=r"blk\.0\.ffn_up\.weight.*IQ2_XXS"):
         quantize_file(str(src), str(dst), "q8_0", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf"]
     with pytest.raises(QuantizeError, match="q3_k"):

@@ -37,7 +37,8 @@ bool matmul_supports(GgmlType t) {
     switch (t) {
         case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q8_0:
         case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1:
-        case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K:
+        case GgmlType::Q2_K: case GgmlType::Q3_K: case GgmlType::Q4_K: case GgmlType::Q5_K:
+        case GgmlType::Q6_K:
             return true;
         default:
             return false;
@@ -56,7 +57,8 @@ size_t packed_group_bytes(GgmlType t, int64_t n_in) {
         case GgmlType::Q5_K: return (size_t)(n_in / QK_K) * kPackQ5_K;
         case GgmlType::Q4_1: return (size_t)(n_in / 32) * kPackQ4_1;
         case GgmlType::Q5_1: return (size_t)(n_in / 32) * kPackQ5_1;
-        case GgmlType::Q6_K: return (size_t)(n_in / QK_K) * kPackQ6_K;
+        case GgmlType::Q6_K: case GgmlType::Q3_K: return (size_t)(n_in / QK_K) * kPackQ6_K;
+        case GgmlType::Q2_K: return (size_t)(n_in / QK_K) * kPackQ2_K;
         default: return 0;
     }
 }
@@ -209,18 +211,45 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
             }
             break;
         }
-        case GgmlType::Q6_K:
+        case GgmlType::Q6_K: case GgmlType::Q3_K: case GgmlType::Q2_K: {
+            // (Q3_K widened to Q6_K's layout: its signed values -4..3 stored + 32 like Q6_K's, its
+            // signed scales as Q6_K's int8 ones, the same fp16 d; Q2_K likewise, its mins after it)
+            const bool q2 = w.type == GgmlType::Q2_K;
             for (int64_t b = 0; b < k / QK_K; b++) {
-                uint8_t* o = dst + b * kPackQ6_K;
+                uint8_t* o = dst + b * (q2 ? kPackQ2_K : kPackQ6_K);
                 for (int r = 0; r < kGroup; r++) {
-                    const BlockQ6_K* p = (const BlockQ6_K*)row(r);
-                    uint16_t d = p ? p[b].d : 0;
-                    std::memcpy(o + 2 * r, &d, 2);
+                    const uint8_t* p = row(r);
+                    uint16_t d = 0, dmin = 0;
+                    int8_t sc[16] = {};
+                    uint8_t mn[16] = {};
                     uint8_t u[QK_K];
-                    if (p) q6k_unpack(p[b], u);
-                    else std::memset(u, 32, sizeof u);
+                    if (p && q2) {
+                        const BlockQ2_K& blk = ((const BlockQ2_K*)p)[b];
+                        d = blk.d, dmin = blk.dmin;
+                        for (int t = 0; t < 16; t++) {
+                            sc[t] = (int8_t)(blk.scales[t] & 0xF);
+                            mn[t] = (uint8_t)(blk.scales[t] >> 4);
+                        }
+                        q2k_values(blk, u);
+                        for (int e = 0; e < QK_K; e++) u[e] = (uint8_t)(u[e] + 32);
+                    } else if (p && w.type == GgmlType::Q3_K) {
+                        const BlockQ3_K& blk = ((const BlockQ3_K*)p)[b];
+                        d = blk.d;
+                        q3k_scales(blk.scales, sc);
+                        int8_t q[QK_K];
+                        q3k_values(blk, q);
+                        for (int e = 0; e < QK_K; e++) u[e] = (uint8_t)(q[e] + 32);
+                    } else if (p) {
+                        const BlockQ6_K& blk = ((const BlockQ6_K*)p)[b];
+                        d = blk.d;
+                        std::memcpy(sc, blk.scales, 16);
+                        q6k_unpack(blk, u);
+                    } else {
+                        std::memset(u, 32, sizeof u);
+                    }
+                    std::memcpy(o + 2 * r, &d, 2);
                     for (int t = 0; t < 16; t++) {
-                        o[32 + 16 * t + r] = p ? (uint8_t)p[b].scales[t] : 0;
+                        o[32 + 16 * t + r] = (uint8_t)sc[t];
                         for (int e = 0; e < 4; e++) {
                             const uint8_t* v = u + 16 * t + e;
                             uint8_t* q = o + 288 + 192 * t + 4 * r + e;
@@ -230,9 +259,14 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
                                 (uint8_t)((v[0] >> 4) | ((v[4] >> 4) << 2) | ((v[8] >> 4) << 4) | ((v[12] >> 4) << 6));
                         }
                     }
+                    if (q2) {
+                        std::memcpy(o + kPackQ6_K + 2 * r, &dmin, 2);
+                        for (int t = 0; t < 16; t++) o[kPackQ6_K + 32 + 32 * (t / 2) + 2 * r + (t & 1)] = mn[t];
+                    }
                 }
             }
             break;
+        }
         default: break;
     }
 }
@@ -564,6 +598,59 @@ static void scalar_q6_K(const GemmArgs& A, int64_t r0, int64_t r1) {
         }
 }
 
+// Q3_K with Q6_K's arithmetic (values q - 4, signed scales sc - 32).
+static void scalar_q3_K(const GemmArgs& A, int64_t r0, int64_t r1) {
+    const ActQ8K& a = *A.ak;
+    const BlockQ3_K* W = (const BlockQ3_K*)A.w;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < A.n; i++) {
+            float acc = 0.f;
+            for (int64_t b = 0; b < a.nb; b++) {
+                const BlockQ3_K& blk = W[r * a.nb + b];
+                const int8_t* xq = &a.qs[i * a.k + b * QK_K];
+                int8_t sc[16], q[QK_K];
+                q3k_scales(blk.scales, sc);
+                q3k_values(blk, q);
+                int32_t isum = 0;
+                for (int t = 0; t < 16; t++) {
+                    int32_t dot = 0;
+                    for (int l = 0; l < 16; l++) dot += q[16 * t + l] * xq[16 * t + l];
+                    isum += sc[t] * dot;
+                }
+                acc = std::fma(fp16_to_fp32(blk.d) * a.d[i * a.nb + b], (float)isum, acc);
+            }
+            A.y[i * A.n_out + r] = finish(acc, A.bias, r);
+        }
+}
+
+// Q2_K with Q6_K's arithmetic (values 0..3, scales 0..15) and the min term of Q4_K.
+static void scalar_q2_K(const GemmArgs& A, int64_t r0, int64_t r1) {
+    const ActQ8K& a = *A.ak;
+    const BlockQ2_K* W = (const BlockQ2_K*)A.w;
+    uint8_t q[QK_K];
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < A.n; i++) {
+            float acc = 0.f;
+            for (int64_t b = 0; b < a.nb; b++) {
+                const BlockQ2_K& blk = W[r * a.nb + b];
+                const int8_t* xq = &a.qs[i * a.k + b * QK_K];
+                const int32_t* bs = &a.bsum[(i * a.nb + b) * 16];
+                q2k_values(blk, q);
+                int32_t isum = 0, msum = 0;
+                for (int t = 0; t < 16; t++) {
+                    int32_t dot = 0;
+                    for (int l = 0; l < 16; l++) dot += q[16 * t + l] * xq[16 * t + l];
+                    isum += (blk.scales[t] & 0xF) * dot;
+                    msum += (blk.scales[t] >> 4) * bs[t];
+                }
+                const float dx = a.d[i * a.nb + b];
+                acc = std::fma(fp16_to_fp32(blk.d) * dx, (float)isum, acc);
+                acc = std::fma(-(fp16_to_fp32(blk.dmin) * dx), (float)msum, acc);
+            }
+            A.y[i * A.n_out + r] = finish(acc, A.bias, r);
+        }
+}
+
 static void scalar_gemm(GgmlType t, const GemmArgs& A, int64_t r0, int64_t r1) {
     const int64_t k = A.n_in;
     switch (t) {
@@ -590,6 +677,8 @@ static void scalar_gemm(GgmlType t, const GemmArgs& A, int64_t r0, int64_t r1) {
         case GgmlType::Q4_K: scalar_q4_K(A, r0, r1); break;
         case GgmlType::Q5_K: scalar_q5_K(A, r0, r1); break;
         case GgmlType::Q6_K: scalar_q6_K(A, r0, r1); break;
+        case GgmlType::Q3_K: scalar_q3_K(A, r0, r1); break;
+        case GgmlType::Q2_K: scalar_q2_K(A, r0, r1); break;
         default: break;
     }
 }
@@ -609,7 +698,8 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::Q5_K: return avx512::gemm_q5_K;
             case GgmlType::Q4_1: return avx512::gemm_q4_1;
             case GgmlType::Q5_1: return avx512::gemm_q5_1;
-            case GgmlType::Q6_K: return avx512::gemm_q6_K;
+            case GgmlType::Q6_K: case GgmlType::Q3_K: return avx512::gemm_q6_K;  // Q3_K: widened at repack
+            case GgmlType::Q2_K: return avx512::gemm_q2_K;
             default: return nullptr;
         }
     }
@@ -624,7 +714,8 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::Q5_K: return avx2::gemm_q5_K;
             case GgmlType::Q4_1: return avx2::gemm_q4_1;
             case GgmlType::Q5_1: return avx2::gemm_q5_1;
-            case GgmlType::Q6_K: return avx2::gemm_q6_K;
+            case GgmlType::Q6_K: case GgmlType::Q3_K: return avx2::gemm_q6_K;  // Q3_K: widened at repack
+            case GgmlType::Q2_K: return avx2::gemm_q2_K;
             default: return nullptr;
         }
     }
@@ -641,7 +732,8 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::Q5_K: return neon::gemm_q5_K;
             case GgmlType::Q4_1: return neon::gemm_q4_1;
             case GgmlType::Q5_1: return neon::gemm_q5_1;
-            case GgmlType::Q6_K: return neon::gemm_q6_K;
+            case GgmlType::Q6_K: case GgmlType::Q3_K: return neon::gemm_q6_K;  // Q3_K: widened at repack
+            case GgmlType::Q2_K: return neon::gemm_q2_K;
             default: return nullptr;
         }
     }
@@ -669,7 +761,8 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
         if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q5_0) quantize_act_q8(x, n, k, a8, 128, 1, isa, ex);
         else quantize_act_q8(x, n, k, a8, w.type == GgmlType::Q4_0 ? 8 : 0, kActGroupQ4_0, isa, ex);
         A.a8 = &a8;
-    } else if (w.type == GgmlType::Q4_K || w.type == GgmlType::Q5_K || w.type == GgmlType::Q6_K) {
+    } else if (w.type == GgmlType::Q2_K || w.type == GgmlType::Q3_K || w.type == GgmlType::Q4_K ||
+               w.type == GgmlType::Q5_K || w.type == GgmlType::Q6_K) {
         quantize_act_q8k(x, n, k, ak, isa, ex);
         A.ak = &ak;
     }

@@ -349,11 +349,12 @@ __attribute__((always_inline)) inline void q4_K_super(const ActQ8K& a, const uin
     }
 }
 
-template <int NT>
+// Q6_K, and Q3_K (widened into its layout); Q2 (Q2_K): the layout of Q6_K plus the mins (matmul_impl.h).
+template <int NT, bool Q2 = false>
 __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int h, int64_t i0, __m256 (&acc)[NT]) {
     const int64_t nb = a.nb, k = a.k;
     const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
-    const uint8_t* blk = wg + b * kPackQ6_K;
+    const uint8_t* blk = wg + b * (Q2 ? kPackQ2_K : kPackQ6_K);
     const uint8_t* qq = blk + 288 + 32 * h;
     __m256i isum[NT];
     for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
@@ -383,6 +384,21 @@ __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uin
     for (int j = 0; j < NT; j++) {
         const __m256 dx = _mm256_set1_ps(a.d[(i0 + j) * nb + b]);
         acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum[j]), acc[j]);
+    }
+    if constexpr (Q2) {
+        const uint8_t* mb = blk + kPackQ6_K;
+        const __m256 dm = load_ph(mb + 16 * h);
+        __m256i mp[8];  // (m of sub-block 2p, m of 2p + 1) of each of the 8 rows
+        for (int p = 0; p < 8; p++) mp[p] = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(mb + 32 + 32 * p + 16 * h)));
+        for (int j = 0; j < NT; j++) {
+            const int64_t ii = (i0 + j) * nb + b;
+            const int32_t* bs = a.bsum.data() + ii * 16;
+            __m256i msum = _mm256_setzero_si256();
+            for (int p = 0; p < 8; p++)
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mp[p], _mm256_set1_epi32(pack_int16_pair(bs[2 * p], bs[2 * p + 1]))));
+            const __m256 dx = _mm256_set1_ps(a.d[ii]);
+            acc[j] = _mm256_fnmadd_ps(_mm256_mul_ps(dm, dx), _mm256_cvtepi32_ps(msum), acc[j]);
+        }
     }
 }
 
@@ -417,6 +433,11 @@ __attribute__((always_inline)) inline void q5_K_super(const ActQ8K& a, const uin
 }
 TG_TILE_AND_VEC(q5_K, q5_K_super)
 TG_TILE_AND_VEC(q6_K, q6_K_super)
+template <int NT>
+__attribute__((always_inline)) inline void q2_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int h, int64_t i0, __m256 (&acc)[NT]) {
+    q6_K_super<NT, true>(a, wg, b, h, i0, acc);
+}
+TG_TILE_AND_VEC(q2_K, q2_K_super)
 #undef TG_TILE_AND_VEC
 
 // ---- activation quantizers (byte-identical to the scalar ones in matmul.cpp) ------------------
@@ -579,6 +600,12 @@ void gemm_q6_K(const GemmArgs& A, int64_t g0, int64_t g1) {
         return decode_streams<q6_K_vec<kDecodeStreams>, q6_K_vec<1>>(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K);
     static const PartTileFn t[4] = {q6_K_tile<1>, q6_K_tile<2>, q6_K_tile<3>, q6_K_tile<4>};
     part_quant_gemm<2>(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K, t);
+}
+void gemm_q2_K(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1)
+        return decode_streams<q2_K_vec<kDecodeStreams>, q2_K_vec<1>>(A, g0, g1, (A.n_in / QK_K) * kPackQ2_K);
+    static const PartTileFn t[4] = {q2_K_tile<1>, q2_K_tile<2>, q2_K_tile<3>, q2_K_tile<4>};
+    part_quant_gemm<2>(A, g0, g1, (A.n_in / QK_K) * kPackQ2_K, t);
 }
 
 }  // namespace avx2

@@ -405,9 +405,11 @@ __attribute__((always_inline)) inline void q4_K_super(const ActQ8K& a, const uin
     }
 }
 
-template <int NT, int NG>
+// Q6_K, and Q3_K (widened into its layout); Q2 (Q2_K): the layout of Q6_K plus the mins (matmul_impl.h).
+template <int NT, int NG, bool Q2 = false>
 __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uint8_t* const* wg, int64_t b, int64_t i0,
                                                       __m512 (&acc)[NG][NT]) {
+    constexpr size_t stride = Q2 ? kPackQ2_K : kPackQ6_K;
     const int64_t nb = a.nb, k = a.k;
     const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
     __m512i isum[NG][NT];
@@ -415,7 +417,7 @@ __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uin
         for (int j = 0; j < NT; j++) isum[g][j] = _mm512_setzero_si512();
     for (int t = 0; t < 16; t++)
         for (int g = 0; g < NG; g++) {
-            const uint8_t* blk = wg[g] + b * kPackQ6_K;
+            const uint8_t* blk = wg[g] + b * stride;
             const uint8_t* qq = blk + 288 + 192 * t;
             const __m512i l0 = _mm512_loadu_si512(qq), l1 = _mm512_loadu_si512(qq + 64);
             const __m512i h = _mm512_loadu_si512(qq + 128);
@@ -438,10 +440,25 @@ __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uin
             }
         }
     for (int g = 0; g < NG; g++) {
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(wg[g] + b * kPackQ6_K)));
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(wg[g] + b * stride)));
         for (int j = 0; j < NT; j++) {
             const __m512 dx = _mm512_set1_ps(a.d[(i0 + j) * nb + b]);
             acc[g][j] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum[g][j]), acc[g][j]);
+        }
+        if constexpr (Q2) {
+            const uint8_t* mb = wg[g] + b * stride + kPackQ6_K;
+            const __m512 dm = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)mb));
+            __m512i mp[8];  // (m of sub-block 2p, m of 2p + 1) of each of the 16 rows
+            for (int p = 0; p < 8; p++) mp[p] = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(mb + 32 + 32 * p)));
+            for (int j = 0; j < NT; j++) {
+                const int64_t ii = (i0 + j) * nb + b;
+                const int32_t* bs = a.bsum.data() + ii * 16;
+                __m512i msum = _mm512_setzero_si512();
+                for (int p = 0; p < 8; p++)
+                    msum = _mm512_dpwssd_epi32(msum, mp[p], _mm512_set1_epi32(pack_int16_pair(bs[2 * p], bs[2 * p + 1])));
+                const __m512 dx = _mm512_set1_ps(a.d[ii]);
+                acc[g][j] = _mm512_fnmadd_ps(_mm512_mul_ps(dm, dx), _mm512_cvtepi32_ps(msum), acc[g][j]);
+            }
         }
     }
 }
@@ -494,6 +511,12 @@ __attribute__((always_inline)) inline void q5_K_super(const ActQ8K& a, const uin
 }
 TG_TILE_AND_VEC(q5_K, ak, q5_K_super, nb)
 TG_TILE_AND_VEC(q6_K, ak, q6_K_super, nb)
+template <int NT, int NG>
+__attribute__((always_inline)) inline void q2_K_super(const ActQ8K& a, const uint8_t* const* wg, int64_t b, int64_t i0,
+                                                      __m512 (&acc)[NG][NT]) {
+    q6_K_super<NT, NG, true>(a, wg, b, i0, acc);
+}
+TG_TILE_AND_VEC(q2_K, ak, q2_K_super, nb)
 #undef TG_TILE_AND_VEC
 
 using TileFn = void (*)(const GemmArgs&, const uint8_t*, int64_t, int64_t);
@@ -522,6 +545,7 @@ template <int NT> struct Q5_1K { static void run(const GemmArgs& A, const uint8_
 template <int NT> struct Q4_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q4_K_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q5_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q5_K_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q6_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q6_K_tile<NT>(A, w, g, i); } };
+template <int NT> struct Q2_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q2_K_tile<NT>(A, w, g, i); } };
 
 // ---- activation quantizers (byte-identical to the scalar ones in matmul.cpp) ------------------
 
@@ -699,6 +723,11 @@ void gemm_q6_K(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q6_K_vec<kDecodeStreams>, q6_K_vec<1>>(A, g0, g1,
                                                                  packed_group_bytes(GgmlType::Q6_K, A.n_in));
     run_table<Q6_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K, std::make_integer_sequence<int, kMaxTileRows>());
+}
+void gemm_q2_K(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1) return decode_streams<q2_K_vec<kDecodeStreams>, q2_K_vec<1>>(A, g0, g1,
+                                                                 packed_group_bytes(GgmlType::Q2_K, A.n_in));
+    run_table<Q2_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ2_K, std::make_integer_sequence<int, kMaxTileRows>());
 }
 
 }  // namespace avx512

@@ -27,6 +27,9 @@
 //         (sub-block t of 16 values, slots at 288 + 192t: first byte e = u[16t+e] | u[16t+4+e] << 4,
 //          second byte e = u[16t+8+e] | u[16t+12+e] << 4, third byte e = high 2 bits of
 //          u[16t+e], u[16t+4+e], u[16t+8+e], u[16t+12+e] at bits 0, 2, 4, 6; u = q + 32)
+//         (Q3_K is stored in this layout too: its values -4..3 as q, its scales sc - 32 as sc)
+//   Q2_K  Q6_K's layout (values 0..3 as q, the 4-bit scales as sc), then dmin[16] f16 |
+//         m[8][16][2] u8 (pair p, row r: mins of sub-blocks 2p and 2p + 1)   3648 B per block of 256
 //
 // Every path computes each output with the same arithmetic, so results are bit-identical across
 // instruction sets and thread counts:
@@ -45,6 +48,10 @@
 //   Q4_1, Q5_1:     as Q4_0 (values q, unsigned), and after each block's t = fma(d_w[b], (float)isum_b, t)
 //                   also t = fma(m_w[b], (float)xsum_b, t) (xsum_b: sum of the block's int8 activations)
 //   Q5_K:           as Q4_K (values 0..31)
+//   Q3_K:           as Q6_K (values -4..3, scales -32..31; repacked into Q6_K's layout, so Q6_K's kernels run it)
+//   Q2_K:           as Q6_K (values 0..3, scales 0..15), plus msum = sum_t m_t * xsum_t (int32, xsum_t: sum of the
+//                   16 int8 activations of sub-block t) and acc = fma(-(dmin_w * d_x), (float)msum, acc) after
+//                   the isum step
 //   then y = acc + bias (or acc without bias).
 #pragma once
 #include <cstddef>
@@ -70,8 +77,15 @@ template <size_t QB> constexpr size_t pair_group_bytes(int64_t nb) { return (siz
 constexpr size_t kPackQ4_K = 32 + 32 + 128 + 128 + 32 * 64;
 constexpr size_t kPackQ6_K = 32 + 256 + 32 * 64 + 16 * 64;
 constexpr size_t kPackQ5_K = kPackQ4_K + 8 * 64;
+constexpr size_t kPackQ2_K = kPackQ6_K + 32 + 256;
 constexpr size_t kPackQ4_1 = 64 + 4 * 64;
 constexpr size_t kPackQ5_1 = 64 + 8 * 64;
+
+// Two int16 activation sums (of 16 values each: |sum| <= 2032) as one int32 lane pattern, low half
+// first, for the pairwise multiply-adds of the Q2_K min term.
+inline int32_t pack_int16_pair(int32_t lo, int32_t hi) {
+    return (int32_t)((uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16));
+}
 
 // Blocks of 32 activations that share one scale for Q4_0 weights (Q8_0 weights: 1, as ggml's Q8_0).
 // With 4-bit weights the weights' rounding error is ~15x the activations' even at one scale per 128
@@ -227,7 +241,8 @@ void float_gemm_groups(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes,
     void gemm_q8_0(const GemmArgs&, int64_t, int64_t);                                                      \
     void gemm_q4_0(const GemmArgs&, int64_t, int64_t);                                                      \
     void gemm_q4_K(const GemmArgs&, int64_t, int64_t);                                                      \
-    void gemm_q6_K(const GemmArgs&, int64_t, int64_t);
+    void gemm_q6_K(const GemmArgs&, int64_t, int64_t);                                                      \
+    void gemm_q2_K(const GemmArgs&, int64_t, int64_t);
 #if defined(TINYGPTV_X86)
 #define TG_X86_KERNEL_SET                                   \
     TG_SIMD_KERNEL_SET                                      \

@@ -312,10 +312,11 @@ inline void q5_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int
     q45_K_super<DOT, NT, true>(a, wg, b, q, i0, acc);
 }
 
-template <bool DOT, int NT>
+// Q6_K, and Q3_K (widened into its layout); Q2 (Q2_K): the layout of Q6_K plus the mins (matmul_impl.h).
+template <bool DOT, int NT, bool Q2 = false>
 inline void q6_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int64_t i0, float32x4_t (&acc)[NT]) {
     const uint8x16_t m4 = vdupq_n_u8(0x0F), m30 = vdupq_n_u8(0x30);
-    const uint8_t* blk = wg + b * kPackQ6_K;
+    const uint8_t* blk = wg + b * (Q2 ? kPackQ2_K : kPackQ6_K);
     const uint8_t* qq = blk + 288 + 16 * q;
     int32x4_t isum[NT];
     for (int j = 0; j < NT; j++) isum[j] = vdupq_n_s32(0);
@@ -343,6 +344,28 @@ inline void q6_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int
         const float32x4_t dx = vdupq_n_f32(a.d[(i0 + j) * a.nb + b]);
         acc[j] = vfmaq_f32(acc[j], vmulq_f32(dw, dx), vcvtq_f32_s32(isum[j]));
     }
+    if constexpr (Q2) {
+        const uint8_t* mb = blk + kPackQ6_K;
+        const float32x4_t dm = load_ph(mb + 8 * q);
+        int16x8_t mp[8];  // (m of sub-block 2p, m of 2p + 1) of each of the 4 rows
+        for (int p = 0; p < 8; p++) mp[p] = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(mb + 32 + 32 * p + 8 * q)));
+        for (int j = 0; j < NT; j++) {
+            const int64_t ii = (i0 + j) * a.nb + b;
+            const int32_t* bs = a.bsum.data() + ii * 16;
+            int32x4_t msum = vdupq_n_s32(0);
+            for (int p = 0; p < 8; p++) {
+                const int16x8_t x2 = vreinterpretq_s16_s32(vdupq_n_s32(pack_int16_pair(bs[2 * p], bs[2 * p + 1])));
+                msum = vaddq_s32(msum, vpaddq_s32(vmull_s16(vget_low_s16(mp[p]), vget_low_s16(x2)),
+                                                  vmull_high_s16(mp[p], x2)));
+            }
+            const float32x4_t dx = vdupq_n_f32(a.d[ii]);
+            acc[j] = vfmsq_f32(acc[j], vmulq_f32(dm, dx), vcvtq_f32_s32(msum));
+        }
+    }
+}
+template <bool DOT, int NT>
+inline void q2_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int64_t i0, float32x4_t (&acc)[NT]) {
+    q6_K_super<DOT, NT, true>(a, wg, b, q, i0, acc);
 }
 
 // The prompt tile (NT activation rows of one group, one quarter q) and the decode kernel (one row,
@@ -372,6 +395,7 @@ inline void q6_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int
 TG_TILE_AND_VEC(q4_K, q4_K_super)
 TG_TILE_AND_VEC(q5_K, q5_K_super)
 TG_TILE_AND_VEC(q6_K, q6_K_super)
+TG_TILE_AND_VEC(q2_K, q2_K_super)
 #undef TG_TILE_AND_VEC
 
 // Q4_1 / Q5_1 (values with a minimum), quarter q of a group for NT rows: per activation scale group c,
@@ -544,6 +568,7 @@ TG_GEMM(q4_0, packed_group_bytes(GgmlType::Q4_0, A.n_in))
 TG_GEMM(q4_K, (size_t)(A.n_in / QK_K) * kPackQ4_K)
 TG_GEMM(q5_K, (size_t)(A.n_in / QK_K) * kPackQ5_K)
 TG_GEMM(q6_K, (size_t)(A.n_in / QK_K) * kPackQ6_K)
+TG_GEMM(q2_K, (size_t)(A.n_in / QK_K) * kPackQ2_K)
 #undef TG_GEMM
 
 void gemm_q4_1(const GemmArgs& A, int64_t g0, int64_t g1) {
