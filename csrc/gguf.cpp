@@ -381,7 +381,8 @@ void GGUFFile::validate() const {
                 }
                 break;
             }
-            case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1: case GgmlType::Q8_0: {
+            case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1: case GgmlType::Q8_0:
+            case GgmlType::IQ4_NL: {
                 // Every block starts with its fp16 scale d; Q4_1/Q5_1 follow it with the fp16 minimum m.
                 const TypeTraits tt = type_traits((uint32_t)t.type);
                 const bool has_min = t.type == GgmlType::Q4_1 || t.type == GgmlType::Q5_1;
@@ -397,15 +398,15 @@ void GGUFFile::validate() const {
                 }
                 break;
             }
-            case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: {
+            case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: case GgmlType::IQ4_XS: {
                 // fp16 super-block scale d (and the scale of the mins, dmin, for Q4_K/Q5_K); Q6_K keeps d
                 // in its last two bytes
                 const TypeTraits tt = type_traits((uint32_t)t.type);
-                const bool q6 = t.type == GgmlType::Q6_K;
+                const bool q6 = t.type == GgmlType::Q6_K, xs = t.type == GgmlType::IQ4_XS;
                 const uint64_t nb = n / (uint64_t)tt.block;
                 for (uint64_t b = 0; b < nb; b++) {
                     const uint8_t* blk = t.data + b * tt.block_bytes;
-                    for (int k = 0; k < (q6 ? 1 : 2); k++) {
+                    for (int k = 0; k < (q6 || xs ? 1 : 2); k++) {
                         uint16_t h;
                         std::memcpy(&h, blk + (q6 ? tt.block_bytes - 2 : 2 * (size_t)k), 2);
                         if ((h & 0x7c00) == 0x7c00)

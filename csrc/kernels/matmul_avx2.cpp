@@ -386,6 +386,45 @@ __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uin
     }
 }
 
+// IQ4_XS: Q4_K's walk over the nibbles, each index looked up (vpshufb) as its signed value w. pmaddubsw
+// takes |w| and x with w's sign (|w| * |x| * 2 <= 127 * 127 * 2 fits its int16 sums; the unsigned
+// values w + 128 of the AVX-512 kernel would not), which gives the exact dot of each sub-block.
+template <int NT>
+__attribute__((always_inline)) inline void iq4_xs_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int h, int64_t i0, __m256 (&acc)[NT]) {
+    const int64_t nb = a.nb, k = a.k;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kIQ4NL));
+    const uint8_t* blk = wg + b * kPackIQ4_XS;
+    const uint8_t* qs = blk + 192 + 32 * h;
+    __m256i isum[NT];
+    for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        __m256i ae[NT], ao[NT];
+        for (int j = 0; j < NT; j++) ae[j] = ao[j] = _mm256_setzero_si256();
+        for (int s = 0; s < 8; s++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 64 * (8 * c + s)));
+            const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4));
+            const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+            const __m256i alo = _mm256_abs_epi8(lo), ahi = _mm256_abs_epi8(hi);
+            for (int j = 0; j < NT; j++) {
+                const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK_K + 64 * c + 4 * s;
+                ae[j] = dp4(ae[j], alo, _mm256_sign_epi8(bc(xq), lo));
+                ao[j] = dp4(ao[j], ahi, _mm256_sign_epi8(bc(xq + 32), hi));
+            }
+        }
+        const __m256i sce = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 32 + 16 * (2 * c) + 8 * h)));
+        const __m256i sco = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 32 + 16 * (2 * c + 1) + 8 * h)));
+        for (int j = 0; j < NT; j++)
+            isum[j] = _mm256_add_epi32(isum[j], _mm256_add_epi32(_mm256_mullo_epi32(ae[j], sce),
+                                                                 _mm256_mullo_epi32(ao[j], sco)));
+    }
+    const __m256 dw = load_ph(blk + 16 * h);
+    for (int j = 0; j < NT; j++) {
+        const __m256 dx = _mm256_set1_ps(a.d[(i0 + j) * nb + b]);
+        acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum[j]), acc[j]);
+    }
+}
+
 // The prompt tile (NT activation rows of one group, one 8-row half h) and the decode kernel (one row,
 // NG groups, both halves) of each K-quant type, made from its super-block routine. Each calls the
 // routine directly: passed as a template parameter instead, GCC compiled the Q6_K tile to slower code.
@@ -417,6 +456,7 @@ __attribute__((always_inline)) inline void q5_K_super(const ActQ8K& a, const uin
 }
 TG_TILE_AND_VEC(q5_K, q5_K_super)
 TG_TILE_AND_VEC(q6_K, q6_K_super)
+TG_TILE_AND_VEC(iq4_xs, iq4_xs_super)
 #undef TG_TILE_AND_VEC
 
 // ---- activation quantizers (byte-identical to the scalar ones in matmul.cpp) ------------------
@@ -579,6 +619,12 @@ void gemm_q6_K(const GemmArgs& A, int64_t g0, int64_t g1) {
         return decode_streams<q6_K_vec<kDecodeStreams>, q6_K_vec<1>>(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K);
     static const PartTileFn t[4] = {q6_K_tile<1>, q6_K_tile<2>, q6_K_tile<3>, q6_K_tile<4>};
     part_quant_gemm<2>(A, g0, g1, (A.n_in / QK_K) * kPackQ6_K, t);
+}
+void gemm_iq4_xs(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1)
+        return decode_streams<iq4_xs_vec<kDecodeStreams>, iq4_xs_vec<1>>(A, g0, g1, (A.n_in / QK_K) * kPackIQ4_XS);
+    static const PartTileFn t[4] = {iq4_xs_tile<1>, iq4_xs_tile<2>, iq4_xs_tile<3>, iq4_xs_tile<4>};
+    part_quant_gemm<2>(A, g0, g1, (A.n_in / QK_K) * kPackIQ4_XS, t);
 }
 
 }  // namespace avx2

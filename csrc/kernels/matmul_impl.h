@@ -27,6 +27,10 @@
 //         (sub-block t of 16 values, slots at 288 + 192t: first byte e = u[16t+e] | u[16t+4+e] << 4,
 //          second byte e = u[16t+8+e] | u[16t+12+e] << 4, third byte e = high 2 bits of
 //          u[16t+e], u[16t+4+e], u[16t+8+e], u[16t+12+e] at bits 0, 2, 4, 6; u = q + 32)
+//   IQ4_XS d[16] f16 | sc[8][16] i8 (ls - 32) | 32 zero bytes | 32 slots x [16 rows][4 B] (indices
+//         into kIQ4NL, arranged as Q4_K's qs: slot 8c+s byte e holds value 64c+4s+e in its low
+//         nibble, 64c+32+4s+e in its high one)                       2240 B per block of 256
+//   IQ4_NL is widened to Q8_0's layout (its values kIQ4NL[q] as int8).
 //
 // Every path computes each output with the same arithmetic, so results are bit-identical across
 // instruction sets and thread counts:
@@ -45,6 +49,8 @@
 //   Q4_1, Q5_1:     as Q4_0 (values q, unsigned), and after each block's t = fma(d_w[b], (float)isum_b, t)
 //                   also t = fma(m_w[b], (float)xsum_b, t) (xsum_b: sum of the block's int8 activations)
 //   Q5_K:           as Q4_K (values 0..31)
+//   IQ4_NL:         as Q8_0 (values kIQ4NL[q])
+//   IQ4_XS:         as Q6_K with sub-blocks of 32 (values kIQ4NL[q], scales ls - 32)
 //   then y = acc + bias (or acc without bias).
 #pragma once
 #include <cstddef>
@@ -72,6 +78,9 @@ constexpr size_t kPackQ6_K = 32 + 256 + 32 * 64 + 16 * 64;
 constexpr size_t kPackQ5_K = kPackQ4_K + 8 * 64;
 constexpr size_t kPackQ4_1 = 64 + 4 * 64;
 constexpr size_t kPackQ5_1 = 64 + 8 * 64;
+constexpr size_t kPackIQ4_XS = 32 + 128 + 32 + 32 * 64;  // quants start on a cache line
+// kIQ4NL + 128: the table the x86 kernels look indices up in, unsigned for vpdpbusd.
+alignas(16) constexpr uint8_t kIQ4NLBiased[16] = {1, 24, 45, 63, 79, 93, 106, 118, 129, 141, 153, 166, 181, 197, 217, 241};
 
 // Blocks of 32 activations that share one scale for Q4_0 weights (Q8_0 weights: 1, as ggml's Q8_0).
 // With 4-bit weights the weights' rounding error is ~15x the activations' even at one scale per 128
@@ -225,7 +234,8 @@ void float_gemm_groups(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes,
     void gemm_q8_0(const GemmArgs&, int64_t, int64_t);                                                      \
     void gemm_q4_0(const GemmArgs&, int64_t, int64_t);                                                      \
     void gemm_q4_K(const GemmArgs&, int64_t, int64_t);                                                      \
-    void gemm_q6_K(const GemmArgs&, int64_t, int64_t);
+    void gemm_q6_K(const GemmArgs&, int64_t, int64_t);                                                      \
+    void gemm_iq4_xs(const GemmArgs&, int64_t, int64_t);
 #if defined(TINYGPTV_X86)
 #define TG_X86_KERNEL_SET                                   \
     TG_SIMD_KERNEL_SET                                      \

@@ -345,6 +345,39 @@ inline void q6_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int
     }
 }
 
+// IQ4_XS: Q4_K's walk over the nibbles, each index looked up (tbl) as its signed value; sdot (or the
+// widening multiplies) takes signed values on both sides, so no offset is needed.
+template <bool DOT, int NT>
+inline void iq4_xs_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int64_t i0, float32x4_t (&acc)[NT]) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    const int8x16_t lut = vld1q_s8(kIQ4NL);
+    const uint8_t* blk = wg + b * kPackIQ4_XS;
+    const uint8_t* qs = blk + 192 + 16 * q;
+    int32x4_t isum[NT];
+    for (int j = 0; j < NT; j++) isum[j] = vdupq_n_s32(0);
+    for (int c = 0; c < 4; c++) {
+        int32x4_t ae[NT], ao[NT];
+        for (int j = 0; j < NT; j++) ae[j] = ao[j] = vdupq_n_s32(0);
+        for (int s = 0; s < 8; s++) {
+            const uint8x16_t v = vld1q_u8(qs + 64 * (8 * c + s));
+            const int8x16_t lo = vqtbl1q_s8(lut, vandq_u8(v, m4)), hi = vqtbl1q_s8(lut, vshrq_n_u8(v, 4));
+            for (int j = 0; j < NT; j++) {
+                const int8_t* xq = a.qs.data() + (i0 + j) * a.k + b * QK_K + 64 * c + 4 * s;
+                ae[j] = dp4<DOT>(ae[j], lo, bc(xq));
+                ao[j] = dp4<DOT>(ao[j], hi, bc(xq + 32));
+            }
+        }
+        const int32x4_t sce = load_s8x4(blk + 32 + 16 * (2 * c) + 4 * q);
+        const int32x4_t sco = load_s8x4(blk + 32 + 16 * (2 * c + 1) + 4 * q);
+        for (int j = 0; j < NT; j++) isum[j] = vmlaq_s32(vmlaq_s32(isum[j], ae[j], sce), ao[j], sco);
+    }
+    const float32x4_t dw = load_ph(blk + 8 * q);
+    for (int j = 0; j < NT; j++) {
+        const float32x4_t dx = vdupq_n_f32(a.d[(i0 + j) * a.nb + b]);
+        acc[j] = vfmaq_f32(acc[j], vmulq_f32(dw, dx), vcvtq_f32_s32(isum[j]));
+    }
+}
+
 // The prompt tile (NT activation rows of one group, one quarter q) and the decode kernel (one row,
 // NG groups, every quarter) of each K-quant type, made from its super-block routine.
 #define TG_TILE_AND_VEC(NAME, SUPER)                                                                 \
@@ -372,6 +405,7 @@ inline void q6_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int
 TG_TILE_AND_VEC(q4_K, q4_K_super)
 TG_TILE_AND_VEC(q5_K, q5_K_super)
 TG_TILE_AND_VEC(q6_K, q6_K_super)
+TG_TILE_AND_VEC(iq4_xs, iq4_xs_super)
 #undef TG_TILE_AND_VEC
 
 // Q4_1 / Q5_1 (values with a minimum), quarter q of a group for NT rows: per activation scale group c,
@@ -544,6 +578,7 @@ TG_GEMM(q4_0, packed_group_bytes(GgmlType::Q4_0, A.n_in))
 TG_GEMM(q4_K, (size_t)(A.n_in / QK_K) * kPackQ4_K)
 TG_GEMM(q5_K, (size_t)(A.n_in / QK_K) * kPackQ5_K)
 TG_GEMM(q6_K, (size_t)(A.n_in / QK_K) * kPackQ6_K)
+TG_GEMM(iq4_xs, (size_t)(A.n_in / QK_K) * kPackIQ4_XS)
 #undef TG_GEMM
 
 void gemm_q4_1(const GemmArgs& A, int64_t g0, int64_t g1) {
