@@ -496,7 +496,8 @@ def expected_type(name, target):
     return "Q4_K"
 
 
-@pytest.mark.parametrize("target", ["f16", "q8_0", "q4_0", "q4_k_m", "q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k"])
+@pytest.mark.parametrize("target", ["f16", "q8_0", "q4_0", "q4_k_m", "q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k",
+                                    "iq4_nl", "iq4_xs"])
 def test_quantize_file_round_trip(tmp_path, target):
     from tinygptv_native.quantize import FILE_TYPE, quantize_file
     rng = np.random.default_rng(21)
@@ -532,6 +533,24 @@ def test_quantize_file_round_trip(tmp_path, target):
             assert np.array_equal(raw, _core.quantize(want, x).reshape(-1)), name
             if want in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"):
                 assert np.array_equal(raw, gg_quantize(x, getattr(T, want)).reshape(-1)), name
+
+
+@pytest.mark.parametrize("target,base", [("iq4_nl", "IQ4_NL"), ("iq4_xs", "IQ4_XS")])
+def test_iq4_mixes_choose_as_llamacpp(target, base):
+    """llama.cpp's IQ4_NL / IQ4_XS mixes for phi2 without an importance matrix (32 layers): Q5_K for the
+    first L/8 ffn_down weights, Q6_K for output.weight, the base type elsewhere; rows that are not a
+    multiple of 256 fall back (IQ4_XS -> IQ4_NL, Q5_K -> Q5_1, Q6_K -> Q8_0); the image path Q8_0."""
+    from tinygptv_native.quantize import choose_type
+    assert choose_type("blk.3.attn_qkv.weight", [2560, 7680], "F32", target, 32) == base
+    assert choose_type("blk.3.ffn_down.weight", [10240, 2560], "F32", target, 32) == "Q5_K"
+    assert choose_type("blk.4.ffn_down.weight", [10240, 2560], "F32", target, 32) == base
+    assert choose_type("output.weight", [2560, 51200], "F32", target, 32) == "Q6_K"
+    assert choose_type("token_embd.weight", [2560, 51200], "F32", target, 32) == base
+    assert choose_type("blk.5.ffn_up.weight", [96, 8], "F32", target, 32) == "IQ4_NL"
+    assert choose_type("blk.0.ffn_down.weight", [96, 8], "F32", target, 32) == "Q5_1"
+    assert choose_type("output.weight", [96, 8], "F32", target, 32) == "Q8_0"
+    assert choose_type("blk.5.ffn_up.weight", [40, 8], "F16", target, 32) == "F16"
+    assert choose_type("v.blk.0.ffn_up.weight", [1408, 64], "F16", target, 32) == "Q8_0"
 
 
 def test_quantize_file_errors_leave_no_output(tmp_path):

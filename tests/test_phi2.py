@@ -246,5 +246,5 @@ def quantized_parity_model(tmp_path, qtype):
     convert_phi2(str(tmp_path / "hf"), path, outtype="f32", progress=False)
     q = str(tmp_path / f"{qtype}.gguf")
     types = quantize_file(path, q, qtype, progress=False)
-    assert sum(t.startswith("Q") for t in types.values()) >= 9  # every matrix
+    assert sum(t.startswith(("Q", "IQ")) for t in types.values()) >= 9  # every matrix
     return path, q, [int(t) for t in np.random.default_rng(9).integers(0, 320, size=200)]
