@@ -361,9 +361,10 @@ def test_q5_0_runs_on_the_q8_0_kernels():
             assert np.array_equal(y5.view(np.uint32), y8.view(np.uint32)), f"{isa} n={n}"
 
 
-def test_iq4_nl_runs_on_the_q8_0_kernels():
-    """IQ4_NL is widened to Q8_0's repacked layout on every SIMD path: its products equal those of the
-    same values (the grid values the indices name) stored as Q8_0 blocks."""
+def test_iq4_nl_computes_as_q8_0():
+    """IQ4_NL keeps Q4_0's 4-bit layout and looks its indices up in the grid before Q8_0's arithmetic:
+    its products equal those of the same values (the grid values the indices name) stored as Q8_0
+    blocks, on every path."""
     rng = np.random.default_rng(13)
     n_in, n_out = 512, 40
     _, wq, wd = make("IQ4_NL", n_out, n_in, 7)

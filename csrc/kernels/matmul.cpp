@@ -51,8 +51,8 @@ size_t packed_group_bytes(GgmlType t, int64_t n_in) {
     switch (t) {
         case GgmlType::F32: return (size_t)n_in * kGroup * 4;
         case GgmlType::F16: case GgmlType::BF16: return (size_t)n_in * kGroup * 2;
-        case GgmlType::Q8_0: case GgmlType::Q5_0: case GgmlType::IQ4_NL: return pair_group_bytes<kPackQ8_0>(n_in / QK8_0);
-        case GgmlType::Q4_0: return pair_group_bytes<kPackQ4_0>(n_in / QK4_0);
+        case GgmlType::Q8_0: case GgmlType::Q5_0: return pair_group_bytes<kPackQ8_0>(n_in / QK8_0);
+        case GgmlType::Q4_0: case GgmlType::IQ4_NL: return pair_group_bytes<kPackQ4_0>(n_in / QK4_0);
         case GgmlType::Q4_K: return (size_t)(n_in / QK_K) * kPackQ4_K;
         case GgmlType::Q5_K: return (size_t)(n_in / QK_K) * kPackQ5_K;
         case GgmlType::Q4_1: return (size_t)(n_in / 32) * kPackQ4_1;
@@ -98,12 +98,11 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
                     for (int64_t i = i0; i < std::min<int64_t>(k, i0 + 64); i++) ((uint16_t*)dst)[i * kGroup + r] = p ? p[i] : 0;
                 }
             break;
-        case GgmlType::Q8_0: case GgmlType::Q5_0: case GgmlType::IQ4_NL:
+        case GgmlType::Q8_0: case GgmlType::Q5_0:
         {   // row by row: 4-byte moves, the destination of one group stays in the L2 cache
-            // (Q5_0 and IQ4_NL widened to Q8_0's layout: their values q - 16 and kIQ4NL[q] as int8,
-            // the same fp16 scale)
+            // (Q5_0 widened to Q8_0's layout: its values q - 16 as int8, the same fp16 scale)
             const int64_t nb = k / QK8_0;
-            const bool q5 = w.type == GgmlType::Q5_0, nl = w.type == GgmlType::IQ4_NL;
+            const bool q5 = w.type == GgmlType::Q5_0;
             if (nb & 1) std::memset(dst + pair_scale_off<kPackQ8_0>(nb - 1), 0, 64);
             for (int r = 0; r < kGroup; r++) {
                 const uint8_t* p = row(r);
@@ -117,13 +116,6 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
                         uint8_t u[32];
                         q5_unpack(blk.qs, blk.qh, u);
                         for (int j = 0; j < 32; j++) u[j] = (uint8_t)(u[j] - 16 + 128);
-                        std::memcpy(v, u, 32);
-                    } else if (p && nl) {
-                        const BlockIQ4_NL& blk = ((const BlockIQ4_NL*)p)[b];
-                        std::memcpy(d, &blk.d, 2);
-                        uint8_t u[32];
-                        q5_unpack(blk.qs, nullptr, u);
-                        for (int j = 0; j < 32; j++) u[j] = (uint8_t)(kIQ4NL[u[j]] + 128);
                         std::memcpy(v, u, 32);
                     } else if (p) {
                         const BlockQ8_0& blk = ((const BlockQ8_0*)p)[b];
@@ -139,7 +131,7 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
             }
             break;
         }
-        case GgmlType::Q4_0:
+        case GgmlType::Q4_0: case GgmlType::IQ4_NL:  // the same block layout (padding: Q4_0's q = 0, IQ4_NL's scale 0)
         {
             const int64_t nb = k / QK4_0;
             if (nb & 1) std::memset(dst + pair_scale_off<kPackQ4_0>(nb - 1), 0, 64);
@@ -669,8 +661,8 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::F32: return avx512::gemm_f32;
             case GgmlType::F16: return avx512::gemm_f16;
             case GgmlType::BF16: return avx512::gemm_bf16;
-            case GgmlType::Q8_0: case GgmlType::Q5_0: case GgmlType::IQ4_NL:  // widened at repack
-                return avx512::gemm_q8_0;
+            case GgmlType::Q8_0: case GgmlType::Q5_0: return avx512::gemm_q8_0;  // Q5_0: widened at repack
+            case GgmlType::IQ4_NL: return avx512::gemm_iq4_nl;
             case GgmlType::Q4_0: return avx512::gemm_q4_0;
             case GgmlType::Q4_K: return avx512::gemm_q4_K;
             case GgmlType::Q5_K: return avx512::gemm_q5_K;
@@ -686,8 +678,8 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::F32: return avx2::gemm_f32;
             case GgmlType::F16: return avx2::gemm_f16;
             case GgmlType::BF16: return avx2::gemm_bf16;
-            case GgmlType::Q8_0: case GgmlType::Q5_0: case GgmlType::IQ4_NL:  // widened at repack
-                return avx2::gemm_q8_0;
+            case GgmlType::Q8_0: case GgmlType::Q5_0: return avx2::gemm_q8_0;  // Q5_0: widened at repack
+            case GgmlType::IQ4_NL: return avx2::gemm_iq4_nl;
             case GgmlType::Q4_0: return avx2::gemm_q4_0;
             case GgmlType::Q4_K: return avx2::gemm_q4_K;
             case GgmlType::Q5_K: return avx2::gemm_q5_K;
@@ -705,8 +697,8 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::F32: return neon::gemm_f32;
             case GgmlType::F16: return neon::gemm_f16;
             case GgmlType::BF16: return neon::gemm_bf16;
-            case GgmlType::Q8_0: case GgmlType::Q5_0: case GgmlType::IQ4_NL:  // widened at repack
-                return neon::gemm_q8_0;
+            case GgmlType::Q8_0: case GgmlType::Q5_0: return neon::gemm_q8_0;  // Q5_0: widened at repack
+            case GgmlType::IQ4_NL: return neon::gemm_iq4_nl;
             case GgmlType::Q4_0: return neon::gemm_q4_0;
             case GgmlType::Q4_K: return neon::gemm_q4_K;
             case GgmlType::Q5_K: return neon::gemm_q5_K;

@@ -102,19 +102,38 @@ void float_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
 
 // ---- Q8_0 / Q4_0 ----------------------------------------------------------------------------
 
-template <int NT>
-void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
+// The signed weights of Q8_0's arithmetic, half h of block b: slot s holds values 4s..4s+3 of each row.
+struct Q8_0W {  // stored as q + 128
+    __attribute__((always_inline)) static __m256i slot(const uint8_t* wg, int64_t b, int h, int s) {
+        const __m256i v = _mm256_loadu_si256((const __m256i*)(wg + pair_quant_off<kPackQ8_0>(b) + 64 * s + 32 * h));
+        return _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80));
+    }
+    __attribute__((always_inline)) static __m256 scale(const uint8_t* wg, int64_t b, int h) {
+        return load_ph(wg + pair_scale_off<kPackQ8_0>(b) + 16 * h);
+    }
+};
+struct IQ4_NLW {  // Q4_0's layout (values 0-15 in low nibbles, 16-31 in high), indices looked up in kIQ4NL
+    __attribute__((always_inline)) static __m256i slot(const uint8_t* wg, int64_t b, int h, int s) {
+        const __m256i v = _mm256_loadu_si256((const __m256i*)(wg + pair_quant_off<kPackQ4_0>(b) + 64 * (s & 3) + 32 * h));
+        const __m256i idx = _mm256_and_si256(s < 4 ? v : _mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
+        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kIQ4NL)), idx);
+    }
+    __attribute__((always_inline)) static __m256 scale(const uint8_t* wg, int64_t b, int h) {
+        return load_ph(wg + pair_scale_off<kPackQ4_0>(b) + 16 * h);
+    }
+};
+
+template <class W, int NT>
+void q8_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
     const ActQ8& a = *A.a8;
     const int64_t nb = a.nb, k = a.k;
-    const __m256i flip = _mm256_set1_epi8((char)0x80);
     __m256 acc[NT];
     for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* blk = wg + pair_quant_off<kPackQ8_0>(b);
-        const __m256 dw = load_ph(wg + pair_scale_off<kPackQ8_0>(b) + 16 * h);
+        const __m256 dw = W::scale(wg, b, h);
         __m256i wabs[8], wsgn[8];
         for (int s = 0; s < 8; s++) {
-            wsgn[s] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(blk + 64 * s + 32 * h)), flip);
+            wsgn[s] = W::slot(wg, b, h, s);
             wabs[s] = _mm256_abs_epi8(wsgn[s]);
         }
         for (int j = 0; j < NT; j++) {
@@ -131,6 +150,9 @@ void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     }
     for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
 }
+
+template <int NT> void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) { q8_tile<Q8_0W, NT>(A, wg, g, i0, h); }
+template <int NT> void iq4_nl_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) { q8_tile<IQ4_NLW, NT>(A, wg, g, i0, h); }
 
 template <int NT>
 void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
@@ -228,10 +250,9 @@ void min_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
 
 // Decode (one activation row) over NG groups taken from NG separate places of the weight, both
 // halves of each: NG memory streams per core instead of one. Per output the arithmetic of the tiles.
-template <int NG>
-void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
+template <class W, int NG>
+void q8_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
     const ActQ8& a = *A.a8;
-    const __m256i flip = _mm256_set1_epi8((char)0x80);
     __m256 acc[NG][2];
     for (int j = 0; j < NG; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < a.nb; b++) {
@@ -239,12 +260,10 @@ void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
         const __m256 dx = _mm256_set1_ps(a.d[b]);
         for (int j = 0; j < NG; j++)
             for (int h = 0; h < 2; h++) {
-                const uint8_t* blk = wg[j] + pair_quant_off<kPackQ8_0>(b) + 32 * h;
-                const __m256 dw = load_ph(wg[j] + pair_scale_off<kPackQ8_0>(b) + 16 * h);
+                const __m256 dw = W::scale(wg[j], b, h);
                 __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
                 for (int s = 0; s < 8; s += 2) {
-                    const __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(blk + 64 * s)), flip);
-                    const __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(blk + 64 * s + 64)), flip);
+                    const __m256i w0 = W::slot(wg[j], b, h, s), w1 = W::slot(wg[j], b, h, s + 1);
                     s0 = dp4(s0, _mm256_abs_epi8(w0), _mm256_sign_epi8(bc(xq + 4 * s), w0));
                     s1 = dp4(s1, _mm256_abs_epi8(w1), _mm256_sign_epi8(bc(xq + 4 * s + 4), w1));
                 }
@@ -254,6 +273,9 @@ void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
     for (int j = 0; j < NG; j++)
         for (int h = 0; h < 2; h++) store_out(A, 0, g[j], h, acc[j][h]);
 }
+
+template <int NG> void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) { q8_vec<Q8_0W, NG>(A, wg, g); }
+template <int NG> void iq4_nl_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) { q8_vec<IQ4_NLW, NG>(A, wg, g); }
 
 template <int NG>
 void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
@@ -583,6 +605,12 @@ void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
         return decode_streams<q8_0_vec<kDecodeStreams>, q8_0_vec<1>>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in));
     static const PartTileFn t[4] = {q8_0_tile<1>, q8_0_tile<2>, q8_0_tile<3>, q8_0_tile<4>};
     part_quant_gemm<2>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), t);
+}
+void gemm_iq4_nl(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1)
+        return decode_streams<iq4_nl_vec<kDecodeStreams>, iq4_nl_vec<1>>(A, g0, g1, packed_group_bytes(GgmlType::IQ4_NL, A.n_in));
+    static const PartTileFn t[4] = {iq4_nl_tile<1>, iq4_nl_tile<2>, iq4_nl_tile<3>, iq4_nl_tile<4>};
+    part_quant_gemm<2>(A, g0, g1, packed_group_bytes(GgmlType::IQ4_NL, A.n_in), t);
 }
 void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1)

@@ -239,6 +239,26 @@ struct Q4_0W {  // low nibbles hold values 0-15, high nibbles 16-31
     }
 };
 
+struct IQ4_NLW {  // Q4_0's layout; each index looked up as kIQ4NL + 128 (Q8_0's stored values)
+    __attribute__((always_inline)) static __m512 load(const uint8_t* wg, int64_t b, __m512i (&w)[8]) {
+        const __m512i m4 = _mm512_set1_epi8(0x0F);
+        const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)kIQ4NLBiased));
+        const uint8_t* blk = wg + pair_quant_off<kPackQ4_0>(b);
+        for (int s = 0; s < 4; s++) {
+            const __m512i v = _mm512_loadu_si512(blk + 64 * s);
+            w[s] = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, m4));
+            w[s + 4] = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+        }
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(wg + pair_scale_off<kPackQ4_0>(b))));
+    }
+};
+
+template <int NT, int NG>
+__attribute__((always_inline)) inline void iq4_nl_block(const ActQ8& a, const uint8_t* const* wg, int64_t b, int64_t i0,
+                                                        __m512 (&acc)[NG][NT]) {
+    q8_block<IQ4_NLW, NT, NG>(a, wg, b, i0, acc);
+}
+
 template <int NT, int NG>
 __attribute__((always_inline)) inline void q8_0_block(const ActQ8& a, const uint8_t* const* wg, int64_t b, int64_t i0,
                                                       __m512 (&acc)[NG][NT]) {
@@ -520,6 +540,7 @@ __attribute__((always_inline)) inline void iq4_xs_super(const ActQ8K& a, const u
     }
 
 TG_TILE_AND_VEC(q8_0, a8, q8_0_block, nb)
+TG_TILE_AND_VEC(iq4_nl, a8, iq4_nl_block, nb)
 TG_TILE_AND_VEC(q4_0, a8, q4_0_group, ng)
 TG_TILE_AND_VEC(q4_1, a8, q4_1_group, ng)
 TG_TILE_AND_VEC(q5_1, a8, q5_1_group, ng)
@@ -553,6 +574,7 @@ void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const 
     }
 }
 
+template <int NT> struct IQ4_NLK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { iq4_nl_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q8_0K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q8_0_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q4_0K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q4_0_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q4_1K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q4_1_tile<NT>(A, w, g, i); } };
@@ -708,6 +730,11 @@ void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q8_0_vec<kDecodeStreams>, q8_0_vec<1>>(A, g0, g1,
                                                                  packed_group_bytes(GgmlType::Q8_0, A.n_in));
     run_table<Q8_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), std::make_integer_sequence<int, kMaxTileRows>());
+}
+void gemm_iq4_nl(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1) return decode_streams<iq4_nl_vec<kDecodeStreams>, iq4_nl_vec<1>>(A, g0, g1,
+                                                                   packed_group_bytes(GgmlType::IQ4_NL, A.n_in));
+    run_table<IQ4_NLK>(A, g0, g1, packed_group_bytes(GgmlType::IQ4_NL, A.n_in), std::make_integer_sequence<int, kMaxTileRows>());
 }
 void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q4_0_vec<kDecodeStreams>, q4_0_vec<1>>(A, g0, g1,

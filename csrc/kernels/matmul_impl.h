@@ -13,6 +13,7 @@
 //   Q8_0  8 slots x [16 rows][4 B] (int8 + 128, as uint8)               512 B per block of 32
 //         (Q5_0 is stored in this layout too, its values q - 16 widened to int8)
 //   Q4_0  4 slots x [16 rows][4 B] (qs bytes 4s..4s+3)                  256 B per block of 32
+//         (IQ4_NL is stored in this layout too: its indices into kIQ4NL)
 //         (Q8_0 and Q4_0 blocks are stored in pairs, d[b][16] f16 | d[b+1][16] f16 | quants of b |
 //          quants of b+1, so that every 64-byte load is cache-line aligned; a lone last block has
 //          32 zero bytes after its scales)
@@ -30,7 +31,6 @@
 //   IQ4_XS d[16] f16 | sc[8][16] i8 (ls - 32) | 32 zero bytes | 32 slots x [16 rows][4 B] (indices
 //         into kIQ4NL, arranged as Q4_K's qs: slot 8c+s byte e holds value 64c+4s+e in its low
 //         nibble, 64c+32+4s+e in its high one)                       2240 B per block of 256
-//   IQ4_NL is widened to Q8_0's layout (its values kIQ4NL[q] as int8).
 //
 // Every path computes each output with the same arithmetic, so results are bit-identical across
 // instruction sets and thread counts:
@@ -49,7 +49,7 @@
 //   Q4_1, Q5_1:     as Q4_0 (values q, unsigned), and after each block's t = fma(d_w[b], (float)isum_b, t)
 //                   also t = fma(m_w[b], (float)xsum_b, t) (xsum_b: sum of the block's int8 activations)
 //   Q5_K:           as Q4_K (values 0..31)
-//   IQ4_NL:         as Q8_0 (values kIQ4NL[q])
+//   IQ4_NL:         as Q8_0 (values kIQ4NL[q]; stored in Q4_0's layout, looked up before the dots)
 //   IQ4_XS:         as Q6_K with sub-blocks of 32 (values kIQ4NL[q], scales ls - 32)
 //   then y = acc + bias (or acc without bias).
 #pragma once
@@ -235,7 +235,8 @@ void float_gemm_groups(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes,
     void gemm_q4_0(const GemmArgs&, int64_t, int64_t);                                                      \
     void gemm_q4_K(const GemmArgs&, int64_t, int64_t);                                                      \
     void gemm_q6_K(const GemmArgs&, int64_t, int64_t);                                                      \
-    void gemm_iq4_xs(const GemmArgs&, int64_t, int64_t);
+    void gemm_iq4_xs(const GemmArgs&, int64_t, int64_t);                                                     \
+    void gemm_iq4_nl(const GemmArgs&, int64_t, int64_t);
 #if defined(TINYGPTV_X86)
 #define TG_X86_KERNEL_SET                                   \
     TG_SIMD_KERNEL_SET                                      \

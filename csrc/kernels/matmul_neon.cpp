@@ -148,6 +148,23 @@ inline void q4_0_unpack(const uint8_t* blk, int8x16_t (&w)[8]) {
     }
 }
 
+// Q4_0's layout, each index looked up (tbl) as its signed value: Q8_0's arithmetic on kIQ4NL[q]
+inline void iq4_nl_unpack(const uint8_t* blk, int8x16_t (&w)[8]) {
+    const int8x16_t lut = vld1q_s8(kIQ4NL);
+    q4_0_unpack(blk, w);
+    for (int s = 0; s < 8; s++) w[s] = vqtbl1q_s8(lut, vreinterpretq_u8_s8(w[s]));
+}
+
+// Q8_0's arithmetic over the weights of Q8_0 (values stored as q + 128) or IQ4_NL (Q4_0's layout).
+struct Q8_0W {
+    static constexpr size_t kQuant = kPackQ8_0;
+    static void unpack(const uint8_t* blk, int8x16_t (&w)[8]) { q8_0_unpack(blk, w); }
+};
+struct IQ4_NLW {
+    static constexpr size_t kQuant = kPackQ4_0;
+    static void unpack(const uint8_t* blk, int8x16_t (&w)[8]) { iq4_nl_unpack(blk, w); }
+};
+
 // start + the 32 products of a block, per row (two chains)
 template <bool DOT>
 inline int32x4_t dot32(int32x4_t start, const int8x16_t (&w)[8], const int8_t* xq) {
@@ -159,15 +176,15 @@ inline int32x4_t dot32(int32x4_t start, const int8x16_t (&w)[8], const int8_t* x
     return vaddq_s32(s0, s1);
 }
 
-template <bool DOT, int NT>
-void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) {
+template <class W, bool DOT, int NT>
+void q8_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) {
     const ActQ8& a = *A.a8;
     float32x4_t acc[NT];
     for (int j = 0; j < NT; j++) acc[j] = vdupq_n_f32(0.f);
     for (int64_t b = 0; b < a.nb; b++) {
         int8x16_t w[8];
-        q8_0_unpack(wg + pair_quant_off<kPackQ8_0>(b) + 16 * q, w);
-        const float32x4_t dw = load_ph(wg + pair_scale_off<kPackQ8_0>(b) + 8 * q);
+        W::unpack(wg + pair_quant_off<W::kQuant>(b) + 16 * q, w);
+        const float32x4_t dw = load_ph(wg + pair_scale_off<W::kQuant>(b) + 8 * q);
         for (int j = 0; j < NT; j++) {
             const int64_t ii = (i0 + j) * a.nb + b;
             const int32x4_t isum = dot32<DOT>(vdupq_n_s32(0), w, a.qs.data() + (i0 + j) * a.k + b * QK8_0);
@@ -176,6 +193,9 @@ void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     }
     for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, q, acc[j]);
 }
+
+template <bool DOT, int NT> void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) { q8_tile<Q8_0W, DOT, NT>(A, wg, g, i0, q); }
+template <bool DOT, int NT> void iq4_nl_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) { q8_tile<IQ4_NLW, DOT, NT>(A, wg, g, i0, q); }
 
 template <bool DOT, int NT>
 void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) {
@@ -202,8 +222,8 @@ void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
 
 // Decode (one activation row) over NG groups taken from NG separate places of the weight, all
 // four quarters of each: NG memory streams per core. Per output the arithmetic of the tiles.
-template <bool DOT, int NG>
-void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
+template <class W, bool DOT, int NG>
+void q8_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
     const ActQ8& a = *A.a8;
     float32x4_t acc[NG][4];
     for (int j = 0; j < NG; j++)
@@ -214,14 +234,17 @@ void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
         for (int j = 0; j < NG; j++)
             for (int q = 0; q < 4; q++) {
                 int8x16_t w[8];
-                q8_0_unpack(wg[j] + pair_quant_off<kPackQ8_0>(b) + 16 * q, w);
-                const float32x4_t dw = load_ph(wg[j] + pair_scale_off<kPackQ8_0>(b) + 8 * q);
+                W::unpack(wg[j] + pair_quant_off<W::kQuant>(b) + 16 * q, w);
+                const float32x4_t dw = load_ph(wg[j] + pair_scale_off<W::kQuant>(b) + 8 * q);
                 acc[j][q] = vfmaq_f32(acc[j][q], vmulq_f32(dw, dx), vcvtq_f32_s32(dot32<DOT>(vdupq_n_s32(0), w, xq)));
             }
     }
     for (int j = 0; j < NG; j++)
         for (int q = 0; q < 4; q++) store_out(A, 0, g[j], q, acc[j][q]);
 }
+
+template <bool DOT, int NG> void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) { q8_vec<Q8_0W, DOT, NG>(A, wg, g); }
+template <bool DOT, int NG> void iq4_nl_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) { q8_vec<IQ4_NLW, DOT, NG>(A, wg, g); }
 
 template <bool DOT, int NG>
 void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
@@ -575,6 +598,7 @@ void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(
 
 TG_GEMM(q8_0, packed_group_bytes(GgmlType::Q8_0, A.n_in))
 TG_GEMM(q4_0, packed_group_bytes(GgmlType::Q4_0, A.n_in))
+TG_GEMM(iq4_nl, packed_group_bytes(GgmlType::IQ4_NL, A.n_in))
 TG_GEMM(q4_K, (size_t)(A.n_in / QK_K) * kPackQ4_K)
 TG_GEMM(q5_K, (size_t)(A.n_in / QK_K) * kPackQ5_K)
 TG_GEMM(q6_K, (size_t)(A.n_in / QK_K) * kPackQ6_K)
