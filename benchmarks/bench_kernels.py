@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from tinygptv_native import _core  # noqa: E402
 from tinygptv_native._core import _testing  # noqa: E402
 
-TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
 FLOAT = ("F32", "F16", "BF16")
 SHAPES = [  # (label, n, n_out, n_in)
     ("decode 2560x2560", 1, 2560, 2560),

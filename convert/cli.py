@@ -1,6 +1,6 @@
 """`tinygptv convert ...` command line.
 
-  tinygptv convert phi2 HF_DIR -o out.gguf [--outtype f32|f16|bf16|q8_0|q4_0|q4_k_m|q4_k_s|q4_1|q5_0|q5_1|q5_k_s|q5_k_m|q6_k|q2_k|q3_k_s|q3_k_m|q3_k_l]
+  tinygptv convert phi2 HF_DIR -o out.gguf [--outtype f32|f16|bf16|q8_0|q4_0|q4_k_m|q4_k_s|q4_1|q5_0|q5_1|q5_k_s|q5_k_m|q6_k|q2_k|q3_k_s|q3_k_m|q3_k_l|iq4_nl|iq4_xs]
   tinygptv convert tinygptv --phi2 DIR --eva eva_vit_g.pth --blip2 blip2_pretrained_flant5xxl.pth
       --stage-file TinyGPT-V_for_StageN.pth [--stage N] [--image-size S] -o out.gguf [--outtype ...]
 """

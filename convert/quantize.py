@@ -5,7 +5,7 @@ The bytes come from the engine's quantizers (tinygptv_native._core.quantize / de
 has none for the K-quants), the files are read and written with gguf-py.
 
 The type is one of f16, q8_0, q4_0, q4_k_m, q4_k_s, q4_1, q5_0, q5_1, q5_k_s, q5_k_m, q6_k, q2_k,
-q3_k_s, q3_k_m, q3_k_l. Which tensors change:
+q3_k_s, q3_k_m, q3_k_l, iq4_nl, iq4_xs. Which tensors change:
 
 - 2-D tensors named ``*.weight`` are matrix weights and get the target type.
 - 1-D tensors (norms, biases) are written as F32. Other tensors that are not ``*.weight``
@@ -34,6 +34,11 @@ q3_k_s, q3_k_m, q3_k_l. Which tensors change:
   Q6_K -> Q8_0); rows that are not a multiple of 32 keep their float type. The image
   path is stored as Q8_0, as for q4_k_m. Files quantized by llama.cpp's own quantizer in these mixes
   hold the same types and the same bytes (tests/test_llamacpp_interop.py).
+- iq4_nl and iq4_xs follow llama.cpp's IQ4_NL / IQ4_XS mixes for phi2 (no importance matrix): the base
+  type (IQ4_NL, IQ4_XS) everywhere in the language model except output.weight (Q6_K) and
+  blk.N.ffn_down for N < L/8 (Q5_K: llama.cpp gives the first layers' down projections more bits
+  when it has no importance matrix). Rows that are not a multiple of 256 fall back as llama.cpp
+  does (IQ4_XS -> IQ4_NL, Q5_K -> Q5_1, Q6_K -> Q8_0); the image path is stored as Q8_0.
 - --vision-type f16|q8_0|q4_0 (vision_type=) gives the weights of the vision tower, Q-Former and
   projector (v.*, qf.*, mm.*) that type instead, whatever type the language model gets: for
   example `q4_0 --vision-type f16` keeps the image path in half precision (slower to encode,
@@ -41,7 +46,7 @@ q3_k_s, q3_k_m, q3_k_l. Which tensors change:
 
 All metadata is kept; general.file_type is set as llama.cpp does (1 F16, 7 Q8_0, 2 Q4_0,
 15 Q4_K_M, 14 Q4_K_S, 3 Q4_1, 8 Q5_0, 9 Q5_1, 16 Q5_K_S, 17 Q5_K_M, 18 Q6_K, 10 Q2_K, 11 Q3_K_S,
-12 Q3_K_M, 13 Q3_K_L) and general.quantization_version to 2
+12 Q3_K_M, 13 Q3_K_L, 25 IQ4_NL, 30 IQ4_XS) and general.quantization_version to 2
 for quantized files. The output is written to
 a temporary file next to the output and renamed when complete, so a failure leaves no output
 behind (and an existing one untouched).
@@ -62,15 +67,15 @@ from tinygptv_native import _core
 from . import schema
 
 TYPES = ("f16", "q8_0", "q4_0", "q4_k_m", "q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k", "q2_k",
-         "q3_k_s", "q3_k_m", "q3_k_l")
+         "q3_k_s", "q3_k_m", "q3_k_l", "iq4_nl", "iq4_xs")
 VISION_TYPES = ("f16", "q8_0", "q4_0")
 _VISION_PREFIXES = ("v.", "qf.", "mm.")
 FILE_TYPE = {t: schema.FILE_TYPE[t] for t in TYPES}  # llama.cpp's general.file_type
 QUANTIZATION_VERSION = schema.QUANTIZATION_VERSION
 _BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
-          "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
+          "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "IQ4_NL": 32, "IQ4_XS": 256}
 _BASE = {"q4_k_s": "Q4_K", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1", "q5_k_s": "Q5_K", "q5_k_m": "Q5_K", "q6_k": "Q6_K",
-         "q2_k": "Q2_K", "q3_k_s": "Q3_K", "q3_k_m": "Q3_K", "q3_k_l": "Q3_K"}
+         "q2_k": "Q2_K", "q3_k_s": "Q3_K", "q3_k_m": "Q3_K", "q3_k_l": "Q3_K", "iq4_nl": "IQ4_NL", "iq4_xs": "IQ4_XS"}
 _CHUNK_VALUES = 8 << 20  # float values dequantized/quantized per work item
 
 
@@ -104,6 +109,9 @@ def _layer_type(target: str, rest: str, i_layer: int, n_layers: int, want: str) 
             return "Q6_K"
     elif target == "q4_k_s":
         if (attn_v and i_layer < 4) or (rest == "ffn_down.weight" and i_layer < n_layers // 8):
+            return "Q5_K"
+    elif target in ("iq4_nl", "iq4_xs"):
+        if rest == "ffn_down.weight" and i_layer < n_layers // 8:
             return "Q5_K"
     elif target == "q2_k":
         if attn_v or rest in ("ffn_down.weight", "attn_output.weight"):
@@ -152,7 +160,8 @@ def choose_type(name: str, ne: Sequence[int], in_type: str, target: str, n_layer
         elif m:
             want = _layer_type(target, m.group(2), int(m.group(1)), n_layers, want)
         if row % _BLOCK[want] != 0:  # llama.cpp's fallbacks
-            want = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}.get(want, want)
+            want = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
+                    "IQ4_XS": "IQ4_NL"}.get(want, want)
         return want if row % _BLOCK[want] == 0 else float_keep
     # q4_k_m
     want = "Q4_K"
@@ -223,7 +232,7 @@ def _rows_as_float(data: np.ndarray, in_type: str, ne0: int, r0: int, r1: int) -
 def _row_bytes(t: str, n: int) -> int:
     sizes = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "F64": (1, 8), "Q8_0": (32, 34), "Q4_0": (32, 18),
              "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176),
-             "Q6_K": (256, 210)}
+             "Q6_K": (256, 210), "IQ4_NL": (32, 18), "IQ4_XS": (256, 136)}
     blk, nb = sizes[t]
     return n // blk * nb
 

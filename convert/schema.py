@@ -17,11 +17,12 @@ GENERAL_QUANTIZATION_VERSION = "general.quantization_version"  # u32, 2
 
 # llama.cpp LlamaFileType values for the types the converter writes itself
 FILE_TYPE = {"f32": 0, "f16": 1, "bf16": 32, "q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q8_0": 7, "q4_k_s": 14,
-             "q4_k_m": 15, "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18, "q2_k": 10, "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13}
+             "q4_k_m": 15, "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18, "q2_k": 10, "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13,
+             "iq4_nl": 25, "iq4_xs": 30}
 QUANTIZATION_VERSION = 2
 OUTTYPES_DIRECT = ("f32", "f16", "bf16")             # written by the converter
 OUTTYPES_QUANTIZED = ("q8_0", "q4_0", "q4_k_m", "q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k",
-                      "q2_k", "q3_k_s", "q3_k_m", "q3_k_l")  # f32 file first, then quantize_file()
+                      "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "iq4_nl", "iq4_xs")  # f32 file first, then quantize_file()
 OUTTYPES = OUTTYPES_DIRECT + OUTTYPES_QUANTIZED
 
 

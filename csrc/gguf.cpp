@@ -381,7 +381,8 @@ void GGUFFile::validate() const {
                 }
                 break;
             }
-            case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1: case GgmlType::Q8_0: {
+            case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1: case GgmlType::Q8_0:
+            case GgmlType::IQ4_NL: {
                 // Every block starts with its fp16 scale d; Q4_1/Q5_1 follow it with the fp16 minimum m.
                 const TypeTraits tt = type_traits((uint32_t)t.type);
                 const bool has_min = t.type == GgmlType::Q4_1 || t.type == GgmlType::Q5_1;
@@ -397,12 +398,13 @@ void GGUFFile::validate() const {
                 }
                 break;
             }
-            case GgmlType::Q2_K: case GgmlType::Q3_K: case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: {
+            case GgmlType::Q2_K: case GgmlType::Q3_K: case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K:
+            case GgmlType::IQ4_XS: {
                 // fp16 super-block scale d (and the scale of the mins, dmin, for Q2_K/Q4_K/Q5_K): first in
-                // Q4_K/Q5_K, last in Q3_K/Q6_K, d then dmin last in Q2_K
+                // Q4_K/Q5_K/IQ4_XS, last in Q3_K/Q6_K, d then dmin last in Q2_K
                 const TypeTraits tt = type_traits((uint32_t)t.type);
                 const bool has_min = t.type == GgmlType::Q2_K || t.type == GgmlType::Q4_K || t.type == GgmlType::Q5_K;
-                const size_t off = t.type == GgmlType::Q4_K || t.type == GgmlType::Q5_K ? 0
+                const size_t off = t.type == GgmlType::Q4_K || t.type == GgmlType::Q5_K || t.type == GgmlType::IQ4_XS ? 0
                                    : tt.block_bytes - (has_min ? 4 : 2);
                 const uint64_t nb = n / (uint64_t)tt.block;
                 for (uint64_t b = 0; b < nb; b++) {

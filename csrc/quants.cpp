@@ -319,6 +319,108 @@ void quantize_row_q5_1(const float* x, BlockQ5_1* y, int64_t k) {
     }
 }
 
+// ---- IQ4_NL / IQ4_XS (ggml's quantize_row_iq4_nl_impl, no importance matrix, ntry = 7) ------------
+
+// Index of the kIQ4NL value nearest to x (ggml's best_index_int8: bisection, then the nearer of the
+// two neighbours, the upper one on a tie).
+inline int iq4_index(float x) {
+    if (x <= kIQ4NL[0]) return 0;
+    if (x >= kIQ4NL[15]) return 15;
+    int lo = 0, hi = 15;
+    while (hi - lo > 1) {
+        const int mid = (lo + hi) / 2;
+        if (x < kIQ4NL[mid]) hi = mid;
+        else lo = mid;
+    }
+    return x - kIQ4NL[hi - 1] < kIQ4NL[hi] - x ? hi - 1 : hi;
+}
+
+// Weighted (w = x^2) sums of q*x and q*q for the values of x*id.
+inline void iq4_fit(const float* x, float id, float* sumqx, float* sumq2) {
+    float sx = 0.f, s2 = 0.f;
+    for (int j = 0; j < 32; j++) {
+        const float w = x[j] * x[j];
+        const float q = kIQ4NL[iq4_index(id * x[j])];
+        float t = w * q;
+        sx += t * x[j];
+        t = w * q;
+        s2 += t * q;
+    }
+    *sumqx = sx;
+    *sumq2 = s2;
+}
+
+// Scale of one block of 32: the least-squares scale of the value assignment that the first of 15
+// trial scales around max / kIQ4NL[0] (or the starting one) gives best.
+float iq4_block_scale(const float* x) {
+    float amax = 0.f, max = 0.f;
+    for (int j = 0; j < 32; j++) {
+        const float ax = std::fabs(x[j]);
+        if (ax > amax) {
+            amax = ax;
+            max = x[j];
+        }
+    }
+    if (amax < 1e-15f) return 0.f;
+    float d = -max / kIQ4NL[0];
+    float sumqx, sumq2;
+    iq4_fit(x, 1.f / d, &sumqx, &sumq2);
+    d = sumq2 > 0.f ? sumqx / sumq2 : 0.f;
+    float best = d * sumqx;
+    for (int itry = -7; itry <= 7; itry++) {
+        const float id = (float)(itry + kIQ4NL[0]) / max;
+        iq4_fit(x, id, &sumqx, &sumq2);
+        if (sumq2 > 0.f && sumqx * sumqx > best * sumq2) {
+            d = sumqx / sumq2;
+            best = d * sumqx;
+        }
+    }
+    return d;
+}
+
+// 32 values as indices of x*id, packed as Q4_0's (value l low nibble, l + 16 high).
+inline void iq4_pack(const float* x, float id, uint8_t* qs) {
+    for (int j = 0; j < 16; j++)
+        qs[j] = (uint8_t)(iq4_index(id * x[j]) | (iq4_index(id * x[j + 16]) << 4));
+}
+
+void quantize_row_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t k) {
+    for (int64_t i = 0; i < k / 32; i++, x += 32) {
+        const float d = iq4_block_scale(x);
+        y[i].d = fp32_to_fp16(d);
+        iq4_pack(x, d != 0.f ? 1.f / d : 0.f, y[i].qs);
+    }
+}
+
+void quantize_row_iq4_xs(const float* x, BlockIQ4_XS* y, int64_t k) {
+    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        float scales[8], max_scale = 0.f, amax_scale = 0.f;
+        for (int j = 0; j < 8; j++) {
+            scales[j] = iq4_block_scale(x + 32 * j);
+            if (std::fabs(scales[j]) > amax_scale) {
+                amax_scale = std::fabs(scales[j]);
+                max_scale = scales[j];
+            }
+        }
+        // The super-block scale maps the largest sub-block scale to -32, the 6-bit end with the
+        // larger magnitude, keeping its sign in d.
+        const float d = -max_scale / 32;
+        const float id = d != 0.f ? 1.f / d : 0.f;
+        y[i].d = fp32_to_fp16(d);
+        y[i].scales_h = 0;
+        std::memset(y[i].scales_l, 0, sizeof y[i].scales_l);
+        for (int j = 0; j < 8; j++) {
+            int l = nearest_int(id * scales[j]);
+            l = l < -32 ? -32 : (l > 31 ? 31 : l);
+            const float dl = d * (float)l;
+            iq4_pack(x + 32 * j, dl != 0.f ? 1.f / dl : 0.f, y[i].qs + 16 * j);
+            l += 32;
+            y[i].scales_l[j / 2] = (uint8_t)(y[i].scales_l[j / 2] | ((l & 0xF) << (4 * (j % 2))));
+            y[i].scales_h = (uint16_t)(y[i].scales_h | ((l >> 4) << (2 * j)));
+        }
+    }
+}
+
 // Signed scale search for 6-bit values (ggml's make_qx_quants with rmse_type 1, no weights).
 float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
     float max = 0, amax = 0;
@@ -642,6 +744,7 @@ bool quant_supported(GgmlType t) {
         case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1:
         case GgmlType::Q2_K: case GgmlType::Q3_K: case GgmlType::Q4_K: case GgmlType::Q5_K:
         case GgmlType::Q6_K: case GgmlType::Q8_K:
+        case GgmlType::IQ4_NL: case GgmlType::IQ4_XS:
             return true;
         default:
             return false;
@@ -687,6 +790,8 @@ void quantize_rows(GgmlType t, const float* x, void* y, int64_t n_rows, int64_t 
             case GgmlType::Q5_K: quantize_row_q5_K(xr, (BlockQ5_K*)yr, n_per_row); break;
             case GgmlType::Q6_K: quantize_row_q6_K(xr, (BlockQ6_K*)yr, n_per_row); break;
             case GgmlType::Q8_K: quantize_row_q8_K(xr, (BlockQ8_K*)yr, n_per_row); break;
+            case GgmlType::IQ4_NL: quantize_row_iq4_nl(xr, (BlockIQ4_NL*)yr, n_per_row); break;
+            case GgmlType::IQ4_XS: quantize_row_iq4_xs(xr, (BlockIQ4_XS*)yr, n_per_row); break;
             default: break;
         }
     }
@@ -826,6 +931,33 @@ void dequantize_values(GgmlType t, const void* x, float* y, int64_t k) {
                 for (int e = 0; e < QK_K; e++) {
                     const float ds = d * (float)b[i].scales[e / 16];
                     y[i * QK_K + e] = ds * (float)(u[e] - 32);
+                }
+            }
+            break;
+        }
+        case GgmlType::IQ4_NL: {  // gguf-py: d * value
+            const BlockIQ4_NL* b = (const BlockIQ4_NL*)x;
+            for (int64_t i = 0; i < k / 32; i++) {
+                const float d = fp16_to_fp32(b[i].d);
+                for (int j = 0; j < 16; j++) {
+                    y[i * 32 + j] = d * (float)kIQ4NL[b[i].qs[j] & 0xF];
+                    y[i * 32 + j + 16] = d * (float)kIQ4NL[b[i].qs[j] >> 4];
+                }
+            }
+            break;
+        }
+        case GgmlType::IQ4_XS: {  // gguf-py: (d * (ls - 32)) * value
+            const BlockIQ4_XS* b = (const BlockIQ4_XS*)x;
+            for (int64_t i = 0; i < k / QK_K; i++) {
+                const float d = fp16_to_fp32(b[i].d);
+                for (int j = 0; j < 8; j++) {
+                    const float dl = d * (float)iq4xs_scale(b[i], j);
+                    const uint8_t* q = b[i].qs + 16 * j;
+                    float* out = y + i * QK_K + 32 * j;
+                    for (int l = 0; l < 16; l++) {
+                        out[l] = dl * (float)kIQ4NL[q[l] & 0xF];
+                        out[l + 16] = dl * (float)kIQ4NL[q[l] >> 4];
+                    }
                 }
             }
             break;

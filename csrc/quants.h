@@ -17,11 +17,17 @@
 //                               (2 low bits; chunk c of 32 bytes: values 128c+32s+l at bits 2s);
 //                               u8 scales[12] (16 x 6-bit scale + 32); fp16 d   x = d*(sc-32)*(q-4)
 //   Q6_K 256 values 210 bytes   u8 ql[128]; u8 qh[64]; int8 scales[16]; fp16 d   x = d*sc*(q-32)
+//   IQ4_NL 32 values 18 bytes   fp16 d; u8 qs[16] (as Q4_0)                 x = d*kIQ4NL[q]
+//   IQ4_XS 256 values 136 bytes fp16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128] (sub-block j of 32:
+//                               bytes 16j..16j+15, values 32j+l low nibble, 32j+16+l high)
+//                               x = d*(ls_j - 32)*kIQ4NL[q], ls_j 6 bits (iq4xs_scale)
 //   Q8_K 256 values 292 bytes   f32 d; int8 qs[256]; int16 bsums[16]       (activations only)
 //
 // Q8_0 and Q4_0 quantize exactly as gguf-py's gguf.quants.quantize (round half away from zero;
 // Q4_0 truncates x*id + 8.5 in float32). Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K follow ggml's
-// reference quantizers (quantize_row_*_ref, no importance matrix). All-zero blocks give scale 0.
+// reference quantizers (quantize_row_*_ref, no importance matrix). IQ4_NL and IQ4_XS follow ggml's
+// quantize_iq4_nl / quantize_iq4_xs without an importance matrix (what llama.cpp's file quantizer
+// runs; its quantize_row_iq4_nl_ref searches fewer scales). All-zero blocks give scale 0.
 #pragma once
 #include <cstdint>
 
@@ -147,6 +153,29 @@ struct BlockQ6_K {
 };
 static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block must be 210 bytes");
 
+// The 16 values of the non-linear 4-bit types (ggml's kvalues_iq4nl), ascending.
+constexpr int8_t kIQ4NL[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+struct BlockIQ4_NL {
+    uint16_t d;             // fp16 scale
+    uint8_t qs[QK4_0 / 2];  // indices into kIQ4NL, as Q4_0's values
+};
+static_assert(sizeof(BlockIQ4_NL) == 18, "IQ4_NL block must be 18 bytes");
+
+struct BlockIQ4_XS {
+    uint16_t d;              // fp16 super-block scale
+    uint16_t scales_h;       // bits 2j, 2j+1: high 2 bits of sub-block j's scale
+    uint8_t scales_l[4];     // byte j/2, nibble j%2: low 4 bits of sub-block j's scale
+    uint8_t qs[QK_K / 2];    // indices into kIQ4NL; sub-block j: bytes 16j.., as an IQ4_NL block
+};
+static_assert(sizeof(BlockIQ4_XS) == 136, "IQ4_XS block must be 136 bytes");
+
+// Signed scale (ls - 32, -32..31) of sub-block j (0..7) of an IQ4_XS block.
+inline int iq4xs_scale(const BlockIQ4_XS& b, int j) {
+    const int lo = (b.scales_l[j / 2] >> (4 * (j % 2))) & 0xF, hi = (b.scales_h >> (2 * j)) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
 struct BlockQ8_K {
     float d;
     int8_t qs[QK_K];
@@ -181,7 +210,7 @@ inline void q6k_unpack(const BlockQ6_K& b, uint8_t* u) {
 }
 
 // Types quantize_rows / dequantize_values accept: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
-// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K.
+// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, Q8_K.
 bool quant_supported(GgmlType t);
 
 // Quantize n_rows rows of n_per_row floats into GGML layout (n_per_row a multiple of the block).

@@ -476,7 +476,7 @@ def _nan_file(kind):
         sc = [0.1, np.inf]
         b.tensor("w", [64], GT_Q4_0, gb.q4_0_bytes(rng.standard_normal(64), sc))
         return b, "tensor 'w' (Q4_0, shape [64]): block scale d at element 32 is +Inf"
-    if kind in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"):
+    if kind in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs", "iq4_nl"):
         from tinygptv_native import _core
         name = kind.upper()
         raw = _core.quantize(name, rng.standard_normal((1, 512)).astype(np.float32)).reshape(2, -1).copy()
@@ -486,15 +486,23 @@ def _nan_file(kind):
         elif kind == "q2_k":  # d, dmin last
             raw[1, -2:] = np.array([np.inf], np.float16).view(np.uint8)
             what = "super-block scale dmin at element 256 is +Inf"
+        elif kind == "iq4_xs":
+            raw[1, 0:2] = np.array([np.inf], np.float16).view(np.uint8)
+            what = "super-block scale d at element 256 is +Inf"
+        elif kind == "iq4_nl":
+            raw = raw.reshape(16, -1)
+            raw[9, 0:2] = np.array([np.nan], np.float16).view(np.uint8)
+            what = "block scale d at element 288 is NaN"
         else:
             raw[1, 2:4] = np.array([-np.inf], np.float16).view(np.uint8)
             what = "super-block scale dmin at element 256 is -Inf"
-        b.tensor("w", [512], {"q2_k": 10, "q3_k": 11, "q4_k": 12, "q5_k": 13, "q6_k": 14}[kind], raw.tobytes())
+        b.tensor("w", [512], {"q2_k": 10, "q3_k": 11, "q4_k": 12, "q5_k": 13, "q6_k": 14, "iq4_nl": 20, "iq4_xs": 23}[kind], raw.tobytes())
         return b, f"tensor 'w' ({name}, shape [512]): {what}"
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["f32", "f16", "bf16", "q8_0", "q4_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"])
+@pytest.mark.parametrize("kind", ["f32", "f16", "bf16", "q8_0", "q4_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl",
+                                  "iq4_xs"])
 def test_d2_validate_nan_inf(loader, tmp_path, kind):
     b, expected = _nan_file(kind)
     data = b.build()

@@ -22,16 +22,18 @@ from tinygptv_native._core import _testing  # noqa: E402
 
 ISAS = [s for s in ("scalar", "avx2", "avx512", "neon") if _testing.isa_supported(s)]
 SIMD = [s for s in ISAS if s != "scalar"]
-TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL",
+         "IQ4_XS"]
 QUANTS = [t for t in TYPES if t not in ("F32", "F16", "BF16")]
 BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
-         "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
+         "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "IQ4_NL": 32, "IQ4_XS": 256}
 NS = [1, 2, 3, 7, 9, 16, 33]
 # Error of y against unquantized float64 weights and activations, relative to |x| @ |w|.T
 # (Frobenius norms): the quantization error of each format. ggml's own dot-product limit is
 # checked in test_quants.py.
 REL_ERROR_VS_FLOAT = {"F32": 1e-6, "F16": 5e-4, "BF16": 4e-3, "Q8_0": 0.01, "Q4_0": 0.08, "Q4_1": 0.08,
-                      "Q5_0": 0.04, "Q5_1": 0.04, "Q2_K": 0.08, "Q3_K": 0.06, "Q4_K": 0.06, "Q5_K": 0.03, "Q6_K": 0.02}
+                      "Q5_0": 0.04, "Q5_1": 0.04, "Q2_K": 0.08, "Q3_K": 0.06, "Q4_K": 0.06, "Q5_K": 0.03, "Q6_K": 0.02, "IQ4_NL": 0.07,
+                      "IQ4_XS": 0.07}
 
 
 @pytest.fixture(autouse=True)
@@ -85,11 +87,11 @@ def q8_groups_numpy(x, group):
 
 
 def dequant_acts(ty, x):
-    if ty in ("Q8_0", "Q5_0"):
+    if ty in ("Q8_0", "Q5_0", "IQ4_NL"):
         return gg_dequantize(gg_quantize(x, T.Q8_0), T.Q8_0).reshape(x.shape)
     if ty in ("Q4_0", "Q4_1", "Q5_1"):  # one activation scale per 4 blocks (matmul_impl.h, kActGroupQ4_0)
         return q8_groups_numpy(x, 4)[0]
-    if ty in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"):
+    if ty in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"):
         return q8k_numpy(x).reshape(x.shape)
     return x
 
@@ -302,7 +304,7 @@ def test_extreme_weights_and_activations(ty):
         blocks[5, :, 2:] = 0x80  # int8 -128
     x = rng.standard_normal((4, n_in)).astype(np.float32)
     # Q8_0 activation scales are fp16 (as in ggml), so block maxima stay below 65504 * 127.
-    x[1] *= 1e25 if ty in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K") else 1e5
+    x[1] *= 1e25 if ty in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS") else 1e5
     x[2] *= 1e-25
     x[3, :256] = 0
     ys = run(ty, "scalar", wq, n_out, n_in, x, None)
@@ -315,10 +317,11 @@ def test_extreme_weights_and_activations(ty):
 # The paths on which a type has SIMD kernels (and a repacked copy); elsewhere the scalar kernel runs.
 SIMD_PATHS = {"Q4_1": ("avx2", "avx512", "neon"), "Q5_1": ("avx2", "avx512", "neon"), "Q5_K": ("avx2", "avx512", "neon"),
               "Q5_0": ("avx2", "avx512", "neon"), "Q3_K": ("avx2", "avx512", "neon"),
-              "Q2_K": ("avx2", "avx512", "neon")}
+              "Q2_K": ("avx2", "avx512", "neon"),
+              "IQ4_NL": ("avx2", "avx512", "neon"), "IQ4_XS": ("avx2", "avx512", "neon")}
 
 
-@pytest.mark.parametrize("ty", ["Q4_1", "Q5_1", "Q5_K", "Q3_K", "Q2_K"])
+@pytest.mark.parametrize("ty", ["Q4_1", "Q5_1", "Q5_K", "Q3_K", "Q2_K", "IQ4_NL", "IQ4_XS"])
 def test_repacked_only_where_simd_kernels_exist(ty):
     """The new types build a repacked copy exactly on the paths that have their SIMD kernels and compute
     there exactly what the scalar path computes (a type without a path's kernels would run the scalar
@@ -393,6 +396,28 @@ def test_q3_k_runs_on_the_q6_k_kernels():
             y3 = pw.matmul(x[:n], None, 2)
             y6 = _testing.matmul_test("Q6_K", q6, n_out, n_in, x[:n])
             assert np.array_equal(y3.view(np.uint32), y6.view(np.uint32)), f"{isa} n={n}"
+
+
+def test_iq4_nl_computes_as_q8_0():
+    """IQ4_NL keeps Q4_0's 4-bit layout and looks its indices up in the grid before Q8_0's arithmetic:
+    its products equal those of the same values (the grid values the indices name) stored as Q8_0
+    blocks, on every path."""
+    rng = np.random.default_rng(13)
+    n_in, n_out = 512, 40
+    _, wq, wd = make("IQ4_NL", n_out, n_in, 7)
+    grid = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
+    blocks = wq.reshape(n_out, -1, 18)
+    idx = np.concatenate([blocks[:, :, 2:] & 15, blocks[:, :, 2:] >> 4], axis=2)
+    q8 = np.concatenate([blocks[:, :, :2], grid[idx].view(np.uint8)], axis=2).reshape(n_out, -1)
+    assert np.array_equal(_core.dequantize("Q8_0", q8, (n_out, n_in)), wd.astype(np.float32))
+    x = rng.standard_normal((5, n_in)).astype(np.float32)
+    for isa in ISAS:
+        _testing.set_isa(isa)
+        pw = _testing.PreparedWeight("IQ4_NL", wq, n_out, n_in, prepare_threads=2)
+        for n in (1, 5):
+            y4 = pw.matmul(x[:n], None, 2)
+            y8 = _testing.matmul_test("Q8_0", q8, n_out, n_in, x[:n])
+            assert np.array_equal(y4.view(np.uint32), y8.view(np.uint32)), f"{isa} n={n}"
 
 
 def test_bad_arguments():
@@ -504,8 +529,10 @@ def expected_type(name, target):
             if name.endswith(("ffn_down.weight", "attn_output.weight")):
                 return "Q4_K"
         return "Q3_K"
-    if target in ("q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k"):  # llama.cpp's mixes for phi2, no imatrix
-        base = {"q4_k_s": "Q4_K", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1", "q6_k": "Q6_K"}.get(target, "Q5_K")
+    if target in ("q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl",
+                  "iq4_xs"):  # llama.cpp's mixes for phi2, no imatrix
+        base = {"q4_k_s": "Q4_K", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1", "q6_k": "Q6_K",
+                "iq4_nl": "IQ4_NL", "iq4_xs": "IQ4_XS"}.get(target, "Q5_K")
         if name == "output.weight":
             return "Q6_K"
         if name.startswith("blk."):
@@ -514,6 +541,8 @@ def expected_type(name, target):
                 return "Q6_K"
             if target == "q4_k_s" and ((name.endswith("attn_qkv.weight") and layer < 4) or
                                        (name.endswith("ffn_down.weight") and layer < 1)):
+                return "Q5_K"
+            if target in ("iq4_nl", "iq4_xs") and name.endswith("ffn_down.weight") and layer < 1:
                 return "Q5_K"
         return base
     if name == "output.weight":
@@ -526,7 +555,8 @@ def expected_type(name, target):
 
 
 @pytest.mark.parametrize("target", ["f16", "q8_0", "q4_0", "q4_k_m", "q4_k_s", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k",
-                                    "q2_k", "q3_k_s", "q3_k_m", "q3_k_l"])
+                                    "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "iq4_nl",
+                                    "iq4_xs"])
 def test_quantize_file_round_trip(tmp_path, target):
     from tinygptv_native.quantize import FILE_TYPE, quantize_file
     rng = np.random.default_rng(21)
@@ -562,6 +592,24 @@ def test_quantize_file_round_trip(tmp_path, target):
             assert np.array_equal(raw, _core.quantize(want, x).reshape(-1)), name
             if want in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"):
                 assert np.array_equal(raw, gg_quantize(x, getattr(T, want)).reshape(-1)), name
+
+
+@pytest.mark.parametrize("target,base", [("iq4_nl", "IQ4_NL"), ("iq4_xs", "IQ4_XS")])
+def test_iq4_mixes_choose_as_llamacpp(target, base):
+    """llama.cpp's IQ4_NL / IQ4_XS mixes for phi2 without an importance matrix (32 layers): Q5_K for the
+    first L/8 ffn_down weights, Q6_K for output.weight, the base type elsewhere; rows that are not a
+    multiple of 256 fall back (IQ4_XS -> IQ4_NL, Q5_K -> Q5_1, Q6_K -> Q8_0); the image path Q8_0."""
+    from tinygptv_native.quantize import choose_type
+    assert choose_type("blk.3.attn_qkv.weight", [2560, 7680], "F32", target, 32) == base
+    assert choose_type("blk.3.ffn_down.weight", [10240, 2560], "F32", target, 32) == "Q5_K"
+    assert choose_type("blk.4.ffn_down.weight", [10240, 2560], "F32", target, 32) == base
+    assert choose_type("output.weight", [2560, 51200], "F32", target, 32) == "Q6_K"
+    assert choose_type("token_embd.weight", [2560, 51200], "F32", target, 32) == base
+    assert choose_type("blk.5.ffn_up.weight", [96, 8], "F32", target, 32) == "IQ4_NL"
+    assert choose_type("blk.0.ffn_down.weight", [96, 8], "F32", target, 32) == "Q5_1"
+    assert choose_type("output.weight", [96, 8], "F32", target, 32) == "Q8_0"
+    assert choose_type("blk.5.ffn_up.weight", [40, 8], "F16", target, 32) == "F16"
+    assert choose_type("v.blk.0.ffn_up.weight", [1408, 64], "F16", target, 32) == "Q8_0"
 
 
 def test_quantize_file_errors_leave_no_output(tmp_path):

@@ -50,7 +50,8 @@ def test_llamacpp_quantized_agreement_on_the_same_file(tmp_path, qtype):
 
 # llama.cpp's file types (llama_ftype) for the mixes our quantizer also writes
 LLAMA_FTYPE = {"q4_1": 3, "q5_0": 8, "q5_1": 9, "q4_k_s": 14, "q4_k_m": 15, "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18,
-               "q2_k": 10, "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13}
+               "q2_k": 10, "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13,
+               "iq4_nl": 25, "iq4_xs": 30}
 
 
 def _llamacpp_quantize(src, dst, qtype):
@@ -63,13 +64,15 @@ def _llamacpp_quantize(src, dst, qtype):
 
 # (q4_0 is left out: ours is the plain type everywhere, where llama.cpp gives output.weight Q6_K)
 @pytest.mark.parametrize("qtype", ["q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q4_k_m", "q4_k_s", "q6_k", "q3_k_s", "q3_k_m",
-                                   "q3_k_l", "q2_k"])
+                                   "q3_k_l", "q2_k", "iq4_nl", "iq4_xs"])
 def test_file_quantized_by_llamacpp(tmp_path, qtype):
     """A random Phi-2 quantized by llama.cpp's own quantizer: the same tensor types and bytes as our
     quantizer writes for that mix (both use ggml's reference quantizers, no importance matrix), our
     engine loads it, and its logits agree with llama.cpp's on that file: top-1 agreement against the
-    F32 model within 2 points of llama.cpp's (the bound of the test above), and the logits of the two
-    engines closer to each other than either is to the F32 model's."""
+    F32 model within 2 points of llama.cpp's (the bound of the test above), the logits of the two
+    engines closer to each other than either is to the F32 model's, and the same top token at 95% of
+    the positions or more (measured 95.5% for Q4_1, 96.5-99% for the others; the random model's small
+    margins leave a few near-ties to the activations' rounding)."""
     import gguf
     from test_phi2 import quantized_parity_model
     path, ours_q, ids = quantized_parity_model(tmp_path, qtype)
@@ -92,5 +95,6 @@ def test_file_quantized_by_llamacpp(tmp_path, qtype):
     agree_ours = (ours.argmax(1) == ref.argmax(1)).mean()
     agree_theirs = (theirs.argmax(1) == ref.argmax(1)).mean()
     assert agree_ours >= agree_theirs - 0.02, (qtype, agree_ours, agree_theirs)
+    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.95, qtype
     between = np.abs(ours - theirs).mean()
     assert between < min(np.abs(ours - ref).mean(), np.abs(theirs - ref).mean()), (qtype, between)

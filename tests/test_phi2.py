@@ -180,7 +180,8 @@ def test_sampling_is_seeded(tmp_path):
 @pytest.mark.parametrize("qtype,floor", [("q8_0", 0.93), ("q4_0", 0.62), ("q4_k_m", 0.72), ("q4_k_s", 0.74),
                                          ("q4_1", 0.71), ("q5_0", 0.76), ("q5_1", 0.80), ("q5_k_s", 0.83),
                                          ("q5_k_m", 0.85), ("q6_k", 0.91), ("q2_k", 0.36), ("q3_k_s", 0.53),
-                                         ("q3_k_m", 0.58), ("q3_k_l", 0.57)])
+                                         ("q3_k_m", 0.58), ("q3_k_l", 0.57), ("iq4_nl", 0.71),
+                                         ("iq4_xs", 0.69)])
 def test_quantized_top1_agreement(tmp_path, qtype, floor):
     """Quantized weights keep the F32 model's choices (top-1 agreement over 200 positions).
 
@@ -200,14 +201,15 @@ def test_quantized_top1_agreement(tmp_path, qtype, floor):
 
 @pytest.mark.parametrize("qtype,bound", [("q8_0", 1.6), ("q4_0", 1.1), ("q4_k_m", 1.1), ("q4_k_s", 1.1), ("q4_1", 1.1),
                                          ("q5_0", 1.1), ("q5_1", 1.1), ("q5_k_s", 1.1), ("q5_k_m", 1.1), ("q6_k", 1.2),
-                                         ("q2_k", 1.1), ("q3_k_s", 1.1), ("q3_k_m", 1.1), ("q3_k_l", 1.1)])
+                                         ("q2_k", 1.1), ("q3_k_s", 1.1), ("q3_k_m", 1.1), ("q3_k_l", 1.1), ("iq4_nl", 1.1),
+                                         ("iq4_xs", 1.1)])
 def test_activation_quantization_adds_little_error(tmp_path, qtype, bound):
     """The same model with its quantized weights dequantized to F32 (gguf-py's dequantizers) runs with
     float activations: what is left is the weights' own rounding, which no engine reading the file can
     avoid. Our int8 activations may add to it only a little: measured 1.41x the logit error for Q8_0
     (two int8 roundings of equal size add as sqrt(2)), 1.002x / 1.005x for Q4_0 / Q4_K_M (the 4-bit
     weights' error dominates), 1.005-1.025x for Q4_K_S, Q4_1, Q5_0, Q5_1, Q5_K_S, Q5_K_M, 1.08x for Q6_K,
-    1.000-1.003x for Q2_K, Q3_K_S, Q3_K_M, Q3_K_L;
+    1.000-1.003x for Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, 1.002x / 1.005x for IQ4_NL / IQ4_XS;
     top-1 agreement within 2 points of the weights-only model's for every type. Top-1 agreement of the weights-only model: 98.5% / 70% / 79.5%, so the
     agreement floors of a trained model cannot be reached on these random weights by any engine."""
     import gguf
@@ -250,5 +252,5 @@ def quantized_parity_model(tmp_path, qtype):
     convert_phi2(str(tmp_path / "hf"), path, outtype="f32", progress=False)
     q = str(tmp_path / f"{qtype}.gguf")
     types = quantize_file(path, q, qtype, progress=False)
-    assert sum(t.startswith("Q") for t in types.values()) >= 9  # every matrix
+    assert sum(t.startswith(("Q", "IQ")) for t in types.values()) >= 9  # every matrix
     return path, q, [int(t) for t in np.random.default_rng(9).integers(0, 320, size=200)]

@@ -25,7 +25,7 @@ MAX_QUANTIZATION_TOTAL_ERROR_3BITS = 0.004
 MAX_DOT_PRODUCT_ERROR = 0.02
 MAX_DOT_PRODUCT_ERROR_LOWBIT = 0.04
 BLOCK = {"Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q2_K": 256, "Q3_K": 256, "Q4_K": 256,
-         "Q5_K": 256, "Q6_K": 256}
+         "Q5_K": 256, "Q6_K": 256, "IQ4_NL": 32, "IQ4_XS": 256}
 # ggml's test-quantize-fns limits for the types below 4 bits
 QUANT_ERROR_LIMIT = {"Q2_K": MAX_QUANTIZATION_TOTAL_ERROR_2BITS, "Q3_K": MAX_QUANTIZATION_TOTAL_ERROR_3BITS}
 DOT_ERROR_LIMIT = {"Q2_K": MAX_DOT_PRODUCT_ERROR_LOWBIT, "Q3_K": MAX_DOT_PRODUCT_ERROR_LOWBIT}
@@ -161,6 +161,40 @@ def test_kquant_error_ordering_random():
     assert rel["Q3_K"] < 0.75 * rel["Q2_K"] and rel["Q2_K"] < 0.4, rel
 
 
+def test_iq4_error_random():
+    # The non-linear grid fits gaussian weights better than Q4_0's even one; IQ4_XS's 6-bit sub-block
+    # scales cost little against IQ4_NL's fp16 ones.
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((16, 1024)) * 0.05).astype(np.float32)
+    rel = {}
+    for name in ("Q4_0", "IQ4_NL", "IQ4_XS"):
+        d = _core.dequantize(name, _core.quantize(name, x), x.shape)
+        rel[name] = float(np.sqrt(np.mean((d - x) ** 2)) / np.sqrt(np.mean(x ** 2)))
+    assert rel["IQ4_NL"] < 0.9 * rel["Q4_0"], rel
+    assert rel["IQ4_XS"] < 1.05 * rel["IQ4_NL"], rel
+
+
+@pytest.mark.parametrize("name", ["IQ4_NL", "IQ4_XS"])
+def test_iq4_values_on_the_grid(name):
+    # Every dequantized value is a scale times one of the 16 grid values; a zero row stays zero.
+    grid = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 512)).astype(np.float32)
+    q = _core.quantize(name, x)
+    d = _core.dequantize(name, q, x.shape).reshape(4, -1, 32)
+    blk = 18 if name == "IQ4_NL" else 136
+    b = q.reshape(-1, blk)
+    scale = b[:, :2].copy().view(np.float16).astype(np.float32).reshape(-1)
+    if name == "IQ4_NL":
+        sub = scale.reshape(4, -1)
+    else:
+        ls = np.stack([((b[:, 4 + j // 2] >> (4 * (j % 2))) & 15) | (((b[:, 2:4].copy().view(np.uint16)[:, 0] >> (2 * j)) & 3) << 4)
+                       for j in range(8)], 1).astype(np.float32) - 32
+        sub = (scale[:, None] * ls).reshape(4, -1)
+    ratio = d / sub[:, :, None]
+    assert np.all(np.isin(ratio, grid)), "a value off the grid"
+
+
 @pytest.mark.parametrize("name", QUANTS)
 def test_dot_product_error_ggml_limit(name):
     w = ggml_data(4096, 0.0).reshape(1, -1)
@@ -212,15 +246,21 @@ def _ggml_base_library():
     ("Q8_0", "quantize_row_q8_0_ref", 34, 32), ("Q4_0", "quantize_row_q4_0_ref", 18, 32),
     ("Q4_1", "quantize_row_q4_1_ref", 20, 32), ("Q5_0", "quantize_row_q5_0_ref", 22, 32),
     ("Q5_1", "quantize_row_q5_1_ref", 24, 32), ("Q5_K", "quantize_row_q5_K_ref", 176, 256),
-    ("Q3_K", "quantize_row_q3_K_ref", 110, 256), ("Q2_K", "quantize_row_q2_K_ref", 84, 256)])
+    ("Q3_K", "quantize_row_q3_K_ref", 110, 256), ("Q2_K", "quantize_row_q2_K_ref", 84, 256),
+    # IQ4: llama.cpp's file quantizer (quantize_row_iq4_*_ref of some versions tries fewer scales)
+    ("IQ4_NL", "quantize_iq4_nl", 18, 32), ("IQ4_XS", "quantize_iq4_xs", 136, 256)])
 def test_bytes_match_ggml_reference(name, fn, block_bytes, block):
     import ctypes
     lib = _ggml_base_library()
     if lib is None or not hasattr(lib, fn):
         pytest.skip("llama-cpp-python (ggml's reference quantizers) is not installed")
     f = getattr(lib, fn)
-    f.restype = None
-    f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    if fn.startswith("quantize_row_"):
+        f.restype = None
+        f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    else:  # size_t quantize_*(src, dst, nrow, n_per_row, quant_weights)
+        f.restype = ctypes.c_size_t
+        f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
     rng = np.random.default_rng(17)
     inputs = [rng.standard_normal((16, 1024)), ggml_data(16 * 1024).reshape(16, -1),
               np.where(rng.random((16, 1024)) < 0.02, rng.standard_normal((16, 1024)) * 10, 0)]
@@ -229,7 +269,10 @@ def test_bytes_match_ggml_reference(name, fn, block_bytes, block):
     for x in inputs:
         x = np.ascontiguousarray(x, dtype=np.float32)
         ref = np.zeros(x.size // block * block_bytes, np.uint8)
-        f(x.ctypes.data, ref.ctypes.data, x.size)
+        if fn.startswith("quantize_row_"):
+            f(x.ctypes.data, ref.ctypes.data, x.size)
+        else:
+            f(x.ctypes.data, ref.ctypes.data, x.shape[0], x.shape[1], None)
         ours = _core.quantize(name, x).reshape(-1, block_bytes)
         bad = np.flatnonzero(np.any(ours != ref.reshape(-1, block_bytes), axis=1))
         assert bad.size == 0, f"{name}: {bad.size} of {ours.shape[0]} blocks differ from ggml"

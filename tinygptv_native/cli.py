@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("convert", help="convert published checkpoints to GGUF (see `tinygptv convert -h`)",
                    add_help=False)
-    sub.add_parser("quantize", help="quantize a GGUF file: IN OUT TYPE (f16, q8_0, q4_0, q4_k_m, q4_k_s, q4_1, q5_0, q5_1, q5_k_s, q5_k_m, q6_k, q2_k, q3_k_s, q3_k_m, q3_k_l)", add_help=False)
+    sub.add_parser("quantize", help="quantize a GGUF file: IN OUT TYPE (f16, q8_0, q4_0, q4_k_m, q4_k_s, q4_1, q5_0, q5_1, q5_k_s, q5_k_m, q6_k, q2_k, q3_k_s, q3_k_m, q3_k_l, iq4_nl, iq4_xs)", add_help=False)
     try:
         from .cli_chat import add_commands
         add_commands(sub)

@@ -1,7 +1,7 @@
 """`tinygptv quantize IN.gguf OUT.gguf TYPE`: rewrite a GGUF file with quantized weights.
 
 TYPE is one of f16, q8_0, q4_0, q4_k_m, q4_k_s, q4_1, q5_0, q5_1, q5_k_s, q5_k_m, q6_k, q2_k, q3_k_s, q3_k_m,
-q3_k_l (llama.cpp's mixes of those names); --vision-type f16|q8_0|q4_0 gives the image path's weights
+q3_k_l, iq4_nl, iq4_xs (llama.cpp's mixes of those names); --vision-type f16|q8_0|q4_0 gives the image path's weights
 (v.*, qf.*, mm.*) that type instead. The quantizer itself, with the rules for which tensor gets
 which type, is the converter's (convert/quantize.py, installed as tinygptv_native.convert.quantize):
 its names are re-exported here.

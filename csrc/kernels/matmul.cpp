@@ -38,7 +38,7 @@ bool matmul_supports(GgmlType t) {
         case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q8_0:
         case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1:
         case GgmlType::Q2_K: case GgmlType::Q3_K: case GgmlType::Q4_K: case GgmlType::Q5_K:
-        case GgmlType::Q6_K:
+        case GgmlType::Q6_K: case GgmlType::IQ4_NL: case GgmlType::IQ4_XS:
             return true;
         default:
             return false;
@@ -52,13 +52,14 @@ size_t packed_group_bytes(GgmlType t, int64_t n_in) {
         case GgmlType::F32: return (size_t)n_in * kGroup * 4;
         case GgmlType::F16: case GgmlType::BF16: return (size_t)n_in * kGroup * 2;
         case GgmlType::Q8_0: case GgmlType::Q5_0: return pair_group_bytes<kPackQ8_0>(n_in / QK8_0);
-        case GgmlType::Q4_0: return pair_group_bytes<kPackQ4_0>(n_in / QK4_0);
+        case GgmlType::Q4_0: case GgmlType::IQ4_NL: return pair_group_bytes<kPackQ4_0>(n_in / QK4_0);
         case GgmlType::Q4_K: return (size_t)(n_in / QK_K) * kPackQ4_K;
         case GgmlType::Q5_K: return (size_t)(n_in / QK_K) * kPackQ5_K;
         case GgmlType::Q4_1: return (size_t)(n_in / 32) * kPackQ4_1;
         case GgmlType::Q5_1: return (size_t)(n_in / 32) * kPackQ5_1;
         case GgmlType::Q6_K: case GgmlType::Q3_K: return (size_t)(n_in / QK_K) * kPackQ6_K;
         case GgmlType::Q2_K: return (size_t)(n_in / QK_K) * kPackQ2_K;
+        case GgmlType::IQ4_XS: return (size_t)(n_in / QK_K) * kPackIQ4_XS;
         default: return 0;
     }
 }
@@ -131,7 +132,7 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
             }
             break;
         }
-        case GgmlType::Q4_0:
+        case GgmlType::Q4_0: case GgmlType::IQ4_NL:  // the same block layout (padding: Q4_0's q = 0, IQ4_NL's scale 0)
         {
             const int64_t nb = k / QK4_0;
             if (nb & 1) std::memset(dst + pair_scale_off<kPackQ4_0>(nb - 1), 0, 64);
@@ -211,6 +212,30 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
             }
             break;
         }
+        case GgmlType::IQ4_XS:  // padding rows: scale 0, index 0
+            for (int64_t b = 0; b < k / QK_K; b++) {
+                uint8_t* o = dst + b * kPackIQ4_XS;
+                std::memset(o + 160, 0, 32);
+                for (int r = 0; r < kGroup; r++) {
+                    const BlockIQ4_XS* p = (const BlockIQ4_XS*)row(r);
+                    const uint16_t d = p ? p[b].d : 0;
+                    std::memcpy(o + 2 * r, &d, 2);
+                    uint8_t u[QK_K] = {};
+                    if (p) {
+                        for (int j = 0; j < 8; j++) q5_unpack(p[b].qs + 16 * j, nullptr, u + 32 * j);
+                        for (int j = 0; j < 8; j++) o[32 + 16 * j + r] = (uint8_t)(int8_t)iq4xs_scale(p[b], j);
+                    } else {
+                        for (int j = 0; j < 8; j++) o[32 + 16 * j + r] = 0;
+                    }
+                    for (int c = 0; c < 4; c++)  // Q4_K's order: chunk c holds sub-blocks 2c (low) and 2c + 1 (high)
+                        for (int s = 0; s < 8; s++)
+                            for (int e = 0; e < 4; e++) {
+                                const int v = 64 * c + 4 * s + e;
+                                o[192 + 64 * (8 * c + s) + 4 * r + e] = (uint8_t)(u[v] | (u[v + 32] << 4));
+                            }
+                }
+            }
+            break;
         case GgmlType::Q6_K: case GgmlType::Q3_K: case GgmlType::Q2_K: {
             // (Q3_K widened to Q6_K's layout: its signed values -4..3 stored + 32 like Q6_K's, its
             // signed scales as Q6_K's int8 ones, the same fp16 d; Q2_K likewise, its mins after it)
@@ -427,7 +452,7 @@ static void scalar_float(const GemmArgs& A, int64_t r0, int64_t r1, Load load) {
         }
 }
 
-// Q8_0, and Q5_0 with the same arithmetic (values q - 16).
+// Q8_0, and Q5_0 and IQ4_NL with the same arithmetic (values q - 16, kIQ4NL[q]).
 template <GgmlType T>
 static void scalar_q8_0(const GemmArgs& A, int64_t r0, int64_t r1) {
     const ActQ8& a = *A.a8;
@@ -445,6 +470,12 @@ static void scalar_q8_0(const GemmArgs& A, int64_t r0, int64_t r1) {
                     q5_unpack(b5.qs, b5.qh, u);
                     for (int j = 0; j < 32; j++) q[j] = (int8_t)(u[j] - 16);
                     dh = b5.d;
+                } else if (T == GgmlType::IQ4_NL) {
+                    const BlockIQ4_NL& bn = *(const BlockIQ4_NL*)blk;
+                    uint8_t u[32];
+                    q5_unpack(bn.qs, nullptr, u);
+                    for (int j = 0; j < 32; j++) q[j] = kIQ4NL[u[j]];
+                    dh = bn.d;
                 } else {
                     const BlockQ8_0& b8 = *(const BlockQ8_0*)blk;
                     std::memcpy(q, b8.qs, QK8_0);
@@ -575,6 +606,30 @@ static void scalar_q4_K(const GemmArgs& A, int64_t r0, int64_t r1) {
         }
 }
 
+// IQ4_XS: Q6_K's arithmetic with sub-blocks of 32 (values kIQ4NL[q], scales ls - 32).
+static void scalar_iq4_xs(const GemmArgs& A, int64_t r0, int64_t r1) {
+    const ActQ8K& a = *A.ak;
+    const BlockIQ4_XS* W = (const BlockIQ4_XS*)A.w;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < A.n; i++) {
+            float acc = 0.f;
+            for (int64_t b = 0; b < a.nb; b++) {
+                const BlockIQ4_XS& blk = W[r * a.nb + b];
+                const int8_t* xq = &a.qs[i * a.k + b * QK_K];
+                int32_t isum = 0;
+                for (int j = 0; j < 8; j++) {
+                    const uint8_t* q = blk.qs + 16 * j;
+                    int32_t dot = 0;
+                    for (int l = 0; l < 16; l++)
+                        dot += kIQ4NL[q[l] & 0xF] * xq[32 * j + l] + kIQ4NL[q[l] >> 4] * xq[32 * j + 16 + l];
+                    isum += iq4xs_scale(blk, j) * dot;
+                }
+                acc = std::fma(fp16_to_fp32(blk.d) * a.d[i * a.nb + b], (float)isum, acc);
+            }
+            A.y[i * A.n_out + r] = finish(acc, A.bias, r);
+        }
+}
+
 static void scalar_q6_K(const GemmArgs& A, int64_t r0, int64_t r1) {
     const ActQ8K& a = *A.ak;
     const BlockQ6_K* W = (const BlockQ6_K*)A.w;
@@ -679,6 +734,8 @@ static void scalar_gemm(GgmlType t, const GemmArgs& A, int64_t r0, int64_t r1) {
         case GgmlType::Q6_K: scalar_q6_K(A, r0, r1); break;
         case GgmlType::Q3_K: scalar_q3_K(A, r0, r1); break;
         case GgmlType::Q2_K: scalar_q2_K(A, r0, r1); break;
+        case GgmlType::IQ4_NL: scalar_q8_0<GgmlType::IQ4_NL>(A, r0, r1); break;
+        case GgmlType::IQ4_XS: scalar_iq4_xs(A, r0, r1); break;
         default: break;
     }
 }
@@ -693,6 +750,7 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::F16: return avx512::gemm_f16;
             case GgmlType::BF16: return avx512::gemm_bf16;
             case GgmlType::Q8_0: case GgmlType::Q5_0: return avx512::gemm_q8_0;  // Q5_0: widened at repack
+            case GgmlType::IQ4_NL: return avx512::gemm_iq4_nl;
             case GgmlType::Q4_0: return avx512::gemm_q4_0;
             case GgmlType::Q4_K: return avx512::gemm_q4_K;
             case GgmlType::Q5_K: return avx512::gemm_q5_K;
@@ -700,6 +758,7 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::Q5_1: return avx512::gemm_q5_1;
             case GgmlType::Q6_K: case GgmlType::Q3_K: return avx512::gemm_q6_K;  // Q3_K: widened at repack
             case GgmlType::Q2_K: return avx512::gemm_q2_K;
+            case GgmlType::IQ4_XS: return avx512::gemm_iq4_xs;
             default: return nullptr;
         }
     }
@@ -709,6 +768,7 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::F16: return avx2::gemm_f16;
             case GgmlType::BF16: return avx2::gemm_bf16;
             case GgmlType::Q8_0: case GgmlType::Q5_0: return avx2::gemm_q8_0;  // Q5_0: widened at repack
+            case GgmlType::IQ4_NL: return avx2::gemm_iq4_nl;
             case GgmlType::Q4_0: return avx2::gemm_q4_0;
             case GgmlType::Q4_K: return avx2::gemm_q4_K;
             case GgmlType::Q5_K: return avx2::gemm_q5_K;
@@ -716,6 +776,7 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::Q5_1: return avx2::gemm_q5_1;
             case GgmlType::Q6_K: case GgmlType::Q3_K: return avx2::gemm_q6_K;  // Q3_K: widened at repack
             case GgmlType::Q2_K: return avx2::gemm_q2_K;
+            case GgmlType::IQ4_XS: return avx2::gemm_iq4_xs;
             default: return nullptr;
         }
     }
@@ -727,6 +788,7 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::F16: return neon::gemm_f16;
             case GgmlType::BF16: return neon::gemm_bf16;
             case GgmlType::Q8_0: case GgmlType::Q5_0: return neon::gemm_q8_0;  // Q5_0: widened at repack
+            case GgmlType::IQ4_NL: return neon::gemm_iq4_nl;
             case GgmlType::Q4_0: return neon::gemm_q4_0;
             case GgmlType::Q4_K: return neon::gemm_q4_K;
             case GgmlType::Q5_K: return neon::gemm_q5_K;
@@ -734,6 +796,7 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
             case GgmlType::Q5_1: return neon::gemm_q5_1;
             case GgmlType::Q6_K: case GgmlType::Q3_K: return neon::gemm_q6_K;  // Q3_K: widened at repack
             case GgmlType::Q2_K: return neon::gemm_q2_K;
+            case GgmlType::IQ4_XS: return neon::gemm_iq4_xs;
             default: return nullptr;
         }
     }
@@ -756,13 +819,13 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
     const Isa isa = isa_active();
     thread_local ActQ8 a8;  // reused across calls: no page faults per token
     thread_local ActQ8K ak;
-    if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q4_0 || w.type == GgmlType::Q4_1 ||
-        w.type == GgmlType::Q5_0 || w.type == GgmlType::Q5_1) {
-        if (w.type == GgmlType::Q8_0 || w.type == GgmlType::Q5_0) quantize_act_q8(x, n, k, a8, 128, 1, isa, ex);
+    const bool q8_arith = w.type == GgmlType::Q8_0 || w.type == GgmlType::Q5_0 || w.type == GgmlType::IQ4_NL;
+    if (q8_arith || w.type == GgmlType::Q4_0 || w.type == GgmlType::Q4_1 || w.type == GgmlType::Q5_1) {
+        if (q8_arith) quantize_act_q8(x, n, k, a8, 128, 1, isa, ex);
         else quantize_act_q8(x, n, k, a8, w.type == GgmlType::Q4_0 ? 8 : 0, kActGroupQ4_0, isa, ex);
         A.a8 = &a8;
     } else if (w.type == GgmlType::Q2_K || w.type == GgmlType::Q3_K || w.type == GgmlType::Q4_K ||
-               w.type == GgmlType::Q5_K || w.type == GgmlType::Q6_K) {
+               w.type == GgmlType::Q5_K || w.type == GgmlType::Q6_K || w.type == GgmlType::IQ4_XS) {
         quantize_act_q8k(x, n, k, ak, isa, ex);
         A.ak = &ak;
     }

@@ -36,7 +36,7 @@ void prepare_weight(MatW& w);
 void prepare_weight(MatW& w, Exec& ex);
 
 // Quantized weights multiply int8 activations (x quantized on the fly to Q8_0-style blocks for
-// Q8_0/Q4_0/Q4_1/Q5_0/Q5_1, to Q8_K for Q2_K/Q3_K/Q4_K/Q5_K/Q6_K) with integer dot products; float weights
+// Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL, to Q8_K for Q2_K/Q3_K/Q4_K/Q5_K/Q6_K/IQ4_XS) with integer dot products; float weights
 // use float FMAs. Q5_0 weights are widened to Q8_0's repacked layout at load (1.55x the file's
 // bytes) and run Q8_0's kernels, Q3_K weights to Q6_K's (1.9x) and run Q6_K's, Q2_K weights to Q6_K's
 // plus their mins (2.7x) and run Q6_K's with a min term. (A type without SIMD kernels on the active path would run the

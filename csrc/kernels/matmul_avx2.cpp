@@ -102,19 +102,38 @@ void float_gemm(const GemmArgs& A, int64_t g0, int64_t g1) {
 
 // ---- Q8_0 / Q4_0 ----------------------------------------------------------------------------
 
-template <int NT>
-void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
+// The signed weights of Q8_0's arithmetic, half h of block b: slot s holds values 4s..4s+3 of each row.
+struct Q8_0W {  // stored as q + 128
+    __attribute__((always_inline)) static __m256i slot(const uint8_t* wg, int64_t b, int h, int s) {
+        const __m256i v = _mm256_loadu_si256((const __m256i*)(wg + pair_quant_off<kPackQ8_0>(b) + 64 * s + 32 * h));
+        return _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80));
+    }
+    __attribute__((always_inline)) static __m256 scale(const uint8_t* wg, int64_t b, int h) {
+        return load_ph(wg + pair_scale_off<kPackQ8_0>(b) + 16 * h);
+    }
+};
+struct IQ4_NLW {  // Q4_0's layout (values 0-15 in low nibbles, 16-31 in high), indices looked up in kIQ4NL
+    __attribute__((always_inline)) static __m256i slot(const uint8_t* wg, int64_t b, int h, int s) {
+        const __m256i v = _mm256_loadu_si256((const __m256i*)(wg + pair_quant_off<kPackQ4_0>(b) + 64 * (s & 3) + 32 * h));
+        const __m256i idx = _mm256_and_si256(s < 4 ? v : _mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
+        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kIQ4NL)), idx);
+    }
+    __attribute__((always_inline)) static __m256 scale(const uint8_t* wg, int64_t b, int h) {
+        return load_ph(wg + pair_scale_off<kPackQ4_0>(b) + 16 * h);
+    }
+};
+
+template <class W, int NT>
+void q8_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
     const ActQ8& a = *A.a8;
     const int64_t nb = a.nb, k = a.k;
-    const __m256i flip = _mm256_set1_epi8((char)0x80);
     __m256 acc[NT];
     for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* blk = wg + pair_quant_off<kPackQ8_0>(b);
-        const __m256 dw = load_ph(wg + pair_scale_off<kPackQ8_0>(b) + 16 * h);
+        const __m256 dw = W::scale(wg, b, h);
         __m256i wabs[8], wsgn[8];
         for (int s = 0; s < 8; s++) {
-            wsgn[s] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(blk + 64 * s + 32 * h)), flip);
+            wsgn[s] = W::slot(wg, b, h, s);
             wabs[s] = _mm256_abs_epi8(wsgn[s]);
         }
         for (int j = 0; j < NT; j++) {
@@ -131,6 +150,9 @@ void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     }
     for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, h, acc[j]);
 }
+
+template <int NT> void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) { q8_tile<Q8_0W, NT>(A, wg, g, i0, h); }
+template <int NT> void iq4_nl_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) { q8_tile<IQ4_NLW, NT>(A, wg, g, i0, h); }
 
 template <int NT>
 void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h) {
@@ -228,10 +250,9 @@ void min_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
 
 // Decode (one activation row) over NG groups taken from NG separate places of the weight, both
 // halves of each: NG memory streams per core instead of one. Per output the arithmetic of the tiles.
-template <int NG>
-void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
+template <class W, int NG>
+void q8_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
     const ActQ8& a = *A.a8;
-    const __m256i flip = _mm256_set1_epi8((char)0x80);
     __m256 acc[NG][2];
     for (int j = 0; j < NG; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < a.nb; b++) {
@@ -239,12 +260,10 @@ void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
         const __m256 dx = _mm256_set1_ps(a.d[b]);
         for (int j = 0; j < NG; j++)
             for (int h = 0; h < 2; h++) {
-                const uint8_t* blk = wg[j] + pair_quant_off<kPackQ8_0>(b) + 32 * h;
-                const __m256 dw = load_ph(wg[j] + pair_scale_off<kPackQ8_0>(b) + 16 * h);
+                const __m256 dw = W::scale(wg[j], b, h);
                 __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
                 for (int s = 0; s < 8; s += 2) {
-                    const __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(blk + 64 * s)), flip);
-                    const __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(blk + 64 * s + 64)), flip);
+                    const __m256i w0 = W::slot(wg[j], b, h, s), w1 = W::slot(wg[j], b, h, s + 1);
                     s0 = dp4(s0, _mm256_abs_epi8(w0), _mm256_sign_epi8(bc(xq + 4 * s), w0));
                     s1 = dp4(s1, _mm256_abs_epi8(w1), _mm256_sign_epi8(bc(xq + 4 * s + 4), w1));
                 }
@@ -254,6 +273,9 @@ void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
     for (int j = 0; j < NG; j++)
         for (int h = 0; h < 2; h++) store_out(A, 0, g[j], h, acc[j][h]);
 }
+
+template <int NG> void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) { q8_vec<Q8_0W, NG>(A, wg, g); }
+template <int NG> void iq4_nl_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) { q8_vec<IQ4_NLW, NG>(A, wg, g); }
 
 template <int NG>
 void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
@@ -402,6 +424,45 @@ __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uin
     }
 }
 
+// IQ4_XS: Q4_K's walk over the nibbles, each index looked up (vpshufb) as its signed value w. pmaddubsw
+// takes |w| and x with w's sign (|w| * |x| * 2 <= 127 * 127 * 2 fits its int16 sums; the unsigned
+// values w + 128 of the AVX-512 kernel would not), which gives the exact dot of each sub-block.
+template <int NT>
+__attribute__((always_inline)) inline void iq4_xs_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int h, int64_t i0, __m256 (&acc)[NT]) {
+    const int64_t nb = a.nb, k = a.k;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kIQ4NL));
+    const uint8_t* blk = wg + b * kPackIQ4_XS;
+    const uint8_t* qs = blk + 192 + 32 * h;
+    __m256i isum[NT];
+    for (int j = 0; j < NT; j++) isum[j] = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        __m256i ae[NT], ao[NT];
+        for (int j = 0; j < NT; j++) ae[j] = ao[j] = _mm256_setzero_si256();
+        for (int s = 0; s < 8; s++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 64 * (8 * c + s)));
+            const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4));
+            const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+            const __m256i alo = _mm256_abs_epi8(lo), ahi = _mm256_abs_epi8(hi);
+            for (int j = 0; j < NT; j++) {
+                const int8_t* xq = a.qs.data() + (i0 + j) * k + b * QK_K + 64 * c + 4 * s;
+                ae[j] = dp4(ae[j], alo, _mm256_sign_epi8(bc(xq), lo));
+                ao[j] = dp4(ao[j], ahi, _mm256_sign_epi8(bc(xq + 32), hi));
+            }
+        }
+        const __m256i sce = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 32 + 16 * (2 * c) + 8 * h)));
+        const __m256i sco = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 32 + 16 * (2 * c + 1) + 8 * h)));
+        for (int j = 0; j < NT; j++)
+            isum[j] = _mm256_add_epi32(isum[j], _mm256_add_epi32(_mm256_mullo_epi32(ae[j], sce),
+                                                                 _mm256_mullo_epi32(ao[j], sco)));
+    }
+    const __m256 dw = load_ph(blk + 16 * h);
+    for (int j = 0; j < NT; j++) {
+        const __m256 dx = _mm256_set1_ps(a.d[(i0 + j) * nb + b]);
+        acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum[j]), acc[j]);
+    }
+}
+
 // The prompt tile (NT activation rows of one group, one 8-row half h) and the decode kernel (one row,
 // NG groups, both halves) of each K-quant type, made from its super-block routine. Each calls the
 // routine directly: passed as a template parameter instead, GCC compiled the Q6_K tile to slower code.
@@ -438,6 +499,7 @@ __attribute__((always_inline)) inline void q2_K_super(const ActQ8K& a, const uin
     q6_K_super<NT, true>(a, wg, b, h, i0, acc);
 }
 TG_TILE_AND_VEC(q2_K, q2_K_super)
+TG_TILE_AND_VEC(iq4_xs, iq4_xs_super)
 #undef TG_TILE_AND_VEC
 
 // ---- activation quantizers (byte-identical to the scalar ones in matmul.cpp) ------------------
@@ -565,6 +627,12 @@ void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     static const PartTileFn t[4] = {q8_0_tile<1>, q8_0_tile<2>, q8_0_tile<3>, q8_0_tile<4>};
     part_quant_gemm<2>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), t);
 }
+void gemm_iq4_nl(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1)
+        return decode_streams<iq4_nl_vec<kDecodeStreams>, iq4_nl_vec<1>>(A, g0, g1, packed_group_bytes(GgmlType::IQ4_NL, A.n_in));
+    static const PartTileFn t[4] = {iq4_nl_tile<1>, iq4_nl_tile<2>, iq4_nl_tile<3>, iq4_nl_tile<4>};
+    part_quant_gemm<2>(A, g0, g1, packed_group_bytes(GgmlType::IQ4_NL, A.n_in), t);
+}
 void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1)
         return decode_streams<q4_0_vec<kDecodeStreams>, q4_0_vec<1>>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in));
@@ -606,6 +674,13 @@ void gemm_q2_K(const GemmArgs& A, int64_t g0, int64_t g1) {
         return decode_streams<q2_K_vec<kDecodeStreams>, q2_K_vec<1>>(A, g0, g1, (A.n_in / QK_K) * kPackQ2_K);
     static const PartTileFn t[4] = {q2_K_tile<1>, q2_K_tile<2>, q2_K_tile<3>, q2_K_tile<4>};
     part_quant_gemm<2>(A, g0, g1, (A.n_in / QK_K) * kPackQ2_K, t);
+}
+
+void gemm_iq4_xs(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1)
+        return decode_streams<iq4_xs_vec<kDecodeStreams>, iq4_xs_vec<1>>(A, g0, g1, (A.n_in / QK_K) * kPackIQ4_XS);
+    static const PartTileFn t[4] = {iq4_xs_tile<1>, iq4_xs_tile<2>, iq4_xs_tile<3>, iq4_xs_tile<4>};
+    part_quant_gemm<2>(A, g0, g1, (A.n_in / QK_K) * kPackIQ4_XS, t);
 }
 
 }  // namespace avx2

@@ -239,6 +239,26 @@ struct Q4_0W {  // low nibbles hold values 0-15, high nibbles 16-31
     }
 };
 
+struct IQ4_NLW {  // Q4_0's layout; each index looked up as kIQ4NL + 128 (Q8_0's stored values)
+    __attribute__((always_inline)) static __m512 load(const uint8_t* wg, int64_t b, __m512i (&w)[8]) {
+        const __m512i m4 = _mm512_set1_epi8(0x0F);
+        const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)kIQ4NLBiased));
+        const uint8_t* blk = wg + pair_quant_off<kPackQ4_0>(b);
+        for (int s = 0; s < 4; s++) {
+            const __m512i v = _mm512_loadu_si512(blk + 64 * s);
+            w[s] = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, m4));
+            w[s + 4] = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+        }
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(wg + pair_scale_off<kPackQ4_0>(b))));
+    }
+};
+
+template <int NT, int NG>
+__attribute__((always_inline)) inline void iq4_nl_block(const ActQ8& a, const uint8_t* const* wg, int64_t b, int64_t i0,
+                                                        __m512 (&acc)[NG][NT]) {
+    q8_block<IQ4_NLW, NT, NG>(a, wg, b, i0, acc);
+}
+
 template <int NT, int NG>
 __attribute__((always_inline)) inline void q8_0_block(const ActQ8& a, const uint8_t* const* wg, int64_t b, int64_t i0,
                                                       __m512 (&acc)[NG][NT]) {
@@ -463,6 +483,57 @@ __attribute__((always_inline)) inline void q6_K_super(const ActQ8K& a, const uin
     }
 }
 
+// IQ4_XS: Q4_K's walk over the nibbles, each index looked up (vpshufb) as kIQ4NL + 128, unsigned for
+// vpdpbusd; each sub-block's dot starts at -128 times its activation sum, which leaves the exact dot of
+// the signed values, then takes its signed scale.
+template <int NT, int NG>
+__attribute__((always_inline)) inline void iq4_xs_super(const ActQ8K& a, const uint8_t* const* wg, int64_t b, int64_t i0,
+                                                        __m512 (&acc)[NG][NT]) {
+    const int64_t nb = a.nb, k = a.k;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)kIQ4NLBiased));
+    const uint8_t* blks[NG];
+    for (int g = 0; g < NG; g++) blks[g] = wg[g] + b * kPackIQ4_XS;
+    const int8_t* xb = a.qs.data() + i0 * k + b * QK_K;
+    __m512i isum[NG][NT];
+    for (int g = 0; g < NG; g++)
+        for (int j = 0; j < NT; j++) isum[g][j] = _mm512_setzero_si512();
+    for (int c = 0; c < 4; c++) {
+        __m512i ae[NG][NT], ao[NG][NT];
+        for (int j = 0; j < NT; j++) {
+            const int32_t* bs = a.bsum.data() + ((i0 + j) * nb + b) * 16 + 4 * c;  // sums of 16: sub-blocks 2c, 2c + 1
+            const __m512i ce = _mm512_set1_epi32(-128 * (bs[0] + bs[1])), co = _mm512_set1_epi32(-128 * (bs[2] + bs[3]));
+            for (int g = 0; g < NG; g++) ae[g][j] = ce, ao[g][j] = co;
+        }
+        for (int s = 0; s < 8; s++)
+            for (int g = 0; g < NG; g++) {
+                const __m512i v = _mm512_loadu_si512(blks[g] + 192 + 64 * (8 * c + s));
+                const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, m4));
+                const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+                for (int j = 0; j < NT; j++) {
+                    const int8_t* xq = xb + j * k + 64 * c + 4 * s;
+                    ae[g][j] = _mm512_dpbusd_epi32(ae[g][j], lo, bc(xq));
+                    ao[g][j] = _mm512_dpbusd_epi32(ao[g][j], hi, bc(xq + 32));
+                }
+            }
+        for (int g = 0; g < NG; g++) {
+            const uint8_t* blk = blks[g];
+            const __m512i sce = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(blk + 32 + 16 * (2 * c))));
+            const __m512i sco = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(blk + 32 + 16 * (2 * c + 1))));
+            for (int j = 0; j < NT; j++)
+                isum[g][j] = _mm512_add_epi32(isum[g][j], _mm512_add_epi32(_mm512_mullo_epi32(ae[g][j], sce),
+                                                                           _mm512_mullo_epi32(ao[g][j], sco)));
+        }
+    }
+    for (int g = 0; g < NG; g++) {
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)blks[g]));
+        for (int j = 0; j < NT; j++) {
+            const __m512 dx = _mm512_set1_ps(a.d[(i0 + j) * nb + b]);
+            acc[g][j] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum[g][j]), acc[g][j]);
+        }
+    }
+}
+
 // ---- prompt tiles (NT activation rows of one group) and decode kernels (NG groups, one row) ----
 // (each calls its routine directly: called through a template parameter, GCC compiled a tile to slower code);
 // STEPS: the ActQ8/ActQ8K field that counts STEP's units (blocks, scale groups or super-blocks).
@@ -500,6 +571,7 @@ __attribute__((always_inline)) inline void prefetch_lines(const uint8_t* p, int6
     }
 
 TG_TILE_AND_VEC(q8_0, a8, q8_0_block, nb)
+TG_TILE_AND_VEC(iq4_nl, a8, iq4_nl_block, nb)
 TG_TILE_AND_VEC(q4_0, a8, q4_0_group, ng)
 TG_TILE_AND_VEC(q4_1, a8, q4_1_group, ng)
 TG_TILE_AND_VEC(q5_1, a8, q5_1_group, ng)
@@ -517,6 +589,7 @@ __attribute__((always_inline)) inline void q2_K_super(const ActQ8K& a, const uin
     q6_K_super<NT, NG, true>(a, wg, b, i0, acc);
 }
 TG_TILE_AND_VEC(q2_K, ak, q2_K_super, nb)
+TG_TILE_AND_VEC(iq4_xs, ak, iq4_xs_super, nb)
 #undef TG_TILE_AND_VEC
 
 using TileFn = void (*)(const GemmArgs&, const uint8_t*, int64_t, int64_t);
@@ -538,12 +611,14 @@ void quant_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, const 
     }
 }
 
+template <int NT> struct IQ4_NLK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { iq4_nl_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q8_0K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q8_0_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q4_0K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q4_0_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q4_1K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q4_1_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q5_1K { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q5_1_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q4_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q4_K_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q5_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q5_K_tile<NT>(A, w, g, i); } };
+template <int NT> struct IQ4_XSK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { iq4_xs_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q6_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q6_K_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q2_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q2_K_tile<NT>(A, w, g, i); } };
 
@@ -694,6 +769,11 @@ void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
                                                                  packed_group_bytes(GgmlType::Q8_0, A.n_in));
     run_table<Q8_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), std::make_integer_sequence<int, kMaxTileRows>());
 }
+void gemm_iq4_nl(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1) return decode_streams<iq4_nl_vec<kDecodeStreams>, iq4_nl_vec<1>>(A, g0, g1,
+                                                                   packed_group_bytes(GgmlType::IQ4_NL, A.n_in));
+    run_table<IQ4_NLK>(A, g0, g1, packed_group_bytes(GgmlType::IQ4_NL, A.n_in), std::make_integer_sequence<int, kMaxTileRows>());
+}
 void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q4_0_vec<kDecodeStreams>, q4_0_vec<1>>(A, g0, g1,
                                                                  packed_group_bytes(GgmlType::Q4_0, A.n_in));
@@ -728,6 +808,12 @@ void gemm_q2_K(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q2_K_vec<kDecodeStreams>, q2_K_vec<1>>(A, g0, g1,
                                                                  packed_group_bytes(GgmlType::Q2_K, A.n_in));
     run_table<Q2_KK>(A, g0, g1, (A.n_in / QK_K) * kPackQ2_K, std::make_integer_sequence<int, kMaxTileRows>());
+}
+
+void gemm_iq4_xs(const GemmArgs& A, int64_t g0, int64_t g1) {
+    if (A.n == 1) return decode_streams<iq4_xs_vec<kDecodeStreams>, iq4_xs_vec<1>>(A, g0, g1,
+                                                                   packed_group_bytes(GgmlType::IQ4_XS, A.n_in));
+    run_table<IQ4_XSK>(A, g0, g1, (A.n_in / QK_K) * kPackIQ4_XS, std::make_integer_sequence<int, kMaxTileRows>());
 }
 
 }  // namespace avx512

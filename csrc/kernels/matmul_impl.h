@@ -13,6 +13,7 @@
 //   Q8_0  8 slots x [16 rows][4 B] (int8 + 128, as uint8)               512 B per block of 32
 //         (Q5_0 is stored in this layout too, its values q - 16 widened to int8)
 //   Q4_0  4 slots x [16 rows][4 B] (qs bytes 4s..4s+3)                  256 B per block of 32
+//         (IQ4_NL is stored in this layout too: its indices into kIQ4NL)
 //         (Q8_0 and Q4_0 blocks are stored in pairs, d[b][16] f16 | d[b+1][16] f16 | quants of b |
 //          quants of b+1, so that every 64-byte load is cache-line aligned; a lone last block has
 //          32 zero bytes after its scales)
@@ -30,6 +31,9 @@
 //         (Q3_K is stored in this layout too: its values -4..3 as q, its scales sc - 32 as sc)
 //   Q2_K  Q6_K's layout (values 0..3 as q, the 4-bit scales as sc), then dmin[16] f16 |
 //         m[8][16][2] u8 (pair p, row r: mins of sub-blocks 2p and 2p + 1)   3648 B per block of 256
+//   IQ4_XS d[16] f16 | sc[8][16] i8 (ls - 32) | 32 zero bytes | 32 slots x [16 rows][4 B] (indices
+//         into kIQ4NL, arranged as Q4_K's qs: slot 8c+s byte e holds value 64c+4s+e in its low
+//         nibble, 64c+32+4s+e in its high one)                       2240 B per block of 256
 //
 // Every path computes each output with the same arithmetic, so results are bit-identical across
 // instruction sets and thread counts:
@@ -52,6 +56,8 @@
 //   Q2_K:           as Q6_K (values 0..3, scales 0..15), plus msum = sum_t m_t * xsum_t (int32, xsum_t: sum of the
 //                   16 int8 activations of sub-block t) and acc = fma(-(dmin_w * d_x), (float)msum, acc) after
 //                   the isum step
+//   IQ4_NL:         as Q8_0 (values kIQ4NL[q]; stored in Q4_0's layout, looked up before the dots)
+//   IQ4_XS:         as Q6_K with sub-blocks of 32 (values kIQ4NL[q], scales ls - 32)
 //   then y = acc + bias (or acc without bias).
 #pragma once
 #include <cstddef>
@@ -80,6 +86,9 @@ constexpr size_t kPackQ5_K = kPackQ4_K + 8 * 64;
 constexpr size_t kPackQ2_K = kPackQ6_K + 32 + 256;
 constexpr size_t kPackQ4_1 = 64 + 4 * 64;
 constexpr size_t kPackQ5_1 = 64 + 8 * 64;
+constexpr size_t kPackIQ4_XS = 32 + 128 + 32 + 32 * 64;  // quants start on a cache line
+// kIQ4NL + 128: the table the x86 kernels look indices up in, unsigned for vpdpbusd.
+alignas(16) constexpr uint8_t kIQ4NLBiased[16] = {1, 24, 45, 63, 79, 93, 106, 118, 129, 141, 153, 166, 181, 197, 217, 241};
 
 // Two int16 activation sums (of 16 values each: |sum| <= 2032) as one int32 lane pattern, low half
 // first, for the pairwise multiply-adds of the Q2_K min term.
@@ -242,7 +251,9 @@ void float_gemm_groups(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes,
     void gemm_q4_0(const GemmArgs&, int64_t, int64_t);                                                      \
     void gemm_q4_K(const GemmArgs&, int64_t, int64_t);                                                      \
     void gemm_q6_K(const GemmArgs&, int64_t, int64_t);                                                      \
-    void gemm_q2_K(const GemmArgs&, int64_t, int64_t);
+    void gemm_q2_K(const GemmArgs&, int64_t, int64_t);                                                      \
+    void gemm_iq4_xs(const GemmArgs&, int64_t, int64_t);                                                     \
+    void gemm_iq4_nl(const GemmArgs&, int64_t, int64_t);
 #if defined(TINYGPTV_X86)
 #define TG_X86_KERNEL_SET                                   \
     TG_SIMD_KERNEL_SET                                      \

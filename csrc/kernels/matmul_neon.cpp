@@ -148,6 +148,23 @@ inline void q4_0_unpack(const uint8_t* blk, int8x16_t (&w)[8]) {
     }
 }
 
+// Q4_0's layout, each index looked up (tbl) as its signed value: Q8_0's arithmetic on kIQ4NL[q]
+inline void iq4_nl_unpack(const uint8_t* blk, int8x16_t (&w)[8]) {
+    const int8x16_t lut = vld1q_s8(kIQ4NL);
+    q4_0_unpack(blk, w);
+    for (int s = 0; s < 8; s++) w[s] = vqtbl1q_s8(lut, vreinterpretq_u8_s8(w[s]));
+}
+
+// Q8_0's arithmetic over the weights of Q8_0 (values stored as q + 128) or IQ4_NL (Q4_0's layout).
+struct Q8_0W {
+    static constexpr size_t kQuant = kPackQ8_0;
+    static void unpack(const uint8_t* blk, int8x16_t (&w)[8]) { q8_0_unpack(blk, w); }
+};
+struct IQ4_NLW {
+    static constexpr size_t kQuant = kPackQ4_0;
+    static void unpack(const uint8_t* blk, int8x16_t (&w)[8]) { iq4_nl_unpack(blk, w); }
+};
+
 // start + the 32 products of a block, per row (two chains)
 template <bool DOT>
 inline int32x4_t dot32(int32x4_t start, const int8x16_t (&w)[8], const int8_t* xq) {
@@ -159,15 +176,15 @@ inline int32x4_t dot32(int32x4_t start, const int8x16_t (&w)[8], const int8_t* x
     return vaddq_s32(s0, s1);
 }
 
-template <bool DOT, int NT>
-void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) {
+template <class W, bool DOT, int NT>
+void q8_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) {
     const ActQ8& a = *A.a8;
     float32x4_t acc[NT];
     for (int j = 0; j < NT; j++) acc[j] = vdupq_n_f32(0.f);
     for (int64_t b = 0; b < a.nb; b++) {
         int8x16_t w[8];
-        q8_0_unpack(wg + pair_quant_off<kPackQ8_0>(b) + 16 * q, w);
-        const float32x4_t dw = load_ph(wg + pair_scale_off<kPackQ8_0>(b) + 8 * q);
+        W::unpack(wg + pair_quant_off<W::kQuant>(b) + 16 * q, w);
+        const float32x4_t dw = load_ph(wg + pair_scale_off<W::kQuant>(b) + 8 * q);
         for (int j = 0; j < NT; j++) {
             const int64_t ii = (i0 + j) * a.nb + b;
             const int32x4_t isum = dot32<DOT>(vdupq_n_s32(0), w, a.qs.data() + (i0 + j) * a.k + b * QK8_0);
@@ -176,6 +193,9 @@ void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     }
     for (int j = 0; j < NT; j++) store_out(A, i0 + j, g, q, acc[j]);
 }
+
+template <bool DOT, int NT> void q8_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) { q8_tile<Q8_0W, DOT, NT>(A, wg, g, i0, q); }
+template <bool DOT, int NT> void iq4_nl_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) { q8_tile<IQ4_NLW, DOT, NT>(A, wg, g, i0, q); }
 
 template <bool DOT, int NT>
 void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int q) {
@@ -202,8 +222,8 @@ void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
 
 // Decode (one activation row) over NG groups taken from NG separate places of the weight, all
 // four quarters of each: NG memory streams per core. Per output the arithmetic of the tiles.
-template <bool DOT, int NG>
-void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
+template <class W, bool DOT, int NG>
+void q8_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
     const ActQ8& a = *A.a8;
     float32x4_t acc[NG][4];
     for (int j = 0; j < NG; j++)
@@ -214,14 +234,17 @@ void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
         for (int j = 0; j < NG; j++)
             for (int q = 0; q < 4; q++) {
                 int8x16_t w[8];
-                q8_0_unpack(wg[j] + pair_quant_off<kPackQ8_0>(b) + 16 * q, w);
-                const float32x4_t dw = load_ph(wg[j] + pair_scale_off<kPackQ8_0>(b) + 8 * q);
+                W::unpack(wg[j] + pair_quant_off<W::kQuant>(b) + 16 * q, w);
+                const float32x4_t dw = load_ph(wg[j] + pair_scale_off<W::kQuant>(b) + 8 * q);
                 acc[j][q] = vfmaq_f32(acc[j][q], vmulq_f32(dw, dx), vcvtq_f32_s32(dot32<DOT>(vdupq_n_s32(0), w, xq)));
             }
     }
     for (int j = 0; j < NG; j++)
         for (int q = 0; q < 4; q++) store_out(A, 0, g[j], q, acc[j][q]);
 }
+
+template <bool DOT, int NG> void q8_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) { q8_vec<Q8_0W, DOT, NG>(A, wg, g); }
+template <bool DOT, int NG> void iq4_nl_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) { q8_vec<IQ4_NLW, DOT, NG>(A, wg, g); }
 
 template <bool DOT, int NG>
 void q4_0_vec(const GemmArgs& A, const uint8_t* const* wg, const int64_t* g) {
@@ -368,6 +391,39 @@ inline void q2_K_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int
     q6_K_super<DOT, NT, true>(a, wg, b, q, i0, acc);
 }
 
+// IQ4_XS: Q4_K's walk over the nibbles, each index looked up (tbl) as its signed value; sdot (or the
+// widening multiplies) takes signed values on both sides, so no offset is needed.
+template <bool DOT, int NT>
+inline void iq4_xs_super(const ActQ8K& a, const uint8_t* wg, int64_t b, int q, int64_t i0, float32x4_t (&acc)[NT]) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    const int8x16_t lut = vld1q_s8(kIQ4NL);
+    const uint8_t* blk = wg + b * kPackIQ4_XS;
+    const uint8_t* qs = blk + 192 + 16 * q;
+    int32x4_t isum[NT];
+    for (int j = 0; j < NT; j++) isum[j] = vdupq_n_s32(0);
+    for (int c = 0; c < 4; c++) {
+        int32x4_t ae[NT], ao[NT];
+        for (int j = 0; j < NT; j++) ae[j] = ao[j] = vdupq_n_s32(0);
+        for (int s = 0; s < 8; s++) {
+            const uint8x16_t v = vld1q_u8(qs + 64 * (8 * c + s));
+            const int8x16_t lo = vqtbl1q_s8(lut, vandq_u8(v, m4)), hi = vqtbl1q_s8(lut, vshrq_n_u8(v, 4));
+            for (int j = 0; j < NT; j++) {
+                const int8_t* xq = a.qs.data() + (i0 + j) * a.k + b * QK_K + 64 * c + 4 * s;
+                ae[j] = dp4<DOT>(ae[j], lo, bc(xq));
+                ao[j] = dp4<DOT>(ao[j], hi, bc(xq + 32));
+            }
+        }
+        const int32x4_t sce = load_s8x4(blk + 32 + 16 * (2 * c) + 4 * q);
+        const int32x4_t sco = load_s8x4(blk + 32 + 16 * (2 * c + 1) + 4 * q);
+        for (int j = 0; j < NT; j++) isum[j] = vmlaq_s32(vmlaq_s32(isum[j], ae[j], sce), ao[j], sco);
+    }
+    const float32x4_t dw = load_ph(blk + 8 * q);
+    for (int j = 0; j < NT; j++) {
+        const float32x4_t dx = vdupq_n_f32(a.d[(i0 + j) * a.nb + b]);
+        acc[j] = vfmaq_f32(acc[j], vmulq_f32(dw, dx), vcvtq_f32_s32(isum[j]));
+    }
+}
+
 // The prompt tile (NT activation rows of one group, one quarter q) and the decode kernel (one row,
 // NG groups, every quarter) of each K-quant type, made from its super-block routine.
 #define TG_TILE_AND_VEC(NAME, SUPER)                                                                 \
@@ -396,6 +452,7 @@ TG_TILE_AND_VEC(q4_K, q4_K_super)
 TG_TILE_AND_VEC(q5_K, q5_K_super)
 TG_TILE_AND_VEC(q6_K, q6_K_super)
 TG_TILE_AND_VEC(q2_K, q2_K_super)
+TG_TILE_AND_VEC(iq4_xs, iq4_xs_super)
 #undef TG_TILE_AND_VEC
 
 // Q4_1 / Q5_1 (values with a minimum), quarter q of a group for NT rows: per activation scale group c,
@@ -565,10 +622,12 @@ void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(
 
 TG_GEMM(q8_0, packed_group_bytes(GgmlType::Q8_0, A.n_in))
 TG_GEMM(q4_0, packed_group_bytes(GgmlType::Q4_0, A.n_in))
+TG_GEMM(iq4_nl, packed_group_bytes(GgmlType::IQ4_NL, A.n_in))
 TG_GEMM(q4_K, (size_t)(A.n_in / QK_K) * kPackQ4_K)
 TG_GEMM(q5_K, (size_t)(A.n_in / QK_K) * kPackQ5_K)
 TG_GEMM(q6_K, (size_t)(A.n_in / QK_K) * kPackQ6_K)
 TG_GEMM(q2_K, (size_t)(A.n_in / QK_K) * kPackQ2_K)
+TG_GEMM(iq4_xs, (size_t)(A.n_in / QK_K) * kPackIQ4_XS)
 #undef TG_GEMM
 
 void gemm_q4_1(const GemmArgs& A, int64_t g0, int64_t g1) {

@@ -202,7 +202,7 @@ void bind_kernels(py::module_& m) {
         [](const std::string& type, F32Array x) {
             GgmlType t = type_from_name(type);
             if (!quant_supported(t) || t == GgmlType::Q8_K)
-                throw ModelError(fmt("cannot quantize to %s (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)", type_name(t)));
+                throw ModelError(fmt("cannot quantize to %s (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)", type_name(t)));
             if (x.ndim() != 2) throw ModelError(fmt("quantize expects a 2-D array, got %d dimensions", (int)x.ndim()));
             const int64_t rows = x.shape(0), n = x.shape(1);
             const int64_t blk = type_traits((uint32_t)t).block;

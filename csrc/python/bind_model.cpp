@@ -77,8 +77,8 @@ void bind_model(py::module_& m) {
         .def("validate", [](const GGUFFile& f) {
             py::gil_scoped_release nogil;
             f.validate();
-        }, "Scans tensor data for NaN/Inf (F32/F16/BF16 values, fp16 scales of Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 "
-           "blocks); raises GGUFError naming the first offending tensor and element.")
+        }, "Scans tensor data for NaN/Inf (F32/F16/BF16 values, fp16 scales of Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/IQ4_NL "
+           "blocks and of Q4_K/Q5_K/Q6_K/IQ4_XS super-blocks); raises GGUFError naming the first offending tensor and element.")
         .def("tensor_data", [](std::shared_ptr<GGUFFile> f, const std::string& name) {
             const GGUFTensor* t = f->find_tensor(name);
             if (!t) throw py::key_error(name);

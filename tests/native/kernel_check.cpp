@@ -290,7 +290,8 @@ int main() {
                                       {53, 1280, 1}, {19, 2560, 2}};
         const GgmlType types[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, GgmlType::Q8_0,
                                   GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1,
-                                  GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+                                  GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K,
+                                  GgmlType::IQ4_NL, GgmlType::IQ4_XS};
         int cases = 0;
         for (GgmlType t : types) {
             const bool super = type_traits((uint32_t)t).block == QK_K;
