@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import gc
+import os
 import threading
 import time
 
@@ -205,7 +206,9 @@ def test_no_growth_over_500_mixed_requests(model, image):
         one(k)
     gc.collect()
     grown = _rss_mb() - before
-    assert grown < 8, f"RSS grew by {grown:.1f} MB over 500 requests"
+    # (not under AddressSanitizer, whose quarantine keeps freed memory on purpose; leaks are its own report there)
+    if "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        assert grown < 8, f"RSS grew by {grown:.1f} MB over 500 requests"
     assert model.engine.gen.n_active == 0
 
 
