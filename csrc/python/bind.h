@@ -3,6 +3,9 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+#include <string>
+
+#include "ggml_type.h"
 #include "sampler.h"
 
 namespace tg {
@@ -20,6 +23,9 @@ inline SamplerParams sampler_params(float temperature, int top_k, float top_p, f
     p.seed = seed;
     return p;
 }
+
+// A GGML type by its name, any case ("q4_0", "Q4_K"); ModelError for an unknown one (bind_kernels.cpp).
+GgmlType type_from_name(const std::string& name);
 
 void bind_errors(pybind11::module_& m);
 void bind_kernels(pybind11::module_& m);    // quantizers

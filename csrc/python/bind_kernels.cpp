@@ -32,11 +32,6 @@ namespace py = pybind11;
 
 namespace tg {
 
-namespace {
-
-using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
-
 GgmlType type_from_name(const std::string& name) {
     std::string up;
     for (char c : name) up += (char)std::toupper((unsigned char)c);
@@ -46,6 +41,12 @@ GgmlType type_from_name(const std::string& name) {
     }
     throw ModelError(fmt("unknown tensor type '%s'", name.c_str()));
 }
+
+namespace {
+
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
 
 class PreparedWeight {
 public:

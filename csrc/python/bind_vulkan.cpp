@@ -106,16 +106,6 @@ vk::Device& hook_device(int index) {
     return ref;
 }
 
-GgmlType type_from_name(const std::string& name) {
-    std::string up;
-    for (char c : name) up += (char)std::toupper((unsigned char)c);
-    for (uint32_t id = 0; id < 64; id++) {
-        const char* n = type_traits(id).name;
-        if (n && up == n) return (GgmlType)id;
-    }
-    throw ModelError(fmt("unknown tensor type '%s'", name.c_str()));
-}
-
 std::unique_ptr<vk::Buffer> upload(vk::Device& d, const void* data, size_t bytes) {
     auto b = d.buffer(bytes);
     d.upload(*b, data, bytes);
