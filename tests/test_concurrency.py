@@ -134,6 +134,48 @@ def test_gil_released_during_compute(big_model):
         f"only {results['ticks']} ticks during a {results['dt']:.3f} s call: the GIL seems to be held"
 
 
+def test_getters_wait_for_a_decode_without_the_gil(big_model):
+    """A thread asking a busy context for its state waits for the lock without holding the GIL: the
+    other Python threads (a server's event loop) keep running while a decode holds the context."""
+    s = _core.Context(big_model, 512, 2, 1, False)
+    ids = np.arange(256, dtype=np.int32) % big_model.n_vocab
+    ticks = [0]
+    stop = threading.Event()
+    results = {"asks": 0}
+
+    def ticker():
+        while not stop.is_set():
+            ticks[0] += 1
+            time.sleep(0.0005)
+
+    def decoder():
+        while not stop.is_set():
+            s.truncate(0, 0)
+            s.eval_tokens(0, ids)
+
+    def asker():  # each call waits for the decode in progress to end
+        while not stop.is_set():
+            s.n_past(0), s.tokens(1), s.kv_reserved_bytes, s.image_cache_info()
+            results["asks"] += 1
+
+    threads = [threading.Thread(target=f) for f in (decoder, asker)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    th = threading.Thread(target=ticker)
+    th.start()
+    a = time.perf_counter()
+    time.sleep(0.4)
+    stop.set()
+    dt = time.perf_counter() - a
+    for t in threads + [th]:
+        t.join()
+    # Held while waiting, the GIL reaches the ticker only between one decode and the next wait: about 30
+    # ticks in 0.4 s where a free GIL gives about 600.
+    assert results["asks"] >= 1
+    assert ticks[0] > 0.25 * dt / 0.002, f"only {ticks[0]} ticks in {dt:.3f} s: a getter held the GIL while waiting"
+
+
 def test_contexts_overlap_in_time(big_model):
     """Two threads' eval calls are in flight at the same moment (each records when it is inside). One
     call each, so that a held GIL would leave the probe no chance to see both inside: the call is made

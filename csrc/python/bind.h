@@ -3,7 +3,9 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+#include <mutex>
 #include <string>
+#include <utility>
 
 #include "ggml_type.h"
 #include "sampler.h"
@@ -22,6 +24,16 @@ inline SamplerParams sampler_params(float temperature, int top_k, float top_p, f
     p.penalty_last_n = penalty_last_n;
     p.seed = seed;
     return p;
+}
+
+// Runs fn under a context's lock with the GIL released, and returns its (C++) result. A thread that waits
+// for the lock while another decodes must not hold the GIL meanwhile: that would stop every other Python
+// thread, the server's event loop among them, for up to a whole step. fn must not touch Python objects.
+template <class Lockable, class Fn>
+auto without_gil_locked(Lockable& c, Fn&& fn) -> decltype(fn()) {
+    pybind11::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lk(c.mutex());
+    return std::forward<Fn>(fn)();
 }
 
 // A GGML type by its name, any case ("q4_0", "Q4_K"); ModelError for an unknown one (bind_kernels.cpp).

@@ -3,6 +3,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <array>
+
 #include "errors.h"
 #include "model/context.h"
 #include "python/bind.h"
@@ -104,8 +106,7 @@ void bind_context(py::module_& m) {
         .def_property_readonly("n_seq", &Context::n_seq)
         .def_property_readonly("n_threads", &Context::n_threads)
         .def_property_readonly("kv_reserved_bytes", [](Context& c) {
-            std::lock_guard<std::mutex> lk(c.mutex());
-            return c.kv().reserved_bytes();
+            return without_gil_locked(c, [&] { return c.kv().reserved_bytes(); });
         }, "bytes of the KV cache reserved by the sequences written so far")
         .def("decode", [](Context& c, const PyBatch& b) {
             const int64_t V = c.model().hparams().n_vocab;
@@ -150,18 +151,17 @@ void bind_context(py::module_& m) {
         }, py::arg("seq"), py::arg("embeddings"), py::arg("all_logits") = false,
            "Appends rows of input embeddings (n, n_embd) to one sequence; logits as eval_tokens.")
         .def("n_past", [](Context& c, int seq) {
-            std::lock_guard<std::mutex> lk(c.mutex());
-            return c.n_past(seq);
+            return without_gil_locked(c, [&] { return c.n_past(seq); });
         }, py::arg("seq"))
         .def("tokens", [](Context& c, int seq) {
-            std::lock_guard<std::mutex> lk(c.mutex());
-            std::vector<int32_t> out;
-            for (const Cell& cl : c.kv().cells(seq)) out.push_back(cl.token);
-            return out;
+            return without_gil_locked(c, [&] {
+                std::vector<int32_t> out;
+                for (const Cell& cl : c.kv().cells(seq)) out.push_back(cl.token);
+                return out;
+            });
         }, py::arg("seq"), "what the sequence's cache holds: token ids, -1 for image rows")
         .def("truncate", [](Context& c, int seq, int64_t p0) {
-            std::lock_guard<std::mutex> lk(c.mutex());
-            c.seq_truncate(seq, p0);
+            without_gil_locked(c, [&] { c.seq_truncate(seq, p0); });
         }, py::arg("seq"), py::arg("p0"), "forget positions [p0, n_past) of a sequence")
         .def("copy", [](Context& c, int src, int dst, int64_t n) {
             py::gil_scoped_release nogil;
@@ -169,34 +169,33 @@ void bind_context(py::module_& m) {
             c.seq_copy(src, dst, n);
         }, py::arg("src"), py::arg("dst"), py::arg("n"), "sequence dst becomes the first n positions of src")
         .def("clear", [](Context& c, int seq) {
-            std::lock_guard<std::mutex> lk(c.mutex());
-            c.seq_clear(seq);
+            without_gil_locked(c, [&] { c.seq_clear(seq); });
         }, py::arg("seq"))
         .def("longest_prefix", [](Context& c, std::vector<int32_t> ids) {
             std::vector<Cell> cells;
             for (int32_t t : ids) cells.push_back(Cell::of_token(t));
-            std::lock_guard<std::mutex> lk(c.mutex());
-            return c.longest_prefix(cells.data(), (int64_t)cells.size(), nullptr);
+            return without_gil_locked(c, [&] { return c.longest_prefix(cells.data(), (int64_t)cells.size(), nullptr); });
         }, py::arg("ids"), "(sequence, length): the sequence holding the longest prefix of the token ids")
         .def("encode_image", &encode_pixels, py::arg("pixels"),
              "The ImageEmbedding of a normalised float32 image (3, S, S), from the cache when the same pixels were "
              "encoded before. The KV cache is not touched.")
         .def("image_cache_info", [](Context& c) {
-            std::lock_guard<std::mutex> lk(c.mutex());
-            ImageCache& ic = c.image_cache();
+            const auto info = without_gil_locked(c, [&] {
+                const ImageCache& ic = c.image_cache();
+                return std::array<int64_t, 5>{(int64_t)ic.size(), (int64_t)ic.bytes(), (int64_t)ic.max_bytes(),
+                                              (int64_t)ic.hits(), (int64_t)ic.misses()};
+            });
             py::dict d;
-            d["entries"] = ic.size(); d["bytes"] = ic.bytes(); d["max_bytes"] = ic.max_bytes();
-            d["hits"] = ic.hits(); d["misses"] = ic.misses();
+            d["entries"] = info[0]; d["bytes"] = info[1]; d["max_bytes"] = info[2];
+            d["hits"] = info[3]; d["misses"] = info[4];
             return d;
         })
         .def("clear_image_cache", [](Context& c) {
-            std::lock_guard<std::mutex> lk(c.mutex());
-            c.image_cache().clear();
+            without_gil_locked(c, [&] { c.image_cache().clear(); });
         })
         .def("set_image_cache_mb", [](Context& c, double mb) {
             if (!(mb >= 0) || mb > 1e6) throw ModelError(fmt("image_cache_mb %g must be in [0, 1e6]", mb));
-            std::lock_guard<std::mutex> lk(c.mutex());
-            c.image_cache().set_max_bytes((size_t)(mb * (1 << 20)));
+            without_gil_locked(c, [&] { c.image_cache().set_max_bytes((size_t)(mb * (1 << 20))); });
         }, py::arg("mb"));
 }
 

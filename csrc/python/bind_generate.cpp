@@ -102,35 +102,26 @@ void bind_generate(py::module_& m) {
         }, "one decode call for every active sequence: a list of (seq, token or -1, text, finished, reason, logprob, "
            "top, ticket) where top is [(id, logprob)] with n_probs, else None")
         .def("cancel", [](PyGenerator& g, int seq) {
-            GenEvent e;
-            {
-                std::lock_guard<std::mutex> lk(g.ctx->mutex());
-                e = g.gen.cancel(seq);
-            }
+            const GenEvent e = without_gil_locked(*g.ctx, [&] { return g.gen.cancel(seq); });
             return event_tuple(e);
         }, py::arg("seq"))
         .def("prompt_logits", [](PyGenerator& g, int seq) {
-            std::lock_guard<std::mutex> lk(g.ctx->mutex());
-            const std::vector<float>& l = g.gen.prompt_logits(seq);
+            const std::vector<float> l = without_gil_locked(*g.ctx, [&] { return g.gen.prompt_logits(seq); });
             py::array_t<float> out((py::ssize_t)l.size());
             std::memcpy(out.mutable_data(), l.data(), sizeof(float) * l.size());
             return out;
         }, py::arg("seq"), "the logits at the end of the sequence's last prompt")
         .def("reserve", [](PyGenerator& g) {
-            std::lock_guard<std::mutex> lk(g.ctx->mutex());
-            return g.gen.reserve();
+            return without_gil_locked(*g.ctx, [&] { return g.gen.reserve(); });
         }, "a free sequence taken out of the generator's use until release(seq)")
         .def("release", [](PyGenerator& g, int seq) {
-            std::lock_guard<std::mutex> lk(g.ctx->mutex());
-            g.gen.release(seq);
+            without_gil_locked(*g.ctx, [&] { g.gen.release(seq); });
         }, py::arg("seq"))
         .def_property_readonly("n_active", [](PyGenerator& g) {
-            std::lock_guard<std::mutex> lk(g.ctx->mutex());
-            return g.gen.n_active();
+            return without_gil_locked(*g.ctx, [&] { return g.gen.n_active(); });
         })
         .def_property_readonly("has_free_slot", [](PyGenerator& g) {
-            std::lock_guard<std::mutex> lk(g.ctx->mutex());
-            return g.gen.has_free_slot();
+            return without_gil_locked(*g.ctx, [&] { return g.gen.has_free_slot(); });
         });
 }
 
