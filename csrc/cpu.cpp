@@ -9,6 +9,10 @@
 
 #if defined(TINYGPTV_X86)
 #include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #endif
 #if defined(TINYGPTV_ARM) && defined(__linux__)
 #include <sys/auxv.h>
@@ -28,9 +32,24 @@ namespace tg {
 namespace {
 
 struct Features {
-    bool avx2 = false, avx512 = false, avx512_bf16 = false;
+    bool avx2 = false, avx512 = false, avx512_bf16 = false, amx_int8 = false;
     bool neon = false, neon_dot = false;  // AArch64 NEON, and its ARMv8.2 dot product (sdot)
 };
+
+#if defined(TINYGPTV_X86)
+// Linux hands out the tile data state per process on request; without it the first tile instruction
+// raises SIGILL. Elsewhere (no such request) the tiles are not used.
+bool amx_permitted() {
+#if defined(__linux__)
+    const long kReqPerm = 0x1023, kGetPerm = 0x1022, kXTileData = 18;  // asm/prctl.h, XFEATURE_XTILEDATA
+    if (syscall(SYS_arch_prctl, kReqPerm, kXTileData) != 0) return false;
+    unsigned long perm = 0;
+    return syscall(SYS_arch_prctl, kGetPerm, &perm) == 0 && (perm & (1ul << kXTileData));
+#else
+    return false;
+#endif
+}
+#endif
 
 Features detect() {
     Features f;
@@ -49,7 +68,10 @@ Features detect() {
     const bool vnni = c & (1u << 11);
     f.avx2 = ymm_os && avx2 && fma && f16c;
     f.avx512 = f.avx2 && zmm_os && f512 && dq && bw && vl && vnni;
+    const bool amx_cpu = (d & (1u << 24)) && (d & (1u << 25));  // AMX-TILE, AMX-INT8
+    const bool amx_os = (xlo & 0x60000) == 0x60000;              // XCR0: XTILECFG, XTILEDATA
     if (f.avx512 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512_bf16 = a & (1u << 5);
+    f.amx_int8 = f.avx512 && amx_cpu && amx_os && amx_permitted();
 #endif
 #if defined(TINYGPTV_ARM) && defined(__linux__)
     const unsigned long hw = getauxval(AT_HWCAP);
@@ -91,6 +113,29 @@ void init_active() {
 
 bool cpu_has_avx512_bf16() { return features().avx512_bf16; }
 bool cpu_has_neon_dot() { return features().neon_dot; }
+bool cpu_has_amx_int8() { return features().amx_int8; }
+
+namespace {
+std::atomic<int> g_amx{-1};  // -1: not decided yet
+}
+
+bool amx_active() {
+    int v = g_amx.load(std::memory_order_relaxed);
+    if (v < 0) {
+        const char* env = std::getenv("TINYGPTV_AMX");
+        const bool off = env && (!std::strcmp(env, "0") || !std::strcmp(env, "off"));
+        int expected = -1;
+        g_amx.compare_exchange_strong(expected, cpu_has_amx_int8() && !off ? 1 : 0);
+        v = g_amx.load();
+    }
+    return v == 1;
+}
+
+void set_amx(bool on) {
+    if (on && !cpu_has_amx_int8())
+        throw ModelError("AMX tiles are not available here (the CPU lacks AMX-INT8, or the OS does not allow them)");
+    g_amx.store(on ? 1 : 0);
+}
 
 const char* isa_name(Isa isa) {
     switch (isa) {

@@ -3,6 +3,8 @@
 // int8 products take sdot where it exists).
 // TINYGPTV_ISA=scalar|avx2|avx512|neon in the environment forces a path (an unsupported choice is an
 // error at first use). set_isa() switches at run time (tests use it to compare every path).
+// On the AVX-512 path, AMX tiles (Intel, Sapphire Rapids and later) take the int8 products of prompts
+// where the CPU and the OS allow them; TINYGPTV_AMX=0 turns them off, set_amx() switches at run time.
 #pragma once
 
 namespace tg {
@@ -17,5 +19,8 @@ void set_isa(Isa isa);        // throws ModelError if unsupported
 Isa parse_isa(const char* name);  // throws ModelError on an unknown name
 bool cpu_has_avx512_bf16();   // AVX512_BF16 (vdpbf16ps) on top of the AVX-512 path
 bool cpu_has_neon_dot();      // the ARMv8.2 dot product (sdot) on top of the NEON path
+bool cpu_has_amx_int8();      // AMX-TILE + AMX-INT8, enabled by the OS and permitted to this process
+bool amx_active();            // the AVX-512 path uses AMX tiles now
+void set_amx(bool on);        // throws ModelError when turning on where cpu_has_amx_int8() is false
 
 }  // namespace tg

@@ -21,6 +21,10 @@ from tinygptv_native import ModelError, _core  # noqa: E402
 from tinygptv_native._core import _testing  # noqa: E402
 
 ISAS = [s for s in ("scalar", "avx2", "avx512", "neon") if _testing.isa_supported(s)]
+# AVX-512 with AMX tiles (the prompt products of Q8_0, Q4_0 and IQ4_NL from 16 rows) is a path of its
+# own here; plain "avx512" then means the tiles are off.
+if _testing.amx_supported():
+    ISAS.append("avx512+amx")
 SIMD = [s for s in ISAS if s != "scalar"]
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL",
          "IQ4_XS"]
@@ -36,10 +40,19 @@ REL_ERROR_VS_FLOAT = {"F32": 1e-6, "F16": 5e-4, "BF16": 4e-3, "Q8_0": 0.01, "Q4_
                       "IQ4_XS": 0.07}
 
 
+def set_path(isa):
+    """An entry of ISAS: the instruction set, and on AMX machines whether the tiles are on."""
+    _testing.set_isa(isa.split("+")[0])
+    if _testing.amx_supported():
+        _testing.set_amx(isa.endswith("+amx"))
+
+
 @pytest.fixture(autouse=True)
 def restore_isa():
     yield
     _testing.set_isa(_testing.isa_best())
+    if _testing.amx_supported():
+        _testing.set_amx(True)
 
 
 def n_ins(ty):
@@ -48,7 +61,7 @@ def n_ins(ty):
 
 
 def run(ty, isa, wq, n_out, n_in, x, bias, threads=2):
-    _testing.set_isa(isa)
+    set_path(isa)
     return _testing.matmul_test(ty, wq, n_out, n_in, x, bias, threads)
 
 
@@ -157,6 +170,7 @@ def test_extreme_blocks_bit_identical(ty):
     w = np.array(rows * 3, np.float32) * np.float32(3.0)
     wq = _core.quantize(ty, w)
     x = np.array(rows[:4] + [-r for r in rows[:3]], np.float32) * np.float32(7.0)
+    x = np.concatenate([x, x[::-1], x, x[:1]])  # 22 rows: AMX tiles take 16 at a time
     ys = run(ty, "scalar", wq, w.shape[0], n_in, x, None)
     big = np.abs(ys).max()
     assert big > 0.5 * 21 * n_in  # the sums really are at the top of the range
@@ -205,7 +219,7 @@ def test_activation_quantizer_blocks():
     assert not qs0[:finite_rows].reshape(finite_rows, nb, 32)[zero].any()
     assert list(qs0[0, 3 * 32:4 * 32:8]) == [127, -8, 1, 9] and list(qs0[0, 33 * 32 + 1:33 * 32 + 4]) == [15, 14, 13]
     for isa in SIMD:
-        _testing.set_isa(isa)
+        set_path(isa)
         qs, d, s = _testing.quantize_act_q8(x)
         assert np.array_equal(qs, qs0), f"{isa}: values differ in blocks {np.argwhere((qs != qs0).reshape(n, nb, 32).any(2))[:5]}"
         assert np.array_equal(d.view(np.uint32), d0.view(np.uint32)) or np.array_equal(d, d0, equal_nan=True), isa
@@ -222,7 +236,7 @@ def test_activation_quantizer_blocks():
         np.testing.assert_array_equal(qs0[:finite_rows] * np.repeat(d0[:finite_rows], 128, 1)[:, :nb * 32], ref_x)
     assert list(qs0[0, 3 * 32:4 * 32:8]) == [127, -8, 1, 9]  # the group's maximum is that block's 127
     for isa in SIMD:
-        _testing.set_isa(isa)
+        set_path(isa)
         qs, d, s = _testing.quantize_act_q8(x, 4)
         assert np.array_equal(qs, qs0), f"{isa}: values differ in blocks {np.argwhere((qs != qs0).reshape(n, nb, 32).any(2))[:5]}"
         assert np.array_equal(d.view(np.uint32), d0.view(np.uint32)) or np.array_equal(d, d0, equal_nan=True), isa
@@ -333,9 +347,9 @@ def test_repacked_only_where_simd_kernels_exist(ty):
     _testing.set_isa("scalar")
     ys = _testing.PreparedWeight(ty, wq, n_out, n_in).matmul(x, None, 2)
     for isa in ISAS:
-        _testing.set_isa(isa)
+        set_path(isa)
         pw = _testing.PreparedWeight(ty, wq, n_out, n_in, prepare_threads=2)
-        assert pw.repacked == (isa in SIMD_PATHS[ty]), f"{ty}/{isa}"
+        assert pw.repacked == (isa.split("+")[0] in SIMD_PATHS[ty]), f"{ty}/{isa}"
         assert np.array_equal(pw.matmul(x, None, 2).view(np.uint32), ys.view(np.uint32)), f"{ty}/{isa}"
 
 
@@ -355,7 +369,7 @@ def test_q5_0_runs_on_the_q8_0_kernels():
     assert np.array_equal(_core.dequantize("Q8_0", q8, (n_out, n_in)), wd.astype(np.float32))
     x = rng.standard_normal((5, n_in)).astype(np.float32)
     for isa in ISAS:
-        _testing.set_isa(isa)
+        set_path(isa)
         pw = _testing.PreparedWeight("Q5_0", wq, n_out, n_in, prepare_threads=2)
         assert pw.repacked == (isa != "scalar"), isa
         for n in (1, 5):
@@ -389,7 +403,7 @@ def test_q3_k_runs_on_the_q6_k_kernels():
     assert np.array_equal(_core.dequantize("Q6_K", q6, (n_out, n_in)), wd.astype(np.float32))
     x = rng.standard_normal((5, n_in)).astype(np.float32)
     for isa in ISAS:
-        _testing.set_isa(isa)
+        set_path(isa)
         pw = _testing.PreparedWeight("Q3_K", wq, n_out, n_in, prepare_threads=2)
         assert pw.repacked == (isa != "scalar"), isa
         for n in (1, 5):
@@ -412,7 +426,7 @@ def test_iq4_nl_computes_as_q8_0():
     assert np.array_equal(_core.dequantize("Q8_0", q8, (n_out, n_in)), wd.astype(np.float32))
     x = rng.standard_normal((5, n_in)).astype(np.float32)
     for isa in ISAS:
-        _testing.set_isa(isa)
+        set_path(isa)
         pw = _testing.PreparedWeight("IQ4_NL", wq, n_out, n_in, prepare_threads=2)
         for n in (1, 5):
             y4 = pw.matmul(x[:n], None, 2)
@@ -438,14 +452,18 @@ def test_bad_arguments():
 
 def test_isa_reporting():
     assert _testing.isa() in ISAS
-    assert _testing.isa_best() == ISAS[-1]
+    assert _testing.isa_best() == ISAS[-1].split("+")[0]
     for isa in ISAS:
-        _testing.set_isa(isa)
-        assert _testing.isa() == isa
+        set_path(isa)
+        assert _testing.isa() == isa.split("+")[0]
+        assert _testing.amx() == isa.endswith("+amx")
+    if not _testing.amx_supported():
+        with pytest.raises(ModelError, match="AMX tiles are not available"):
+            _testing.set_amx(True)
     for isa in ("avx2", "avx512", "neon"):
         if not _testing.isa_supported(isa):
             with pytest.raises(ModelError, match="not supported"):
-                _testing.set_isa(isa)
+                set_path(isa)
 
 
 # ---- tinygptv quantize ----------------------------------------------------------------------
@@ -644,13 +662,15 @@ def test_isa_environment_variable():
     import subprocess
     import sys
     from fixtures.proc import CHILD_CWD, child_env
-    code = "from tinygptv_native._core import _testing; print(_testing.isa())"
+    code = "from tinygptv_native._core import _testing; print(_testing.isa(), _testing.amx())"
     env = child_env()
     for isa in ISAS:
-        env["TINYGPTV_ISA"] = isa
+        env["TINYGPTV_ISA"] = isa.split("+")[0]
+        env["TINYGPTV_AMX"] = "1" if isa.endswith("+amx") else "0"
         out = subprocess.run([sys.executable, "-c", code], env=env, cwd=CHILD_CWD, capture_output=True, text=True,
                              timeout=60)
-        assert out.returncode == 0 and out.stdout.strip() == isa, out.stderr
+        assert out.returncode == 0 and out.stdout.split() == [isa.split("+")[0], str(isa.endswith("+amx"))], out.stderr
+    del env["TINYGPTV_AMX"]
     env["TINYGPTV_ISA"] = "sse9"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=CHILD_CWD, capture_output=True, text=True,
                          timeout=60)

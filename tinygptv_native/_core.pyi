@@ -212,6 +212,9 @@ def log(level: int, message: str) -> None: ...
 #   isa_best() -> the fastest instruction set this CPU supports
 #   isa_supported(name) -> whether that instruction set can run here
 #   set_isa(name): forces the kernels onto an instruction set (weights prepared later use it)
+#   amx_supported() -> whether AMX tiles can run here (CPU, OS and its permission)
+#   amx() -> whether the AVX-512 path uses AMX tiles for prompt products now (TINYGPTV_AMX=0: off)
+#   set_amx(on): turns them on or off
 #   vec_math(fn, x) -> float32: 'exp', 'erf', 'gelu_erf', 'gelu_tanh' or 'softmax' (over the last axis)
 #   quantize_act_q8(x, group=1) -> int8 values [n, k], scales, block sums: the Q8_0/Q4_0 activations
 #   to_f16(x) -> uint16: float32 to IEEE half bits, as a half-precision K/V cache stores them

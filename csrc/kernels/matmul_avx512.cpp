@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu.h"
 #include "kernels/matmul_impl.h"
 #include "quants.h"
 
@@ -622,6 +623,168 @@ template <int NT> struct IQ4_XSK { static void run(const GemmArgs& A, const uint
 template <int NT> struct Q6_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q6_K_tile<NT>(A, w, g, i); } };
 template <int NT> struct Q2_KK { static void run(const GemmArgs& A, const uint8_t* w, int64_t g, int64_t i) { q2_K_tile<NT>(A, w, g, i); } };
 
+#if defined(TINYGPTV_AMX)
+// ---- AMX tiles: prompt products of Q8_0, Q4_0 and IQ4_NL weights ---------------------------------
+//
+// One tile product per block: tdpbsud multiplies 16 activation rows' 32 int8 values (A: 16 x 32
+// bytes, straight from ActQ8::qs) by one group's 32 values x 16 outputs (B: 8 lines of [16 outputs]
+// [4 values], which is both the repacked layout's slots and AMX's operand layout: Q8_0's are loaded as
+// they are, 4-bit blocks are unpacked into a scratch line first) into exact int32 sums (C: 16 x 16).
+// Each output then takes the float steps of the vpdpbusd tiles, so results are bit-identical to
+// theirs. Two sets of tiles (0-2 and 3-5) keep two blocks' products in flight.
+constexpr int kAmxRows = 16;
+
+struct alignas(64) TileConfig {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+};
+
+// The tile configuration belongs to the calling thread; released at the end of the scope, a thread
+// carries no tile state through context switches.
+struct AmxScope {
+    AmxScope() {
+        TileConfig c;
+        for (int s = 0; s < 2; s++) {
+            c.rows[3 * s] = kAmxRows;       c.colsb[3 * s] = QK8_0;  // A: rows x 32 int8
+            c.rows[3 * s + 1] = QK8_0 / 4;  c.colsb[3 * s + 1] = 64; // B: 8 x [16 outputs][4 values]
+            c.rows[3 * s + 2] = kAmxRows;   c.colsb[3 * s + 2] = 64; // C: rows x 16 int32
+        }
+        _tile_loadconfig(&c);
+    }
+    ~AmxScope() { _tile_release(); }
+    AmxScope(const AmxScope&) = delete;
+    AmxScope& operator=(const AmxScope&) = delete;
+};
+
+// B operands: a block's 32 values of one group as 8 lines of 64 bytes, and the group's 16 scales.
+struct Q8_0Amx {  // the layout's slots as they are
+    static const uint8_t* values(const uint8_t* wg, int64_t b, uint8_t*) { return wg + pair_quant_off<kPackQ8_0>(b); }
+    static __m512 scales(const uint8_t* wg, int64_t b) {
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(wg + pair_scale_off<kPackQ8_0>(b))));
+    }
+};
+template <class W>  // Q4_0W, IQ4_NLW: unpacked as their vpdpbusd tiles unpack them
+struct UnpackedAmx {
+    static const uint8_t* values(const uint8_t* wg, int64_t b, uint8_t* line) {
+        __m512i w[8];
+        W::load(wg, b, w);
+        for (int s = 0; s < 8; s++) _mm512_store_si512(line + 64 * s, w[s]);
+        return line;
+    }
+    static __m512 scales(const uint8_t* wg, int64_t b) {
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(wg + pair_scale_off<kPackQ4_0>(b))));
+    }
+};
+
+// The exact int32 sums of blocks b (into c[0]) and, with TWO, b + 1 (into c[1]) for 16 rows from x.
+template <class B, bool TWO>
+__attribute__((always_inline)) inline void amx_blocks(const uint8_t* wg, const int8_t* x, int64_t k, int64_t b,
+                                                      uint8_t (*line)[512], int32_t (*c)[kAmxRows * 16]) {
+    _tile_loadd(0, x + b * QK8_0, k);
+    _tile_loadd(1, B::values(wg, b, line[0]), 64);
+    _tile_zero(2);
+    _tile_dpbsud(2, 0, 1);
+    if constexpr (TWO) {
+        _tile_loadd(3, x + (b + 1) * QK8_0, k);
+        _tile_loadd(4, B::values(wg, b + 1, line[1]), 64);
+        _tile_zero(5);
+        _tile_dpbsud(5, 3, 4);
+    }
+    _tile_stored(2, c[0], 64);
+    if constexpr (TWO) _tile_stored(5, c[1], 64);
+}
+
+// Q8_0 arithmetic (Q8_0, IQ4_NL): acc = fma(dw * dx, float(corr + isum), acc) per block.
+template <class B, bool TWO>
+__attribute__((always_inline)) inline void amx_q8_blocks(const ActQ8& a, const uint8_t* wg, const int8_t* x, int64_t i0,
+                                                         int64_t b, uint8_t (*line)[512], int32_t (*c)[kAmxRows * 16],
+                                                         __m512 (&acc)[kAmxRows]) {
+    amx_blocks<B, TWO>(wg, x, a.k, b, line, c);
+    for (int h = 0; h < 1 + TWO; h++) {
+        const __m512 dw = B::scales(wg, b + h);
+        const int32_t* corr = a.corr.data() + i0 * a.nb + b + h;
+        const float* dx = a.d.data() + i0 * a.nb + b + h;
+        for (int j = 0; j < kAmxRows; j++) {
+            const __m512i isum = _mm512_add_epi32(_mm512_set1_epi32(corr[j * a.nb]), _mm512_load_si512(c[h] + 16 * j));
+            acc[j] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(dx[j * a.nb])), magic_to_float(isum), acc[j]);
+        }
+    }
+}
+
+template <class B>
+void amx_q8_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0) {
+    const ActQ8& a = *A.a8;
+    alignas(64) uint8_t line[2][512];
+    alignas(64) int32_t c[2][kAmxRows * 16];
+    __m512 acc[kAmxRows];
+    for (int j = 0; j < kAmxRows; j++) acc[j] = _mm512_setzero_ps();
+    const int8_t* x = a.qs.data() + i0 * a.k;
+    int64_t b = 0;
+    for (; b + 2 <= a.nb; b += 2) amx_q8_blocks<B, true>(a, wg, x, i0, b, line, c, acc);
+    if (b < a.nb) amx_q8_blocks<B, false>(a, wg, x, i0, b, line, c, acc);
+    for (int j = 0; j < kAmxRows; j++) store_out(A, i0 + j, g, acc[j]);
+}
+
+// Q4_0 arithmetic: per activation scale group, t = fma(dw, float(corr + isum), t) per block, then
+// acc = fma(dx, t, acc) (acc kept in memory: with t, 32 vectors would not fit in the registers).
+template <bool TWO>
+__attribute__((always_inline)) inline void amx_q4_0_blocks(const ActQ8& a, const uint8_t* wg, const int8_t* x, int64_t i0,
+                                                           int64_t b, uint8_t (*line)[512], int32_t (*c)[kAmxRows * 16],
+                                                           __m512 (&t)[kAmxRows]) {
+    using B = UnpackedAmx<Q4_0W>;
+    amx_blocks<B, TWO>(wg, x, a.k, b, line, c);
+    for (int h = 0; h < 1 + TWO; h++) {
+        const __m512 dw = B::scales(wg, b + h);
+        const int32_t* corr = a.corr.data() + i0 * a.nb + b + h;
+        for (int j = 0; j < kAmxRows; j++) {
+            const __m512i isum = _mm512_add_epi32(_mm512_set1_epi32(corr[j * a.nb]), _mm512_load_si512(c[h] + 16 * j));
+            t[j] = _mm512_fmadd_ps(dw, magic_to_float(isum), t[j]);
+        }
+    }
+}
+
+void amx_q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0) {
+    const ActQ8& a = *A.a8;
+    alignas(64) uint8_t line[2][512];
+    alignas(64) int32_t c[2][kAmxRows * 16];
+    alignas(64) float acc[kAmxRows][16] = {};
+    const int8_t* x = a.qs.data() + i0 * a.k;
+    for (int64_t cg = 0; cg < a.ng; cg++) {
+        __m512 t[kAmxRows];
+        for (int j = 0; j < kAmxRows; j++) t[j] = _mm512_setzero_ps();
+        const int64_t b1 = std::min(a.nb, (cg + 1) * kActGroupQ4_0);
+        int64_t b = cg * kActGroupQ4_0;
+        for (; b + 2 <= b1; b += 2) amx_q4_0_blocks<true>(a, wg, x, i0, b, line, c, t);
+        if (b < b1) amx_q4_0_blocks<false>(a, wg, x, i0, b, line, c, t);
+        for (int j = 0; j < kAmxRows; j++)
+            _mm512_store_ps(acc[j], _mm512_fmadd_ps(_mm512_set1_ps(a.d[(i0 + j) * a.ng + cg]), t[j], _mm512_load_ps(acc[j])));
+    }
+    for (int j = 0; j < kAmxRows; j++) store_out(A, i0 + j, g, _mm512_load_ps(acc[j]));
+}
+
+// quant_gemm with 16-row AMX tiles; the rows after the last whole tile of a chunk take the vpdpbusd tiles.
+template <int MaxNT>
+void amx_gemm(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, TileFn amx_tile, const TileFn (&tiles)[MaxNT]) {
+    AmxScope scope;
+    const int64_t chunk = act_chunk_rows(A.n, A.n_in, kAmxRows);
+    for (int64_t c0 = 0; c0 < A.n; c0 += chunk) {
+        const int64_t c1 = std::min(A.n, c0 + chunk);
+        // Tiles outer: a tile's 16 activation rows stay in L1 while the range's weights (a chunk of
+        // about 256 KB, see matmul()) come from L2; the AMX tile loads wait on L2 otherwise.
+        const int64_t whole = c0 + (c1 - c0) / kAmxRows * kAmxRows;
+        for (int64_t i = c0; i < whole; i += kAmxRows)
+            for (int64_t g = g0; g < g1; g++) amx_tile(A, A.w + (g - A.g_base) * gbytes, g, i);
+        for (int64_t g = g0; g < g1; g++)
+            for (int64_t i = whole; i < c1; i += MaxNT)
+                tiles[std::min<int64_t>(MaxNT, c1 - i) - 1](A, A.w + (g - A.g_base) * gbytes, g, i);
+    }
+}
+
+// AMX for products of at least one whole tile of rows (prompts, the vision tower).
+inline bool use_amx(const GemmArgs& A) { return A.n >= kAmxRows && amx_active(); }
+#endif  // TINYGPTV_AMX
+
 // ---- activation quantizers (byte-identical to the scalar ones in matmul.cpp) ------------------
 
 inline bool has_nan(__m512 v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0; }
@@ -758,26 +921,40 @@ void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(
 // (more rows reuse each loaded weight block more, but their accumulators and broadcasts crowd the
 // registers).
 constexpr int kMaxTileRows = 5;
+// amx_tile: the type's 16-row AMX tile, or nullptr (no AMX tile for the type, or not built with AMX).
 template <template <int> class K, int... N>
-void run_table(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, std::integer_sequence<int, N...>) {
+void run_table(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, std::integer_sequence<int, N...>,
+               TileFn amx_tile = nullptr) {
     static constexpr TileFn t[sizeof...(N)] = {K<N + 1>::run...};
+#if defined(TINYGPTV_AMX)
+    if (amx_tile && use_amx(A)) return amx_gemm(A, g0, g1, gbytes, amx_tile, t);
+#endif
+    (void)amx_tile;
     quant_gemm(A, g0, g1, gbytes, t);
 }
+#if defined(TINYGPTV_AMX)
+#define TG_AMX_TILE(fn) &fn
+#else
+#define TG_AMX_TILE(fn) nullptr
+#endif
 
 void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q8_0_vec<kDecodeStreams>, q8_0_vec<1>>(A, g0, g1,
                                                                  packed_group_bytes(GgmlType::Q8_0, A.n_in));
-    run_table<Q8_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), std::make_integer_sequence<int, kMaxTileRows>());
+    run_table<Q8_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), std::make_integer_sequence<int, kMaxTileRows>(),
+                     TG_AMX_TILE(amx_q8_tile<Q8_0Amx>));
 }
 void gemm_iq4_nl(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<iq4_nl_vec<kDecodeStreams>, iq4_nl_vec<1>>(A, g0, g1,
                                                                    packed_group_bytes(GgmlType::IQ4_NL, A.n_in));
-    run_table<IQ4_NLK>(A, g0, g1, packed_group_bytes(GgmlType::IQ4_NL, A.n_in), std::make_integer_sequence<int, kMaxTileRows>());
+    run_table<IQ4_NLK>(A, g0, g1, packed_group_bytes(GgmlType::IQ4_NL, A.n_in), std::make_integer_sequence<int, kMaxTileRows>(),
+                       TG_AMX_TILE(amx_q8_tile<UnpackedAmx<IQ4_NLW>>));
 }
 void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q4_0_vec<kDecodeStreams>, q4_0_vec<1>>(A, g0, g1,
                                                                  packed_group_bytes(GgmlType::Q4_0, A.n_in));
-    run_table<Q4_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in), std::make_integer_sequence<int, kMaxTileRows>());
+    run_table<Q4_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in), std::make_integer_sequence<int, kMaxTileRows>(),
+                     TG_AMX_TILE(amx_q4_0_tile));
 }
 void gemm_q4_1(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q4_1_vec<kDecodeStreams>, q4_1_vec<1>>(A, g0, g1,

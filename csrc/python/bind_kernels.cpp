@@ -5,7 +5,7 @@
 //   matmul_test(type, w_bytes, n_out, n_in, x[n, n_in], bias=None, n_threads=1) -> float32[n, n_out]
 //   PreparedWeight(type, w_bytes, n_out, n_in, prepare_threads=1, prepared=True)
 //       .matmul(x, bias=None, n_threads=1, repeat=1)
-//   isa(), isa_best(), isa_supported(name), set_isa(name)
+//   isa(), isa_best(), isa_supported(name), set_isa(name), amx_supported(), amx(), set_amx(on)
 //   vec_math(fn, x) -> float32 (fn: exp, erf, gelu_erf, gelu_tanh, softmax; softmax over the last axis)
 //   quantize_act_q8(x, group=1), to_f16(x), from_f16(bits)
 //   attention_test(q, k, v, n_head, n_head_kv, scale, causal=False, pos0=0, n_threads=1, bf16=False)
@@ -280,6 +280,10 @@ void bind_kernel_hooks(py::module_& t) {
           py::arg("name"), "Whether 'scalar', 'avx2', 'avx512' or 'neon' can run here.");
     t.def("set_isa", [](const std::string& name) { set_isa(parse_isa(name.c_str())); }, py::arg("name"),
           "Force the kernels onto 'scalar', 'avx2', 'avx512' or 'neon' (weights prepared later use it).");
+    t.def("amx_supported", &cpu_has_amx_int8, "Whether AMX tiles can run here (CPU, OS and permission).");
+    t.def("amx", &amx_active, "Whether the AVX-512 path uses AMX tiles for prompt products now.");
+    t.def("set_amx", &set_amx, py::arg("on"),
+          "Turn the AMX tiles of the AVX-512 path on or off (ModelError turning on where unsupported).");
     t.def("vec_math", &vec_math, py::arg("fn"), py::arg("x"),
           "Apply the engine's float32 'exp', 'erf', 'gelu_erf', 'gelu_tanh' or 'softmax' (over the last axis) to x.");
     t.def("quantize_act_q8", [](F32Array x, int group) {
