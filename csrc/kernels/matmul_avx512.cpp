@@ -921,6 +921,10 @@ void gemm_bf16(const GemmArgs& A, int64_t g0, int64_t g1) { float_gemm<CvtBF16>(
 // (more rows reuse each loaded weight block more, but their accumulators and broadcasts crowd the
 // registers).
 constexpr int kMaxTileRows = 5;
+// The decode steps of 6-8 sequences (Q8_0, Q4_0): one tile of all the rows instead of 5 + the rest, so a
+// block is loaded and unpacked once (8 accumulators, 8 unpacked vectors and Q4_0's 8 group sums fit the
+// 32 registers); measured 7-13% faster than 5 + 3 on a 10240 x 2560 product of 8 rows.
+inline bool few_rows_in_one_tile(const GemmArgs& A) { return A.n >= 6 && A.n <= 8; }
 // amx_tile: the type's 16-row AMX tile, or nullptr (no AMX tile for the type, or not built with AMX).
 template <template <int> class K, int... N>
 void run_table(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, std::integer_sequence<int, N...>,
@@ -941,6 +945,7 @@ void run_table(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes, std::in
 void gemm_q8_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q8_0_vec<kDecodeStreams>, q8_0_vec<1>>(A, g0, g1,
                                                                  packed_group_bytes(GgmlType::Q8_0, A.n_in));
+    if (few_rows_in_one_tile(A)) return run_table<Q8_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), std::make_integer_sequence<int, 8>());
     run_table<Q8_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q8_0, A.n_in), std::make_integer_sequence<int, kMaxTileRows>(),
                      TG_AMX_TILE(amx_q8_tile<Q8_0Amx>));
 }
@@ -953,6 +958,7 @@ void gemm_iq4_nl(const GemmArgs& A, int64_t g0, int64_t g1) {
 void gemm_q4_0(const GemmArgs& A, int64_t g0, int64_t g1) {
     if (A.n == 1) return decode_streams<q4_0_vec<kDecodeStreams>, q4_0_vec<1>>(A, g0, g1,
                                                                  packed_group_bytes(GgmlType::Q4_0, A.n_in));
+    if (few_rows_in_one_tile(A)) return run_table<Q4_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in), std::make_integer_sequence<int, 8>());
     run_table<Q4_0K>(A, g0, g1, packed_group_bytes(GgmlType::Q4_0, A.n_in), std::make_integer_sequence<int, kMaxTileRows>(),
                      TG_AMX_TILE(amx_q4_0_tile));
 }
