@@ -77,7 +77,7 @@ class ServerState:
             else:
                 from ..model import Model
                 m = Model(self.cfg.model_path, n_threads=self.cfg.n_threads, n_ctx=self.cfg.n_ctx,
-                          n_parallel=self.cfg.n_parallel)
+                          n_parallel=self.cfg.n_parallel, device=self.cfg.device, gpu=self.cfg.gpu)
             self._describe(m)
             self._model = m
             log.info("model %s ready in %.1f s (%s, n_ctx %d, %d parallel sequences, %d threads)",

@@ -16,6 +16,8 @@ class ServerConfig:
     n_threads: Optional[int] = None
     n_ctx: int = 2048
     n_parallel: int = 4                   # sequences decoded together
+    device: str = "auto"                  # where the decoder runs: auto, cpu, gpu (Model's device)
+    gpu: Optional[int] = None             # the Vulkan device index (Model's gpu)
     max_queue: int = 64                   # requests waiting beyond n_parallel; more get 503
     api_keys: List[str] = field(default_factory=list)
     cors_origins: List[str] = field(default_factory=list)
