@@ -130,6 +130,36 @@ def test_logits_and_greedy_tokens_match_the_cpu(vk, files, wtype):
         assert e_gpu <= 1.1 * e_act + BOUND, (wtype, e_gpu, e_act)
 
 
+@pytest.mark.parametrize("qtype", ["q4_k_m", "q6_k"])
+def test_k_quants_match_their_dequantized_weights(vk, tmp_path, qtype):
+    """Q4_K and Q6_K blocks (super-blocks of 256: a model 256 wide), gathered and multiplied on the GPU,
+    against the CPU on the same weights dequantized to F32."""
+    import gguf
+    from tinygptv_native.quantize import quantize_file
+    f32, q, deq = (str(tmp_path / n) for n in ("f32.gguf", "q.gguf", "deq.gguf"))
+    gb.phi2_builder(n_vocab=288, n_embd=256, n_head=4, n_layer=2, n_ff=512, n_rot=16, n_ctx=N_CTX, seed=8,
+                    scale=0.08).write(f32)
+    types = quantize_file(f32, q, qtype, progress=False)
+    assert {"Q4_K", "Q6_K"} & set(types.values()) == ({"Q4_K", "Q6_K"} if qtype == "q4_k_m" else {"Q6_K"})
+    open(deq, "wb").write(open(f32, "rb").read())
+    quant = {x.name: x for x in gguf.GGUFReader(q).tensors}
+    mm = np.memmap(deq, mode="r+")
+    for x in gguf.GGUFReader(f32).tensors:
+        tq = quant[x.name]
+        if tq.tensor_type != gguf.GGMLQuantizationType.F32:
+            v = gguf.quants.dequantize(tq.data, tq.tensor_type).astype(np.float32).ravel()
+            mm[x.data_offset:x.data_offset + v.nbytes] = v.view(np.uint8)
+    mm.flush()
+    del mm
+    gpu = _core.Context(_core.Model(q, 1), N_CTX, 1, 1, True, 64.0, 0)
+    ref = _core.Context(_core.Model(deq, 1), N_CTX, 1, 1, True)
+    prompt = _prompt(4, 9)
+    lg, tg_ = _greedy(gpu, prompt, 20)
+    lr, tr = _greedy(ref, prompt, 20)
+    assert tg_ == tr
+    assert np.abs(lg - lr).max() <= BOUND
+
+
 def test_a_tensor_split_over_buffers_gives_the_same_logits(vk, files, monkeypatch):
     """Parts of at most 4 KiB: the Q4_0 token embedding and output (288 rows of 36 bytes) take 3 buffers each,
     as Phi-2's F16 embedding takes 3 of lavapipe's 128 MiB; every part is read at its own offset."""
