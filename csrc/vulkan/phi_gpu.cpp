@@ -55,6 +55,13 @@ PhiGpu::PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n
     if (hp.head_dim > 256 || hp.head_dim > 4 * (int64_t)dev.workgroup())
         throw VulkanError(fmt("the GPU attention takes heads of at most %u values; this model's have %lld",
                               std::min<uint32_t>(256, 4 * dev.workgroup()), (long long)hp.head_dim));
+    // A slot's layer is one buffer: refused here, before any upload, rather than at the first decode.
+    const uint64_t layer_bytes = 2ull * 2 * (uint64_t)n_ctx * (uint64_t)hp.kv_dim();
+    if (layer_bytes > limit)
+        throw VulkanError(fmt("the GPU KV cache holds a layer's keys and values of a sequence in one buffer: %llu "
+                              "bytes at n_ctx %lld, beyond %s's largest buffer of %llu bytes (lower n_ctx)",
+                              (unsigned long long)layer_bytes, (long long)n_ctx, info.name.c_str(),
+                              (unsigned long long)limit));
     kv_.resize((size_t)n_seq);
 
     // The token embedding is gathered on the device where the gather reads its type; else the host
