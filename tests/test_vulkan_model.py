@@ -160,6 +160,22 @@ def test_k_quants_match_their_dequantized_weights(vk, tmp_path, qtype):
     assert np.abs(lg - lr).max() <= BOUND
 
 
+def test_decode_attention_split_over_keys_matches_the_cpu(vk, tmp_path):
+    """Decode rows past 256 keys take the split pass (chunks of 4 key tiles, merged after); the prompt rows
+    before them the one-pass attention: both against the CPU, and the same greedy tokens."""
+    path = str(tmp_path / "long.gguf")
+    gb.phi2_builder(n_vocab=288, n_embd=64, n_head=4, n_head_kv=2, n_layer=2, n_ff=128, n_rot=8, n_ctx=640,
+                    seed=6, dtype=gb.GT_F16).write(path)
+    m = _core.Model(path, 1)
+    gpu = _core.Context(m, 640, 1, 1, True, 64.0, 0)
+    ref = _core.Context(m, 640, 1, 1, True)
+    prompt = _prompt(5, 250)
+    lg, tg_ = _greedy(gpu, prompt, 140)  # decode rows at 251..390 keys: 1, then 2 splits
+    lr, tr = _greedy(ref, prompt, 140)
+    assert tg_ == tr
+    assert np.abs(lg - lr).max() <= BOUND
+
+
 def test_a_tensor_split_over_buffers_gives_the_same_logits(vk, files, monkeypatch):
     """Parts of at most 4 KiB: the Q4_0 token embedding and output (288 rows of 36 bytes) take 3 buffers each,
     as Phi-2's F16 embedding takes 3 of lavapipe's 128 MiB; every part is read at its own offset."""

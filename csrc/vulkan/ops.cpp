@@ -243,7 +243,7 @@ void kv_write(Sequence& s, const Buffer& qkv, int64_t row0, int64_t rows, int64_
 
 void attention(Sequence& s, const Buffer& qkv, int64_t row0, int64_t rows, int64_t qkv_stride, const Buffer& kv,
                int64_t p0, int64_t n_ctx, int n_head, int n_head_kv, int head_dim, float scale, Buffer& o,
-               int64_t o_stride) {
+               int64_t o_stride, Buffer* part, int64_t chunk) {
     Device& d = s.device();
     const int64_t kv_dim = (int64_t)n_head_kv * head_dim;
     if (row0 < 0 || rows <= 0 || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv || head_dim <= 0 ||
@@ -256,14 +256,32 @@ void attention(Sequence& s, const Buffer& qkv, int64_t row0, int64_t rows, int64
     need(kv, 2ull * 2 * n_ctx * kv_dim, "attention slot");
     need(o, 4ull * (row0 + rows) * o_stride, "attention output");
     u32(2 * n_ctx * kv_dim, "kv elements");
-    Pipeline& p = d.pipeline("attention", 3, 11 * 4);
-    uint32_t push[11] = {(uint32_t)row0, (uint32_t)rows, u32(qkv_stride, "qkv stride"), (uint32_t)p0,
+    // Splits: enough to cover the last row's keys in chunks (a chunk a whole number of key tiles).
+    const int64_t n_keys = p0 + rows;
+    int64_t n_split = 1;
+    if (part && chunk > 0) {
+        if (chunk % d.workgroup())
+            throw VulkanError(fmt("attention: a chunk of %lld keys is not a whole number of tiles of %u",
+                                  (long long)chunk, d.workgroup()));
+        n_split = (n_keys + chunk - 1) / chunk;
+    }
+    if (n_split <= 1) chunk = n_keys;
+    else need(*part, 4ull * attention_part_floats(rows, n_head, head_dim, n_split), "attention splits");
+    Pipeline& p = d.pipeline("attention", 4, 13 * 4);
+    uint32_t push[13] = {(uint32_t)row0, (uint32_t)rows, u32(qkv_stride, "qkv stride"), (uint32_t)p0,
                          (uint32_t)n_head, (uint32_t)n_head_kv, (uint32_t)head_dim, (uint32_t)kv_dim,
-                         (uint32_t)n_ctx, u32(o_stride, "o stride"), 0};
+                         (uint32_t)n_ctx, u32(o_stride, "o stride"), 0, (uint32_t)chunk, (uint32_t)n_split};
     std::memcpy(&push[10], &scale, 4);
     uint32_t gx, gy;
-    grid(d, rows * n_head, gx, gy);
-    s.dispatch(p, {&qkv, &kv, &o}, push, sizeof push, gx, gy);
+    grid(d, rows * n_head * n_split, gx, gy);
+    s.dispatch(p, {&qkv, &kv, &o, n_split > 1 ? part : &d.dummy()}, push, sizeof push, gx, gy);
+    if (n_split > 1) {
+        Pipeline& m = d.pipeline("attention_merge", 2, 6 * 4);
+        const uint32_t mp[6] = {(uint32_t)row0, (uint32_t)rows, (uint32_t)n_head, (uint32_t)head_dim,
+                                (uint32_t)n_split, (uint32_t)o_stride};
+        grid(d, rows * n_head, gx, gy);
+        s.dispatch(m, {part, &o}, mp, sizeof mp, gx, gy);
+    }
 }
 
 void add(Sequence& s, const Buffer& a, const Buffer& b, Buffer& y, int64_t n, int64_t nb) {

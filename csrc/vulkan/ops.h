@@ -45,10 +45,16 @@ void embed(Sequence& s, GgmlType t, const Buffer& w, int64_t row0, int64_t n_hel
 void kv_write(Sequence& s, const Buffer& qkv, int64_t row0, int64_t rows, int64_t qkv_stride, int64_t k_col,
               int64_t kv_dim, Buffer& kv, int64_t p0, int64_t n_ctx);
 // Causal attention of those rows (queries at column 0, positions p0..) against the slot; head outputs into
-// rows of o (o_stride apart).
+// rows of o (o_stride apart). With part (scratch of attention_part_floats) and chunk > 0, the keys are split
+// into chunks of `chunk` taken by workgroups of their own, then merged: for decode, where one row would
+// keep only n_head workgroups busy. A row's result depends on chunk, never on the other rows.
 void attention(Sequence& s, const Buffer& qkv, int64_t row0, int64_t rows, int64_t qkv_stride, const Buffer& kv,
                int64_t p0, int64_t n_ctx, int n_head, int n_head_kv, int head_dim, float scale, Buffer& o,
-               int64_t o_stride);
+               int64_t o_stride, Buffer* part = nullptr, int64_t chunk = 0);
+// Floats of the split pass's scratch for `rows` rows of n_head heads and n_split splits.
+inline int64_t attention_part_floats(int64_t rows, int n_head, int head_dim, int64_t n_split) {
+    return rows * n_head * n_split * (head_dim + 2);
+}
 // y[i] = a[i] + b[i % nb] for i < n (y may be a).
 void add(Sequence& s, const Buffer& a, const Buffer& b, Buffer& y, int64_t n, int64_t nb);
 

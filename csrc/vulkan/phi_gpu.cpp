@@ -63,6 +63,13 @@ PhiGpu::PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n
                               (unsigned long long)layer_bytes, (long long)n_ctx, info.name.c_str(),
                               (unsigned long long)limit));
     kv_.resize((size_t)n_seq);
+    // Decode attention's split over keys: chunks of kSplitTiles key tiles, at most kMaxSplits of them (a
+    // longer context takes longer chunks), so its scratch is fixed.
+    constexpr int64_t kSplitTiles = 4, kMaxSplits = 32;
+    split_chunk_ = kSplitTiles * dev.workgroup();
+    while ((n_ctx + split_chunk_ - 1) / split_chunk_ > kMaxSplits) split_chunk_ *= 2;
+    part_ = dev.buffer(4ull * (uint64_t)attention_part_floats(1, (int)hp.n_head, (int)hp.head_dim,
+                                                              (n_ctx + split_chunk_ - 1) / split_chunk_));
 
     // The token embedding is gathered on the device where the gather reads its type; else the host
     // dequantizes token rows as the CPU path does and they travel with the step's inputs.
@@ -278,9 +285,10 @@ void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, i
             rope_neox(s, *qkv_, n, QKV, (int)(H + HKV), (int)D, (int)hp_.n_rot, *pos_, *w_.rope_cos, *w_.rope_sin,
                       n_ctx_);
         for (const Run& r : runs) kv_write(s, *qkv_, r.r0, r.m, QKV, E, KV, *r.kv[il], rows[r.r0].pos, n_ctx_);
+        // A decode row (a run of one) splits its keys: alone it would keep n_head workgroups busy.
         for (const Run& r : runs)
             attention(s, *qkv_, r.r0, r.m, QKV, *r.kv[il], rows[r.r0].pos, n_ctx_, (int)H, (int)HKV, (int)D, scale,
-                      *att_, E);
+                      *att_, E, r.m == 1 ? part_.get() : nullptr, split_chunk_);
         product(s, L.out, *att_, n, *a_, E, 0, L.out_b.get());
         if (L.post_norm_w) rmsnorm(s, *a_, *a_, n, E, L.post_norm_w.get(), hp_.rms_eps);
         product(s, L.up, *h_, n, *ff_, F, 0, L.up_b.get());

@@ -93,6 +93,8 @@ private:
     int64_t cap_rows_ = 0, cap_logits_ = 0;
     std::unique_ptr<Buffer> x_, h_, qkv_, att_, a_, ff_, sel_, logits_, tok_, pos_;
     std::unique_ptr<Buffer> in_, out_;  // host-visible: a step's inputs (x, tokens, positions), its logits
+    int64_t split_chunk_ = 0;            // keys per split of decode attention
+    std::unique_ptr<Buffer> part_;       // the splits' partial outputs, one decode row at a time
 };
 
 }  // namespace vk
