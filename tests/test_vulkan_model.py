@@ -178,7 +178,7 @@ def test_decode_attention_split_over_keys_matches_the_cpu(vk, tmp_path):
 
 def test_a_tensor_split_over_buffers_gives_the_same_logits(vk, files, monkeypatch):
     """Parts of at most 4 KiB: the Q4_0 token embedding and output (288 rows of 36 bytes) take 3 buffers each,
-    as Phi-2's F16 embedding takes 3 of lavapipe's 128 MiB; every part is read at its own offset."""
+    as Phi-2's F16 embedding (262 MB) takes 2 of lavapipe's 128 MiB; every part is read at its own offset."""
     path, _ = files["q4_0"]
     m = _core.Model(path, 1)
     whole = _core.Context(m, N_CTX, 1, 1, True, 64.0, 0)
