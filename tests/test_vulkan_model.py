@@ -305,3 +305,18 @@ def test_without_the_loader_gpu_raises_and_auto_takes_the_cpu():
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith("VulkanError:") and lines[1] == "cpu", p.stdout
+
+
+def _tinygptv(*args, **env):
+    p = subprocess.run([sys.executable, "-m", "tinygptv_native", *args], capture_output=True, text=True, timeout=300,
+                       env=child_env(**env), cwd=CHILD_CWD)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_the_run_command_on_the_gpu(vk):
+    rc, out, err = _tinygptv("run", "--device", "gpu", "--gpu", "0", "-p", "How many shapes are there?")
+    assert rc == 0, err
+    assert out.strip() == "three"
+    rc, out, err = _tinygptv("run", "--device", "gpu", "--gpu", "9", "-p", "x")
+    assert rc == 1 and out == ""
+    assert err.strip().splitlines()[-1].startswith("tinygptv: error: gpu=9 does not exist (Vulkan devices: 0: ")
