@@ -4,23 +4,33 @@
 // however many sequences the context holds, never one per conversation. A GPU backend plugs in here:
 // model code reaches the hardware only through the Exec it is handed and the kernels it calls with it,
 // so it makes no assumption about where buffers live beyond what the kernels of the backend accept.
+//
+// The Vulkan variant also holds the logical device (csrc/vulkan/device.h) that the context's GPU decoder
+// records its steps on; it keeps the thread pool for the work that stays on the CPU (the image path, the
+// host side of a batch). The device type is only declared here, so this header builds without Vulkan.
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 
 #include "threadpool.h"
 
 namespace tg {
 
-enum class Backend { Cpu };
+namespace vk {
+class Device;
+}
+
+enum class Backend { Cpu, Vulkan };
 
 class Exec {
 public:
-    explicit Exec(int n_threads) : pool_(n_threads) {}
+    explicit Exec(int n_threads, std::shared_ptr<vk::Device> gpu = nullptr) : pool_(n_threads), gpu_(std::move(gpu)) {}
     Exec(const Exec&) = delete;
     Exec& operator=(const Exec&) = delete;
 
-    Backend backend() const { return Backend::Cpu; }
+    Backend backend() const { return gpu_ ? Backend::Vulkan : Backend::Cpu; }
+    vk::Device* gpu() const { return gpu_.get(); }  // null on the CPU backend
     int size() const { return pool_.size(); }  // threads that run a parallel job
 
     // See ThreadPool: a static contiguous split, or chunks taken in turn. Not reentrant.
@@ -33,6 +43,7 @@ public:
 
 private:
     ThreadPool pool_;
+    std::shared_ptr<vk::Device> gpu_;
 };
 
 }  // namespace tg

@@ -28,6 +28,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size of each sequence (default 2048)")
     p.add_argument("-np", "--parallel", type=int, default=4, dest="parallel",
                    help="items decoded together: sequences of the model's context and worker threads (default 4)")
+    from .gpu import add_device_args
+    add_device_args(p)
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming the output")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="progress bar on stderr (auto: when stderr is a terminal)")
@@ -113,7 +115,8 @@ def _eval(args: argparse.Namespace) -> int:
         if done and todo:
             print(f"{task}: {len(items) - len(todo)} of {len(items)} items already in {out}, resuming", file=sys.stderr)
         spec = job_spec("eval", path, task=task, n_threads=_threads(args), n_ctx=args.ctx_size,
-                        n_parallel=args.parallel, seed=args.seed, max_new_tokens=args.max_new_tokens)
+                        n_parallel=args.parallel, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                        device=args.device, gpu=args.gpu)
         writer = OrderedWriter(out, len(todo))
         prog = _progress(args, len(items), len(items) - len(todo), f"{task} ")
         try:
@@ -151,7 +154,7 @@ def _batch(args: argparse.Namespace) -> int:
     settings = BatchSettings(base_dir=base, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                              seed=args.seed, system=args.system, extra=extra)
     spec = job_spec("batch", path, n_threads=_threads(args), n_ctx=args.ctx_size, n_parallel=args.parallel,
-                    seed=args.seed, settings=settings)
+                    seed=args.seed, settings=settings, device=args.device, gpu=args.gpu)
     todo = items[n_done:]
     writer = OrderedWriter(args.output, len(todo))
     prog = _progress(args, len(items), n_done, "")

@@ -21,6 +21,8 @@ def _common(p: argparse.ArgumentParser, sampling: bool = True) -> None:
     p.add_argument("-m", "--model", help="GGUF model file (default: the embedded demo model)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all available)")
     p.add_argument("-c", "--ctx-size", type=int, default=None, help="context size in positions (default 2048)")
+    from .gpu import add_device_args
+    add_device_args(p)
     p.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
                    help="show timings, log lines and tracebacks")
     if sampling:
@@ -87,7 +89,8 @@ def load_model(args: argparse.Namespace, term: Optional[Term] = None, demo_pictu
     else:
         check_file(path, "model file")
     with term.status(f"loading {os.path.basename(path)}"):
-        return Model(path, n_threads=args.threads, n_ctx=args.ctx_size, verbose=bool(getattr(args, "verbose", False)))
+        return Model(path, n_threads=args.threads, n_ctx=args.ctx_size, verbose=bool(getattr(args, "verbose", False)),
+                     device=args.device, gpu=args.gpu)
 
 
 def _check_image(path: Optional[str]) -> None:

@@ -134,9 +134,10 @@ class Engine:
     """A native Context of ``n_seq`` sequences and the thread that steps its Generator."""
 
     def __init__(self, core_model: "_core.Model", tokenizer: "_core.Tokenizer", *, n_ctx: int, n_seq: int,
-                 n_threads: int, kv_f16: bool, n_batch: int = 512, image_cache_mb: float = 64.0):
+                 n_threads: int, kv_f16: bool, n_batch: int = 512, image_cache_mb: float = 64.0,
+                 gpu: Optional[int] = None):
         self.ctx = _core.Context(core_model, int(n_ctx), int(n_seq), int(n_threads), bool(kv_f16),
-                                 float(image_cache_mb))
+                                 float(image_cache_mb), -1 if gpu is None else int(gpu))
         self.gen = _core.Generator(self.ctx, tokenizer, int(n_batch))
         self.n_ctx = int(n_ctx)
         self.n_seq = int(n_seq)

@@ -1,14 +1,18 @@
-"""The Vulkan devices this machine offers (the GPU backend's view of them), for `tinygptv devices`.
+"""The Vulkan devices this machine offers (the GPU backend's view of them), for `tinygptv devices`, and the
+choice of the device a model runs on (`Model(device=..., gpu=...)`).
 
 Listing opens the Vulkan loader; nothing is opened at import. A build without the backend, or a machine
 without the loader, raises VulkanError with the reason.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+import logging
+from typing import Dict, List, Optional
 
 from . import _core
 from ._core import VulkanError  # noqa: F401  (re-exported)
+
+log = logging.getLogger("tinygptv_native")
 
 
 def vulkan_built() -> bool:
@@ -40,3 +44,92 @@ def format_device(d: Dict) -> str:
         f"   cooperative matrix:  {yes[d['cooperative_matrix']]}",
         f"   largest buffer:      {d['max_storage_buffer_range'] / 2**20:.0f} MiB",
     ])
+
+
+# The weight types the GPU decoder multiplies (csrc/vulkan/ops.cpp: matvec_shader).
+GPU_WEIGHT_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K")
+DEVICES = ("auto", "cpu", "gpu")
+
+
+def _decoder_types_unsupported(path: str) -> List[str]:
+    """The decoder's weight matrices (tensor: type) the GPU cannot multiply. The image path's tensors
+    (v.*, qf.*, mm.*) stay on the CPU and are not asked."""
+    r = _core.GGUFReader(path)
+    return [f"{name}: {t}" for name, t, shape, _o, _n in r.tensors()
+            if len(shape) == 2 and not name.startswith(("v.", "qf.", "mm.")) and t not in GPU_WEIGHT_TYPES]
+
+
+def device_budget(d: Dict) -> int:
+    """Bytes the plan may take on device d: its device-local memory (all of its memory where it reports none)."""
+    return int(d["device_local_bytes"] or sum(h["size"] for h in d["memory_heaps"]))
+
+
+def choose_device(path: str, device: str, gpu: Optional[int], n_ctx: int, n_seq: int,
+                  budget_mb: Optional[float] = None) -> Optional[int]:
+    """The Vulkan device the decoder of model `path` runs on, or None for the CPU.
+
+    "cpu": None. "gpu": device `gpu` (default 0); VulkanError where the build has no backend, there is no
+    loader or no device; ValueError where the index is out of range, the model's weight types have no GPU
+    product, or the memory plan (gpu_plan.plan_file) exceeds the budget (budget_mb, else the device's
+    memory), with the numbers. "auto": the device `gpu` names, else the first discrete GPU, where the plan
+    fits and the types are supported; else None (the CPU).
+    """
+    from .gpu_plan import plan_file
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if gpu is not None and (isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0):
+        raise ValueError(f"gpu must be a Vulkan device index (0, 1, ...), got {gpu!r}")
+    if device == "cpu":
+        if gpu is not None:
+            raise ValueError(f"gpu={gpu} names a Vulkan device but device='cpu' uses none")
+        return None
+    if device == "auto":
+        try:
+            devs = vulkan_devices()
+        except VulkanError as e:
+            log.info("device auto: the CPU (%s)", e)
+            return None
+        cands = [d for d in devs if d["index"] == gpu] if gpu is not None else \
+            [d for d in devs if d["type"] == "discrete"]
+        if not cands:
+            log.info("device auto: the CPU (no %s)", f"Vulkan device {gpu}" if gpu is not None else "discrete GPU")
+            return None
+        if _decoder_types_unsupported(path):
+            log.info("device auto: the CPU (weight types the GPU does not multiply)")
+            return None
+        p = plan_file(path, n_ctx, n_seq)
+        for d in cands:
+            budget = int(budget_mb * 2**20) if budget_mb is not None else device_budget(d)
+            if p.total <= budget:
+                log.info("device auto: Vulkan device %d (%s)", d["index"], d["name"])
+                return int(d["index"])
+        log.info("device auto: the CPU (the plan, %s, fits no GPU)", p.describe())
+        return None
+    devs = vulkan_devices()  # VulkanError: no backend, no loader
+    if not devs:
+        raise VulkanError("device='gpu' but no Vulkan device was found")
+    idx = 0 if gpu is None else gpu
+    if idx >= len(devs):
+        names = ", ".join(f"{d['index']}: {d['name']}" for d in devs)
+        raise ValueError(f"gpu={idx} does not exist (Vulkan devices: {names})")
+    d = devs[idx]
+    bad = _decoder_types_unsupported(path)
+    if bad:
+        raise ValueError(f"the GPU decoder multiplies {', '.join(GPU_WEIGHT_TYPES)} weights; this model has "
+                         f"{', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''} (run it with device='cpu')")
+    p = plan_file(path, n_ctx, n_seq)
+    budget = int(budget_mb * 2**20) if budget_mb is not None else device_budget(d)
+    if p.total > budget:
+        raise ValueError(f"the model does not fit Vulkan device {idx} ({d['name']}): at n_ctx {n_ctx} for {n_seq} "
+                         f"sequence(s) it needs {p.describe()}; the budget is {budget / 2**20:,.1f} MiB "
+                         f"(lower n_ctx or n_parallel, or use device='cpu')")
+    return idx
+
+
+def add_device_args(p) -> None:
+    """--device and --gpu of the commands that load a model (an argparse parser)."""
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where the decoder runs: auto (a discrete GPU that holds the model, else the CPU), cpu, "
+                        "or gpu (Vulkan; an error where there is none); default auto")
+    p.add_argument("--gpu", type=int, default=None, metavar="N",
+                   help="the Vulkan device to use (an index of `tinygptv devices`; default: the first that fits)")

@@ -14,6 +14,7 @@ import numpy as np
 from . import _core
 from ._logging import set_verbose
 from .engine import Engine, Request, SamplingParams, check_max_new_tokens
+from .gpu import DEVICES, choose_device
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chat import Chat, ChatTemplate
@@ -96,11 +97,19 @@ class Model:
     (``generate``, ``chat``, their own Chats) are decoded together, each in its own sequence, and a
     request whose prompt starts like one the context still holds (a conversation resent whole, the
     system text) evaluates only the rest.
+
+    ``device``: where the decoder runs. ``"auto"`` (default) takes a discrete GPU (Vulkan) whose memory holds
+    the model's plan (tinygptv_native.gpu_plan) at ``n_ctx`` x ``n_parallel``, else the CPU; ``"gpu"`` takes
+    Vulkan device ``gpu`` (default 0) or raises (VulkanError: no backend, loader or device; ValueError: the
+    model does not fit ``gpu_budget_mb``, default the device's memory, or has weight types the GPU does not
+    multiply); ``"cpu"`` the CPU. On the GPU the image encoder still runs on the CPU threads; its embeddings
+    go to the device as rows of the batch. ``.device`` and ``.gpu`` say what was chosen.
     """
 
     def __init__(self, path: Optional[PathLike] = None, *, n_threads: Optional[int] = None, n_ctx: Optional[int] = None,
                  n_parallel: int = 4, seed: Optional[int] = None, verbose: bool = False, kv_type: str = "f16",
-                 image_cache_mb: float = 64.0):
+                 image_cache_mb: float = 64.0, device: str = "auto", gpu: Optional[int] = None,
+                 gpu_budget_mb: Optional[float] = None):
         if path is None:
             from .demo import demo_model_path
             path = demo_model_path()
@@ -115,6 +124,10 @@ class Model:
             raise ValueError(f"n_parallel must be in [1, 256], got {n_parallel}")
         if kv_type not in ("f16", "f32"):
             raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        if gpu_budget_mb is not None and not float(gpu_budget_mb) > 0:
+            raise ValueError(f"gpu_budget_mb must be positive, got {gpu_budget_mb}")
         if isinstance(path, (bytes, os.PathLike)):
             path = os.fsdecode(path)
         if not isinstance(path, str):
@@ -133,6 +146,15 @@ class Model:
         self.seed = seed
         self.kv_f16 = kv_type == "f16"
         self.image_cache_mb = float(image_cache_mb)
+        # The decoder's device: chosen before anything is uploaded, from the file's memory plan. The GPU's KV
+        # cache is F16, so kv_type='f32' keeps the CPU.
+        if device != "cpu" and not self.kv_f16:
+            if device == "gpu":
+                raise ValueError("the GPU decoder keeps its KV cache in F16: kv_type='f32' needs device='cpu'")
+            device = "cpu"
+            gpu = None
+        self.gpu: Optional[int] = choose_device(self.path, device, gpu, self.n_ctx, self.n_parallel, gpu_budget_mb)
+        self.device = "cpu" if self.gpu is None else "gpu"
         self.metadata = self._model.metadata()
         self._chat_template = None
         self._engine: Optional[Engine] = None
@@ -141,6 +163,8 @@ class Model:
         if ctx_given and self.n_ctx > self._model.n_ctx_train:
             log.warning("n_ctx %d is larger than the %d positions the model was trained on: answers past them "
                         "may degrade", self.n_ctx, self._model.n_ctx_train)
+        if self.gpu is not None:
+            _ = self.engine  # the weights go to the device now, so a failure shows here, not at the first answer
 
     # ---- basic facts -------------------------------------------------------------------------
     @property
@@ -179,7 +203,7 @@ class Model:
                 if self._engine is None:
                     self._engine = Engine(self._model, self._tok, n_ctx=self.n_ctx, n_seq=self.n_parallel,
                                           n_threads=self.n_threads, kv_f16=self.kv_f16,
-                                          image_cache_mb=self.image_cache_mb)
+                                          image_cache_mb=self.image_cache_mb, gpu=self.gpu)
         return self._engine
 
     @property

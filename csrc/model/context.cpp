@@ -38,14 +38,29 @@ void Batch::add_image_row(const ImageEmbd& img, int32_t row, int32_t s, int64_t 
     logits.push_back(want_logits ? 1 : 0);
 }
 
+static std::shared_ptr<vk::Device> gpu_or_null(int gpu, bool kv_f16) {
+    if (gpu < 0) return nullptr;
+    if (!kv_f16) throw ModelError("the GPU backend keeps its KV cache in F16 (kv_f16 must be true)");
+    return open_gpu(gpu);
+}
+
 Context::Context(std::shared_ptr<const Model> model, int64_t n_ctx, int n_seq, int n_threads, bool kv_f16,
-                 size_t image_cache_bytes)
+                 size_t image_cache_bytes, int gpu)
     : model_(std::move(model)),
-      ex_(n_threads),
-      kv_(model_->hparams(), n_ctx, n_seq, kv_f16),
+      ex_(n_threads, gpu_or_null(gpu, kv_f16)),
+      kv_(model_->hparams(), n_ctx, n_seq, kv_f16, /*host=*/gpu < 0),
       phi_(model_->hparams(), n_ctx),
       images_(image_cache_bytes) {
     if (n_threads < 1 || n_threads > 512) throw ModelError(fmt("n_threads %d must be in [1, 512]", n_threads));
+    if (gpu >= 0) gpu_ = make_gpu_decoder(*model_, ex_, n_ctx, n_seq);
+}
+
+// The GPU decoder's buffers go before the device the Exec holds.
+Context::~Context() { gpu_.reset(); }
+
+void Context::seq_copy(int src, int dst, int64_t n) {
+    kv_.copy_prefix(src, dst, n);  // checks first: a bad copy changes nothing
+    if (gpu_) gpu_->copy_prefix(src, dst, n);
 }
 
 void Context::check(const Batch& b) const {
@@ -109,13 +124,22 @@ int64_t Context::decode(const Batch& b) {
         const int64_t m = p1 - p0;
         if ((int64_t)x_.size() < m * E) x_.resize((size_t)(m * E));
         rows_.resize((size_t)m);
+        tokens_.resize((size_t)m);
         for (int64_t i = 0; i < m; i++) {
             const size_t r = (size_t)(p0 + i);
-            if (b.token[r] >= 0) model_->embed_tokens(&b.token[r], 1, &x_[(size_t)(i * E)]);
-            else std::memcpy(&x_[(size_t)(i * E)], b.embd[r], sizeof(float) * (size_t)E);
+            tokens_[(size_t)i] = b.token[r];
+            // Token rows: embedded here on the CPU, on the device by the GPU decoder.
+            if (b.token[r] >= 0) {
+                if (!gpu_) model_->embed_tokens(&b.token[r], 1, &x_[(size_t)(i * E)]);
+            } else {
+                std::memcpy(&x_[(size_t)(i * E)], b.embd[r], sizeof(float) * (size_t)E);
+            }
             rows_[(size_t)i] = PhiRow{b.seq[r], b.pos[r], b.logits[r] != 0};
         }
-        phi_decode(hp, model_->lm(), x_.data(), rows_.data(), m, kv_, phi_, logits_.data() + done_logits * V, ex_);
+        if (gpu_)
+            gpu_->decode(tokens_.data(), x_.data(), rows_.data(), m, logits_.data() + done_logits * V);
+        else
+            phi_decode(hp, model_->lm(), x_.data(), rows_.data(), m, kv_, phi_, logits_.data() + done_logits * V, ex_);
         for (int64_t i = 0; i < m;) {  // the pieces' cells, per sequence run
             int64_t j = i;
             while (j < m && b.seq[(size_t)(p0 + j)] == b.seq[(size_t)(p0 + i)]) j++;

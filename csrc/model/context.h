@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "exec.h"
+#include "model/gpu_decoder.h"
 #include "model/image_cache.h"
 #include "model/kv_cache.h"
 #include "model/phi.h"
@@ -43,8 +44,11 @@ struct Batch {
 class Context {
 public:
     // n_ctx: positions per sequence. image_cache_bytes: bound of the image-embedding cache.
+    // gpu >= 0: the decoder runs on that Vulkan device (weights uploaded here, the F16 KV cache on the device;
+    // kv_f16 must be true); the image path stays on the CPU threads. VulkanError where it cannot.
     Context(std::shared_ptr<const Model> model, int64_t n_ctx, int n_seq, int n_threads, bool kv_f16,
-            size_t image_cache_bytes = 64u << 20);
+            size_t image_cache_bytes = 64u << 20, int gpu = -1);
+    ~Context();
 
     const Model& model() const { return *model_; }
     std::shared_ptr<const Model> model_ptr() const { return model_; }
@@ -53,6 +57,10 @@ public:
     int n_seq() const { return kv_.n_seq(); }
     int n_threads() const { return ex_.size(); }
     const KvCache& kv() const { return kv_; }
+    Backend backend() const { return ex_.backend(); }
+    // Bytes of the KV cache reserved by the sequences written so far (on the device for the GPU backend).
+    size_t kv_reserved_bytes() const { return gpu_ ? gpu_->kv_reserved_bytes() : kv_.reserved_bytes(); }
+    size_t gpu_weight_bytes() const { return gpu_ ? gpu_->weight_bytes() : 0; }
 
     // Runs the batch; checked first (sequence ids, positions, token ids, room), so a bad batch changes
     // nothing. Returns how many rows wanted logits: logits() holds them, in row order.
@@ -62,7 +70,7 @@ public:
     // Sequence operations.
     int64_t n_past(int seq) const { return kv_.n_past(seq); }
     void seq_truncate(int seq, int64_t p0) { kv_.truncate(seq, p0); }  // forget [p0, n_past)
-    void seq_copy(int src, int dst, int64_t n) { kv_.copy_prefix(src, dst, n); }
+    void seq_copy(int src, int dst, int64_t n);
     void seq_clear(int seq) { kv_.truncate(seq, 0); }
     // The sequence (among those where allowed[seq], all when allowed is null) holding the longest prefix
     // of cells; ties go to the lowest id. Returns {seq, length}; {-1, 0} when none is allowed.
@@ -83,6 +91,8 @@ private:
     Exec ex_;
     KvCache kv_;
     PhiScratch phi_;
+    std::unique_ptr<GpuDecoder> gpu_;  // the decoder on the device (GPU backend), else null
+    std::vector<int32_t> tokens_;      // token ids of a batch piece (-1: an embedding row), for the GPU
     std::vector<float> x_;        // input embeddings of a batch piece
     std::vector<PhiRow> rows_;
     std::vector<float> logits_;

@@ -30,11 +30,14 @@ struct Cell {
 
 class KvCache {
 public:
-    KvCache(const PhiHparams& hp, int64_t n_ctx, int n_seq, bool f16);
+    // host: whether keys and values live here. Without (the GPU backend keeps them on the device), the cache
+    // records the cells only: k() and v() throw and copy_prefix copies the record.
+    KvCache(const PhiHparams& hp, int64_t n_ctx, int n_seq, bool f16, bool host = true);
 
     int64_t n_ctx() const { return n_ctx_; }
     int n_seq() const { return n_seq_; }
     bool f16() const { return f16_; }
+    bool host() const { return host_; }
     int64_t kv_dim() const { return kv_dim_; }
     size_t elem_size() const { return f16_ ? 2 : 4; }
     size_t slot_bytes() const { return slot_bytes_; }  // keys and values of one slot, every layer
@@ -66,6 +69,7 @@ private:
     int64_t n_ctx_, n_layer_, kv_dim_;
     int n_seq_;
     bool f16_;
+    bool host_;
     size_t slot_bytes_;
     struct Free { void operator()(uint8_t* p) const; };
     std::vector<std::unique_ptr<uint8_t, Free>> mem_;  // per slot: [n_layer][k | v][n_ctx][kv_dim]

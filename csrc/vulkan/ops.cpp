@@ -1,6 +1,7 @@
 #include "vulkan/ops.h"
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 
 #include "errors.h"
@@ -53,30 +54,39 @@ bool matmul_supports(GgmlType t) { return matvec_shader(t) != nullptr; }
 
 void matmul(Sequence& s, GgmlType t, const Buffer& w, int64_t n_out, int64_t n_in, const Buffer& x, int64_t rows,
             Buffer& y, const Buffer* bias) {
+    matmul_rows(s, t, w, 0, n_out, n_in, x, rows, y, n_out, 0, bias);
+}
+
+void matmul_rows(Sequence& s, GgmlType t, const Buffer& w, int64_t o_begin, int64_t o_end, int64_t n_in,
+                 const Buffer& x, int64_t rows, Buffer& y, int64_t y_stride, int64_t y_col0, const Buffer* bias) {
     const char* shader = matvec_shader(t);
     if (!shader) throw VulkanError(fmt("the Vulkan backend has no matrix product for %s weights", type_name(t)));
     const int64_t blk = type_traits((uint32_t)t).block;
+    const int64_t n_out = o_end - o_begin;
     // The shaders take quantized rows 32 values at a time (a block, or an eighth of a K-quant super-block).
-    if (n_out <= 0 || n_in <= 0 || rows <= 0 || n_in % blk != 0 || (blk > 1 && n_in % 32 != 0))
-        throw VulkanError(fmt("bad product shape: %lld rows of %lld into %lld outputs with %s weights (block %lld)",
-                              (long long)rows, (long long)n_in, (long long)n_out, type_name(t), (long long)blk));
+    if (o_begin < 0 || n_out <= 0 || n_in <= 0 || rows <= 0 || n_in % blk != 0 || (blk > 1 && n_in % 32 != 0) ||
+        y_col0 < 0 || y_stride < y_col0 + o_end)
+        throw VulkanError(fmt("bad product shape: %lld rows of %lld into outputs [%lld, %lld) (row stride %lld, "
+                              "column %lld) with %s weights (block %lld)",
+                              (long long)rows, (long long)n_in, (long long)o_begin, (long long)o_end,
+                              (long long)y_stride, (long long)y_col0, type_name(t), (long long)blk));
     const uint64_t rb = row_bytes(t, n_in);
     need(w, rb * (uint64_t)n_out, "matmul weights");
     need(x, 4ull * rows * n_in, "matmul input");
-    need(y, 4ull * rows * n_out, "matmul output");
-    if (bias) need(*bias, 4ull * n_out, "matmul bias");
+    need(y, 4ull * ((rows - 1) * y_stride + y_col0 + o_end), "matmul output");
+    if (bias) need(*bias, 4ull * o_end, "matmul bias");
     u32((int64_t)(rb * (uint64_t)n_out), "weight bytes");
-    u32(rows * std::max(n_in, n_out), "activation elements");
+    u32(rows * std::max(n_in, y_stride), "activation elements");
     Device& d = s.device();
-    Pipeline& p = d.pipeline(shader, 4, 6 * 4);
+    Pipeline& p = d.pipeline(shader, 4, 9 * 4);
     const int64_t row_groups = (rows + kRowsPerGroup - 1) / kRowsPerGroup;
     if (row_groups > d.info().max_workgroup_count[1])
         throw VulkanError(fmt("%lld rows exceed the device's grid", (long long)rows));
     const int64_t max_x = d.info().max_workgroup_count[0];
-    for (int64_t o0 = 0; o0 < n_out; o0 += max_x) {
-        const uint32_t push[6] = {(uint32_t)n_in, (uint32_t)n_out, (uint32_t)rows, (uint32_t)rb, (uint32_t)o0,
-                                  bias ? 1u : 0u};
-        const uint32_t gx = (uint32_t)std::min(max_x, n_out - o0);
+    for (int64_t o0 = o_begin; o0 < o_end; o0 += max_x) {
+        const uint32_t push[9] = {(uint32_t)n_in, (uint32_t)o_end, (uint32_t)rows, (uint32_t)rb, (uint32_t)o0,
+                                  bias ? 1u : 0u, (uint32_t)o_begin, (uint32_t)y_stride, (uint32_t)y_col0};
+        const uint32_t gx = (uint32_t)std::min(max_x, o_end - o0);
         s.dispatch(p, {&w, &x, bias ? bias : &d.dummy(), &y}, push, sizeof push, gx, (uint32_t)row_groups);
     }
 }
@@ -87,19 +97,25 @@ struct NormPush {
     uint32_t n, rows;
     float eps;
     uint32_t has_w, has_b;
+    uint32_t per, stride, off;  // where row r starts: off + (r / per) * stride + (r % per) * n
 };
 
 void norm(Sequence& s, const char* shader, const Buffer& x, Buffer& y, int64_t rows, int64_t n, const Buffer* w,
-          const Buffer* b, float eps) {
-    if (rows <= 0 || n <= 0) throw VulkanError(fmt("%s of %lld rows of %lld", shader, (long long)rows, (long long)n));
-    need(x, 4ull * rows * n, shader);
-    need(y, 4ull * rows * n, shader);
+          const Buffer* b, float eps, int64_t per, int64_t stride, int64_t off) {
+    if (rows <= 0 || n <= 0 || per <= 0 || stride < per * n || off < 0)
+        throw VulkanError(fmt("%s of %lld rows of %lld (%lld per group, stride %lld, offset %lld)", shader,
+                              (long long)rows, (long long)n, (long long)per, (long long)stride, (long long)off));
+    const int64_t groups = (rows + per - 1) / per;
+    const uint64_t span = 4ull * (off + (groups - 1) * stride + per * n);
+    need(x, span, shader);
+    need(y, span, shader);
     if (w) need(*w, 4ull * n, shader);
     if (b) need(*b, 4ull * n, shader);
-    u32(rows * n, "norm elements");
+    u32((int64_t)(span / 4), "norm elements");
     Device& d = s.device();
     Pipeline& p = d.pipeline(shader, 4, sizeof(NormPush));
-    const NormPush push{(uint32_t)n, (uint32_t)rows, eps, w ? 1u : 0u, b ? 1u : 0u};
+    const NormPush push{(uint32_t)n, (uint32_t)rows, eps, w ? 1u : 0u, b ? 1u : 0u,
+                        (uint32_t)per, (uint32_t)stride, (uint32_t)off};
     uint32_t gx, gy;
     grid(d, rows, gx, gy);
     s.dispatch(p, {&x, w ? w : &d.dummy(), b ? b : &d.dummy(), &y}, &push, sizeof push, gx, gy);
@@ -109,11 +125,16 @@ void norm(Sequence& s, const char* shader, const Buffer& x, Buffer& y, int64_t r
 
 void layernorm(Sequence& s, const Buffer& x, Buffer& y, int64_t rows, int64_t n, const Buffer* w, const Buffer* b,
                float eps) {
-    norm(s, "layernorm", x, y, rows, n, w, b, eps);
+    norm(s, "layernorm", x, y, rows, n, w, b, eps, 1, n, 0);
+}
+
+void layernorm_heads(Sequence& s, Buffer& x, int64_t groups, int64_t n_per, int64_t n, int64_t stride, int64_t off,
+                     const Buffer* w, const Buffer* b, float eps) {
+    norm(s, "layernorm", x, x, groups * n_per, n, w, b, eps, n_per, stride, off);
 }
 
 void rmsnorm(Sequence& s, const Buffer& x, Buffer& y, int64_t rows, int64_t n, const Buffer* w, float eps) {
-    norm(s, "rmsnorm", x, y, rows, n, w, nullptr, eps);
+    norm(s, "rmsnorm", x, y, rows, n, w, nullptr, eps, 1, n, 0);
 }
 
 void gelu(Sequence& s, Buffer& x, int64_t n, bool tanh_form) {
@@ -159,6 +180,108 @@ void rope_neox(Sequence& s, Buffer& x, int64_t rows, int64_t row_stride, int n_h
     uint32_t gx, gy;
     grid(d, (items + d.workgroup() - 1) / d.workgroup(), gx, gy);
     s.dispatch(p, {&x, &pos, &cos, &sin}, push, sizeof push, gx, gy);
+}
+
+namespace {
+
+const char* embed_shader(GgmlType t) {
+    switch (t) {
+        case GgmlType::F32: return "embed_f32";
+        case GgmlType::F16: return "embed_f16";
+        case GgmlType::Q8_0: return "embed_q8_0";
+        case GgmlType::Q4_0: return "embed_q4_0";
+        case GgmlType::Q4_K: return "embed_q4_k";
+        case GgmlType::Q6_K: return "embed_q6_k";
+        default: return nullptr;
+    }
+}
+
+}  // namespace
+
+void embed(Sequence& s, GgmlType t, const Buffer& w, int64_t row0, int64_t n_held, int64_t n_embd, const Buffer& tok,
+           int64_t rows, Buffer& x) {
+    const char* shader = embed_shader(t);
+    if (!shader) throw VulkanError(fmt("the Vulkan backend has no embedding gather for %s weights", type_name(t)));
+    const int64_t blk = type_traits((uint32_t)t).block;
+    if (row0 < 0 || n_held <= 0 || n_embd <= 0 || rows <= 0 || n_embd % blk != 0 || (blk > 1 && n_embd % 32 != 0))
+        throw VulkanError(fmt("embed: rows [%lld, +%lld) of %lld columns of %s, %lld rows of x", (long long)row0,
+                              (long long)n_held, (long long)n_embd, type_name(t), (long long)rows));
+    const uint64_t rb = row_bytes(t, n_embd);
+    need(w, rb * (uint64_t)n_held, "embed weights");
+    need(tok, 4ull * rows, "embed tokens");
+    need(x, 4ull * rows * n_embd, "embed output");
+    u32(rows * n_embd, "embed elements");
+    u32((int64_t)(rb * (uint64_t)n_held), "embed weight bytes");
+    Device& d = s.device();
+    Pipeline& p = d.pipeline(shader, 3, 5 * 4);
+    const uint32_t push[5] = {(uint32_t)n_embd, (uint32_t)rows, (uint32_t)rb, u32(row0, "embed row0"),
+                              u32(n_held, "embed rows")};
+    uint32_t gx, gy;
+    grid(d, rows, gx, gy);
+    s.dispatch(p, {&w, &tok, &x}, push, sizeof push, gx, gy);
+}
+
+void kv_write(Sequence& s, const Buffer& qkv, int64_t row0, int64_t rows, int64_t qkv_stride, int64_t k_col,
+              int64_t kv_dim, Buffer& kv, int64_t p0, int64_t n_ctx) {
+    if (row0 < 0 || rows <= 0 || kv_dim <= 0 || kv_dim % 2 || k_col < 0 || k_col + 2 * kv_dim > qkv_stride ||
+        p0 < 0 || p0 + rows > n_ctx)
+        throw VulkanError(fmt("kv_write: rows [%lld, +%lld) of stride %lld, k at %lld, kv_dim %lld (even), "
+                              "positions %lld.. of %lld", (long long)row0, (long long)rows, (long long)qkv_stride,
+                              (long long)k_col, (long long)kv_dim, (long long)p0, (long long)n_ctx));
+    need(qkv, 4ull * (row0 + rows) * qkv_stride, "kv_write rows");
+    need(kv, 2ull * 2 * n_ctx * kv_dim, "kv_write slot");
+    Device& d = s.device();
+    u32(2 * n_ctx * kv_dim, "kv elements");
+    Pipeline& p = d.pipeline("kv_write", 2, 7 * 4);
+    const uint32_t push[7] = {(uint32_t)row0, (uint32_t)rows, u32(qkv_stride, "qkv stride"), (uint32_t)k_col,
+                              (uint32_t)kv_dim, (uint32_t)p0, (uint32_t)n_ctx};
+    const int64_t items = rows * kv_dim;  // words: rows x (kv_dim / 2) x {k, v}
+    uint32_t gx, gy;
+    grid(d, (items + d.workgroup() - 1) / d.workgroup(), gx, gy);
+    s.dispatch(p, {&qkv, &kv}, push, sizeof push, gx, gy);
+}
+
+void attention(Sequence& s, const Buffer& qkv, int64_t row0, int64_t rows, int64_t qkv_stride, const Buffer& kv,
+               int64_t p0, int64_t n_ctx, int n_head, int n_head_kv, int head_dim, float scale, Buffer& o,
+               int64_t o_stride, Buffer* part, int64_t chunk) {
+    Device& d = s.device();
+    const int64_t kv_dim = (int64_t)n_head_kv * head_dim;
+    if (row0 < 0 || rows <= 0 || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv || head_dim <= 0 ||
+        head_dim > 256 || head_dim > 4 * (int64_t)d.workgroup() || kv_dim % 2 || p0 < 0 || p0 + rows > n_ctx ||
+        qkv_stride < (int64_t)n_head * head_dim || o_stride < (int64_t)n_head * head_dim)
+        throw VulkanError(fmt("attention: rows [%lld, +%lld), %d heads (%d kv) of %d (at most 256 and 4 x %u), "
+                              "positions %lld.. of %lld", (long long)row0, (long long)rows, n_head, n_head_kv,
+                              head_dim, d.workgroup(), (long long)p0, (long long)n_ctx));
+    need(qkv, 4ull * (row0 + rows) * qkv_stride, "attention queries");
+    need(kv, 2ull * 2 * n_ctx * kv_dim, "attention slot");
+    need(o, 4ull * (row0 + rows) * o_stride, "attention output");
+    u32(2 * n_ctx * kv_dim, "kv elements");
+    // Splits: enough to cover the last row's keys in chunks (a chunk a whole number of key tiles).
+    const int64_t n_keys = p0 + rows;
+    int64_t n_split = 1;
+    if (part && chunk > 0) {
+        if (chunk % d.workgroup())
+            throw VulkanError(fmt("attention: a chunk of %lld keys is not a whole number of tiles of %u",
+                                  (long long)chunk, d.workgroup()));
+        n_split = (n_keys + chunk - 1) / chunk;
+    }
+    if (n_split <= 1) chunk = n_keys;
+    else need(*part, 4ull * attention_part_floats(rows, n_head, head_dim, n_split), "attention splits");
+    Pipeline& p = d.pipeline("attention", 4, 13 * 4);
+    uint32_t push[13] = {(uint32_t)row0, (uint32_t)rows, u32(qkv_stride, "qkv stride"), (uint32_t)p0,
+                         (uint32_t)n_head, (uint32_t)n_head_kv, (uint32_t)head_dim, (uint32_t)kv_dim,
+                         (uint32_t)n_ctx, u32(o_stride, "o stride"), 0, (uint32_t)chunk, (uint32_t)n_split};
+    std::memcpy(&push[10], &scale, 4);
+    uint32_t gx, gy;
+    grid(d, rows * n_head * n_split, gx, gy);
+    s.dispatch(p, {&qkv, &kv, &o, n_split > 1 ? part : &d.dummy()}, push, sizeof push, gx, gy);
+    if (n_split > 1) {
+        Pipeline& m = d.pipeline("attention_merge", 2, 6 * 4);
+        const uint32_t mp[6] = {(uint32_t)row0, (uint32_t)rows, (uint32_t)n_head, (uint32_t)head_dim,
+                                (uint32_t)n_split, (uint32_t)o_stride};
+        grid(d, rows * n_head, gx, gy);
+        s.dispatch(m, {part, &o}, mp, sizeof mp, gx, gy);
+    }
 }
 
 void add(Sequence& s, const Buffer& a, const Buffer& b, Buffer& y, int64_t n, int64_t nb) {

@@ -77,11 +77,12 @@ class ServerState:
             else:
                 from ..model import Model
                 m = Model(self.cfg.model_path, n_threads=self.cfg.n_threads, n_ctx=self.cfg.n_ctx,
-                          n_parallel=self.cfg.n_parallel)
+                          n_parallel=self.cfg.n_parallel, device=self.cfg.device, gpu=self.cfg.gpu)
             self._describe(m)
             self._model = m
-            log.info("model %s ready in %.1f s (%s, n_ctx %d, %d parallel sequences, %d threads)",
-                     self.cfg.model_name, time.perf_counter() - t0, m.arch, m.n_ctx, m.n_parallel, m.n_threads)
+            where = "CPU" if getattr(m, "gpu", None) is None else f"Vulkan device {m.gpu}"
+            log.info("model %s ready in %.1f s (%s, n_ctx %d, %d parallel sequences, %d threads, decoder on the %s)",
+                     self.cfg.model_name, time.perf_counter() - t0, m.arch, m.n_ctx, m.n_parallel, m.n_threads, where)
         except BaseException as e:  # noqa: BLE001 - reported through /health and the callback
             self.load_error = f"{type(e).__name__}: {e}"
             log.error("the model did not load: %s", self.load_error)

@@ -16,6 +16,8 @@ class ServerConfig:
     n_threads: Optional[int] = None
     n_ctx: int = 2048
     n_parallel: int = 4                   # sequences decoded together
+    device: str = "auto"                  # where the decoder runs: auto, cpu, gpu (Model's device)
+    gpu: Optional[int] = None             # the Vulkan device index (Model's gpu)
     max_queue: int = 64                   # requests waiting beyond n_parallel; more get 503
     api_keys: List[str] = field(default_factory=list)
     cors_origins: List[str] = field(default_factory=list)
@@ -41,6 +43,10 @@ class ServerConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.shutdown_grace < 0:
             raise ValueError(f"--shutdown-grace must be >= 0, got {self.shutdown_grace}")
+        if self.device not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"--device must be auto, cpu or gpu, got {self.device!r}")
+        if self.gpu is not None and int(self.gpu) < 0:
+            raise ValueError(f"--gpu must be a Vulkan device index (0, 1, ...), got {self.gpu}")
         if any(not k for k in self.api_keys):
             raise ValueError("an API key must not be empty")
         if self.media_dir is not None:

@@ -25,6 +25,8 @@ def add_command(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("-c", "--ctx", "--ctx-size", type=int, default=2048, dest="ctx",
                    help="context size of each sequence in positions (default 2048)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all available)")
+    from ..gpu import add_device_args
+    add_device_args(p)
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for a sequence; more get 503 with Retry-After (default 64)")
     p.add_argument("--api-key", action="append", default=[], metavar="KEY",
@@ -71,7 +73,7 @@ def config_from_args(args: argparse.Namespace):
                        cors_origins=list(args.cors_origin or []), media_dir=args.media_dir,
                        max_body_bytes=int(args.max_body_mb * (1 << 20)), max_images=args.max_images,
                        max_image_bytes=int(args.max_image_mb * (1 << 20)), max_image_pixels=args.max_image_pixels,
-                       shutdown_grace=args.shutdown_grace)
+                       shutdown_grace=args.shutdown_grace, device=args.device, gpu=args.gpu)
     try:
         return cfg.check()
     except ValueError as e:

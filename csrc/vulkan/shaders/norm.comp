@@ -2,6 +2,8 @@
 // Row norms, one workgroup per row, float32 sums in shared memory:
 //   LAYER_NORM: y = (x - mean) / sqrt(var + eps) * w + b   (w, b optional)
 //   RMS_NORM:   y = x / sqrt(mean(x^2) + eps) * w          (w optional)
+// Row r starts at off + (r / per) * stride + (r % per) * n, so the heads of q or k inside the rows of a
+// [q | k | v] buffer are normed in place (per = heads, stride = the row length); y may be x.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
@@ -16,6 +18,9 @@ layout(push_constant) uniform Params {
     float eps;
     uint has_w;
     uint has_b;
+    uint per;     // rows per group
+    uint stride;  // floats from one group to the next
+    uint off;     // the first row's offset
 } p;
 
 shared float red[WG];
@@ -37,7 +42,7 @@ void main() {
     const uint tid = gl_LocalInvocationID.x;
     const uint row = flat_group();
     if (row >= p.rows) return;  // uniform over the workgroup: no barrier is skipped by part of it
-    const uint base = row * p.n;
+    const uint base = p.off + (row / p.per) * p.stride + (row % p.per) * p.n;
 #ifdef LAYER_NORM
     float s = 0.0;
     for (uint i = tid; i < p.n; i += WG) s += x[base + i];

@@ -1,0 +1,40 @@
+// The seam between the engine context and a GPU decoder: what Context needs of one, without naming the
+// Vulkan types, so the engine builds and runs where the backend is not built. The Vulkan implementation is
+// csrc/vulkan/phi_gpu.h; where the backend is not built, open_gpu and make_gpu_decoder throw VulkanError
+// (csrc/model/gpu_decoder.cpp).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "model/phi.h"
+
+namespace tg {
+
+class Exec;
+class Model;
+
+namespace vk {
+class Device;
+}
+
+class GpuDecoder {
+public:
+    virtual ~GpuDecoder() = default;
+    // The decoder forward of n rows, as phi_decode (model/phi.h): row i is token tokens[i] when that is
+    // >= 0, else row i of x (n_embd floats; x's token rows are not read). Keys and values go to the device's
+    // cache slots; the logits of the rows that want them, in row order, to logits (host memory). The host
+    // waits once, for the whole step.
+    virtual void decode(const int32_t* tokens, const float* x, const PhiRow* rows, int64_t n, float* logits) = 0;
+    // The device side of KvCache::copy_prefix: slot dst's first n positions become src's.
+    virtual void copy_prefix(int src, int dst, int64_t n) = 0;
+    virtual size_t kv_reserved_bytes() const = 0;  // device memory of the slots written so far
+    virtual size_t weight_bytes() const = 0;       // device memory of the uploaded weights
+};
+
+// The logical device of Vulkan device `index` (VulkanError where there is none, or no backend).
+std::shared_ptr<vk::Device> open_gpu(int index);
+// The decoder of model m on ex's device (ex.gpu()): uploads the weights, one buffer per tensor.
+std::unique_ptr<GpuDecoder> make_gpu_decoder(const Model& m, Exec& ex, int64_t n_ctx, int n_seq);
+
+}  // namespace tg

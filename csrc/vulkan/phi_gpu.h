@@ -1,0 +1,101 @@
+// The Phi-2 decoder on a Vulkan device: the weights uploaded once (one buffer per tensor, a tensor larger than
+// the device's storage-buffer range split by rows over several), the F16 KV cache per sequence slot on the
+// device, and the forward of a batch recorded as one command sequence per step, so the host waits once per
+// step, for the logits.
+//
+// The same rows as the CPU's phi_decode (model/phi.h): tokens or embedding rows of any sequences, each with
+// its position and whether its logits are wanted; a sequence's rows contiguous and continuing its slot (the
+// context checks). What each slot holds (its cells) stays on the host in the context's KvCache.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "ggml_type.h"
+#include "kernels/matmul.h"
+#include "model/gpu_decoder.h"
+#include "model/phi.h"
+#include "vulkan/device.h"
+
+namespace tg {
+namespace vk {
+
+// A weight matrix [n_out][n_in] as the file stores it (GGUF rows), in parts of whole rows: one part unless
+// the tensor exceeds the device's storage-buffer range (Phi-2's F16 token embedding and output, 262 MB each,
+// against lavapipe's 128 MiB).
+struct GpuMat {
+    GgmlType type = GgmlType::F32;
+    int64_t n_out = 0, n_in = 0;
+    struct Part {
+        int64_t row0 = 0, rows = 0;
+        std::unique_ptr<Buffer> buf;
+    };
+    std::vector<Part> parts;
+};
+
+struct GpuLayer {
+    std::unique_ptr<Buffer> attn_norm_w, attn_norm_b;    // [n_embd]
+    bool fused = false;
+    GpuMat qkv;                                          // [n_embd + 2 kv_dim, n_embd] rows [q; k; v] (fused)
+    std::unique_ptr<Buffer> qkv_b;                       // [n_embd + 2 kv_dim] (may be null)
+    GpuMat wq, wk, wv;                                   // [n_embd | kv_dim | kv_dim, n_embd] (not fused)
+    std::unique_ptr<Buffer> bq, bk, bv;                  // their biases (may be null)
+    GpuMat out;                                          // [n_embd, n_embd]
+    std::unique_ptr<Buffer> out_b;                       // [n_embd]
+    GpuMat up;                                           // [n_ff, n_embd]
+    std::unique_ptr<Buffer> up_b;                        // [n_ff]
+    GpuMat down;                                         // [n_embd, n_ff]
+    std::unique_ptr<Buffer> down_b;                      // [n_embd]
+    std::unique_ptr<Buffer> q_norm_w, q_norm_b;          // [head_dim] (TinyGPT-V, else null)
+    std::unique_ptr<Buffer> k_norm_w, k_norm_b;          // [head_dim]
+    std::unique_ptr<Buffer> post_norm_w;                 // [n_embd]   (TinyGPT-V, else null)
+};
+
+struct GpuWeights {
+    GpuMat tok_embd;                                     // [n_vocab, n_embd] (gathered, never multiplied)
+    std::vector<GpuLayer> layers;
+    std::unique_ptr<Buffer> out_norm_w, out_norm_b;      // [n_embd]
+    GpuMat output;                                       // [n_vocab, n_embd]
+    std::unique_ptr<Buffer> output_b;                    // [n_vocab] (may be null)
+    std::unique_ptr<Buffer> rope_cos, rope_sin;          // [n_ctx][n_rot / 2], the CPU path's own tables
+    size_t bytes = 0;                                    // all of the above
+};
+
+class PhiGpu : public GpuDecoder {
+public:
+    // Uploads the decoder's weights of hp / w to dev. max_buffer: the largest buffer a tensor part may take
+    // (0: the device's storage-buffer range and allocation limit).
+    PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n_ctx, int n_seq, uint64_t max_buffer = 0);
+
+    void decode(const int32_t* tokens, const float* x, const PhiRow* rows, int64_t n, float* logits) override;
+    void copy_prefix(int src, int dst, int64_t n) override;
+    size_t kv_reserved_bytes() const override;
+    size_t weight_bytes() const override { return w_.bytes; }
+
+private:
+    GpuMat upload_mat(const MatW& m, const char* what);
+    std::unique_ptr<Buffer> upload_vec(const float* v, int64_t n);
+    void product(Sequence& s, const GpuMat& m, const Buffer& x, int64_t rows, Buffer& y, int64_t y_stride,
+                 int64_t y_col0, const Buffer* bias);
+    void reserve(int64_t rows, int64_t n_logits);
+    std::vector<std::unique_ptr<Buffer>>& slot(int seq);  // its layers' buffers, made on first use
+
+    Device& dev_;
+    PhiHparams hp_;
+    int64_t n_ctx_;
+    int n_seq_;
+    uint64_t max_buffer_;
+    GpuWeights w_;
+    MatW host_embd_;  // the token embedding where its type has no gather on the device (else data is null)
+    // Per slot, per layer: keys [n_ctx][kv_dim] then values, F16 (empty until the slot is first written).
+    std::vector<std::vector<std::unique_ptr<Buffer>>> kv_;
+    // Activations of a step, float32, grown to the largest step so far.
+    int64_t cap_rows_ = 0, cap_logits_ = 0;
+    std::unique_ptr<Buffer> x_, h_, qkv_, att_, a_, ff_, sel_, logits_, tok_, pos_;
+    std::unique_ptr<Buffer> in_, out_;  // host-visible: a step's inputs (x, tokens, positions), its logits
+    int64_t split_chunk_ = 0;            // keys per split of decode attention
+    std::unique_ptr<Buffer> part_;       // the splits' partial outputs, one decode row at a time
+};
+
+}  // namespace vk
+}  // namespace tg

@@ -1,0 +1,322 @@
+"""The Phi-2 decoder on the GPU (Vulkan), against the CPU engine, on random models and the embedded demo
+model, with the validation layer on (any message it sends fails the test).
+
+The GPU multiplies float32 activations by the weights as stored; the CPU engine quantizes activations to
+int8 for quantized weights (kernels/matmul.h). So for F32 and F16 files the reference is the CPU on the same
+file, and for Q8_0 and Q4_0 files it is the CPU on the file's weights dequantized to F32 (the arithmetic the
+GPU does), while the gap to the CPU on the quantized file is bounded by the CPU's own activation rounding.
+
+Skips where the backend or a device is missing; with TINYGPTV_REQUIRE_VULKAN=1 (CI, on lavapipe) that
+fails instead. Timings on lavapipe (a CPU driver) say nothing of GPU speed and none are asserted.
+"""
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("TINYGPTV_VK_VALIDATION", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+import gguf_builder as gb  # noqa: E402
+import tinygptv_native as tg  # noqa: E402
+from fixtures.proc import CHILD_CWD, child_env  # noqa: E402
+from tinygptv_native import _core  # noqa: E402
+from tinygptv_native._core import _testing  # noqa: E402
+
+REQUIRE = os.environ.get("TINYGPTV_REQUIRE_VULKAN") == "1"
+N_CTX = 96
+
+
+def _unavailable():
+    if not _core.vulkan_built():
+        return "this build has no Vulkan backend (Vulkan headers or a GLSL compiler were missing)"
+    try:
+        devs = _core.vulkan_devices()
+    except tg.VulkanError as e:
+        return f"Vulkan is unavailable: {e}"
+    return None if devs else "no Vulkan device was found"
+
+
+WHY = _unavailable()
+
+
+@pytest.fixture
+def vk():
+    """Skips (fails with TINYGPTV_REQUIRE_VULKAN=1) without a device; fails the test on any validation message."""
+    if WHY:
+        if REQUIRE:
+            pytest.fail(f"TINYGPTV_REQUIRE_VULKAN=1 but {WHY}")
+        pytest.skip(WHY)
+    _testing.vk_messages()
+    yield
+    msgs = _testing.vk_messages()
+    assert not msgs, "the validation layer reported:\n" + "\n".join(msgs)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """{type: (the file, the file the CPU reference reads)} for F32, F16, Q8_0 and Q4_0 (GQA: 4 heads, 2 kv)."""
+    import gguf
+    from tinygptv_native.quantize import quantize_file
+    d = tmp_path_factory.mktemp("vkmodel")
+    f32 = str(d / "f32.gguf")
+    gb.phi2_builder(n_vocab=288, n_embd=64, n_head=4, n_head_kv=2, n_layer=3, n_ff=128, n_rot=8, n_ctx=N_CTX,
+                    seed=5).write(f32)
+    out = {"f32": (f32, f32)}
+    for t in ("f16", "q8_0", "q4_0"):
+        q = str(d / f"{t}.gguf")
+        quantize_file(f32, q, t, progress=False)
+        if t == "f16":
+            out[t] = (q, q)
+            continue
+        # The quantized weights, dequantized by gguf-py, written over the F32 file's tensors (same layout).
+        deq = d / f"{t}-dequantized.gguf"
+        deq.write_bytes(open(f32, "rb").read())
+        quant = {x.name: x for x in gguf.GGUFReader(q).tensors}
+        mm = np.memmap(deq, mode="r+")
+        for x in gguf.GGUFReader(f32).tensors:
+            tq = quant[x.name]
+            if tq.tensor_type != gguf.GGMLQuantizationType.F32:
+                v = gguf.quants.dequantize(tq.data, tq.tensor_type).astype(np.float32).ravel()
+                mm[x.data_offset:x.data_offset + v.nbytes] = v.view(np.uint8)
+        mm.flush()
+        del mm
+        out[t] = (q, str(deq))
+    return out
+
+
+def _greedy(ctx, prompt, n_new):
+    """Logits of the prompt's rows and of n_new greedy steps (sequence 0), and the tokens chosen."""
+    rows = [ctx.eval_tokens(0, prompt, True)]
+    toks = []
+    for _ in range(n_new):
+        toks.append(int(np.argmax(rows[-1][-1])))
+        rows.append(ctx.eval_tokens(0, np.array([toks[-1]], np.int32), True))
+    return np.concatenate(rows), toks
+
+
+def _prompt(k, n):
+    return np.random.default_rng(300 + k).integers(0, 288, n).astype(np.int32)
+
+
+# The largest logit difference, measured on lavapipe: 1.7e-4 (F32), 2.7e-5 (F16), 2.4e-4 (Q8_0) and 1.9e-4
+# (Q4_0) against the references above, with logits up to 9 in magnitude: the GPU sums in another order (tree
+# reductions, an online softmax over key tiles), nothing more. (The CPU on the quantized files is 1.8e-2 /
+# 2.0e-2 from those references on average, its int8 activations; the GPU 1.8e-2 / 2.0e-2 from it.)
+BOUND = 1e-3
+
+
+@pytest.mark.parametrize("wtype", ["f32", "f16", "q8_0", "q4_0"])
+def test_logits_and_greedy_tokens_match_the_cpu(vk, files, wtype):
+    path, ref_path = files[wtype]
+    gpu = _core.Context(_core.Model(path, 1), N_CTX, 1, 1, True, 64.0, 0)
+    assert gpu.backend == "vulkan" and gpu.gpu_weight_bytes > 0
+    ref = _core.Context(_core.Model(ref_path, 1), N_CTX, 1, 1, True)
+    prompt = _prompt(0, 11)
+    lg, tg_ = _greedy(gpu, prompt, 24)
+    lr, tr = _greedy(ref, prompt, 24)
+    assert tg_ == tr  # the same 24 greedy tokens
+    err = np.abs(lg - lr).max()
+    assert err <= BOUND, (wtype, err)
+    if wtype in ("q8_0", "q4_0"):
+        # The CPU engine on the quantized file rounds its activations to int8: the GPU (float activations)
+        # is as far from it as that rounding takes the CPU from the dequantized reference, not farther.
+        cpu_q = _core.Context(_core.Model(path, 1), N_CTX, 1, 1, True)
+        lq = cpu_q.eval_tokens(0, np.concatenate([prompt, np.array(tr, np.int32)]), True)
+        e_act = np.abs(lq - lr).mean()
+        e_gpu = np.abs(lq - lg).mean()
+        assert e_gpu <= 1.1 * e_act + BOUND, (wtype, e_gpu, e_act)
+
+
+@pytest.mark.parametrize("qtype", ["q4_k_m", "q6_k"])
+def test_k_quants_match_their_dequantized_weights(vk, tmp_path, qtype):
+    """Q4_K and Q6_K blocks (super-blocks of 256: a model 256 wide), gathered and multiplied on the GPU,
+    against the CPU on the same weights dequantized to F32."""
+    import gguf
+    from tinygptv_native.quantize import quantize_file
+    f32, q, deq = (str(tmp_path / n) for n in ("f32.gguf", "q.gguf", "deq.gguf"))
+    gb.phi2_builder(n_vocab=288, n_embd=256, n_head=4, n_layer=2, n_ff=512, n_rot=16, n_ctx=N_CTX, seed=8,
+                    scale=0.08).write(f32)
+    types = quantize_file(f32, q, qtype, progress=False)
+    assert {"Q4_K", "Q6_K"} & set(types.values()) == ({"Q4_K", "Q6_K"} if qtype == "q4_k_m" else {"Q6_K"})
+    open(deq, "wb").write(open(f32, "rb").read())
+    quant = {x.name: x for x in gguf.GGUFReader(q).tensors}
+    mm = np.memmap(deq, mode="r+")
+    for x in gguf.GGUFReader(f32).tensors:
+        tq = quant[x.name]
+        if tq.tensor_type != gguf.GGMLQuantizationType.F32:
+            v = gguf.quants.dequantize(tq.data, tq.tensor_type).astype(np.float32).ravel()
+            mm[x.data_offset:x.data_offset + v.nbytes] = v.view(np.uint8)
+    mm.flush()
+    del mm
+    gpu = _core.Context(_core.Model(q, 1), N_CTX, 1, 1, True, 64.0, 0)
+    ref = _core.Context(_core.Model(deq, 1), N_CTX, 1, 1, True)
+    prompt = _prompt(4, 9)
+    lg, tg_ = _greedy(gpu, prompt, 20)
+    lr, tr = _greedy(ref, prompt, 20)
+    assert tg_ == tr
+    assert np.abs(lg - lr).max() <= BOUND
+
+
+def test_decode_attention_split_over_keys_matches_the_cpu(vk, tmp_path):
+    """Decode rows past 256 keys take the split pass (chunks of 4 key tiles, merged after); the prompt rows
+    before them the one-pass attention: both against the CPU, and the same greedy tokens."""
+    path = str(tmp_path / "long.gguf")
+    gb.phi2_builder(n_vocab=288, n_embd=64, n_head=4, n_head_kv=2, n_layer=2, n_ff=128, n_rot=8, n_ctx=640,
+                    seed=6, dtype=gb.GT_F16).write(path)
+    m = _core.Model(path, 1)
+    gpu = _core.Context(m, 640, 1, 1, True, 64.0, 0)
+    ref = _core.Context(m, 640, 1, 1, True)
+    prompt = _prompt(5, 250)
+    lg, tg_ = _greedy(gpu, prompt, 140)  # decode rows at 251..390 keys: 1, then 2 splits
+    lr, tr = _greedy(ref, prompt, 140)
+    assert tg_ == tr
+    assert np.abs(lg - lr).max() <= BOUND
+
+
+def test_a_tensor_split_over_buffers_gives_the_same_logits(vk, files, monkeypatch):
+    """Parts of at most 4 KiB: the Q4_0 token embedding and output (288 rows of 36 bytes) take 3 buffers each,
+    as Phi-2's F16 embedding (262 MB) takes 2 of lavapipe's 128 MiB; every part is read at its own offset."""
+    path, _ = files["q4_0"]
+    m = _core.Model(path, 1)
+    whole = _core.Context(m, N_CTX, 1, 1, True, 64.0, 0)
+    monkeypatch.setenv("TINYGPTV_VK_MAX_BUFFER", "4096")
+    split = _core.Context(m, N_CTX, 1, 1, True, 64.0, 0)
+    prompt = _prompt(1, 9)
+    a, ta = _greedy(whole, prompt, 6)
+    b, tb = _greedy(split, prompt, 6)
+    assert ta == tb and np.array_equal(a, b)
+
+
+def test_batched_sequences_equal_each_alone(vk, files):
+    """Prompt pieces of some sequences and decode steps of others in one batch: each row's logits are
+    those of its sequence run alone (bit for bit: a row's arithmetic does not depend on its company)."""
+    m = _core.Model(files["q8_0"][0], 1)
+    specs = [(0, 7), (1, 1), (2, 13), (3, 4)]
+    alone = {}
+    for k, n in specs:
+        c = _core.Context(m, N_CTX, 1, 1, True, 64.0, 0)
+        alone[k] = [c.eval_tokens(0, _prompt(k, n), True)]
+        for step in range(3):
+            alone[k].append(c.eval_tokens(0, _prompt(10 + k, 3)[step:step + 1], True))
+        alone[k] = np.concatenate(alone[k])
+    c = _core.Context(m, N_CTX, 4, 1, True, 64.0, 0)
+    got = {k: [] for k, _ in specs}
+    # step 0: every prompt; then steps where some sequences decode and the last prompt is resent piecewise
+    b = _core.Batch()
+    for k, n in specs:
+        for i, t in enumerate(_prompt(k, n)):
+            b.add_token(int(t), k, i, True)
+    out = c.decode(b)
+    r = 0
+    for k, n in specs:
+        got[k].append(out[r:r + n])
+        r += n
+    for step in range(3):
+        b = _core.Batch()
+        for k, n in specs:
+            b.add_token(int(_prompt(10 + k, 3)[step]), k, n + step, True)
+        out = c.decode(b)
+        for i, (k, _) in enumerate(specs):
+            got[k].append(out[i:i + 1])
+    for k, _ in specs:
+        assert np.array_equal(np.concatenate(got[k]), alone[k]), k
+
+
+def test_truncate_and_copy_prefix_agree_with_a_fresh_forward(vk, files):
+    m = _core.Model(files["f16"][0], 1)
+    c = _core.Context(m, N_CTX, 3, 1, True, 64.0, 0)
+    p = _prompt(2, 20)
+    c.eval_tokens(0, p)
+    c.copy(0, 1, 12)         # sequence 1: the first 12 positions of 0
+    c.truncate(0, 15)        # sequence 0: its first 15
+    assert (c.n_past(0), c.n_past(1)) == (15, 12)
+    tail = _prompt(3, 5)
+    got0 = c.eval_tokens(0, tail, True)
+    got1 = c.eval_tokens(1, tail, True)
+    c.copy(1, 2, 17)         # a copy of a whole sequence, then its continuation
+    got2 = c.eval_tokens(2, tail[:2], True)
+
+    def fresh(ids):
+        f = _core.Context(m, N_CTX, 1, 1, True, 64.0, 0)
+        return f.eval_tokens(0, np.asarray(ids, np.int32), True)
+
+    np.testing.assert_allclose(got0, fresh(np.concatenate([p[:15], tail]))[15:], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got1, fresh(np.concatenate([p[:12], tail]))[12:], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got2, fresh(np.concatenate([p[:12], tail, tail[:2]]))[17:], rtol=0, atol=1e-5)
+    assert c.kv_reserved_bytes == 3 * 3 * 2 * N_CTX * 32 * 2  # 3 slots x 3 layers x (k, v) x n_ctx x kv_dim x F16
+
+
+def test_the_demo_model_answers_as_on_the_cpu(vk):
+    from tinygptv_native import Model
+    from tinygptv_native.demo import DEMO_IMAGE
+    answers = {}
+    for device in ("cpu", "gpu"):
+        m = Model(device=device, n_parallel=2)
+        assert m.device == device and (m.gpu is None) == (device == "cpu")
+        c = m.new_chat()
+        answers[device] = [m.chat("How many shapes are there?", image=DEMO_IMAGE, temperature=0),
+                           c.ask("What color is the triangle?", image=DEMO_IMAGE, temperature=0),
+                           c.ask("What color is the circle?", temperature=0)]
+        m.close()
+    assert answers["gpu"] == answers["cpu"]
+    assert answers["gpu"][0] == "three"
+
+
+def test_device_choice_and_its_errors(vk, files):
+    from tinygptv_native import Model
+    path = files["f32"][0]
+    with pytest.raises(ValueError, match=r"does not fit Vulkan device 0 .*needs weights .* MiB.*budget is 0\.0 MiB"):
+        Model(path, device="gpu", gpu_budget_mb=0.01)
+    with pytest.raises(ValueError, match="gpu=99 does not exist"):
+        Model(path, device="gpu", gpu=99)
+    with pytest.raises(ValueError, match="kv_type='f32' needs device='cpu'"):
+        Model(path, device="gpu", kv_type="f32")
+    with pytest.raises(ValueError, match="device must be one of"):
+        Model(path, device="cuda")
+    with pytest.raises(ValueError, match="device='cpu' uses none"):
+        Model(path, device="cpu", gpu=0)
+    m = Model(path, device="gpu", n_ctx=N_CTX)
+    assert (m.device, m.gpu, m.engine.ctx.backend) == ("gpu", 0, "vulkan")
+    # auto takes a discrete GPU only: lavapipe is a CPU device, so auto stays on the CPU there
+    devs = _core.vulkan_devices()
+    auto = Model(path, n_ctx=N_CTX)
+    assert auto.device == ("gpu" if any(d["type"] == "discrete" for d in devs) else "cpu")
+    # auto with gpu=N and a budget the plan exceeds: the CPU
+    assert Model(path, n_ctx=N_CTX, gpu=0, gpu_budget_mb=0.01).device == "cpu"
+
+
+NO_LOADER = """
+import tinygptv_native as tg
+try:
+    tg.Model(device="gpu")
+except tg.VulkanError as e:
+    print("VulkanError:", e)
+m = tg.Model()  # auto: the CPU
+print(m.device)
+"""
+
+
+def test_without_the_loader_gpu_raises_and_auto_takes_the_cpu():
+    p = subprocess.run([sys.executable, "-c", NO_LOADER], capture_output=True, text=True, timeout=120,
+                       env=child_env(TINYGPTV_VK_LOADER="libtinygptv-no-such-vulkan.so.1"), cwd=CHILD_CWD)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("VulkanError:") and lines[1] == "cpu", p.stdout
+
+
+def _tinygptv(*args, **env):
+    p = subprocess.run([sys.executable, "-m", "tinygptv_native", *args], capture_output=True, text=True, timeout=300,
+                       env=child_env(**env), cwd=CHILD_CWD)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_the_run_command_on_the_gpu(vk):
+    rc, out, err = _tinygptv("run", "--device", "gpu", "--gpu", "0", "-p", "How many shapes are there?")
+    assert rc == 0, err
+    assert out.strip() == "three"
+    rc, out, err = _tinygptv("run", "--device", "gpu", "--gpu", "9", "-p", "x")
+    assert rc == 1 and out == ""
+    assert err.strip().splitlines()[-1].startswith("tinygptv: error: gpu=9 does not exist (Vulkan devices: 0: ")
