@@ -173,6 +173,48 @@ static void repack_q4k_fast(const uint8_t* const rows[kGroup], int64_t nb, uint8
         }
     }
 }
+
+// One Q6_K block's 48 quant words in the repacked order (word 3t + k for the 16 values 16t..16t+15:
+// k = 0, 1 the low nibbles of values e and e + 4, e + 8 and e + 12 of each quarter e; k = 2 the
+// high 2 bits of all four), computed 16 values at a time from the file's bit planes.
+static void q6k_words(const BlockQ6_K& blk, uint32_t* words) {
+    const __m128i m4 = _mm_set1_epi8(15), m2 = _mm_set1_epi8(3);
+    for (int t = 0; t < 16; t++) {
+        const int h = t / 8, q = (t / 2) % 4, l0 = 16 * (t % 2);  // values 16t.. are u[128h + 32q + l0 ..]
+        const __m128i ql = _mm_loadu_si128((const __m128i*)(blk.ql + 64 * h + 32 * (q & 1) + l0));
+        const __m128i qh = _mm_loadu_si128((const __m128i*)(blk.qh + 32 * h + l0));
+        const __m128i lo = _mm_and_si128(q >> 1 ? _mm_srli_epi16(ql, 4) : ql, m4);
+        const __m128i hi = _mm_and_si128(_mm_srl_epi16(qh, _mm_cvtsi32_si128(2 * q)), m2);
+        // values of 4 bytes up shifted into the upper bits of their byte (16-bit shifts: no byte overflows)
+        const __m128i w01 = _mm_or_si128(lo, _mm_slli_epi16(_mm_srli_si128(lo, 4), 4));
+        const __m128i h2 = _mm_or_si128(hi, _mm_slli_epi16(_mm_srli_si128(hi, 4), 2));
+        const __m128i w2 = _mm_or_si128(h2, _mm_slli_epi16(_mm_srli_si128(h2, 8), 4));
+        words[3 * t] = (uint32_t)_mm_cvtsi128_si32(w01);
+        words[3 * t + 1] = (uint32_t)_mm_cvtsi128_si32(_mm_srli_si128(w01, 8));
+        words[3 * t + 2] = (uint32_t)_mm_cvtsi128_si32(w2);
+    }
+}
+
+// Q6_K: the quant words of q6k_words transposed over the 16 rows; d and scales as the reference.
+static void repack_q6k_fast(const uint8_t* const rows[kGroup], int64_t nb, uint8_t* dst) {
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t* o = dst + b * kPackQ6_K;
+        for (int r = 0; r < kGroup; r++) {
+            const BlockQ6_K& blk = ((const BlockQ6_K*)rows[r])[b];
+            std::memcpy(o + 2 * r, &blk.d, 2);
+            for (int t = 0; t < 16; t++) o[32 + 16 * t + r] = (uint8_t)blk.scales[t];
+        }
+        for (int r0 = 0; r0 < kGroup; r0 += 4) {
+            uint32_t words[4][48];
+            const uint8_t* q[4];
+            for (int r = 0; r < 4; r++) {
+                q6k_words(((const BlockQ6_K*)rows[r0 + r])[b], words[r]);
+                q[r] = (const uint8_t*)words[r];
+            }
+            transpose_words_4(q, 48, o + 288 + 4 * r0, 64, 0);
+        }
+    }
+}
 #endif
 
 // The fast path for a group whose 16 rows all exist; false where there is none (the reference runs).
@@ -196,6 +238,9 @@ static bool repack_group_fast(const MatW& w, int64_t g, uint8_t* dst) {
             return true;
         case GgmlType::Q4_K:
             repack_q4k_fast(rows, k / QK_K, dst);
+            return true;
+        case GgmlType::Q6_K:
+            repack_q6k_fast(rows, k / QK_K, dst);
             return true;
         default:
             return false;
