@@ -1,6 +1,7 @@
 """Phi-2 (real size, random weights) speed: tinygptv_native against llama.cpp on the same GGUF files.
 
     python benchmarks/bench_phi2.py [--types f16,q8_0,q4_0,q4_k_m] [--runs 3] [--threads 2]
+    python benchmarks/bench_phi2.py --load [--types ...] [--runs 5]
 
 Builds a random-weight Phi-2 of the real dimensions (2560 wide, 32 layers, 51200 vocabulary,
 2.78 B parameters) as a llama.cpp-layout `phi2` GGUF, cached under .bench/ (about 11 GB for all
@@ -11,6 +12,11 @@ the `llama-cpp-python` package (pip install llama-cpp-python; it builds llama.cp
 found in the current environment or in the interpreter given by --llama-python.
 It also prints the memory-bandwidth ceiling for generation (weight bytes per token over the
 measured read bandwidth) and the fraction of it each engine reaches.
+
+--load measures only the start: the load (the model and a context of LOAD_CTX tokens, what
+llama.cpp's Llama() does), the load plus the first token (an 8-token prompt evaluated to its logits),
+and the peak RSS of the process against file + KV cache + 300 MB. Run it on a warm page cache (the
+first run of each type warms it; runs alternate between the engines).
 """
 from __future__ import annotations
 
@@ -175,6 +181,71 @@ def worker_llama(path: str, threads: int, no_amx: bool = False) -> dict:
     return {"load_s": load, "pp": pp, "tg": tg}
 
 
+LOAD_CTX = 512
+
+
+def kv_cache_mb(n_ctx: int = LOAD_CTX) -> float:
+    """The F16 KV cache of Phi-2 for n_ctx tokens, both engines' layout (K and V, every layer)."""
+    return 2 * LAYERS * EMBD * n_ctx * 2 / 1e6
+
+
+def worker_ours_load(path: str, threads: int) -> dict:
+    from tinygptv_native import _core
+    t0 = time.perf_counter()
+    m = _core.Model(path, threads)
+    s = _core.Context(m, LOAD_CTX, 1, threads, True)
+    load = time.perf_counter() - t0
+    s.eval_tokens(0, _prompt_ids(N_SHORT, 2), False)
+    return {"load_s": load, "first_s": time.perf_counter() - t0}
+
+
+def worker_llama_load(path: str, threads: int, no_amx: bool = False) -> dict:
+    if no_amx:
+        llama_without_amx()
+    from llama_cpp import Llama
+    t0 = time.perf_counter()
+    llm = Llama(model_path=path, n_ctx=LOAD_CTX, n_threads=threads, verbose=False)
+    load = time.perf_counter() - t0
+    llm.eval([int(t) for t in _prompt_ids(N_SHORT, 2)])
+    return {"load_s": load, "first_s": time.perf_counter() - t0}
+
+
+def load_main(a, types: list) -> int:
+    """The --load table: load time, load + first token and peak RSS of both engines, per type."""
+    rows = []
+    for typ in types:
+        path = model_file(typ)
+        no_amx = not a.no_llama and llama_amx_crashes(path, a.threads, a.llama_python)
+        if no_amx:
+            print(f"{typ}: llama.cpp's AMX kernels die of SIGILL here: measuring llama.cpp without them", flush=True)
+        engines = [("ours", sys.executable)] + ([] if a.no_llama else [("llama", a.llama_python)])
+        for e, py in engines:  # warms the page cache (not counted)
+            run_worker(e + "_load", path, a.threads, py, no_amx and e == "llama")
+        res = {e: [] for e, _ in engines}
+        for _ in range(a.runs):
+            for e, py in engines:
+                res[e].append(run_worker(e + "_load", path, a.threads, py, no_amx and e == "llama"))
+        med = {e: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for e, rs in res.items()}
+        rows.append((typ, path.stat().st_size / 1e6, med))
+    print()
+    hdr = (f"{'type':8s} {'file MB':>8s} | {'engine':9s} {'load s':>7s} {'load+1st tok s':>15s} "
+           f"{'peak RSS MB':>12s} {'RSS budget MB':>14s}")
+    print(hdr)
+    print("-" * len(hdr))
+    for typ, mb, med in rows:
+        budget = mb + kv_cache_mb() + 300
+        for e, m in med.items():
+            name = "tinygptv" if e == "ours" else "llama.cpp"
+            print(f"{typ:8s} {mb:8.0f} | {name:9s} {m['load_s']:7.2f} {m['first_s']:15.2f} {m['rss_mb']:12.0f} "
+                  f"{budget:14.0f}")
+        if "llama" in med:
+            o, l = med["ours"], med["llama"]
+            print(f"{typ:8s} {'':8s} | {'ratio':9s} {o['load_s'] / l['load_s']:6.2f}x "
+                  f"{o['first_s'] / l['first_s']:14.2f}x {o['rss_mb'] / l['rss_mb']:11.2f}x")
+    print(f"(median of {a.runs} runs, {a.threads} threads, context of {LOAD_CTX} tokens, warm page cache)")
+    return 0
+
+
 # ---- llama.cpp's AMX kernels ----------------------------------------------------------------------
 # A llama.cpp built for a CPU with AMX (llama-cpp-python builds with GGML_NATIVE) routes Q4_0/Q8_0/
 # K-quant products of more than one row to its AMX kernels, which on some Linux machines die of SIGILL
@@ -256,7 +327,10 @@ def main() -> int:
     ap.add_argument("--llama-python", default=sys.executable,
                     help="a Python interpreter that has llama-cpp-python installed")
     ap.add_argument("--no-llama", action="store_true", help="measure tinygptv_native only")
+    ap.add_argument("--load", action="store_true", help="measure only the load and the first token (see above)")
     a = ap.parse_args()
+    if a.load:
+        return load_main(a, a.types.split(","))
     bw = read_bandwidth_gbs(a.threads)
     print(f"memory read bandwidth ({a.threads} threads): {bw:.1f} GB/s")
     with open("/proc/cpuinfo") as f:

@@ -303,6 +303,42 @@ def test_thread_count_invariance(ty):
             assert np.array_equal(rows, ys[0]), f"{ty}/{isa} n={n} (row by row)"
 
 
+def _row_bytes(ty, n_in):
+    if ty in ("F32", "F16", "BF16"):
+        return n_in * (4 if ty == "F32" else 2)
+    block, size = gguf.constants.GGML_QUANT_SIZES[T[ty]]
+    return n_in // block * size
+
+
+@pytest.mark.skipif(not SIMD, reason="no SIMD path on this machine")
+@pytest.mark.parametrize("ty", TYPES)
+def test_repack_bytes_equal_reference(ty):
+    """The load's repack (fast paths, chunks taken in turn by 1, 2 or 3 threads) writes exactly the bytes
+    of the plain element-by-element repack: a weight of about 7 MB (several of the chunks the threads
+    take), a last group of 5 rows, an odd number of blocks per row, and for 16-bit weights rows whose
+    length is not a multiple of 8 (the reference then runs). Random bytes: the repack moves bits."""
+    rng = np.random.default_rng(11)
+    shapes = {1: [200, 196], 32: [160], 256: [768]}[BLOCK[ty]]
+    for isa in SIMD:
+        _testing.set_isa(isa)
+        for n_in in shapes:
+            rb = _row_bytes(ty, n_in)
+            n_out = 16 * (7 * 2**20 // (16 * rb)) + 5
+            wq = rng.integers(0, 256, n_out * rb, dtype=np.uint8)
+            if ty in ("F16", "BF16", "F32"):  # finite values (NaN payloads would pass as well)
+                wq = rng.standard_normal(n_out * rb // 4).astype(np.float32).view(np.uint8)[: n_out * rb].copy()
+            ref = None
+            for t in (1, 2, 3):
+                pw = _testing.PreparedWeight(ty, wq, n_out, n_in, prepare_threads=t)
+                if not pw.repacked:
+                    break
+                if ref is None:
+                    ref = pw.reference_bytes()
+                    assert ref.size > 0
+                got = pw.repacked_bytes()
+                assert got.size == ref.size and np.array_equal(got, ref), f"{ty}/{isa} [{n_out}, {n_in}] {t} threads"
+
+
 @pytest.mark.parametrize("ty", QUANTS)
 def test_extreme_weights_and_activations(ty):
     # Q8_0 weights of -128 (legal in files, never produced by the quantizer), zero rows, huge and

@@ -15,6 +15,10 @@
 #include <cstring>
 #include <new>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #if defined(__linux__)
 #include <sys/mman.h>
 #include <unistd.h>
@@ -75,8 +79,179 @@ static void check_weight(const MatW& w) {
 }
 
 // ---- repacking ---------------------------------------------------------------------------------
+//
+// repack_group_scalar is the reference: element by element, every type, partial groups. The load
+// spends most of its time here, so the common types also have a fast path (repack_group_fast, x86-64
+// SSE2, present on every x86-64 CPU) that moves 16 bytes at a time through register transposes; it
+// must give the reference's bytes exactly (tests compare them with prepare_weight_reference).
 
-static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
+#if defined(__SSE2__)
+// Transposes 4 rows of n 32-bit words (n a multiple of 4): word j of row r goes to
+// dst + j * stride + 4 * r, XORed with `flip`.
+static void transpose_words_4(const uint8_t* const rows[4], int64_t n, uint8_t* dst, size_t stride, uint32_t flip) {
+    const __m128i x = _mm_set1_epi32((int)flip);
+    for (int64_t j = 0; j < n; j += 4) {
+        const __m128i a0 = _mm_loadu_si128((const __m128i*)(rows[0] + 4 * j));
+        const __m128i a1 = _mm_loadu_si128((const __m128i*)(rows[1] + 4 * j));
+        const __m128i a2 = _mm_loadu_si128((const __m128i*)(rows[2] + 4 * j));
+        const __m128i a3 = _mm_loadu_si128((const __m128i*)(rows[3] + 4 * j));
+        const __m128i b0 = _mm_unpacklo_epi32(a0, a1), b1 = _mm_unpackhi_epi32(a0, a1);
+        const __m128i b2 = _mm_unpacklo_epi32(a2, a3), b3 = _mm_unpackhi_epi32(a2, a3);
+        _mm_storeu_si128((__m128i*)(dst + (j + 0) * stride), _mm_xor_si128(_mm_unpacklo_epi64(b0, b2), x));
+        _mm_storeu_si128((__m128i*)(dst + (j + 1) * stride), _mm_xor_si128(_mm_unpackhi_epi64(b0, b2), x));
+        _mm_storeu_si128((__m128i*)(dst + (j + 2) * stride), _mm_xor_si128(_mm_unpacklo_epi64(b1, b3), x));
+        _mm_storeu_si128((__m128i*)(dst + (j + 3) * stride), _mm_xor_si128(_mm_unpackhi_epi64(b1, b3), x));
+    }
+}
+
+// 8 rows of 8 16-bit values (a[r] = row r) into 8 columns (t[c] = value c of each row).
+static void transpose_8x8_u16(const __m128i a[8], __m128i t[8]) {
+    const __m128i b0 = _mm_unpacklo_epi16(a[0], a[1]), b1 = _mm_unpackhi_epi16(a[0], a[1]);
+    const __m128i b2 = _mm_unpacklo_epi16(a[2], a[3]), b3 = _mm_unpackhi_epi16(a[2], a[3]);
+    const __m128i b4 = _mm_unpacklo_epi16(a[4], a[5]), b5 = _mm_unpackhi_epi16(a[4], a[5]);
+    const __m128i b6 = _mm_unpacklo_epi16(a[6], a[7]), b7 = _mm_unpackhi_epi16(a[6], a[7]);
+    const __m128i c0 = _mm_unpacklo_epi32(b0, b2), c1 = _mm_unpackhi_epi32(b0, b2);
+    const __m128i c2 = _mm_unpacklo_epi32(b4, b6), c3 = _mm_unpackhi_epi32(b4, b6);
+    const __m128i c4 = _mm_unpacklo_epi32(b1, b3), c5 = _mm_unpackhi_epi32(b1, b3);
+    const __m128i c6 = _mm_unpacklo_epi32(b5, b7), c7 = _mm_unpackhi_epi32(b5, b7);
+    t[0] = _mm_unpacklo_epi64(c0, c2), t[1] = _mm_unpackhi_epi64(c0, c2);
+    t[2] = _mm_unpacklo_epi64(c1, c3), t[3] = _mm_unpackhi_epi64(c1, c3);
+    t[4] = _mm_unpacklo_epi64(c4, c6), t[5] = _mm_unpackhi_epi64(c4, c6);
+    t[6] = _mm_unpacklo_epi64(c5, c7), t[7] = _mm_unpackhi_epi64(c5, c7);
+}
+
+// F16/BF16: dst[i * 16 + r] = row r's value i, 8 columns at a time (k a multiple of 8).
+static void repack_u16_fast(const uint8_t* const rows[kGroup], int64_t k, uint8_t* dst) {
+    for (int64_t i = 0; i < k; i += 8) {
+        __m128i a[8], lo[8], hi[8];
+        for (int r = 0; r < 8; r++) a[r] = _mm_loadu_si128((const __m128i*)(rows[r] + 2 * i));
+        transpose_8x8_u16(a, lo);
+        for (int r = 0; r < 8; r++) a[r] = _mm_loadu_si128((const __m128i*)(rows[8 + r] + 2 * i));
+        transpose_8x8_u16(a, hi);
+        for (int c = 0; c < 8; c++) {
+            _mm_storeu_si128((__m128i*)(dst + 2 * kGroup * (i + c)), lo[c]);
+            _mm_storeu_si128((__m128i*)(dst + 2 * kGroup * (i + c) + 16), hi[c]);
+        }
+    }
+}
+
+// Q8_0 / Q4_0 / IQ4_NL: per block, the fp16 scales in row order, the quants as 32-bit words
+// transposed over the 16 rows (Q8_0's bytes flipped to unsigned, q + 128).
+template <size_t QB, class Block>
+static void repack_blocks_fast(const uint8_t* const rows[kGroup], int64_t nb, uint8_t* dst, uint32_t flip) {
+    if (nb & 1) std::memset(dst + pair_scale_off<QB>(nb - 1), 0, 64);
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t* d = dst + pair_scale_off<QB>(b);
+        for (int r = 0; r < kGroup; r++) std::memcpy(d + 2 * r, &((const Block*)rows[r])[b].d, 2);
+        for (int r0 = 0; r0 < kGroup; r0 += 4) {
+            const uint8_t* q[4];
+            for (int r = 0; r < 4; r++) q[r] = (const uint8_t*)((const Block*)rows[r0 + r])[b].qs;
+            transpose_words_4(q, (int64_t)QB / 64, dst + pair_quant_off<QB>(b) + 4 * r0, 64, flip);
+        }
+    }
+}
+
+// Q4_K: the quants as 32-bit words transposed over the 16 rows; scales and mins as the reference.
+static void repack_q4k_fast(const uint8_t* const rows[kGroup], int64_t nb, uint8_t* dst) {
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t* o = dst + b * kPackQ4_K;
+        for (int r = 0; r < kGroup; r++) {
+            const BlockQ4_K& blk = ((const BlockQ4_K*)rows[r])[b];
+            std::memcpy(o + 2 * r, &blk.d, 2);
+            std::memcpy(o + 32 + 2 * r, &blk.dmin, 2);
+            for (int j = 0; j < 8; j++) {
+                uint8_t sc, m;
+                q4k_scale_min(j, blk.scales, &sc, &m);
+                o[64 + 16 * j + r] = sc;
+                o[192 + 32 * (j / 2) + 2 * r + (j & 1)] = m;
+            }
+        }
+        for (int r0 = 0; r0 < kGroup; r0 += 4) {
+            const uint8_t* q[4];
+            for (int r = 0; r < 4; r++) q[r] = ((const BlockQ4_K*)rows[r0 + r])[b].qs;
+            transpose_words_4(q, QK_K / 8, o + 320 + 4 * r0, 64, 0);
+        }
+    }
+}
+
+// One Q6_K block's 48 quant words in the repacked order (word 3t + k for the 16 values 16t..16t+15:
+// k = 0, 1 the low nibbles of values e and e + 4, e + 8 and e + 12 of each quarter e; k = 2 the
+// high 2 bits of all four), computed 16 values at a time from the file's bit planes.
+static void q6k_words(const BlockQ6_K& blk, uint32_t* words) {
+    const __m128i m4 = _mm_set1_epi8(15), m2 = _mm_set1_epi8(3);
+    for (int t = 0; t < 16; t++) {
+        const int h = t / 8, q = (t / 2) % 4, l0 = 16 * (t % 2);  // values 16t.. are u[128h + 32q + l0 ..]
+        const __m128i ql = _mm_loadu_si128((const __m128i*)(blk.ql + 64 * h + 32 * (q & 1) + l0));
+        const __m128i qh = _mm_loadu_si128((const __m128i*)(blk.qh + 32 * h + l0));
+        const __m128i lo = _mm_and_si128(q >> 1 ? _mm_srli_epi16(ql, 4) : ql, m4);
+        const __m128i hi = _mm_and_si128(_mm_srl_epi16(qh, _mm_cvtsi32_si128(2 * q)), m2);
+        // values of 4 bytes up shifted into the upper bits of their byte (16-bit shifts: no byte overflows)
+        const __m128i w01 = _mm_or_si128(lo, _mm_slli_epi16(_mm_srli_si128(lo, 4), 4));
+        const __m128i h2 = _mm_or_si128(hi, _mm_slli_epi16(_mm_srli_si128(hi, 4), 2));
+        const __m128i w2 = _mm_or_si128(h2, _mm_slli_epi16(_mm_srli_si128(h2, 8), 4));
+        words[3 * t] = (uint32_t)_mm_cvtsi128_si32(w01);
+        words[3 * t + 1] = (uint32_t)_mm_cvtsi128_si32(_mm_srli_si128(w01, 8));
+        words[3 * t + 2] = (uint32_t)_mm_cvtsi128_si32(w2);
+    }
+}
+
+// Q6_K: the quant words of q6k_words transposed over the 16 rows; d and scales as the reference.
+static void repack_q6k_fast(const uint8_t* const rows[kGroup], int64_t nb, uint8_t* dst) {
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t* o = dst + b * kPackQ6_K;
+        for (int r = 0; r < kGroup; r++) {
+            const BlockQ6_K& blk = ((const BlockQ6_K*)rows[r])[b];
+            std::memcpy(o + 2 * r, &blk.d, 2);
+            for (int t = 0; t < 16; t++) o[32 + 16 * t + r] = (uint8_t)blk.scales[t];
+        }
+        for (int r0 = 0; r0 < kGroup; r0 += 4) {
+            uint32_t words[4][48];
+            const uint8_t* q[4];
+            for (int r = 0; r < 4; r++) {
+                q6k_words(((const BlockQ6_K*)rows[r0 + r])[b], words[r]);
+                q[r] = (const uint8_t*)words[r];
+            }
+            transpose_words_4(q, 48, o + 288 + 4 * r0, 64, 0);
+        }
+    }
+}
+#endif
+
+// The fast path for a group whose 16 rows all exist; false where there is none (the reference runs).
+static bool repack_group_fast(const MatW& w, int64_t g, uint8_t* dst) {
+#if defined(__SSE2__)
+    if ((g + 1) * kGroup > w.n_out) return false;
+    const int64_t k = w.n_in;
+    const size_t rb = row_bytes(w.type, k);
+    const uint8_t* rows[kGroup];
+    for (int r = 0; r < kGroup; r++) rows[r] = (const uint8_t*)w.data + (g * kGroup + r) * rb;
+    switch (w.type) {
+        case GgmlType::F16: case GgmlType::BF16:
+            if (k % 8) return false;
+            repack_u16_fast(rows, k, dst);
+            return true;
+        case GgmlType::Q8_0:
+            repack_blocks_fast<kPackQ8_0, BlockQ8_0>(rows, k / QK8_0, dst, 0x80808080u);
+            return true;
+        case GgmlType::Q4_0: case GgmlType::IQ4_NL:
+            repack_blocks_fast<kPackQ4_0, BlockQ4_0>(rows, k / QK4_0, dst, 0);
+            return true;
+        case GgmlType::Q4_K:
+            repack_q4k_fast(rows, k / QK_K, dst);
+            return true;
+        case GgmlType::Q6_K:
+            repack_q6k_fast(rows, k / QK_K, dst);
+            return true;
+        default:
+            return false;
+    }
+#else
+    (void)w, (void)g, (void)dst;
+    return false;
+#endif
+}
+
+static void repack_group_scalar(const MatW& w, int64_t g, uint8_t* dst) {
     const int64_t k = w.n_in;
     const size_t rb = row_bytes(w.type, k);
     const uint8_t* src = (const uint8_t*)w.data;
@@ -296,6 +471,10 @@ static void repack_group(const MatW& w, int64_t g, uint8_t* dst) {
     }
 }
 
+static void repack_group(const MatW& w, int64_t g, uint8_t* dst, bool fast = true) {
+    if (!fast || !repack_group_fast(w, g, dst)) repack_group_scalar(w, g, dst);
+}
+
 // Maps the pages of [p, p + n) in one system call instead of one page fault per page (per 64 KB
 // for the file mapping, per 4 KB or 2 MB for fresh memory). Advice only.
 static void populate(const void* p, size_t n, bool write) {
@@ -308,7 +487,34 @@ static void populate(const void* p, size_t n, bool write) {
 #endif
 }
 
-static void prepare(MatW& w, Exec* ex) {
+// The load's threads take the groups in chunks of about 2 MB of output, in turn, so that they finish
+// together on a machine whose cores other processes use as well. A large output buffer is 2 MB
+// aligned, as one page table maps 2 MB: two threads' chunks then seldom map fresh pages under the
+// same page table, whose lock they would take in turn (this did not measurably change the load
+// where it was tried; it costs nothing).
+constexpr size_t kPageTableSpan = (size_t)2 << 20;
+
+static int64_t groups_in(size_t bytes, size_t group_bytes) {
+    return std::max<int64_t>(1, (int64_t)((bytes + group_bytes - 1) / group_bytes));
+}
+
+// Repacks groups [g0, g1) into dst (the whole repacked buffer), mapping source and destination pages
+// a piece of about 256 KB at a time just before the piece is written: the kernel clears each fresh
+// page as it maps it, and a piece this small is still in the core's L2 cache when the repack writes
+// it (mapped all at once, the cleared lines went back to memory and came again for the writes).
+static void repack_groups(const MatW& w, int64_t g0, int64_t g1, uint8_t* dst, bool fast) {
+    const size_t gb = packed_group_bytes(w.type, w.n_in), rb = row_bytes(w.type, w.n_in);
+    const int64_t piece = groups_in(256 << 10, gb);
+    for (int64_t p0 = g0; p0 < g1; p0 += piece) {
+        const int64_t p1 = std::min(g1, p0 + piece);
+        const int64_t r0 = p0 * kGroup, r1 = std::min<int64_t>(p1 * kGroup, w.n_out);
+        populate((const uint8_t*)w.data + r0 * rb, (size_t)(r1 - r0) * rb, false);
+        populate(dst + p0 * gb, (size_t)(p1 - p0) * gb, true);
+        for (int64_t g = p0; g < p1; g++) repack_group(w, g, dst + g * gb, fast);
+    }
+}
+
+static void prepare(MatW& w, Exec* ex, bool fast = true) {
     check_weight(w);
     w.repacked.reset();
     // The scalar kernels read the standard layout, as does every path for a type without SIMD kernels.
@@ -317,27 +523,25 @@ static void prepare(MatW& w, Exec* ex) {
     const size_t gb = packed_group_bytes(w.type, w.n_in);
     const size_t total = (size_t)groups * gb;
     // (Not huge pages: advised for them, the weights make the decode step faster, but the load of a
-    // large model much slower and less predictable, most of it the kernel clearing 2 MB pages on
-    // first touch.)
-    void* mem = std::aligned_alloc(64, (total + 63) / 64 * 64);
+    // large model slower and less predictable: the kernel clears a 2 MB page at first touch, which
+    // pushes the repack's output out of the L2 cache.)
+    const size_t align = total >= kPageTableSpan ? kPageTableSpan : 64;
+    void* mem = std::aligned_alloc(align, (total + align - 1) / align * align);
     if (!mem) throw std::bad_alloc();
     std::shared_ptr<uint8_t> buf((uint8_t*)mem, [](uint8_t* p) { std::free(p); });
-    const size_t rb = row_bytes(w.type, w.n_in);
-    auto work = [&](int64_t g0, int64_t g1, int) {
-        if (g1 - g0 >= 16) {  // big enough that a system call beats page faults
-            const int64_t r0 = g0 * kGroup, r1 = std::min<int64_t>(g1 * kGroup, w.n_out);
-            populate((const uint8_t*)w.data + r0 * rb, (size_t)(r1 - r0) * rb, false);
-            populate(buf.get() + g0 * gb, (size_t)(g1 - g0) * gb, true);
-        }
-        for (int64_t g = g0; g < g1; g++) repack_group(w, g, buf.get() + g * gb);
-    };
-    if (ex) ex->parallel_for(groups, 4, work);
+    auto work = [&](int64_t g0, int64_t g1, int) { repack_groups(w, g0, g1, buf.get(), fast); };
+    if (ex) ex->parallel_chunks(groups, groups_in(kPageTableSpan, gb), work);
     else work(0, groups, 0);
     w.repacked = std::shared_ptr<const void>(buf, buf.get());
 }
 
 void prepare_weight(MatW& w) { prepare(w, nullptr); }
 void prepare_weight(MatW& w, Exec& ex) { prepare(w, &ex); }
+void prepare_weight_reference(MatW& w) { prepare(w, nullptr, false); }
+
+size_t repacked_bytes(const MatW& w) {
+    return w.repacked ? (size_t)((w.n_out + kGroup - 1) / kGroup) * packed_group_bytes(w.type, w.n_in) : 0;
+}
 
 void dequantize_row(const MatW& w, int64_t row, float* out) {
     if (!matmul_supports(w.type) && w.type != GgmlType::Q8_K)

@@ -6,6 +6,7 @@
 // into the file mapping). X and Y are float32 row-major. n == 1 is the decode (matrix-vector) case.
 // The result of each output element must not depend on the thread count or on n.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 
@@ -34,6 +35,11 @@ bool matmul_supports(GgmlType t);
 void prepare_weight(MatW& w);
 // The same, repacking on the Exec's threads (load time).
 void prepare_weight(MatW& w, Exec& ex);
+// The same with the plain element-by-element repack, which the fast one must match byte for byte
+// (tests).
+void prepare_weight_reference(MatW& w);
+// Bytes of w.repacked (0 without one).
+size_t repacked_bytes(const MatW& w);
 
 // Quantized weights multiply int8 activations (x quantized on the fly to Q8_0-style blocks for
 // Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL, to Q8_K for Q2_K/Q3_K/Q4_K/Q5_K/Q6_K/IQ4_XS) with integer dot products; float weights

@@ -13,6 +13,7 @@
 #include <pybind11/stl.h>
 
 #include <cctype>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -109,7 +110,26 @@ public:
 
     bool repacked() const { return (bool)w_.repacked; }
 
+    // The repacked layout's bytes (empty without one).
+    py::array_t<uint8_t> repacked_bytes() const { return bytes_of(w_); }
+
+    // The bytes the plain element-by-element repack gives for this weight.
+    py::array_t<uint8_t> reference_bytes() const {
+        MatW w = w_;
+        {
+            py::gil_scoped_release release;
+            prepare_weight_reference(w);
+        }
+        return bytes_of(w);
+    }
+
 private:
+    static py::array_t<uint8_t> bytes_of(const MatW& w) {
+        const size_t n = tg::repacked_bytes(w);
+        py::array_t<uint8_t> out((py::ssize_t)n);
+        if (n) std::memcpy(out.mutable_data(), w.repacked.get(), n);
+        return out;
+    }
     static std::string shape_str(const py::array& a) {
         std::string s = "[";
         for (py::ssize_t i = 0; i < a.ndim(); i++) s += (i ? ", " : "") + std::to_string(a.shape(i));
@@ -263,7 +283,10 @@ void bind_kernel_hooks(py::module_& t) {
         .def("matmul", &PreparedWeight::matmul, py::arg("x"), py::arg("bias") = py::none(), py::arg("n_threads") = 1,
              py::arg("repeat") = 1, "y[n, n_out] = x[n, n_in] @ W.T (+ bias); repeat runs it several times (benchmarks).")
         .def("prepare", &PreparedWeight::prepare, "Rebuild the repacked layout for the active instruction set.")
-        .def_property_readonly("repacked", &PreparedWeight::repacked);
+        .def_property_readonly("repacked", &PreparedWeight::repacked)
+        .def("repacked_bytes", &PreparedWeight::repacked_bytes, "The repacked layout's bytes (empty without one).")
+        .def("reference_bytes", &PreparedWeight::reference_bytes,
+             "The bytes of the plain element-by-element repack of this weight (what repacked_bytes must equal).");
 
     t.def(
         "matmul_test",
