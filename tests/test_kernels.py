@@ -320,7 +320,7 @@ def test_repack_bytes_equal_reference(ty):
     rng = np.random.default_rng(11)
     shapes = {1: [200, 196], 32: [160], 256: [768]}[BLOCK[ty]]
     for isa in SIMD:
-        _testing.set_isa(isa)
+        set_path(isa)
         for n_in in shapes:
             rb = _row_bytes(ty, n_in)
             n_out = 16 * (7 * 2**20 // (16 * rb)) + 5
