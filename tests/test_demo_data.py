@@ -166,6 +166,17 @@ def test_query_targets_hold_every_shape_once():
     assert cls.nonzero().flatten().tolist() == [1 * data.GRID + 2]
 
 
+def test_cell_attention_target():
+    pytest.importorskip("torch")
+    pytest.importorskip("sentencepiece")
+    from train import cell_attention_target
+    t = cell_attention_target(96, 16)                     # 6 x 6 patches, 4 x 4 cells of 1.5 x 1.5 patches
+    assert t.shape == (16, 36) and np.allclose(t.sum(1).numpy(), 1)
+    # cell 0 holds all of patch 0, half of patches 1 and 6, a quarter of patch 7: weights 4:2:2:1
+    assert np.allclose(t[0, [0, 1, 6, 7]].numpy(), np.array([4, 2, 2, 1]) / 9) and t[0, [2, 12, 14]].sum() == 0
+    assert np.allclose(cell_attention_target(64, 16).numpy(), np.eye(16))   # one patch per cell
+
+
 # ------------------------------------------------------------------ both painters draw the described scene
 
 ALL_SHADES = [(name, rgb) for pal in (S.SHADES, P.SHADES) for name, shades in pal.items() for rgb in shades]

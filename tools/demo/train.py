@@ -55,6 +55,39 @@ class AuxHeads(torch.nn.Module):
         return l_cls, l_box
 
 
+def cell_attention_target(image_size: int, patch: int, grid: int = 4) -> torch.Tensor:
+    """[grid*grid, n_patches]: for board cell i (Q-Former query i), the share of each patch's area that
+    lies in the cell, normalised: where that query should look."""
+    n = image_size // patch
+    pe, ce = np.arange(n + 1) / n, np.arange(grid + 1) / grid
+    ov = np.maximum(0, np.minimum(pe[None, 1:], ce[1:, None]) - np.maximum(pe[None, :-1], ce[:-1, None]))  # [grid, n]
+    t = np.einsum("ap,bq->abpq", ov, ov).reshape(grid * grid, n * n)
+    return torch.tensor(t / t.sum(1, keepdims=True), dtype=torch.float32)
+
+
+class CrossAttentionTarget:
+    """Training-only loss on the Q-Former's first cross-attention: each query's attention over the
+    patches (CLS left out), per head, against cell_attention_target. With shapes placed freely (not one
+    per patch), the queries otherwise take a long time to find their cells: without it the per-query
+    heads stay at their prior for the first thousand steps."""
+
+    def __init__(self, model, cfg):
+        self.attn = model.Qformer.bert.encoder.layer[0].crossattention
+        self.target = cell_attention_target(cfg.image_size, cfg.patch_size)
+        self.seen = {}
+        self.attn.register_forward_hook(lambda mod, inp, out: self.seen.update(h=inp[0], ctx=inp[1]))
+
+    def loss(self):
+        sa = self.attn._modules["self"]
+        h, ctx = self.seen["h"], self.seen["ctx"][:, 1:]
+        B, T, C = h.shape
+        hd = C // sa.heads
+        q = sa.query(h).view(B, T, sa.heads, hd).transpose(1, 2)
+        k = sa.key(ctx).view(B, -1, sa.heads, hd).transpose(1, 2)
+        logp = F.log_softmax(q @ k.transpose(-1, -2) / hd ** 0.5, dim=-1)      # [B, heads, queries, patches]
+        return -(self.target * logp).sum(-1).mean()
+
+
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -120,6 +153,7 @@ def main():
     # random initialisation for a while and then ramp its learning rate up; with the auxiliary
     # per-cell heads (AuxHeads) this is no longer needed and both default to off.
     aux = AuxHeads(cfg.n_embd)
+    route = CrossAttentionTarget(model, cfg)
     groups = {}
     for n, p in list(model.named_parameters()) + [("aux." + n, p) for n, p in aux.named_parameters()]:
         if not p.requires_grad:
@@ -158,10 +192,11 @@ def main():
             loss = loss + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[idx, :start + L].reshape(-1),
                                           ignore_index=-100, reduction="sum")
         loss = loss / (targets >= 0).sum()
-        l_cls = l_box = torch.zeros(())
+        l_cls = l_box = l_att = torch.zeros(())
         if args.aux_weight > 0:
             l_cls, l_box = aux.loss(per_img, cells, boxes)
-        total = loss + args.aux_weight * (l_cls + l_box)
+            l_att = route.loss()
+        total = loss + args.aux_weight * (l_cls + l_box + l_att)
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux.parameters()), 1.0)
@@ -179,7 +214,7 @@ def main():
                                               ignore_index=-100).item()
             dt = time.time() - t0
             print(f"step {step:5d}  loss {loss.item():.4f}  ema {ema:.4f}  picture gain {wrong_loss:+.4f}  "
-                  f"aux cls {l_cls.item():.3f} box {l_box.item():.3f}  "
+                  f"aux cls {l_cls.item():.3f} box {l_box.item():.3f} att {l_att.item():.3f}  "
                   f"lr {lr_at(step, args.steps, args.lr, args.warmup):.2e}  {dt / (step + 1):.3f} s/step  {dt / 60:.1f} min", flush=True)
 
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < (args.stop_after or args.steps):
