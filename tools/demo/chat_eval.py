@@ -38,7 +38,7 @@ def painter(name: str):
     raise ValueError(f"unknown painter {name!r}, expected 'gen' or 'indep'")
 
 
-# The question types of the first demo model (2025), asked in their one canonical phrasing: a fair
+# The question types of the first demo model, asked in their one canonical phrasing: a fair
 # comparison with it.
 CANONICAL = {"color": 1, "shape": 1, "count": 1, "exists": 1, "describe": 1, "refer": 1}
 
