@@ -1,4 +1,5 @@
-"""Facts about the demo model's data generator, tokenizer and checkpoint export (tools/demo)."""
+"""Facts about the demo model's data generator, independent painter, tokenizer and checkpoint export
+(tools/demo, tests/demo_painter.py)."""
 import os
 import sys
 
@@ -7,7 +8,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools", "demo"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+import demo_painter as P  # noqa: E402
 import questions as Q  # noqa: E402
 import shapes as S  # noqa: E402
 
@@ -15,140 +18,241 @@ N_SCENES = 300
 RENDER = 128
 
 
-def scenes(seed=7, n=N_SCENES, size_range=S.SIZE_RANGE_A):
+def scenes(seed=7, n=N_SCENES):
     rng = np.random.default_rng(seed)
-    return [S.sample_scene(rng, size_range) for _ in range(n)]
+    return [S.sample_scene(rng) for _ in range(n)]
 
 
 # ------------------------------------------------------------------ scenes and answers
 
 def test_scene_geometry_and_boxes():
     counts = {1: 0, 2: 0, 3: 0}
+    sides, cells = [], set()
     for sc in scenes():
         counts[len(sc.shapes)] += 1
         for s in sc.shapes:
             x0, y0, x1, y1 = s.bbox()
-            assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+            assert 0 < x0 < x1 < 1 and 0 < y0 < y1 < 1
+            sides.append(max(x1 - x0, y1 - y0))
+            cells.add((int(s.cx * 8), int(s.cy * 8)))
             b = Q.box_of(s)
-            assert all(isinstance(v, int) for v in b)
-            assert 0 <= b[0] < b[2] <= 100 and 0 <= b[1] < b[3] <= 100
+            assert 0 <= b[0] < b[2] <= 99 and 0 <= b[1] < b[3] <= 99
             assert abs(b[0] - 100 * x0) <= 0.5 and abs(b[3] - 100 * y1) <= 0.5
             assert Q.parse_box(Q.format_box(b)) == b
         for i, a in enumerate(sc.shapes):
             for b in sc.shapes[i + 1:]:
-                ax0, ay0, ax1, ay1 = a.bbox()
-                bx0, by0, bx1, by1 = b.bbox()
-                assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, "shapes overlap"
-                assert abs(a.cx - b.cx) >= S.MIN_DX
+                assert S.separated(a, b)
     assert min(counts.values()) > N_SCENES // 6, counts
+    # sizes cover 5-25% of the side; placement is free (centres in nearly every cell of an 8 x 8 board)
+    assert S.SIZE_RANGE[0] <= min(sides) < 0.06 and 0.24 < max(sides) <= S.SIZE_RANGE[1]
+    assert len(cells) >= 60
 
 
 def test_answers_match_scene():
     for sc in scenes(seed=11):
         sh = sc.shapes
-        for q, a in Q.candidates(sc, "color"):
-            kind = q[len("What color is the "):-1]
-            match = [s for s in sh if s.kind == kind]
+        for f, a in Q.candidates(sc, "color"):
+            match = [s for s in sh if s.kind == f["k"]]
             assert len(match) == 1 and match[0].color == a
-        for q, a in Q.candidates(sc, "shape"):
-            color = q.split()[4]
-            match = [s for s in sh if s.color == color]
+        for f, a in Q.candidates(sc, "shape"):
+            match = [s for s in sh if s.color == f["c"]]
             assert len(match) == 1 and match[0].kind == a
-        (q, a), = Q.candidates(sc, "count")
+        (f, a), = Q.candidates(sc, "count")
         assert a == {1: "one", 2: "two", 3: "three"}[len(sh)]
         ex = Q.candidates(sc, "exists")
         assert len(ex) == 12
-        for q, a in ex:
-            c, k = q[len("Is there a "):-1].split()
-            assert a == ("yes" if any(s.color == c and s.kind == k for s in sh) else "no")
-        (q, a), = Q.candidates(sc, "describe")
+        for f, a in ex:
+            assert a == ("yes" if any(s.color == f["c"] and s.kind == f["k"] for s in sh) else "no")
+        (f, a), = Q.candidates(sc, "describe")
         left_to_right = sorted(sh, key=lambda s: s.cx)
         words = a.replace(",", "").replace(" and ", " ").split()
         assert words == [w for s in left_to_right for w in ("a", s.color, s.kind)]
-        for q, a in Q.candidates(sc, "refer"):
-            c, k = q[len("[refer] where is the "):-1].split()
-            match = [s for s in sh if s.color == c and s.kind == k]
+        (f, g), = Q.candidates(sc, "grounding")
+        text, boxes = Q.split_boxes(g)
+        assert boxes == [Q.box_of(s) for s in left_to_right]
+        assert text.replace("<p>", "").replace("</p> {}", "") == a
+        for f, a in Q.candidates(sc, "refer"):
+            match = [s for s in sh if s.color == f["c"] and s.kind == f["k"]]
             assert len(match) == 1 and Q.parse_box(a) == Q.box_of(match[0])
+        for f, a in Q.candidates(sc, "detection"):
+            match = [s for s in left_to_right if f["l"] in (s.kind, f"{s.color} {s.kind}")]
+            assert a == f"<p>{f['l']}</p> " + "<delim>".join(Q.format_box(Q.box_of(s)) for s in match)
+        for f, a in Q.candidates(sc, "identify"):
+            s, = [s for s in sh if Q.format_box(Q.box_of(s)) == f["b"]]
+            assert a == f"a {s.color} {s.kind}"
 
 
 def test_ambiguous_questions_are_not_asked():
-    two_circles = S.Scene((S.Shape("circle", "red", 0.2, 0.2, 0.1), S.Shape("circle", "red", 0.7, 0.7, 0.1)))
+    two_circles = S.Scene((S.Shape("circle", "red", 0.1, 0.1, 0.3, 0.3), S.Shape("circle", "red", 0.6, 0.6, 0.8, 0.8)))
     assert Q.candidates(two_circles, "color") == []
     assert Q.candidates(two_circles, "shape") == []
     assert Q.candidates(two_circles, "refer") == []
-    assert Q.candidates(two_circles, "describe") == [("Describe the image.", "a red circle and a red circle")]
+    assert Q.candidates(two_circles, "describe") == [({}, "a red circle and a red circle")]
+    assert Q.candidates(two_circles, "detection")[0] == (
+        {"l": "circle"}, "<p>circle</p> {<10><10><30><30>}<delim>{<60><60><80><80>}")
+
+
+def test_phrasings_and_tags():
+    assert Q.phrase("color", {"k": "circle"}) == "What color is the circle?"
+    forms = set(Q.all_phrasings("color", {"k": "circle"}))
+    assert "What colour is the circle?" in forms and "[vqa] What color is the circle?" in forms
+    for qtype in ("describe", "grounding", "detection", "identify", "refer"):
+        tags = {f.split("]")[0] + "]" for f in Q.PHRASES[qtype] if f.startswith("[")}
+        assert tags and tags <= set(Q.TAGS), qtype
+    assert {"[caption]", "[grounding]", "[detection]", "[refer]", "[identify]", "[vqa]"} <= {
+        f.split("]")[0] + "]" for forms in Q.PHRASES.values() for f in forms if f.startswith("[")}
+    assert not set(Q.OTHER_TAGS) & set(Q.TAGS)
+    (f, a), *_ = Q.candidates(scenes(n=1)[0], "refuse")
+    assert Q.phrase("refuse", f).startswith(f["t"] + " ") and a == Q.REFUSAL
+
+
+def test_scoring():
+    assert Q.is_right("color", "red", "red") and not Q.is_right("color", "red ", "red")
+    g = "<p>a red circle</p> {<10><10><30><30>} and <p>a blue square</p> {<50><50><70><70>}"
+    assert Q.is_right("grounding", g.replace("<30><30>", "<31><29>"), g)
+    assert not Q.is_right("grounding", g.replace("<30><30>", "<50><50>"), g)          # IoU under 0.5
+    assert not Q.is_right("grounding", g.replace("blue", "green"), g)                 # the text is wrong
+    two = "<p>circle</p> {<10><10><30><30>}<delim>{<60><60><80><80>}"
+    assert not Q.is_right("detection", "<p>circle</p> {<10><10><30><30>}", two)          # a box missing
+    assert Q.is_right("refer", "{<10><10><30><30>}", "{<11><10><30><31>}")
 
 
 def test_sampled_questions_cover_all_types_and_balance_yes_no():
     rng = np.random.default_rng(3)
-    seen, yes = {}, 0
-    for sc in scenes(seed=5, n=600):
+    seen, yes, phrasings = {}, 0, set()
+    for sc in scenes(seed=5, n=1000):
         t, q, a = Q.sample_question(sc, rng)
-        assert (q, a) in Q.candidates(sc, t)
+        assert any(q in Q.all_phrasings(t, f) and a == b for f, b in Q.candidates(sc, t))
         seen[t] = seen.get(t, 0) + 1
         yes += t == "exists" and a == "yes"
+        phrasings.add(q.split()[0])
     assert set(seen) == set(Q.QTYPES)
     assert 0.3 < yes / seen["exists"] < 0.7
+    assert {"What", "Which", "[vqa]", "[caption]", "[grounding]", "[detection]", "[refer]", "[identify]"} <= phrasings
 
 
-def test_prompt_template():
-    before, after = Q.prompt_segments("Describe the image.")
-    assert before == "<s>[INST] <Img>"
-    assert after == "</Img> Describe the image. [/INST]"
-    assert Q.iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
-    assert Q.iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
-    assert Q.parse_box("{<1><2><3>}") is None and Q.parse_box("red") is None
+def test_chats_and_training_rows(sp):
+    import data
+    enc = data.Encoder(sp)
+    rng = np.random.default_rng(4)
+    for sc in scenes(seed=9, n=30):
+        turns = Q.sample_chat(sc, rng, 3)
+        assert len({q for _, q, _ in turns}) == 3
+        ids, tgt = data.chat_rows(enc, turns)
+        assert len(ids) == len(tgt)
+        # the ids are what the engine sends: first turn after the image, answers without "###", later turns
+        text = sp.decode(ids)
+        assert text == (Q.prompt_segments(turns[0][1])[1] + turns[0][2] + Q.turn_text(turns[1][1]) + turns[1][2]
+                        + Q.turn_text(turns[2][1]) + turns[2][2])
+        # the loss is on every answer and its stop string
+        assert sp.decode([t for t in tgt if t >= 0]) == "".join(a + Q.END_SYM for _, _, a in turns)
+        # position p predicts token p + 1
+        for p, t in enumerate(tgt[:-1]):
+            if t >= 0 and t != sp.piece_to_id(Q.END_SYM):
+                assert ids[p + 1] == t
+
+
+def test_query_targets_hold_every_shape_once():
+    import data
+    for sc in scenes(seed=13, n=200):
+        cls, box = data.query_targets(sc)
+        want = sorted(1 + 3 * S.COLORS.index(s.color) + S.KINDS.index(s.kind) for s in sc.shapes)
+        assert sorted(cls[cls > 0].tolist()) == want
+        assert sorted(tuple(b) for b in box[cls > 0].tolist()) == sorted(Q.box_of(s) for s in sc.shapes)
+        assert (box[cls == 0] == -100).all()
+    # a lone shape goes to the query cell that holds its centre
+    one = S.Scene((S.Shape("square", "blue", 0.55, 0.30, 0.65, 0.40),))
+    cls, _ = data.query_targets(one)
+    assert cls.nonzero().flatten().tolist() == [1 * data.GRID + 2]
+
+
+def test_cell_attention_target():
+    pytest.importorskip("torch")
+    pytest.importorskip("sentencepiece")
+    from train import cell_attention_target
+    t = cell_attention_target(96, 16)                     # 6 x 6 patches, 4 x 4 cells of 1.5 x 1.5 patches
+    assert t.shape == (16, 36) and np.allclose(t.sum(1).numpy(), 1)
+    # cell 0 holds all of patch 0, half of patches 1 and 6, a quarter of patch 7: weights 4:2:2:1
+    assert np.allclose(t[0, [0, 1, 6, 7]].numpy(), np.array([4, 2, 2, 1]) / 9) and t[0, [2, 12, 14]].sum() == 0
+    assert np.allclose(cell_attention_target(64, 16).numpy(), np.eye(16))   # one patch per cell
 
 
 # ------------------------------------------------------------------ both painters draw the described scene
 
-def nearest_palette(rgb, palette):
-    names = list(palette)
-    d = [np.abs(np.array(palette[n], float) - rgb).sum() for n in names]
-    return names[int(np.argmin(d))]
+ALL_SHADES = [(name, rgb) for pal in (S.SHADES, P.SHADES) for name, shades in pal.items() for rgb in shades]
 
 
-@pytest.mark.parametrize("painter", ["A", "B"])
+def colour_name(rgb):
+    return min(ALL_SHADES, key=lambda nr: np.abs(np.array(nr[1], float) - rgb).sum())[0]
+
+
+def inner_point(s: S.Shape, size: int):
+    """A pixel well inside the shape (a triangle's centroid, the centre otherwise)."""
+    if s.kind == "triangle":
+        x = (s.x0 + s.apex * (s.x1 - s.x0) + s.x0 + s.x1) / 3
+        y = (s.y0 + 2 * s.y1) / 3
+    else:
+        x, y = s.cx, s.cy
+    return int(y * size), int(x * size)
+
+
+@pytest.mark.parametrize("painter", ["gen", "indep"])
 def test_painters_draw_the_scene(painter):
-    palette = S.PALETTE_A if painter == "A" else S.PALETTE_B
     expected_fill = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
     rng = np.random.default_rng(21)
+    right = n = 0
     for _ in range(60):
-        scene, img = S.draw_sample(rng, painter, RENDER)
+        if painter == "gen":
+            scene = S.sample_scene(rng)
+            img = S.paint(scene, RENDER, rng)
+        else:
+            scene = P.sample_scene(rng)
+            img = P.paint(scene, RENDER, rng)
         a = np.asarray(img).astype(float)
-        colored = (a.max(axis=2) - a.min(axis=2)) > 30          # saturated = part of a shape
+        colored = (a.max(axis=2) - a.min(axis=2)) > 60          # saturated = part of a shape
         covered = np.zeros_like(colored)
         for s in scene.shapes:
+            covered[max(0, int(s.y0 * RENDER) - 2):int(s.y1 * RENDER) + 3,
+                    max(0, int(s.x0 * RENDER) - 2):int(s.x1 * RENDER) + 3] = True
+        bg = np.median(a[~covered], axis=0)
+        painted = np.abs(a - bg).sum(axis=2) > 90                # fill or outline
+        for s in scene.shapes:
             x0, y0, x1, y1 = (int(round(v * RENDER)) for v in s.bbox())
-            inner = colored[y0:y1, x0:x1]
-            assert abs(inner.mean() - expected_fill[s.kind]) < 0.12, (s, inner.mean())
-            centre = a[int(s.cy * RENDER + s.r * RENDER * 0.3), int(s.cx * RENDER)]
-            assert nearest_palette(centre, palette) == s.color
-            covered[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2] = True
-        assert not (colored & ~covered).any(), "colour outside every shape's box"
-        background = a[~covered]
-        assert background.min() >= 230
+            inner = painted[y0:y1, x0:x1]
+            if min(x1 - x0, y1 - y0) >= 12:                     # large enough to measure its fill
+                assert abs(inner.mean() - expected_fill[s.kind]) < 0.2, (s, inner.mean())
+            right += colour_name(a[inner_point(s, RENDER)]) == s.color
+            n += 1
+        assert colored[~covered].mean() < 0.002, "colour outside every shape's box"
+        assert a[~covered].min() >= 150                         # a light background (JPEG may ring)
+    assert right >= 0.97 * n, (right, n)
 
 
-def test_painters_differ_in_pixels():
+def test_painters_differ():
+    """The independent painter is another hand: other sizes, placement and pixels."""
+    rng = np.random.default_rng(1)
+    gen = [max(s.x1 - s.x0, s.y1 - s.y0) for _ in range(300) for s in S.sample_scene(rng).shapes]
+    ind = [max(s.x1 - s.x0, s.y1 - s.y0) for _ in range(300) for s in P.sample_scene(rng).shapes]
+    assert min(ind) >= 0.07 and max(ind) <= 0.22 and min(gen) < 0.06
     scene = S.sample_scene(np.random.default_rng(1))
-    a = np.asarray(S.paint_a(scene, 64, np.random.default_rng(2))).astype(int)
-    b = np.asarray(S.paint_b(scene, 64, np.random.default_rng(2))).astype(int)
+    a = np.asarray(S.paint(scene, 96, np.random.default_rng(2))).astype(int)
+    b = np.asarray(P.paint(scene, 96, np.random.default_rng(2))).astype(int)
     assert np.abs(a - b).mean() > 1.0
 
 
-@pytest.mark.parametrize("painter", ["A", "B"])
-def test_determinism_by_seed(painter):
-    s1, i1 = S.draw_sample(np.random.default_rng(99), painter, 64)
-    s2, i2 = S.draw_sample(np.random.default_rng(99), painter, 64)
-    s3, i3 = S.draw_sample(np.random.default_rng(100), painter, 64)
-    assert s1 == s2 and np.array_equal(np.asarray(i1), np.asarray(i2))
-    assert s1 != s3
+def test_determinism_by_seed():
+    for draw in (S.draw_sample, P.draw):
+        s1, i1 = draw(np.random.default_rng(99))
+        s2, i2 = draw(np.random.default_rng(99))
+        s3, i3 = draw(np.random.default_rng(100))
+        assert s1 == s2 and np.array_equal(np.asarray(i1), np.asarray(i2))
+        assert s1 != s3
 
 
 def test_bad_arguments_raise():
+    import chat_eval
     with pytest.raises(ValueError, match="painter"):
-        S.draw_sample(np.random.default_rng(0), "C", 64)
+        chat_eval.painter("C")
     with pytest.raises(ValueError, match="n_shapes"):
         S.sample_scene(np.random.default_rng(0), n_shapes=4)
     with pytest.raises(ValueError, match="question type"):
@@ -165,10 +269,9 @@ def sp(tmp_path_factory):
 
 
 def test_tokenizer_pieces(sp):
-    for sym in ("{<", "><", ">}", "###"):
+    for sym in ("{<", "><", ">}", "###", "<p>", "</p>", "<delim>"):
         assert len(sp.encode(sym)) == 1, sym
-    coords = {v for sc in scenes(seed=17, n=2000) for s in sc.shapes for v in Q.box_of(s)}
-    for v in coords:                            # every coordinate that occurs is one piece
+    for v in range(100):                        # every coordinate that occurs (0..99) is one piece
         assert len(sp.encode(str(v))) == 1, v
     for v in range(101):                        # the others still round-trip
         assert sp.decode(sp.encode(str(v))) == str(v)
@@ -181,6 +284,8 @@ def test_tokenizer_pieces(sp):
 def test_tokenizer_round_trip_and_determinism(sp, tmp_path):
     import tokenizer
     for s in ["<s>[INST] <Img>", "</Img> [refer] where is the green triangle? [/INST]",
+              "<s>[INST] How many shapes? [/INST]",
+              "<p>a red circle</p> {<8><22><27><41>}, <p>a blue square</p> {<70><12><88><30>}###", Q.REFUSAL,
               "a red circle, a green triangle and a blue square###", "Ünïcode ✓ and  two  spaces "]:
         assert sp.decode(sp.encode(s)) == s
     again = tokenizer.train_tokenizer(str(tmp_path / "t.model"))
@@ -204,7 +309,7 @@ def test_export_round_trip(tmp_path, sp):
     assert r["max_abs_diff"] < 1e-6
 
     vit = torch.load(tmp_path / "ck" / "eva_vit_g.pth")
-    assert vit["pos_embed"].shape == (1, 1 + (64 // 16) ** 2, 64) and vit["cls_token"].shape == (1, 1, 64)
+    assert vit["pos_embed"].shape == (1, 1 + (96 // 16) ** 2, 64) and vit["cls_token"].shape == (1, 1, 64)
     assert vit["patch_embed.proj.weight"].shape == (64, 3, 16, 16)
     assert {int(k.split(".")[1]) for k in vit if k.startswith("blocks.")} == {0, 1, 2}   # one extra block
     assert vit["blocks.0.attn.qkv.weight"].shape == (192, 64) and "blocks.0.attn.qkv.bias" not in vit
@@ -226,7 +331,7 @@ def test_export_round_trip(tmp_path, sp):
     assert st["model"][p + "self_attn.query_key_value.lora_A.weight"].shape == (export.LORA_R, 64)
     assert st["model"][p + "self_attn.dense.lora_B.weight"].shape == (64, export.LORA_R)
     assert st["model"][p + "post_layernorm.weight"].shape == (64,)
-    assert st["config"]["model"]["arch"] == "minigpt_v2" and st["config"]["model"]["image_size"] == 64
+    assert st["config"]["model"]["arch"] == "minigpt_v2" and st["config"]["model"]["image_size"] == 96
     # the LoRA delta is large enough that a converter which skips the merge gets other weights
     merged = export.load_release(str(tmp_path / "ck"), cfg)
     w = merged["llama_model.model.layers.1.self_attn.dense.weight"]

@@ -46,8 +46,8 @@ def _rss_mb() -> float:
 def _pictures():
     rng = np.random.default_rng(5)
     out = [demo_image_path().read_bytes()]
-    for painter in "AB":
-        _, im = draw_sample(rng, painter, 128)
+    for _ in range(2):
+        _, im = draw_sample(rng, 128)
         b = io.BytesIO()
         im.save(b, format="PNG")
         out.append(b.getvalue())

@@ -1,19 +1,21 @@
-"""Batches for training and evaluation: pictures, prompts and answer targets as tensors."""
+"""Batches for training: pictures, chats (one to three turns) and answer targets as tensors."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from model import pil_to_tensor
-from questions import END_SYM, box_of, prompt_segments, sample_question
-from shapes import CELL, COLORS, GRID, KINDS, Scene, draw_sample
+from questions import END_SYM, box_of, prompt_segments, sample_chat, turn_text
+from shapes import COLORS, KINDS, Scene, draw_sample
 
 # Harder question types are drawn more often in training.
-TRAIN_WEIGHTS = {"color": 2.5, "shape": 1.0, "count": 0.5, "exists": 1.5, "describe": 1.0, "refer": 2.5}
+TRAIN_WEIGHTS = {"color": 2.5, "shape": 1.5, "count": 0.7, "exists": 1.5, "describe": 1.0, "refer": 2.0,
+                 "detection": 1.2, "grounding": 1.0, "identify": 1.0, "refuse": 0.25}
+TURN_WEIGHTS = (0.4, 0.3, 0.3)   # chats of one, two, three questions
 
 
 class Encoder:
-    """Caches SentencePiece encodings of the few distinct strings the generator produces."""
+    """Caches SentencePiece encodings of the distinct strings the generator produces."""
 
     def __init__(self, sp):
         self.sp = sp
@@ -23,7 +25,8 @@ class Encoder:
         ids = self.cache.get(text)
         if ids is None:
             ids = self.sp.encode(text)
-            self.cache[text] = ids
+            if len(self.cache) < 200_000:
+                self.cache[text] = ids
         return ids
 
 
@@ -32,40 +35,65 @@ def prefix_ids(enc: Encoder) -> torch.Tensor:
     return torch.tensor(enc(prompt_segments("x")[0]), dtype=torch.long)
 
 
-def cell_targets(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per board cell (row-major, one per Q-Former query): content class [GRID*GRID] (0 = empty,
-    1 + 3 * colour + kind) and box on the 0..100 grid [GRID*GRID, 4] (-100 where the cell is empty).
-    Targets of the training-only auxiliary heads, see train.py."""
+def chat_rows(enc: Encoder, turns) -> tuple[list[int], list[int]]:
+    """The token ids after the image of a chat [(qtype, question, answer), ...] as the engine sends them
+    (an earlier answer is followed directly by the next turn's text: the engine drops the stop string),
+    and the loss target of each position (-100 = none): every answer and the stop string after it."""
+    ids: list[int] = []
+    tgt: list[int] = []
+    for i, (_, q, a) in enumerate(turns):
+        text = enc(prompt_segments(q)[1] if i == 0 else turn_text(q))
+        ans = enc(a)
+        ids += text + ans
+        # position p predicts token p + 1: the answer's tokens, then "###" after its last token
+        tgt += [-100] * (len(text) - 1) + ans + enc(END_SYM)
+    return ids, tgt
+
+
+GRID = 4   # the Q-Former queries form a GRID x GRID board over the picture (training targets only)
+
+
+def query_targets(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per Q-Former query (a GRID x GRID board of cells, row-major): content class [GRID*GRID]
+    (0 = nothing, 1 + 3 * colour + kind) and box on the 0..100 grid [GRID*GRID, 4] (-100 where none).
+    Shapes lie anywhere, so two may fall in one cell: each shape goes to the nearest free cell centre,
+    pairs taken closest first. Targets of the training-only auxiliary heads, see train.py."""
     cls = torch.zeros(GRID * GRID, dtype=torch.long)
     box = torch.full((GRID * GRID, 4), -100, dtype=torch.long)
-    for s in scene.shapes:
-        cell = min(int(s.cy / CELL), GRID - 1) * GRID + min(int(s.cx / CELL), GRID - 1)
-        cls[cell] = 1 + 3 * COLORS.index(s.color) + KINDS.index(s.kind)
-        box[cell] = torch.tensor(box_of(s))
+    centres = (np.arange(GRID) + 0.5) / GRID
+    cy, cx = np.meshgrid(centres, centres, indexing="ij")
+    cells = np.stack([cx.ravel(), cy.ravel()], 1)                             # [G*G, 2]
+    pts = np.array([[s.cx, s.cy] for s in scene.shapes])
+    d = ((pts[:, None, :] - cells[None]) ** 2).sum(-1)                        # [n, G*G]
+    for _ in scene.shapes:
+        i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+        s = scene.shapes[i]
+        cls[j] = 1 + 3 * COLORS.index(s.color) + KINDS.index(s.kind)
+        box[j] = torch.tensor(box_of(s))
+        d[i, :] = np.inf
+        d[:, j] = np.inf
     return cls, box
 
 
-def train_batch(rng: np.random.Generator, enc: Encoder, n_img: int, q_per_img: int, size: int, n_query: int,
-                painter: str = "A"):
+def train_batch(rng: np.random.Generator, enc: Encoder, n_img: int, chats_per_img: int, size: int, n_query: int):
     """-> pixels [n_img,3,S,S], img_index [B], after_ids [B,L1], targets [B, L0+nq+L1] (-100 = no loss),
-    cell classes [n_img, GRID*GRID], cell boxes [n_img, GRID*GRID, 4] (see cell_targets)."""
+    query classes [n_img, GRID*GRID], query boxes [n_img, GRID*GRID, 4] (see query_targets)."""
     pixels, rows, img_index, cells, boxes = [], [], [], [], []
     for i in range(n_img):
-        scene, img = draw_sample(rng, painter, size)
-        c, b = cell_targets(scene)
+        scene, img = draw_sample(rng)
+        c, b = query_targets(scene)
         cells.append(c)
         boxes.append(b)
         pixels.append(pil_to_tensor(img, size))
-        for _ in range(q_per_img):
-            _, q, a = sample_question(scene, rng, TRAIN_WEIGHTS)
-            rows.append((enc(prompt_segments(q)[1]), enc(a + END_SYM)))
+        for _ in range(chats_per_img):
+            n_turns = 1 + int(rng.choice(len(TURN_WEIGHTS), p=TURN_WEIGHTS))
+            rows.append(chat_rows(enc, sample_chat(scene, rng, n_turns, TRAIN_WEIGHTS)))
             img_index.append(i)
     L0 = len(prefix_ids(enc))
-    L1 = max(len(p) + len(a) for p, a in rows)
+    L1 = max(len(ids) for ids, _ in rows)
     after = torch.zeros(len(rows), L1, dtype=torch.long)
     targets = torch.full((len(rows), L0 + n_query + L1), -100, dtype=torch.long)
-    for b, (p, a) in enumerate(rows):
-        after[b, : len(p) + len(a)] = torch.tensor(p + a)
-        start = L0 + n_query + len(p)               # position of the first answer token
-        targets[b, start - 1: start - 1 + len(a)] = torch.tensor(a)
+    for b, (ids, tgt) in enumerate(rows):
+        after[b, : len(ids)] = torch.tensor(ids)
+        targets[b, L0 + n_query: L0 + n_query + len(tgt)] = torch.tensor(tgt)
     return torch.stack(pixels), torch.tensor(img_index), after, targets, torch.stack(cells), torch.stack(boxes)

@@ -1,9 +1,9 @@
-"""Greedy-decoding accuracy of the trained PyTorch demo model on freshly drawn pictures.
+"""Greedy-decoding accuracy of the trained PyTorch demo model on chats about fresh pictures.
 
-    python tools/demo/evaluate.py --ckpt /work/demo_ckpt/trained.pt --painter A --n 500
+    python tools/demo/evaluate.py --ckpt /work/demo_ckpt/trained.pt --painter indep --n 500
 
-Exact match on every non-grounding question; IoU >= 0.5 on grounding ("[refer]") questions.
-The pictures come from a seed range the training never uses.
+One chat of three questions per picture, the later questions with the model's own earlier answers
+in context, scored as in chat_eval.py. The pictures come from a seed range the training never uses.
 """
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ import os
 import sys
 from collections import defaultdict
 
-import numpy as np
 import sentencepiece as spm
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from chat_eval import MAX_NEW_TOKENS, Tally, make_chats  # noqa: E402
 from model import DemoConfig, TinyGPTVDemo, pil_to_tensor  # noqa: E402
-from questions import END_SYM, iou, parse_box, prompt_segments, sample_question  # noqa: E402
-from shapes import draw_sample  # noqa: E402
+from questions import END_SYM, prompt_segments, turn_text  # noqa: E402
 
 EVAL_SEED = 1_000_003
 
@@ -36,81 +35,71 @@ def load(ckpt: str):
 
 
 @torch.no_grad()
-def generate(model, sp, pixels: torch.Tensor, questions: list[str], max_new: int = 24) -> list[str]:
-    """Greedy answers (text before the stop string) for one picture per question."""
-    img = model.encode_image(pixels)
+def generate_ids(model, sp, img: torch.Tensor, after: list[list[int]],
+                 max_new: int = MAX_NEW_TOKENS) -> list[list[int]]:
+    """Greedy answer ids (without the stop string) for image embeddings img [B, nq, D] and the token ids
+    after the image of each row; rows of one length are decoded together."""
     before = torch.tensor(sp.encode(prompt_segments("x")[0]), dtype=torch.long)
-    after = [sp.encode(prompt_segments(q)[1]) for q in questions]
-    out = [""] * len(questions)
+    stop = sp.piece_to_id(END_SYM)
+    out: list[list[int]] = [[] for _ in after]
     groups = defaultdict(list)
     for i, a in enumerate(after):
         groups[len(a)].append(i)
     for idx in groups.values():
         ids = torch.tensor([after[i] for i in idx], dtype=torch.long)
-        gen = [[] for _ in idx]
         done = [False] * len(idx)
         for _ in range(max_new):
-            logits = model(img[idx], before, ids)[:, -1]
-            nxt = logits.argmax(-1)
+            nxt = model(img[idx], before, ids)[:, -1].argmax(-1)
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             for j, t in enumerate(nxt.tolist()):
                 if not done[j]:
-                    gen[j].append(t)
-                    if END_SYM in sp.decode(gen[j]):
+                    if t == stop:
                         done[j] = True
+                    else:
+                        out[idx[j]].append(t)
             if all(done):
                 break
-        for j, i in enumerate(idx):
-            out[i] = sp.decode(gen[j]).split(END_SYM)[0].strip()
     return out
 
 
-def evaluate(model, sp, painter: str, n: int, seed: int = EVAL_SEED, render_size: int | None = None,
-             batch: int = 100, verbose: bool = False):
-    """Returns {"exact": acc over non-grounding, "iou50": rate over grounding, "per_type": {...}}."""
-    rng = np.random.default_rng(seed)
+@torch.no_grad()
+def evaluate(model, sp, painter: str, n: int, seed: int = EVAL_SEED, batch: int = 100,
+             canonical: bool = False) -> Tally:
+    tally = Tally()
+    chats = make_chats(painter, n, seed, canonical=canonical)
     size = model.c.image_size
-    items = []
-    for _ in range(n):
-        scene, img = draw_sample(rng, painter, render_size or size)
-        qtype, q, a = sample_question(scene, rng)
-        items.append((qtype, q, a, pil_to_tensor(img, size)))
-    per = defaultdict(lambda: [0, 0])
     for s in range(0, n, batch):
-        chunk = items[s: s + batch]
-        preds = generate(model, sp, torch.stack([c[3] for c in chunk]), [c[1] for c in chunk])
-        for (qtype, q, a, _), p in zip(chunk, preds):
-            if qtype == "refer":
-                pb, ab = parse_box(p), parse_box(a)
-                ok = pb is not None and iou(pb, ab) >= 0.5
-            else:
-                ok = p == a
-            per[qtype][0] += int(ok)
-            per[qtype][1] += 1
-            if verbose and not ok:
-                print(f"  [{qtype}] {q!r}: expected {a!r}, got {p!r}")
-    exact = [v for k, v in per.items() if k != "refer"]
-    return {
-        "exact": sum(v[0] for v in exact) / max(1, sum(v[1] for v in exact)),
-        "iou50": per["refer"][0] / max(1, per["refer"][1]),
-        "per_type": {k: (v[0], v[1]) for k, v in sorted(per.items())},
-    }
+        chunk = chats[s: s + batch]
+        img = model.encode_image(torch.stack([pil_to_tensor(c[0], size) for c in chunk]))
+        history: list[list[int]] = [[] for _ in chunk]
+        for turn in range(len(chunk[0][1])):
+            for h, (_, turns) in zip(history, chunk):
+                q = turns[turn][1]
+                h += sp.encode(prompt_segments(q)[1] if turn == 0 else turn_text(q))
+            answers = generate_ids(model, sp, img, history)
+            for h, a, (_, turns) in zip(history, answers, chunk):
+                h += a          # the answer as generated, without its stop string (as the engine keeps it)
+                qtype, q, expected = turns[turn]
+                tally.add(turn, qtype, q, expected, sp.decode(a).strip())
+    return tally
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", required=True)
-    ap.add_argument("--painter", default="A", choices=["A", "B"])
-    ap.add_argument("--n", type=int, default=500)
-    ap.add_argument("--render-size", type=int, default=None, help="draw at this size, resize (bicubic) to the model's")
+    ap.add_argument("--painter", default="indep", choices=["gen", "indep"])
+    ap.add_argument("--n", type=int, default=500, help="chats (of three questions)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--canonical", action="store_true", help="the first demo model's questions only")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, sp = load(args.ckpt)
-    r = evaluate(model, sp, args.painter, args.n, render_size=args.render_size, verbose=args.verbose)
-    print(f"painter {args.painter}: exact {100 * r['exact']:.1f}%  boxes IoU>=0.5 {100 * r['iou50']:.1f}%  "
-          + "  ".join(f"{k} {a}/{b}" for k, (a, b) in r["per_type"].items()))
+    r = evaluate(model, sp, args.painter, args.n, canonical=args.canonical)
+    if args.verbose:
+        for turn, q, a, p in r.misses:
+            print(f"  turn {turn + 1} {q!r}: expected {a!r}, got {p!r}")
+    print(f"painter {args.painter}: {r.summary()}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass
 class DemoConfig:
-    image_size: int = 64
+    image_size: int = 96
     patch_size: int = 16
     vit_width: int = 128
     vit_depth: int = 4          # blocks used; the exported file holds one more, unused

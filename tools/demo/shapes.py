@@ -1,21 +1,26 @@
-"""Synthetic pictures for the demo model: one to three solid shapes on a white background.
+"""Synthetic pictures for the demo model: one to three coloured shapes on a light background.
 
 A scene is painter independent: every shape is described in normalised coordinates (0..1 of the
-picture's width/height), so the same scene can be drawn by two different painters at any size.
+picture's width/height), so the same scene can be drawn at any size. The training generator varies
+everything a picture drawn by another hand may vary, so that the model learns the colour and kind of
+a shape rather than one painter's habits:
 
-  painter A (training): PIL ImageDraw on a 4x supersampled canvas, box-filtered down (anti-aliased),
-                        pure white background, small colour jitter.
-  painter B (held out): numpy rasteriser testing pixel centres (no anti-aliasing), another palette,
-                        stronger colour jitter, an optional dark outline, an off-white background and a
-                        slightly different size range.
+  placement   free (no grid): anywhere in the picture, boxes never overlap, centres at least MIN_DX
+              apart in x so that "left to right" is unambiguous
+  size        the longer side of a shape's box is 5-25% of the picture side
+  proportions squares 0.8-1.25 wide/high, triangles 0.6-1.6 high/wide with the apex anywhere over the
+              middle 80% of the base
+  drawing     PIL on a 4x canvas box-filtered down (anti-aliased) or directly (hard edges); several
+              shades per colour name with jitter; a dark or black outline on some pictures;
+              white, grey or tinted light backgrounds; drawn at 48-224 pixels; JPEG artefacts on some
 
-Shape geometry (r = half extent, the bounding box is [cx-r, cy-r, cx+r, cy+r] for every kind):
-  circle   centre (cx, cy), radius r
-  square   axis aligned, side 2r
-  triangle apex (cx, cy-r), base corners (cx-r, cy+r) and (cx+r, cy+r)
+Shape geometry: the box (x0, y0, x1, y1); a circle fills it (an ellipse when it is not square, the
+generator only draws circles), a square is the box, a triangle has its base on the box's bottom and
+its apex on the top edge at x0 + apex * (x1 - x0).
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,31 +29,41 @@ from PIL import Image, ImageDraw
 KINDS = ("circle", "square", "triangle")
 COLORS = ("red", "green", "blue", "yellow")
 
-PALETTE_A = {"red": (220, 30, 30), "green": (30, 160, 40), "blue": (30, 60, 220), "yellow": (240, 205, 20)}
-PALETTE_B = {"red": (205, 25, 50), "green": (45, 150, 70), "blue": (45, 85, 205), "yellow": (250, 220, 60)}
+# Several shades per colour name: a picture from elsewhere rarely uses one exact RGB value.
+SHADES = {
+    "red": ((220, 30, 30), (200, 20, 50), (235, 70, 45), (175, 25, 25)),
+    "green": ((30, 160, 40), (50, 185, 85), (20, 125, 55), (95, 190, 60)),
+    "blue": ((30, 60, 220), (45, 105, 230), (25, 40, 165), (65, 125, 215)),
+    "yellow": ((240, 205, 20), (250, 228, 65), (232, 188, 0), (255, 214, 45)),
+}
 
-# Layout: the picture is a GRID x GRID board of cells; each shape lies inside its own cell (at a
-# random offset within it), no two shapes share a column (so "left to right" is unambiguous) and
-# every shape keeps CELL_MARGIN from its cell's border (so bounding boxes never touch).
-GRID = 4
-CELL = 1.0 / GRID
-CELL_MARGIN = 1.0 / 64
-SIZE_RANGE_A = (0.075, 0.109)  # half extent, fraction of the picture side
-SIZE_RANGE_B = (0.080, 0.105)
-MIN_GAP = 2 * CELL_MARGIN      # gap between bounding boxes
-MIN_DX = 2 * CELL_MARGIN       # centres at least this far apart in x
+SIZE_RANGE = (0.05, 0.25)   # longer side of a shape's box, fraction of the picture side
+MARGIN = 0.01               # between a box and the picture border
+MIN_GAP = 0.02              # between two boxes (in x or in y)
+MIN_DX = 0.04               # between two centres in x: "left to right" stays unambiguous
+RENDER_SIZES = (48, 64, 96, 128, 160, 224)
 
 
 @dataclass(frozen=True)
 class Shape:
     kind: str     # one of KINDS
     color: str    # one of COLORS
-    cx: float     # centre, 0..1
-    cy: float
-    r: float      # half extent, 0..1
+    x0: float     # box, 0..1
+    y0: float
+    x1: float
+    y1: float
+    apex: float = 0.5   # triangles: apex x as a fraction of the box width
+
+    @property
+    def cx(self) -> float:
+        return 0.5 * (self.x0 + self.x1)
+
+    @property
+    def cy(self) -> float:
+        return 0.5 * (self.y0 + self.y1)
 
     def bbox(self) -> tuple[float, float, float, float]:
-        return (self.cx - self.r, self.cy - self.r, self.cx + self.r, self.cy + self.r)
+        return (self.x0, self.y0, self.x1, self.y1)
 
 
 @dataclass(frozen=True)
@@ -56,26 +71,46 @@ class Scene:
     shapes: tuple[Shape, ...]
 
 
-def sample_scene(rng: np.random.Generator, size_range=SIZE_RANGE_A, n_shapes: int | None = None) -> Scene:
-    """Draws a random scene of one to three shapes in distinct columns of the board."""
+def separated(a: Shape, b: Shape, gap: float = MIN_GAP, min_dx: float = MIN_DX) -> bool:
+    """Boxes apart by `gap` (in x or y) and centres apart by `min_dx` in x."""
+    apart = a.x1 + gap <= b.x0 or b.x1 + gap <= a.x0 or a.y1 + gap <= b.y0 or b.y1 + gap <= a.y0
+    return apart and abs(a.cx - b.cx) >= min_dx
+
+
+def _random_shape(rng: np.random.Generator, size_range) -> Shape:
+    kind = KINDS[int(rng.integers(3))]
+    color = COLORS[int(rng.integers(4))]
+    side = float(rng.uniform(*size_range))
+    apex = 0.5
+    if kind == "circle":
+        w = h = side
+    else:
+        # aspect = height / width; the longer side is `side`
+        aspect = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25)))) if kind == "square" else \
+            float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
+        w, h = (side, side * aspect) if aspect <= 1 else (side / aspect, side)
+        if kind == "triangle":
+            apex = float(rng.uniform(0.1, 0.9))
+    x0 = float(rng.uniform(MARGIN, 1 - MARGIN - w))
+    y0 = float(rng.uniform(MARGIN, 1 - MARGIN - h))
+    return Shape(kind, color, x0, y0, x0 + w, y0 + h, apex)
+
+
+def sample_scene(rng: np.random.Generator, size_range=SIZE_RANGE, n_shapes: int | None = None) -> Scene:
+    """Draws a random scene of one to three separated shapes placed freely."""
     if n_shapes is None:
         n_shapes = int(rng.integers(1, 4))
     if not 1 <= n_shapes <= 3:
         raise ValueError(f"n_shapes must be 1..3, got {n_shapes}")
     lo, hi = size_range
-    if not (0 < lo <= hi and 2 * (hi + CELL_MARGIN) <= CELL):
-        raise ValueError(f"size range {size_range} does not fit a cell of {CELL}")
-    cols = rng.permutation(GRID)[:n_shapes]
-    shapes = []
-    for col in sorted(int(c) for c in cols):
-        row = int(rng.integers(GRID))
-        r = float(rng.uniform(lo, hi))
-        free = CELL - 2 * (r + CELL_MARGIN)
-        cx = col * CELL + CELL_MARGIN + r + float(rng.uniform(0, free))
-        cy = row * CELL + CELL_MARGIN + r + float(rng.uniform(0, free))
-        shapes.append(Shape(KINDS[int(rng.integers(3))], COLORS[int(rng.integers(4))], cx, cy, r))
-    order = rng.permutation(n_shapes)
-    return Scene(tuple(shapes[int(i)] for i in order))
+    if not (0 < lo <= hi <= 0.3):
+        raise ValueError(f"size range {size_range} must lie in (0, 0.3]")
+    shapes: list[Shape] = []
+    while len(shapes) < n_shapes:
+        s = _random_shape(rng, size_range)
+        if all(separated(s, o) for o in shapes):
+            shapes.append(s)
+    return Scene(tuple(shapes))
 
 
 def _jitter(rgb, rng: np.random.Generator, amount: int) -> tuple[int, int, int]:
@@ -83,63 +118,53 @@ def _jitter(rgb, rng: np.random.Generator, amount: int) -> tuple[int, int, int]:
     return tuple(int(np.clip(c + x, 0, 255)) for c, x in zip(rgb, d))
 
 
-def paint_a(scene: Scene, size: int, rng: np.random.Generator) -> Image.Image:
-    """Painter A: PIL polygons on a 4x canvas, box-filtered down (anti-aliased edges)."""
-    ss = 4
+def _background(rng: np.random.Generator) -> tuple[int, int, int]:
+    """White, light grey, or a light low-saturation tint (never as saturated as a shape)."""
+    u = rng.random()
+    if u < 0.35:
+        return (255, 255, 255)
+    g = int(rng.integers(205, 256))
+    if u < 0.65:
+        return (g, g, g)
+    return tuple(int(np.clip(g + d, 0, 255)) for d in rng.integers(-18, 19, size=3))
+
+
+def paint(scene: Scene, size: int, rng: np.random.Generator) -> Image.Image:
+    """The training painter: PIL polygons, anti-aliased or not, outlines, backgrounds, JPEG."""
+    ss = 4 if rng.random() < 0.6 else 1
     big = size * ss
-    img = Image.new("RGB", (big, big), (255, 255, 255))
+    img = Image.new("RGB", (big, big), _background(rng))
     draw = ImageDraw.Draw(img)
+    outline = rng.random() < 0.35
+    black = rng.random() < 0.5
+    width = int(round(float(rng.uniform(0.6, 2.5)) * ss))
     for s in scene.shapes:
-        fill = _jitter(PALETTE_A[s.color], rng, 8)
+        fill = _jitter(SHADES[s.color][int(rng.integers(4))], rng, 12)
+        line = None
+        if outline:
+            line = _jitter((30, 30, 30), rng, 25) if black else tuple(int(c * 0.55) for c in fill)
         x0, y0, x1, y1 = (v * big for v in s.bbox())
+        # PIL's boxes are inclusive: the last pixel column/row is x1 - 1
+        box = [x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)]
         if s.kind == "circle":
-            draw.ellipse([x0, y0, x1, y1], fill=fill)
+            draw.ellipse(box, fill=fill, outline=line, width=width if line else 0)
         elif s.kind == "square":
-            draw.rectangle([x0, y0, x1, y1], fill=fill)
+            draw.rectangle(box, fill=fill, outline=line, width=width if line else 0)
         else:
-            draw.polygon([(s.cx * big, y0), (x1, y1), (x0, y1)], fill=fill)
-    return img.resize((size, size), Image.BOX)
+            pts = [(x0 + s.apex * (x1 - x0), y0), (box[2], box[3]), (x0, box[3])]
+            draw.polygon(pts, fill=fill, outline=line, width=width if line else 0)
+    if ss > 1:
+        img = img.resize((size, size), Image.BOX)
+    if rng.random() < 0.3:
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=int(rng.integers(25, 91)))
+        img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return img
 
 
-def _inside(s: Shape, px: np.ndarray, py: np.ndarray) -> np.ndarray:
-    """Signed-distance-like inside test in normalised units (>= 0 inside)."""
-    dx, dy = px - s.cx, py - s.cy
-    if s.kind == "circle":
-        return s.r - np.sqrt(dx * dx + dy * dy)
-    if s.kind == "square":
-        return s.r - np.maximum(np.abs(dx), np.abs(dy))
-    # triangle: bottom edge y = cy + r, two slanted edges through the apex (slope 2)
-    bottom = (s.cy + s.r) - py
-    # distance to the slanted edges: line |dx| * 2 = (py - (cy - r)), normalised by sqrt(5)
-    slant = ((py - (s.cy - s.r)) - 2.0 * np.abs(dx)) / np.sqrt(5.0)
-    return np.minimum(bottom, slant)
-
-
-def paint_b(scene: Scene, size: int, rng: np.random.Generator) -> Image.Image:
-    """Painter B: hard pixel-centre rasteriser, another palette, optional dark outline."""
-    bg = int(rng.integers(238, 256))
-    img = np.full((size, size, 3), bg, dtype=np.uint8)
-    c = (np.arange(size) + 0.5) / size
-    py, px = np.meshgrid(c, c, indexing="ij")
-    for s in scene.shapes:
-        fill = np.array(_jitter(PALETTE_B[s.color], rng, 20), dtype=np.float64)
-        d = _inside(s, px, py)
-        inside = d >= 0
-        img[inside] = fill.astype(np.uint8)
-        if rng.random() < 0.5:
-            width = float(rng.uniform(0.8, 1.6)) / size
-            edge = inside & (d < width)
-            img[edge] = (fill * 0.6).astype(np.uint8)
-    return Image.fromarray(img, "RGB")
-
-
-PAINTERS = {"A": paint_a, "B": paint_b}
-SIZE_RANGES = {"A": SIZE_RANGE_A, "B": SIZE_RANGE_B}
-
-
-def draw_sample(rng: np.random.Generator, painter: str, size: int) -> tuple[Scene, Image.Image]:
-    """A fresh scene drawn by painter "A" or "B" at size x size pixels."""
-    if painter not in PAINTERS:
-        raise ValueError(f"unknown painter {painter!r}, expected one of {sorted(PAINTERS)}")
-    scene = sample_scene(rng, SIZE_RANGES[painter])
-    return scene, PAINTERS[painter](scene, size, rng)
+def draw_sample(rng: np.random.Generator, size: int | None = None) -> tuple[Scene, Image.Image]:
+    """A fresh scene drawn by the training painter at size x size pixels (a random render size when None)."""
+    scene = sample_scene(rng)
+    if size is None:
+        size = int(RENDER_SIZES[int(rng.integers(len(RENDER_SIZES)))])
+    return scene, paint(scene, size, rng)

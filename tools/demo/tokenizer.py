@@ -15,23 +15,25 @@ import os
 import numpy as np
 import sentencepiece as spm
 
-from questions import END_SYM, QTYPES, candidates, prompt_segments
-from shapes import SIZE_RANGE_A, sample_scene
+from questions import END_SYM, QTYPES, all_phrasings, candidates, phrase, prompt_segments, turn_text
+from shapes import sample_scene
 
-VOCAB_SIZE = 512
+VOCAB_SIZE = 768
 # Always one piece each: the box syntax and the stop string.
-USER_SYMBOLS = ["{<", "><", ">}", "###"]
+USER_SYMBOLS = ["{<", "><", ">}", "###", "<p>", "</p>", "<delim>"]
 
 
 def corpus_lines(n_scenes: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     lines = []
-    for _ in range(n_scenes):
-        scene = sample_scene(rng, SIZE_RANGE_A)
+    for i in range(n_scenes):
+        scene = sample_scene(rng)
         for t in QTYPES:
-            for q, a in candidates(scene, t):
-                before, after = prompt_segments(q)
-                lines += [before, after, a + END_SYM]
+            for fields, a in candidates(scene, t):
+                # every phrasing on the first scenes, one drawn at random afterwards
+                for q in all_phrasings(t, fields) if i < 20 else [phrase(t, fields, rng)]:
+                    before, after = prompt_segments(q)
+                    lines += [before, after, turn_text(q), a + END_SYM]
     return lines
 
 

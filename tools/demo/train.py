@@ -1,4 +1,4 @@
-"""Trains the demo TinyGPT-V from scratch on painter-A pictures (seeded, 2 CPU threads).
+"""Trains the demo TinyGPT-V from scratch on the generator's pictures and chats (seeded, 2 CPU threads).
 
     python tools/demo/train.py --out demo_ckpt
 
@@ -32,9 +32,10 @@ from tokenizer import train_tokenizer  # noqa: E402
 
 class AuxHeads(torch.nn.Module):
     """Training-only heads on the image embeddings the decoder reads (one per Q-Former query, query i
-    = board cell i): the cell's content (empty or colour x kind) and its box coordinates as 101-way
-    classifications. They make each embedding say what its cell holds and where, so the decoder has
-    something to read from the first steps; they are not part of the exported model."""
+    = board cell i, shapes assigned to the nearest free cell, see data.query_targets): the content
+    (nothing or colour x kind) and the box coordinates as 101-way classifications. They make each
+    embedding say what it holds and where, so the decoder has something to read from the first steps;
+    they are not part of the exported model."""
 
     def __init__(self, dim: int, n_cls: int = 13, n_bins: int = 101):
         super().__init__()
@@ -52,6 +53,39 @@ class AuxHeads(torch.nn.Module):
         soft = torch.softmax(-0.5 * ((bins - tgt[..., None]) / sigma) ** 2, dim=-1)   # [M, 4, 101]
         l_box = -(soft * logp).sum(-1).mean()
         return l_cls, l_box
+
+
+def cell_attention_target(image_size: int, patch: int, grid: int = 4) -> torch.Tensor:
+    """[grid*grid, n_patches]: for board cell i (Q-Former query i), the share of each patch's area that
+    lies in the cell, normalised: where that query should look."""
+    n = image_size // patch
+    pe, ce = np.arange(n + 1) / n, np.arange(grid + 1) / grid
+    ov = np.maximum(0, np.minimum(pe[None, 1:], ce[1:, None]) - np.maximum(pe[None, :-1], ce[:-1, None]))  # [grid, n]
+    t = np.einsum("ap,bq->abpq", ov, ov).reshape(grid * grid, n * n)
+    return torch.tensor(t / t.sum(1, keepdims=True), dtype=torch.float32)
+
+
+class CrossAttentionTarget:
+    """Training-only loss on the Q-Former's first cross-attention: each query's attention over the
+    patches (CLS left out), per head, against cell_attention_target. With shapes placed freely (not one
+    per patch), the queries otherwise take a long time to find their cells: without it the per-query
+    heads stay at their prior for the first thousand steps."""
+
+    def __init__(self, model, cfg):
+        self.attn = model.Qformer.bert.encoder.layer[0].crossattention
+        self.target = cell_attention_target(cfg.image_size, cfg.patch_size)
+        self.seen = {}
+        self.attn.register_forward_hook(lambda mod, inp, out: self.seen.update(h=inp[0], ctx=inp[1]))
+
+    def loss(self):
+        sa = self.attn._modules["self"]
+        h, ctx = self.seen["h"], self.seen["ctx"][:, 1:]
+        B, T, C = h.shape
+        hd = C // sa.heads
+        q = sa.query(h).view(B, T, sa.heads, hd).transpose(1, 2)
+        k = sa.key(ctx).view(B, -1, sa.heads, hd).transpose(1, 2)
+        logp = F.log_softmax(q @ k.transpose(-1, -2) / hd ** 0.5, dim=-1)      # [B, heads, queries, patches]
+        return -(self.target * logp).sum(-1).mean()
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -73,7 +107,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--images", type=int, default=24, help="pictures per step")
-    ap.add_argument("--questions", type=int, default=2, help="questions per picture")
+    ap.add_argument("--chats", type=int, default=2, help="chats (of one to three questions) per picture")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--stop-after", type=int, default=0,
@@ -90,7 +124,7 @@ def main():
     ap.add_argument("--save-every", type=int, default=0, help="also save OUT/trained_stepN.pt every N steps")
     ap.add_argument("--width", type=int, default=128, help="ViT, Q-Former and decoder width (head dim 64)")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers (the ViT uses as many blocks)")
-    ap.add_argument("--queries", type=int, default=16, help="Q-Former queries (one per picture cell)")
+    ap.add_argument("--image-size", type=int, default=96, help="model input side (patch 16)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -103,7 +137,7 @@ def main():
     cfg = DemoConfig(vit_width=w, vit_heads=w // 64, vit_mlp=4 * w, vit_depth=args.layers,
                      qf_width=w, qf_heads=w // 64, qf_ffn=4 * w, proj_inner=2 * w,
                      n_embd=w, n_head=w // 64, n_ffn=4 * w, n_layer=args.layers,
-                     n_query=args.queries, vocab_size=sp.get_piece_size())
+                     image_size=args.image_size, vocab_size=sp.get_piece_size())
     model = TinyGPTVDemo(cfg)
     if args.init_from:
         prev = torch.load(args.init_from, map_location="cpu", weights_only=False)
@@ -119,6 +153,7 @@ def main():
     # random initialisation for a while and then ramp its learning rate up; with the auxiliary
     # per-cell heads (AuxHeads) this is no longer needed and both default to off.
     aux = AuxHeads(cfg.n_embd)
+    route = CrossAttentionTarget(model, cfg)
     groups = {}
     for n, p in list(model.named_parameters()) + [("aux." + n, p) for n, p in aux.named_parameters()]:
         if not p.requires_grad:
@@ -141,17 +176,27 @@ def main():
         vis = 0.0 if frozen else min(1.0, (step - args.vision_delay + 1) / args.vision_ramp)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup) * g["lr_scale"] * (vis if g["vision"] else 1.0)
-        pixels, img_index, after, targets, cells, boxes = train_batch(rng, enc, args.images, args.questions,
+        pixels, img_index, after, targets, cells, boxes = train_batch(rng, enc, args.images, args.chats,
                                                                       cfg.image_size, cfg.n_query)
         with torch.set_grad_enabled(not frozen):
             per_img = model.encode_image(pixels)
         img_emb = per_img[img_index]
-        logits = model(img_emb, before, after)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
-        l_cls = l_box = torch.zeros(())
+        # Chats differ much in length (a "[grounding]" answer is ten times a "yes"): the rows go through
+        # the decoder in two halves by length, each padded only to its own longest row.
+        start = len(before) + cfg.n_query
+        last = torch.where(targets >= 0, torch.arange(targets.shape[1]), -1).amax(1) + 1 - start
+        loss = torch.zeros(())
+        for idx in torch.argsort(last, stable=True).chunk(2):
+            L = int(last[idx].max())
+            logits = model(img_emb[idx], before, after[idx, :L])
+            loss = loss + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[idx, :start + L].reshape(-1),
+                                          ignore_index=-100, reduction="sum")
+        loss = loss / (targets >= 0).sum()
+        l_cls = l_box = l_att = torch.zeros(())
         if args.aux_weight > 0:
             l_cls, l_box = aux.loss(per_img, cells, boxes)
-        total = loss + args.aux_weight * (l_cls + l_box)
+            l_att = route.loss()
+        total = loss + args.aux_weight * (l_cls + l_box + l_att)
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux.parameters()), 1.0)
@@ -161,7 +206,7 @@ def main():
             # picture gain: loss with every question paired with another picture minus the loss with
             # its own picture (both after this step's update): how much the answers use the picture
             with torch.no_grad():
-                wrong = model(img_emb.detach().roll(args.questions, dims=0), before, after)
+                wrong = model(img_emb.detach().roll(args.chats, dims=0), before, after)
                 wrong_loss = F.cross_entropy(wrong.reshape(-1, wrong.shape[-1]), targets.reshape(-1),
                                              ignore_index=-100).item()
                 right = model(img_emb.detach(), before, after)      # same (already updated) weights
@@ -169,7 +214,7 @@ def main():
                                               ignore_index=-100).item()
             dt = time.time() - t0
             print(f"step {step:5d}  loss {loss.item():.4f}  ema {ema:.4f}  picture gain {wrong_loss:+.4f}  "
-                  f"aux cls {l_cls.item():.3f} box {l_box.item():.3f}  "
+                  f"aux cls {l_cls.item():.3f} box {l_box.item():.3f} att {l_att.item():.3f}  "
                   f"lr {lr_at(step, args.steps, args.lr, args.warmup):.2e}  {dt / (step + 1):.3f} s/step  {dt / 60:.1f} min", flush=True)
 
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < (args.stop_after or args.steps):
