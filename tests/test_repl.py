@@ -67,6 +67,9 @@ def test_repl_session(slow_model):
         cmd(child, f"/image {image}", "image attached to the next question")
         cmd(child, "/set max_tokens 3000", "max_new_tokens = 3000")
         child.sendline("describe it in detail")
+        # the line read back (the terminal leaves line input then), so Ctrl+C reaches the answer as SIGINT
+        # and not the line editor as a character, however slowly a loaded machine runs the child
+        child.expect_exact("describe it in detail")
         time.sleep(1.0)
         child.sendcontrol("c")
         child.expect_exact("[interrupted]")
