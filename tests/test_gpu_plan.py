@@ -1,20 +1,24 @@
 """The GPU memory plan (tinygptv_native/gpu_plan.py): pure arithmetic over a model's tensor table, checked
-by hand on its parts and for a real-size TinyGPT-V in Q4_0 at n_ctx 2048 (no device, no file needed)."""
+by hand on its parts and for a real-size TinyGPT-V in Q4_0 at n_ctx 2048 (no device, no file needed). Its
+agreement with what the GPU decoder allocates is checked on a device in test_vulkan_model.py."""
 import pytest
 
 from tinygptv_native import _core
 from tinygptv_native.convert import schema
 from tinygptv_native.convert.quantize import choose_type
 from tinygptv_native.demo import DEMO_MODEL
-from tinygptv_native.gpu_plan import BUFFER_ALIGN, STAGING_BYTES, Hparams, hparams_from_metadata, plan, plan_file
+from tinygptv_native.gpu import device_budget
+from tinygptv_native.gpu_plan import (BUFFER_ALIGN, STAGING_BYTES, Hparams, Tensor, hparams_from_metadata, plan,
+                                      plan_file, split_count, weight_buffers)
 
 GIB = 2**30
 # block size and bytes per block of the storage types a Q4_0 file holds
 BLOCKS = {"F32": (1, 4), "F16": (1, 2), "Q4_0": (32, 18)}
 
-# TinyGPT-V at its real size: EVA ViT-g at 224 px, the Q-Former, the projector and Phi-2
-REAL = Hparams(n_embd=2560, n_layer=32, n_head=32, n_head_kv=32, n_ff=10240, n_vocab=51200, image_size=224,
-               patch_size=14, v_embd=1408, v_head=16, v_ff=6144, q_embd=768, q_head=12, q_ff=3072, n_query=32)
+# TinyGPT-V's Phi-2 at its real size (rotary over 32 of a head's 80 dims); its image path, EVA ViT-g at
+# 224 px, the Q-Former and the projector, is in the tensor table but stays on the host.
+REAL = Hparams(n_embd=2560, n_layer=32, n_head=32, n_head_kv=32, n_ff=10240, n_vocab=51200, n_rot=32)
+V_EMBD, V_FF, Q_EMBD, Q_FF, N_QUERY, IMAGE_TOKENS = 1408, 6144, 768, 3072, 32, 1 + (224 // 14) ** 2
 
 
 def real_size_tensors():
@@ -45,89 +49,170 @@ def real_size_tensors():
         lin(b(schema.FFN_DOWN), h.n_embd, h.n_ff)
     norm(schema.OUTPUT_NORM, h.n_embd)
     lin(schema.OUTPUT, h.n_vocab, h.n_embd)
-    T = h.image_tokens
-    lin(schema.V_PATCH_EMBD, h.v_embd, 3 * h.patch_size ** 2)
-    out.append((schema.V_CLS, (h.v_embd,)))
-    out.append((schema.V_POS_EMBD, (h.v_embd, T)))
+    lin(schema.V_PATCH_EMBD, V_EMBD, 3 * 14 ** 2)
+    out.append((schema.V_CLS, (V_EMBD,)))
+    out.append((schema.V_POS_EMBD, (V_EMBD, IMAGE_TOKENS)))
     for i in range(39):
         b = lambda n: schema.vblk(i, n)  # noqa: E731
-        norm(b(schema.V_LN1), h.v_embd)
-        lin(b(schema.V_ATTN_QKV), 3 * h.v_embd, h.v_embd)
-        lin(b(schema.V_ATTN_OUT), h.v_embd, h.v_embd)
-        norm(b(schema.V_LN2), h.v_embd)
-        lin(b(schema.V_FFN_UP), h.v_ff, h.v_embd)
-        lin(b(schema.V_FFN_DOWN), h.v_embd, h.v_ff)
-    norm(schema.V_POST_LN, h.v_embd)
-    out.append((schema.QF_QUERY, (h.q_embd, h.n_query)))
-    norm(schema.QF_EMB_LN, h.q_embd)
+        norm(b(schema.V_LN1), V_EMBD)
+        lin(b(schema.V_ATTN_QKV), 3 * V_EMBD, V_EMBD)
+        lin(b(schema.V_ATTN_OUT), V_EMBD, V_EMBD)
+        norm(b(schema.V_LN2), V_EMBD)
+        lin(b(schema.V_FFN_UP), V_FF, V_EMBD)
+        lin(b(schema.V_FFN_DOWN), V_EMBD, V_FF)
+    norm(schema.V_POST_LN, V_EMBD)
+    out.append((schema.QF_QUERY, (Q_EMBD, N_QUERY)))
+    norm(schema.QF_EMB_LN, Q_EMBD)
     for i in range(12):
         for part in schema.QF_SELF + (schema.QF_CROSS if i % 2 == 0 else ()) + schema.QF_FFN:
             base = schema.qfblk(i, part)
             if part.endswith("_ln"):
-                norm(base, h.q_embd)
+                norm(base, Q_EMBD)
             elif part in ("cross_k", "cross_v"):
-                lin(base, h.q_embd, h.v_embd)
+                lin(base, Q_EMBD, V_EMBD)
             elif part == "ffn_up":
-                lin(base, h.q_ff, h.q_embd)
+                lin(base, Q_FF, Q_EMBD)
             elif part == "ffn_down":
-                lin(base, h.q_embd, h.q_ff)
+                lin(base, Q_EMBD, Q_FF)
             else:
-                lin(base, h.q_embd, h.q_embd)
-    lin(schema.MM_0, 4096, h.q_embd)
+                lin(base, Q_EMBD, Q_EMBD)
+    lin(schema.MM_0, 4096, Q_EMBD)
     lin(schema.MM_1, h.n_embd, 4096)
     return out
 
 
-def q4_0_bytes(name, ne):
+def q4_0_tensor(name, ne):
+    """The tensor as a Q4_0 file stores it (the converter's choice of type per tensor)."""
     t = choose_type(name, list(ne), "F16", "q4_0", REAL.n_layer)
     blk, size = BLOCKS[t]
     n = 1
     for d in ne:
         n *= d
     assert n % blk == 0
-    return n // blk * size
+    return Tensor(name, t, tuple(ne), n // blk * size)
+
+
+def _aligned(n):
+    return -(-n // BUFFER_ALIGN) * BUFFER_ALIGN
+
+
+LAVAPIPE_BUFFER = 2**27  # 128 MiB, lavapipe's maxStorageBufferRange: no Q4_0 tensor of Phi-2 is split there
 
 
 def test_real_size_tinygptv_q4_0_fits_7_gib_at_2048():
-    tensors = real_size_tensors()
-    sizes = [q4_0_bytes(n, ne) for n, ne in tensors]
-    n_params = sum(__import__("math").prod(ne) for _n, ne in tensors)
+    tensors = [q4_0_tensor(n, ne) for n, ne in real_size_tensors()]
+    n_params = sum(__import__("math").prod(t.shape) for t in tensors)
     assert 3.6e9 < n_params < 4.0e9  # Phi-2 2.78 B + EVA ViT-g ~1.0 B + Q-Former and projector
-    p = plan(sizes, REAL, n_ctx=2048)
+    p = plan(tensors, REAL, n_ctx=2048, max_buffer=LAVAPIPE_BUFFER)
+    # the weights: the decoder's matrices as stored, its vectors in float32, the RoPE tables; nothing of
+    # the image path
+    dec = [t for t in tensors if not t.name.startswith(("v.", "qf.", "mm."))]
+    mats = sum(t.nbytes for t in dec if len(t.shape) == 2)
+    vecs = sum(4 * t.shape[0] for t in dec if len(t.shape) == 1)
+    rope = 2 * 4 * 2048 * 16
+    n_buffers = len(dec) + 2
+    assert p.weight_buffers == n_buffers
+    assert mats + vecs + rope <= p.weights < mats + vecs + rope + n_buffers * BUFFER_ALIGN
+    # Q4_0 is 4.5 bits a weight: 1.56 GB (1,495 MiB) for Phi-2's 2.78 B (its norms in float32 besides)
+    assert 1.4 * GIB < p.weights < 1.5 * GIB, p.describe()
     # keys and values, 32 layers x 2048 positions x 2560 x 2 bytes each
     assert p.kv_cache == 2 * 32 * 2048 * 2560 * 2 == 640 * 2**20
-    assert sum(sizes) <= p.weights <= sum(sizes) + len(sizes) * BUFFER_ALIGN
-    assert p.staging == STAGING_BYTES
-    # Q4_0 is 4.5 bits a weight: about 2.1 GiB of weights
-    assert 1.9 * GIB < p.weights < 2.4 * GIB, p.describe()
-    # the token embedding (and the output matrix) in Q4_0: 51200 x 2560 x 18/32 bytes, within lavapipe's 128 MiB
-    assert p.largest_buffer == 51200 * 2560 // 32 * 18
-    assert p.total < 7 * GIB, p.describe()
-    # the decoder's scratch for a piece of 256 rows against 2048 keys outweighs the image's at 224 px
+    # a step of 256 rows, all wanting logits: five rows of n_embd, q/k/v, the FFN, tokens, positions and the
+    # logits in float32; decode attention's partial outputs (2048 keys in 32 chunks of 64, 32 heads of 80 + 2)
     B = 256
-    decode = 4 * (3 * B * 2560 + B * 3 * 2560 + B * 2560 + B * 10240 + 32 * B * 2048 + 51200)
-    assert p.activations == -(-decode // BUFFER_ALIGN) * BUFFER_ALIGN + 32 * 2560 * 4
+    assert split_count(2048) == 8 and split_count(2048, workgroup=32) == 16
+    rows = [4 * B * 2560] * 5 + [4 * B * 3 * 2560, 4 * B * 10240, 4 * B, 4 * B, 4 * B * 51200]
+    part = 4 * 32 * 8 * 82
+    assert p.activations == sum(_aligned(r) for r in rows) + _aligned(part) + BUFFER_ALIGN
+    assert p.activations < 81 * 2**20  # 30 MiB of rows and 50 MiB of logits
+    # host-visible: the inputs of 256 rows, the logits' copy, and 64 MiB of transfer (the largest weight,
+    # the token embedding in Q4_0, 51200 x 2560 x 18/32 bytes = 70 MiB, goes in two pieces)
+    assert p.largest_buffer == 51200 * 2560 // 32 * 18
+    assert p.staging == _aligned(4 * B * 2562) + 4 * B * 51200 + STAGING_BYTES
+    assert p.total < 7 * GIB, p.describe()
+    # 2,331.5 MiB: weights 1,494.9, KV cache 640, activations 80.1, staging 116.5
+    assert 2.2 * GIB < p.total < 2.35 * GIB, p.describe()
+
+
+def test_a_split_tensor_takes_more_buffers_of_the_same_bytes():
+    tensors = [q4_0_tensor(n, ne) for n, ne in real_size_tensors()]
+    whole = weight_buffers(tensors, REAL, 2048)
+    split = weight_buffers(tensors, REAL, 2048, max_buffer=2**24)  # 16 MiB parts
+    assert sum(split) == sum(whole) and len(split) > len(whole)
+    assert max(split) <= 2**24
+    row = 2560 // 32 * 18  # a token embedding row in Q4_0
+    assert 2**24 // row * row in split
+    with pytest.raises(ValueError, match="one row of 1440 bytes exceeds the largest buffer of 1000 bytes"):
+        weight_buffers(tensors, REAL, 2048, max_buffer=1000)
 
 
 def test_more_sequences_and_context_scale_the_cache():
-    one = plan([100], REAL, n_ctx=1024)
-    four = plan([100], REAL, n_ctx=1024, n_seq=4)
+    t = [Tensor("blk.0.attn_norm.weight", "F32", (2560,), 4 * 2560)]
+    one = plan(t, REAL, n_ctx=1024)
+    four = plan(t, REAL, n_ctx=1024, n_seq=4)
     assert four.kv_cache == 4 * one.kv_cache
-    assert plan([100], REAL, n_ctx=2048).kv_cache == 2 * one.kv_cache
-    assert one.weights == BUFFER_ALIGN and one.largest_buffer == BUFFER_ALIGN
+    assert plan(t, REAL, n_ctx=2048).kv_cache == 2 * one.kv_cache
+    # the norm and the two RoPE tables of 1024 x 16
+    assert one.weights == _aligned(4 * 2560) + 2 * 4 * 1024 * 16 and one.weight_buffers == 3
     with pytest.raises(ValueError, match="positive"):
-        plan([100], REAL, n_ctx=0)
+        plan(t, REAL, n_ctx=0)
 
 
+def test_the_budget_from_the_driver_or_the_heap():
+    heap = {"size": 8 * GIB, "device_local": True, "budget": None, "usage": None}
+    bar = {"size": 256 * 2**20, "device_local": True, "budget": None, "usage": None}
+    host = {"size": 32 * GIB, "device_local": False, "budget": None, "usage": None}
+    size, why = device_budget({"memory_heaps": [host, bar, heap]})
+    assert size == 8 * GIB and why == "the size of device-local heap 2 (the driver offers no VK_EXT_memory_budget)"
+    with_budget = dict(heap, budget=7 * GIB, usage=GIB // 2)
+    free, why = device_budget({"memory_heaps": [host, with_budget]})
+    assert free == 7 * GIB - GIB // 2
+    assert why == "the free VK_EXT_memory_budget of device-local heap 1: budget 7,168.0 MiB less 512.0 MiB in use"
+    # no heap flagged device-local: the largest of them
+    assert device_budget({"memory_heaps": [dict(host, size=GIB), dict(host, size=2 * GIB)]})[0] == 2 * GIB
 def test_plan_of_a_model_file():
     r = _core.GGUFReader(str(DEMO_MODEL))
     tensors = r.tensors()
     hp = hparams_from_metadata(r.metadata(max_array=0), {n: tuple(s) for n, _t, s, _o, _b in tensors})
     md = r.metadata(max_array=0)
     assert hp.n_embd == md["tinygptv.embedding_length"] and hp.n_layer == md["tinygptv.block_count"]
-    assert hp.image_size == md["tinygptv.vision.image_size"] and hp.n_query == md["tinygptv.qformer.query_count"]
+    assert hp.n_rot == md.get("tinygptv.rope.dimension_count", hp.head_dim)
     p = plan_file(str(DEMO_MODEL), n_ctx=512)
-    assert p.weights >= sum(b for *_r, b in tensors)
-    assert p.kv_cache >= hp.n_layer * 512 * 2 * hp.kv_dim * 2
+    dec = [b for name, _t, shape, _o, b in tensors if not name.startswith(("v.", "qf.", "mm."))]
+    assert sum(dec) <= p.weights < sum(b for *_r, b in tensors) * 2  # F16 vectors become float32
+    assert p.kv_cache == hp.n_layer * 512 * 2 * hp.kv_dim * 2
     with pytest.raises(ValueError, match="no memory plan for architecture 'llama'"):
         hparams_from_metadata({"general.architecture": "llama"}, {})
+
+
+def _fake_device(heap):
+    """A device listing entry as vulkan_devices() gives it, with one heap."""
+    return {"index": 0, "name": "Fake GPU", "type": "discrete", "memory_heaps": [heap],
+            "device_local_bytes": heap["size"], "max_storage_buffer_range": 2**30, "max_allocation": 2**32,
+            "max_workgroup_invocations": 1024}
+
+
+@pytest.mark.parametrize("heap,source", [
+    ({"size": 2**20, "device_local": True, "budget": None, "usage": None},
+     r"budget is 1\.0 MiB \(the size of device-local heap 0 \(the driver offers no VK_EXT_memory_budget\)\)"),
+    ({"size": 8 * GIB, "device_local": True, "budget": 3 * 2**20, "usage": 2**20},
+     r"budget is 2\.0 MiB \(the free VK_EXT_memory_budget of device-local heap 0: "
+     r"budget 3\.0 MiB less 1\.0 MiB in use\)"),
+])
+def test_a_model_beyond_the_budget_is_refused_with_the_plan_and_the_budget(monkeypatch, heap, source):
+    from tinygptv_native import gpu
+    monkeypatch.setattr(gpu, "vulkan_devices", lambda: [_fake_device(heap)])
+    with pytest.raises(ValueError, match=r"does not fit Vulkan device 0 \(Fake GPU\): at n_ctx 512 for 2 sequence\(s\) "
+                                         r"it needs weights .* MiB, KV cache .*; the " + source):
+        gpu.choose_device(str(DEMO_MODEL), "gpu", None, 512, 2)
+    assert gpu.choose_device(str(DEMO_MODEL), "auto", None, 512, 2) is None  # auto: the CPU
+    big = dict(heap, size=64 * GIB, budget=None if heap["budget"] is None else 60 * GIB)
+    monkeypatch.setattr(gpu, "vulkan_devices", lambda: [_fake_device(big)])
+    assert gpu.choose_device(str(DEMO_MODEL), "auto", None, 512, 2) == 0
+
+
+def test_the_device_listing_shows_the_budget():
+    from tinygptv_native.gpu import format_device
+    d = dict(_fake_device({"size": 8 * GIB, "device_local": True, "budget": 7 * GIB, "usage": GIB // 2}),
+             api_version="1.3.0", driver="", subgroup_size=32, fp16=True, int8=True, cooperative_matrix=False)
+    assert "memory:              8.0 GiB device-local (budget 7.0 GiB, 0.5 GiB in use)" in format_device(d)

@@ -249,6 +249,36 @@ def test_truncate_and_copy_prefix_agree_with_a_fresh_forward(vk, files):
     assert c.kv_reserved_bytes == 3 * 3 * 2 * N_CTX * 32 * 2  # 3 slots x 3 layers x (k, v) x n_ctx x kv_dim x F16
 
 
+@pytest.mark.parametrize("wtype,max_buffer", [("f32", None), ("q4_0", None), ("f16", 4096), ("demo", None)])
+def test_the_memory_plan_counts_what_the_gpu_allocates(vk, files, monkeypatch, wtype, max_buffer):
+    """gpu_plan's weights and KV cache against the decoder's own count after a decode of each of 2 slots
+    (random Phi-2s, and the demo TinyGPT-V, whose image path the plan leaves out). The decoder rounds a
+    buffer to 4 bytes, which weight_buffers' sizes so rounded give exactly; the plan rounds each to 256
+    (BUFFER_ALIGN), so it may exceed the real count by under 256 bytes a buffer."""
+    from tinygptv_native import gpu_plan
+    from tinygptv_native.demo import DEMO_MODEL
+    from tinygptv_native.gpu import device_limits, device_plan
+    path = str(DEMO_MODEL) if wtype == "demo" else files[wtype][0]
+    if max_buffer:  # a split of the larger matrices into parts of at most 4 KiB
+        monkeypatch.setenv("TINYGPTV_VK_MAX_BUFFER", str(max_buffer))
+    c = _core.Context(_core.Model(path, 1), N_CTX, 2, 1, True, 64.0, 0)
+    c.eval_tokens(0, _prompt(4, 7), True)
+    c.eval_tokens(1, _prompt(5, 1), True)
+    dev = _core.vulkan_devices()[0]
+    p = device_plan(path, dev, N_CTX, 2)
+    hp, tensors = gpu_plan.file_tensors(path)
+    raw = gpu_plan.weight_buffers(tensors, hp, N_CTX, device_limits(dev)[0])
+    if max_buffer:
+        assert len(raw) > sum(1 for t in tensors if gpu_plan.is_decoder_tensor(t.name)) + 2  # some were split
+    assert sum(max(4, -(-b // 4) * 4) for b in raw) == c.gpu_weight_bytes
+    assert c.gpu_weight_bytes <= p.weights < c.gpu_weight_bytes + gpu_plan.BUFFER_ALIGN * p.weight_buffers
+    assert p.weight_buffers == len(raw)
+    # 2 slots x n_layer x (k, v) x n_ctx x kv_dim x F16
+    assert p.kv_cache == c.kv_reserved_bytes == 2 * hp.n_layer * 2 * N_CTX * hp.kv_dim * 2
+    if wtype != "demo":
+        assert (hp.n_layer, hp.kv_dim) == (3, 32)
+
+
 def test_the_demo_model_answers_as_on_the_cpu(vk):
     from tinygptv_native import Model
     from tinygptv_native.demo import DEMO_IMAGE

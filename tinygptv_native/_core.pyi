@@ -245,4 +245,5 @@ _testing: types.ModuleType
 def vulkan_built() -> bool:
     """Whether this build has the Vulkan backend."""
 def vulkan_devices() -> List[Dict[str, Any]]:
-    """The Vulkan devices (opens the loader on first call; VulkanError without one or without the backend)."""
+    """The Vulkan devices (opens the loader on first call; VulkanError without one or without the backend).
+    Each heap's budget and usage (VK_EXT_memory_budget, else None) are read at each call."""

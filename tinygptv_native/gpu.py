@@ -7,7 +7,8 @@ without the loader, raises VulkanError with the reason.
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional
+import os
+from typing import Dict, List, Optional, Tuple
 
 from . import _core
 from ._core import VulkanError  # noqa: F401  (re-exported)
@@ -22,8 +23,10 @@ def vulkan_built() -> bool:
 
 def vulkan_devices() -> List[Dict]:
     """Every Vulkan device: index, name, type (discrete, integrated, virtual, cpu, other), API version,
-    driver, memory heaps and the device-local total, subgroup size, fp16 / int8 / cooperative-matrix support
-    and the limits the backend works within. Raises VulkanError without a loader or a built backend."""
+    driver, memory heaps (size, device-local, and where the driver offers VK_EXT_memory_budget its budget
+    and this process's usage, else None; read at each call, as they move with use) and the device-local
+    total, subgroup size, fp16 / int8 / cooperative-matrix support and the limits the backend works within.
+    Raises VulkanError without a loader or a built backend."""
     return _core.vulkan_devices()
 
 
@@ -31,10 +34,17 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
+def _format_heap(h: Dict) -> str:
+    text = f"{_gib(h['size'])}{' device-local' if h['device_local'] else ''}"
+    if h.get("budget") is not None:
+        text += f" (budget {_gib(h['budget'])}, {_gib(h['usage'])} in use)"
+    return text
+
+
 def format_device(d: Dict) -> str:
     """A device as a few lines for people."""
     yes = {True: "yes", False: "no"}
-    heaps = ", ".join(f"{_gib(h['size'])}{' device-local' if h['device_local'] else ''}" for h in d["memory_heaps"])
+    heaps = ", ".join(_format_heap(h) for h in d["memory_heaps"])
     return "\n".join([
         f"{d['index']}: {d['name']} ({d['type']}, Vulkan {d['api_version']})",
         f"   driver:              {d['driver'] or '?'}",
@@ -59,9 +69,52 @@ def _decoder_types_unsupported(path: str) -> List[str]:
             if len(shape) == 2 and not name.startswith(("v.", "qf.", "mm.")) and t not in GPU_WEIGHT_TYPES]
 
 
-def device_budget(d: Dict) -> int:
-    """Bytes the plan may take on device d: its device-local memory (all of its memory where it reports none)."""
-    return int(d["device_local_bytes"] or sum(h["size"] for h in d["memory_heaps"]))
+def device_budget(d: Dict) -> Tuple[int, str]:
+    """Bytes the plan may take on device d, and where that number comes from (for errors and logs).
+
+    The heap is the largest device-local one (the buffers' memory type lives there; a small device-local
+    heap beside it, such as a 256 MiB BAR window, is not where they go), or the largest of all where the
+    device reports none as device-local. Where the driver offers VK_EXT_memory_budget, the heap's budget
+    less what is in use, as listed now: other programs' use (a desktop, another model) is already deducted
+    from the budget. Else the heap's size, which counts memory others may hold."""
+    heaps = list(enumerate(d["memory_heaps"]))
+    local = [(i, h) for i, h in heaps if h["device_local"]] or heaps
+    if not local:
+        return 0, "the device reports no memory heap"
+    i, h = max(local, key=lambda ih: ih[1]["size"])
+    kind = "device-local heap" if h["device_local"] else "heap"
+    if h.get("budget") is not None:
+        free = max(0, int(h["budget"]) - int(h["usage"]))
+        return free, (f"the free VK_EXT_memory_budget of {kind} {i}: budget {h['budget'] / 2**20:,.1f} MiB "
+                      f"less {h['usage'] / 2**20:,.1f} MiB in use")
+    return int(h["size"]), f"the size of {kind} {i} (the driver offers no VK_EXT_memory_budget)"
+
+
+def device_limits(d: Dict) -> Tuple[int, int]:
+    """The largest buffer a weight part takes on device d (as PhiGpu splits them: the storage-buffer range
+    and the allocation limit, TINYGPTV_VK_MAX_BUFFER lowering it) and the shaders' workgroup size."""
+    max_buffer = int(d["max_storage_buffer_range"]) & ~3
+    if d.get("max_allocation"):
+        max_buffer = min(max_buffer, int(d["max_allocation"]))
+    if os.environ.get("TINYGPTV_VK_MAX_BUFFER"):
+        max_buffer = min(max_buffer, int(os.environ["TINYGPTV_VK_MAX_BUFFER"]))
+    workgroup = 64  # csrc/vulkan/device.cpp: a power of two within the device's workgroup limit
+    while workgroup > int(d.get("max_workgroup_invocations") or 64):
+        workgroup //= 2
+    return max_buffer, workgroup
+
+
+def device_plan(path: str, d: Dict, n_ctx: int, n_seq: int):
+    """The memory plan (gpu_plan.plan_file) of model `path` on device d."""
+    from .gpu_plan import plan_file
+    max_buffer, workgroup = device_limits(d)
+    return plan_file(path, n_ctx, n_seq, max_buffer=max_buffer, workgroup=workgroup)
+
+
+def _budget(d: Dict, budget_mb: Optional[float]) -> Tuple[int, str]:
+    if budget_mb is not None:
+        return int(budget_mb * 2**20), "gpu_budget_mb"
+    return device_budget(d)
 
 
 def choose_device(path: str, device: str, gpu: Optional[int], n_ctx: int, n_seq: int,
@@ -70,11 +123,11 @@ def choose_device(path: str, device: str, gpu: Optional[int], n_ctx: int, n_seq:
 
     "cpu": None. "gpu": device `gpu` (default 0); VulkanError where the build has no backend, there is no
     loader or no device; ValueError where the index is out of range, the model's weight types have no GPU
-    product, or the memory plan (gpu_plan.plan_file) exceeds the budget (budget_mb, else the device's
-    memory), with the numbers. "auto": the device `gpu` names, else the first discrete GPU, where the plan
+    product, or the memory plan (device_plan) exceeds the budget (budget_mb, else the device's
+    memory: the free VK_EXT_memory_budget where the driver offers it, else the heap's size), with the numbers
+    and which budget was used. "auto": the device `gpu` names, else the first discrete GPU, where the plan
     fits and the types are supported; else None (the CPU).
     """
-    from .gpu_plan import plan_file
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if gpu is not None and (isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0):
@@ -97,13 +150,15 @@ def choose_device(path: str, device: str, gpu: Optional[int], n_ctx: int, n_seq:
         if _decoder_types_unsupported(path):
             log.info("device auto: the CPU (weight types the GPU does not multiply)")
             return None
-        p = plan_file(path, n_ctx, n_seq)
         for d in cands:
-            budget = int(budget_mb * 2**20) if budget_mb is not None else device_budget(d)
+            p = device_plan(path, d, n_ctx, n_seq)
+            budget, source = _budget(d, budget_mb)
             if p.total <= budget:
                 log.info("device auto: Vulkan device %d (%s)", d["index"], d["name"])
                 return int(d["index"])
-        log.info("device auto: the CPU (the plan, %s, fits no GPU)", p.describe())
+            log.info("device auto: not Vulkan device %d (the plan, %s, exceeds %s, %.1f MiB)", d["index"],
+                     p.describe(), source, budget / 2**20)
+        log.info("device auto: the CPU (the plan fits no GPU)")
         return None
     devs = vulkan_devices()  # VulkanError: no backend, no loader
     if not devs:
@@ -117,12 +172,12 @@ def choose_device(path: str, device: str, gpu: Optional[int], n_ctx: int, n_seq:
     if bad:
         raise ValueError(f"the GPU decoder multiplies {', '.join(GPU_WEIGHT_TYPES)} weights; this model has "
                          f"{', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''} (run it with device='cpu')")
-    p = plan_file(path, n_ctx, n_seq)
-    budget = int(budget_mb * 2**20) if budget_mb is not None else device_budget(d)
+    p = device_plan(path, d, n_ctx, n_seq)
+    budget, source = _budget(d, budget_mb)
     if p.total > budget:
         raise ValueError(f"the model does not fit Vulkan device {idx} ({d['name']}): at n_ctx {n_ctx} for {n_seq} "
                          f"sequence(s) it needs {p.describe()}; the budget is {budget / 2**20:,.1f} MiB "
-                         f"(lower n_ctx or n_parallel, or use device='cpu')")
+                         f"({source}) (lower n_ctx or n_parallel, or use device='cpu')")
     return idx
 
 

@@ -1,54 +1,67 @@
-"""The GPU memory plan of a model file: what the Vulkan backend will hold on the device, computed from the
-file's tensor table and hyperparameters before anything is uploaded, so a model that does not fit is refused
-with the numbers (or split with gpu_layers, once the model runs on the GPU).
+"""The GPU memory plan of a model file: what the Vulkan decoder (csrc/vulkan/phi_gpu.cpp) will allocate on
+the device, computed from the file's tensor table and hyperparameters before anything is uploaded, so a
+model that does not fit is refused with the numbers.
 
-Counted (bytes, each buffer rounded up to BUFFER_ALIGN):
-- weights: every tensor as the file stores it (the mat-vec shaders read GGUF blocks as they are), one
-  buffer each;
-- kv_cache: keys and values of every decoder layer at n_ctx positions for each of n_seq sequences, in F16;
-- activations: float32 scratch for the larger of the two phases, which reuse one another's memory:
-  decoding a piece of n_batch rows (residual, norms, q/k/v, attention output, FFN, the scores of n_batch rows
-  against n_ctx keys per head, logits of n_seq rows), or encoding one image (the vision tower's rows of
-  width, q/k/v, MLP and per-head scores; the Q-Former's queries, cross keys/values and scores), plus one
-  image's projected embeddings per sequence;
-- staging: the host-visible buffer transfers go through (Device::staging, at most 64 MiB).
+Counted (bytes; each buffer rounded up to BUFFER_ALIGN, the allocation granularity of most devices, where
+the decoder's own count, Context.gpu_weight_bytes / kv_reserved_bytes, rounds to 4):
+- weights: the decoder's tensors only (token_embd, blk.*, output_norm, output; the image path's v.*, qf.*,
+  mm.* stay on the host): each matrix as the file stores it (the mat-vec shaders read GGUF blocks as they
+  are), split by rows into parts of at most max_buffer bytes, a buffer each; each vector (norms, biases)
+  as float32; the RoPE tables, float32 [n_ctx][n_rot / 2] for cos and for sin. A token embedding of a type
+  the device does not gather stays on the host;
+- kv_cache: per sequence slot and layer one buffer of keys and values at n_ctx positions, in F16 (a slot
+  is made when first written; the plan counts all n_seq);
+- activations: the float32 buffers of a step of n_batch rows (the context's piece size), all of whose rows
+  may want logits: residual, norm, attention output, projection and row selection (n_embd each), q/k/v,
+  FFN, tokens and positions, logits; the split decode attention's partial outputs; a 16-byte stand-in
+  for absent inputs. No score matrix: attention keeps its softmax online;
+- staging: host-visible memory, counted against the same budget to be safe (integrated GPUs have one
+  heap): the step's inputs (n_batch rows of n_embd + 2), its logits, and the transfer buffer (the largest
+  weight buffer, at most 64 MiB).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Tuple
+from math import prod
+from typing import Dict, Iterable, List, Optional, Tuple
 
 BUFFER_ALIGN = 256        # a buffer's size is rounded up to this (allocation granularity on most devices)
 STAGING_BYTES = 64 << 20  # csrc/vulkan/device.cpp: kStagingChunk
+PIECE_ROWS = 256          # csrc/model/context.cpp: kMaxPieceRows, the most rows of one decode step
 F32, F16 = 4, 2
+# csrc/vulkan/phi_gpu.cpp: embed_supported, the types the token gather reads on the device
+GATHER_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K")
+# csrc/vulkan/phi_gpu.cpp: decode attention's split, kSplitTiles tiles of a workgroup's keys, kMaxSplits
+SPLIT_TILES, MAX_SPLITS = 4, 32
 
 
 @dataclass(frozen=True)
 class Hparams:
-    """What the plan needs of a model's shape. Vision fields are zero for a language model alone."""
+    """What the plan needs of the decoder's shape."""
     n_embd: int
     n_layer: int
     n_head: int
     n_head_kv: int
     n_ff: int
     n_vocab: int
-    image_size: int = 0
-    patch_size: int = 0
-    v_embd: int = 0
-    v_head: int = 0
-    v_ff: int = 0
-    q_embd: int = 0
-    q_head: int = 0
-    q_ff: int = 0
-    n_query: int = 0
+    n_rot: Optional[int] = None  # rotary dims per head; None: the whole head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
 
     @property
     def kv_dim(self) -> int:
-        return self.n_embd // self.n_head * self.n_head_kv
+        return self.head_dim * self.n_head_kv
 
-    @property
-    def image_tokens(self) -> int:
-        return 1 + (self.image_size // self.patch_size) ** 2 if self.patch_size else 0
+
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor of the file: GGML shape order (shape[0] is a row's length), bytes as stored."""
+    name: str
+    type: str
+    shape: Tuple[int, ...]
+    nbytes: int
 
 
 @dataclass(frozen=True)
@@ -57,7 +70,8 @@ class MemoryPlan:
     kv_cache: int
     activations: int
     staging: int
-    largest_buffer: int  # the largest single tensor: must fit the device's maxStorageBufferRange
+    largest_buffer: int  # the largest single buffer: must fit the device's maxStorageBufferRange
+    weight_buffers: int  # how many buffers the weights take (the alignment tolerance against the real count)
 
     @property
     def total(self) -> int:
@@ -69,32 +83,74 @@ class MemoryPlan:
                 f"staging {mib(self.staging)}: {mib(self.total)} in all (largest buffer {mib(self.largest_buffer)})")
 
 
-def _aligned(n: int) -> int:
+def _buffer(n: int) -> int:
+    """Bytes of a buffer of n bytes: rounded to 4 by the device layer (a word at least), then to BUFFER_ALIGN."""
+    n = max(4, -(-n // 4) * 4)
     return -(-n // BUFFER_ALIGN) * BUFFER_ALIGN
 
 
-def plan(tensor_bytes: Iterable[int], hp: Hparams, n_ctx: int, n_seq: int = 1, n_batch: int = 256) -> MemoryPlan:
-    """The plan of a model whose tensors take `tensor_bytes` each, at n_ctx positions for n_seq sequences,
-    decoding pieces of at most n_batch rows (the engine context's piece size)."""
+def is_decoder_tensor(name: str) -> bool:
+    """Whether the GPU decoder uploads the tensor (the image path's stay on the host)."""
+    return name == "token_embd.weight" or name.startswith(("blk.", "output_norm.", "output."))
+
+
+def _parts(t: Tensor, max_buffer: Optional[int]) -> List[int]:
+    """Bytes of the buffers a matrix takes: whole rows, at most max_buffer bytes a part (PhiGpu::upload_mat)."""
+    rows = prod(t.shape[1:])
+    row_bytes = t.nbytes // rows
+    per_part = rows if not max_buffer else max_buffer // row_bytes
+    if per_part < 1:
+        raise ValueError(f"{t.name}: one row of {row_bytes} bytes exceeds the largest buffer of {max_buffer} bytes")
+    return [row_bytes * min(per_part, rows - r0) for r0 in range(0, rows, per_part)]
+
+
+def weight_buffers(tensors: Iterable[Tensor], hp: Hparams, n_ctx: int, max_buffer: Optional[int] = None) -> List[int]:
+    """Bytes of each weight buffer the decoder uploads (before alignment)."""
+    out: List[int] = []
+    for t in tensors:
+        if not is_decoder_tensor(t.name):
+            continue
+        if len(t.shape) >= 2 and prod(t.shape[1:]) > 1:
+            if t.name == "token_embd.weight" and t.type not in GATHER_TYPES:
+                continue  # the host dequantizes token rows and sends them with the step's inputs
+            out += _parts(t, max_buffer)
+        else:
+            out.append(F32 * prod(t.shape))  # vectors are loaded as float32 whatever the file stores
+    n_rot = hp.head_dim if hp.n_rot is None else hp.n_rot
+    if n_rot > 0:
+        out += [F32 * n_ctx * (n_rot // 2)] * 2  # cos and sin
+    return out
+
+
+def split_count(n_ctx: int, workgroup: int = 64) -> int:
+    """How many key chunks a decode row's attention takes (PhiGpu's split_chunk_ and its partial buffer)."""
+    chunk = SPLIT_TILES * workgroup
+    while -(-n_ctx // chunk) > MAX_SPLITS:
+        chunk *= 2
+    return -(-n_ctx // chunk)
+
+
+def plan(tensors: Iterable[Tensor], hp: Hparams, n_ctx: int, n_seq: int = 1, n_batch: int = PIECE_ROWS,
+         max_buffer: Optional[int] = None, workgroup: int = 64) -> MemoryPlan:
+    """The plan of a model with these tensors at n_ctx positions for n_seq sequences, decoding steps of at
+    most n_batch rows, on a device whose buffers take at most max_buffer bytes (None: no tensor is split)
+    and whose shaders run `workgroup` invocations."""
     if n_ctx < 1 or n_seq < 1 or n_batch < 1:
         raise ValueError(f"n_ctx, n_seq and n_batch must be positive, got {n_ctx}, {n_seq}, {n_batch}")
-    sizes = [_aligned(int(b)) for b in tensor_bytes]
-    weights = sum(sizes)
-    kv = _aligned(n_seq * hp.n_layer * n_ctx * 2 * hp.kv_dim * F16)
+    raw = weight_buffers(tensors, hp, n_ctx, max_buffer)
+    weights = sum(_buffer(b) for b in raw)
+    kv_layer = 2 * n_ctx * hp.kv_dim * F16  # keys then values
+    kv = n_seq * hp.n_layer * _buffer(kv_layer)
 
-    B = min(n_batch, n_ctx * n_seq)
-    decode = F32 * (3 * B * hp.n_embd + B * (hp.n_embd + 2 * hp.kv_dim) + B * hp.n_embd + B * hp.n_ff
-                    + hp.n_head * B * n_ctx + n_seq * hp.n_vocab)
-    vision = 0
-    if hp.image_tokens:
-        T, S, Q = hp.image_tokens, hp.image_size, hp.n_query
-        tower = F32 * (3 * S * S + 2 * T * hp.v_embd + 3 * T * hp.v_embd + T * hp.v_embd + T * hp.v_ff
-                       + hp.v_head * T * T)
-        qformer = F32 * (Q * (4 * hp.q_embd + hp.q_ff) + 2 * T * hp.q_embd + hp.q_head * Q * max(Q, T))
-        vision = tower + qformer
-    embeddings = F32 * n_seq * hp.n_query * hp.n_embd
-    activations = _aligned(max(decode, vision)) + _aligned(embeddings)
-    return MemoryPlan(weights, kv, activations, STAGING_BYTES, max(sizes, default=0))
+    E, B = hp.n_embd, min(n_batch, PIECE_ROWS, n_ctx * n_seq)
+    logits = F32 * B * hp.n_vocab
+    row_buffers = [F32 * B * E] * 5 + [F32 * B * (E + 2 * hp.kv_dim), F32 * B * hp.n_ff, F32 * B, F32 * B, logits]
+    part = F32 * hp.n_head * split_count(n_ctx, workgroup) * (hp.head_dim + 2)
+    activations = sum(_buffer(b) for b in row_buffers) + _buffer(part) + _buffer(16)
+    transfer = min(max(raw, default=0), STAGING_BYTES)
+    staging = _buffer(F32 * B * (E + 2)) + _buffer(logits) + _buffer(transfer)
+    largest = max(raw + [kv_layer, logits, F32 * B * hp.n_ff])
+    return MemoryPlan(weights, kv, activations, staging, largest, len(raw))
 
 
 def hparams_from_metadata(md: Dict, tensor_shapes: Dict[str, Tuple[int, ...]]) -> Hparams:
@@ -103,7 +159,7 @@ def hparams_from_metadata(md: Dict, tensor_shapes: Dict[str, Tuple[int, ...]]) -
     if arch not in ("phi2", "tinygptv"):
         raise ValueError(f"no memory plan for architecture {arch!r} (phi2 and tinygptv have one)")
 
-    def get(key: str, default: Optional[int] = None) -> int:
+    def get(key: str, default: Optional[int] = None) -> Optional[int]:
         if key in md:
             return int(md[key])
         if default is None:
@@ -113,23 +169,23 @@ def hparams_from_metadata(md: Dict, tensor_shapes: Dict[str, Tuple[int, ...]]) -
     n_head = get(f"{arch}.attention.head_count")
     if "token_embd.weight" not in tensor_shapes:
         raise ValueError("the model file has no token_embd.weight")
-    vision = {}
-    if arch == "tinygptv":
-        t = "tinygptv"
-        vision = dict(image_size=get(f"{t}.vision.image_size"), patch_size=get(f"{t}.vision.patch_size"),
-                      v_embd=get(f"{t}.vision.embedding_length"), v_head=get(f"{t}.vision.attention.head_count"),
-                      v_ff=get(f"{t}.vision.feed_forward_length"), q_embd=get(f"{t}.qformer.embedding_length"),
-                      q_head=get(f"{t}.qformer.attention.head_count"), q_ff=get(f"{t}.qformer.feed_forward_length"),
-                      n_query=get(f"{t}.qformer.query_count"))
+    n_rot = int(md[f"{arch}.rope.dimension_count"]) if f"{arch}.rope.dimension_count" in md else None
     return Hparams(n_embd=get(f"{arch}.embedding_length"), n_layer=get(f"{arch}.block_count"), n_head=n_head,
                    n_head_kv=get(f"{arch}.attention.head_count_kv", n_head), n_ff=get(f"{arch}.feed_forward_length"),
-                   n_vocab=int(tensor_shapes["token_embd.weight"][-1]), **vision)
+                   n_vocab=int(tensor_shapes["token_embd.weight"][-1]), n_rot=n_rot)
 
 
-def plan_file(path: str, n_ctx: int, n_seq: int = 1, n_batch: int = 256) -> MemoryPlan:
-    """The plan of a GGUF model file (reads its header only)."""
+def file_tensors(path: str) -> Tuple[Hparams, List[Tensor]]:
+    """A GGUF model file's decoder hyperparameters and tensor table (reads its header only)."""
     from . import _core
     r = _core.GGUFReader(path)
-    tensors = r.tensors()
-    hp = hparams_from_metadata(r.metadata(max_array=0), {name: tuple(shape) for name, _t, shape, _o, _n in tensors})
-    return plan((nbytes for *_rest, nbytes in tensors), hp, n_ctx, n_seq, n_batch)
+    tensors = [Tensor(name, t, tuple(shape), nbytes) for name, t, shape, _o, nbytes in r.tensors()]
+    hp = hparams_from_metadata(r.metadata(max_array=0), {t.name: t.shape for t in tensors})
+    return hp, tensors
+
+
+def plan_file(path: str, n_ctx: int, n_seq: int = 1, n_batch: int = PIECE_ROWS, max_buffer: Optional[int] = None,
+              workgroup: int = 64) -> MemoryPlan:
+    """The plan of a GGUF model file (reads its header only)."""
+    hp, tensors = file_tensors(path)
+    return plan(tensors, hp, n_ctx, n_seq, n_batch, max_buffer, workgroup)

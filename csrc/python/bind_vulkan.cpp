@@ -68,10 +68,12 @@ py::list devices_list() {
         e["device_id"] = d.device_id;
         py::list heaps;
         uint64_t local = 0;
-        for (const auto& h : d.heaps) {
+        for (const auto& h : inst->memory_heaps(d.index)) {  // read now: the budget moves with use
             py::dict hd;
             hd["size"] = h.size;
             hd["device_local"] = h.device_local;
+            hd["budget"] = h.has_budget ? py::object(py::int_(h.budget)) : py::object(py::none());
+            hd["usage"] = h.has_budget ? py::object(py::int_(h.usage)) : py::object(py::none());
             heaps.append(hd);
             if (h.device_local) local += h.size;
         }

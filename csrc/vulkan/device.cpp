@@ -52,6 +52,32 @@ std::vector<std::string> device_extensions(VkPhysicalDevice pd) {
     return names;
 }
 
+// The heaps of pd; with_budget (the device offers VK_EXT_memory_budget): the driver's budget and this
+// process's usage of each, read now (the extension's structure may only be chained where it is offered).
+// A device of Vulkan 1.0 has no vkGetPhysicalDeviceMemoryProperties2 (and so no budget).
+std::vector<MemoryHeap> query_heaps(VkPhysicalDevice pd, uint32_t api, bool with_budget) {
+    with_budget = with_budget && api >= VK_API_VERSION_1_1;
+    VkPhysicalDeviceMemoryBudgetPropertiesEXT budget{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_BUDGET_PROPERTIES_EXT};
+    VkPhysicalDeviceMemoryProperties2 mem{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_PROPERTIES_2};
+    if (with_budget) mem.pNext = &budget;
+    if (api >= VK_API_VERSION_1_1) fns().vkGetPhysicalDeviceMemoryProperties2(pd, &mem);
+    else fns().vkGetPhysicalDeviceMemoryProperties(pd, &mem.memoryProperties);
+    std::vector<MemoryHeap> heaps;
+    for (uint32_t i = 0; i < mem.memoryProperties.memoryHeapCount; i++) {
+        const VkMemoryHeap& h = mem.memoryProperties.memoryHeaps[i];
+        MemoryHeap m;
+        m.size = h.size;
+        m.device_local = (h.flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) != 0;
+        m.has_budget = with_budget;
+        if (with_budget) {
+            m.budget = budget.heapBudget[i];
+            m.usage = budget.heapUsage[i];
+        }
+        heaps.push_back(m);
+    }
+    return heaps;
+}
+
 DeviceInfo describe(VkPhysicalDevice pd, int index) {
     const Fns& f = fns();
     DeviceInfo d;
@@ -104,10 +130,7 @@ DeviceInfo describe(VkPhysicalDevice pd, int index) {
         d.int8 = fi.shaderInt8;
         d.storage8 = s8.storageBuffer8BitAccess;
     }
-    VkPhysicalDeviceMemoryProperties mem{};
-    f.vkGetPhysicalDeviceMemoryProperties(pd, &mem);
-    for (uint32_t i = 0; i < mem.memoryHeapCount; i++)
-        d.heaps.push_back({mem.memoryHeaps[i].size, (mem.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) != 0});
+    d.heaps = query_heaps(pd, d.api, d.memory_budget);
     return d;
 }
 
@@ -191,6 +214,11 @@ VkPhysicalDevice Instance::physical(int index) const {
                                             : fmt("Vulkan device %d does not exist (devices: 0..%d)", index,
                                                   (int)physical_.size() - 1));
     return physical_[(size_t)index];
+}
+
+std::vector<MemoryHeap> Instance::memory_heaps(int index) const {
+    const DeviceInfo& d = infos_[(size_t)index];
+    return query_heaps(physical(index), d.api, d.memory_budget);
 }
 
 void Instance::record_message(const std::string& m) {

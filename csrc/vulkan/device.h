@@ -20,6 +20,10 @@ namespace vk {
 struct MemoryHeap {
     uint64_t size = 0;
     bool device_local = false;
+    // VK_EXT_memory_budget (has_budget): what this process may allocate from the heap now, other processes'
+    // use deducted, and what it has allocated; both change as memory is taken, so they are read on demand.
+    bool has_budget = false;
+    uint64_t budget = 0, usage = 0;
 };
 
 struct DeviceInfo {
@@ -57,6 +61,8 @@ public:
     bool validation() const { return validation_; }
     const std::vector<DeviceInfo>& devices() const { return infos_; }
     VkPhysicalDevice physical(int index) const;  // throws VulkanError for an index out of range
+    // Device `index`'s heaps as of now (with the driver's budget and usage where it offers VK_EXT_memory_budget).
+    std::vector<MemoryHeap> memory_heaps(int index) const;
 
     void record_message(const std::string& m);
     std::vector<std::string> take_messages();
