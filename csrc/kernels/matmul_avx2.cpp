@@ -129,7 +129,11 @@ void q8_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int h)
     const int64_t nb = a.nb, k = a.k;
     __m256 acc[NT];
     for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    // A few rows (GemmArgs::prefetch): the group's first pass, its first half and first tile, brings in
+    // the next group.
+    const int64_t pf = h == 0 && i0 == 0 ? prefetch_step(A.prefetch, nb) : 0;
     for (int64_t b = 0; b < nb; b++) {
+        if (pf) prefetch_lines(wg + A.prefetch + b * pf, pf);
         const __m256 dw = W::scale(wg, b, h);
         __m256i wabs[8], wsgn[8];
         for (int s = 0; s < 8; s++) {
@@ -161,6 +165,7 @@ void q4_0_tile(const GemmArgs& A, const uint8_t* wg, int64_t g, int64_t i0, int 
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[NT], t[NT];
     for (int j = 0; j < NT; j++) acc[j] = _mm256_setzero_ps();
+    // (no prefetch of the next group here, unlike q8_tile: measured 4% slower at 4 rows, mixed at 2)
     auto block = [&](int64_t b) __attribute__((always_inline)) {
         const uint8_t* blk = wg + pair_quant_off<kPackQ4_0>(b);
         const __m256 dw = load_ph(wg + pair_scale_off<kPackQ4_0>(b) + 16 * h);

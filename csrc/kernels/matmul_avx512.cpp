@@ -539,15 +539,8 @@ __attribute__((always_inline)) inline void iq4_xs_super(const ActQ8K& a, const u
 // (each calls its routine directly: called through a template parameter, GCC compiled a tile to slower code);
 // STEPS: the ActQ8/ActQ8K field that counts STEP's units (blocks, scale groups or super-blocks).
 
-// A few activation rows take the prompt tiles over a thread's contiguous range of groups, one
-// memory stream per core, whose arithmetic leaves the hardware prefetcher behind: each step also
-// asks for its share of the next group's bytes, so the next group arrives while this one computes.
-inline int64_t prefetch_step(size_t group_bytes, int64_t steps) {
-    return group_bytes ? (int64_t)((group_bytes + steps - 1) / steps + 63) / 64 * 64 : 0;
-}
-__attribute__((always_inline)) inline void prefetch_lines(const uint8_t* p, int64_t bytes) {
-    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch((const char*)(p + o), _MM_HINT_T0);
-}
+// A few activation rows take the prompt tiles over a thread's contiguous range of groups (see
+// prefetch_step in matmul_impl.h).
 
 #define TG_TILE_AND_VEC(NAME, ACT, STEP, STEPS)                                                      \
     template <int NT>                                                                                \

@@ -184,6 +184,17 @@ void decode_streams(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes) {
     }
 }
 
+// A few activation rows (the decode steps of several sequences) take the prompt tiles over a thread's
+// contiguous range of groups, one memory stream per core, whose arithmetic leaves the hardware
+// prefetcher behind: each step of a tile also asks for its share of the next group's bytes
+// (GemmArgs::prefetch), so the next group arrives while this one computes. Bytes per step, whole lines.
+inline int64_t prefetch_step(size_t group_bytes, int64_t steps) {
+    return group_bytes ? (int64_t)((group_bytes + steps - 1) / steps + 63) / 64 * 64 : 0;
+}
+__attribute__((always_inline)) inline void prefetch_lines(const uint8_t* p, int64_t bytes) {
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 3);
+}
+
 // Activation rows processed together so that they stay in the L2 cache (about 384 KB of them): the
 // n rows cut into equal chunks of whole tiles of `tile` rows (95 rows of 10240 bytes: 35, 35, 25
 // rather than 32, 32, 31, whose tails of 2 and 1 rows reuse each unpacked weight block less).
