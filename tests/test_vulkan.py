@@ -21,36 +21,7 @@ from fixtures.proc import CHILD_CWD, child_env  # noqa: E402
 from tinygptv_native import _core  # noqa: E402
 from tinygptv_native._core import _testing  # noqa: E402
 
-REQUIRE = os.environ.get("TINYGPTV_REQUIRE_VULKAN") == "1"
-
-
-def _unavailable():
-    """Why the backend cannot be tested here, or None."""
-    if not _core.vulkan_built():
-        return "this build has no Vulkan backend (Vulkan headers or a GLSL compiler were missing)"
-    try:
-        devs = _core.vulkan_devices()
-    except tg.VulkanError as e:
-        return f"Vulkan is unavailable: {e}"
-    if not devs:
-        return "no Vulkan device was found"
-    return None
-
-
-WHY = _unavailable()
-
-
-@pytest.fixture
-def vk():
-    """Skips (fails with TINYGPTV_REQUIRE_VULKAN=1) without a device; fails the test on any validation message."""
-    if WHY:
-        if REQUIRE:
-            pytest.fail(f"TINYGPTV_REQUIRE_VULKAN=1 but {WHY}")
-        pytest.skip(WHY)
-    _testing.vk_messages()  # drop anything left by an earlier test's failure
-    yield
-    msgs = _testing.vk_messages()
-    assert not msgs, "the validation layer reported:\n" + "\n".join(msgs)
+from fixtures.vulkan import vk  # noqa: E402,F401  (the fixture)
 
 
 def rng(seed):

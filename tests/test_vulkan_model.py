@@ -20,45 +20,33 @@ import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gguf_builder as gb  # noqa: E402
-import tinygptv_native as tg  # noqa: E402
 from fixtures.proc import CHILD_CWD, child_env  # noqa: E402
 from tinygptv_native import _core  # noqa: E402
-from tinygptv_native._core import _testing  # noqa: E402
 
-REQUIRE = os.environ.get("TINYGPTV_REQUIRE_VULKAN") == "1"
+from fixtures.vulkan import vk  # noqa: E402,F401  (the fixture)
 N_CTX = 96
 
 
-def _unavailable():
-    if not _core.vulkan_built():
-        return "this build has no Vulkan backend (Vulkan headers or a GLSL compiler were missing)"
-    try:
-        devs = _core.vulkan_devices()
-    except tg.VulkanError as e:
-        return f"Vulkan is unavailable: {e}"
-    return None if devs else "no Vulkan device was found"
-
-
-WHY = _unavailable()
-
-
-@pytest.fixture
-def vk():
-    """Skips (fails with TINYGPTV_REQUIRE_VULKAN=1) without a device; fails the test on any validation message."""
-    if WHY:
-        if REQUIRE:
-            pytest.fail(f"TINYGPTV_REQUIRE_VULKAN=1 but {WHY}")
-        pytest.skip(WHY)
-    _testing.vk_messages()
-    yield
-    msgs = _testing.vk_messages()
-    assert not msgs, "the validation layer reported:\n" + "\n".join(msgs)
+def _dequantized_copy(f32, q, deq):
+    """deq: the F32 file with the weights of q (its quantized twin), dequantized by gguf-py, written over
+    its tensors (same layout): the arithmetic the GPU does on q's blocks, for the CPU to run in float."""
+    import gguf
+    with open(f32, "rb") as src, open(deq, "wb") as dst:
+        dst.write(src.read())
+    quant = {x.name: x for x in gguf.GGUFReader(q).tensors}
+    mm = np.memmap(deq, mode="r+")
+    for x in gguf.GGUFReader(f32).tensors:
+        tq = quant[x.name]
+        if tq.tensor_type != gguf.GGMLQuantizationType.F32:
+            v = gguf.quants.dequantize(tq.data, tq.tensor_type).astype(np.float32).ravel()
+            mm[x.data_offset:x.data_offset + v.nbytes] = v.view(np.uint8)
+    mm.flush()
+    del mm
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """{type: (the file, the file the CPU reference reads)} for F32, F16, Q8_0 and Q4_0 (GQA: 4 heads, 2 kv)."""
-    import gguf
     from tinygptv_native.quantize import quantize_file
     d = tmp_path_factory.mktemp("vkmodel")
     f32 = str(d / "f32.gguf")
@@ -71,19 +59,9 @@ def files(tmp_path_factory):
         if t == "f16":
             out[t] = (q, q)
             continue
-        # The quantized weights, dequantized by gguf-py, written over the F32 file's tensors (same layout).
-        deq = d / f"{t}-dequantized.gguf"
-        deq.write_bytes(open(f32, "rb").read())
-        quant = {x.name: x for x in gguf.GGUFReader(q).tensors}
-        mm = np.memmap(deq, mode="r+")
-        for x in gguf.GGUFReader(f32).tensors:
-            tq = quant[x.name]
-            if tq.tensor_type != gguf.GGMLQuantizationType.F32:
-                v = gguf.quants.dequantize(tq.data, tq.tensor_type).astype(np.float32).ravel()
-                mm[x.data_offset:x.data_offset + v.nbytes] = v.view(np.uint8)
-        mm.flush()
-        del mm
-        out[t] = (q, str(deq))
+        deq = str(d / f"{t}-dequantized.gguf")
+        _dequantized_copy(f32, q, deq)
+        out[t] = (q, deq)
     return out
 
 
@@ -134,23 +112,13 @@ def test_logits_and_greedy_tokens_match_the_cpu(vk, files, wtype):
 def test_k_quants_match_their_dequantized_weights(vk, tmp_path, qtype):
     """Q4_K and Q6_K blocks (super-blocks of 256: a model 256 wide), gathered and multiplied on the GPU,
     against the CPU on the same weights dequantized to F32."""
-    import gguf
     from tinygptv_native.quantize import quantize_file
     f32, q, deq = (str(tmp_path / n) for n in ("f32.gguf", "q.gguf", "deq.gguf"))
     gb.phi2_builder(n_vocab=288, n_embd=256, n_head=4, n_layer=2, n_ff=512, n_rot=16, n_ctx=N_CTX, seed=8,
                     scale=0.08).write(f32)
     types = quantize_file(f32, q, qtype, progress=False)
     assert {"Q4_K", "Q6_K"} & set(types.values()) == ({"Q4_K", "Q6_K"} if qtype == "q4_k_m" else {"Q6_K"})
-    open(deq, "wb").write(open(f32, "rb").read())
-    quant = {x.name: x for x in gguf.GGUFReader(q).tensors}
-    mm = np.memmap(deq, mode="r+")
-    for x in gguf.GGUFReader(f32).tensors:
-        tq = quant[x.name]
-        if tq.tensor_type != gguf.GGMLQuantizationType.F32:
-            v = gguf.quants.dequantize(tq.data, tq.tensor_type).astype(np.float32).ravel()
-            mm[x.data_offset:x.data_offset + v.nbytes] = v.view(np.uint8)
-    mm.flush()
-    del mm
+    _dequantized_copy(f32, q, deq)
     gpu = _core.Context(_core.Model(q, 1), N_CTX, 1, 1, True, 64.0, 0)
     ref = _core.Context(_core.Model(deq, 1), N_CTX, 1, 1, True)
     prompt = _prompt(4, 9)
