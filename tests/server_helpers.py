@@ -73,3 +73,31 @@ def wait_until(cond, timeout: float = 5.0, step: float = 0.02) -> bool:
             return True
         time.sleep(step)
     return cond()
+
+
+class _SlowSteps:
+    """An engine's Generator with each step ``delay`` seconds late."""
+
+    def __init__(self, gen, delay: float):
+        self._gen = gen
+        self._delay = delay
+
+    def step(self):
+        time.sleep(self._delay)
+        return self._gen.step()
+
+    def __getattr__(self, name):
+        return getattr(self._gen, name)
+
+
+@contextlib.contextmanager
+def slow_steps(engine, delay: float = 0.005):
+    """Every decoding step of ``engine`` ``delay`` seconds longer, for the tests where a client goes away
+    or presses stop mid-answer: a fast CPU writes the demo model's longest answer (~2000 tokens) in a
+    quarter of a second, before a client can leave."""
+    gen = engine.gen
+    engine.gen = _SlowSteps(gen, delay)
+    try:
+        yield
+    finally:
+        engine.gen = gen

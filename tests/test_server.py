@@ -26,7 +26,7 @@ httpx = pytest.importorskip("httpx")
 
 sys.path.insert(0, os.path.dirname(__file__))
 from fixtures.proc import CHILD_CWD, child_env  # noqa: E402
-from server_helpers import data_url, png_header_only, running, wait_until  # noqa: E402
+from server_helpers import data_url, png_header_only, running, slow_steps, wait_until  # noqa: E402
 
 from tinygptv_native import Model  # noqa: E402
 from tinygptv_native.demo import demo_image_path  # noqa: E402
@@ -461,7 +461,13 @@ def _long_stream_body(n=1500):
             "temperature": 0}
 
 
-def test_client_gone_mid_stream_frees_its_sequence(server):
+@pytest.fixture
+def slowed(model):
+    with slow_steps(model.engine):
+        yield
+
+
+def test_client_gone_mid_stream_frees_its_sequence(server, slowed):
     eng = server.state._model.engine
     before = server.state.metrics.cancelled.labels("disconnect")._value.get()
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=_long_stream_body(), timeout=60) as r:
@@ -473,15 +479,17 @@ def test_client_gone_mid_stream_frees_its_sequence(server):
     assert server.state.metrics.cancelled.labels("disconnect")._value.get() == before + 1
 
 
-def test_client_gone_before_a_plain_answer_frees_its_sequence(server):
+def test_client_gone_before_a_plain_answer_frees_its_sequence(server, slowed):
     body = dict(_long_stream_body(), stream=False)
     eng = server.state._model.engine
+    before = server.state.metrics.cancelled.labels("disconnect")._value.get()
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + "/v1/chat/completions", json=body, timeout=0.3)
     assert wait_until(lambda: quiet(server), 3.0), (eng.n_busy, server.state.runner.in_flight)
+    assert server.state.metrics.cancelled.labels("disconnect")._value.get() == before + 1
 
 
-def test_queue_limit_gives_503_with_retry_after(model):
+def test_queue_limit_gives_503_with_retry_after(model, slowed):
     cfg = ServerConfig(model=model, n_parallel=model.n_parallel, max_queue=0)
     with running(cfg) as s:
         streams = [httpx.stream("POST", s.url + "/v1/chat/completions", json=_long_stream_body(), timeout=60)

@@ -17,7 +17,7 @@ pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 sys.path.insert(0, os.path.dirname(__file__))
-from server_helpers import running  # noqa: E402
+from server_helpers import running, slow_steps  # noqa: E402
 
 from tinygptv_native import Model  # noqa: E402
 from tinygptv_native.demo import demo_image_path  # noqa: E402
@@ -128,13 +128,15 @@ def test_chat_page_streams_answers_and_draws_boxes(model, browser, tmp_path):
                 return f(url, init);
             };
         }""")
-        page.fill("#prompt", "Describe the image.")
-        page.click("#send")
-        page.wait_for_selector("#stop:not([hidden])", timeout=TIMEOUT_MS)
-        page.wait_for_function("document.querySelectorAll('.msg.assistant .text')[2].textContent.length > 0",
-                               timeout=TIMEOUT_MS)
-        page.click("#stop")
-        page.wait_for_function("document.querySelectorAll('.msg.assistant.done').length > 2", timeout=TIMEOUT_MS)
+        with slow_steps(model.engine):
+            page.fill("#prompt", "Describe the image.")
+            page.click("#send")
+            page.wait_for_selector("#stop:not([hidden])", timeout=TIMEOUT_MS)
+            page.wait_for_function("document.querySelectorAll('.msg.assistant .text')[2].textContent.length > 0",
+                                   timeout=TIMEOUT_MS)
+            page.click("#stop")
+            page.wait_for_function("document.querySelectorAll('.msg.assistant.done').length > 2",
+                                   timeout=TIMEOUT_MS)
         assert "(stopped)" in answers(page).nth(2).inner_text()
         eng = model.engine
         for _ in range(100):
