@@ -13,6 +13,8 @@ q3_k_s, q3_k_m, q3_k_l, iq4_nl, iq4_xs. Which tensors change:
 - A weight whose row length is not a multiple of the target's block size (32 for Q8_0/Q4_0,
   256 for the K-quants) keeps its float type (F16 stays F16, anything else becomes F32); for
   q4_k_m such a weight becomes Q8_0 when its rows are a multiple of 32.
+- q4_0 follows llama.cpp's Q4_0 mix: Q4_0 everywhere but output.weight, which gets Q6_K (Q8_0 when
+  its rows are not a multiple of 256); q8_0 and f16 are the plain type everywhere, as in llama.cpp.
 - q4_k_m follows llama.cpp's Q4_K_M mix for the language model: output.weight Q6_K;
   token_embd.weight Q4_K; blk.N.ffn_down.weight Q6_K on the layers llama.cpp gives more bits
   (N < L/8, N >= 7L/8, or (N - L/8) % 3 == 2), Q4_K elsewhere. Phi-2 fuses Q, K and V into
@@ -148,7 +150,11 @@ def choose_type(name: str, ne: Sequence[int], in_type: str, target: str, n_layer
         return "F16"
     if target in ("q8_0", "q4_0"):
         want = target.upper()
-        return want if row % 32 == 0 else float_keep
+        if target == "q4_0" and name == "output.weight":
+            # llama.cpp's Q4_0 mix keeps the output head at Q6_K (Q8_0 when its rows are not a
+            # multiple of 256): it is the tensor whose rounding the logits feel most
+            want = "Q6_K" if row % 256 == 0 else "Q8_0"
+        return want if row % _BLOCK[want] == 0 else float_keep
     # the mixes
     if name.startswith(_VISION_PREFIXES):
         return "Q8_0" if row % 32 == 0 else float_keep

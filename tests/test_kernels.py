@@ -561,6 +561,8 @@ def expected_type(name, target):
         return "F16"  # rows of 588 values: no block size divides them
     if target == "f16":
         return "F16"
+    if target == "q4_0" and name == "output.weight":  # llama.cpp's Q4_0 mix (rows of 256 here)
+        return "Q6_K"
     if target in ("q8_0", "q4_0"):
         return target.upper()
     if name.startswith("v."):

@@ -49,7 +49,7 @@ def test_llamacpp_quantized_agreement_on_the_same_file(tmp_path, qtype):
 
 
 # llama.cpp's file types (llama_ftype) for the mixes our quantizer also writes
-LLAMA_FTYPE = {"q4_1": 3, "q5_0": 8, "q5_1": 9, "q4_k_s": 14, "q4_k_m": 15, "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18,
+LLAMA_FTYPE = {"q8_0": 7, "q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q4_k_s": 14, "q4_k_m": 15, "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18,
                "q2_k": 10, "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13,
                "iq4_nl": 25, "iq4_xs": 30}
 
@@ -62,8 +62,7 @@ def _llamacpp_quantize(src, dst, qtype):
     assert llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(p)) == 0
 
 
-# (q4_0 is left out: ours is the plain type everywhere, where llama.cpp gives output.weight Q6_K)
-@pytest.mark.parametrize("qtype", ["q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q4_k_m", "q4_k_s", "q6_k", "q3_k_s", "q3_k_m",
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q4_k_m", "q4_k_s", "q6_k", "q3_k_s", "q3_k_m",
                                    "q3_k_l", "q2_k", "iq4_nl", "iq4_xs"])
 def test_file_quantized_by_llamacpp(tmp_path, qtype):
     """A random Phi-2 quantized by llama.cpp's own quantizer: the same tensor types and bytes as our

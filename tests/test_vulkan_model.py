@@ -75,6 +75,22 @@ def _greedy(ctx, prompt, n_new):
     return np.concatenate(rows), toks
 
 
+def _forced(ctx, prompt, toks):
+    """Logits of the prompt's rows and of the given tokens fed one step at a time (sequence 0)."""
+    rows = [ctx.eval_tokens(0, prompt, True)]
+    rows += [ctx.eval_tokens(0, np.array([t], np.int32), True) for t in toks]
+    return np.concatenate(rows)
+
+
+def _same_choices(lg, lr, bound):
+    """The GPU's greedy choice equals the reference's at every row whose two best logits are further
+    apart than the sums' rounding can move them (a random model has a near-tie now and then)."""
+    top2 = np.sort(lr, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * bound
+    assert clear.mean() > 0.9, clear.mean()
+    assert (lg.argmax(1) == lr.argmax(1))[clear].all()
+
+
 def _prompt(k, n):
     return np.random.default_rng(300 + k).integers(0, 288, n).astype(np.int32)
 
@@ -93,9 +109,9 @@ def test_logits_and_greedy_tokens_match_the_cpu(vk, files, wtype):
     assert gpu.backend == "vulkan" and gpu.gpu_weight_bytes > 0
     ref = _core.Context(_core.Model(ref_path, 1), N_CTX, 1, 1, True)
     prompt = _prompt(0, 11)
-    lg, tg_ = _greedy(gpu, prompt, 24)
     lr, tr = _greedy(ref, prompt, 24)
-    assert tg_ == tr  # the same 24 greedy tokens
+    lg = _forced(gpu, prompt, tr)  # the reference's 24 greedy tokens
+    _same_choices(lg, lr, BOUND)
     err = np.abs(lg - lr).max()
     assert err <= BOUND, (wtype, err)
     if wtype in ("q8_0", "q4_0"):
