@@ -738,238 +738,265 @@ void quantize_row_q8_K(const float* x, BlockQ8_K* y, int64_t k) {
     }
 }
 
-bool quant_supported(GgmlType t) {
-    switch (t) {
-        case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q8_0:
-        case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1:
-        case GgmlType::Q2_K: case GgmlType::Q3_K: case GgmlType::Q4_K: case GgmlType::Q5_K:
-        case GgmlType::Q6_K: case GgmlType::Q8_K:
-        case GgmlType::IQ4_NL: case GgmlType::IQ4_XS:
-            return true;
-        default:
-            return false;
+// ---- the types, one row each in kQuantKernels -----------------------------------------------------
+
+static void quantize_f32(const float* x, void* y, int64_t k) { std::memcpy(y, x, k * 4); }
+
+static void quantize_f16(const float* x, void* y, int64_t k) {
+    for (int64_t i = 0; i < k; i++) ((uint16_t*)y)[i] = fp32_to_fp16(x[i]);
+}
+
+static void quantize_bf16(const float* x, void* y, int64_t k) {
+    for (int64_t i = 0; i < k; i++) {  // round to nearest even, NaN kept quiet
+        uint32_t u;
+        std::memcpy(&u, &x[i], 4);
+        ((uint16_t*)y)[i] = (u & 0x7fffffff) > 0x7f800000 ? (uint16_t)((u >> 16) | 64)
+                                                          : (uint16_t)((u + (0x7fff + ((u >> 16) & 1))) >> 16);
     }
 }
 
-static void check_len(GgmlType t, int64_t k) {
-    if (!quant_supported(t)) throw ModelError(fmt("quantization type %s is not supported", type_name(t)));
+template <class Block, void (*Quantize)(const float*, Block*, int64_t)>
+static void quantize_blocks(const float* x, void* y, int64_t k) {
+    Quantize(x, (Block*)y, k);
+}
+
+// F32
+static void dequantize_f32(const void* x, float* y, int64_t k) {
+    std::memcpy(y, x, k * 4);
+}
+
+// F16
+static void dequantize_f16(const void* x, float* y, int64_t k) {
+    for (int64_t i = 0; i < k; i++) y[i] = fp16_to_fp32(((const uint16_t*)x)[i]);
+}
+
+// BF16
+static void dequantize_bf16(const void* x, float* y, int64_t k) {
+    for (int64_t i = 0; i < k; i++) y[i] = bf16_to_fp32(((const uint16_t*)x)[i]);
+}
+
+// Q8_0
+static void dequantize_q8_0(const void* x, float* y, int64_t k) {
+    const BlockQ8_0* b = (const BlockQ8_0*)x;
+    for (int64_t i = 0; i < k / QK8_0; i++) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < QK8_0; j++) y[i * QK8_0 + j] = (float)b[i].qs[j] * d;
+    }
+}
+
+// Q4_0
+static void dequantize_q4_0(const void* x, float* y, int64_t k) {
+    const BlockQ4_0* b = (const BlockQ4_0*)x;
+    for (int64_t i = 0; i < k / QK4_0; i++) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < 16; j++) {
+            y[i * 32 + j] = (float)((b[i].qs[j] & 0xF) - 8) * d;
+            y[i * 32 + j + 16] = (float)((b[i].qs[j] >> 4) - 8) * d;
+        }
+    }
+}
+
+// Q4_1, Q5_0, Q5_1
+template <GgmlType T>
+static void dequantize_q4_1_q5(const void* x, float* y, int64_t k) {
+    // gguf-py: Q4_1 / Q5_1 x = d*q + m; Q5_0 x = d*(q-16)
+    const size_t bb = type_traits((uint32_t)T).block_bytes;
+    uint8_t u[32];
+    for (int64_t i = 0; i < k / 32; i++) {
+        const uint8_t* blk = (const uint8_t*)x + i * bb;
+        uint16_t dh, mh = 0;
+        std::memcpy(&dh, blk, 2);
+        const float d = fp16_to_fp32(dh);
+        if (T == GgmlType::Q4_1) {
+            std::memcpy(&mh, blk + 2, 2);
+            q5_unpack(blk + 4, nullptr, u);
+        } else if (T == GgmlType::Q5_0) {
+            q5_unpack(blk + 6, blk + 2, u);
+        } else {
+            std::memcpy(&mh, blk + 2, 2);
+            q5_unpack(blk + 8, blk + 4, u);
+        }
+        const float m = fp16_to_fp32(mh);
+        for (int j = 0; j < 32; j++) {
+            if (T == GgmlType::Q5_0) {
+                y[i * 32 + j] = d * (float)((int)u[j] - 16);
+            } else {
+                float v = d * (float)u[j];
+                y[i * 32 + j] = v + m;
+            }
+        }
+    }
+}
+
+// Q2_K: gguf-py: (d * sc) * q - dmin * m
+static void dequantize_q2_K(const void* x, float* y, int64_t k) {
+    const BlockQ2_K* b = (const BlockQ2_K*)x;
+    uint8_t q[QK_K];
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        const float d = fp16_to_fp32(b[i].d), dmin = fp16_to_fp32(b[i].dmin);
+        q2k_values(b[i], q);
+        for (int e = 0; e < QK_K; e++) {
+            const uint8_t s = b[i].scales[e / 16];
+            const float dl = d * (float)(s & 0xF), ml = dmin * (float)(s >> 4);
+            const float v = dl * (float)q[e];
+            y[i * QK_K + e] = v - ml;
+        }
+    }
+}
+
+// Q3_K: gguf-py: (d * (sc - 32)) * (q - 4)
+static void dequantize_q3_K(const void* x, float* y, int64_t k) {
+    const BlockQ3_K* b = (const BlockQ3_K*)x;
+    int8_t sc[16], q[QK_K];
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        const float d = fp16_to_fp32(b[i].d);
+        q3k_scales(b[i].scales, sc);
+        q3k_values(b[i], q);
+        for (int e = 0; e < QK_K; e++) {
+            const float dl = d * (float)sc[e / 16];
+            y[i * QK_K + e] = dl * (float)q[e];
+        }
+    }
+}
+
+// Q5_K
+static void dequantize_q5_K(const void* x, float* y, int64_t k) {
+    const BlockQ5_K* b = (const BlockQ5_K*)x;
+    uint8_t u[QK_K];
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        const float d = fp16_to_fp32(b[i].d), dmin = fp16_to_fp32(b[i].dmin);
+        qk_unpack5(b[i].qs, b[i].qh, u);
+        for (int j = 0; j < 8; j++) {
+            uint8_t sc, m;
+            q4k_scale_min(j, b[i].scales, &sc, &m);
+            const float d1 = d * sc, m1 = dmin * m;
+            for (int l = 0; l < 32; l++) {
+                float v = d1 * (float)u[32 * j + l];
+                y[i * QK_K + 32 * j + l] = v - m1;
+            }
+        }
+    }
+}
+
+// Q4_K
+static void dequantize_q4_K(const void* x, float* y, int64_t k) {
+    const BlockQ4_K* b = (const BlockQ4_K*)x;
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        const float d = fp16_to_fp32(b[i].d), dmin = fp16_to_fp32(b[i].dmin);
+        float* out = y + i * QK_K;
+        for (int j = 0; j < 8; j++) {
+            uint8_t sc, m;
+            q4k_scale_min(j, b[i].scales, &sc, &m);
+            const float d1 = d * sc, m1 = dmin * m;
+            const uint8_t* q = b[i].qs + 32 * (j / 2);
+            for (int l = 0; l < 32; l++) {
+                int v = (j & 1) ? (q[l] >> 4) : (q[l] & 0xF);
+                float t = d1 * (float)v;
+                out[32 * j + l] = t - m1;
+            }
+        }
+    }
+}
+
+// Q6_K
+static void dequantize_q6_K(const void* x, float* y, int64_t k) {
+    const BlockQ6_K* b = (const BlockQ6_K*)x;
+    uint8_t u[QK_K];
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        const float d = fp16_to_fp32(b[i].d);
+        q6k_unpack(b[i], u);
+        for (int e = 0; e < QK_K; e++) {
+            const float ds = d * (float)b[i].scales[e / 16];
+            y[i * QK_K + e] = ds * (float)(u[e] - 32);
+        }
+    }
+}
+
+// IQ4_NL: gguf-py: d * value
+static void dequantize_iq4_nl(const void* x, float* y, int64_t k) {
+    const BlockIQ4_NL* b = (const BlockIQ4_NL*)x;
+    for (int64_t i = 0; i < k / 32; i++) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < 16; j++) {
+            y[i * 32 + j] = d * (float)kIQ4NL[b[i].qs[j] & 0xF];
+            y[i * 32 + j + 16] = d * (float)kIQ4NL[b[i].qs[j] >> 4];
+        }
+    }
+}
+
+// IQ4_XS: gguf-py: (d * (ls - 32)) * value
+static void dequantize_iq4_xs(const void* x, float* y, int64_t k) {
+    const BlockIQ4_XS* b = (const BlockIQ4_XS*)x;
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < 8; j++) {
+            const float dl = d * (float)iq4xs_scale(b[i], j);
+            const uint8_t* q = b[i].qs + 16 * j;
+            float* out = y + i * QK_K + 32 * j;
+            for (int l = 0; l < 16; l++) {
+                out[l] = dl * (float)kIQ4NL[q[l] & 0xF];
+                out[l + 16] = dl * (float)kIQ4NL[q[l] >> 4];
+            }
+        }
+    }
+}
+
+// Q8_K
+static void dequantize_q8_K(const void* x, float* y, int64_t k) {
+    const BlockQ8_K* b = (const BlockQ8_K*)x;
+    for (int64_t i = 0; i < k / QK_K; i++)
+        for (int j = 0; j < QK_K; j++) y[i * QK_K + j] = b[i].d * (float)b[i].qs[j];
+}
+
+struct QuantKernels {
+    GgmlType type;
+    void (*quantize)(const float* x, void* y, int64_t k);    // k floats into the type's blocks
+    void (*dequantize)(const void* x, float* y, int64_t k);  // as gguf-py dequantizes them
+};
+
+static const QuantKernels kQuantKernels[] = {
+    {GgmlType::F32,    quantize_f32,                                      dequantize_f32},
+    {GgmlType::F16,    quantize_f16,                                      dequantize_f16},
+    {GgmlType::BF16,   quantize_bf16,                                     dequantize_bf16},
+    {GgmlType::Q8_0,   quantize_blocks<BlockQ8_0, quantize_row_q8_0>,     dequantize_q8_0},
+    {GgmlType::Q4_0,   quantize_blocks<BlockQ4_0, quantize_row_q4_0>,     dequantize_q4_0},
+    {GgmlType::Q4_1,   quantize_blocks<BlockQ4_1, quantize_row_q4_1>,     dequantize_q4_1_q5<GgmlType::Q4_1>},
+    {GgmlType::Q5_0,   quantize_blocks<BlockQ5_0, quantize_row_q5_0>,     dequantize_q4_1_q5<GgmlType::Q5_0>},
+    {GgmlType::Q5_1,   quantize_blocks<BlockQ5_1, quantize_row_q5_1>,     dequantize_q4_1_q5<GgmlType::Q5_1>},
+    {GgmlType::Q2_K,   quantize_blocks<BlockQ2_K, quantize_row_q2_K>,     dequantize_q2_K},
+    {GgmlType::Q3_K,   quantize_blocks<BlockQ3_K, quantize_row_q3_K>,     dequantize_q3_K},
+    {GgmlType::Q4_K,   quantize_blocks<BlockQ4_K, quantize_row_q4_K>,     dequantize_q4_K},
+    {GgmlType::Q5_K,   quantize_blocks<BlockQ5_K, quantize_row_q5_K>,     dequantize_q5_K},
+    {GgmlType::Q6_K,   quantize_blocks<BlockQ6_K, quantize_row_q6_K>,     dequantize_q6_K},
+    {GgmlType::Q8_K,   quantize_blocks<BlockQ8_K, quantize_row_q8_K>,     dequantize_q8_K},
+    {GgmlType::IQ4_NL, quantize_blocks<BlockIQ4_NL, quantize_row_iq4_nl>, dequantize_iq4_nl},
+    {GgmlType::IQ4_XS, quantize_blocks<BlockIQ4_XS, quantize_row_iq4_xs>, dequantize_iq4_xs},
+};
+
+static const QuantKernels* quant_kernels(GgmlType t) {
+    for (const QuantKernels& q : kQuantKernels)
+        if (q.type == t) return &q;
+    return nullptr;
+}
+
+bool quant_supported(GgmlType t) { return quant_kernels(t) != nullptr; }
+
+static const QuantKernels& checked(GgmlType t, int64_t k) {
+    const QuantKernels* q = quant_kernels(t);
+    if (!q) throw ModelError(fmt("quantization type %s is not supported", type_name(t)));
     int64_t blk = type_traits((uint32_t)t).block;
     if (k < 0 || k % blk != 0)
         throw ModelError(fmt("%s needs rows whose length is a multiple of %lld, got %lld", type_name(t),
                              (long long)blk, (long long)k));
+    return *q;
 }
 
 void quantize_rows(GgmlType t, const float* x, void* y, int64_t n_rows, int64_t n_per_row) {
-    check_len(t, n_per_row);
+    const QuantKernels& q = checked(t, n_per_row);
     const size_t rb = row_bytes(t, n_per_row);
-    for (int64_t r = 0; r < n_rows; r++) {
-        const float* xr = x + r * n_per_row;
-        void* yr = (uint8_t*)y + r * rb;
-        switch (t) {
-            case GgmlType::F32: std::memcpy(yr, xr, n_per_row * 4); break;
-            case GgmlType::F16:
-                for (int64_t i = 0; i < n_per_row; i++) ((uint16_t*)yr)[i] = fp32_to_fp16(xr[i]);
-                break;
-            case GgmlType::BF16:
-                for (int64_t i = 0; i < n_per_row; i++) {  // round to nearest even, NaN kept quiet
-                    uint32_t u;
-                    std::memcpy(&u, &xr[i], 4);
-                    uint16_t h = (u & 0x7fffffff) > 0x7f800000 ? (uint16_t)((u >> 16) | 64)
-                                                               : (uint16_t)((u + (0x7fff + ((u >> 16) & 1))) >> 16);
-                    ((uint16_t*)yr)[i] = h;
-                }
-                break;
-            case GgmlType::Q8_0: quantize_row_q8_0(xr, (BlockQ8_0*)yr, n_per_row); break;
-            case GgmlType::Q4_0: quantize_row_q4_0(xr, (BlockQ4_0*)yr, n_per_row); break;
-            case GgmlType::Q4_1: quantize_row_q4_1(xr, (BlockQ4_1*)yr, n_per_row); break;
-            case GgmlType::Q5_0: quantize_row_q5_0(xr, (BlockQ5_0*)yr, n_per_row); break;
-            case GgmlType::Q5_1: quantize_row_q5_1(xr, (BlockQ5_1*)yr, n_per_row); break;
-            case GgmlType::Q2_K: quantize_row_q2_K(xr, (BlockQ2_K*)yr, n_per_row); break;
-            case GgmlType::Q3_K: quantize_row_q3_K(xr, (BlockQ3_K*)yr, n_per_row); break;
-            case GgmlType::Q4_K: quantize_row_q4_K(xr, (BlockQ4_K*)yr, n_per_row); break;
-            case GgmlType::Q5_K: quantize_row_q5_K(xr, (BlockQ5_K*)yr, n_per_row); break;
-            case GgmlType::Q6_K: quantize_row_q6_K(xr, (BlockQ6_K*)yr, n_per_row); break;
-            case GgmlType::Q8_K: quantize_row_q8_K(xr, (BlockQ8_K*)yr, n_per_row); break;
-            case GgmlType::IQ4_NL: quantize_row_iq4_nl(xr, (BlockIQ4_NL*)yr, n_per_row); break;
-            case GgmlType::IQ4_XS: quantize_row_iq4_xs(xr, (BlockIQ4_XS*)yr, n_per_row); break;
-            default: break;
-        }
-    }
+    for (int64_t r = 0; r < n_rows; r++) q.quantize(x + r * n_per_row, (uint8_t*)y + r * rb, n_per_row);
 }
 
-void dequantize_values(GgmlType t, const void* x, float* y, int64_t k) {
-    check_len(t, k);
-    switch (t) {
-        case GgmlType::F32: std::memcpy(y, x, k * 4); break;
-        case GgmlType::F16:
-            for (int64_t i = 0; i < k; i++) y[i] = fp16_to_fp32(((const uint16_t*)x)[i]);
-            break;
-        case GgmlType::BF16:
-            for (int64_t i = 0; i < k; i++) y[i] = bf16_to_fp32(((const uint16_t*)x)[i]);
-            break;
-        case GgmlType::Q8_0: {
-            const BlockQ8_0* b = (const BlockQ8_0*)x;
-            for (int64_t i = 0; i < k / QK8_0; i++) {
-                const float d = fp16_to_fp32(b[i].d);
-                for (int j = 0; j < QK8_0; j++) y[i * QK8_0 + j] = (float)b[i].qs[j] * d;
-            }
-            break;
-        }
-        case GgmlType::Q4_0: {
-            const BlockQ4_0* b = (const BlockQ4_0*)x;
-            for (int64_t i = 0; i < k / QK4_0; i++) {
-                const float d = fp16_to_fp32(b[i].d);
-                for (int j = 0; j < 16; j++) {
-                    y[i * 32 + j] = (float)((b[i].qs[j] & 0xF) - 8) * d;
-                    y[i * 32 + j + 16] = (float)((b[i].qs[j] >> 4) - 8) * d;
-                }
-            }
-            break;
-        }
-        case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1: {
-            // gguf-py: Q4_1 / Q5_1 x = d*q + m; Q5_0 x = d*(q-16)
-            const size_t bb = type_traits((uint32_t)t).block_bytes;
-            uint8_t u[32];
-            for (int64_t i = 0; i < k / 32; i++) {
-                const uint8_t* blk = (const uint8_t*)x + i * bb;
-                uint16_t dh, mh = 0;
-                std::memcpy(&dh, blk, 2);
-                const float d = fp16_to_fp32(dh);
-                if (t == GgmlType::Q4_1) {
-                    std::memcpy(&mh, blk + 2, 2);
-                    q5_unpack(blk + 4, nullptr, u);
-                } else if (t == GgmlType::Q5_0) {
-                    q5_unpack(blk + 6, blk + 2, u);
-                } else {
-                    std::memcpy(&mh, blk + 2, 2);
-                    q5_unpack(blk + 8, blk + 4, u);
-                }
-                const float m = fp16_to_fp32(mh);
-                for (int j = 0; j < 32; j++) {
-                    if (t == GgmlType::Q5_0) {
-                        y[i * 32 + j] = d * (float)((int)u[j] - 16);
-                    } else {
-                        float v = d * (float)u[j];
-                        y[i * 32 + j] = v + m;
-                    }
-                }
-            }
-            break;
-        }
-        case GgmlType::Q2_K: {  // gguf-py: (d * sc) * q - dmin * m
-            const BlockQ2_K* b = (const BlockQ2_K*)x;
-            uint8_t q[QK_K];
-            for (int64_t i = 0; i < k / QK_K; i++) {
-                const float d = fp16_to_fp32(b[i].d), dmin = fp16_to_fp32(b[i].dmin);
-                q2k_values(b[i], q);
-                for (int e = 0; e < QK_K; e++) {
-                    const uint8_t s = b[i].scales[e / 16];
-                    const float dl = d * (float)(s & 0xF), ml = dmin * (float)(s >> 4);
-                    const float v = dl * (float)q[e];
-                    y[i * QK_K + e] = v - ml;
-                }
-            }
-            break;
-        }
-        case GgmlType::Q3_K: {  // gguf-py: (d * (sc - 32)) * (q - 4)
-            const BlockQ3_K* b = (const BlockQ3_K*)x;
-            int8_t sc[16], q[QK_K];
-            for (int64_t i = 0; i < k / QK_K; i++) {
-                const float d = fp16_to_fp32(b[i].d);
-                q3k_scales(b[i].scales, sc);
-                q3k_values(b[i], q);
-                for (int e = 0; e < QK_K; e++) {
-                    const float dl = d * (float)sc[e / 16];
-                    y[i * QK_K + e] = dl * (float)q[e];
-                }
-            }
-            break;
-        }
-        case GgmlType::Q5_K: {
-            const BlockQ5_K* b = (const BlockQ5_K*)x;
-            uint8_t u[QK_K];
-            for (int64_t i = 0; i < k / QK_K; i++) {
-                const float d = fp16_to_fp32(b[i].d), dmin = fp16_to_fp32(b[i].dmin);
-                qk_unpack5(b[i].qs, b[i].qh, u);
-                for (int j = 0; j < 8; j++) {
-                    uint8_t sc, m;
-                    q4k_scale_min(j, b[i].scales, &sc, &m);
-                    const float d1 = d * sc, m1 = dmin * m;
-                    for (int l = 0; l < 32; l++) {
-                        float v = d1 * (float)u[32 * j + l];
-                        y[i * QK_K + 32 * j + l] = v - m1;
-                    }
-                }
-            }
-            break;
-        }
-        case GgmlType::Q4_K: {
-            const BlockQ4_K* b = (const BlockQ4_K*)x;
-            for (int64_t i = 0; i < k / QK_K; i++) {
-                const float d = fp16_to_fp32(b[i].d), dmin = fp16_to_fp32(b[i].dmin);
-                float* out = y + i * QK_K;
-                for (int j = 0; j < 8; j++) {
-                    uint8_t sc, m;
-                    q4k_scale_min(j, b[i].scales, &sc, &m);
-                    const float d1 = d * sc, m1 = dmin * m;
-                    const uint8_t* q = b[i].qs + 32 * (j / 2);
-                    for (int l = 0; l < 32; l++) {
-                        int v = (j & 1) ? (q[l] >> 4) : (q[l] & 0xF);
-                        float t = d1 * (float)v;
-                        out[32 * j + l] = t - m1;
-                    }
-                }
-            }
-            break;
-        }
-        case GgmlType::Q6_K: {
-            const BlockQ6_K* b = (const BlockQ6_K*)x;
-            uint8_t u[QK_K];
-            for (int64_t i = 0; i < k / QK_K; i++) {
-                const float d = fp16_to_fp32(b[i].d);
-                q6k_unpack(b[i], u);
-                for (int e = 0; e < QK_K; e++) {
-                    const float ds = d * (float)b[i].scales[e / 16];
-                    y[i * QK_K + e] = ds * (float)(u[e] - 32);
-                }
-            }
-            break;
-        }
-        case GgmlType::IQ4_NL: {  // gguf-py: d * value
-            const BlockIQ4_NL* b = (const BlockIQ4_NL*)x;
-            for (int64_t i = 0; i < k / 32; i++) {
-                const float d = fp16_to_fp32(b[i].d);
-                for (int j = 0; j < 16; j++) {
-                    y[i * 32 + j] = d * (float)kIQ4NL[b[i].qs[j] & 0xF];
-                    y[i * 32 + j + 16] = d * (float)kIQ4NL[b[i].qs[j] >> 4];
-                }
-            }
-            break;
-        }
-        case GgmlType::IQ4_XS: {  // gguf-py: (d * (ls - 32)) * value
-            const BlockIQ4_XS* b = (const BlockIQ4_XS*)x;
-            for (int64_t i = 0; i < k / QK_K; i++) {
-                const float d = fp16_to_fp32(b[i].d);
-                for (int j = 0; j < 8; j++) {
-                    const float dl = d * (float)iq4xs_scale(b[i], j);
-                    const uint8_t* q = b[i].qs + 16 * j;
-                    float* out = y + i * QK_K + 32 * j;
-                    for (int l = 0; l < 16; l++) {
-                        out[l] = dl * (float)kIQ4NL[q[l] & 0xF];
-                        out[l + 16] = dl * (float)kIQ4NL[q[l] >> 4];
-                    }
-                }
-            }
-            break;
-        }
-        case GgmlType::Q8_K: {
-            const BlockQ8_K* b = (const BlockQ8_K*)x;
-            for (int64_t i = 0; i < k / QK_K; i++)
-                for (int j = 0; j < QK_K; j++) y[i * QK_K + j] = b[i].d * (float)b[i].qs[j];
-            break;
-        }
-        default: break;
-    }
-}
+void dequantize_values(GgmlType t, const void* x, float* y, int64_t k) { checked(t, k).dequantize(x, y, k); }
 
 }  // namespace tg

@@ -37,36 +37,51 @@
 
 namespace tg {
 
-bool matmul_supports(GgmlType t) {
-    switch (t) {
-        case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q8_0:
-        case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1:
-        case GgmlType::Q2_K: case GgmlType::Q3_K: case GgmlType::Q4_K: case GgmlType::Q5_K:
-        case GgmlType::Q6_K: case GgmlType::IQ4_NL: case GgmlType::IQ4_XS:
-            return true;
-        default:
-            return false;
-    }
+// ---- the weight types ------------------------------------------------------------------------
+//
+// One row of kWeightKernels (at the end of this file) per weight type: everything a product needs to
+// know of the type. A type without a row is not a matmul weight.
+
+// Which integer activations the type's products take (matmul_impl.h has the arithmetic).
+enum class ActQuant {
+    Float,  // float weights: the float activations as they are
+    Q8,     // Q8_0-style blocks of 32 (ActQ8)
+    Q8K,    // Q8_K blocks of 256 with their 16-value sums (ActQ8K)
+};
+
+// The 16 source rows of one repacked group (nullptr: a padding row past n_out), k values each.
+struct GroupRows {
+    GgmlType type;
+    int64_t k;
+    const uint8_t* rows[kGroup];
+};
+
+struct WeightKernels {
+    GgmlType type;
+    ActQuant act;
+    int32_t act_offset;  // what the repacked weights add to each value (ActQ8::corr): Q8_0 128, Q4_0 8
+    int act_group;       // Q8 activations: blocks that share one scale
+    size_t (*group_bytes)(int64_t n_in);  // one repacked group of kGroup rows
+    // the reference repack, element by element; every row may be padding
+    void (*repack)(const GroupRows& g, uint8_t* dst);
+    // the fast repack of a group whose 16 rows all exist (x86-64 SSE2), the reference's bytes
+    // exactly; nullptr, or false returned: the reference runs
+    bool (*repack_fast)(const GroupRows& g, uint8_t* dst);
+    // the plain kernel over the standard layout (rows [r0, r1)): the reference every SIMD kernel matches
+    void (*scalar)(const GemmArgs& A, int64_t r0, int64_t r1);
+    GemmFn avx2, avx512, neon;  // over the repacked layout; nullptr where the path has none
+};
+
+static const WeightKernels* kernels_of(GgmlType t);
+
+bool matmul_supports(GgmlType t) { return kernels_of(t) != nullptr; }
+
+size_t packed_group_bytes(GgmlType t, int64_t n_in) {
+    const WeightKernels* kt = kernels_of(t);
+    return kt ? kt->group_bytes(n_in) : 0;
 }
 
 static GemmFn simd_kernel(Isa isa, GgmlType t);
-
-size_t packed_group_bytes(GgmlType t, int64_t n_in) {
-    switch (t) {
-        case GgmlType::F32: return (size_t)n_in * kGroup * 4;
-        case GgmlType::F16: case GgmlType::BF16: return (size_t)n_in * kGroup * 2;
-        case GgmlType::Q8_0: case GgmlType::Q5_0: return pair_group_bytes<kPackQ8_0>(n_in / QK8_0);
-        case GgmlType::Q4_0: case GgmlType::IQ4_NL: return pair_group_bytes<kPackQ4_0>(n_in / QK4_0);
-        case GgmlType::Q4_K: return (size_t)(n_in / QK_K) * kPackQ4_K;
-        case GgmlType::Q5_K: return (size_t)(n_in / QK_K) * kPackQ5_K;
-        case GgmlType::Q4_1: return (size_t)(n_in / 32) * kPackQ4_1;
-        case GgmlType::Q5_1: return (size_t)(n_in / 32) * kPackQ5_1;
-        case GgmlType::Q6_K: case GgmlType::Q3_K: return (size_t)(n_in / QK_K) * kPackQ6_K;
-        case GgmlType::Q2_K: return (size_t)(n_in / QK_K) * kPackQ2_K;
-        case GgmlType::IQ4_XS: return (size_t)(n_in / QK_K) * kPackIQ4_XS;
-        default: return 0;
-    }
-}
 
 static void check_weight(const MatW& w) {
     if (!matmul_supports(w.type))
@@ -80,8 +95,8 @@ static void check_weight(const MatW& w) {
 
 // ---- repacking ---------------------------------------------------------------------------------
 //
-// repack_group_scalar is the reference: element by element, every type, partial groups. The load
-// spends most of its time here, so the common types also have a fast path (repack_group_fast, x86-64
+// Each layout has a reference repack (repack_ref_*): element by element, every type, partial groups.
+// The load spends most of its time here, so the common types also have a fast repack (fast_*, x86-64
 // SSE2, present on every x86-64 CPU) that moves 16 bytes at a time through register transposes; it
 // must give the reference's bytes exactly (tests compare them with prepare_weight_reference).
 
@@ -215,264 +230,278 @@ static void repack_q6k_fast(const uint8_t* const rows[kGroup], int64_t nb, uint8
         }
     }
 }
-#endif
-
-// The fast path for a group whose 16 rows all exist; false where there is none (the reference runs).
-static bool repack_group_fast(const MatW& w, int64_t g, uint8_t* dst) {
-#if defined(__SSE2__)
-    if ((g + 1) * kGroup > w.n_out) return false;
-    const int64_t k = w.n_in;
-    const size_t rb = row_bytes(w.type, k);
-    const uint8_t* rows[kGroup];
-    for (int r = 0; r < kGroup; r++) rows[r] = (const uint8_t*)w.data + (g * kGroup + r) * rb;
-    switch (w.type) {
-        case GgmlType::F16: case GgmlType::BF16:
-            if (k % 8) return false;
-            repack_u16_fast(rows, k, dst);
-            return true;
-        case GgmlType::Q8_0:
-            repack_blocks_fast<kPackQ8_0, BlockQ8_0>(rows, k / QK8_0, dst, 0x80808080u);
-            return true;
-        case GgmlType::Q4_0: case GgmlType::IQ4_NL:
-            repack_blocks_fast<kPackQ4_0, BlockQ4_0>(rows, k / QK4_0, dst, 0);
-            return true;
-        case GgmlType::Q4_K:
-            repack_q4k_fast(rows, k / QK_K, dst);
-            return true;
-        case GgmlType::Q6_K:
-            repack_q6k_fast(rows, k / QK_K, dst);
-            return true;
-        default:
-            return false;
-    }
+static bool fast_u16(const GroupRows& g, uint8_t* dst) {
+    if (g.k % 8) return false;
+    repack_u16_fast(g.rows, g.k, dst);
+    return true;
+}
+static bool fast_q8_0(const GroupRows& g, uint8_t* dst) {
+    repack_blocks_fast<kPackQ8_0, BlockQ8_0>(g.rows, g.k / QK8_0, dst, 0x80808080u);
+    return true;
+}
+static bool fast_q4_0(const GroupRows& g, uint8_t* dst) {  // IQ4_NL too: the same block layout
+    repack_blocks_fast<kPackQ4_0, BlockQ4_0>(g.rows, g.k / QK4_0, dst, 0);
+    return true;
+}
+static bool fast_q4_K(const GroupRows& g, uint8_t* dst) {
+    repack_q4k_fast(g.rows, g.k / QK_K, dst);
+    return true;
+}
+static bool fast_q6_K(const GroupRows& g, uint8_t* dst) {
+    repack_q6k_fast(g.rows, g.k / QK_K, dst);
+    return true;
+}
+#define TG_FAST(name) fast_##name
 #else
-    (void)w, (void)g, (void)dst;
-    return false;
+#define TG_FAST(name) nullptr
 #endif
+
+// The reference repacks, one per layout (see matmul_impl.h for each layout).
+// F32: transpose 16 x k in slices of 64 columns (stays in L1)
+static void repack_ref_f32(const GroupRows& g, uint8_t* dst) {
+    const int64_t k = g.k;
+    auto row = [&](int r) { return g.rows[r]; };
+    for (int64_t i0 = 0; i0 < k; i0 += 64)
+        for (int r = 0; r < kGroup; r++) {
+            const float* p = (const float*)row(r);
+            for (int64_t i = i0; i < std::min<int64_t>(k, i0 + 64); i++) ((float*)dst)[i * kGroup + r] = p ? p[i] : 0.f;
+        }
 }
 
-static void repack_group_scalar(const MatW& w, int64_t g, uint8_t* dst) {
-    const int64_t k = w.n_in;
-    const size_t rb = row_bytes(w.type, k);
-    const uint8_t* src = (const uint8_t*)w.data;
-    auto row = [&](int r) -> const uint8_t* {
-        int64_t gr = g * kGroup + r;
-        return gr < w.n_out ? src + gr * rb : nullptr;
-    };
-    switch (w.type) {
-        case GgmlType::F32:  // transpose 16 x k in slices of 64 columns (stays in L1)
-            for (int64_t i0 = 0; i0 < k; i0 += 64)
-                for (int r = 0; r < kGroup; r++) {
-                    const float* p = (const float*)row(r);
-                    for (int64_t i = i0; i < std::min<int64_t>(k, i0 + 64); i++) ((float*)dst)[i * kGroup + r] = p ? p[i] : 0.f;
-                }
-            break;
-        case GgmlType::F16: case GgmlType::BF16:
-            for (int64_t i0 = 0; i0 < k; i0 += 64)
-                for (int r = 0; r < kGroup; r++) {
-                    const uint16_t* p = (const uint16_t*)row(r);
-                    for (int64_t i = i0; i < std::min<int64_t>(k, i0 + 64); i++) ((uint16_t*)dst)[i * kGroup + r] = p ? p[i] : 0;
-                }
-            break;
-        case GgmlType::Q8_0: case GgmlType::Q5_0:
-        {   // row by row: 4-byte moves, the destination of one group stays in the L2 cache
-            // (Q5_0 widened to Q8_0's layout: its values q - 16 as int8, the same fp16 scale)
-            const int64_t nb = k / QK8_0;
-            const bool q5 = w.type == GgmlType::Q5_0;
-            if (nb & 1) std::memset(dst + pair_scale_off<kPackQ8_0>(nb - 1), 0, 64);
-            for (int r = 0; r < kGroup; r++) {
-                const uint8_t* p = row(r);
-                for (int64_t b = 0; b < nb; b++) {
-                    uint8_t* o = dst + pair_quant_off<kPackQ8_0>(b) + 4 * r;
-                    uint8_t* d = dst + pair_scale_off<kPackQ8_0>(b) + 2 * r;
-                    uint32_t v[8];
-                    if (p && q5) {
-                        const BlockQ5_0& blk = ((const BlockQ5_0*)p)[b];
-                        std::memcpy(d, &blk.d, 2);
-                        uint8_t u[32];
-                        q5_unpack(blk.qs, blk.qh, u);
-                        for (int j = 0; j < 32; j++) u[j] = (uint8_t)(u[j] - 16 + 128);
-                        std::memcpy(v, u, 32);
-                    } else if (p) {
-                        const BlockQ8_0& blk = ((const BlockQ8_0*)p)[b];
-                        std::memcpy(d, &blk.d, 2);
-                        std::memcpy(v, blk.qs, 32);
-                        for (int s = 0; s < 8; s++) v[s] ^= 0x80808080u;
-                    } else {
-                        std::memset(d, 0, 2);
-                        for (int s = 0; s < 8; s++) v[s] = 0x80808080u;
-                    }
-                    for (int s = 0; s < 8; s++) std::memcpy(o + 64 * s, &v[s], 4);
-                }
-            }
-            break;
+// F16, BF16
+static void repack_ref_u16(const GroupRows& g, uint8_t* dst) {
+    const int64_t k = g.k;
+    auto row = [&](int r) { return g.rows[r]; };
+    for (int64_t i0 = 0; i0 < k; i0 += 64)
+        for (int r = 0; r < kGroup; r++) {
+            const uint16_t* p = (const uint16_t*)row(r);
+            for (int64_t i = i0; i < std::min<int64_t>(k, i0 + 64); i++) ((uint16_t*)dst)[i * kGroup + r] = p ? p[i] : 0;
         }
-        case GgmlType::Q4_0: case GgmlType::IQ4_NL:  // the same block layout (padding: Q4_0's q = 0, IQ4_NL's scale 0)
-        {
-            const int64_t nb = k / QK4_0;
-            if (nb & 1) std::memset(dst + pair_scale_off<kPackQ4_0>(nb - 1), 0, 64);
-            for (int r = 0; r < kGroup; r++) {
-                const BlockQ4_0* p = (const BlockQ4_0*)row(r);
-                for (int64_t b = 0; b < nb; b++) {
-                    uint8_t* o = dst + pair_quant_off<kPackQ4_0>(b) + 4 * r;
-                    uint8_t* d = dst + pair_scale_off<kPackQ4_0>(b) + 2 * r;
-                    uint32_t v[4] = {0x88888888u, 0x88888888u, 0x88888888u, 0x88888888u};  // padding: q = 0
-                    if (p) {
-                        std::memcpy(d, &p[b].d, 2);
-                        std::memcpy(v, p[b].qs, 16);
-                    } else {
-                        std::memset(d, 0, 2);
-                    }
-                    for (int s = 0; s < 4; s++) std::memcpy(o + 64 * s, &v[s], 4);
-                }
+}
+
+// Q8_0, Q5_0
+static void repack_ref_q8_0(const GroupRows& g, uint8_t* dst) {
+    const int64_t k = g.k;
+    auto row = [&](int r) { return g.rows[r]; };
+    // row by row: 4-byte moves, the destination of one group stays in the L2 cache
+    // (Q5_0 widened to Q8_0's layout: its values q - 16 as int8, the same fp16 scale)
+    const int64_t nb = k / QK8_0;
+    const bool q5 = g.type == GgmlType::Q5_0;
+    if (nb & 1) std::memset(dst + pair_scale_off<kPackQ8_0>(nb - 1), 0, 64);
+    for (int r = 0; r < kGroup; r++) {
+        const uint8_t* p = row(r);
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t* o = dst + pair_quant_off<kPackQ8_0>(b) + 4 * r;
+            uint8_t* d = dst + pair_scale_off<kPackQ8_0>(b) + 2 * r;
+            uint32_t v[8];
+            if (p && q5) {
+                const BlockQ5_0& blk = ((const BlockQ5_0*)p)[b];
+                std::memcpy(d, &blk.d, 2);
+                uint8_t u[32];
+                q5_unpack(blk.qs, blk.qh, u);
+                for (int j = 0; j < 32; j++) u[j] = (uint8_t)(u[j] - 16 + 128);
+                std::memcpy(v, u, 32);
+            } else if (p) {
+                const BlockQ8_0& blk = ((const BlockQ8_0*)p)[b];
+                std::memcpy(d, &blk.d, 2);
+                std::memcpy(v, blk.qs, 32);
+                for (int s = 0; s < 8; s++) v[s] ^= 0x80808080u;
+            } else {
+                std::memset(d, 0, 2);
+                for (int s = 0; s < 8; s++) v[s] = 0x80808080u;
             }
-            break;
+            for (int s = 0; s < 8; s++) std::memcpy(o + 64 * s, &v[s], 4);
         }
-        case GgmlType::Q4_1: case GgmlType::Q5_1: {
-            const bool q5 = w.type == GgmlType::Q5_1;
-            const size_t stride = q5 ? kPackQ5_1 : kPackQ4_1;
-            for (int r = 0; r < kGroup; r++) {
-                const uint8_t* p = row(r);
-                for (int64_t b = 0; b < k / 32; b++) {
-                    uint8_t* o = dst + b * stride;
-                    uint8_t v[32];
-                    uint16_t d = 0, m = 0;
-                    if (p && q5) {
-                        const BlockQ5_1& blk = ((const BlockQ5_1*)p)[b];
-                        d = blk.d, m = blk.m;
-                        q5_unpack(blk.qs, blk.qh, v);
-                    } else if (p) {
-                        const BlockQ4_1& blk = ((const BlockQ4_1*)p)[b];
-                        d = blk.d, m = blk.m;
-                        std::memcpy(v, blk.qs, 16);
-                    } else {
-                        std::memset(v, 0, sizeof v);
-                    }
-                    std::memcpy(o + 2 * r, &d, 2);
-                    std::memcpy(o + 32 + 2 * r, &m, 2);
-                    for (int s = 0; s < (q5 ? 8 : 4); s++) std::memcpy(o + 64 + 64 * s + 4 * r, v + 4 * s, 4);
-                }
-            }
-            break;
-        }
-        case GgmlType::Q4_K: case GgmlType::Q5_K: {
-            const bool q5 = w.type == GgmlType::Q5_K;
-            const size_t stride = q5 ? kPackQ5_K : kPackQ4_K;
-            for (int64_t b = 0; b < k / QK_K; b++) {
-                uint8_t* o = dst + b * stride;
-                for (int r = 0; r < kGroup; r++) {
-                    const uint8_t* rp = row(r);
-                    const BlockQ4_K* p4 = rp && !q5 ? (const BlockQ4_K*)rp + b : nullptr;
-                    const BlockQ5_K* p5 = rp && q5 ? (const BlockQ5_K*)rp + b : nullptr;
-                    const bool have = rp != nullptr;
-                    uint16_t d = p4 ? p4->d : (p5 ? p5->d : 0), dm = p4 ? p4->dmin : (p5 ? p5->dmin : 0);
-                    const uint8_t* scales = p4 ? p4->scales : (p5 ? p5->scales : nullptr);
-                    const uint8_t* qs = p4 ? p4->qs : (p5 ? p5->qs : nullptr);
-                    std::memcpy(o + 2 * r, &d, 2);
-                    std::memcpy(o + 32 + 2 * r, &dm, 2);
-                    for (int j = 0; j < 8; j++) {
-                        uint8_t sc = 0, m = 0;
-                        if (have) q4k_scale_min(j, scales, &sc, &m);
-                        o[64 + 16 * j + r] = sc;
-                        o[192 + 32 * (j / 2) + 2 * r + (j & 1)] = m;
-                    }
-                    for (int c = 0; c < 4; c++)
-                        for (int s = 0; s < 8; s++)
-                            for (int e = 0; e < 4; e++)
-                                o[320 + 64 * (8 * c + s) + 4 * r + e] = have ? qs[32 * c + 4 * s + e] : 0;
-                    if (q5)
-                        for (int s = 0; s < 8; s++)
-                            for (int e = 0; e < 4; e++) o[kPackQ4_K + 64 * s + 4 * r + e] = p5 ? p5->qh[4 * s + e] : 0;
-                }
-            }
-            break;
-        }
-        case GgmlType::IQ4_XS:  // padding rows: scale 0, index 0
-            for (int64_t b = 0; b < k / QK_K; b++) {
-                uint8_t* o = dst + b * kPackIQ4_XS;
-                std::memset(o + 160, 0, 32);
-                for (int r = 0; r < kGroup; r++) {
-                    const BlockIQ4_XS* p = (const BlockIQ4_XS*)row(r);
-                    const uint16_t d = p ? p[b].d : 0;
-                    std::memcpy(o + 2 * r, &d, 2);
-                    uint8_t u[QK_K] = {};
-                    if (p) {
-                        for (int j = 0; j < 8; j++) q5_unpack(p[b].qs + 16 * j, nullptr, u + 32 * j);
-                        for (int j = 0; j < 8; j++) o[32 + 16 * j + r] = (uint8_t)(int8_t)iq4xs_scale(p[b], j);
-                    } else {
-                        for (int j = 0; j < 8; j++) o[32 + 16 * j + r] = 0;
-                    }
-                    for (int c = 0; c < 4; c++)  // Q4_K's order: chunk c holds sub-blocks 2c (low) and 2c + 1 (high)
-                        for (int s = 0; s < 8; s++)
-                            for (int e = 0; e < 4; e++) {
-                                const int v = 64 * c + 4 * s + e;
-                                o[192 + 64 * (8 * c + s) + 4 * r + e] = (uint8_t)(u[v] | (u[v + 32] << 4));
-                            }
-                }
-            }
-            break;
-        case GgmlType::Q6_K: case GgmlType::Q3_K: case GgmlType::Q2_K: {
-            // (Q3_K widened to Q6_K's layout: its signed values -4..3 stored + 32 like Q6_K's, its
-            // signed scales as Q6_K's int8 ones, the same fp16 d; Q2_K likewise, its mins after it)
-            const bool q2 = w.type == GgmlType::Q2_K;
-            for (int64_t b = 0; b < k / QK_K; b++) {
-                uint8_t* o = dst + b * (q2 ? kPackQ2_K : kPackQ6_K);
-                for (int r = 0; r < kGroup; r++) {
-                    const uint8_t* p = row(r);
-                    uint16_t d = 0, dmin = 0;
-                    int8_t sc[16] = {};
-                    uint8_t mn[16] = {};
-                    uint8_t u[QK_K];
-                    if (p && q2) {
-                        const BlockQ2_K& blk = ((const BlockQ2_K*)p)[b];
-                        d = blk.d, dmin = blk.dmin;
-                        for (int t = 0; t < 16; t++) {
-                            sc[t] = (int8_t)(blk.scales[t] & 0xF);
-                            mn[t] = (uint8_t)(blk.scales[t] >> 4);
-                        }
-                        q2k_values(blk, u);
-                        for (int e = 0; e < QK_K; e++) u[e] = (uint8_t)(u[e] + 32);
-                    } else if (p && w.type == GgmlType::Q3_K) {
-                        const BlockQ3_K& blk = ((const BlockQ3_K*)p)[b];
-                        d = blk.d;
-                        q3k_scales(blk.scales, sc);
-                        int8_t q[QK_K];
-                        q3k_values(blk, q);
-                        for (int e = 0; e < QK_K; e++) u[e] = (uint8_t)(q[e] + 32);
-                    } else if (p) {
-                        const BlockQ6_K& blk = ((const BlockQ6_K*)p)[b];
-                        d = blk.d;
-                        std::memcpy(sc, blk.scales, 16);
-                        q6k_unpack(blk, u);
-                    } else {
-                        std::memset(u, 32, sizeof u);
-                    }
-                    std::memcpy(o + 2 * r, &d, 2);
-                    for (int t = 0; t < 16; t++) {
-                        o[32 + 16 * t + r] = (uint8_t)sc[t];
-                        for (int e = 0; e < 4; e++) {
-                            const uint8_t* v = u + 16 * t + e;
-                            uint8_t* q = o + 288 + 192 * t + 4 * r + e;
-                            q[0] = (uint8_t)((v[0] & 15) | ((v[4] & 15) << 4));
-                            q[64] = (uint8_t)((v[8] & 15) | ((v[12] & 15) << 4));
-                            q[128] =
-                                (uint8_t)((v[0] >> 4) | ((v[4] >> 4) << 2) | ((v[8] >> 4) << 4) | ((v[12] >> 4) << 6));
-                        }
-                    }
-                    if (q2) {
-                        std::memcpy(o + kPackQ6_K + 2 * r, &dmin, 2);
-                        for (int t = 0; t < 16; t++) o[kPackQ6_K + 32 + 32 * (t / 2) + 2 * r + (t & 1)] = mn[t];
-                    }
-                }
-            }
-            break;
-        }
-        default: break;
     }
 }
 
+// Q4_0, IQ4_NL: the same block layout (padding: Q4_0's q = 0, IQ4_NL's scale 0)
+static void repack_ref_q4_0(const GroupRows& g, uint8_t* dst) {
+    const int64_t k = g.k;
+    auto row = [&](int r) { return g.rows[r]; };
+    const int64_t nb = k / QK4_0;
+    if (nb & 1) std::memset(dst + pair_scale_off<kPackQ4_0>(nb - 1), 0, 64);
+    for (int r = 0; r < kGroup; r++) {
+        const BlockQ4_0* p = (const BlockQ4_0*)row(r);
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t* o = dst + pair_quant_off<kPackQ4_0>(b) + 4 * r;
+            uint8_t* d = dst + pair_scale_off<kPackQ4_0>(b) + 2 * r;
+            uint32_t v[4] = {0x88888888u, 0x88888888u, 0x88888888u, 0x88888888u};  // padding: q = 0
+            if (p) {
+                std::memcpy(d, &p[b].d, 2);
+                std::memcpy(v, p[b].qs, 16);
+            } else {
+                std::memset(d, 0, 2);
+            }
+            for (int s = 0; s < 4; s++) std::memcpy(o + 64 * s, &v[s], 4);
+        }
+    }
+}
+
+// Q4_1, Q5_1
+static void repack_ref_q4_1(const GroupRows& g, uint8_t* dst) {
+    const int64_t k = g.k;
+    auto row = [&](int r) { return g.rows[r]; };
+    const bool q5 = g.type == GgmlType::Q5_1;
+    const size_t stride = q5 ? kPackQ5_1 : kPackQ4_1;
+    for (int r = 0; r < kGroup; r++) {
+        const uint8_t* p = row(r);
+        for (int64_t b = 0; b < k / 32; b++) {
+            uint8_t* o = dst + b * stride;
+            uint8_t v[32];
+            uint16_t d = 0, m = 0;
+            if (p && q5) {
+                const BlockQ5_1& blk = ((const BlockQ5_1*)p)[b];
+                d = blk.d, m = blk.m;
+                q5_unpack(blk.qs, blk.qh, v);
+            } else if (p) {
+                const BlockQ4_1& blk = ((const BlockQ4_1*)p)[b];
+                d = blk.d, m = blk.m;
+                std::memcpy(v, blk.qs, 16);
+            } else {
+                std::memset(v, 0, sizeof v);
+            }
+            std::memcpy(o + 2 * r, &d, 2);
+            std::memcpy(o + 32 + 2 * r, &m, 2);
+            for (int s = 0; s < (q5 ? 8 : 4); s++) std::memcpy(o + 64 + 64 * s + 4 * r, v + 4 * s, 4);
+        }
+    }
+}
+
+// Q4_K, Q5_K
+static void repack_ref_q4_K(const GroupRows& g, uint8_t* dst) {
+    const int64_t k = g.k;
+    auto row = [&](int r) { return g.rows[r]; };
+    const bool q5 = g.type == GgmlType::Q5_K;
+    const size_t stride = q5 ? kPackQ5_K : kPackQ4_K;
+    for (int64_t b = 0; b < k / QK_K; b++) {
+        uint8_t* o = dst + b * stride;
+        for (int r = 0; r < kGroup; r++) {
+            const uint8_t* rp = row(r);
+            const BlockQ4_K* p4 = rp && !q5 ? (const BlockQ4_K*)rp + b : nullptr;
+            const BlockQ5_K* p5 = rp && q5 ? (const BlockQ5_K*)rp + b : nullptr;
+            const bool have = rp != nullptr;
+            uint16_t d = p4 ? p4->d : (p5 ? p5->d : 0), dm = p4 ? p4->dmin : (p5 ? p5->dmin : 0);
+            const uint8_t* scales = p4 ? p4->scales : (p5 ? p5->scales : nullptr);
+            const uint8_t* qs = p4 ? p4->qs : (p5 ? p5->qs : nullptr);
+            std::memcpy(o + 2 * r, &d, 2);
+            std::memcpy(o + 32 + 2 * r, &dm, 2);
+            for (int j = 0; j < 8; j++) {
+                uint8_t sc = 0, m = 0;
+                if (have) q4k_scale_min(j, scales, &sc, &m);
+                o[64 + 16 * j + r] = sc;
+                o[192 + 32 * (j / 2) + 2 * r + (j & 1)] = m;
+            }
+            for (int c = 0; c < 4; c++)
+                for (int s = 0; s < 8; s++)
+                    for (int e = 0; e < 4; e++)
+                        o[320 + 64 * (8 * c + s) + 4 * r + e] = have ? qs[32 * c + 4 * s + e] : 0;
+            if (q5)
+                for (int s = 0; s < 8; s++)
+                    for (int e = 0; e < 4; e++) o[kPackQ4_K + 64 * s + 4 * r + e] = p5 ? p5->qh[4 * s + e] : 0;
+        }
+    }
+}
+
+// IQ4_XS: padding rows: scale 0, index 0
+static void repack_ref_iq4_xs(const GroupRows& g, uint8_t* dst) {
+    const int64_t k = g.k;
+    auto row = [&](int r) { return g.rows[r]; };
+    for (int64_t b = 0; b < k / QK_K; b++) {
+        uint8_t* o = dst + b * kPackIQ4_XS;
+        std::memset(o + 160, 0, 32);
+        for (int r = 0; r < kGroup; r++) {
+            const BlockIQ4_XS* p = (const BlockIQ4_XS*)row(r);
+            const uint16_t d = p ? p[b].d : 0;
+            std::memcpy(o + 2 * r, &d, 2);
+            uint8_t u[QK_K] = {};
+            if (p) {
+                for (int j = 0; j < 8; j++) q5_unpack(p[b].qs + 16 * j, nullptr, u + 32 * j);
+                for (int j = 0; j < 8; j++) o[32 + 16 * j + r] = (uint8_t)(int8_t)iq4xs_scale(p[b], j);
+            } else {
+                for (int j = 0; j < 8; j++) o[32 + 16 * j + r] = 0;
+            }
+            for (int c = 0; c < 4; c++)  // Q4_K's order: chunk c holds sub-blocks 2c (low) and 2c + 1 (high)
+                for (int s = 0; s < 8; s++)
+                    for (int e = 0; e < 4; e++) {
+                        const int v = 64 * c + 4 * s + e;
+                        o[192 + 64 * (8 * c + s) + 4 * r + e] = (uint8_t)(u[v] | (u[v + 32] << 4));
+                    }
+        }
+    }
+}
+
+// Q6_K, Q3_K, Q2_K
+static void repack_ref_q6_K(const GroupRows& g, uint8_t* dst) {
+    const int64_t k = g.k;
+    auto row = [&](int r) { return g.rows[r]; };
+    // (Q3_K widened to Q6_K's layout: its signed values -4..3 stored + 32 like Q6_K's, its
+    // signed scales as Q6_K's int8 ones, the same fp16 d; Q2_K likewise, its mins after it)
+    const bool q2 = g.type == GgmlType::Q2_K;
+    for (int64_t b = 0; b < k / QK_K; b++) {
+        uint8_t* o = dst + b * (q2 ? kPackQ2_K : kPackQ6_K);
+        for (int r = 0; r < kGroup; r++) {
+            const uint8_t* p = row(r);
+            uint16_t d = 0, dmin = 0;
+            int8_t sc[16] = {};
+            uint8_t mn[16] = {};
+            uint8_t u[QK_K];
+            if (p && q2) {
+                const BlockQ2_K& blk = ((const BlockQ2_K*)p)[b];
+                d = blk.d, dmin = blk.dmin;
+                for (int t = 0; t < 16; t++) {
+                    sc[t] = (int8_t)(blk.scales[t] & 0xF);
+                    mn[t] = (uint8_t)(blk.scales[t] >> 4);
+                }
+                q2k_values(blk, u);
+                for (int e = 0; e < QK_K; e++) u[e] = (uint8_t)(u[e] + 32);
+            } else if (p && g.type == GgmlType::Q3_K) {
+                const BlockQ3_K& blk = ((const BlockQ3_K*)p)[b];
+                d = blk.d;
+                q3k_scales(blk.scales, sc);
+                int8_t q[QK_K];
+                q3k_values(blk, q);
+                for (int e = 0; e < QK_K; e++) u[e] = (uint8_t)(q[e] + 32);
+            } else if (p) {
+                const BlockQ6_K& blk = ((const BlockQ6_K*)p)[b];
+                d = blk.d;
+                std::memcpy(sc, blk.scales, 16);
+                q6k_unpack(blk, u);
+            } else {
+                std::memset(u, 32, sizeof u);
+            }
+            std::memcpy(o + 2 * r, &d, 2);
+            for (int t = 0; t < 16; t++) {
+                o[32 + 16 * t + r] = (uint8_t)sc[t];
+                for (int e = 0; e < 4; e++) {
+                    const uint8_t* v = u + 16 * t + e;
+                    uint8_t* q = o + 288 + 192 * t + 4 * r + e;
+                    q[0] = (uint8_t)((v[0] & 15) | ((v[4] & 15) << 4));
+                    q[64] = (uint8_t)((v[8] & 15) | ((v[12] & 15) << 4));
+                    q[128] =
+                        (uint8_t)((v[0] >> 4) | ((v[4] >> 4) << 2) | ((v[8] >> 4) << 4) | ((v[12] >> 4) << 6));
+                }
+            }
+            if (q2) {
+                std::memcpy(o + kPackQ6_K + 2 * r, &dmin, 2);
+                for (int t = 0; t < 16; t++) o[kPackQ6_K + 32 + 32 * (t / 2) + 2 * r + (t & 1)] = mn[t];
+            }
+        }
+    }
+}
+
+// Repacks group g of w into dst: the fast repack where the type has one and the group's 16 rows all
+// exist, the reference otherwise (or when `fast` is false, for the tests that compare the two).
 static void repack_group(const MatW& w, int64_t g, uint8_t* dst, bool fast = true) {
-    if (!fast || !repack_group_fast(w, g, dst)) repack_group_scalar(w, g, dst);
+    const WeightKernels& kt = *kernels_of(w.type);
+    GroupRows rows{w.type, w.n_in, {}};
+    const size_t rb = row_bytes(w.type, w.n_in);
+    for (int r = 0; r < kGroup; r++) {
+        const int64_t gr = g * kGroup + r;
+        rows.rows[r] = gr < w.n_out ? (const uint8_t*)w.data + gr * rb : nullptr;
+    }
+    const bool whole = (g + 1) * kGroup <= w.n_out;
+    if (!(fast && whole && kt.repack_fast && kt.repack_fast(rows, dst))) kt.repack(rows, dst);
 }
 
 // Maps the pages of [p, p + n) in one system call instead of one page fault per page (per 64 KB
@@ -910,104 +939,76 @@ static void scalar_q2_K(const GemmArgs& A, int64_t r0, int64_t r1) {
         }
 }
 
-static void scalar_gemm(GgmlType t, const GemmArgs& A, int64_t r0, int64_t r1) {
-    const int64_t k = A.n_in;
-    switch (t) {
-        case GgmlType::F32: {
-            const float* W = (const float*)A.w;
-            scalar_float(A, r0, r1, [&](int64_t r, int64_t j) { return W[r * k + j]; });
-            break;
-        }
-        case GgmlType::F16: {
-            const uint16_t* W = (const uint16_t*)A.w;
-            scalar_float(A, r0, r1, [&](int64_t r, int64_t j) { return fp16_to_fp32(W[r * k + j]); });
-            break;
-        }
-        case GgmlType::BF16: {
-            const uint16_t* W = (const uint16_t*)A.w;
-            scalar_float(A, r0, r1, [&](int64_t r, int64_t j) { return bf16_to_fp32(W[r * k + j]); });
-            break;
-        }
-        case GgmlType::Q8_0: scalar_q8_0<GgmlType::Q8_0>(A, r0, r1); break;
-        case GgmlType::Q5_0: scalar_q8_0<GgmlType::Q5_0>(A, r0, r1); break;
-        case GgmlType::Q4_0: scalar_q4_0(A, r0, r1); break;
-        case GgmlType::Q4_1: scalar_q_small<GgmlType::Q4_1>(A, r0, r1); break;
-        case GgmlType::Q5_1: scalar_q_small<GgmlType::Q5_1>(A, r0, r1); break;
-        case GgmlType::Q4_K: scalar_q4_K(A, r0, r1); break;
-        case GgmlType::Q5_K: scalar_q5_K(A, r0, r1); break;
-        case GgmlType::Q6_K: scalar_q6_K(A, r0, r1); break;
-        case GgmlType::Q3_K: scalar_q3_K(A, r0, r1); break;
-        case GgmlType::Q2_K: scalar_q2_K(A, r0, r1); break;
-        case GgmlType::IQ4_NL: scalar_q8_0<GgmlType::IQ4_NL>(A, r0, r1); break;
-        case GgmlType::IQ4_XS: scalar_iq4_xs(A, r0, r1); break;
-        default: break;
+static void scalar_f32(const GemmArgs& A, int64_t r0, int64_t r1) {
+    const float* W = (const float*)A.w;
+    scalar_float(A, r0, r1, [&](int64_t r, int64_t j) { return W[r * A.n_in + j]; });
+}
+
+static void scalar_f16(const GemmArgs& A, int64_t r0, int64_t r1) {
+    const uint16_t* W = (const uint16_t*)A.w;
+    scalar_float(A, r0, r1, [&](int64_t r, int64_t j) { return fp16_to_fp32(W[r * A.n_in + j]); });
+}
+
+static void scalar_bf16(const GemmArgs& A, int64_t r0, int64_t r1) {
+    const uint16_t* W = (const uint16_t*)A.w;
+    scalar_float(A, r0, r1, [&](int64_t r, int64_t j) { return bf16_to_fp32(W[r * A.n_in + j]); });
+}
+
+// ---- the table ----------------------------------------------------------------------------------
+
+#if defined(TINYGPTV_X86)
+#define TG_X86(name) avx2::gemm_##name, avx512::gemm_##name
+#else
+#define TG_X86(name) nullptr, nullptr
+#endif
+#if defined(TINYGPTV_ARM)
+#define TG_NEON(name) neon::gemm_##name
+#else
+#define TG_NEON(name) nullptr
+#endif
+
+template <size_t Bytes, int Block> size_t per_block(int64_t n_in) { return (size_t)(n_in / Block) * Bytes; }
+template <size_t QB, int Block> size_t per_pair(int64_t n_in) { return pair_group_bytes<QB>(n_in / Block); }
+
+// Widened at repack, sharing another type's layout and SIMD kernels: Q5_0 runs Q8_0's, Q3_K Q6_K's
+// (Q2_K has Q6_K's layout plus its mins, and kernels of its own).
+static const WeightKernels kWeightKernels[] = {
+  // type              activations      offset group          repacked group bytes          reference repack   fast repack    scalar kernel                   AVX2, AVX-512   NEON
+    {GgmlType::F32,    ActQuant::Float, 0,   1,             per_block<kGroup * 4, 1>,     repack_ref_f32,    nullptr,       scalar_f32,                     TG_X86(f32),    TG_NEON(f32)},
+    {GgmlType::F16,    ActQuant::Float, 0,   1,             per_block<kGroup * 2, 1>,     repack_ref_u16,    TG_FAST(u16),  scalar_f16,                     TG_X86(f16),    TG_NEON(f16)},
+    {GgmlType::BF16,   ActQuant::Float, 0,   1,             per_block<kGroup * 2, 1>,     repack_ref_u16,    TG_FAST(u16),  scalar_bf16,                    TG_X86(bf16),   TG_NEON(bf16)},
+    {GgmlType::Q8_0,   ActQuant::Q8,    128, 1,             per_pair<kPackQ8_0, QK8_0>,   repack_ref_q8_0,   TG_FAST(q8_0), scalar_q8_0<GgmlType::Q8_0>,    TG_X86(q8_0),   TG_NEON(q8_0)},
+    {GgmlType::Q5_0,   ActQuant::Q8,    128, 1,             per_pair<kPackQ8_0, QK8_0>,   repack_ref_q8_0,   nullptr,       scalar_q8_0<GgmlType::Q5_0>,    TG_X86(q8_0),   TG_NEON(q8_0)},
+    {GgmlType::IQ4_NL, ActQuant::Q8,    128, 1,             per_pair<kPackQ4_0, QK4_0>,   repack_ref_q4_0,   TG_FAST(q4_0), scalar_q8_0<GgmlType::IQ4_NL>,  TG_X86(iq4_nl), TG_NEON(iq4_nl)},
+    {GgmlType::Q4_0,   ActQuant::Q8,    8,   kActGroupQ4_0, per_pair<kPackQ4_0, QK4_0>,   repack_ref_q4_0,   TG_FAST(q4_0), scalar_q4_0,                    TG_X86(q4_0),   TG_NEON(q4_0)},
+    {GgmlType::Q4_1,   ActQuant::Q8,    0,   kActGroupQ4_0, per_block<kPackQ4_1, 32>,     repack_ref_q4_1,   nullptr,       scalar_q_small<GgmlType::Q4_1>, TG_X86(q4_1),   TG_NEON(q4_1)},
+    {GgmlType::Q5_1,   ActQuant::Q8,    0,   kActGroupQ4_0, per_block<kPackQ5_1, 32>,     repack_ref_q4_1,   nullptr,       scalar_q_small<GgmlType::Q5_1>, TG_X86(q5_1),   TG_NEON(q5_1)},
+    {GgmlType::Q4_K,   ActQuant::Q8K,   0,   1,             per_block<kPackQ4_K, QK_K>,   repack_ref_q4_K,   TG_FAST(q4_K), scalar_q4_K,                    TG_X86(q4_K),   TG_NEON(q4_K)},
+    {GgmlType::Q5_K,   ActQuant::Q8K,   0,   1,             per_block<kPackQ5_K, QK_K>,   repack_ref_q4_K,   nullptr,       scalar_q5_K,                    TG_X86(q5_K),   TG_NEON(q5_K)},
+    {GgmlType::Q6_K,   ActQuant::Q8K,   0,   1,             per_block<kPackQ6_K, QK_K>,   repack_ref_q6_K,   TG_FAST(q6_K), scalar_q6_K,                    TG_X86(q6_K),   TG_NEON(q6_K)},
+    {GgmlType::Q3_K,   ActQuant::Q8K,   0,   1,             per_block<kPackQ6_K, QK_K>,   repack_ref_q6_K,   nullptr,       scalar_q3_K,                    TG_X86(q6_K),   TG_NEON(q6_K)},
+    {GgmlType::Q2_K,   ActQuant::Q8K,   0,   1,             per_block<kPackQ2_K, QK_K>,   repack_ref_q6_K,   nullptr,       scalar_q2_K,                    TG_X86(q2_K),   TG_NEON(q2_K)},
+    {GgmlType::IQ4_XS, ActQuant::Q8K,   0,   1,             per_block<kPackIQ4_XS, QK_K>, repack_ref_iq4_xs, nullptr,       scalar_iq4_xs,                  TG_X86(iq4_xs), TG_NEON(iq4_xs)},
+};
+
+static const WeightKernels* kernels_of(GgmlType t) {
+    for (const WeightKernels& kt : kWeightKernels)
+        if (kt.type == t) return &kt;
+    return nullptr;
+}
+
+static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel over the standard layout
+    const WeightKernels* kt = kernels_of(t);
+    if (!kt) return nullptr;
+    switch (isa) {
+        case Isa::Avx512: return kt->avx512;
+        case Isa::Avx2: return kt->avx2;
+        case Isa::Neon: return kt->neon;
+        default: return nullptr;
     }
 }
 
 // ---- dispatch -----------------------------------------------------------------------------------
-
-static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel over the standard layout
-#if defined(TINYGPTV_X86)
-    if (isa == Isa::Avx512) {
-        switch (t) {
-            case GgmlType::F32: return avx512::gemm_f32;
-            case GgmlType::F16: return avx512::gemm_f16;
-            case GgmlType::BF16: return avx512::gemm_bf16;
-            case GgmlType::Q8_0: case GgmlType::Q5_0: return avx512::gemm_q8_0;  // Q5_0: widened at repack
-            case GgmlType::IQ4_NL: return avx512::gemm_iq4_nl;
-            case GgmlType::Q4_0: return avx512::gemm_q4_0;
-            case GgmlType::Q4_K: return avx512::gemm_q4_K;
-            case GgmlType::Q5_K: return avx512::gemm_q5_K;
-            case GgmlType::Q4_1: return avx512::gemm_q4_1;
-            case GgmlType::Q5_1: return avx512::gemm_q5_1;
-            case GgmlType::Q6_K: case GgmlType::Q3_K: return avx512::gemm_q6_K;  // Q3_K: widened at repack
-            case GgmlType::Q2_K: return avx512::gemm_q2_K;
-            case GgmlType::IQ4_XS: return avx512::gemm_iq4_xs;
-            default: return nullptr;
-        }
-    }
-    if (isa == Isa::Avx2) {
-        switch (t) {
-            case GgmlType::F32: return avx2::gemm_f32;
-            case GgmlType::F16: return avx2::gemm_f16;
-            case GgmlType::BF16: return avx2::gemm_bf16;
-            case GgmlType::Q8_0: case GgmlType::Q5_0: return avx2::gemm_q8_0;  // Q5_0: widened at repack
-            case GgmlType::IQ4_NL: return avx2::gemm_iq4_nl;
-            case GgmlType::Q4_0: return avx2::gemm_q4_0;
-            case GgmlType::Q4_K: return avx2::gemm_q4_K;
-            case GgmlType::Q5_K: return avx2::gemm_q5_K;
-            case GgmlType::Q4_1: return avx2::gemm_q4_1;
-            case GgmlType::Q5_1: return avx2::gemm_q5_1;
-            case GgmlType::Q6_K: case GgmlType::Q3_K: return avx2::gemm_q6_K;  // Q3_K: widened at repack
-            case GgmlType::Q2_K: return avx2::gemm_q2_K;
-            case GgmlType::IQ4_XS: return avx2::gemm_iq4_xs;
-            default: return nullptr;
-        }
-    }
-#endif
-#if defined(TINYGPTV_ARM)
-    if (isa == Isa::Neon) {
-        switch (t) {
-            case GgmlType::F32: return neon::gemm_f32;
-            case GgmlType::F16: return neon::gemm_f16;
-            case GgmlType::BF16: return neon::gemm_bf16;
-            case GgmlType::Q8_0: case GgmlType::Q5_0: return neon::gemm_q8_0;  // Q5_0: widened at repack
-            case GgmlType::IQ4_NL: return neon::gemm_iq4_nl;
-            case GgmlType::Q4_0: return neon::gemm_q4_0;
-            case GgmlType::Q4_K: return neon::gemm_q4_K;
-            case GgmlType::Q5_K: return neon::gemm_q5_K;
-            case GgmlType::Q4_1: return neon::gemm_q4_1;
-            case GgmlType::Q5_1: return neon::gemm_q5_1;
-            case GgmlType::Q6_K: case GgmlType::Q3_K: return neon::gemm_q6_K;  // Q3_K: widened at repack
-            case GgmlType::Q2_K: return neon::gemm_q2_K;
-            case GgmlType::IQ4_XS: return neon::gemm_iq4_xs;
-            default: return nullptr;
-        }
-    }
-#endif
-    (void)isa; (void)t;
-    return nullptr;
-}
 
 // Rows up to which a product is split statically like a decode step rather than in chunks taken in
 // turn: for a few rows the weights' memory stream is the cost, not the tiles' arithmetic.
@@ -1023,13 +1024,11 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
     const Isa isa = isa_active();
     thread_local ActQ8 a8;  // reused across calls: no page faults per token
     thread_local ActQ8K ak;
-    const bool q8_arith = w.type == GgmlType::Q8_0 || w.type == GgmlType::Q5_0 || w.type == GgmlType::IQ4_NL;
-    if (q8_arith || w.type == GgmlType::Q4_0 || w.type == GgmlType::Q4_1 || w.type == GgmlType::Q5_1) {
-        if (q8_arith) quantize_act_q8(x, n, k, a8, 128, 1, isa, ex);
-        else quantize_act_q8(x, n, k, a8, w.type == GgmlType::Q4_0 ? 8 : 0, kActGroupQ4_0, isa, ex);
+    const WeightKernels& kt = *kernels_of(w.type);
+    if (kt.act == ActQuant::Q8) {
+        quantize_act_q8(x, n, k, a8, kt.act_offset, kt.act_group, isa, ex);
         A.a8 = &a8;
-    } else if (w.type == GgmlType::Q2_K || w.type == GgmlType::Q3_K || w.type == GgmlType::Q4_K ||
-               w.type == GgmlType::Q5_K || w.type == GgmlType::Q6_K || w.type == GgmlType::IQ4_XS) {
+    } else if (kt.act == ActQuant::Q8K) {
         quantize_act_q8k(x, n, k, ak, isa, ex);
         A.ak = &ak;
     }
@@ -1068,7 +1067,7 @@ void matmul(const MatW& w, const float* x, int64_t n, float* y, const float* bia
         });
     } else {
         A.w = (const uint8_t*)w.data;
-        ex.parallel_for(w.n_out, kGroup, [&](int64_t r0, int64_t r1, int) { scalar_gemm(w.type, A, r0, r1); });
+        ex.parallel_for(w.n_out, kGroup, [&](int64_t r0, int64_t r1, int) { kt.scalar(A, r0, r1); });
     }
 }
 
