@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -166,12 +167,15 @@ static void repack_blocks_fast(const uint8_t* const rows[kGroup], int64_t nb, ui
     }
 }
 
-// Q4_K: the quants as 32-bit words transposed over the 16 rows; scales and mins as the reference.
-static void repack_q4k_fast(const uint8_t* const rows[kGroup], int64_t nb, uint8_t* dst) {
+// Q4_K / Q5_K: the quants (and Q5_K's fifth bits) as 32-bit words transposed over the 16 rows;
+// scales and mins as the reference.
+template <class Block, size_t Stride>
+static void repack_qk_fast(const uint8_t* const rows[kGroup], int64_t nb, uint8_t* dst) {
+    constexpr bool q5 = std::is_same<Block, BlockQ5_K>::value;
     for (int64_t b = 0; b < nb; b++) {
-        uint8_t* o = dst + b * kPackQ4_K;
+        uint8_t* o = dst + b * Stride;
         for (int r = 0; r < kGroup; r++) {
-            const BlockQ4_K& blk = ((const BlockQ4_K*)rows[r])[b];
+            const Block& blk = ((const Block*)rows[r])[b];
             std::memcpy(o + 2 * r, &blk.d, 2);
             std::memcpy(o + 32 + 2 * r, &blk.dmin, 2);
             for (int j = 0; j < 8; j++) {
@@ -183,8 +187,12 @@ static void repack_q4k_fast(const uint8_t* const rows[kGroup], int64_t nb, uint8
         }
         for (int r0 = 0; r0 < kGroup; r0 += 4) {
             const uint8_t* q[4];
-            for (int r = 0; r < 4; r++) q[r] = ((const BlockQ4_K*)rows[r0 + r])[b].qs;
+            for (int r = 0; r < 4; r++) q[r] = ((const Block*)rows[r0 + r])[b].qs;
             transpose_words_4(q, QK_K / 8, o + 320 + 4 * r0, 64, 0);
+            if constexpr (q5) {
+                for (int r = 0; r < 4; r++) q[r] = ((const Block*)rows[r0 + r])[b].qh;
+                transpose_words_4(q, QK_K / 32, o + kPackQ4_K + 4 * r0, 64, 0);
+            }
         }
     }
 }
@@ -244,7 +252,11 @@ static bool fast_q4_0(const GroupRows& g, uint8_t* dst) {  // IQ4_NL too: the sa
     return true;
 }
 static bool fast_q4_K(const GroupRows& g, uint8_t* dst) {
-    repack_q4k_fast(g.rows, g.k / QK_K, dst);
+    repack_qk_fast<BlockQ4_K, kPackQ4_K>(g.rows, g.k / QK_K, dst);
+    return true;
+}
+static bool fast_q5_K(const GroupRows& g, uint8_t* dst) {
+    repack_qk_fast<BlockQ5_K, kPackQ5_K>(g.rows, g.k / QK_K, dst);
     return true;
 }
 static bool fast_q6_K(const GroupRows& g, uint8_t* dst) {
@@ -984,7 +996,7 @@ static const WeightKernels kWeightKernels[] = {
     {GgmlType::Q4_1,   ActQuant::Q8,    0,   kActGroupQ4_0, per_block<kPackQ4_1, 32>,     repack_ref_q4_1,   nullptr,       scalar_q_small<GgmlType::Q4_1>, TG_X86(q4_1),   TG_NEON(q4_1)},
     {GgmlType::Q5_1,   ActQuant::Q8,    0,   kActGroupQ4_0, per_block<kPackQ5_1, 32>,     repack_ref_q4_1,   nullptr,       scalar_q_small<GgmlType::Q5_1>, TG_X86(q5_1),   TG_NEON(q5_1)},
     {GgmlType::Q4_K,   ActQuant::Q8K,   0,   1,             per_block<kPackQ4_K, QK_K>,   repack_ref_q4_K,   TG_FAST(q4_K), scalar_q4_K,                    TG_X86(q4_K),   TG_NEON(q4_K)},
-    {GgmlType::Q5_K,   ActQuant::Q8K,   0,   1,             per_block<kPackQ5_K, QK_K>,   repack_ref_q4_K,   nullptr,       scalar_q5_K,                    TG_X86(q5_K),   TG_NEON(q5_K)},
+    {GgmlType::Q5_K,   ActQuant::Q8K,   0,   1,             per_block<kPackQ5_K, QK_K>,   repack_ref_q4_K,   TG_FAST(q5_K), scalar_q5_K,                    TG_X86(q5_K),   TG_NEON(q5_K)},
     {GgmlType::Q6_K,   ActQuant::Q8K,   0,   1,             per_block<kPackQ6_K, QK_K>,   repack_ref_q6_K,   TG_FAST(q6_K), scalar_q6_K,                    TG_X86(q6_K),   TG_NEON(q6_K)},
     {GgmlType::Q3_K,   ActQuant::Q8K,   0,   1,             per_block<kPackQ6_K, QK_K>,   repack_ref_q6_K,   nullptr,       scalar_q3_K,                    TG_X86(q6_K),   TG_NEON(q6_K)},
     {GgmlType::Q2_K,   ActQuant::Q8K,   0,   1,             per_block<kPackQ2_K, QK_K>,   repack_ref_q6_K,   nullptr,       scalar_q2_K,                    TG_X86(q2_K),   TG_NEON(q2_K)},
