@@ -13,7 +13,10 @@ prefill-shaped (n=256) products, with numpy's float32 matmul (BLAS) as the peer 
 --cpu-time reports the calling thread's CPU time with 1 thread instead of wall time: on a busy
 machine this still measures the kernels (but not memory bandwidth shared with other processes).
 
-    python benchmarks/bench_kernels.py [--threads 2] [--types Q4_0,Q8_0] [--isa avx512] [--quick] [--cpu-time]
+    python benchmarks/bench_kernels.py [--threads 2] [--types Q4_0,Q8_0] [--isa avx2,avx2+vnni] [--rounds 5] [--quick] [--cpu-time]
+
+Paths: scalar, avx2, avx2+vnni (the AVX2 kernels with AVX-VNNI's vpdpbusd), avx512, avx512+amx (AMX tiles
+for prompts), neon; a path the CPU lacks is left out. Plain avx2 and avx512 run without those extensions.
 """
 from __future__ import annotations
 
@@ -44,6 +47,23 @@ SHAPES = [  # (label, n, n_out, n_in)
 STREAM_BYTES = 160 << 20
 
 
+def supported(path: str) -> bool:
+    base, _, ext = path.partition("+")
+    if not _testing.isa_supported(base):
+        return False
+    return {"": True, "vnni": base == "avx2" and _testing.avx_vnni_supported(),
+            "amx": base == "avx512" and _testing.amx_supported()}.get(ext, False)
+
+
+def set_path(path: str) -> None:
+    """A path of --isa: the instruction set and whether AVX-VNNI's kernels or the AMX tiles are on."""
+    _testing.set_isa(path.split("+")[0])
+    if _testing.avx_vnni_supported():
+        _testing.set_avx_vnni(path.endswith("+vnni"))
+    if _testing.amx_supported():
+        _testing.set_amx(path.endswith("+amx"))
+
+
 def timeit(fn, min_time: float, cpu: bool, min_reps: int = 3) -> float:
     clock = time.thread_time if cpu else time.perf_counter
     fn()  # warm up
@@ -60,22 +80,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--types", default=",".join(TYPES))
-    ap.add_argument("--isa", default="", help="comma-separated subset of scalar,avx2,avx512,neon (default: all supported)")
+    ap.add_argument("--isa", default="",
+                    help="comma-separated subset of scalar,avx2,avx2+vnni,avx512,avx512+amx,neon (default: all supported)")
     ap.add_argument("--quick", action="store_true", help="shorter timing runs")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time the paths this many times each, alternating, and print the medians")
     ap.add_argument("--cpu-time", action="store_true", help="1 thread, CPU time of the calling thread")
     args = ap.parse_args()
     threads = 1 if args.cpu_time else args.threads
     min_time = 0.3 if args.quick else 1.0
     types = [t.strip().upper() for t in args.types.split(",") if t.strip()]
-    isas = [s for s in (args.isa.split(",") if args.isa else ["scalar", "avx2", "avx512", "neon"]) if _testing.isa_supported(s)]
+    every = ["scalar", "avx2", "avx2+vnni", "avx512", "avx512+amx", "neon"]
+    isas = [s for s in (args.isa.split(",") if args.isa else every) if supported(s)]
     rng = np.random.default_rng(0)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"threads={threads} clock={'thread CPU time' if args.cpu_time else 'wall'} best isa={_testing.isa_best()} "
           f"numpy={np.__version__} load average={load:.2f}")
-    print(f"{'shape':26s} {'type':6s} {'isa':7s} {'ms':>9s} {'GFLOP/s':>9s} {'GB/s':>7s}")
+    print(f"{'shape':26s} {'type':6s} {'path':10s} {'ms':>9s} {'GFLOP/s':>9s} {'GB/s':>7s}")
 
     def row(label, ty, isa, t, flop, nbytes):
-        print(f"{label:26s} {ty:6s} {isa:7s} {t*1e3:9.3f} {flop/t/1e9:9.1f} {nbytes/t/1e9:7.1f}", flush=True)
+        print(f"{label:26s} {ty:6s} {isa:10s} {t*1e3:9.3f} {flop/t/1e9:9.1f} {nbytes/t/1e9:7.1f}", flush=True)
 
     for label, n, n_out, n_in in SHAPES:
         float_only = label.startswith("vit")
@@ -98,19 +122,26 @@ def main() -> None:
                 continue
             wq = _core.quantize(ty, w)
             count = max(1, -(-STREAM_BYTES // wq.nbytes)) if stream else 1
-            for isa in isas:
-                if isa == "scalar" and (n > 1 or stream):
-                    continue  # the scalar reference is far too slow for these shapes
-                _testing.set_isa(isa)
-                pws = [_testing.PreparedWeight(ty, wq, n_out, n_in) for _ in range(count)]
-                if count == 1:
-                    pw = pws[0]
-                    t = timeit(lambda: pw.matmul(x, None, threads), min_time, args.cpu_time)
-                else:
-                    t = timeit(lambda: [p.matmul(x, None, threads) for p in pws], min_time, args.cpu_time) / count
-                row(label, ty, isa, t, flop, wq.nbytes)
-                del pws
-    _testing.set_isa(_testing.isa_best())
+            paths = [isa for isa in isas if not (isa == "scalar" and (n > 1 or stream))]  # scalar: far too slow
+            times = {isa: [] for isa in paths}
+            for _ in range(args.rounds):  # the paths alternate: a machine shared with others drifts
+                for isa in paths:
+                    set_path(isa)
+                    pws = [_testing.PreparedWeight(ty, wq, n_out, n_in) for _ in range(count)]
+                    if count == 1:
+                        pw = pws[0]
+                        t = timeit(lambda: pw.matmul(x, None, threads), min_time, args.cpu_time)
+                    else:
+                        t = timeit(lambda: [p.matmul(x, None, threads) for p in pws], min_time, args.cpu_time) / count
+                    times[isa].append(t)
+                    del pws
+            for isa in paths:
+                row(label, ty, isa, float(np.median(times[isa])), flop, wq.nbytes)
+    set_path(_testing.isa_best())
+    if _testing.avx_vnni_supported():
+        _testing.set_avx_vnni(True)
+    if _testing.amx_supported():
+        _testing.set_amx(True)
 
 
 if __name__ == "__main__":

@@ -337,6 +337,8 @@ def main() -> int:
         flags = next((l.split(":")[1].split() for l in f if l.startswith("flags")), [])
     simd = [x for x in flags if x.startswith(("avx2", "avx512f", "avx512_vnni", "avx512bw", "fma", "f16c", "avx_vnni"))]
     print("cpu flags:", " ".join(sorted(simd)))
+    from tinygptv_native._core import _testing
+    print("our kernels:", _testing.kernel_path(), "(TINYGPTV_ISA, TINYGPTV_AVX_VNNI and TINYGPTV_AMX choose others)")
     rows = []
     for typ in a.types.split(","):
         path = model_file(typ)

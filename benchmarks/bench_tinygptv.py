@@ -416,7 +416,7 @@ def main() -> int:
     print("command: python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]))
     print(machine())
     from tinygptv_native._core import _testing
-    print(f"threads {a.threads}, kernels {_testing.isa()}{' + AMX tiles' if _testing.isa() == 'avx512' and _testing.amx() else ''}, runs {a.runs} for q4_0, {a.other_runs} for the other files, "
+    print(f"threads {a.threads}, kernels {_testing.kernel_path()}, runs {a.runs} for q4_0, {a.other_runs} for the other files, "
           f"{torch_runs} for the reference; {N_GEN} generated tokens ({a.ref_gen} for the reference)")
     report = []
     for size in sizes:

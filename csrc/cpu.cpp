@@ -32,7 +32,7 @@ namespace tg {
 namespace {
 
 struct Features {
-    bool avx2 = false, avx512 = false, avx512_bf16 = false, amx_int8 = false;
+    bool avx2 = false, avx512 = false, avx512_bf16 = false, amx_int8 = false, avx_vnni = false;
     bool neon = false, neon_dot = false;  // AArch64 NEON, and its ARMv8.2 dot product (sdot)
 };
 
@@ -70,7 +70,12 @@ Features detect() {
     f.avx512 = f.avx2 && zmm_os && f512 && dq && bw && vl && vnni;
     const bool amx_cpu = (d & (1u << 24)) && (d & (1u << 25));  // AMX-TILE, AMX-INT8
     const bool amx_os = (xlo & 0x60000) == 0x60000;              // XCR0: XTILECFG, XTILEDATA
-    if (f.avx512 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512_bf16 = a & (1u << 5);
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) {
+        f.avx512_bf16 = f.avx512 && (a & (1u << 5));
+#if defined(TINYGPTV_AVX_VNNI)
+        f.avx_vnni = f.avx2 && (a & (1u << 4));
+#endif
+    }
     f.amx_int8 = f.avx512 && amx_cpu && amx_os && amx_permitted();
 #endif
 #if defined(TINYGPTV_ARM) && defined(__linux__)
@@ -135,6 +140,40 @@ void set_amx(bool on) {
     if (on && !cpu_has_amx_int8())
         throw ModelError("AMX tiles are not available here (the CPU lacks AMX-INT8, or the OS does not allow them)");
     g_amx.store(on ? 1 : 0);
+}
+
+namespace {
+std::atomic<int> g_avx_vnni{-1};  // -1: not decided yet
+}
+
+bool cpu_has_avx_vnni() { return features().avx_vnni; }
+
+bool avx_vnni_active() {
+    int v = g_avx_vnni.load(std::memory_order_relaxed);
+    if (v < 0) {
+        const char* env = std::getenv("TINYGPTV_AVX_VNNI");
+        const bool off = env && (!std::strcmp(env, "0") || !std::strcmp(env, "off"));
+        int expected = -1;
+        g_avx_vnni.compare_exchange_strong(expected, cpu_has_avx_vnni() && !off ? 1 : 0);
+        v = g_avx_vnni.load();
+    }
+    return v == 1;
+}
+
+void set_avx_vnni(bool on) {
+    if (on && !cpu_has_avx_vnni())
+        throw ModelError("AVX-VNNI is not available here (the CPU lacks it, or the build has no kernels for it)");
+    g_avx_vnni.store(on ? 1 : 0);
+}
+
+const char* kernel_path() {
+    switch (isa_active()) {
+        case Isa::Scalar: return "scalar";
+        case Isa::Avx2: return avx_vnni_active() ? "avx2+avx-vnni" : "avx2";
+        case Isa::Avx512: return amx_active() ? "avx512+amx" : "avx512";
+        case Isa::Neon: return cpu_has_neon_dot() ? "neon+dotprod" : "neon";
+    }
+    return "?";
 }
 
 const char* isa_name(Isa isa) {

@@ -5,6 +5,9 @@
 // error at first use). set_isa() switches at run time (tests use it to compare every path).
 // On the AVX-512 path, AMX tiles (Intel, Sapphire Rapids and later) take the int8 products of prompts
 // where the CPU and the OS allow them; TINYGPTV_AMX=0 turns them off, set_amx() switches at run time.
+// On the AVX2 path, AVX-VNNI (256-bit vpdpbusd: Intel since Alder Lake, AMD since Zen 4) takes the int8
+// products where the CPU has it and the build could compile it; TINYGPTV_AVX_VNNI=0 turns it off,
+// set_avx_vnni() switches at run time.
 #pragma once
 
 namespace tg {
@@ -22,5 +25,10 @@ bool cpu_has_neon_dot();      // the ARMv8.2 dot product (sdot) on top of the NE
 bool cpu_has_amx_int8();      // AMX-TILE + AMX-INT8, enabled by the OS and permitted to this process
 bool amx_active();            // the AVX-512 path uses AMX tiles now
 void set_amx(bool on);        // throws ModelError when turning on where cpu_has_amx_int8() is false
+bool cpu_has_avx_vnni();      // AVX-VNNI on top of the AVX2 path, and kernels built for it
+bool avx_vnni_active();       // the AVX2 path uses AVX-VNNI now
+void set_avx_vnni(bool on);   // throws ModelError when turning on where cpu_has_avx_vnni() is false
+// The kernels in use now, for benchmarks and logs: "avx512+amx", "avx2+avx-vnni", "neon+dotprod", ...
+const char* kernel_path();
 
 }  // namespace tg

@@ -21,8 +21,12 @@ from tinygptv_native import ModelError, _core  # noqa: E402
 from tinygptv_native._core import _testing  # noqa: E402
 
 ISAS = [s for s in ("scalar", "avx2", "avx512", "neon") if _testing.isa_supported(s)]
-# AVX-512 with AMX tiles (the prompt products of Q8_0, Q4_0 and IQ4_NL from 16 rows) is a path of its
-# own here; plain "avx512" then means the tiles are off.
+# AVX2 with AVX-VNNI's kernels (vpdpbusd in place of pmaddubsw + pmaddwd) is a path of its own where the
+# CPU has it; plain "avx2" then means they are off.
+if _testing.avx_vnni_supported():
+    ISAS.insert(ISAS.index("avx2") + 1, "avx2+vnni")
+# AVX-512 with AMX tiles (the prompt products of Q8_0, Q4_0 and IQ4_NL from 16 rows) likewise; plain
+# "avx512" then means the tiles are off.
 if _testing.amx_supported():
     ISAS.append("avx512+amx")
 SIMD = [s for s in ISAS if s != "scalar"]
@@ -41,8 +45,11 @@ REL_ERROR_VS_FLOAT = {"F32": 1e-6, "F16": 5e-4, "BF16": 4e-3, "Q8_0": 0.01, "Q4_
 
 
 def set_path(isa):
-    """An entry of ISAS: the instruction set, and on AMX machines whether the tiles are on."""
+    """An entry of ISAS: the instruction set, and where the CPU has them whether AVX-VNNI's kernels and
+    the AMX tiles are on."""
     _testing.set_isa(isa.split("+")[0])
+    if _testing.avx_vnni_supported():
+        _testing.set_avx_vnni(isa.endswith("+vnni"))
     if _testing.amx_supported():
         _testing.set_amx(isa.endswith("+amx"))
 
@@ -51,6 +58,8 @@ def set_path(isa):
 def restore_isa():
     yield
     _testing.set_isa(_testing.isa_best())
+    if _testing.avx_vnni_supported():
+        _testing.set_avx_vnni(True)
     if _testing.amx_supported():
         _testing.set_amx(True)
 
@@ -493,9 +502,16 @@ def test_isa_reporting():
         set_path(isa)
         assert _testing.isa() == isa.split("+")[0]
         assert _testing.amx() == isa.endswith("+amx")
+        assert _testing.avx_vnni() == isa.endswith("+vnni")
+        path = _testing.kernel_path()
+        assert path.split("+")[0] == isa.split("+")[0]
+        assert ("avx-vnni" in path) == isa.endswith("+vnni") and ("amx" in path) == isa.endswith("+amx"), path
     if not _testing.amx_supported():
         with pytest.raises(ModelError, match="AMX tiles are not available"):
             _testing.set_amx(True)
+    if not _testing.avx_vnni_supported():
+        with pytest.raises(ModelError, match="AVX-VNNI is not available"):
+            _testing.set_avx_vnni(True)
     for isa in ("avx2", "avx512", "neon"):
         if not _testing.isa_supported(isa):
             with pytest.raises(ModelError, match="not supported"):
@@ -700,15 +716,17 @@ def test_isa_environment_variable():
     import subprocess
     import sys
     from fixtures.proc import CHILD_CWD, child_env
-    code = "from tinygptv_native._core import _testing; print(_testing.isa(), _testing.amx())"
+    code = "from tinygptv_native._core import _testing; print(_testing.isa(), _testing.amx(), _testing.avx_vnni())"
     env = child_env()
     for isa in ISAS:
         env["TINYGPTV_ISA"] = isa.split("+")[0]
         env["TINYGPTV_AMX"] = "1" if isa.endswith("+amx") else "0"
+        env["TINYGPTV_AVX_VNNI"] = "1" if isa.endswith("+vnni") else "0"
         out = subprocess.run([sys.executable, "-c", code], env=env, cwd=CHILD_CWD, capture_output=True, text=True,
                              timeout=60)
-        assert out.returncode == 0 and out.stdout.split() == [isa.split("+")[0], str(isa.endswith("+amx"))], out.stderr
-    del env["TINYGPTV_AMX"]
+        want = [isa.split("+")[0], str(isa.endswith("+amx")), str(isa.endswith("+vnni"))]
+        assert out.returncode == 0 and out.stdout.split() == want, out.stderr
+    del env["TINYGPTV_AMX"], env["TINYGPTV_AVX_VNNI"]
     env["TINYGPTV_ISA"] = "sse9"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=CHILD_CWD, capture_output=True, text=True,
                          timeout=60)

@@ -79,7 +79,7 @@ def arm_build(tmp_path_factory):
         pytest.fail(f"TINYGPTV_REQUIRE_ARM_CHECK=1 but {CXX} or {QEMU} is not installed", pytrace=False)
     out = tmp_path_factory.mktemp("arm")
     core = [p for p in sorted(CSRC.rglob("*.cpp"))
-            if "python" not in p.parts and "vulkan" not in p.parts and not p.stem.endswith(("_avx2", "_avx512"))]
+            if "python" not in p.parts and "vulkan" not in p.parts and not p.stem.endswith(("_avx2", "_avxvnni", "_avx512"))]
     assert sum(p.stem.endswith("_neon") for p in core) == len(KERNELS)
     objs = _objects(CXX, ARM, [(p, NEON_FLAGS if p.stem.endswith("_neon") else []) for p in core], out)
     exes = {}

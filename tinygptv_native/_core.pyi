@@ -219,6 +219,10 @@ def log(level: int, message: str) -> None: ...
 #   amx_supported() -> whether AMX tiles can run here (CPU, OS and its permission)
 #   amx() -> whether the AVX-512 path uses AMX tiles for prompt products now (TINYGPTV_AMX=0: off)
 #   set_amx(on): turns them on or off
+#   avx_vnni_supported() -> whether the AVX2 path can take AVX-VNNI's kernels here (CPU and build)
+#   avx_vnni() -> whether the AVX2 path uses them now (TINYGPTV_AVX_VNNI=0: off)
+#   set_avx_vnni(on): turns them on or off
+#   kernel_path() -> the kernels in use now ("avx512+amx", "avx2+avx-vnni", "neon+dotprod", ...)
 #   vec_math(fn, x) -> float32: 'exp', 'erf', 'gelu_erf', 'gelu_tanh' or 'softmax' (over the last axis)
 #   quantize_act_q8(x, group=1) -> int8 values [n, k], scales, block sums: the Q8_0/Q4_0 activations
 #   to_f16(x) -> uint16: float32 to IEEE half bits, as a half-precision K/V cache stores them

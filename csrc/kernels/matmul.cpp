@@ -70,7 +70,7 @@ struct WeightKernels {
     bool (*repack_fast)(const GroupRows& g, uint8_t* dst);
     // the plain kernel over the standard layout (rows [r0, r1)): the reference every SIMD kernel matches
     void (*scalar)(const GemmArgs& A, int64_t r0, int64_t r1);
-    GemmFn avx2, avx512, neon;  // over the repacked layout; nullptr where the path has none
+    GemmFn avx2, avx_vnni, avx512, neon;  // over the repacked layout; nullptr where the path has none
 };
 
 static const WeightKernels* kernels_of(GgmlType t);
@@ -968,10 +968,12 @@ static void scalar_bf16(const GemmArgs& A, int64_t r0, int64_t r1) {
 
 // ---- the table ----------------------------------------------------------------------------------
 
-#if defined(TINYGPTV_X86)
-#define TG_X86(name) avx2::gemm_##name, avx512::gemm_##name
+#if defined(TINYGPTV_X86) && defined(TINYGPTV_AVX_VNNI)
+#define TG_X86(name) avx2::gemm_##name, avxvnni::gemm_##name, avx512::gemm_##name
+#elif defined(TINYGPTV_X86)
+#define TG_X86(name) avx2::gemm_##name, nullptr, avx512::gemm_##name
 #else
-#define TG_X86(name) nullptr, nullptr
+#define TG_X86(name) nullptr, nullptr, nullptr
 #endif
 #if defined(TINYGPTV_ARM)
 #define TG_NEON(name) neon::gemm_##name
@@ -982,10 +984,11 @@ static void scalar_bf16(const GemmArgs& A, int64_t r0, int64_t r1) {
 template <size_t Bytes, int Block> size_t per_block(int64_t n_in) { return (size_t)(n_in / Block) * Bytes; }
 template <size_t QB, int Block> size_t per_pair(int64_t n_in) { return pair_group_bytes<QB>(n_in / Block); }
 
-// Widened at repack, sharing another type's layout and SIMD kernels: Q5_0 runs Q8_0's, Q3_K Q6_K's
-// (Q2_K has Q6_K's layout plus its mins, and kernels of its own).
+// x86 SIMD: the AVX2, AVX-VNNI and AVX-512 kernels (TG_X86). Widened at repack, sharing another type's
+// layout and SIMD kernels: Q5_0 runs Q8_0's, Q3_K Q6_K's (Q2_K has Q6_K's layout plus its mins, and
+// kernels of its own).
 static const WeightKernels kWeightKernels[] = {
-  // type              activations      offset group          repacked group bytes          reference repack   fast repack    scalar kernel                   AVX2, AVX-512   NEON
+  // type              activations      offset group          repacked group bytes          reference repack   fast repack    scalar kernel                   x86 SIMD        NEON
     {GgmlType::F32,    ActQuant::Float, 0,   1,             per_block<kGroup * 4, 1>,     repack_ref_f32,    nullptr,       scalar_f32,                     TG_X86(f32),    TG_NEON(f32)},
     {GgmlType::F16,    ActQuant::Float, 0,   1,             per_block<kGroup * 2, 1>,     repack_ref_u16,    TG_FAST(u16),  scalar_f16,                     TG_X86(f16),    TG_NEON(f16)},
     {GgmlType::BF16,   ActQuant::Float, 0,   1,             per_block<kGroup * 2, 1>,     repack_ref_u16,    TG_FAST(u16),  scalar_bf16,                    TG_X86(bf16),   TG_NEON(bf16)},
@@ -1014,7 +1017,7 @@ static GemmFn simd_kernel(Isa isa, GgmlType t) {  // nullptr: the scalar kernel 
     if (!kt) return nullptr;
     switch (isa) {
         case Isa::Avx512: return kt->avx512;
-        case Isa::Avx2: return kt->avx2;
+        case Isa::Avx2: return avx_vnni_active() && kt->avx_vnni ? kt->avx_vnni : kt->avx2;
         case Isa::Neon: return kt->neon;
         default: return nullptr;
     }

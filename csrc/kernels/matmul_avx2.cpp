@@ -15,8 +15,16 @@
 #include "kernels/matmul_impl.h"
 #include "quants.h"
 
+// matmul_avxvnni.cpp builds this file again with TG_AVX2_VNNI defined: the same kernels, the int8
+// products through AVX-VNNI's vpdpbusd, in namespace avxvnni.
+#if defined(TG_AVX2_VNNI)
+#define TG_AVX2_NAMESPACE avxvnni
+#else
+#define TG_AVX2_NAMESPACE avx2
+#endif
+
 namespace tg {
-namespace avx2 {
+namespace TG_AVX2_NAMESPACE {
 
 namespace {
 
@@ -26,9 +34,14 @@ inline __m256i bc(const int8_t* p) {
     return _mm256_set1_epi32(v);
 }
 
-// acc + sum of 4 products (u8 x s8) per 32-bit lane; callers keep |u * s * 2| < 32768.
+// acc + sum of 4 products (u8 x s8) per 32-bit lane; callers keep |u * s * 2| < 32768, so pmaddubsw's
+// int16 pair sums never saturate and vpdpbusd (exact int32 sums) gives the same result.
 inline __m256i dp4(__m256i acc, __m256i u, __m256i s) {
+#if defined(TG_AVX2_VNNI)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
 }
 
 inline __m256i half_mask(const GemmArgs& A, int64_t g, int h) {
@@ -688,5 +701,5 @@ void gemm_iq4_xs(const GemmArgs& A, int64_t g0, int64_t g1) {
     part_quant_gemm<2>(A, g0, g1, (A.n_in / QK_K) * kPackIQ4_XS, t);
 }
 
-}  // namespace avx2
+}  // namespace TG_AVX2_NAMESPACE
 }  // namespace tg

@@ -273,6 +273,9 @@ void float_gemm_groups(const GemmArgs& A, int64_t g0, int64_t g1, size_t gbytes,
     void gemm_q5_1(const GemmArgs&, int64_t, int64_t);
 namespace avx2 { TG_X86_KERNEL_SET }
 namespace avx512 { TG_X86_KERNEL_SET }
+#if defined(TINYGPTV_AVX_VNNI)
+namespace avxvnni { TG_X86_KERNEL_SET }  // the AVX2 kernels with vpdpbusd (matmul_avxvnni.cpp)
+#endif
 #undef TG_X86_KERNEL_SET
 #endif
 #if defined(TINYGPTV_ARM)

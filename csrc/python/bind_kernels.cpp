@@ -5,7 +5,8 @@
 //   matmul_test(type, w_bytes, n_out, n_in, x[n, n_in], bias=None, n_threads=1) -> float32[n, n_out]
 //   PreparedWeight(type, w_bytes, n_out, n_in, prepare_threads=1, prepared=True)
 //       .matmul(x, bias=None, n_threads=1, repeat=1)
-//   isa(), isa_best(), isa_supported(name), set_isa(name), amx_supported(), amx(), set_amx(on)
+//   isa(), isa_best(), isa_supported(name), set_isa(name), amx_supported(), amx(), set_amx(on),
+//   avx_vnni_supported(), avx_vnni(), set_avx_vnni(on), kernel_path()
 //   vec_math(fn, x) -> float32 (fn: exp, erf, gelu_erf, gelu_tanh, softmax; softmax over the last axis)
 //   quantize_act_q8(x, group=1), to_f16(x), from_f16(bits)
 //   attention_test(q, k, v, n_head, n_head_kv, scale, causal=False, pos0=0, n_threads=1, bf16=False)
@@ -307,6 +308,11 @@ void bind_kernel_hooks(py::module_& t) {
     t.def("amx", &amx_active, "Whether the AVX-512 path uses AMX tiles for prompt products now.");
     t.def("set_amx", &set_amx, py::arg("on"),
           "Turn the AMX tiles of the AVX-512 path on or off (ModelError turning on where unsupported).");
+    t.def("kernel_path", &kernel_path, "The kernels in use now: the instruction set and its extensions (avx512+amx, ...).");
+    t.def("avx_vnni_supported", &cpu_has_avx_vnni, "Whether the AVX2 path can take AVX-VNNI's kernels here.");
+    t.def("avx_vnni", &avx_vnni_active, "Whether the AVX2 path uses AVX-VNNI's kernels now.");
+    t.def("set_avx_vnni", &set_avx_vnni, py::arg("on"),
+          "Turn AVX-VNNI's kernels of the AVX2 path on or off (ModelError turning on where unsupported).");
     t.def("vec_math", &vec_math, py::arg("fn"), py::arg("x"),
           "Apply the engine's float32 'exp', 'erf', 'gelu_erf', 'gelu_tanh' or 'softmax' (over the last axis) to x.");
     t.def("quantize_act_q8", [](F32Array x, int group) {
