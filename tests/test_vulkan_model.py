@@ -337,6 +337,32 @@ def test_image_embeddings_match_the_cpu(vk, tinygptv_files, wtype):
         assert e_gpu <= 1.1 * e_act + IMAGE_BOUND, (e_gpu, e_act)
 
 
+@pytest.mark.parametrize("image_size,cross_freq,folded", [(28, 2, False), (56, 2, False), (28, 1, False),
+                                                         (42, 3, False), (28, 2, True)])
+def test_the_image_path_matches_transformers_blip2(vk, tmp_path, image_size, cross_freq, folded):
+    """The GPU's image path against transformers' BLIP-2 vision model and Q-Former in float64 (test_vision's
+    reference and files: patches of 14, heads of 12 and 16, cross-attention every 1, 2 or 3 layers, the
+    projector as two products or folded into one). Measured on lavapipe: at most 2.9e-7 of the largest
+    value off (the CPU engine: 5.9e-7)."""
+    pytest.importorskip("transformers.models.blip_2.modeling_blip_2")
+    import test_vision as tv
+    ref = tv.Reference(image_size, cross_freq, seed=image_size + cross_freq)
+    if folded:  # mm.1 . mm.0 stored as one affine map in mm.0
+        W1, b1 = tv._np(ref.proj0.weight), tv._np(ref.proj0.bias)
+        W2, b2 = tv._np(ref.proj1.weight), tv._np(ref.proj1.bias)
+        fold = {"mm.0.weight": (W2 @ W1).astype(np.float32), "mm.0.bias": (W2 @ b1 + b2).astype(np.float32)}
+        path = tv.write_gguf(tmp_path / "m.gguf", ref, tensor_override=fold, drop=("mm.1.weight", "mm.1.bias"))
+    else:
+        path = tv.write_gguf(tmp_path / "m.gguf", ref)
+    m = _core.Model(str(path), 1)
+    assert (m.vision_hparams["proj_n_mid"] == 0) == folded
+    ctx = _core.Context(m, 16, 1, 1, True, 64.0, 0)
+    assert ctx.gpu_image_activation_bytes > 0
+    pixels = tv._pixels(image_size, 1)
+    cos, rel = tv._compare(ctx.encode_image(pixels).numpy(), ref(pixels))
+    assert cos >= 0.999999 and rel < 1e-5, (cos, rel)
+
+
 def test_the_image_path_split_over_buffers_gives_the_same_embeddings(vk, tinygptv_files, monkeypatch):
     """Parts of at most 4 KiB: the ViT's Q8_0 qkv (192 rows of 68 bytes) takes 4 buffers, its attention
     output and FFN matrices 2 each; every part is read at its own offset."""

@@ -56,7 +56,7 @@ inline int64_t attention_part_floats(int64_t rows, int n_head, int head_dim, int
     return rows * n_head * n_split * (head_dim + 2);
 }
 // Full (non-causal) attention of n_q query rows against n_kv key/value rows, all float32: row r of q starts
-// at q_off + r * q_stride (head h h * head_dim after it), likewise k and v (q, k and v may be one buffer);
+// at q_off + r * q_stride (head h at h * head_dim after that), likewise k and v (q, k and v may be one buffer);
 // head outputs into rows of o, o_stride apart. The image path's self- and cross-attention.
 void attention_full(Sequence& s, const Buffer& q, int64_t q_stride, int64_t q_off, const Buffer& k, int64_t k_stride,
                     int64_t k_off, const Buffer& v, int64_t v_stride, int64_t v_off, int64_t n_q, int64_t n_kv,
