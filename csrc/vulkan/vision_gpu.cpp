@@ -1,5 +1,6 @@
 #include "vulkan/vision_gpu.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -134,8 +135,6 @@ std::unique_ptr<Buffer> ImageGpu::act(uint64_t floats, bool host) {
     act_bytes_ += b->size();
     return b;
 }
-
-size_t ImageGpu::activation_bytes() const { return act_bytes_; }
 
 // The ViT and ln_vision, as vision_forward (model/vision.cpp): pixels in pix_, tokens out in img_.
 void ImageGpu::record_vision(Sequence& s) {

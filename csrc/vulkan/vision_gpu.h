@@ -81,7 +81,7 @@ public:
 
     void encode(const float* pixels, float* out) override;
     size_t weight_bytes() const override { return bytes_; }
-    size_t activation_bytes() const override;
+    size_t activation_bytes() const override { return act_bytes_; }
 
 private:
     std::unique_ptr<Buffer> act(uint64_t floats, bool host = false);  // a pass's buffer, counted
