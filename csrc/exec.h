@@ -6,8 +6,8 @@
 // so it makes no assumption about where buffers live beyond what the kernels of the backend accept.
 //
 // The Vulkan variant also holds the logical device (csrc/vulkan/device.h) that the context's GPU decoder
-// records its steps on; it keeps the thread pool for the work that stays on the CPU (the image path, the
-// host side of a batch). The device type is only declared here, so this header builds without Vulkan.
+// and GPU image path record on; it keeps the thread pool for the work that stays on the CPU (the host side
+// of a batch). The device type is only declared here, so this header builds without Vulkan.
 #pragma once
 #include <cstdint>
 #include <functional>

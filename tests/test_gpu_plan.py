@@ -1,6 +1,6 @@
 """The GPU memory plan (tinygptv_native/gpu_plan.py): pure arithmetic over a model's tensor table, checked
 by hand on its parts and for a real-size TinyGPT-V in Q4_0 at n_ctx 2048 (no device, no file needed). Its
-agreement with what the GPU decoder allocates is checked on a device in test_vulkan_model.py."""
+agreement with what the GPU decoder and image path allocate is checked on a device in test_vulkan_model.py."""
 import pytest
 
 from tinygptv_native import _core
@@ -8,15 +8,16 @@ from tinygptv_native.convert import schema
 from tinygptv_native.convert.quantize import choose_type
 from tinygptv_native.demo import DEMO_MODEL
 from tinygptv_native.gpu import device_budget
-from tinygptv_native.gpu_plan import (BUFFER_ALIGN, STAGING_BYTES, Hparams, Tensor, hparams_from_metadata, plan,
+from tinygptv_native.gpu_plan import (BUFFER_ALIGN, IMAGE_TABLES, STAGING_BYTES, Hparams, Tensor,
+                                      hparams_from_metadata, image_activation_buffers, is_image_tensor, plan,
                                       plan_file, split_count, weight_buffers)
 
 GIB = 2**30
 # block size and bytes per block of the storage types a Q4_0 file holds
-BLOCKS = {"F32": (1, 4), "F16": (1, 2), "Q4_0": (32, 18), "Q6_K": (256, 210)}
+BLOCKS = {"F32": (1, 4), "F16": (1, 2), "Q4_0": (32, 18), "Q6_K": (256, 210), "Q8_0": (32, 34)}
 
-# TinyGPT-V's Phi-2 at its real size (rotary over 32 of a head's 80 dims); its image path, EVA ViT-g at
-# 224 px, the Q-Former and the projector, is in the tensor table but stays on the host.
+# TinyGPT-V's Phi-2 at its real size (rotary over 32 of a head's 80 dims) and its image path, EVA ViT-g at
+# 224 px, the Q-Former and the projector: all of it goes to the device.
 REAL = Hparams(n_embd=2560, n_layer=32, n_head=32, n_head_kv=32, n_ff=10240, n_vocab=51200, n_rot=32)
 V_EMBD, V_FF, Q_EMBD, Q_FF, N_QUERY, IMAGE_TOKENS = 1408, 6144, 768, 3072, 32, 1 + (224 // 14) ** 2
 
@@ -81,9 +82,10 @@ def real_size_tensors():
     return out
 
 
-def q4_0_tensor(name, ne):
-    """The tensor as a Q4_0 file stores it (the converter's choice of type per tensor)."""
-    t = choose_type(name, list(ne), "F16", "q4_0", REAL.n_layer)
+def q4_0_tensor(name, ne, vision_type=None):
+    """The tensor as a Q4_0 file stores it (the converter's choice of type per tensor; vision_type: its
+    --vision-type, the image path's own target)."""
+    t = choose_type(name, list(ne), "F16", "q4_0", REAL.n_layer, vision_type)
     blk, size = BLOCKS[t]
     n = 1
     for d in ne:
@@ -104,18 +106,22 @@ def test_real_size_tinygptv_q4_0_fits_7_gib_at_2048():
     n_params = sum(__import__("math").prod(t.shape) for t in tensors)
     assert 3.6e9 < n_params < 4.0e9  # Phi-2 2.78 B + EVA ViT-g ~1.0 B + Q-Former and projector
     p = plan(tensors, REAL, n_ctx=2048, max_buffer=LAVAPIPE_BUFFER)
-    # the weights: the decoder's matrices as stored, its vectors in float32, the RoPE tables; nothing of
-    # the image path
-    dec = [t for t in tensors if not t.name.startswith(("v.", "qf.", "mm."))]
-    mats = sum(t.nbytes for t in dec if len(t.shape) == 2)
-    vecs = sum(4 * t.shape[0] for t in dec if len(t.shape) == 1)
+    # the weights: the matrices as stored (the image path's in Q4_0 as the converter chooses for a q4_0
+    # file, but for the F16 patch embedding, 588 columns), the vectors and the image path's tables (v.cls,
+    # v.pos_embd, qf.query) in float32, the RoPE tables
+    img = [t for t in tensors if is_image_tensor(t.name)]
+    assert {t.type for t in img if len(t.shape) == 2 and t.name not in IMAGE_TABLES} == {"Q4_0", "F16"}
+    mats = sum(t.nbytes for t in tensors if len(t.shape) == 2 and t.name not in IMAGE_TABLES)
+    vecs = sum(4 * __import__("math").prod(t.shape) for t in tensors if len(t.shape) == 1 or t.name in IMAGE_TABLES)
     rope = 2 * 4 * 2048 * 16
-    n_buffers = len(dec) + 2
+    n_buffers = len(tensors) + 2  # one each (none is split at 128 MiB) and cos, sin
     assert p.weight_buffers == n_buffers
     assert mats + vecs + rope <= p.weights < mats + vecs + rope + n_buffers * BUFFER_ALIGN
-    # Q4_0 is 4.5 bits a weight, the output head's Q6_K 6.56: 1.60 GB (1,527 MiB) for Phi-2's 2.78 B (its
-    # norms in float32 besides)
-    assert 1.4 * GIB < p.weights < 1.5 * GIB, p.describe()
+    # Q4_0 is 4.5 bits a weight, the output head's Q6_K 6.56: 1.60 GB (1,527 MiB) for Phi-2's 2.78 B,
+    # 597 MiB for the image path
+    dec_weights = sum(t.nbytes if len(t.shape) == 2 else 4 * t.shape[0] for t in tensors if not is_image_tensor(t.name))
+    assert 1.4 * GIB < dec_weights < 1.5 * GIB
+    assert 0.55 * GIB < p.weights - dec_weights - rope < 0.6 * GIB, p.describe()
     # keys and values, 32 layers x 2048 positions x 2560 x 2 bytes each
     assert p.kv_cache == 2 * 32 * 2048 * 2560 * 2 == 640 * 2**20
     # a step of 256 rows, all wanting logits: five rows of n_embd, q/k/v, the FFN, tokens, positions and the
@@ -124,15 +130,45 @@ def test_real_size_tinygptv_q4_0_fits_7_gib_at_2048():
     assert split_count(2048) == 8 and split_count(2048, workgroup=32) == 16
     rows = [4 * B * 2560] * 5 + [4 * B * 3 * 2560, 4 * B * 10240, 4 * B, 4 * B, 4 * B * 51200]
     part = 4 * 32 * 8 * 82
-    assert p.activations == sum(_aligned(r) for r in rows) + _aligned(part) + BUFFER_ALIGN
-    assert p.activations < 81 * 2**20  # 30 MiB of rows and 50 MiB of logits
-    # host-visible: the inputs of 256 rows, the logits' copy, and 64 MiB of transfer (the largest weight,
-    # the output head in Q6_K, 51200 x 2560 x 210/256 bytes = 102.5 MiB, goes in two pieces)
+    # an image's pass: 257 tokens of 1408 (1 + 16^2 patches of 588 values), the ViT's FFN of 6144; 32
+    # queries of 768, the Q-Former's FFN of 3072, the projector's 4096 and the LM's 2560
+    T, E, P, K = 257, 1408, 256, 588
+    image = [4 * n for n in [P * K, P * K, T * E, T * E, T * E, T * E, T * 3 * E, T * 6144,
+                             32 * 768, 32 * 768, 32 * 768, 32 * 768, 32 * 3 * 768, T * 2 * 768, 32 * 3072, 32 * 4096,
+                             32 * 2560]]
+    assert image_activation_buffers(tensors) == (image, [4 * P * K, 4 * 32 * 2560])
+    assert p.activations == sum(_aligned(r) for r in rows + image) + _aligned(part) + BUFFER_ALIGN
+    assert p.activations < 101 * 2**20  # 30 MiB of rows, 50 MiB of logits, 20 MiB of the image's pass
+    # host-visible: the inputs of 256 rows, the logits' copy, 64 MiB of transfer (the largest weight, the
+    # output head in Q6_K, 51200 x 2560 x 210/256 bytes = 102.5 MiB, goes in two pieces), an image's pixels
+    # and its embeddings
     assert p.largest_buffer == 51200 * 2560 // 256 * 210
-    assert p.staging == _aligned(4 * B * 2562) + 4 * B * 51200 + STAGING_BYTES
+    assert p.staging == (_aligned(4 * B * 2562) + 4 * B * 51200 + STAGING_BYTES + _aligned(4 * P * K)
+                         + _aligned(4 * 32 * 2560))
     assert p.total < 7 * GIB, p.describe()
-    # 2,363.7 MiB: weights 1,527.1, KV cache 640, activations 80.1, staging 116.5
-    assert 2.2 * GIB < p.total < 2.35 * GIB, p.describe()
+    # 2,982.8 MiB: weights 2,125.1, KV cache 640, activations 100.3, staging 117.4
+    assert 2.85 * GIB < p.total < 2.95 * GIB, p.describe()
+
+
+# The image path's 1.10 B matrix weights: 1,118.9 MiB in Q8_0 (8.5 bits; the patch embedding, 588 columns,
+# stays F16), 2,104.7 MiB in F16. The plans' totals: 3,508.5 and 4,494.4 MiB.
+@pytest.mark.parametrize("vision_type,image_mib,total_mib", [("q8_0", 1118.9, 3508.5), ("f16", 2104.7, 4494.4)])
+def test_real_size_tinygptv_with_a_wider_image_path_fits_7_gib(vision_type, image_mib, total_mib):
+    """q4_0 --vision-type q8_0 | f16: the image path's weights at 8.5 or 16 bits, the plan still under 7 GiB."""
+    tensors = [q4_0_tensor(n, ne, vision_type) for n, ne in real_size_tensors()]
+    q4 = [q4_0_tensor(n, ne) for n, ne in real_size_tensors()]
+    base = plan(q4, REAL, n_ctx=2048, max_buffer=LAVAPIPE_BUFFER)
+    p = plan(tensors, REAL, n_ctx=2048, max_buffer=LAVAPIPE_BUFFER)
+
+    def img_mats(ts):
+        return [t.nbytes for t in ts if is_image_tensor(t.name) and len(t.shape) == 2 and t.name not in IMAGE_TABLES]
+
+    assert abs(sum(img_mats(tensors)) / 2**20 - image_mib) < 0.1, sum(img_mats(tensors)) / 2**20
+    assert (p.kv_cache, p.activations, p.staging) == (base.kv_cache, base.activations, base.staging)
+    # only the image path's matrices grew (each buffer's rounding to BUFFER_ALIGN aside)
+    grew = sum(img_mats(tensors)) - sum(img_mats(q4))
+    assert abs(p.weights - base.weights - grew) < BUFFER_ALIGN * len(img_mats(q4))
+    assert abs(p.total / 2**20 - total_mib) < 0.1 and p.total < 7 * GIB, p.describe()
 
 
 def test_a_split_tensor_takes_more_buffers_of_the_same_bytes():
@@ -179,8 +215,8 @@ def test_plan_of_a_model_file():
     assert hp.n_embd == md["tinygptv.embedding_length"] and hp.n_layer == md["tinygptv.block_count"]
     assert hp.n_rot == md.get("tinygptv.rope.dimension_count", hp.head_dim)
     p = plan_file(str(DEMO_MODEL), n_ctx=512)
-    dec = [b for name, _t, shape, _o, b in tensors if not name.startswith(("v.", "qf.", "mm."))]
-    assert sum(dec) <= p.weights < sum(b for *_r, b in tensors) * 2  # F16 vectors become float32
+    # every tensor, the image path's too; F16 vectors become float32
+    assert sum(b for *_r, b in tensors) <= p.weights < sum(b for *_r, b in tensors) * 2
     assert p.kv_cache == hp.n_layer * 512 * 2 * hp.kv_dim * 2
     with pytest.raises(ValueError, match="no memory plan for architecture 'llama'"):
         hparams_from_metadata({"general.architecture": "llama"}, {})

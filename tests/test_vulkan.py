@@ -235,6 +235,94 @@ def test_rope_neox(vk, rows, n_head, head_dim, n_rot, extra):
     np.testing.assert_array_equal(out[:, keep], x[:, keep])
 
 
+# ---- the image path's shaders: full attention, the patch gather, its norms ------------------------
+
+def full_attention_ref(q, k, v, n_head, head_dim, scale):
+    """float64 softmax(q k^T * scale) v per head, no mask: q [n_q, H*D], k and v [n_kv, H*D]."""
+    q, k, v = (a.astype(np.float64) for a in (q, k, v))
+    out = np.empty((q.shape[0], n_head * head_dim))
+    for h in range(n_head):
+        c = slice(h * head_dim, (h + 1) * head_dim)
+        s = q[:, c] @ k[:, c].T * scale
+        p = np.exp(s - s.max(1, keepdims=True))
+        out[:, c] = (p / p.sum(1, keepdims=True)) @ v[:, c]
+    return out
+
+
+# (n_q, n_kv, n_head, head_dim): one key; keys past a tile of 64 (uneven); queries fewer than keys and more;
+# the ViT's 88-wide heads over 257 tokens (EVA ViT-g at 224 px: 1 + 16^2)
+ATTN_SHAPES = [(1, 1, 1, 1), (3, 70, 2, 5), (17, 9, 3, 16), (5, 257, 2, 88)]
+
+
+@pytest.mark.parametrize("n_q,n_kv,n_head,head_dim", ATTN_SHAPES)
+def test_full_attention_separate_buffers(vk, n_q, n_kv, n_head, head_dim):
+    """Cross-attention's layout: q, k and v in buffers of their own, each row wider than its heads (the
+    head columns at an offset), scores spread wide enough that the online softmax rescales."""
+    W = n_head * head_dim
+    g = rng(n_q * 31 + n_kv)
+    q = (g.standard_normal((n_q, W + 3)) * 2).astype(np.float32)
+    k = (g.standard_normal((n_kv, W + 5)) * 2).astype(np.float32)
+    v = g.standard_normal((n_kv, W + 1)).astype(np.float32)
+    scale = 1 / math.sqrt(head_dim)
+    out = _testing.vk_attention_full(q, k, v, n_head, head_dim, scale, q_off=3, k_off=5, v_off=1)
+    ref = full_attention_ref(q[:, 3:], k[:, 5:], v[:, 1:], n_head, head_dim, scale)
+    assert out.shape == (n_q, W)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=2e-6)
+    cpu = _testing.attention_test(np.ascontiguousarray(q[:, 3:]), np.ascontiguousarray(k[:, 5:]),
+                                  np.ascontiguousarray(v[:, 1:]), n_head, n_head, scale)
+    np.testing.assert_allclose(out, cpu, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("n,n_head,head_dim", [(1, 1, 8), (17, 3, 16), (70, 2, 24)])
+def test_full_attention_over_one_qkv_buffer(vk, n, n_head, head_dim):
+    """Self-attention's layout: [q | k | v] rows of one buffer, bound three times at offsets 0, W and 2W."""
+    W = n_head * head_dim
+    qkv = rng(n + head_dim).standard_normal((n, 3 * W)).astype(np.float32)
+    scale = 0.3
+    out = _testing.vk_attention_full(qkv, None, None, n_head, head_dim, scale, q_off=0, k_off=W, v_off=2 * W)
+    ref = full_attention_ref(qkv[:, :W], qkv[:, W:2 * W], qkv[:, 2 * W:], n_head, head_dim, scale)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=2e-6)
+
+
+def test_full_attention_bad_shapes_raise(vk):
+    q = np.ones((2, 8), np.float32)
+    with pytest.raises(tg.VulkanError, match="attention_full: 2 queries against 2 keys, 1 heads of 300"):
+        _testing.vk_attention_full(q, q, q, 1, 300, 1.0)
+    with pytest.raises(tg.VulkanError, match="attention_full keys: the buffer holds 64 bytes, the operation needs 72"):
+        _testing.vk_attention_full(q, q, q, 2, 4, 1.0, k_off=2)  # k_off 2 + 8 values runs past the last row
+
+
+@pytest.mark.parametrize("size,patch", [(12, 4), (10, 5), (7, 7), (6, 1)])
+def test_patches_gather_in_the_conv_kernels_order(vk, size, patch):
+    pix = rng(size).standard_normal((3, size, size)).astype(np.float32)
+    g = size // patch
+    # [c, gy, ky, gx, kx] -> [gy, gx, c, ky, kx]: row gy * g + gx, columns (c, ky, kx)
+    ref = pix.reshape(3, g, patch, g, patch).transpose(1, 3, 0, 2, 4).reshape(g * g, 3 * patch * patch)
+    np.testing.assert_array_equal(_testing.vk_patches(pix, patch), ref)
+    with pytest.raises(tg.VulkanError, match="not a whole number"):
+        _testing.vk_patches(np.ones((3, 5, 5), np.float32), 2)
+
+
+@pytest.mark.parametrize("eps", [1e-6, 1e-12])
+def test_layernorm_takes_the_image_paths_eps(vk, eps):
+    """The ViT's blocks norm with eps 1e-6 and the Q-Former with 1e-12: rows of tiny variance (1e-10),
+    where eps moves the result, against float64 with that eps."""
+    x = (1 + 1e-5 * rng(3).standard_normal((9, 300))).astype(np.float64)
+    x32 = x.astype(np.float32)
+    x64 = x32.astype(np.float64)
+    w = rng(4).standard_normal(300).astype(np.float32)
+    b = rng(5).standard_normal(300).astype(np.float32)
+    d = x64 - x64.mean(1, keepdims=True)
+    ref = d / np.sqrt((d * d).mean(1, keepdims=True) + eps) * w + b
+    got = _testing.vk_layernorm(x32, w, b, eps)
+    scale = np.abs(d / np.sqrt((d * d).mean(1, keepdims=True) + eps)).max()
+    # float32 sums of values near 1 lose about 1e-7 of the mean: relative to the normed scale
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-2 * scale)
+    other = 1e-6 if eps == 1e-12 else 1e-12
+    wrong = d / np.sqrt((d * d).mean(1, keepdims=True) + other) * w + b
+    assert np.abs(got - ref).max() < 0.1 * np.abs(wrong - ref).max()
+
+
 # ---- the command line -----------------------------------------------------------------------------
 
 def tinygptv(*args, **env):

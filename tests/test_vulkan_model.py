@@ -1,5 +1,6 @@
-"""The Phi-2 decoder on the GPU (Vulkan), against the CPU engine, on random models and the embedded demo
-model, with the validation layer on (any message it sends fails the test).
+"""The Phi-2 decoder and the image path (ViT, Q-Former, projector) on the GPU (Vulkan), against the CPU
+engine, on random models and the embedded demo model, with the validation layer on (any message it sends
+fails the test).
 
 The GPU multiplies float32 activations by the weights as stored; the CPU engine quantizes activations to
 int8 for quantized weights (kernels/matmul.h). So for F32 and F16 files the reference is the CPU on the same
@@ -235,10 +236,11 @@ def test_truncate_and_copy_prefix_agree_with_a_fresh_forward(vk, files):
 
 @pytest.mark.parametrize("wtype,max_buffer", [("f32", None), ("q4_0", None), ("f16", 4096), ("demo", None)])
 def test_the_memory_plan_counts_what_the_gpu_allocates(vk, files, monkeypatch, wtype, max_buffer):
-    """gpu_plan's weights and KV cache against the decoder's own count after a decode of each of 2 slots
-    (random Phi-2s, and the demo TinyGPT-V, whose image path the plan leaves out). The decoder rounds a
-    buffer to 4 bytes, which weight_buffers' sizes so rounded give exactly; the plan rounds each to 256
-    (BUFFER_ALIGN), so it may exceed the real count by under 256 bytes a buffer."""
+    """gpu_plan's weights and KV cache against the GPU's own count after a decode of each of 2 slots
+    (random Phi-2s, and the demo TinyGPT-V, whose image path is uploaded with the decoder). The device
+    rounds a buffer to 4 bytes, which weight_buffers' sizes so rounded give exactly; the plan rounds each to
+    256 (BUFFER_ALIGN), so it may exceed the real count by under 256 bytes a buffer. The image path's
+    pass: image_activation_buffers against the buffers the context allocated for it, to the byte."""
     from tinygptv_native import gpu_plan
     from tinygptv_native.demo import DEMO_MODEL
     from tinygptv_native.gpu import device_limits, device_plan
@@ -254,6 +256,11 @@ def test_the_memory_plan_counts_what_the_gpu_allocates(vk, files, monkeypatch, w
     raw = gpu_plan.weight_buffers(tensors, hp, N_CTX, device_limits(dev)[0])
     if max_buffer:
         assert len(raw) > sum(1 for t in tensors if gpu_plan.is_decoder_tensor(t.name)) + 2  # some were split
+    if wtype == "demo":  # the image path's tensors are among the uploaded ones
+        assert len(raw) == len(tensors) + 2 and any(gpu_plan.is_image_tensor(t.name) for t in tensors)
+    dev_bufs, host_bufs = gpu_plan.image_activation_buffers(tensors)
+    assert sum(max(4, -(-b // 4) * 4) for b in dev_bufs + host_bufs) == c.gpu_image_activation_bytes
+    assert (c.gpu_image_activation_bytes > 0) == (wtype == "demo")
     assert sum(max(4, -(-b // 4) * 4) for b in raw) == c.gpu_weight_bytes
     assert c.gpu_weight_bytes <= p.weights < c.gpu_weight_bytes + gpu_plan.BUFFER_ALIGN * p.weight_buffers
     assert p.weight_buffers == len(raw)
@@ -277,6 +284,145 @@ def test_the_demo_model_answers_as_on_the_cpu(vk):
         m.close()
     assert answers["gpu"] == answers["cpu"]
     assert answers["gpu"][0] == "three"
+
+
+# ---- the image path on the GPU --------------------------------------------------------------------
+
+def _picture(seed=0):
+    from PIL import Image
+    a = (np.random.default_rng(seed).random((40, 52, 3)) * 255).astype(np.uint8)
+    a[5:20, 8:30] = [250, 20, 20]
+    return Image.fromarray(a)
+
+
+@pytest.fixture(scope="module")
+def tinygptv_files(tmp_path_factory):
+    """{type: (the file, the file the CPU reference reads)}: a small random TinyGPT-V converted from a
+    checkpoint set (tests/fixtures/checkpoints.py; widths of 64 in the ViT, 32 in the Q-Former, so every
+    image matrix but the 48-wide patch embedding takes Q8_0 blocks), in F32, F16 and Q8_0."""
+    from fixtures import checkpoints as fx
+    from tinygptv_native.quantize import quantize_file
+    d = tmp_path_factory.mktemp("vkimage")
+    f32, _ = fx.make_tinygptv_gguf(str(d), stage=3, outtype="f32", vision_width=64, vit_mlp=96, qformer_width=32,
+                                   qformer_ffn=64, proj_width=64)
+    out = {"f32": (f32, f32)}
+    for t in ("f16", "q8_0"):
+        q = str(d / f"{t}.gguf")
+        types = quantize_file(f32, q, t, progress=False)
+        if t == "f16":
+            out[t] = (q, q)
+            continue
+        assert types["v.blk.0.attn_qkv.weight"] == types["qf.blk.0.cross_k.weight"] == "Q8_0"
+        deq = str(d / f"{t}-dequantized.gguf")
+        _dequantized_copy(f32, q, deq)
+        out[t] = (q, deq)
+    return out
+
+
+def _embeddings(path, device, image, **kw):
+    from tinygptv_native import Model
+    m = Model(path, device=device, n_ctx=N_CTX, **kw)
+    try:
+        if device == "gpu":
+            assert m.engine.ctx.gpu_image_activation_bytes > 0  # the image path is on the device
+        return m.encode_image(image)
+    finally:
+        m.close()
+
+
+# The largest difference of the image embeddings (8 rows of 64, values up to 4.5), measured on lavapipe:
+# 4.1e-6 (F32), 3.7e-6 (F16) against the CPU engine on the same file, 4.5e-6 (Q8_0) against the CPU on its
+# weights dequantized to F32: float32 sums in another order. The CPU on the Q8_0 file itself rounds its
+# activations to int8: 0.085 at most and 0.023 on average from the GPU, as from that dequantized reference.
+IMAGE_BOUND = 2e-5
+
+
+@pytest.mark.parametrize("wtype", ["f32", "f16", "q8_0"])
+def test_image_embeddings_match_the_cpu(vk, tinygptv_files, wtype):
+    path, ref_path = tinygptv_files[wtype]
+    img = _picture(1)
+    gpu = _embeddings(path, "gpu", img)
+    ref = _embeddings(ref_path, "cpu", img)
+    assert gpu.shape == ref.shape == (8, 64)
+    err = np.abs(gpu - ref).max()
+    assert err <= IMAGE_BOUND * max(1.0, np.abs(ref).max()), (wtype, err)
+    if wtype == "q8_0":
+        cpu_q = _embeddings(path, "cpu", img)
+        e_act, e_gpu = np.abs(cpu_q - ref).mean(), np.abs(cpu_q - gpu).mean()
+        assert e_act > 100 * IMAGE_BOUND  # the CPU's int8 activations: the GPU is not running the CPU's path
+        assert e_gpu <= 1.1 * e_act + IMAGE_BOUND, (e_gpu, e_act)
+
+
+@pytest.mark.parametrize("image_size,cross_freq,folded", [(28, 2, False), (56, 2, False), (28, 1, False),
+                                                         (42, 3, False), (28, 2, True)])
+def test_the_image_path_matches_transformers_blip2(vk, tmp_path, image_size, cross_freq, folded):
+    """The GPU's image path against transformers' BLIP-2 vision model and Q-Former in float64 (test_vision's
+    reference and files: patches of 14, heads of 12 and 16, cross-attention every 1, 2 or 3 layers, the
+    projector as two products or folded into one). Measured on lavapipe: at most 2.9e-7 of the largest
+    value off (the CPU engine: 5.9e-7)."""
+    pytest.importorskip("transformers.models.blip_2.modeling_blip_2")
+    import test_vision as tv
+    ref = tv.Reference(image_size, cross_freq, seed=image_size + cross_freq)
+    if folded:  # mm.1 . mm.0 stored as one affine map in mm.0
+        W1, b1 = tv._np(ref.proj0.weight), tv._np(ref.proj0.bias)
+        W2, b2 = tv._np(ref.proj1.weight), tv._np(ref.proj1.bias)
+        fold = {"mm.0.weight": (W2 @ W1).astype(np.float32), "mm.0.bias": (W2 @ b1 + b2).astype(np.float32)}
+        path = tv.write_gguf(tmp_path / "m.gguf", ref, tensor_override=fold, drop=("mm.1.weight", "mm.1.bias"))
+    else:
+        path = tv.write_gguf(tmp_path / "m.gguf", ref)
+    m = _core.Model(str(path), 1)
+    assert (m.vision_hparams["proj_n_mid"] == 0) == folded
+    ctx = _core.Context(m, 16, 1, 1, True, 64.0, 0)
+    assert ctx.gpu_image_activation_bytes > 0
+    pixels = tv._pixels(image_size, 1)
+    cos, rel = tv._compare(ctx.encode_image(pixels).numpy(), ref(pixels))
+    assert cos >= 0.999999 and rel < 1e-5, (cos, rel)
+
+
+def test_the_image_path_split_over_buffers_gives_the_same_embeddings(vk, tinygptv_files, monkeypatch):
+    """Parts of at most 4 KiB: the ViT's Q8_0 qkv (192 rows of 68 bytes) takes 4 buffers, its attention
+    output and FFN matrices 2 each; every part is read at its own offset."""
+    path, _ = tinygptv_files["q8_0"]
+    img = _picture(2)
+    whole = _embeddings(path, "gpu", img)
+    monkeypatch.setenv("TINYGPTV_VK_MAX_BUFFER", "4096")
+    assert np.array_equal(_embeddings(path, "gpu", img), whole)
+
+
+def test_a_random_tinygptv_chats_with_an_image_as_on_the_cpu(vk, tinygptv_files):
+    """Greedy multi-turn chats on the F32 file: an image in the first turn, a text turn about it, a second
+    image later; the same answers on the GPU as on the CPU, and the embeddings of both images encoded on
+    the device (the image cache holds them)."""
+    from tinygptv_native import Model
+    path, _ = tinygptv_files["f32"]
+    answers = {}
+    for device in ("cpu", "gpu"):
+        m = Model(path, device=device, n_ctx=256, n_parallel=2)
+        kw = dict(temperature=0, max_new_tokens=8)
+        c = m.new_chat()
+        answers[device] = [m.chat("What is in the picture?", image=_picture(3), **kw),
+                           c.ask("Describe it.", image=_picture(4), **kw),
+                           c.ask("And the colours?", **kw),
+                           c.ask("Now this one.", image=_picture(5), **kw)]
+        if device == "gpu":
+            assert m.engine.ctx.backend == "vulkan" and m.engine.ctx.gpu_image_activation_bytes > 0
+        m.close()
+    assert answers["gpu"] == answers["cpu"]
+    assert all(answers["cpu"])
+
+
+# The demo model's image path is Q8_0: the CPU rounds its activations to int8, the GPU keeps them in
+# float32. Measured on lavapipe: at most 0.053 apart (embedding values up to 7.1), 0.010 on average.
+DEMO_IMAGE_BOUND, DEMO_IMAGE_MEAN_BOUND = 0.15, 0.03
+
+
+def test_the_demo_models_image_embeddings_match_the_cpu(vk):
+    from tinygptv_native.demo import DEMO_IMAGE, DEMO_MODEL
+    gpu = _embeddings(str(DEMO_MODEL), "gpu", DEMO_IMAGE)
+    cpu = _embeddings(str(DEMO_MODEL), "cpu", DEMO_IMAGE)
+    assert gpu.shape == cpu.shape and np.abs(cpu).max() > 1
+    d = np.abs(gpu - cpu)
+    assert d.max() <= DEMO_IMAGE_BOUND and d.mean() <= DEMO_IMAGE_MEAN_BOUND, (d.max(), d.mean())
 
 
 def test_device_choice_and_its_errors(vk, files):

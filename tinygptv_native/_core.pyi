@@ -145,6 +145,8 @@ class Context:
     @property
     def gpu_weight_bytes(self) -> int: ...
     @property
+    def gpu_image_activation_bytes(self) -> int: ...
+    @property
     def n_ctx(self) -> int: ...
     @property
     def n_seq(self) -> int: ...
@@ -241,6 +243,9 @@ def log(level: int, message: str) -> None: ...
 #   vk_softmax(x) -> float32: over the last axis
 #   vk_rope_neox(x, n_head, head_dim, n_rot, pos, cos, sin) -> float32: partial NeoX rotation of each head
 #   vk_add(a, b, replay=1) -> a + b (b repeated over a), the recorded sequence submitted `replay` times
+#   vk_attention_full(q, k, v, n_head, head_dim, scale, q_off=0, k_off=0, v_off=0) -> float32 [n_q, n_head * head_dim]:
+#       full attention (k and v None: q's one buffer holds all three, at their column offsets)
+#   vk_patches(pixels, patch_size) -> float32 [(S/p)^2, 3 p^2]: the ViT's patch gather of a [3, S, S] image
 #   vk_roundtrip(data) -> uint8: the bytes uploaded to a device buffer and read back
 _testing: types.ModuleType
 

@@ -56,17 +56,19 @@ def format_device(d: Dict) -> str:
     ])
 
 
-# The weight types the GPU decoder multiplies (csrc/vulkan/ops.cpp: matvec_shader).
+# The weight types the GPU's products read (csrc/vulkan/ops.cpp: matvec_shader), the decoder's and the image
+# path's.
 GPU_WEIGHT_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K")
 DEVICES = ("auto", "cpu", "gpu")
 
 
-def _decoder_types_unsupported(path: str) -> List[str]:
-    """The decoder's weight matrices (tensor: type) the GPU cannot multiply. The image path's tensors
-    (v.*, qf.*, mm.*) stay on the CPU and are not asked."""
+def _types_unsupported(path: str) -> List[str]:
+    """The weight matrices (tensor: type) the GPU cannot multiply: the decoder's and the image path's (v.*,
+    qf.*, mm.*), both uploaded; the image path's tables (gpu_plan.IMAGE_TABLES) are loaded as float32."""
+    from .gpu_plan import IMAGE_TABLES
     r = _core.GGUFReader(path)
     return [f"{name}: {t}" for name, t, shape, _o, _n in r.tensors()
-            if len(shape) == 2 and not name.startswith(("v.", "qf.", "mm.")) and t not in GPU_WEIGHT_TYPES]
+            if len(shape) == 2 and name not in IMAGE_TABLES and t not in GPU_WEIGHT_TYPES]
 
 
 def device_budget(d: Dict) -> Tuple[int, str]:
@@ -147,7 +149,7 @@ def choose_device(path: str, device: str, gpu: Optional[int], n_ctx: int, n_seq:
         if not cands:
             log.info("device auto: the CPU (no %s)", f"Vulkan device {gpu}" if gpu is not None else "discrete GPU")
             return None
-        if _decoder_types_unsupported(path):
+        if _types_unsupported(path):
             log.info("device auto: the CPU (weight types the GPU does not multiply)")
             return None
         for d in cands:
@@ -168,9 +170,9 @@ def choose_device(path: str, device: str, gpu: Optional[int], n_ctx: int, n_seq:
         names = ", ".join(f"{d['index']}: {d['name']}" for d in devs)
         raise ValueError(f"gpu={idx} does not exist (Vulkan devices: {names})")
     d = devs[idx]
-    bad = _decoder_types_unsupported(path)
+    bad = _types_unsupported(path)
     if bad:
-        raise ValueError(f"the GPU decoder multiplies {', '.join(GPU_WEIGHT_TYPES)} weights; this model has "
+        raise ValueError(f"the GPU multiplies {', '.join(GPU_WEIGHT_TYPES)} weights; this model has "
                          f"{', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''} (run it with device='cpu')")
     p = device_plan(path, d, n_ctx, n_seq)
     budget, source = _budget(d, budget_mb)

@@ -1,23 +1,26 @@
-"""The GPU memory plan of a model file: what the Vulkan decoder (csrc/vulkan/phi_gpu.cpp) will allocate on
-the device, computed from the file's tensor table and hyperparameters before anything is uploaded, so a
-model that does not fit is refused with the numbers.
+"""The GPU memory plan of a model file: what the Vulkan decoder (csrc/vulkan/phi_gpu.cpp) and the image path
+(csrc/vulkan/vision_gpu.cpp) will allocate on the device, computed from the file's tensor table and
+hyperparameters before anything is uploaded, so a model that does not fit is refused with the numbers.
 
 Counted (bytes; each buffer rounded up to BUFFER_ALIGN, the allocation granularity of most devices, where
 the decoder's own count, Context.gpu_weight_bytes / kv_reserved_bytes, rounds to 4):
-- weights: the decoder's tensors only (token_embd, blk.*, output_norm, output; the image path's v.*, qf.*,
-  mm.* stay on the host): each matrix as the file stores it (the mat-vec shaders read GGUF blocks as they
-  are), split by rows into parts of at most max_buffer bytes, a buffer each; each vector (norms, biases)
-  as float32; the RoPE tables, float32 [n_ctx][n_rot / 2] for cos and for sin. A token embedding of a type
-  the device does not gather stays on the host;
+- weights: the decoder's tensors (token_embd, blk.*, output_norm, output) and, in a TinyGPT-V file, the
+  image path's (v.*, qf.*, mm.*): each matrix as the file stores it (the mat-vec shaders read GGUF blocks as
+  they are), split by rows into parts of at most max_buffer bytes, a buffer each; each vector (norms,
+  biases, and the image path's v.cls, v.pos_embd and qf.query tables) as float32; the RoPE tables, float32
+  [n_ctx][n_rot / 2] for cos and for sin. A token embedding of a type the device does not gather stays on
+  the host;
 - kv_cache: per sequence slot and layer one buffer of keys and values at n_ctx positions, in F16 (a slot
   is made when first written; the plan counts all n_seq);
 - activations: the float32 buffers of a step of n_batch rows (the context's piece size), all of whose rows
   may want logits: residual, norm, attention output, projection and row selection (n_embd each), q/k/v,
   FFN, tokens and positions, logits; the split decode attention's partial outputs; a 16-byte stand-in
-  for absent inputs. No score matrix: attention keeps its softmax online;
+  for absent inputs. No score matrix: attention keeps its softmax online. With an image path, the
+  float32 buffers of one image's pass (image_activation_buffers), allocated with the context;
 - staging: host-visible memory, counted against the same budget to be safe (integrated GPUs have one
   heap): the step's inputs (n_batch rows of n_embd + 2), its logits, and the transfer buffer (the largest
-  weight buffer, at most 64 MiB).
+  weight buffer, at most 64 MiB); with an image path, an image's pixels going up and its embeddings
+  coming down.
 """
 from __future__ import annotations
 
@@ -90,8 +93,17 @@ def _buffer(n: int) -> int:
 
 
 def is_decoder_tensor(name: str) -> bool:
-    """Whether the GPU decoder uploads the tensor (the image path's stay on the host)."""
+    """Whether the GPU decoder uploads the tensor."""
     return name == "token_embd.weight" or name.startswith(("blk.", "output_norm.", "output."))
+
+
+def is_image_tensor(name: str) -> bool:
+    """Whether the tensor is the image path's (the ViT, the Q-Former, the projector), uploaded with it."""
+    return name.startswith(("v.", "qf.", "mm."))
+
+
+# The image path's 2-D tensors the loader holds as float32 tables (WeightLoader::vec), not as matrices.
+IMAGE_TABLES = ("v.cls", "v.pos_embd", "qf.query")
 
 
 def _parts(t: Tensor, max_buffer: Optional[int]) -> List[int]:
@@ -105,12 +117,12 @@ def _parts(t: Tensor, max_buffer: Optional[int]) -> List[int]:
 
 
 def weight_buffers(tensors: Iterable[Tensor], hp: Hparams, n_ctx: int, max_buffer: Optional[int] = None) -> List[int]:
-    """Bytes of each weight buffer the decoder uploads (before alignment)."""
+    """Bytes of each weight buffer the decoder and the image path upload (before alignment)."""
     out: List[int] = []
     for t in tensors:
-        if not is_decoder_tensor(t.name):
+        if not is_decoder_tensor(t.name) and not is_image_tensor(t.name):
             continue
-        if len(t.shape) >= 2 and prod(t.shape[1:]) > 1:
+        if len(t.shape) >= 2 and prod(t.shape[1:]) > 1 and t.name not in IMAGE_TABLES:
             if t.name == "token_embd.weight" and t.type not in GATHER_TYPES:
                 continue  # the host dequantizes token rows and sends them with the step's inputs
             out += _parts(t, max_buffer)
@@ -120,6 +132,26 @@ def weight_buffers(tensors: Iterable[Tensor], hp: Hparams, n_ctx: int, max_buffe
     if n_rot > 0:
         out += [F32 * n_ctx * (n_rot // 2)] * 2  # cos and sin
     return out
+
+
+def image_activation_buffers(tensors: Iterable[Tensor]) -> Tuple[List[int], List[int]]:
+    """Bytes of the buffers of the image path's pass on the GPU (ImageGpu's constructor): (device-local,
+    host-visible); both empty for a file without an image path. Every shape comes from the tensor table."""
+    shapes = {t.name: t.shape for t in tensors}
+    if "v.patch_embd.weight" not in shapes:
+        return [], []
+    K, E = shapes["v.patch_embd.weight"]          # 3 p^2 values a patch, the ViT's width
+    T = shapes["v.pos_embd"][-1] if len(shapes["v.pos_embd"]) > 1 else shapes["v.pos_embd"][0] // E
+    F = shapes["v.blk.0.ffn_up.weight"][1] if "v.blk.0.ffn_up.weight" in shapes else 0
+    Q, NQ = shapes["qf.query"]
+    QF = shapes["qf.blk.0.ffn_up.weight"][1] if "qf.blk.0.ffn_up.weight" in shapes else 0
+    M = shapes["mm.0.weight"][1]
+    folded = "mm.1.weight" not in shapes
+    O = M if folded else shapes["mm.1.weight"][1]
+    pixels = (T - 1) * K                          # 3 S^2 = (S/p)^2 patches of 3 p^2 values
+    floats = [pixels, (T - 1) * K] + [T * E] * 4 + [T * 3 * E, T * F]  # the ViT
+    floats += [NQ * Q] * 4 + [NQ * 3 * Q, T * 2 * Q, NQ * QF] + ([] if folded else [NQ * M]) + [NQ * O]
+    return [F32 * n for n in floats], [F32 * pixels, F32 * NQ * O]
 
 
 def split_count(n_ctx: int, workgroup: int = 64) -> int:
@@ -137,6 +169,7 @@ def plan(tensors: Iterable[Tensor], hp: Hparams, n_ctx: int, n_seq: int = 1, n_b
     and whose shaders run `workgroup` invocations."""
     if n_ctx < 1 or n_seq < 1 or n_batch < 1:
         raise ValueError(f"n_ctx, n_seq and n_batch must be positive, got {n_ctx}, {n_seq}, {n_batch}")
+    tensors = list(tensors)
     raw = weight_buffers(tensors, hp, n_ctx, max_buffer)
     weights = sum(_buffer(b) for b in raw)
     kv_layer = 2 * n_ctx * hp.kv_dim * F16  # keys then values
@@ -146,10 +179,11 @@ def plan(tensors: Iterable[Tensor], hp: Hparams, n_ctx: int, n_seq: int = 1, n_b
     logits = F32 * B * hp.n_vocab
     row_buffers = [F32 * B * E] * 5 + [F32 * B * (E + 2 * hp.kv_dim), F32 * B * hp.n_ff, F32 * B, F32 * B, logits]
     part = F32 * hp.n_head * split_count(n_ctx, workgroup) * (hp.head_dim + 2)
-    activations = sum(_buffer(b) for b in row_buffers) + _buffer(part) + _buffer(16)
+    image_dev, image_host = image_activation_buffers(tensors)
+    activations = sum(_buffer(b) for b in row_buffers + image_dev) + _buffer(part) + _buffer(16)
     transfer = min(max(raw, default=0), STAGING_BYTES)
-    staging = _buffer(F32 * B * (E + 2)) + _buffer(logits) + _buffer(transfer)
-    largest = max(raw + [kv_layer, logits, F32 * B * hp.n_ff])
+    staging = _buffer(F32 * B * (E + 2)) + _buffer(logits) + _buffer(transfer) + sum(_buffer(b) for b in image_host)
+    largest = max(raw + image_dev + [kv_layer, logits, F32 * B * hp.n_ff])
     return MemoryPlan(weights, kv, activations, staging, largest, len(raw))
 
 

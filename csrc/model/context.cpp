@@ -53,10 +53,14 @@ Context::Context(std::shared_ptr<const Model> model, int64_t n_ctx, int n_seq, i
       images_(image_cache_bytes) {
     if (n_threads < 1 || n_threads > 512) throw ModelError(fmt("n_threads %d must be in [1, 512]", n_threads));
     if (gpu >= 0) gpu_ = make_gpu_decoder(*model_, ex_, n_ctx, n_seq);
+    if (gpu >= 0 && model_->has_vision()) gpu_image_ = make_gpu_image_encoder(*model_, ex_);
 }
 
-// The GPU decoder's buffers go before the device the Exec holds.
-Context::~Context() { gpu_.reset(); }
+// The GPU buffers go before the device the Exec holds.
+Context::~Context() {
+    gpu_image_.reset();
+    gpu_.reset();
+}
 
 void Context::seq_copy(int src, int dst, int64_t n) {
     kv_.copy_prefix(src, dst, n);  // checks first: a bad copy changes nothing
@@ -180,16 +184,21 @@ std::shared_ptr<const ImageEmbd> Context::encode_image(const float* pixels) {
                                  (double)pixels[i]));
     const uint64_t hash = content_hash(pixels, sizeof(float) * (size_t)n_pix);
     if (auto hit = images_.find(hash)) return hit;
-    if (!vis_scratch_) {
-        vis_scratch_.reset(new VisionScratch(vhp));
-        qf_scratch_.reset(new QformerScratch(m.qformer_hparams(), vhp.n_tokens()));
-        img_tokens_.resize((size_t)(vhp.n_tokens() * vhp.n_embd));
-    }
     auto e = std::make_shared<ImageEmbd>();
     e->hash = hash;
     e->n_rows = m.qformer_hparams().n_query;
     e->n_embd = m.hparams().n_embd;
     e->data.resize((size_t)(e->n_rows * e->n_embd));
+    if (gpu_image_) {
+        gpu_image_->encode(pixels, e->data.data());
+        images_.put(e);
+        return e;
+    }
+    if (!vis_scratch_) {
+        vis_scratch_.reset(new VisionScratch(vhp));
+        qf_scratch_.reset(new QformerScratch(m.qformer_hparams(), vhp.n_tokens()));
+        img_tokens_.resize((size_t)(vhp.n_tokens() * vhp.n_embd));
+    }
     vision_forward(vhp, m.vision(), pixels, img_tokens_.data(), *vis_scratch_, ex_);
     qformer_forward(m.qformer_hparams(), m.qformer(), img_tokens_.data(), vhp.n_tokens(), e->data.data(), *qf_scratch_,
                     ex_);

@@ -45,7 +45,8 @@ class Context {
 public:
     // n_ctx: positions per sequence. image_cache_bytes: bound of the image-embedding cache.
     // gpu >= 0: the decoder runs on that Vulkan device (weights uploaded here, the F16 KV cache on the device;
-    // kv_f16 must be true); the image path stays on the CPU threads. VulkanError where it cannot.
+    // kv_f16 must be true), and so does the image path of a model that has one (its weights uploaded here
+    // too). VulkanError where it cannot.
     Context(std::shared_ptr<const Model> model, int64_t n_ctx, int n_seq, int n_threads, bool kv_f16,
             size_t image_cache_bytes = 64u << 20, int gpu = -1);
     ~Context();
@@ -60,7 +61,12 @@ public:
     Backend backend() const { return ex_.backend(); }
     // Bytes of the KV cache reserved by the sequences written so far (on the device for the GPU backend).
     size_t kv_reserved_bytes() const { return gpu_ ? gpu_->kv_reserved_bytes() : kv_.reserved_bytes(); }
-    size_t gpu_weight_bytes() const { return gpu_ ? gpu_->weight_bytes() : 0; }
+    // Device memory of the uploaded weights: the decoder's and the image path's.
+    size_t gpu_weight_bytes() const {
+        return (gpu_ ? gpu_->weight_bytes() : 0) + (gpu_image_ ? gpu_image_->weight_bytes() : 0);
+    }
+    // Device and host-visible memory of the image path's pass on the GPU (0 without one).
+    size_t gpu_image_activation_bytes() const { return gpu_image_ ? gpu_image_->activation_bytes() : 0; }
 
     // Runs the batch; checked first (sequence ids, positions, token ids, room), so a bad batch changes
     // nothing. Returns how many rows wanted logits: logits() holds them, in row order.
@@ -77,7 +83,7 @@ public:
     std::pair<int, int64_t> longest_prefix(const Cell* cells, int64_t n, const std::vector<uint8_t>* allowed) const;
 
     // The projected embeddings of a normalised [3, S, S] image: from the cache when the same pixels were
-    // encoded before, else encoded (ViT, Q-Former, projector) and cached. Throws ModelError when the
+    // encoded before, else encoded (ViT, Q-Former, projector; on the device for the GPU backend) and cached. Throws ModelError when the
     // model has no vision path or a pixel is not finite.
     std::shared_ptr<const ImageEmbd> encode_image(const float* pixels);
     ImageCache& image_cache() { return images_; }
@@ -92,12 +98,13 @@ private:
     KvCache kv_;
     PhiScratch phi_;
     std::unique_ptr<GpuDecoder> gpu_;  // the decoder on the device (GPU backend), else null
+    std::unique_ptr<GpuImageEncoder> gpu_image_;  // the image path on the device (GPU backend, vision), else null
     std::vector<int32_t> tokens_;      // token ids of a batch piece (-1: an embedding row), for the GPU
     std::vector<float> x_;        // input embeddings of a batch piece
     std::vector<PhiRow> rows_;
     std::vector<float> logits_;
     mutable std::vector<uint8_t> seen_;
-    std::unique_ptr<VisionScratch> vis_scratch_;  // allocated on the first image
+    std::unique_ptr<VisionScratch> vis_scratch_;  // allocated on the first image (CPU backend)
     std::unique_ptr<QformerScratch> qf_scratch_;
     std::vector<float> img_tokens_;               // [n_tokens, vision n_embd]
     ImageCache images_;

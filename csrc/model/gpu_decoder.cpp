@@ -1,5 +1,6 @@
 // Where the Vulkan backend is not built: the GPU entry points say so. (With the backend, this file is
-// compiled with TINYGPTV_HAVE_VULKAN and the definitions come from csrc/vulkan/phi_gpu.cpp.)
+// compiled with TINYGPTV_HAVE_VULKAN and the definitions come from csrc/vulkan/phi_gpu.cpp and
+// csrc/vulkan/vision_gpu.cpp.)
 #include "model/gpu_decoder.h"
 
 #ifndef TINYGPTV_HAVE_VULKAN
@@ -14,6 +15,7 @@ const char* kNoBackend = "this build of tinygptv_native has no Vulkan backend (t
 
 std::shared_ptr<vk::Device> open_gpu(int) { throw VulkanError(kNoBackend); }
 std::unique_ptr<GpuDecoder> make_gpu_decoder(const Model&, Exec&, int64_t, int) { throw VulkanError(kNoBackend); }
+std::unique_ptr<GpuImageEncoder> make_gpu_image_encoder(const Model&, Exec&) { throw VulkanError(kNoBackend); }
 
 }  // namespace tg
 #endif

@@ -1,6 +1,7 @@
-// The seam between the engine context and a GPU decoder: what Context needs of one, without naming the
-// Vulkan types, so the engine builds and runs where the backend is not built. The Vulkan implementation is
-// csrc/vulkan/phi_gpu.h; where the backend is not built, open_gpu and make_gpu_decoder throw VulkanError
+// The seam between the engine context and the GPU: what Context needs of the decoder and of the image
+// path on a device, without naming the Vulkan types, so the engine builds and runs where the backend is not
+// built. The Vulkan implementations are csrc/vulkan/phi_gpu.h and csrc/vulkan/vision_gpu.h; where the
+// backend is not built, open_gpu, make_gpu_decoder and make_gpu_image_encoder throw VulkanError
 // (csrc/model/gpu_decoder.cpp).
 #pragma once
 #include <cstddef>
@@ -32,9 +33,22 @@ public:
     virtual size_t weight_bytes() const = 0;       // device memory of the uploaded weights
 };
 
+class GpuImageEncoder {
+public:
+    virtual ~GpuImageEncoder() = default;
+    // The image path (ViT, ln_vision, Q-Former, projector) of one normalised [3, S, S] image into
+    // out[n_query][the language model's n_embd] (host memory): one upload, one recorded pass, one wait.
+    virtual void encode(const float* pixels, float* out) = 0;
+    virtual size_t weight_bytes() const = 0;      // device memory of the uploaded weights
+    virtual size_t activation_bytes() const = 0;  // device and host-visible memory of a pass's buffers
+};
+
 // The logical device of Vulkan device `index` (VulkanError where there is none, or no backend).
 std::shared_ptr<vk::Device> open_gpu(int index);
 // The decoder of model m on ex's device (ex.gpu()): uploads the weights, one buffer per tensor.
 std::unique_ptr<GpuDecoder> make_gpu_decoder(const Model& m, Exec& ex, int64_t n_ctx, int n_seq);
+// The image path of model m (m.has_vision()) on ex's device: uploads its weights and allocates the buffers
+// of a pass, so what it takes is known when the context is made.
+std::unique_ptr<GpuImageEncoder> make_gpu_image_encoder(const Model& m, Exec& ex);
 
 }  // namespace tg

@@ -109,7 +109,9 @@ void bind_context(py::module_& m) {
             return c.backend() == Backend::Vulkan ? "vulkan" : "cpu";
         }, "where the decoder runs: 'cpu' or 'vulkan'")
         .def_property_readonly("gpu_weight_bytes", &Context::gpu_weight_bytes,
-                               "device memory of the decoder's uploaded weights (0 on the CPU)")
+                               "device memory of the uploaded weights, the decoder's and the image path's (0 on the CPU)")
+        .def_property_readonly("gpu_image_activation_bytes", &Context::gpu_image_activation_bytes,
+                               "device and host-visible memory of the image path's buffers on the GPU (0 without)")
         .def_property_readonly("n_ctx", &Context::n_ctx)
         .def_property_readonly("n_seq", &Context::n_seq)
         .def_property_readonly("n_threads", &Context::n_threads)

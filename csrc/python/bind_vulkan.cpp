@@ -6,6 +6,9 @@
 //   vk_matmul(type, w_bytes, n_out, n_in, x[rows, n_in], bias=None, device=0, replay=1)
 //   vk_layernorm(x, w=None, b=None, eps=1e-5), vk_rmsnorm(x, w=None, eps=1e-5), vk_gelu(x, tanh=False),
 //   vk_softmax(x), vk_rope_neox(x, n_head, head_dim, n_rot, pos, cos, sin), vk_add(a, b, replay=1),
+//   vk_attention_full(q[n_q, *], k[n_kv, *] | None, v | None, n_head, head_dim, scale, q_off=0, k_off=0, v_off=0)
+//       -> [n_q, n_head * head_dim] (k and v None: q's one buffer is bound as all three, at their offsets),
+//   vk_patches(pixels[3, S, S], patch_size) -> [(S/p)^2, 3 p^2],
 //   vk_roundtrip(data uint8) -> uint8 (upload then download), vk_messages() -> [str] (the validation
 //   layer's messages since the last call), vk_validation() -> bool
 // replay: the recorded command sequence is submitted that many times (it is recorded once).
@@ -271,6 +274,65 @@ py::array_t<float> vk_add(F32Array a, F32Array b, int replay, int device) {
     return download(*dp, *ba, shape);
 }
 
+// Full attention; each of q, k, v has rows of its own width (its stride), the head columns starting at the
+// given offset. k and v None: the three are one buffer (q's), as the image path binds its [q | k | v] rows.
+py::array_t<float> vk_attention_full(F32Array q, py::object k_obj, py::object v_obj, int n_head, int head_dim,
+                                     float scale, int64_t q_off, int64_t k_off, int64_t v_off, int device) {
+    check_2d(q, "q");
+    const bool shared = k_obj.is_none() && v_obj.is_none();
+    if (!shared && (k_obj.is_none() || v_obj.is_none()))
+        throw VulkanError("k and v are both given or both None (then q's buffer holds them)");
+    F32Array k = shared ? q : k_obj.cast<F32Array>(), v = shared ? q : v_obj.cast<F32Array>();
+    check_2d(k, "k");
+    check_2d(v, "v");
+    if (v.shape(0) != k.shape(0))
+        throw VulkanError(fmt("k has %lld rows, v %lld", (long long)k.shape(0), (long long)v.shape(0)));
+    const int64_t n_q = q.shape(0), n_kv = k.shape(0), width = (int64_t)n_head * head_dim;
+    std::lock_guard<std::mutex> lock(hooks_mutex);
+    vk::Device* dp;
+    std::unique_ptr<vk::Buffer> bq, bk, bv, bo;
+    {
+        py::gil_scoped_release release;
+        vk::Device& d = hook_device(device);
+        dp = &d;
+        bq = upload(d, q.data(), (size_t)q.size() * 4);
+        if (!shared) {
+            bk = upload(d, k.data(), (size_t)k.size() * 4);
+            bv = upload(d, v.data(), (size_t)v.size() * 4);
+        }
+        bo = d.buffer((uint64_t)n_q * width * 4);
+        vk::Sequence seq(d);
+        vk::attention_full(seq, *bq, q.shape(1), q_off, shared ? *bq : *bk, k.shape(1), k_off, shared ? *bq : *bv,
+                           v.shape(1), v_off, n_q, n_kv, n_head, head_dim, scale, *bo, width);
+        seq.run();
+    }
+    return download(*dp, *bo, {(py::ssize_t)n_q, (py::ssize_t)width});
+}
+
+py::array_t<float> vk_patches(F32Array pixels, int64_t patch_size, int device) {
+    if (pixels.ndim() != 3 || pixels.shape(0) != 3 || pixels.shape(1) != pixels.shape(2))
+        throw VulkanError(fmt("pixels must have shape [3, S, S], got %d dimensions", (int)pixels.ndim()));
+    const int64_t size = pixels.shape(1);
+    if (patch_size < 1 || size % patch_size != 0)
+        throw VulkanError(fmt("patches: an image of %lld pixels a side is not a whole number of %lld-pixel patches",
+                              (long long)size, (long long)patch_size));
+    const int64_t g = size / patch_size, k = 3 * patch_size * patch_size;
+    std::lock_guard<std::mutex> lock(hooks_mutex);
+    vk::Device* dp;
+    std::unique_ptr<vk::Buffer> bp, bo;
+    {
+        py::gil_scoped_release release;
+        vk::Device& d = hook_device(device);
+        dp = &d;
+        bp = upload(d, pixels.data(), (size_t)pixels.size() * 4);
+        bo = d.buffer((uint64_t)g * g * k * 4);
+        vk::Sequence seq(d);
+        vk::patches(seq, *bp, size, patch_size, *bo);
+        seq.run();
+    }
+    return download(*dp, *bo, {(py::ssize_t)(g * g), (py::ssize_t)k});
+}
+
 }  // namespace
 
 void bind_vulkan(py::module_& m, py::module_& t) {
@@ -300,6 +362,10 @@ void bind_vulkan(py::module_& m, py::module_& t) {
     t.def("vk_rope_neox", &vk_rope, py::arg("x"), py::arg("n_head"), py::arg("head_dim"), py::arg("n_rot"),
           py::arg("pos"), py::arg("cos"), py::arg("sin"), py::arg("device") = 0);
     t.def("vk_add", &vk_add, py::arg("a"), py::arg("b"), py::arg("replay") = 1, py::arg("device") = 0);
+    t.def("vk_attention_full", &vk_attention_full, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"),
+          py::arg("head_dim"), py::arg("scale"), py::arg("q_off") = 0, py::arg("k_off") = 0, py::arg("v_off") = 0,
+          py::arg("device") = 0);
+    t.def("vk_patches", &vk_patches, py::arg("pixels"), py::arg("patch_size"), py::arg("device") = 0);
     t.def("vk_roundtrip", [](U8Array data, int device) {
         std::vector<uint8_t> back((size_t)data.size());
         {

@@ -284,6 +284,51 @@ void attention(Sequence& s, const Buffer& qkv, int64_t row0, int64_t rows, int64
     }
 }
 
+void attention_full(Sequence& s, const Buffer& q, int64_t q_stride, int64_t q_off, const Buffer& k, int64_t k_stride,
+                    int64_t k_off, const Buffer& v, int64_t v_stride, int64_t v_off, int64_t n_q, int64_t n_kv,
+                    int n_head, int head_dim, float scale, Buffer& o, int64_t o_stride) {
+    Device& d = s.device();
+    const int64_t width = (int64_t)n_head * head_dim;
+    if (n_q <= 0 || n_kv <= 0 || n_head <= 0 || head_dim <= 0 || head_dim > 256 ||
+        head_dim > 4 * (int64_t)d.workgroup() || q_off < 0 || k_off < 0 || v_off < 0 || q_stride < width ||
+        k_stride < width || v_stride < width || o_stride < width)
+        throw VulkanError(fmt("attention_full: %lld queries against %lld keys, %d heads of %d (at most 256 and 4 x %u), "
+                              "strides q %lld k %lld v %lld o %lld (at least %lld), offsets q %lld k %lld v %lld",
+                              (long long)n_q, (long long)n_kv, n_head, head_dim, d.workgroup(), (long long)q_stride,
+                              (long long)k_stride, (long long)v_stride, (long long)o_stride, (long long)width,
+                              (long long)q_off, (long long)k_off, (long long)v_off));
+    const uint64_t q_end = q_off + (n_q - 1) * q_stride + width, k_end = k_off + (n_kv - 1) * k_stride + width;
+    const uint64_t v_end = v_off + (n_kv - 1) * v_stride + width, o_end = (n_q - 1) * o_stride + width;
+    need(q, 4 * q_end, "attention_full queries");
+    need(k, 4 * k_end, "attention_full keys");
+    need(v, 4 * v_end, "attention_full values");
+    need(o, 4 * o_end, "attention_full output");
+    u32((int64_t)std::max({q_end, k_end, v_end, o_end}), "attention_full elements");
+    Pipeline& p = d.pipeline("attention_full", 4, 12 * 4);
+    uint32_t push[12] = {(uint32_t)n_q, (uint32_t)n_kv, (uint32_t)n_head, (uint32_t)head_dim,
+                         (uint32_t)q_stride, (uint32_t)q_off, (uint32_t)k_stride, (uint32_t)k_off,
+                         (uint32_t)v_stride, (uint32_t)v_off, (uint32_t)o_stride, 0};
+    std::memcpy(&push[11], &scale, 4);
+    uint32_t gx, gy;
+    grid(d, n_q * n_head, gx, gy);
+    s.dispatch(p, {&q, &k, &v, &o}, push, sizeof push, gx, gy);
+}
+
+void patches(Sequence& s, const Buffer& pixels, int64_t image_size, int64_t patch_size, Buffer& out) {
+    if (image_size <= 0 || patch_size <= 0 || image_size % patch_size != 0)
+        throw VulkanError(fmt("patches: an image of %lld pixels a side is not a whole number of %lld-pixel patches",
+                              (long long)image_size, (long long)patch_size));
+    const int64_t g = image_size / patch_size, n = g * g * 3 * patch_size * patch_size;
+    need(pixels, 4ull * 3 * image_size * image_size, "patches image");
+    need(out, 4ull * n, "patches output");
+    Device& d = s.device();
+    Pipeline& p = d.pipeline("patches", 2, 4 * 4);
+    const uint32_t push[4] = {(uint32_t)image_size, (uint32_t)patch_size, (uint32_t)g, u32(n, "patch values")};
+    uint32_t gx, gy;
+    grid(d, (n + d.workgroup() - 1) / d.workgroup(), gx, gy);
+    s.dispatch(p, {&pixels, &out}, push, sizeof push, gx, gy);
+}
+
 void add(Sequence& s, const Buffer& a, const Buffer& b, Buffer& y, int64_t n, int64_t nb) {
     if (n <= 0 || nb <= 0 || n % nb != 0)
         throw VulkanError(fmt("add of %lld values and %lld (a whole number of b's rows is needed)", (long long)n,

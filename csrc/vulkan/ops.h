@@ -55,6 +55,15 @@ void attention(Sequence& s, const Buffer& qkv, int64_t row0, int64_t rows, int64
 inline int64_t attention_part_floats(int64_t rows, int n_head, int head_dim, int64_t n_split) {
     return rows * n_head * n_split * (head_dim + 2);
 }
+// Full (non-causal) attention of n_q query rows against n_kv key/value rows, all float32: row r of q starts
+// at q_off + r * q_stride (head h at h * head_dim after that), likewise k and v (q, k and v may be one buffer);
+// head outputs into rows of o, o_stride apart. The image path's self- and cross-attention.
+void attention_full(Sequence& s, const Buffer& q, int64_t q_stride, int64_t q_off, const Buffer& k, int64_t k_stride,
+                    int64_t k_off, const Buffer& v, int64_t v_stride, int64_t v_off, int64_t n_q, int64_t n_kv,
+                    int n_head, int head_dim, float scale, Buffer& o, int64_t o_stride);
+// The ViT's patch gather: a normalised [3][S][S] image into the [G * G][3 * P * P] patch matrix (rows in
+// grid order, each in the conv kernel's (c, ky, kx) order), G = S / P.
+void patches(Sequence& s, const Buffer& pixels, int64_t image_size, int64_t patch_size, Buffer& out);
 // y[i] = a[i] + b[i % nb] for i < n (y may be a).
 void add(Sequence& s, const Buffer& a, const Buffer& b, Buffer& y, int64_t n, int64_t nb);
 

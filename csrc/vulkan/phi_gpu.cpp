@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 
 #include "errors.h"
@@ -17,11 +16,7 @@ std::shared_ptr<vk::Device> open_gpu(int index) { return std::make_shared<vk::De
 
 std::unique_ptr<GpuDecoder> make_gpu_decoder(const Model& m, Exec& ex, int64_t n_ctx, int n_seq) {
     if (!ex.gpu()) throw VulkanError("the GPU decoder needs an execution context with a Vulkan device");
-    // A smaller part size than the device's range, so the split of large tensors is exercised on small
-    // models (tests); never larger than what the device binds.
-    uint64_t max_buffer = 0;
-    if (const char* v = std::getenv("TINYGPTV_VK_MAX_BUFFER")) max_buffer = std::strtoull(v, nullptr, 10);
-    return std::make_unique<vk::PhiGpu>(*ex.gpu(), m.hparams(), m.lm(), n_ctx, n_seq, max_buffer);
+    return std::make_unique<vk::PhiGpu>(*ex.gpu(), m.hparams(), m.lm(), n_ctx, n_seq, vk::max_buffer_from_env());
 }
 
 namespace vk {
@@ -46,9 +41,8 @@ void grow(Device& d, std::unique_ptr<Buffer>& b, uint64_t bytes, bool host = fal
 PhiGpu::PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n_ctx, int n_seq, uint64_t max_buffer)
     : dev_(dev), hp_(hp), n_ctx_(n_ctx), n_seq_(n_seq) {
     const DeviceInfo& info = dev.info();
-    uint64_t limit = info.max_storage_buffer_range & ~uint64_t(3);
-    if (info.max_allocation) limit = std::min<uint64_t>(limit, info.max_allocation);
-    max_buffer_ = max_buffer ? std::min<uint64_t>(max_buffer, limit) : limit;
+    const uint64_t limit = part_limit(dev, 0);
+    max_buffer_ = part_limit(dev, max_buffer);
     if (hp.kv_dim() % 2)
         throw VulkanError(fmt("the GPU KV cache packs two halves per word: kv_dim %lld must be even",
                               (long long)hp.kv_dim()));
@@ -116,46 +110,6 @@ PhiGpu::PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n
         w_.rope_cos = upload_vec(tables.rope_cos.data(), (int64_t)tables.rope_cos.size());
         w_.rope_sin = upload_vec(tables.rope_sin.data(), (int64_t)tables.rope_sin.size());
     }
-}
-
-GpuMat PhiGpu::upload_mat(const MatW& m, const char* what) {
-    if (!vk::matmul_supports(m.type))
-        throw VulkanError(fmt("%s is %s; the Vulkan backend reads F32, F16, Q8_0, Q4_0, Q4_K and Q6_K weights", what,
-                              type_name(m.type)));
-    GpuMat g;
-    g.type = m.type;
-    g.n_out = m.n_out;
-    g.n_in = m.n_in;
-    const uint64_t rb = row_bytes(m.type, m.n_in);
-    const int64_t per_part = (int64_t)(max_buffer_ / rb);
-    if (per_part < 1)
-        throw VulkanError(fmt("%s: one row of %llu bytes exceeds the largest buffer of %llu bytes", what,
-                              (unsigned long long)rb, (unsigned long long)max_buffer_));
-    const uint8_t* src = static_cast<const uint8_t*>(m.data);
-    for (int64_t r0 = 0; r0 < m.n_out; r0 += per_part) {
-        GpuMat::Part p;
-        p.row0 = r0;
-        p.rows = std::min(per_part, m.n_out - r0);
-        p.buf = dev_.buffer(rb * (uint64_t)p.rows);
-        dev_.upload(*p.buf, src + rb * (uint64_t)r0, rb * (uint64_t)p.rows);
-        w_.bytes += p.buf->size();
-        g.parts.push_back(std::move(p));
-    }
-    return g;
-}
-
-std::unique_ptr<Buffer> PhiGpu::upload_vec(const float* v, int64_t n) {
-    if (!v) return nullptr;
-    auto b = dev_.buffer(4ull * (uint64_t)n);
-    dev_.upload(*b, v, 4ull * (uint64_t)n);
-    w_.bytes += b->size();
-    return b;
-}
-
-void PhiGpu::product(Sequence& s, const GpuMat& m, const Buffer& x, int64_t rows, Buffer& y, int64_t y_stride,
-                     int64_t y_col0, const Buffer* bias) {
-    for (const GpuMat::Part& p : m.parts)
-        matmul_rows(s, m.type, *p.buf, p.row0, p.row0 + p.rows, m.n_in, x, rows, y, y_stride, y_col0, bias);
 }
 
 void PhiGpu::reserve(int64_t rows, int64_t n_logits) {

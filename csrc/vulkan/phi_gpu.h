@@ -16,22 +16,10 @@
 #include "model/gpu_decoder.h"
 #include "model/phi.h"
 #include "vulkan/device.h"
+#include "vulkan/weights.h"
 
 namespace tg {
 namespace vk {
-
-// A weight matrix [n_out][n_in] as the file stores it (GGUF rows), in parts of whole rows: one part unless
-// the tensor exceeds the device's storage-buffer range (Phi-2's F16 token embedding and output, 262 MB each,
-// against lavapipe's 128 MiB).
-struct GpuMat {
-    GgmlType type = GgmlType::F32;
-    int64_t n_out = 0, n_in = 0;
-    struct Part {
-        int64_t row0 = 0, rows = 0;
-        std::unique_ptr<Buffer> buf;
-    };
-    std::vector<Part> parts;
-};
 
 struct GpuLayer {
     std::unique_ptr<Buffer> attn_norm_w, attn_norm_b;    // [n_embd]
@@ -73,10 +61,8 @@ public:
     size_t weight_bytes() const override { return w_.bytes; }
 
 private:
-    GpuMat upload_mat(const MatW& m, const char* what);
-    std::unique_ptr<Buffer> upload_vec(const float* v, int64_t n);
-    void product(Sequence& s, const GpuMat& m, const Buffer& x, int64_t rows, Buffer& y, int64_t y_stride,
-                 int64_t y_col0, const Buffer* bias);
+    GpuMat upload_mat(const MatW& m, const char* what) { return vk::upload_mat(dev_, m, what, max_buffer_, w_.bytes); }
+    std::unique_ptr<Buffer> upload_vec(const float* v, int64_t n) { return vk::upload_vec(dev_, v, n, w_.bytes); }
     void reserve(int64_t rows, int64_t n_logits);
     std::vector<std::unique_ptr<Buffer>>& slot(int seq);  // its layers' buffers, made on first use
 
