@@ -3,7 +3,7 @@ the device, computed from the file's tensor table and hyperparameters before any
 model that does not fit is refused with the numbers.
 
 Counted (bytes; each buffer rounded up to BUFFER_ALIGN, the allocation granularity of most devices, where
-the decoder's own count, Context.gpu_weight_bytes / kv_reserved_bytes, rounds to 4):
+the decoder's own count, Context.gpu_weight_bytes / gpu_kv_reserved_bytes, rounds to 4):
 - weights: the decoder's tensors only (token_embd, blk.*, output_norm, output; the image path's v.*, qf.*,
   mm.* stay on the host): each matrix as the file stores it (the mat-vec shaders read GGUF blocks as they
   are), split by rows into parts of at most max_buffer bytes, a buffer each; each vector (norms, biases)
@@ -18,6 +18,11 @@ the decoder's own count, Context.gpu_weight_bytes / kv_reserved_bytes, rounds to
 - staging: host-visible memory, counted against the same budget to be safe (integrated GPUs have one
   heap): the step's inputs (n_batch rows of n_embd + 2), its logits, and the transfer buffer (the largest
   weight buffer, at most 64 MiB).
+
+With gpu_layers (llama.cpp's -ngl) below n_layer, only the first gpu_layers layers are on the device: their
+tensors and their KV cache, with the token embedding and RoPE tables; the output norm and head stay on the
+host with the other layers, so there are no logits on the device and the step reads back the hidden state
+(n_batch rows of n_embd) instead. gpu_layers 0 puts nothing of the decoder on the device.
 """
 from __future__ import annotations
 
@@ -94,6 +99,27 @@ def is_decoder_tensor(name: str) -> bool:
     return name == "token_embd.weight" or name.startswith(("blk.", "output_norm.", "output."))
 
 
+def _on_device(name: str, n_layer: int, gpu_layers: int) -> bool:
+    """Whether a decoder tensor is uploaded when the first gpu_layers of n_layer layers go to the device."""
+    if name.startswith("blk."):
+        return int(name.split(".")[1]) < gpu_layers
+    if name.startswith(("output_norm.", "output.")):
+        return gpu_layers == n_layer
+    return gpu_layers > 0  # the token embedding
+
+
+def check_gpu_layers(gpu_layers: Optional[int], n_layer: int) -> int:
+    """The layers on the device: gpu_layers (None: all n_layer), checked to be in [0, n_layer]."""
+    if gpu_layers is None:
+        return n_layer
+    if isinstance(gpu_layers, bool) or not hasattr(gpu_layers, "__index__"):
+        raise TypeError(f"gpu_layers must be an int or None, got {type(gpu_layers).__name__}")
+    gpu_layers = int(gpu_layers)
+    if not 0 <= gpu_layers <= n_layer:
+        raise ValueError(f"gpu_layers={gpu_layers} is outside [0, {n_layer}]: the model has {n_layer} decoder layers")
+    return gpu_layers
+
+
 def _parts(t: Tensor, max_buffer: Optional[int]) -> List[int]:
     """Bytes of the buffers a matrix takes: whole rows, at most max_buffer bytes a part (PhiGpu::upload_mat)."""
     rows = prod(t.shape[1:])
@@ -104,11 +130,16 @@ def _parts(t: Tensor, max_buffer: Optional[int]) -> List[int]:
     return [row_bytes * min(per_part, rows - r0) for r0 in range(0, rows, per_part)]
 
 
-def weight_buffers(tensors: Iterable[Tensor], hp: Hparams, n_ctx: int, max_buffer: Optional[int] = None) -> List[int]:
-    """Bytes of each weight buffer the decoder uploads (before alignment)."""
+def weight_buffers(tensors: Iterable[Tensor], hp: Hparams, n_ctx: int, max_buffer: Optional[int] = None,
+                   gpu_layers: Optional[int] = None) -> List[int]:
+    """Bytes of each weight buffer the decoder uploads (before alignment), of its first gpu_layers layers
+    (None: all)."""
+    ng = check_gpu_layers(gpu_layers, hp.n_layer)
+    if ng == 0:
+        return []
     out: List[int] = []
     for t in tensors:
-        if not is_decoder_tensor(t.name):
+        if not is_decoder_tensor(t.name) or not _on_device(t.name, hp.n_layer, ng):
             continue
         if len(t.shape) >= 2 and prod(t.shape[1:]) > 1:
             if t.name == "token_embd.weight" and t.type not in GATHER_TYPES:
@@ -131,26 +162,43 @@ def split_count(n_ctx: int, workgroup: int = 64) -> int:
 
 
 def plan(tensors: Iterable[Tensor], hp: Hparams, n_ctx: int, n_seq: int = 1, n_batch: int = PIECE_ROWS,
-         max_buffer: Optional[int] = None, workgroup: int = 64) -> MemoryPlan:
+         max_buffer: Optional[int] = None, workgroup: int = 64, gpu_layers: Optional[int] = None) -> MemoryPlan:
     """The plan of a model with these tensors at n_ctx positions for n_seq sequences, decoding steps of at
     most n_batch rows, on a device whose buffers take at most max_buffer bytes (None: no tensor is split)
-    and whose shaders run `workgroup` invocations."""
+    and whose shaders run `workgroup` invocations, with its first gpu_layers layers there (None: all)."""
     if n_ctx < 1 or n_seq < 1 or n_batch < 1:
         raise ValueError(f"n_ctx, n_seq and n_batch must be positive, got {n_ctx}, {n_seq}, {n_batch}")
-    raw = weight_buffers(tensors, hp, n_ctx, max_buffer)
+    ng = check_gpu_layers(gpu_layers, hp.n_layer)
+    if ng == 0:
+        return MemoryPlan(0, 0, 0, 0, 0, 0)
+    head = ng == hp.n_layer  # the output norm and head are on the device too
+    raw = weight_buffers(tensors, hp, n_ctx, max_buffer, ng)
     weights = sum(_buffer(b) for b in raw)
     kv_layer = 2 * n_ctx * hp.kv_dim * F16  # keys then values
-    kv = n_seq * hp.n_layer * _buffer(kv_layer)
+    kv = n_seq * ng * _buffer(kv_layer)
 
     E, B = hp.n_embd, min(n_batch, PIECE_ROWS, n_ctx * n_seq)
     logits = F32 * B * hp.n_vocab
-    row_buffers = [F32 * B * E] * 5 + [F32 * B * (E + 2 * hp.kv_dim), F32 * B * hp.n_ff, F32 * B, F32 * B, logits]
+    # residual, norm, attention output, projection (and with the head, the rows that want logits)
+    row_buffers = [F32 * B * E] * (5 if head else 4)
+    row_buffers += [F32 * B * (E + 2 * hp.kv_dim), F32 * B * hp.n_ff, F32 * B, F32 * B] + ([logits] if head else [])
     part = F32 * hp.n_head * split_count(n_ctx, workgroup) * (hp.head_dim + 2)
     activations = sum(_buffer(b) for b in row_buffers) + _buffer(part) + _buffer(16)
     transfer = min(max(raw, default=0), STAGING_BYTES)
-    staging = _buffer(F32 * B * (E + 2)) + _buffer(logits) + _buffer(transfer)
-    largest = max(raw + [kv_layer, logits, F32 * B * hp.n_ff])
+    readback = logits if head else F32 * B * E  # the logits, or the hidden state for the host's layers
+    staging = _buffer(F32 * B * (E + 2)) + _buffer(readback) + _buffer(transfer)
+    largest = max(raw + [kv_layer, F32 * B * hp.n_ff] + ([logits] if head else []))
     return MemoryPlan(weights, kv, activations, staging, largest, len(raw))
+
+
+def layers_that_fit(tensors: Iterable[Tensor], hp: Hparams, budget: int, n_ctx: int, n_seq: int = 1,
+                    max_buffer: Optional[int] = None, workgroup: int = 64) -> int:
+    """The most layers (0 to n_layer) whose plan fits budget bytes: a gpu_layers to suggest."""
+    tensors = list(tensors)
+    for ng in range(hp.n_layer, 0, -1):
+        if plan(tensors, hp, n_ctx, n_seq, max_buffer=max_buffer, workgroup=workgroup, gpu_layers=ng).total <= budget:
+            return ng
+    return 0
 
 
 def hparams_from_metadata(md: Dict, tensor_shapes: Dict[str, Tuple[int, ...]]) -> Hparams:
@@ -185,7 +233,7 @@ def file_tensors(path: str) -> Tuple[Hparams, List[Tensor]]:
 
 
 def plan_file(path: str, n_ctx: int, n_seq: int = 1, n_batch: int = PIECE_ROWS, max_buffer: Optional[int] = None,
-              workgroup: int = 64) -> MemoryPlan:
+              workgroup: int = 64, gpu_layers: Optional[int] = None) -> MemoryPlan:
     """The plan of a GGUF model file (reads its header only)."""
     hp, tensors = file_tensors(path)
-    return plan(tensors, hp, n_ctx, n_seq, n_batch, max_buffer, workgroup)
+    return plan(tensors, hp, n_ctx, n_seq, n_batch, max_buffer, workgroup, gpu_layers)

@@ -15,13 +15,13 @@ namespace tg {
 
 std::shared_ptr<vk::Device> open_gpu(int index) { return std::make_shared<vk::Device>(index); }
 
-std::unique_ptr<GpuDecoder> make_gpu_decoder(const Model& m, Exec& ex, int64_t n_ctx, int n_seq) {
+std::unique_ptr<GpuDecoder> make_gpu_decoder(const Model& m, Exec& ex, int64_t n_ctx, int n_seq, int64_t n_layers) {
     if (!ex.gpu()) throw VulkanError("the GPU decoder needs an execution context with a Vulkan device");
     // A smaller part size than the device's range, so the split of large tensors is exercised on small
     // models (tests); never larger than what the device binds.
     uint64_t max_buffer = 0;
     if (const char* v = std::getenv("TINYGPTV_VK_MAX_BUFFER")) max_buffer = std::strtoull(v, nullptr, 10);
-    return std::make_unique<vk::PhiGpu>(*ex.gpu(), m.hparams(), m.lm(), n_ctx, n_seq, max_buffer);
+    return std::make_unique<vk::PhiGpu>(*ex.gpu(), m.hparams(), m.lm(), n_ctx, n_seq, n_layers, max_buffer);
 }
 
 namespace vk {
@@ -43,8 +43,12 @@ void grow(Device& d, std::unique_ptr<Buffer>& b, uint64_t bytes, bool host = fal
 
 }  // namespace
 
-PhiGpu::PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n_ctx, int n_seq, uint64_t max_buffer)
-    : dev_(dev), hp_(hp), n_ctx_(n_ctx), n_seq_(n_seq) {
+PhiGpu::PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n_ctx, int n_seq, int64_t n_layers,
+               uint64_t max_buffer)
+    : dev_(dev), hp_(hp), n_ctx_(n_ctx), n_seq_(n_seq), n_layers_(n_layers), head_(n_layers == hp.n_layer) {
+    if (n_layers < 1 || n_layers > hp.n_layer)
+        throw VulkanError(fmt("the GPU decoder takes 1 to %lld layers of this model, not %lld", (long long)hp.n_layer,
+                              (long long)n_layers));
     const DeviceInfo& info = dev.info();
     uint64_t limit = info.max_storage_buffer_range & ~uint64_t(3);
     if (info.max_allocation) limit = std::min<uint64_t>(limit, info.max_allocation);
@@ -75,8 +79,8 @@ PhiGpu::PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n
     // dequantizes token rows as the CPU path does and they travel with the step's inputs.
     if (embed_supported(w.tok_embd.type)) w_.tok_embd = upload_mat(w.tok_embd, "token_embd.weight");
     else host_embd_ = w.tok_embd;
-    w_.layers.resize((size_t)hp.n_layer);
-    for (int64_t il = 0; il < hp.n_layer; il++) {
+    w_.layers.resize((size_t)n_layers);
+    for (int64_t il = 0; il < n_layers; il++) {
         const PhiLayer& L = w.layers[(size_t)il];
         GpuLayer& G = w_.layers[(size_t)il];
         const int64_t E = hp.n_embd, KV = hp.kv_dim(), F = hp.n_ff, D = hp.head_dim;
@@ -107,10 +111,12 @@ PhiGpu::PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n
         G.k_norm_b = upload_vec(L.k_norm_b, D);
         G.post_norm_w = upload_vec(L.post_norm_w, E);
     }
-    w_.out_norm_w = upload_vec(w.out_norm_w, hp.n_embd);
-    w_.out_norm_b = upload_vec(w.out_norm_b, hp.n_embd);
-    w_.output = upload_mat(w.output, "output.weight");
-    w_.output_b = upload_vec(w.output_b, hp.n_vocab);
+    if (head_) {
+        w_.out_norm_w = upload_vec(w.out_norm_w, hp.n_embd);
+        w_.out_norm_b = upload_vec(w.out_norm_b, hp.n_embd);
+        w_.output = upload_mat(w.output, "output.weight");
+        w_.output_b = upload_vec(w.output_b, hp.n_vocab);
+    }
     if (hp.n_rot > 0) {
         const PhiScratch tables(hp, n_ctx);  // the CPU path's tables: both paths rotate by the same values
         w_.rope_cos = upload_vec(tables.rope_cos.data(), (int64_t)tables.rope_cos.size());
@@ -166,14 +172,15 @@ void PhiGpu::reserve(int64_t rows, int64_t n_logits) {
         grow(dev_, qkv_, 4ull * rows * QKV);
         grow(dev_, att_, 4ull * rows * E);
         grow(dev_, a_, 4ull * rows * E);
+        if (head_) grow(dev_, sel_, 4ull * rows * E);  // the rows that want logits, gathered
         grow(dev_, ff_, 4ull * rows * F);
-        grow(dev_, sel_, 4ull * rows * E);
         grow(dev_, tok_, 4ull * rows);
         grow(dev_, pos_, 4ull * rows);
         grow(dev_, in_, 4ull * rows * (E + 2), true);
+        if (!head_) grow(dev_, out_, 4ull * rows * E, true);  // the hidden state goes back, every row
         cap_rows_ = rows;
     }
-    if (n_logits > cap_logits_) {
+    if (head_ && n_logits > cap_logits_) {
         grow(dev_, logits_, 4ull * n_logits * V);
         grow(dev_, out_, 4ull * n_logits * V, true);
         cap_logits_ = n_logits;
@@ -185,7 +192,7 @@ std::vector<std::unique_ptr<Buffer>>& PhiGpu::slot(int seq) {
     auto& layers = kv_[(size_t)seq];
     if (layers.empty()) {
         const uint64_t bytes = 2ull * 2 * (uint64_t)n_ctx_ * (uint64_t)hp_.kv_dim();
-        for (int64_t il = 0; il < hp_.n_layer; il++) layers.push_back(dev_.buffer(bytes));
+        for (int64_t il = 0; il < n_layers_; il++) layers.push_back(dev_.buffer(bytes));
     }
     return layers;
 }
@@ -204,14 +211,14 @@ void PhiGpu::copy_prefix(int src, int dst, int64_t n) {
     const uint64_t bytes = 2ull * (uint64_t)n * (uint64_t)hp_.kv_dim();
     const uint64_t v_off = 2ull * (uint64_t)n_ctx_ * (uint64_t)hp_.kv_dim();
     Sequence s(dev_);
-    for (int64_t il = 0; il < hp_.n_layer; il++) {
+    for (int64_t il = 0; il < n_layers_; il++) {
         s.copy(*from[(size_t)il], *to[(size_t)il], bytes, 0, 0);
         s.copy(*from[(size_t)il], *to[(size_t)il], bytes, v_off, v_off);
     }
     s.run();
 }
 
-void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, int64_t n, float* logits) {
+void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, int64_t n, float* out) {
     const int64_t E = hp_.n_embd, KV = hp_.kv_dim(), F = hp_.n_ff, V = hp_.n_vocab, D = hp_.head_dim;
     const int64_t H = hp_.n_head, HKV = hp_.n_head_kv, QKV = E + 2 * KV;
     int64_t n_logits = 0;
@@ -266,7 +273,7 @@ void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, i
             embed(s, w_.tok_embd.type, *p.buf, p.row0, p.rows, E, *tok_, n, *x_);
 
     const float scale = 1.0f / std::sqrt((float)D);
-    for (int64_t il = 0; il < hp_.n_layer; il++) {
+    for (int64_t il = 0; il < n_layers_; il++) {
         const GpuLayer& L = w_.layers[(size_t)il];
         layernorm(s, *x_, *h_, n, E, L.attn_norm_w.get(), L.attn_norm_b.get(), hp_.ln_eps);
         if (L.fused) {
@@ -297,7 +304,14 @@ void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, i
         add(s, *a_, *h_, *a_, n * E, n * E);                       // x = (a + m) + x, as the CPU sums
         add(s, *a_, *x_, *x_, n * E, n * E);
     }
-    if (n_logits > 0 && logits) {
+    if (!head_) {
+        // The CPU runs the other layers from here: the hidden state of every row goes back.
+        s.copy(*x_, *out_, 4ull * n * E, 0, 0);
+        s.run();
+        std::memcpy(out, out_->mapped(), sizeof(float) * (size_t)(n * E));
+        return;
+    }
+    if (n_logits > 0 && out) {
         // The rows that want logits, moved together (all rows: x as it is).
         const Buffer* rows_x = x_.get();
         if (n_logits < n) {
@@ -311,7 +325,7 @@ void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, i
         s.copy(*logits_, *out_, 4ull * n_logits * V, 0, 0);
     }
     s.run();  // the one wait of the step
-    if (n_logits > 0 && logits) std::memcpy(logits, out_->mapped(), sizeof(float) * (size_t)(n_logits * V));
+    if (n_logits > 0 && out) std::memcpy(out, out_->mapped(), sizeof(float) * (size_t)(n_logits * V));
 }
 
 }  // namespace vk

@@ -1,11 +1,13 @@
-// The Phi-2 decoder on a Vulkan device: the weights uploaded once (one buffer per tensor, a tensor larger than
-// the device's storage-buffer range split by rows over several), the F16 KV cache per sequence slot on the
-// device, and the forward of a batch recorded as one command sequence per step, so the host waits once per
-// step, for the logits.
+// The Phi-2 decoder on a Vulkan device, or its first layers (llama.cpp's -ngl): the weights uploaded once
+// (one buffer per tensor, a tensor larger than the device's storage-buffer range split by rows over several),
+// the F16 KV cache per sequence slot on the device, and the forward of a batch recorded as one command
+// sequence per step, so the host waits once per step, for the logits.
 //
 // The same rows as the CPU's phi_decode (model/phi.h): tokens or embedding rows of any sequences, each with
 // its position and whether its logits are wanted; a sequence's rows contiguous and continuing its slot (the
-// context checks). What each slot holds (its cells) stays on the host in the context's KvCache.
+// context checks). What each slot holds (its cells) stays on the host in the context's KvCache. Holding the
+// first layers only, a step ends with the hidden state read back instead of the logits: the output norm and
+// head stay on the CPU with the other layers, as llama.cpp keeps them with the layers it does not offload.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -53,9 +55,9 @@ struct GpuLayer {
 
 struct GpuWeights {
     GpuMat tok_embd;                                     // [n_vocab, n_embd] (gathered, never multiplied)
-    std::vector<GpuLayer> layers;
-    std::unique_ptr<Buffer> out_norm_w, out_norm_b;      // [n_embd]
-    GpuMat output;                                       // [n_vocab, n_embd]
+    std::vector<GpuLayer> layers;                        // the layers on the device: the first ones
+    std::unique_ptr<Buffer> out_norm_w, out_norm_b;      // [n_embd]      (with every layer only, else null)
+    GpuMat output;                                       // [n_vocab, n_embd] (with every layer only)
     std::unique_ptr<Buffer> output_b;                    // [n_vocab] (may be null)
     std::unique_ptr<Buffer> rope_cos, rope_sin;          // [n_ctx][n_rot / 2], the CPU path's own tables
     size_t bytes = 0;                                    // all of the above
@@ -63,12 +65,15 @@ struct GpuWeights {
 
 class PhiGpu : public GpuDecoder {
 public:
-    // Uploads the decoder's weights of hp / w to dev. max_buffer: the largest buffer a tensor part may take
-    // (0: the device's storage-buffer range and allocation limit).
-    PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n_ctx, int n_seq, uint64_t max_buffer = 0);
+    // Uploads the weights of hp / w's first n_layers layers (1 to n_layer; with all of them the output norm
+    // and head too) to dev. max_buffer: the largest buffer a tensor part may take (0: the device's
+    // storage-buffer range and allocation limit).
+    PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n_ctx, int n_seq, int64_t n_layers,
+           uint64_t max_buffer = 0);
 
-    void decode(const int32_t* tokens, const float* x, const PhiRow* rows, int64_t n, float* logits) override;
+    void decode(const int32_t* tokens, const float* x, const PhiRow* rows, int64_t n, float* out) override;
     void copy_prefix(int src, int dst, int64_t n) override;
+    int64_t n_layers() const override { return n_layers_; }
     size_t kv_reserved_bytes() const override;
     size_t weight_bytes() const override { return w_.bytes; }
 
@@ -84,6 +89,8 @@ private:
     PhiHparams hp_;
     int64_t n_ctx_;
     int n_seq_;
+    int64_t n_layers_;  // on the device: layers [0, n_layers_)
+    bool head_;         // whether the output norm and head are here too (n_layers_ == n_layer)
     uint64_t max_buffer_;
     GpuWeights w_;
     MatW host_embd_;  // the token embedding where its type has no gather on the device (else data is null)
@@ -93,6 +100,7 @@ private:
     int64_t cap_rows_ = 0, cap_logits_ = 0;
     std::unique_ptr<Buffer> x_, h_, qkv_, att_, a_, ff_, sel_, logits_, tok_, pos_;
     std::unique_ptr<Buffer> in_, out_;  // host-visible: a step's inputs (x, tokens, positions), its logits
+                                        // (or with the first layers only, the hidden state)
     int64_t split_chunk_ = 0;            // keys per split of decode attention
     std::unique_ptr<Buffer> part_;       // the splits' partial outputs, one decode row at a time
 };
