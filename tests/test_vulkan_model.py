@@ -220,6 +220,68 @@ def test_batched_sequences_equal_each_alone(vk, files, ng):
         assert np.array_equal(np.concatenate(got[k]), alone[k]), k
 
 
+def _replay_schedule():
+    """Batches of a run over 3 slots: ([(slot, token, wants logits)...], slot to cut first (slot, keep) or
+    None, prefix copy first (src, dst, n) or None). Prompts of some slots, then decode steps whose positions
+    move every step, of different slots together, with cuts and copies that move positions back."""
+    rng = np.random.default_rng(77)
+    tok = lambda: int(rng.integers(0, 288))  # noqa: E731
+    plan = [([(0, tok(), i == 6) for i in range(7)], None, None),
+            ([(1, tok(), i == 4) for i in range(5)], None, None)]
+    plan += [([(0, tok(), True), (1, tok(), True)], None, None) for _ in range(12)]
+    plan += [([(0, tok(), True), (1, tok(), False)], None, None) for _ in range(4)]  # another logits mask
+    plan += [([(2, tok(), True)], None, (0, 2, 9))]                                     # slot 2: a copy of 0
+    plan += [([(2, tok(), True)], None, None) for _ in range(6)]
+    plan += [([(1, tok(), True), (2, tok(), True)], None, None) for _ in range(8)]       # other slots
+    plan += [([(0, tok(), True), (1, tok(), True)], (0, 5), None) for _ in range(1)]    # slot 0 cut back
+    plan += [([(0, tok(), True), (1, tok(), True)], None, None) for _ in range(8)]
+    return plan
+
+
+@pytest.mark.parametrize("ng", [-1, 2])
+def test_a_replayed_step_gives_the_bits_of_a_freshly_recorded_one(vk, files, monkeypatch, ng):
+    """The same batches through a context that records every step (TINYGPTV_VK_REPLAY=0) and one that
+    replays a step while its shape repeats, with positions moving every step, slots changing, a cut and a
+    prefix copy: the same logits bit for bit at every step; a step of a new shape (rows, runs and their slots,
+    which rows want logits) is recorded, a repeated one replayed."""
+    m = _core.Model(files["q8_0"][0], 1)
+    monkeypatch.setenv("TINYGPTV_VK_REPLAY", "0")
+    fresh = _core.Context(m, N_CTX, 3, 1, True, 64.0, 0, ng)
+    monkeypatch.delenv("TINYGPTV_VK_REPLAY")
+    replay = _core.Context(m, N_CTX, 3, 1, True, 64.0, 0, ng)
+    shapes = set()
+    for step, (rows, cut, copy) in enumerate(_replay_schedule()):
+        for c in (fresh, replay):
+            if cut:
+                c.truncate(*cut)
+            if copy:
+                c.copy(*copy)
+        # the shape a recording is kept for: rows, runs of one sequence with their slots, logits mask (with
+        # the head on the device)
+        runs = tuple(sorted({(s, sum(1 for r in rows if r[0] == s)) for s, _t, _l in rows}))
+        shape = (runs, tuple(r[2] for r in rows) if ng < 0 else None)
+        before = replay.gpu_steps
+        out = []
+        for c in (fresh, replay):
+            b = _core.Batch()
+            pos = {}
+            for s, t, want in rows:
+                pos.setdefault(s, c.n_past(s))
+                b.add_token(t, s, pos[s], want)
+                pos[s] += 1
+            out.append(c.decode(b))
+        assert np.array_equal(out[0], out[1]), step
+        after = replay.gpu_steps
+        new = shape not in shapes
+        shapes.add(shape)
+        assert (after["recorded"] - before["recorded"], after["replayed"] - before["replayed"]) == \
+            ((1, 0) if new else (0, 1)), (step, shape)
+    n = len(_replay_schedule())
+    assert fresh.gpu_steps == {"recorded": n, "replayed": 0}
+    assert replay.gpu_steps == {"recorded": len(shapes), "replayed": n - len(shapes)}
+    assert 5 <= len(shapes) <= 8 and n - len(shapes) > 30
+
+
 @pytest.mark.parametrize("ng", [-1, 0, 1, 2])
 def test_truncate_and_copy_prefix_agree_with_a_fresh_forward(vk, files, ng):
     """Cut and copied sequences continue as a fresh forward of what they hold, with the cache on the device,

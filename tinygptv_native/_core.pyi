@@ -149,6 +149,8 @@ class Context:
     @property
     def gpu_kv_reserved_bytes(self) -> int: ...  # the device's part of kv_reserved_bytes
     @property
+    def gpu_steps(self) -> Dict[str, int]: ...  # {"recorded": ..., "replayed": ...} of the GPU decoder's steps
+    @property
     def n_ctx(self) -> int: ...
     @property
     def n_seq(self) -> int: ...

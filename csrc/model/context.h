@@ -66,6 +66,7 @@ public:
     size_t gpu_kv_bytes() const { return gpu_ ? gpu_->kv_reserved_bytes() : 0; }  // the device's part
     size_t gpu_weight_bytes() const { return gpu_ ? gpu_->weight_bytes() : 0; }
     int64_t gpu_layers() const { return gpu_ ? gpu_->n_layers() : 0; }  // decoder layers on the device
+    GpuDecoder::StepCounts gpu_steps() const { return gpu_ ? gpu_->step_counts() : GpuDecoder::StepCounts{}; }
 
     // Runs the batch; checked first (sequence ids, positions, token ids, room), so a bad batch changes
     // nothing. Returns how many rows wanted logits: logits() holds them, in row order.

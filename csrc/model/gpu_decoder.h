@@ -31,6 +31,11 @@ public:
     // The device side of KvCache::copy_prefix (its layers): slot dst's first n positions become src's.
     virtual void copy_prefix(int src, int dst, int64_t n) = 0;
     virtual int64_t n_layers() const = 0;          // the decoder layers on the device: the first ones
+    // Steps whose commands were recorded, and steps that replayed an earlier recording of the same shape.
+    struct StepCounts {
+        int64_t recorded = 0, replayed = 0;
+    };
+    virtual StepCounts step_counts() const = 0;
     virtual size_t kv_reserved_bytes() const = 0;  // device memory of the slots written so far
     virtual size_t weight_bytes() const = 0;       // device memory of the uploaded weights
 };

@@ -113,6 +113,14 @@ void bind_context(py::module_& m) {
         .def_property_readonly("gpu_weight_bytes", &Context::gpu_weight_bytes,
                                "device memory of the decoder's uploaded weights (0 on the CPU)")
         .def_property_readonly("gpu_layers", &Context::gpu_layers, "the decoder layers on the device (0 on the CPU)")
+        .def_property_readonly("gpu_steps", [](Context& c) {
+            const auto n = without_gil_locked(c, [&] { return c.gpu_steps(); });
+            py::dict d;
+            d["recorded"] = n.recorded;
+            d["replayed"] = n.replayed;
+            return d;
+        }, "the GPU decoder's steps so far: {'recorded': whose commands were recorded, 'replayed': that replayed "
+           "a recording of the same shape} (zeros without one)")
         .def_property_readonly("gpu_kv_reserved_bytes", [](Context& c) {
             return without_gil_locked(c, [&] { return c.gpu_kv_bytes(); });
         }, "the device's part of kv_reserved_bytes (0 on the CPU)")

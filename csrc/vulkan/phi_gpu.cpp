@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "errors.h"
 #include "exec.h"
@@ -21,7 +22,10 @@ std::unique_ptr<GpuDecoder> make_gpu_decoder(const Model& m, Exec& ex, int64_t n
     // models (tests); never larger than what the device binds.
     uint64_t max_buffer = 0;
     if (const char* v = std::getenv("TINYGPTV_VK_MAX_BUFFER")) max_buffer = std::strtoull(v, nullptr, 10);
-    return std::make_unique<vk::PhiGpu>(*ex.gpu(), m.hparams(), m.lm(), n_ctx, n_seq, n_layers, max_buffer);
+    // TINYGPTV_VK_REPLAY=0 records every step anew (the reference the replayed steps are tested against).
+    const char* replay = std::getenv("TINYGPTV_VK_REPLAY");
+    const size_t max_steps = replay && std::string(replay) == "0" ? 0 : vk::PhiGpu::kMaxSteps;
+    return std::make_unique<vk::PhiGpu>(*ex.gpu(), m.hparams(), m.lm(), n_ctx, n_seq, n_layers, max_buffer, max_steps);
 }
 
 namespace vk {
@@ -44,8 +48,9 @@ void grow(Device& d, std::unique_ptr<Buffer>& b, uint64_t bytes, bool host = fal
 }  // namespace
 
 PhiGpu::PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n_ctx, int n_seq, int64_t n_layers,
-               uint64_t max_buffer)
-    : dev_(dev), hp_(hp), n_ctx_(n_ctx), n_seq_(n_seq), n_layers_(n_layers), head_(n_layers == hp.n_layer) {
+               uint64_t max_buffer, size_t max_steps)
+    : dev_(dev), hp_(hp), n_ctx_(n_ctx), n_seq_(n_seq), n_layers_(n_layers), head_(n_layers == hp.n_layer),
+      max_steps_(max_steps) {
     if (n_layers < 1 || n_layers > hp.n_layer)
         throw VulkanError(fmt("the GPU decoder takes 1 to %lld layers of this model, not %lld", (long long)hp.n_layer,
                               (long long)n_layers));
@@ -164,7 +169,8 @@ void PhiGpu::product(Sequence& s, const GpuMat& m, const Buffer& x, int64_t rows
         matmul_rows(s, m.type, *p.buf, p.row0, p.row0 + p.rows, m.n_in, x, rows, y, y_stride, y_col0, bias);
 }
 
-void PhiGpu::reserve(int64_t rows, int64_t n_logits) {
+bool PhiGpu::reserve(int64_t rows, int64_t n_logits) {
+    const bool grows = rows > cap_rows_ || (head_ && n_logits > cap_logits_);
     const int64_t E = hp_.n_embd, QKV = E + 2 * hp_.kv_dim(), F = hp_.n_ff, V = hp_.n_vocab;
     if (rows > cap_rows_) {
         grow(dev_, x_, 4ull * rows * E);
@@ -185,6 +191,7 @@ void PhiGpu::reserve(int64_t rows, int64_t n_logits) {
         grow(dev_, out_, 4ull * n_logits * V, true);
         cap_logits_ = n_logits;
     }
+    return grows;
 }
 
 std::vector<std::unique_ptr<Buffer>>& PhiGpu::slot(int seq) {
@@ -219,8 +226,7 @@ void PhiGpu::copy_prefix(int src, int dst, int64_t n) {
 }
 
 void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, int64_t n, float* out) {
-    const int64_t E = hp_.n_embd, KV = hp_.kv_dim(), F = hp_.n_ff, V = hp_.n_vocab, D = hp_.head_dim;
-    const int64_t H = hp_.n_head, HKV = hp_.n_head_kv, QKV = E + 2 * KV;
+    const int64_t E = hp_.n_embd;
     int64_t n_logits = 0;
     bool host_rows = false, token_rows = false;
     for (int64_t i = 0; i < n; i++) {
@@ -231,10 +237,11 @@ void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, i
             throw VulkanError(fmt("row %lld: position %lld is outside [0, %lld)", (long long)i, (long long)rows[i].pos,
                                   (long long)n_ctx_));
     }
-    reserve(n, n_logits);
+    if (reserve(n, n_logits)) steps_.clear();  // new activation buffers: the recordings bind the old ones
 
     // The step's inputs, through the host-visible buffer: embedding rows (and token rows where the host
-    // gathers), token ids (-1 for rows the host wrote), positions.
+    // gathers), token ids (-1 for rows the host wrote), positions. The recorded commands read them from
+    // there, so they hold for any values.
     float* in_x = static_cast<float*>(in_->mapped());
     int32_t* in_tok = reinterpret_cast<int32_t*>(in_x + n * E);
     int32_t* in_pos = in_tok + n;
@@ -246,25 +253,59 @@ void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, i
         in_pos[i] = (int32_t)rows[i].pos;
     }
 
-    // The runs of rows of one sequence: their cache slots are reserved before recording.
-    struct Run {
-        int64_t r0, m;
-        Buffer* const* kv;
-    };
-    std::vector<Run> runs;
+    // The step's shape: what the recording depends on. Rows, which of them are host-written or gathered,
+    // the runs of one sequence with their slots (each slot's cache is a buffer of its own, bound by the
+    // recording), and the rows whose logits are read back.
+    const bool want_out = n_logits > 0 && out;
+    std::vector<int64_t> key{n, host_rows, token_rows, want_out};
+    std::vector<StepRun> runs;
     for (int64_t r0 = 0; r0 < n;) {
         int64_t r1 = r0 + 1;
         while (r1 < n && rows[r1].seq == rows[r0].seq) r1++;
-        runs.push_back(Run{r0, r1 - r0, nullptr});
+        runs.push_back(StepRun{r0, r1 - r0, rows[r0].seq});
+        key.insert(key.end(), {r0, r1 - r0, rows[r0].seq});
         r0 = r1;
     }
-    std::vector<std::vector<Buffer*>> slot_bufs(runs.size());
-    for (size_t k = 0; k < runs.size(); k++) {
-        for (auto& b : slot(rows[runs[k].r0].seq)) slot_bufs[k].push_back(b.get());
-        runs[k].kv = slot_bufs[k].data();
-    }
+    if (head_ && want_out)
+        for (int64_t i = 0; i < n; i++) key.push_back(rows[i].logits ? 1 : 0);
 
-    Sequence s(dev_);
+    Step* step = nullptr;
+    for (Step& st : steps_)
+        if (st.key == key) step = &st;
+    if (step) {
+        replayed_++;
+    } else {
+        for (const StepRun& r : runs) slot(r.seq);  // the slots' buffers exist before they are bound
+        auto seq = std::make_unique<Sequence>(dev_);
+        record(*seq, rows, n, runs, host_rows, token_rows, want_out ? n_logits : 0);
+        recorded_++;
+        if (max_steps_ == 0) {  // recording anew every step
+            seq->run();
+            read_back(out, n, n_logits, want_out);
+            return;
+        }
+        if (steps_.size() >= max_steps_) {  // the least recently used shape goes
+            auto lru = std::min_element(steps_.begin(), steps_.end(),
+                                        [](const Step& a, const Step& b) { return a.used < b.used; });
+            steps_.erase(lru);
+        }
+        steps_.push_back(Step{std::move(key), std::move(seq), 0});
+        step = &steps_.back();
+    }
+    step->used = ++clock_;
+    step->seq->run();  // the one wait of the step
+    read_back(out, n, n_logits, want_out);
+}
+
+void PhiGpu::read_back(float* out, int64_t n, int64_t n_logits, bool want_out) const {
+    if (!head_) std::memcpy(out, out_->mapped(), sizeof(float) * (size_t)(n * hp_.n_embd));
+    else if (want_out) std::memcpy(out, out_->mapped(), sizeof(float) * (size_t)(n_logits * hp_.n_vocab));
+}
+
+void PhiGpu::record(Sequence& s, const PhiRow* rows, int64_t n, const std::vector<StepRun>& runs, bool host_rows,
+                    bool token_rows, int64_t n_logits) {
+    const int64_t E = hp_.n_embd, KV = hp_.kv_dim(), F = hp_.n_ff, V = hp_.n_vocab, D = hp_.head_dim;
+    const int64_t H = hp_.n_head, HKV = hp_.n_head_kv, QKV = E + 2 * KV;
     if (host_rows) s.copy(*in_, *x_, 4ull * n * E, 0, 0);
     s.copy(*in_, *tok_, 4ull * n, 4ull * n * E, 0);
     s.copy(*in_, *pos_, 4ull * n, 4ull * n * (E + 1), 0);
@@ -291,11 +332,12 @@ void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, i
         if (hp_.n_rot > 0)
             rope_neox(s, *qkv_, n, QKV, (int)(H + HKV), (int)D, (int)hp_.n_rot, *pos_, *w_.rope_cos, *w_.rope_sin,
                       n_ctx_);
-        for (const Run& r : runs) kv_write(s, *qkv_, r.r0, r.m, QKV, E, KV, *r.kv[il], rows[r.r0].pos, n_ctx_);
+        for (const StepRun& r : runs)
+            kv_write(s, *qkv_, r.r0, r.m, QKV, E, KV, *kv_[(size_t)r.seq][(size_t)il], *pos_, n_ctx_);
         // A decode row (a run of one) splits its keys: alone it would keep n_head workgroups busy.
-        for (const Run& r : runs)
-            attention(s, *qkv_, r.r0, r.m, QKV, *r.kv[il], rows[r.r0].pos, n_ctx_, (int)H, (int)HKV, (int)D, scale,
-                      *att_, E, r.m == 1 ? part_.get() : nullptr, split_chunk_);
+        for (const StepRun& r : runs)
+            attention(s, *qkv_, r.r0, r.m, QKV, *kv_[(size_t)r.seq][(size_t)il], *pos_, n_ctx_, (int)H, (int)HKV,
+                      (int)D, scale, *att_, E, r.m == 1 ? part_.get() : nullptr, split_chunk_);
         product(s, L.out, *att_, n, *a_, E, 0, L.out_b.get());
         if (L.post_norm_w) rmsnorm(s, *a_, *a_, n, E, L.post_norm_w.get(), hp_.rms_eps);
         product(s, L.up, *h_, n, *ff_, F, 0, L.up_b.get());
@@ -307,11 +349,7 @@ void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, i
     if (!head_) {
         // The CPU runs the other layers from here: the hidden state of every row goes back.
         s.copy(*x_, *out_, 4ull * n * E, 0, 0);
-        s.run();
-        std::memcpy(out, out_->mapped(), sizeof(float) * (size_t)(n * E));
-        return;
-    }
-    if (n_logits > 0 && out) {
+    } else if (n_logits > 0) {
         // The rows that want logits, moved together (all rows: x as it is).
         const Buffer* rows_x = x_.get();
         if (n_logits < n) {
@@ -324,8 +362,7 @@ void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, i
         product(s, w_.output, *h_, n_logits, *logits_, V, 0, w_.output_b.get());
         s.copy(*logits_, *out_, 4ull * n_logits * V, 0, 0);
     }
-    s.run();  // the one wait of the step
-    if (n_logits > 0 && out) std::memcpy(out, out_->mapped(), sizeof(float) * (size_t)(n_logits * V));
+    s.finish();
 }
 
 }  // namespace vk
