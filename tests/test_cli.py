@@ -91,6 +91,9 @@ def test_run_text_only_and_draw(files):
     (["-m", "{model}", "-p", "hi", "-t", "0"], "--threads"),
     (["-m", "{model}", "-p", "hi", "-c", "1"], "--ctx-size"),
     (["-m", "{model}", "-p", "hi", "--draw", "x.png"], "--draw needs an --image"),
+    (["-m", "{model}", "-p", "hi", "-ngl", "99"], "gpu_layers=99 is outside [0, "),
+    (["-m", "{model}", "-p", "hi", "--device", "cpu", "--gpu-layers", "2"],
+     "gpu_layers=2 puts layers on a GPU but device='cpu' uses none"),
 ])
 def test_run_errors_are_one_line(files, args, pattern):
     args = [a.format(**files) for a in args]
@@ -103,6 +106,19 @@ def test_run_errors_are_one_line(files, args, pattern):
 def test_run_verbose_error_shows_traceback(files):
     rc, out, err = tinygptv("run", "-m", files["model"], "-c", "16", "-p", "hi " * 40, "--verbose")
     assert rc != 0 and "Traceback" in err and "ContextOverflowError" in err
+
+
+def test_every_command_with_a_device_takes_gpu_layers():
+    """--gpu-layers (and llama.cpp's -ngl) wherever --device is: run, chat, eval, batch, serve."""
+    from tinygptv_native.cli import build_parser
+    sub = next(a for a in build_parser()._actions if a.dest == "cmd")
+    with_device = {name: p for name, p in sub.choices.items()
+                   if any("--device" in a.option_strings for a in p._actions)}
+    assert {"run", "chat", "serve"} <= set(with_device)
+    for name, p in with_device.items():
+        opt = next((a for a in p._actions if "--gpu-layers" in a.option_strings), None)
+        assert opt is not None and "-ngl" in opt.option_strings and opt.dest == "gpu_layers", name
+        assert opt.type is int and opt.default is None, name
 
 
 def test_argparse_errors(files):

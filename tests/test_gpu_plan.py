@@ -8,9 +8,9 @@ from tinygptv_native.convert import schema
 from tinygptv_native.convert.quantize import choose_type
 from tinygptv_native.demo import DEMO_MODEL
 from tinygptv_native.gpu import device_budget
-from tinygptv_native.gpu_plan import (BUFFER_ALIGN, IMAGE_TABLES, STAGING_BYTES, Hparams, Tensor,
-                                      hparams_from_metadata, image_activation_buffers, is_image_tensor, plan,
-                                      plan_file, split_count, weight_buffers)
+from tinygptv_native.gpu_plan import (BUFFER_ALIGN, IMAGE_TABLES, STAGING_BYTES, Hparams, Tensor, file_tensors,
+                                      hparams_from_metadata, image_activation_buffers, is_image_tensor,
+                                      layers_that_fit, plan, plan_file, split_count, weight_buffers)
 
 GIB = 2**30
 # block size and bytes per block of the storage types a Q4_0 file holds
@@ -183,6 +183,67 @@ def test_a_split_tensor_takes_more_buffers_of_the_same_bytes():
         weight_buffers(tensors, REAL, 2048, max_buffer=1000)
 
 
+@pytest.mark.parametrize("ng", [0, 1, 16, 31, 32])
+def test_a_split_plan_counts_only_the_offloaded_layers(ng):
+    """gpu_layers=ng: the token embedding, blocks 0..ng-1 and the RoPE tables on the device, the output norm and
+    head only with all 32; the KV cache of ng layers; without the head no logits on the device, the hidden
+    state read back instead. The image path is on the device whatever ng; with ng 0 it is all there is."""
+    tensors = [q4_0_tensor(n, ne) for n, ne in real_size_tensors()]
+    whole = plan(tensors, REAL, n_ctx=2048, max_buffer=LAVAPIPE_BUFFER)
+    p = plan(tensors, REAL, n_ctx=2048, max_buffer=LAVAPIPE_BUFFER, gpu_layers=ng)
+    if ng == 32:
+        assert p == whole
+        return
+
+    def on_device(name):
+        if is_image_tensor(name):
+            return True
+        if name.startswith("blk."):
+            return int(name.split(".")[1]) < ng
+        return name == "token_embd.weight" and ng > 0
+
+    def size(t):  # matrices as stored, vectors and the image path's tables in float32
+        return t.nbytes if len(t.shape) == 2 and t.name not in IMAGE_TABLES else 4 * __import__("math").prod(t.shape)
+
+    up = [t for t in tensors if on_device(t.name)]
+    rope = [4 * 2048 * 16] * 2 if ng else []
+    assert p.weight_buffers == len(up) + len(rope)
+    assert p.weights == sum(_aligned(b) for b in [size(t) for t in up] + rope)
+    assert p.kv_cache == ng * 2048 * 2560 * 2 * 2
+    B = 256
+    image_dev, image_host = image_activation_buffers(tensors)
+    if ng == 0:
+        assert p.activations == sum(_aligned(b) for b in image_dev)
+        # the transfer buffer as large as the largest upload (here under the 64 MiB cap)
+        assert p.staging == _aligned(max(size(t) for t in up)) + sum(_aligned(b) for b in image_host)
+        assert p.largest_buffer == max([size(t) for t in up] + image_dev)
+    else:
+        assert p.activations == whole.activations - _aligned(4 * B * 2560) - _aligned(4 * B * 51200)
+        assert p.staging == (_aligned(4 * B * 2562) + _aligned(4 * B * 2560) + STAGING_BYTES
+                             + sum(_aligned(b) for b in image_host))
+        assert p.largest_buffer == 51200 * 2560 // 32 * 18  # the token embedding stays
+    assert p.total < whole.total
+
+
+def test_the_layers_that_fit_a_budget():
+    tensors = [q4_0_tensor(n, ne) for n, ne in real_size_tensors()]
+    totals = [plan(tensors, REAL, n_ctx=2048, gpu_layers=ng).total for ng in range(33)]
+    assert totals == sorted(totals) and len(set(totals)) == 33
+    assert layers_that_fit(tensors, REAL, totals[16], n_ctx=2048) == 16
+    assert layers_that_fit(tensors, REAL, totals[16] - 1, n_ctx=2048) == 15
+    assert layers_that_fit(tensors, REAL, totals[32], n_ctx=2048) == 32
+    assert layers_that_fit(tensors, REAL, totals[1] - 1, n_ctx=2048) == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 33])
+def test_gpu_layers_outside_the_model_are_refused(bad):
+    t = [Tensor("blk.0.attn_norm.weight", "F32", (2560,), 4 * 2560)]
+    with pytest.raises(ValueError, match=rf"gpu_layers={bad} is outside \[0, 32\]: the model has 32 decoder layers"):
+        plan(t, REAL, n_ctx=64, gpu_layers=bad)
+    with pytest.raises(TypeError, match="gpu_layers must be an int or None, got bool"):
+        plan(t, REAL, n_ctx=64, gpu_layers=True)
+
+
 def test_more_sequences_and_context_scale_the_cache():
     t = [Tensor("blk.0.attn_norm.weight", "F32", (2560,), 4 * 2560)]
     one = plan(t, REAL, n_ctx=1024)
@@ -253,3 +314,23 @@ def test_the_device_listing_shows_the_budget():
     d = dict(_fake_device({"size": 8 * GIB, "device_local": True, "budget": 7 * GIB, "usage": GIB // 2}),
              api_version="1.3.0", driver="", subgroup_size=32, fp16=True, int8=True, cooperative_matrix=False)
     assert "memory:              8.0 GiB device-local (budget 7.0 GiB, 0.5 GiB in use)" in format_device(d)
+
+
+def test_a_split_that_fits_is_taken_and_the_refusal_says_how_many_layers_fit(monkeypatch):
+    """A heap that holds the demo's first layers but not the whole decoder: the refusal of the whole model
+    names --gpu-layers and how many layers fit; that many are taken, one more is refused."""
+    from tinygptv_native import gpu
+    hp, tensors = file_tensors(str(DEMO_MODEL))
+    assert hp.n_layer >= 2
+    k = hp.n_layer // 2
+    fits = plan(tensors, hp, 512, 2, max_buffer=2**30, workgroup=64, gpu_layers=k).total
+    heap = {"size": fits, "device_local": True, "budget": None, "usage": None}
+    monkeypatch.setattr(gpu, "vulkan_devices", lambda: [_fake_device(heap)])
+    with pytest.raises(ValueError, match=rf"^the model does not fit Vulkan device 0 .*put only the first layers on the "
+                                         rf"GPU with gpu_layers / --gpu-layers N: {k} of {hp.n_layer} fit"):
+        gpu.choose_device(str(DEMO_MODEL), "gpu", None, 512, 2)
+    assert gpu.choose_device(str(DEMO_MODEL), "gpu", None, 512, 2, gpu_layers=k) == 0
+    assert gpu.choose_device(str(DEMO_MODEL), "auto", None, 512, 2, gpu_layers=k) == 0
+    assert gpu.choose_device(str(DEMO_MODEL), "auto", None, 512, 2) is None
+    with pytest.raises(ValueError, match=rf"^the first {k + 1} of its {hp.n_layer} layers do not fit Vulkan device 0"):
+        gpu.choose_device(str(DEMO_MODEL), "gpu", None, 512, 2, gpu_layers=k + 1)

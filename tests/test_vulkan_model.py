@@ -100,6 +100,8 @@ def _prompt(k, n):
 # (Q4_0) against the references above, with logits up to 9 in magnitude: the GPU sums in another order (tree
 # reductions, an online softmax over key tiles), nothing more. (The CPU on the quantized files is 1.8e-2 /
 # 2.0e-2 from those references on average, its int8 activations; the GPU 1.8e-2 / 2.0e-2 from it.)
+# Split after 1, 2 of the 3 layers: 2.8e-4 / 2.8e-4 (F32), 1.6e-5 / 6.2e-5 (F16); the demo TinyGPT-V in F16
+# split after 1, 2, 4 of its 4 layers: 8.9e-5, 7.5e-5, 7.0e-5, logits up to 17.
 BOUND = 1e-3
 
 
@@ -123,6 +125,29 @@ def test_logits_and_greedy_tokens_match_the_cpu(vk, files, wtype):
         e_act = np.abs(lq - lr).mean()
         e_gpu = np.abs(lq - lg).mean()
         assert e_gpu <= 1.1 * e_act + BOUND, (wtype, e_gpu, e_act)
+
+
+@pytest.mark.parametrize("wtype,ng", [("f16", 0), ("f16", 1), ("f16", 2), ("f16", 3), ("f32", 1)])
+def test_a_split_decoder_matches_the_cpu(vk, files, wtype, ng):
+    """gpu_layers=ng: the first ng layers on the device, the rest and the head on the CPU from the hidden
+    state the device hands back: the logits and greedy tokens of the CPU engine, the device holding the
+    weights and KV cache of those layers only."""
+    path, ref_path = files[wtype]
+    m = _core.Model(path, 1)
+    gpu = _core.Context(m, N_CTX, 1, 1, True, 64.0, 0, ng)
+    whole = _core.Context(m, N_CTX, 1, 1, True, 64.0, 0)
+    assert (gpu.backend, gpu.gpu_layers, whole.gpu_layers) == ("vulkan", ng, 3)
+    assert (gpu.gpu_weight_bytes == 0) == (ng == 0) and gpu.gpu_weight_bytes <= whole.gpu_weight_bytes
+    ref = _core.Context(_core.Model(ref_path, 1), N_CTX, 1, 1, True)
+    prompt = _prompt(0, 11)
+    lg, tg_ = _greedy(gpu, prompt, 24)
+    lr, tr = _greedy(ref, prompt, 24)
+    assert tg_ == tr
+    err = np.abs(lg - lr).max()
+    assert err <= BOUND, (wtype, ng, err)
+    # 3 layers x (k, v) x n_ctx x kv_dim x F16, the first ng of them on the device
+    layer = 2 * N_CTX * 32 * 2
+    assert (gpu.gpu_kv_reserved_bytes, gpu.kv_reserved_bytes) == (ng * layer, 3 * layer)
 
 
 @pytest.mark.parametrize("qtype", ["q4_k_m", "q6_k"])
@@ -175,19 +200,21 @@ def test_a_tensor_split_over_buffers_gives_the_same_logits(vk, files, monkeypatc
     assert ta == tb and np.array_equal(a, b)
 
 
-def test_batched_sequences_equal_each_alone(vk, files):
+@pytest.mark.parametrize("ng", [-1, 1, 2])
+def test_batched_sequences_equal_each_alone(vk, files, ng):
     """Prompt pieces of some sequences and decode steps of others in one batch: each row's logits are
-    those of its sequence run alone (bit for bit: a row's arithmetic does not depend on its company)."""
+    those of its sequence run alone (bit for bit: a row's arithmetic does not depend on its company), the
+    decoder whole on the device or split after layer ng."""
     m = _core.Model(files["q8_0"][0], 1)
     specs = [(0, 7), (1, 1), (2, 13), (3, 4)]
     alone = {}
     for k, n in specs:
-        c = _core.Context(m, N_CTX, 1, 1, True, 64.0, 0)
+        c = _core.Context(m, N_CTX, 1, 1, True, 64.0, 0, ng)
         alone[k] = [c.eval_tokens(0, _prompt(k, n), True)]
         for step in range(3):
             alone[k].append(c.eval_tokens(0, _prompt(10 + k, 3)[step:step + 1], True))
         alone[k] = np.concatenate(alone[k])
-    c = _core.Context(m, N_CTX, 4, 1, True, 64.0, 0)
+    c = _core.Context(m, N_CTX, 4, 1, True, 64.0, 0, ng)
     got = {k: [] for k, _ in specs}
     # step 0: every prompt; then steps where some sequences decode and the last prompt is resent piecewise
     b = _core.Batch()
@@ -210,9 +237,74 @@ def test_batched_sequences_equal_each_alone(vk, files):
         assert np.array_equal(np.concatenate(got[k]), alone[k]), k
 
 
-def test_truncate_and_copy_prefix_agree_with_a_fresh_forward(vk, files):
+def _replay_schedule():
+    """Batches of a run over 3 slots: ([(slot, token, wants logits)...], slot to cut first (slot, keep) or
+    None, prefix copy first (src, dst, n) or None). Prompts of some slots, then decode steps whose positions
+    move every step, of different slots together, with cuts and copies that move positions back."""
+    rng = np.random.default_rng(77)
+    tok = lambda: int(rng.integers(0, 288))  # noqa: E731
+    plan = [([(0, tok(), i == 6) for i in range(7)], None, None),
+            ([(1, tok(), i == 4) for i in range(5)], None, None)]
+    plan += [([(0, tok(), True), (1, tok(), True)], None, None) for _ in range(12)]
+    plan += [([(0, tok(), True), (1, tok(), False)], None, None) for _ in range(4)]  # another logits mask
+    plan += [([(2, tok(), True)], None, (0, 2, 9))]                                     # slot 2: a copy of 0
+    plan += [([(2, tok(), True)], None, None) for _ in range(6)]
+    plan += [([(1, tok(), True), (2, tok(), True)], None, None) for _ in range(8)]       # other slots
+    plan += [([(0, tok(), True), (1, tok(), True)], (0, 5), None) for _ in range(1)]    # slot 0 cut back
+    plan += [([(0, tok(), True), (1, tok(), True)], None, None) for _ in range(8)]
+    return plan
+
+
+@pytest.mark.parametrize("ng", [-1, 2])
+def test_a_replayed_step_gives_the_bits_of_a_freshly_recorded_one(vk, files, monkeypatch, ng):
+    """The same batches through a context that records every step (TINYGPTV_VK_REPLAY=0) and one that
+    replays a step while its shape repeats, with positions moving every step, slots changing, a cut and a
+    prefix copy: the same logits bit for bit at every step; a step of a new shape (rows, runs and their slots,
+    which rows want logits) is recorded, a repeated one replayed."""
+    m = _core.Model(files["q8_0"][0], 1)
+    monkeypatch.setenv("TINYGPTV_VK_REPLAY", "0")
+    fresh = _core.Context(m, N_CTX, 3, 1, True, 64.0, 0, ng)
+    monkeypatch.delenv("TINYGPTV_VK_REPLAY")
+    replay = _core.Context(m, N_CTX, 3, 1, True, 64.0, 0, ng)
+    shapes = set()
+    for step, (rows, cut, copy) in enumerate(_replay_schedule()):
+        for c in (fresh, replay):
+            if cut:
+                c.truncate(*cut)
+            if copy:
+                c.copy(*copy)
+        # the shape a recording is kept for: rows, runs of one sequence with their slots, logits mask (with
+        # the head on the device)
+        runs = tuple(sorted({(s, sum(1 for r in rows if r[0] == s)) for s, _t, _l in rows}))
+        shape = (runs, tuple(r[2] for r in rows) if ng < 0 else None)
+        before = replay.gpu_steps
+        out = []
+        for c in (fresh, replay):
+            b = _core.Batch()
+            pos = {}
+            for s, t, want in rows:
+                pos.setdefault(s, c.n_past(s))
+                b.add_token(t, s, pos[s], want)
+                pos[s] += 1
+            out.append(c.decode(b))
+        assert np.array_equal(out[0], out[1]), step
+        after = replay.gpu_steps
+        new = shape not in shapes
+        shapes.add(shape)
+        assert (after["recorded"] - before["recorded"], after["replayed"] - before["replayed"]) == \
+            ((1, 0) if new else (0, 1)), (step, shape)
+    n = len(_replay_schedule())
+    assert fresh.gpu_steps == {"recorded": n, "replayed": 0}
+    assert replay.gpu_steps == {"recorded": len(shapes), "replayed": n - len(shapes)}
+    assert 5 <= len(shapes) <= 8 and n - len(shapes) > 30
+
+
+@pytest.mark.parametrize("ng", [-1, 0, 1, 2])
+def test_truncate_and_copy_prefix_agree_with_a_fresh_forward(vk, files, ng):
+    """Cut and copied sequences continue as a fresh forward of what they hold, with the cache on the device,
+    on the host, or split between them (the first ng layers on the device)."""
     m = _core.Model(files["f16"][0], 1)
-    c = _core.Context(m, N_CTX, 3, 1, True, 64.0, 0)
+    c = _core.Context(m, N_CTX, 3, 1, True, 64.0, 0, ng)
     p = _prompt(2, 20)
     c.eval_tokens(0, p)
     c.copy(0, 1, 12)         # sequence 1: the first 12 positions of 0
@@ -225,65 +317,130 @@ def test_truncate_and_copy_prefix_agree_with_a_fresh_forward(vk, files):
     got2 = c.eval_tokens(2, tail[:2], True)
 
     def fresh(ids):
-        f = _core.Context(m, N_CTX, 1, 1, True, 64.0, 0)
+        f = _core.Context(m, N_CTX, 1, 1, True, 64.0, 0, ng)
         return f.eval_tokens(0, np.asarray(ids, np.int32), True)
 
     np.testing.assert_allclose(got0, fresh(np.concatenate([p[:15], tail]))[15:], rtol=0, atol=1e-5)
     np.testing.assert_allclose(got1, fresh(np.concatenate([p[:12], tail]))[12:], rtol=0, atol=1e-5)
     np.testing.assert_allclose(got2, fresh(np.concatenate([p[:12], tail, tail[:2]]))[17:], rtol=0, atol=1e-5)
     assert c.kv_reserved_bytes == 3 * 3 * 2 * N_CTX * 32 * 2  # 3 slots x 3 layers x (k, v) x n_ctx x kv_dim x F16
+    assert c.gpu_kv_reserved_bytes == 3 * (3 if ng < 0 else ng) * 2 * N_CTX * 32 * 2
 
 
-@pytest.mark.parametrize("wtype,max_buffer", [("f32", None), ("q4_0", None), ("f16", 4096), ("demo", None)])
-def test_the_memory_plan_counts_what_the_gpu_allocates(vk, files, monkeypatch, wtype, max_buffer):
+@pytest.mark.parametrize("wtype,max_buffer,ng", [("f32", None, None), ("q4_0", None, None), ("f16", 4096, None),
+                                                 ("demo", None, None), ("f32", None, 1), ("f16", 4096, 2),
+                                                 ("demo", None, 2), ("demo", None, 0)])
+def test_the_memory_plan_counts_what_the_gpu_allocates(vk, files, monkeypatch, wtype, max_buffer, ng):
     """gpu_plan's weights and KV cache against the GPU's own count after a decode of each of 2 slots
-    (random Phi-2s, and the demo TinyGPT-V, whose image path is uploaded with the decoder). The device
-    rounds a buffer to 4 bytes, which weight_buffers' sizes so rounded give exactly; the plan rounds each to
-    256 (BUFFER_ALIGN), so it may exceed the real count by under 256 bytes a buffer. The image path's
-    pass: image_activation_buffers against the buffers the context allocated for it, to the byte."""
+    (random Phi-2s, and the demo TinyGPT-V, whose image path is uploaded with the decoder whatever its
+    split), the whole decoder on the device or its first ng layers. The device rounds a buffer to 4 bytes,
+    which weight_buffers' sizes so rounded give exactly; the plan rounds each to 256 (BUFFER_ALIGN), so it
+    may exceed the real count by under 256 bytes a buffer. The image path's pass: image_activation_buffers
+    against the buffers the context allocated for it, to the byte."""
     from tinygptv_native import gpu_plan
     from tinygptv_native.demo import DEMO_MODEL
     from tinygptv_native.gpu import device_limits, device_plan
     path = str(DEMO_MODEL) if wtype == "demo" else files[wtype][0]
     if max_buffer:  # a split of the larger matrices into parts of at most 4 KiB
         monkeypatch.setenv("TINYGPTV_VK_MAX_BUFFER", str(max_buffer))
-    c = _core.Context(_core.Model(path, 1), N_CTX, 2, 1, True, 64.0, 0)
+    c = _core.Context(_core.Model(path, 1), N_CTX, 2, 1, True, 64.0, 0, -1 if ng is None else ng)
     c.eval_tokens(0, _prompt(4, 7), True)
     c.eval_tokens(1, _prompt(5, 1), True)
     dev = _core.vulkan_devices()[0]
-    p = device_plan(path, dev, N_CTX, 2)
+    p = device_plan(path, dev, N_CTX, 2, ng)
     hp, tensors = gpu_plan.file_tensors(path)
-    raw = gpu_plan.weight_buffers(tensors, hp, N_CTX, device_limits(dev)[0])
-    if max_buffer:
+    raw = gpu_plan.weight_buffers(tensors, hp, N_CTX, device_limits(dev)[0], ng)
+    n_dev = hp.n_layer if ng is None else ng
+    assert c.gpu_layers == n_dev
+    n_image = sum(1 for t in tensors if gpu_plan.is_image_tensor(t.name))
+    assert (n_image > 0) == (wtype == "demo")
+    if n_dev == 0:  # the image path alone: its tensors, one buffer each
+        assert len(raw) == n_image and p.kv_cache == 0 and c.gpu_kv_reserved_bytes == 0
+    if max_buffer and ng is None:
         assert len(raw) > sum(1 for t in tensors if gpu_plan.is_decoder_tensor(t.name)) + 2  # some were split
-    if wtype == "demo":  # the image path's tensors are among the uploaded ones
-        assert len(raw) == len(tensors) + 2 and any(gpu_plan.is_image_tensor(t.name) for t in tensors)
+    if wtype == "demo" and ng is None:  # every tensor, and the RoPE tables
+        assert len(raw) == len(tensors) + 2
     dev_bufs, host_bufs = gpu_plan.image_activation_buffers(tensors)
     assert sum(max(4, -(-b // 4) * 4) for b in dev_bufs + host_bufs) == c.gpu_image_activation_bytes
     assert (c.gpu_image_activation_bytes > 0) == (wtype == "demo")
     assert sum(max(4, -(-b // 4) * 4) for b in raw) == c.gpu_weight_bytes
     assert c.gpu_weight_bytes <= p.weights < c.gpu_weight_bytes + gpu_plan.BUFFER_ALIGN * p.weight_buffers
     assert p.weight_buffers == len(raw)
-    # 2 slots x n_layer x (k, v) x n_ctx x kv_dim x F16
-    assert p.kv_cache == c.kv_reserved_bytes == 2 * hp.n_layer * 2 * N_CTX * hp.kv_dim * 2
+    # 2 slots x the device's layers x (k, v) x n_ctx x kv_dim x F16
+    assert p.kv_cache == c.gpu_kv_reserved_bytes == 2 * n_dev * 2 * N_CTX * hp.kv_dim * 2
+    assert c.kv_reserved_bytes == 2 * hp.n_layer * 2 * N_CTX * hp.kv_dim * 2
     if wtype != "demo":
         assert (hp.n_layer, hp.kv_dim) == (3, 32)
 
 
 def test_the_demo_model_answers_as_on_the_cpu(vk):
+    """An image question and a multi-turn chat about the image on the CPU, on the GPU, and with the decoder
+    split after 0, 1 and 2 of its 4 layers: the same answers."""
     from tinygptv_native import Model
     from tinygptv_native.demo import DEMO_IMAGE
     answers = {}
-    for device in ("cpu", "gpu"):
-        m = Model(device=device, n_parallel=2)
+    for device, ng in (("cpu", None), ("gpu", None), ("gpu", 0), ("gpu", 1), ("gpu", 2)):
+        m = Model(device=device, n_parallel=2, gpu_layers=ng)
         assert m.device == device and (m.gpu is None) == (device == "cpu")
+        assert m.gpu_layers == (0 if device == "cpu" else m.n_layer if ng is None else ng) == m.engine.ctx.gpu_layers
         c = m.new_chat()
-        answers[device] = [m.chat("How many shapes are there?", image=DEMO_IMAGE, temperature=0),
-                           c.ask("What color is the triangle?", image=DEMO_IMAGE, temperature=0),
-                           c.ask("What color is the circle?", temperature=0)]
+        answers[device, ng] = [m.chat("How many shapes are there?", image=DEMO_IMAGE, temperature=0),
+                               c.ask("What color is the triangle?", image=DEMO_IMAGE, temperature=0),
+                               c.ask("What color is the circle?", temperature=0)]
         m.close()
-    assert answers["gpu"] == answers["cpu"]
-    assert answers["gpu"][0] == "three"
+    for key, a in answers.items():
+        assert a == answers["cpu", None], (key, a)
+    assert answers["gpu", None][0] == "three"
+
+
+@pytest.fixture(scope="module")
+def demo_f16(tmp_path_factory):
+    """The demo TinyGPT-V with its weights stored as F16: the CPU multiplies F16 weights by float activations,
+    as the GPU does, where on the Q8_0 file it rounds activations to int8 (and a split hands the CPU's layers
+    a hidden state that may round the other way)."""
+    from tinygptv_native.demo import DEMO_MODEL
+    from tinygptv_native.quantize import quantize_file
+    path = str(tmp_path_factory.mktemp("demo") / "demo-f16.gguf")
+    quantize_file(str(DEMO_MODEL), path, "f16", progress=False)
+    return path
+
+
+@pytest.mark.parametrize("ng", [1, 2, 4])
+def test_the_demo_model_split_batches_an_image_and_text_as_the_cpu(vk, demo_f16, ng):
+    """Two sequences in one batch, one an image's rows and a question, the other text, then decode steps of
+    both together: the demo TinyGPT-V (F16) split after ng of its 4 layers gives the CPU engine's logits
+    (within BOUND) and greedy tokens."""
+    from tinygptv_native import Model
+    from tinygptv_native.demo import DEMO_IMAGE
+    host = Model(device="cpu", n_ctx=256)
+    emb = host.encode_image_embedding(DEMO_IMAGE)
+    q, t = host.tokenize("How many shapes are there?"), host.tokenize("Describe a circle.")
+    core = _core.Model(demo_f16, 1)
+    assert core.n_layer == 4
+    out = {}
+    for name, ctx in (("cpu", _core.Context(core, 256, 2, 1, True)),
+                      ("gpu", _core.Context(core, 256, 2, 1, True, 64.0, 0, ng))):
+        b = _core.Batch()
+        for r in range(emb.n_rows):
+            b.add_image_row(emb, r, 0, r, False)
+        for i, tok in enumerate(q):
+            b.add_token(tok, 0, emb.n_rows + i, i == len(q) - 1)
+        for i, tok in enumerate(t):
+            b.add_token(tok, 1, i, i == len(t) - 1)
+        rows, toks = [ctx.decode(b)], []
+        pos = [emb.n_rows + len(q), len(t)]
+        for _ in range(8):
+            nxt = [int(np.argmax(rows[-1][k])) for k in range(2)]
+            toks.append(nxt)
+            b = _core.Batch()
+            for k in range(2):
+                b.add_token(nxt[k], k, pos[k], True)
+                pos[k] += 1
+            rows.append(ctx.decode(b))
+        out[name] = (np.concatenate(rows), toks)
+    assert out["gpu"][1] == out["cpu"][1]
+    err = np.abs(out["gpu"][0] - out["cpu"][0]).max()
+    assert err <= BOUND, (ng, err)
 
 
 # ---- the image path on the GPU --------------------------------------------------------------------
@@ -439,7 +596,7 @@ def test_device_choice_and_its_errors(vk, files):
     with pytest.raises(ValueError, match="device='cpu' uses none"):
         Model(path, device="cpu", gpu=0)
     m = Model(path, device="gpu", n_ctx=N_CTX)
-    assert (m.device, m.gpu, m.engine.ctx.backend) == ("gpu", 0, "vulkan")
+    assert (m.device, m.gpu, m.engine.ctx.backend, m.gpu_layers) == ("gpu", 0, "vulkan", 3)
     # auto takes a discrete GPU only: lavapipe is a CPU device, so auto stays on the CPU there
     devs = _core.vulkan_devices()
     auto = Model(path, n_ctx=N_CTX)
@@ -480,3 +637,45 @@ def test_the_run_command_on_the_gpu(vk):
     rc, out, err = _tinygptv("run", "--device", "gpu", "--gpu", "9", "-p", "x")
     assert rc == 1 and out == ""
     assert err.strip().splitlines()[-1].startswith("tinygptv: error: gpu=9 does not exist (Vulkan devices: 0: ")
+
+
+def test_gpu_layers_choice_and_its_errors(vk, files):
+    """gpu_layers outside [0, n_layer] is refused with the value and the layer count; a budget that holds one
+    layer but not the model refuses the whole with how many layers fit, and takes that many."""
+    from tinygptv_native import Model, gpu_plan
+    from tinygptv_native.gpu import device_limits
+    path = files["f32"][0]
+    for bad in (-1, 4):
+        with pytest.raises(ValueError, match=rf"gpu_layers={bad} is outside \[0, 3\]: the model has 3 decoder layers"):
+            Model(path, device="gpu", n_ctx=N_CTX, gpu_layers=bad)
+    with pytest.raises(TypeError, match="gpu_layers must be an int or None, got str"):
+        Model(path, device="gpu", n_ctx=N_CTX, gpu_layers="2")
+    with pytest.raises(ValueError, match=r"gpu_layers=2 puts layers on a GPU but device='cpu' uses none"):
+        Model(path, device="cpu", gpu_layers=2)
+    with pytest.raises(_core.ModelError, match=r"gpu_layers 4 must be in \[0, 3\]"):
+        _core.Context(_core.Model(path, 1), N_CTX, 1, 1, True, 64.0, 0, 4)
+    max_buffer, workgroup = device_limits(_core.vulkan_devices()[0])
+    hp, tensors = gpu_plan.file_tensors(path)
+    one = gpu_plan.plan(tensors, hp, N_CTX, 4, max_buffer=max_buffer, workgroup=workgroup, gpu_layers=1).total
+    budget_mb = (one + 1) / 2**20
+    with pytest.raises(ValueError, match=r"^the model does not fit Vulkan device 0 .*gpu_layers / --gpu-layers N: "
+                                         r"1 of 3 fit, or use device='cpu'\)$"):
+        Model(path, device="gpu", n_ctx=N_CTX, gpu_budget_mb=budget_mb)
+    m = Model(path, device="gpu", n_ctx=N_CTX, gpu_budget_mb=budget_mb, gpu_layers=1)
+    assert (m.device, m.gpu_layers, m.engine.ctx.gpu_layers) == ("gpu", 1, 1)
+    assert m.engine.ctx.gpu_weight_bytes <= one
+    cpu = Model(path, device="cpu", n_ctx=N_CTX)
+    ids = [int(t) for t in _prompt(6, 9)]
+    assert np.abs(m.logits(ids) - cpu.logits(ids)).max() <= BOUND
+    assert Model(path, n_ctx=N_CTX, gpu=0, gpu_budget_mb=budget_mb).device == "cpu"  # auto: the whole does not fit
+    assert Model(path, n_ctx=N_CTX, gpu=0, gpu_budget_mb=budget_mb, gpu_layers=1).gpu_layers == 1
+
+
+def test_the_run_command_with_gpu_layers(vk):
+    rc, out, err = _tinygptv("run", "--device", "gpu", "--gpu-layers", "2", "-p", "How many shapes are there?")
+    assert rc == 0, err
+    assert out.strip() == "three"
+    rc, out, err = _tinygptv("run", "--device", "gpu", "-ngl", "9", "-p", "x")
+    assert rc == 1 and out == ""
+    assert err.strip().splitlines()[-1] == ("tinygptv: error: gpu_layers=9 is outside [0, 4]: the model has 4 "
+                                            "decoder layers")

@@ -139,13 +139,19 @@ class Context:
     """One execution context over a shared Model: its threads, a KV cache of n_seq sequences, scratch and
     an image-embedding cache. Calls are serialised."""
     def __init__(self, model: Model, n_ctx: int, n_seq: int = 1, n_threads: int = 1, kv_f16: bool = True,
-                 image_cache_mb: float = 64.0, gpu: int = -1) -> None: ...
+                 image_cache_mb: float = 64.0, gpu: int = -1, gpu_layers: int = -1) -> None: ...
     @property
     def backend(self) -> str: ...  # "cpu" or "vulkan"
     @property
     def gpu_weight_bytes(self) -> int: ...
     @property
     def gpu_image_activation_bytes(self) -> int: ...
+    @property
+    def gpu_layers(self) -> int: ...  # decoder layers on the device
+    @property
+    def gpu_kv_reserved_bytes(self) -> int: ...  # the device's part of kv_reserved_bytes
+    @property
+    def gpu_steps(self) -> Dict[str, int]: ...  # {"recorded": ..., "replayed": ...} of the GPU decoder's steps
     @property
     def n_ctx(self) -> int: ...
     @property

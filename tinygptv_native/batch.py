@@ -231,18 +231,20 @@ def resume_batch(out_path: str, items: Sequence[dict], overwrite: bool) -> int:
 def job_spec(kind: str, model_path: str, *, task: Optional[str] = None, n_threads: Optional[int] = None,
              n_ctx: int = 2048, n_parallel: int = 4, seed: Optional[int] = None,
              max_new_tokens: Optional[int] = None, settings: Optional[BatchSettings] = None, device: str = "auto",
-             gpu: Optional[int] = None) -> dict:
+             gpu: Optional[int] = None, gpu_layers: Optional[int] = None) -> dict:
     if kind not in ("eval", "batch"):
         raise ValueError(f"unknown job kind {kind!r}")
     return {"kind": kind, "model": str(model_path), "task": task, "n_threads": n_threads, "n_ctx": int(n_ctx),
             "n_parallel": int(n_parallel), "seed": seed, "max_new_tokens": max_new_tokens,
-            "settings": asdict(settings) if settings is not None else None, "device": device, "gpu": gpu}
+            "settings": asdict(settings) if settings is not None else None, "device": device, "gpu": gpu,
+            "gpu_layers": gpu_layers}
 
 
 def load_job_model(spec: dict):
     from .model import Model
     return Model(spec["model"], n_threads=spec["n_threads"], n_ctx=spec["n_ctx"], n_parallel=spec["n_parallel"],
-                 seed=spec["seed"], device=spec.get("device", "auto"), gpu=spec.get("gpu"))
+                 seed=spec["seed"], device=spec.get("device", "auto"), gpu=spec.get("gpu"),
+                 gpu_layers=spec.get("gpu_layers"))
 
 
 def item_function(model, spec: dict) -> Callable[[dict], dict]:

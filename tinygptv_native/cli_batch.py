@@ -116,7 +116,7 @@ def _eval(args: argparse.Namespace) -> int:
             print(f"{task}: {len(items) - len(todo)} of {len(items)} items already in {out}, resuming", file=sys.stderr)
         spec = job_spec("eval", path, task=task, n_threads=_threads(args), n_ctx=args.ctx_size,
                         n_parallel=args.parallel, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                        device=args.device, gpu=args.gpu)
+                        device=args.device, gpu=args.gpu, gpu_layers=args.gpu_layers)
         writer = OrderedWriter(out, len(todo))
         prog = _progress(args, len(items), len(items) - len(todo), f"{task} ")
         try:
@@ -154,7 +154,8 @@ def _batch(args: argparse.Namespace) -> int:
     settings = BatchSettings(base_dir=base, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                              seed=args.seed, system=args.system, extra=extra)
     spec = job_spec("batch", path, n_threads=_threads(args), n_ctx=args.ctx_size, n_parallel=args.parallel,
-                    seed=args.seed, settings=settings, device=args.device, gpu=args.gpu)
+                    seed=args.seed, settings=settings, device=args.device, gpu=args.gpu,
+                    gpu_layers=args.gpu_layers)
     todo = items[n_done:]
     writer = OrderedWriter(args.output, len(todo))
     prog = _progress(args, len(items), n_done, "")

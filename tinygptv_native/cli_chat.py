@@ -90,7 +90,7 @@ def load_model(args: argparse.Namespace, term: Optional[Term] = None, demo_pictu
         check_file(path, "model file")
     with term.status(f"loading {os.path.basename(path)}"):
         return Model(path, n_threads=args.threads, n_ctx=args.ctx_size, verbose=bool(getattr(args, "verbose", False)),
-                     device=args.device, gpu=args.gpu)
+                     device=args.device, gpu=args.gpu, gpu_layers=args.gpu_layers)
 
 
 def _check_image(path: Optional[str]) -> None:

@@ -135,9 +135,10 @@ class Engine:
 
     def __init__(self, core_model: "_core.Model", tokenizer: "_core.Tokenizer", *, n_ctx: int, n_seq: int,
                  n_threads: int, kv_f16: bool, n_batch: int = 512, image_cache_mb: float = 64.0,
-                 gpu: Optional[int] = None):
+                 gpu: Optional[int] = None, gpu_layers: Optional[int] = None):
         self.ctx = _core.Context(core_model, int(n_ctx), int(n_seq), int(n_threads), bool(kv_f16),
-                                 float(image_cache_mb), -1 if gpu is None else int(gpu))
+                                 float(image_cache_mb), -1 if gpu is None else int(gpu),
+                                 -1 if gpu_layers is None else int(gpu_layers))
         self.gen = _core.Generator(self.ctx, tokenizer, int(n_batch))
         self.n_ctx = int(n_ctx)
         self.n_seq = int(n_seq)

@@ -106,11 +106,20 @@ def device_limits(d: Dict) -> Tuple[int, int]:
     return max_buffer, workgroup
 
 
-def device_plan(path: str, d: Dict, n_ctx: int, n_seq: int):
-    """The memory plan (gpu_plan.plan_file) of model `path` on device d."""
+def device_plan(path: str, d: Dict, n_ctx: int, n_seq: int, gpu_layers: Optional[int] = None):
+    """The memory plan (gpu_plan.plan_file) of model `path` on device d, its first gpu_layers decoder layers
+    there (None: all)."""
     from .gpu_plan import plan_file
     max_buffer, workgroup = device_limits(d)
-    return plan_file(path, n_ctx, n_seq, max_buffer=max_buffer, workgroup=workgroup)
+    return plan_file(path, n_ctx, n_seq, max_buffer=max_buffer, workgroup=workgroup, gpu_layers=gpu_layers)
+
+
+def layers_that_fit(path: str, d: Dict, n_ctx: int, n_seq: int, budget: int) -> Tuple[int, int]:
+    """How many of model `path`'s decoder layers fit `budget` bytes on device d, and its layer count."""
+    from . import gpu_plan
+    max_buffer, workgroup = device_limits(d)
+    hp, tensors = gpu_plan.file_tensors(path)
+    return gpu_plan.layers_that_fit(tensors, hp, budget, n_ctx, n_seq, max_buffer, workgroup), hp.n_layer
 
 
 def _budget(d: Dict, budget_mb: Optional[float]) -> Tuple[int, str]:
@@ -120,15 +129,16 @@ def _budget(d: Dict, budget_mb: Optional[float]) -> Tuple[int, str]:
 
 
 def choose_device(path: str, device: str, gpu: Optional[int], n_ctx: int, n_seq: int,
-                  budget_mb: Optional[float] = None) -> Optional[int]:
+                  budget_mb: Optional[float] = None, gpu_layers: Optional[int] = None) -> Optional[int]:
     """The Vulkan device the decoder of model `path` runs on, or None for the CPU.
 
     "cpu": None. "gpu": device `gpu` (default 0); VulkanError where the build has no backend, there is no
     loader or no device; ValueError where the index is out of range, the model's weight types have no GPU
-    product, or the memory plan (device_plan) exceeds the budget (budget_mb, else the device's
-    memory: the free VK_EXT_memory_budget where the driver offers it, else the heap's size), with the numbers
-    and which budget was used. "auto": the device `gpu` names, else the first discrete GPU, where the plan
-    fits and the types are supported; else None (the CPU).
+    product, or the memory plan (device_plan, of the first gpu_layers layers where given, else of all)
+    exceeds the budget (budget_mb, else the device's memory: the free VK_EXT_memory_budget where the driver
+    offers it, else the heap's size), with the numbers, which budget was used and how many layers would fit.
+    "auto": the device `gpu` names, else the first discrete GPU, where the plan fits and the types are
+    supported; else None (the CPU).
     """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -153,13 +163,13 @@ def choose_device(path: str, device: str, gpu: Optional[int], n_ctx: int, n_seq:
             log.info("device auto: the CPU (weight types the GPU does not multiply)")
             return None
         for d in cands:
-            p = device_plan(path, d, n_ctx, n_seq)
+            p = device_plan(path, d, n_ctx, n_seq, gpu_layers)
             budget, source = _budget(d, budget_mb)
             if p.total <= budget:
                 log.info("device auto: Vulkan device %d (%s)", d["index"], d["name"])
                 return int(d["index"])
-            log.info("device auto: not Vulkan device %d (the plan, %s, exceeds %s, %.1f MiB)", d["index"],
-                     p.describe(), source, budget / 2**20)
+            log.info("device auto: not Vulkan device %d (the plan, %s, exceeds %s, %.1f MiB; --gpu-layers puts "
+                     "only the first layers there)", d["index"], p.describe(), source, budget / 2**20)
         log.info("device auto: the CPU (the plan fits no GPU)")
         return None
     devs = vulkan_devices()  # VulkanError: no backend, no loader
@@ -174,19 +184,26 @@ def choose_device(path: str, device: str, gpu: Optional[int], n_ctx: int, n_seq:
     if bad:
         raise ValueError(f"the GPU multiplies {', '.join(GPU_WEIGHT_TYPES)} weights; this model has "
                          f"{', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''} (run it with device='cpu')")
-    p = device_plan(path, d, n_ctx, n_seq)
+    p = device_plan(path, d, n_ctx, n_seq, gpu_layers)
     budget, source = _budget(d, budget_mb)
     if p.total > budget:
-        raise ValueError(f"the model does not fit Vulkan device {idx} ({d['name']}): at n_ctx {n_ctx} for {n_seq} "
+        fit, n_layer = layers_that_fit(path, d, n_ctx, n_seq, budget)
+        what = "the model does" if gpu_layers is None else f"the first {gpu_layers} of its {n_layer} layers do"
+        raise ValueError(f"{what} not fit Vulkan device {idx} ({d['name']}): at n_ctx {n_ctx} for {n_seq} "
                          f"sequence(s) it needs {p.describe()}; the budget is {budget / 2**20:,.1f} MiB "
-                         f"({source}) (lower n_ctx or n_parallel, or use device='cpu')")
+                         f"({source}) (lower n_ctx or n_parallel, put only the first layers on the GPU with "
+                         f"gpu_layers / --gpu-layers N: {fit} of {n_layer} fit, or use device='cpu')")
     return idx
 
 
 def add_device_args(p) -> None:
-    """--device and --gpu of the commands that load a model (an argparse parser)."""
+    """--device, --gpu and --gpu-layers of the commands that load a model (an argparse parser)."""
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the decoder runs: auto (a discrete GPU that holds the model, else the CPU), cpu, "
                         "or gpu (Vulkan; an error where there is none); default auto")
     p.add_argument("--gpu", type=int, default=None, metavar="N",
                    help="the Vulkan device to use (an index of `tinygptv devices`; default: the first that fits)")
+    p.add_argument("--gpu-layers", "-ngl", type=int, default=None, metavar="N", dest="gpu_layers",
+                   help="put only the first N decoder layers on the GPU (their weights and KV cache), the rest and "
+                        "the output head on the CPU, as llama.cpp's -ngl; 0 keeps the decoder on the CPU "
+                        "(default: all layers)")

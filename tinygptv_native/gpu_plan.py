@@ -3,7 +3,7 @@
 hyperparameters before anything is uploaded, so a model that does not fit is refused with the numbers.
 
 Counted (bytes; each buffer rounded up to BUFFER_ALIGN, the allocation granularity of most devices, where
-the decoder's own count, Context.gpu_weight_bytes / kv_reserved_bytes, rounds to 4):
+the decoder's own count, Context.gpu_weight_bytes / gpu_kv_reserved_bytes, rounds to 4):
 - weights: the decoder's tensors (token_embd, blk.*, output_norm, output) and, in a TinyGPT-V file, the
   image path's (v.*, qf.*, mm.*): each matrix as the file stores it (the mat-vec shaders read GGUF blocks as
   they are), split by rows into parts of at most max_buffer bytes, a buffer each; each vector (norms,
@@ -21,6 +21,12 @@ the decoder's own count, Context.gpu_weight_bytes / kv_reserved_bytes, rounds to
   heap): the step's inputs (n_batch rows of n_embd + 2), its logits, and the transfer buffer (the largest
   weight buffer, at most 64 MiB); with an image path, an image's pixels going up and its embeddings
   coming down.
+
+With gpu_layers (llama.cpp's -ngl) below n_layer, only the first gpu_layers layers are on the device: their
+tensors and their KV cache, with the token embedding and RoPE tables; the output norm and head stay on the
+host with the other layers, so there are no logits on the device and the step reads back the hidden state
+(n_batch rows of n_embd) instead. gpu_layers 0 puts nothing of the decoder on the device. The image path
+goes to the device whatever gpu_layers is.
 """
 from __future__ import annotations
 
@@ -106,6 +112,27 @@ def is_image_tensor(name: str) -> bool:
 IMAGE_TABLES = ("v.cls", "v.pos_embd", "qf.query")
 
 
+def _on_device(name: str, n_layer: int, gpu_layers: int) -> bool:
+    """Whether a decoder tensor is uploaded when the first gpu_layers of n_layer layers go to the device."""
+    if name.startswith("blk."):
+        return int(name.split(".")[1]) < gpu_layers
+    if name.startswith(("output_norm.", "output.")):
+        return gpu_layers == n_layer
+    return gpu_layers > 0  # the token embedding
+
+
+def check_gpu_layers(gpu_layers: Optional[int], n_layer: int) -> int:
+    """The layers on the device: gpu_layers (None: all n_layer), checked to be in [0, n_layer]."""
+    if gpu_layers is None:
+        return n_layer
+    if isinstance(gpu_layers, bool) or not hasattr(gpu_layers, "__index__"):
+        raise TypeError(f"gpu_layers must be an int or None, got {type(gpu_layers).__name__}")
+    gpu_layers = int(gpu_layers)
+    if not 0 <= gpu_layers <= n_layer:
+        raise ValueError(f"gpu_layers={gpu_layers} is outside [0, {n_layer}]: the model has {n_layer} decoder layers")
+    return gpu_layers
+
+
 def _parts(t: Tensor, max_buffer: Optional[int]) -> List[int]:
     """Bytes of the buffers a matrix takes: whole rows, at most max_buffer bytes a part (PhiGpu::upload_mat)."""
     rows = prod(t.shape[1:])
@@ -116,11 +143,15 @@ def _parts(t: Tensor, max_buffer: Optional[int]) -> List[int]:
     return [row_bytes * min(per_part, rows - r0) for r0 in range(0, rows, per_part)]
 
 
-def weight_buffers(tensors: Iterable[Tensor], hp: Hparams, n_ctx: int, max_buffer: Optional[int] = None) -> List[int]:
-    """Bytes of each weight buffer the decoder and the image path upload (before alignment)."""
+def weight_buffers(tensors: Iterable[Tensor], hp: Hparams, n_ctx: int, max_buffer: Optional[int] = None,
+                   gpu_layers: Optional[int] = None) -> List[int]:
+    """Bytes of each weight buffer uploaded (before alignment): the decoder's first gpu_layers layers (None:
+    all) with what goes with them, and the image path's."""
+    ng = check_gpu_layers(gpu_layers, hp.n_layer)
     out: List[int] = []
     for t in tensors:
-        if not is_decoder_tensor(t.name) and not is_image_tensor(t.name):
+        on_device = is_image_tensor(t.name) or (is_decoder_tensor(t.name) and _on_device(t.name, hp.n_layer, ng))
+        if not on_device:
             continue
         if len(t.shape) >= 2 and prod(t.shape[1:]) > 1 and t.name not in IMAGE_TABLES:
             if t.name == "token_embd.weight" and t.type not in GATHER_TYPES:
@@ -129,7 +160,7 @@ def weight_buffers(tensors: Iterable[Tensor], hp: Hparams, n_ctx: int, max_buffe
         else:
             out.append(F32 * prod(t.shape))  # vectors are loaded as float32 whatever the file stores
     n_rot = hp.head_dim if hp.n_rot is None else hp.n_rot
-    if n_rot > 0:
+    if n_rot > 0 and ng > 0:
         out += [F32 * n_ctx * (n_rot // 2)] * 2  # cos and sin
     return out
 
@@ -163,28 +194,49 @@ def split_count(n_ctx: int, workgroup: int = 64) -> int:
 
 
 def plan(tensors: Iterable[Tensor], hp: Hparams, n_ctx: int, n_seq: int = 1, n_batch: int = PIECE_ROWS,
-         max_buffer: Optional[int] = None, workgroup: int = 64) -> MemoryPlan:
+         max_buffer: Optional[int] = None, workgroup: int = 64, gpu_layers: Optional[int] = None) -> MemoryPlan:
     """The plan of a model with these tensors at n_ctx positions for n_seq sequences, decoding steps of at
     most n_batch rows, on a device whose buffers take at most max_buffer bytes (None: no tensor is split)
-    and whose shaders run `workgroup` invocations."""
+    and whose shaders run `workgroup` invocations, with its first gpu_layers layers there (None: all)."""
     if n_ctx < 1 or n_seq < 1 or n_batch < 1:
         raise ValueError(f"n_ctx, n_seq and n_batch must be positive, got {n_ctx}, {n_seq}, {n_batch}")
     tensors = list(tensors)
-    raw = weight_buffers(tensors, hp, n_ctx, max_buffer)
+    ng = check_gpu_layers(gpu_layers, hp.n_layer)
+    head = ng == hp.n_layer  # the output norm and head are on the device too
+    raw = weight_buffers(tensors, hp, n_ctx, max_buffer, ng)
+    image_dev, image_host = image_activation_buffers(tensors)
+    if ng == 0:  # nothing of the decoder: the image path alone, if the file has one
+        transfer = min(max(raw, default=0), STAGING_BYTES)
+        return MemoryPlan(sum(_buffer(b) for b in raw), 0, sum(_buffer(b) for b in image_dev),
+                          (_buffer(transfer) if raw else 0) + sum(_buffer(b) for b in image_host),
+                          max(raw + image_dev, default=0), len(raw))
     weights = sum(_buffer(b) for b in raw)
     kv_layer = 2 * n_ctx * hp.kv_dim * F16  # keys then values
-    kv = n_seq * hp.n_layer * _buffer(kv_layer)
+    kv = n_seq * ng * _buffer(kv_layer)
 
     E, B = hp.n_embd, min(n_batch, PIECE_ROWS, n_ctx * n_seq)
     logits = F32 * B * hp.n_vocab
-    row_buffers = [F32 * B * E] * 5 + [F32 * B * (E + 2 * hp.kv_dim), F32 * B * hp.n_ff, F32 * B, F32 * B, logits]
+    # residual, norm, attention output, projection (and with the head, the rows that want logits)
+    row_buffers = [F32 * B * E] * (5 if head else 4)
+    row_buffers += [F32 * B * (E + 2 * hp.kv_dim), F32 * B * hp.n_ff, F32 * B, F32 * B] + ([logits] if head else [])
     part = F32 * hp.n_head * split_count(n_ctx, workgroup) * (hp.head_dim + 2)
-    image_dev, image_host = image_activation_buffers(tensors)
     activations = sum(_buffer(b) for b in row_buffers + image_dev) + _buffer(part) + _buffer(16)
     transfer = min(max(raw, default=0), STAGING_BYTES)
-    staging = _buffer(F32 * B * (E + 2)) + _buffer(logits) + _buffer(transfer) + sum(_buffer(b) for b in image_host)
-    largest = max(raw + image_dev + [kv_layer, logits, F32 * B * hp.n_ff])
+    readback = logits if head else F32 * B * E  # the logits, or the hidden state for the host's layers
+    staging = (_buffer(F32 * B * (E + 2)) + _buffer(readback) + _buffer(transfer)
+               + sum(_buffer(b) for b in image_host))
+    largest = max(raw + image_dev + [kv_layer, F32 * B * hp.n_ff] + ([logits] if head else []))
     return MemoryPlan(weights, kv, activations, staging, largest, len(raw))
+
+
+def layers_that_fit(tensors: Iterable[Tensor], hp: Hparams, budget: int, n_ctx: int, n_seq: int = 1,
+                    max_buffer: Optional[int] = None, workgroup: int = 64) -> int:
+    """The most layers (0 to n_layer) whose plan fits budget bytes: a gpu_layers to suggest."""
+    tensors = list(tensors)
+    for ng in range(hp.n_layer, 0, -1):
+        if plan(tensors, hp, n_ctx, n_seq, max_buffer=max_buffer, workgroup=workgroup, gpu_layers=ng).total <= budget:
+            return ng
+    return 0
 
 
 def hparams_from_metadata(md: Dict, tensor_shapes: Dict[str, Tuple[int, ...]]) -> Hparams:
@@ -219,7 +271,7 @@ def file_tensors(path: str) -> Tuple[Hparams, List[Tensor]]:
 
 
 def plan_file(path: str, n_ctx: int, n_seq: int = 1, n_batch: int = PIECE_ROWS, max_buffer: Optional[int] = None,
-              workgroup: int = 64) -> MemoryPlan:
+              workgroup: int = 64, gpu_layers: Optional[int] = None) -> MemoryPlan:
     """The plan of a GGUF model file (reads its header only)."""
     hp, tensors = file_tensors(path)
-    return plan(tensors, hp, n_ctx, n_seq, n_batch, max_buffer, workgroup)
+    return plan(tensors, hp, n_ctx, n_seq, n_batch, max_buffer, workgroup, gpu_layers)

@@ -15,6 +15,7 @@ from . import _core
 from ._logging import set_verbose
 from .engine import Engine, Request, SamplingParams, check_max_new_tokens
 from .gpu import DEVICES, choose_device
+from .gpu_plan import check_gpu_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     from .chat import Chat, ChatTemplate
@@ -104,12 +105,17 @@ class Model:
     model does not fit ``gpu_budget_mb``, default the device's memory, or has weight types the GPU does not
     multiply); ``"cpu"`` the CPU. On the GPU the image encoder still runs on the CPU threads; its embeddings
     go to the device as rows of the batch. ``.device`` and ``.gpu`` say what was chosen.
+
+    ``gpu_layers`` (llama.cpp's -ngl): only the first that many decoder layers go to the GPU, their weights and
+    KV cache (the plan counts only those); the other layers, the output norm and head run on the CPU threads,
+    the hidden state handed over once per step. None (default): all; 0: the decoder stays on the CPU. A value
+    outside [0, n_layer] raises ValueError. ``.gpu_layers`` says how many are on the GPU (0 on the CPU).
     """
 
     def __init__(self, path: Optional[PathLike] = None, *, n_threads: Optional[int] = None, n_ctx: Optional[int] = None,
                  n_parallel: int = 4, seed: Optional[int] = None, verbose: bool = False, kv_type: str = "f16",
                  image_cache_mb: float = 64.0, device: str = "auto", gpu: Optional[int] = None,
-                 gpu_budget_mb: Optional[float] = None):
+                 gpu_budget_mb: Optional[float] = None, gpu_layers: Optional[int] = None):
         if path is None:
             from .demo import demo_model_path
             path = demo_model_path()
@@ -139,6 +145,7 @@ class Model:
         t0 = time.perf_counter()
         self._model = _core.Model(self.path, int(n_threads or 0))
         self._tok = _core.tokenizer_from_model(self._model)
+        check_gpu_layers(gpu_layers, self._model.n_layer)
         self.load_ms = (time.perf_counter() - t0) * 1e3
         self.n_threads = int(n_threads) if n_threads is not None else default_threads()
         self.n_ctx = int(n_ctx)
@@ -148,13 +155,17 @@ class Model:
         self.image_cache_mb = float(image_cache_mb)
         # The decoder's device: chosen before anything is uploaded, from the file's memory plan. The GPU's KV
         # cache is F16, so kv_type='f32' keeps the CPU.
+        if device == "cpu" and gpu_layers:
+            raise ValueError(f"gpu_layers={gpu_layers} puts layers on a GPU but device='cpu' uses none")
         if device != "cpu" and not self.kv_f16:
             if device == "gpu":
                 raise ValueError("the GPU decoder keeps its KV cache in F16: kv_type='f32' needs device='cpu'")
             device = "cpu"
             gpu = None
-        self.gpu: Optional[int] = choose_device(self.path, device, gpu, self.n_ctx, self.n_parallel, gpu_budget_mb)
+        self.gpu: Optional[int] = choose_device(self.path, device, gpu, self.n_ctx, self.n_parallel, gpu_budget_mb,
+                                                gpu_layers)
         self.device = "cpu" if self.gpu is None else "gpu"
+        self._gpu_layers = gpu_layers
         self.metadata = self._model.metadata()
         self._chat_template = None
         self._engine: Optional[Engine] = None
@@ -174,6 +185,17 @@ class Model:
     @property
     def n_embd(self) -> int:
         return self._model.n_embd
+
+    @property
+    def n_layer(self) -> int:
+        return self._model.n_layer
+
+    @property
+    def gpu_layers(self) -> int:
+        """The decoder layers on the GPU (the first ones): n_layer unless gpu_layers was given, 0 on the CPU."""
+        if self.gpu is None:
+            return 0
+        return self.n_layer if self._gpu_layers is None else int(self._gpu_layers)
 
     @property
     def arch(self) -> str:
@@ -203,7 +225,8 @@ class Model:
                 if self._engine is None:
                     self._engine = Engine(self._model, self._tok, n_ctx=self.n_ctx, n_seq=self.n_parallel,
                                           n_threads=self.n_threads, kv_f16=self.kv_f16,
-                                          image_cache_mb=self.image_cache_mb, gpu=self.gpu)
+                                          image_cache_mb=self.image_cache_mb, gpu=self.gpu,
+                                          gpu_layers=self._gpu_layers if self.gpu is not None else None)
         return self._engine
 
     @property

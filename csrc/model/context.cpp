@@ -44,15 +44,27 @@ static std::shared_ptr<vk::Device> gpu_or_null(int gpu, bool kv_f16) {
     return open_gpu(gpu);
 }
 
+// The decoder layers on the device: none on the CPU backend, all for gpu_layers -1.
+static int64_t device_layers(const Model& m, int gpu, int64_t gpu_layers) {
+    const int64_t n_layer = m.hparams().n_layer;
+    if (gpu_layers < -1 || gpu_layers > n_layer)
+        throw ModelError(fmt("gpu_layers %lld must be in [0, %lld] (the model's layers), or -1 for all of them",
+                             (long long)gpu_layers, (long long)n_layer));
+    if (gpu < 0) return 0;
+    return gpu_layers < 0 ? n_layer : gpu_layers;
+}
+
 Context::Context(std::shared_ptr<const Model> model, int64_t n_ctx, int n_seq, int n_threads, bool kv_f16,
-                 size_t image_cache_bytes, int gpu)
+                 size_t image_cache_bytes, int gpu, int64_t gpu_layers)
     : model_(std::move(model)),
       ex_(n_threads, gpu_or_null(gpu, kv_f16)),
-      kv_(model_->hparams(), n_ctx, n_seq, kv_f16, /*host=*/gpu < 0),
+      kv_(model_->hparams(), n_ctx, n_seq, kv_f16, device_layers(*model_, gpu, gpu_layers)),
       phi_(model_->hparams(), n_ctx),
       images_(image_cache_bytes) {
     if (n_threads < 1 || n_threads > 512) throw ModelError(fmt("n_threads %d must be in [1, 512]", n_threads));
-    if (gpu >= 0) gpu_ = make_gpu_decoder(*model_, ex_, n_ctx, n_seq);
+    if (kv_.layer0() > 0) gpu_ = make_gpu_decoder(*model_, ex_, n_ctx, n_seq, kv_.layer0());
+    // the image path goes to the device whatever the decoder's split (llama.cpp's -ngl keeps the
+    // projector on the GPU too)
     if (gpu >= 0 && model_->has_vision()) gpu_image_ = make_gpu_image_encoder(*model_, ex_);
 }
 
@@ -132,7 +144,7 @@ int64_t Context::decode(const Batch& b) {
         for (int64_t i = 0; i < m; i++) {
             const size_t r = (size_t)(p0 + i);
             tokens_[(size_t)i] = b.token[r];
-            // Token rows: embedded here on the CPU, on the device by the GPU decoder.
+            // Token rows: embedded here on the CPU, on the device where the GPU decoder holds layers.
             if (b.token[r] >= 0) {
                 if (!gpu_) model_->embed_tokens(&b.token[r], 1, &x_[(size_t)(i * E)]);
             } else {
@@ -140,10 +152,16 @@ int64_t Context::decode(const Batch& b) {
             }
             rows_[(size_t)i] = PhiRow{b.seq[r], b.pos[r], b.logits[r] != 0};
         }
-        if (gpu_)
-            gpu_->decode(tokens_.data(), x_.data(), rows_.data(), m, logits_.data() + done_logits * V);
-        else
-            phi_decode(hp, model_->lm(), x_.data(), rows_.data(), m, kv_, phi_, logits_.data() + done_logits * V, ex_);
+        float* piece_logits = logits_.data() + done_logits * V;
+        if (gpu_ && !kv_.host()) {
+            gpu_->decode(tokens_.data(), x_.data(), rows_.data(), m, piece_logits);
+        } else if (gpu_) {  // the first layers on the device, the rest here from its hidden state
+            if ((int64_t)hidden_.size() < m * E) hidden_.resize((size_t)(m * E));
+            gpu_->decode(tokens_.data(), x_.data(), rows_.data(), m, hidden_.data());
+            phi_decode(hp, model_->lm(), hidden_.data(), rows_.data(), m, kv_, phi_, piece_logits, ex_, kv_.layer0());
+        } else {
+            phi_decode(hp, model_->lm(), x_.data(), rows_.data(), m, kv_, phi_, piece_logits, ex_);
+        }
         for (int64_t i = 0; i < m;) {  // the pieces' cells, per sequence run
             int64_t j = i;
             while (j < m && b.seq[(size_t)(p0 + j)] == b.seq[(size_t)(p0 + i)]) j++;

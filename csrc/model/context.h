@@ -47,8 +47,12 @@ public:
     // gpu >= 0: the decoder runs on that Vulkan device (weights uploaded here, the F16 KV cache on the device;
     // kv_f16 must be true), and so does the image path of a model that has one (its weights uploaded here
     // too). VulkanError where it cannot.
+    // gpu_layers (with gpu >= 0): only the first gpu_layers decoder layers go to the device, their weights and
+    // their KV cache; the rest, the output norm and head run on the CPU threads, the hidden state handed over
+    // once per step. -1: every layer; 0: none (the device is opened, the decoder runs on the CPU; the image
+    // path still runs on the device).
     Context(std::shared_ptr<const Model> model, int64_t n_ctx, int n_seq, int n_threads, bool kv_f16,
-            size_t image_cache_bytes = 64u << 20, int gpu = -1);
+            size_t image_cache_bytes = 64u << 20, int gpu = -1, int64_t gpu_layers = -1);
     ~Context();
 
     const Model& model() const { return *model_; }
@@ -59,14 +63,17 @@ public:
     int n_threads() const { return ex_.size(); }
     const KvCache& kv() const { return kv_; }
     Backend backend() const { return ex_.backend(); }
-    // Bytes of the KV cache reserved by the sequences written so far (on the device for the GPU backend).
-    size_t kv_reserved_bytes() const { return gpu_ ? gpu_->kv_reserved_bytes() : kv_.reserved_bytes(); }
+    // Bytes of the KV cache reserved by the sequences written so far: on the device and on the host.
+    size_t kv_reserved_bytes() const { return gpu_kv_bytes() + kv_.reserved_bytes(); }
+    size_t gpu_kv_bytes() const { return gpu_ ? gpu_->kv_reserved_bytes() : 0; }  // the device's part
     // Device memory of the uploaded weights: the decoder's and the image path's.
     size_t gpu_weight_bytes() const {
         return (gpu_ ? gpu_->weight_bytes() : 0) + (gpu_image_ ? gpu_image_->weight_bytes() : 0);
     }
     // Device and host-visible memory of the image path's pass on the GPU (0 without one).
     size_t gpu_image_activation_bytes() const { return gpu_image_ ? gpu_image_->activation_bytes() : 0; }
+    int64_t gpu_layers() const { return gpu_ ? gpu_->n_layers() : 0; }  // decoder layers on the device
+    GpuDecoder::StepCounts gpu_steps() const { return gpu_ ? gpu_->step_counts() : GpuDecoder::StepCounts{}; }
 
     // Runs the batch; checked first (sequence ids, positions, token ids, room), so a bad batch changes
     // nothing. Returns how many rows wanted logits: logits() holds them, in row order.
@@ -101,6 +108,7 @@ private:
     std::unique_ptr<GpuImageEncoder> gpu_image_;  // the image path on the device (GPU backend, vision), else null
     std::vector<int32_t> tokens_;      // token ids of a batch piece (-1: an embedding row), for the GPU
     std::vector<float> x_;        // input embeddings of a batch piece
+    std::vector<float> hidden_;   // its hidden state after the device's layers (a split decoder)
     std::vector<PhiRow> rows_;
     std::vector<float> logits_;
     mutable std::vector<uint8_t> seen_;

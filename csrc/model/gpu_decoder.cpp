@@ -14,7 +14,9 @@ const char* kNoBackend = "this build of tinygptv_native has no Vulkan backend (t
 }
 
 std::shared_ptr<vk::Device> open_gpu(int) { throw VulkanError(kNoBackend); }
-std::unique_ptr<GpuDecoder> make_gpu_decoder(const Model&, Exec&, int64_t, int) { throw VulkanError(kNoBackend); }
+std::unique_ptr<GpuDecoder> make_gpu_decoder(const Model&, Exec&, int64_t, int, int64_t) {
+    throw VulkanError(kNoBackend);
+}
 std::unique_ptr<GpuImageEncoder> make_gpu_image_encoder(const Model&, Exec&) { throw VulkanError(kNoBackend); }
 
 }  // namespace tg

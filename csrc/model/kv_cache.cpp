@@ -10,11 +10,14 @@ namespace tg {
 
 void KvCache::Free::operator()(uint8_t* p) const { std::free(p); }
 
-KvCache::KvCache(const PhiHparams& hp, int64_t n_ctx, int n_seq, bool f16, bool host)
-    : n_ctx_(n_ctx), n_layer_(hp.n_layer), kv_dim_(hp.kv_dim()), n_seq_(n_seq), f16_(f16), host_(host) {
+KvCache::KvCache(const PhiHparams& hp, int64_t n_ctx, int n_seq, bool f16, int64_t layer0)
+    : n_ctx_(n_ctx), n_layer_(hp.n_layer), kv_dim_(hp.kv_dim()), layer0_(layer0), n_seq_(n_seq), f16_(f16) {
     if (n_ctx < 1 || n_ctx > (1 << 20)) throw ModelError(fmt("n_ctx %lld must be in [1, 1048576]", (long long)n_ctx));
     if (n_seq < 1 || n_seq > 256) throw ModelError(fmt("n_seq %d must be in [1, 256]", n_seq));
-    slot_bytes_ = (size_t)n_layer_ * 2 * layer_bytes();
+    if (layer0 < 0 || layer0 > n_layer_)
+        throw ModelError(fmt("the KV cache's first host layer %lld is outside [0, %lld]", (long long)layer0,
+                             (long long)n_layer_));
+    slot_bytes_ = (size_t)(n_layer_ - layer0_) * 2 * layer_bytes();
     mem_.resize((size_t)n_seq);
     cells_.resize((size_t)n_seq);
 }
@@ -32,7 +35,7 @@ int KvCache::check(int seq) const {
 
 uint8_t* KvCache::base(int seq) {
     auto& m = mem_[(size_t)check(seq)];
-    if (!host_) throw ModelError("this KV cache keeps its keys and values on the device");
+    if (!host()) throw ModelError("this KV cache keeps its keys and values on the device");
     if (!m) {
         // calloc: large blocks come straight from the kernel as untouched zero pages, so a slot costs
         // memory only as its positions are written.
@@ -68,8 +71,8 @@ void KvCache::copy_prefix(int src, int dst, int64_t n) {
         return;
     }
     const size_t bytes = (size_t)n * (size_t)kv_dim_ * elem_size();
-    if (bytes && host_)
-        for (int64_t il = 0; il < n_layer_; il++) {
+    if (bytes && host())
+        for (int64_t il = layer0_; il < n_layer_; il++) {
             std::memcpy(k(dst, il), k(src, il), bytes);
             std::memcpy(v(dst, il), v(src, il), bytes);
         }

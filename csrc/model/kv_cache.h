@@ -30,25 +30,27 @@ struct Cell {
 
 class KvCache {
 public:
-    // host: whether keys and values live here. Without (the GPU backend keeps them on the device), the cache
+    // layer0: the first layer whose keys and values live here; the layers before it keep theirs on the GPU
+    // (the first gpu_layers of a split decoder, every layer with n_layer). Where none live here, the cache
     // records the cells only: k() and v() throw and copy_prefix copies the record.
-    KvCache(const PhiHparams& hp, int64_t n_ctx, int n_seq, bool f16, bool host = true);
+    KvCache(const PhiHparams& hp, int64_t n_ctx, int n_seq, bool f16, int64_t layer0 = 0);
 
     int64_t n_ctx() const { return n_ctx_; }
     int n_seq() const { return n_seq_; }
     bool f16() const { return f16_; }
-    bool host() const { return host_; }
+    bool host() const { return layer0_ < n_layer_; }
+    int64_t layer0() const { return layer0_; }
     int64_t kv_dim() const { return kv_dim_; }
     size_t elem_size() const { return f16_ ? 2 : 4; }
-    size_t slot_bytes() const { return slot_bytes_; }  // keys and values of one slot, every layer
+    size_t slot_bytes() const { return slot_bytes_; }  // keys and values of one slot, every host layer
     size_t reserved_bytes() const;                    // of the slots written so far
 
     int64_t n_past(int seq) const { return (int64_t)cells_[(size_t)check(seq)].size(); }
     const std::vector<Cell>& cells(int seq) const { return cells_[(size_t)check(seq)]; }
 
-    // Position 0 of layer il's keys / values of slot seq ([n_ctx][kv_dim] each); reserves the slot.
-    uint8_t* k(int seq, int64_t il) { return base(seq) + (size_t)il * 2 * layer_bytes(); }
-    uint8_t* v(int seq, int64_t il) { return base(seq) + ((size_t)il * 2 + 1) * layer_bytes(); }
+    // Position 0 of layer il's keys / values of slot seq ([n_ctx][kv_dim] each; il >= layer0); reserves the slot.
+    uint8_t* k(int seq, int64_t il) { return base(seq) + (size_t)(il - layer0_) * 2 * layer_bytes(); }
+    uint8_t* v(int seq, int64_t il) { return base(seq) + ((size_t)(il - layer0_) * 2 + 1) * layer_bytes(); }
 
     // Records that rows [n_past, n_past + n) of slot seq now hold cells[0..n) (their keys and values
     // are written by the forward).
@@ -66,13 +68,12 @@ private:
     size_t layer_bytes() const { return (size_t)n_ctx_ * (size_t)kv_dim_ * elem_size(); }
     uint8_t* base(int seq);
 
-    int64_t n_ctx_, n_layer_, kv_dim_;
+    int64_t n_ctx_, n_layer_, kv_dim_, layer0_;
     int n_seq_;
     bool f16_;
-    bool host_;
     size_t slot_bytes_;
     struct Free { void operator()(uint8_t* p) const; };
-    std::vector<std::unique_ptr<uint8_t, Free>> mem_;  // per slot: [n_layer][k | v][n_ctx][kv_dim]
+    std::vector<std::unique_ptr<uint8_t, Free>> mem_;  // per slot: [n_layer - layer0][k | v][n_ctx][kv_dim]
     std::vector<std::vector<Cell>> cells_;
 };
 

@@ -151,7 +151,7 @@ static void compact_rows(float* buf, int64_t width, const int64_t* keep, int64_t
 }
 
 void phi_decode(const PhiHparams& hp, const PhiWeights& w, const float* xin, const PhiRow* rows, int64_t n, KvCache& kv,
-                PhiScratch& s, float* logits, Exec& ex) {
+                PhiScratch& s, float* logits, Exec& ex, int64_t layer0) {
     const int64_t E = hp.n_embd, KV = hp.kv_dim(), F = hp.n_ff, D = hp.head_dim, H = hp.n_head, HKV = hp.n_head_kv;
     const int64_t QKV = E + 2 * KV, half = hp.n_rot / 2;
     const bool f16 = kv.f16();
@@ -182,7 +182,10 @@ void phi_decode(const PhiHparams& hp, const PhiWeights& w, const float* xin, con
     }
     const int64_t n_out = (int64_t)out_rows.size();
 
-    for (int64_t il = 0; il < hp.n_layer; il++) {
+    if (layer0 < 0 || layer0 >= hp.n_layer)
+        throw ModelError(fmt("phi_decode from layer %lld: the model has layers [0, %lld)", (long long)layer0,
+                             (long long)hp.n_layer));
+    for (int64_t il = layer0; il < hp.n_layer; il++) {
         const PhiLayer& L = w.layers[(size_t)il];
         const bool last = il == hp.n_layer - 1;
         layernorm_rows(s.x.data(), s.h.data(), n, E, L.attn_norm_w, L.attn_norm_b, hp.ln_eps, ex);

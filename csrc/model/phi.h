@@ -94,7 +94,9 @@ struct PhiScratch {
 // keys and values are written into kv at those positions. A sequence with several rows takes the
 // blocked attention, one row the row path, so a row's result does not depend on what else is in the
 // batch. Logits of the rows that want them, in row order, go to logits (rows x n_vocab).
+// layer0 > 0: x is the hidden state after layers [0, layer0), which ran elsewhere (the first layers of a
+// decoder split with the GPU); this runs the rest, kv holding their keys and values, and the output head.
 void phi_decode(const PhiHparams& hp, const PhiWeights& w, const float* x, const PhiRow* rows, int64_t n, KvCache& kv,
-                PhiScratch& s, float* logits, Exec& ex);
+                PhiScratch& s, float* logits, Exec& ex, int64_t layer0 = 0);
 
 }  // namespace tg

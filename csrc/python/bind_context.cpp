@@ -94,17 +94,19 @@ void bind_context(py::module_& m) {
         "One execution context over a shared Model: its threads, a KV cache of n_seq sequences, scratch and an "
         "image-embedding cache.")
         .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, int n_seq, int n_threads, bool kv_f16,
-                         double image_cache_mb, int gpu) {
+                         double image_cache_mb, int gpu, int64_t gpu_layers) {
                  if (!(image_cache_mb >= 0) || image_cache_mb > 1e6)
                      throw ModelError(fmt("image_cache_mb %g must be in [0, 1e6]", image_cache_mb));
                  if (gpu < -1) throw ModelError(fmt("gpu %d must be a Vulkan device index (or -1: the CPU)", gpu));
                  py::gil_scoped_release nogil;
                  return std::make_shared<Context>(model, n_ctx, n_seq, n_threads, kv_f16,
-                                                  (size_t)(image_cache_mb * (1 << 20)), gpu);
+                                                  (size_t)(image_cache_mb * (1 << 20)), gpu, gpu_layers);
              }), py::arg("model"), py::arg("n_ctx"), py::arg("n_seq") = 1, py::arg("n_threads") = 1,
              py::arg("kv_f16") = true, py::arg("image_cache_mb") = 64.0, py::arg("gpu") = -1,
+             py::arg("gpu_layers") = -1,
              "gpu: the Vulkan device the decoder runs on (weights uploaded now, the F16 KV cache on the device); "
-             "-1 (default) runs on the CPU threads.")
+             "-1 (default) runs on the CPU threads. gpu_layers: only the first that many decoder layers go to the "
+             "device, the rest and the output head run on the CPU threads (-1, default: all).")
         .def_property_readonly("backend", [](const Context& c) {
             return c.backend() == Backend::Vulkan ? "vulkan" : "cpu";
         }, "where the decoder runs: 'cpu' or 'vulkan'")
@@ -112,6 +114,18 @@ void bind_context(py::module_& m) {
                                "device memory of the uploaded weights, the decoder's and the image path's (0 on the CPU)")
         .def_property_readonly("gpu_image_activation_bytes", &Context::gpu_image_activation_bytes,
                                "device and host-visible memory of the image path's buffers on the GPU (0 without)")
+        .def_property_readonly("gpu_layers", &Context::gpu_layers, "the decoder layers on the device (0 on the CPU)")
+        .def_property_readonly("gpu_steps", [](Context& c) {
+            const auto n = without_gil_locked(c, [&] { return c.gpu_steps(); });
+            py::dict d;
+            d["recorded"] = n.recorded;
+            d["replayed"] = n.replayed;
+            return d;
+        }, "the GPU decoder's steps so far: {'recorded': whose commands were recorded, 'replayed': that replayed "
+           "a recording of the same shape} (zeros without one)")
+        .def_property_readonly("gpu_kv_reserved_bytes", [](Context& c) {
+            return without_gil_locked(c, [&] { return c.gpu_kv_bytes(); });
+        }, "the device's part of kv_reserved_bytes (0 on the CPU)")
         .def_property_readonly("n_ctx", &Context::n_ctx)
         .def_property_readonly("n_seq", &Context::n_seq)
         .def_property_readonly("n_threads", &Context::n_threads)

@@ -222,42 +222,45 @@ void embed(Sequence& s, GgmlType t, const Buffer& w, int64_t row0, int64_t n_hel
 }
 
 void kv_write(Sequence& s, const Buffer& qkv, int64_t row0, int64_t rows, int64_t qkv_stride, int64_t k_col,
-              int64_t kv_dim, Buffer& kv, int64_t p0, int64_t n_ctx) {
+              int64_t kv_dim, Buffer& kv, const Buffer& pos, int64_t n_ctx) {
     if (row0 < 0 || rows <= 0 || kv_dim <= 0 || kv_dim % 2 || k_col < 0 || k_col + 2 * kv_dim > qkv_stride ||
-        p0 < 0 || p0 + rows > n_ctx)
+        rows > n_ctx)
         throw VulkanError(fmt("kv_write: rows [%lld, +%lld) of stride %lld, k at %lld, kv_dim %lld (even), "
-                              "positions %lld.. of %lld", (long long)row0, (long long)rows, (long long)qkv_stride,
-                              (long long)k_col, (long long)kv_dim, (long long)p0, (long long)n_ctx));
+                              "into a slot of %lld positions", (long long)row0, (long long)rows,
+                              (long long)qkv_stride, (long long)k_col, (long long)kv_dim, (long long)n_ctx));
     need(qkv, 4ull * (row0 + rows) * qkv_stride, "kv_write rows");
     need(kv, 2ull * 2 * n_ctx * kv_dim, "kv_write slot");
+    need(pos, 4ull * (row0 + 1), "kv_write positions");
     Device& d = s.device();
     u32(2 * n_ctx * kv_dim, "kv elements");
-    Pipeline& p = d.pipeline("kv_write", 2, 7 * 4);
-    const uint32_t push[7] = {(uint32_t)row0, (uint32_t)rows, u32(qkv_stride, "qkv stride"), (uint32_t)k_col,
-                              (uint32_t)kv_dim, (uint32_t)p0, (uint32_t)n_ctx};
+    Pipeline& p = d.pipeline("kv_write", 3, 6 * 4);
+    const uint32_t push[6] = {(uint32_t)row0, (uint32_t)rows, u32(qkv_stride, "qkv stride"), (uint32_t)k_col,
+                              (uint32_t)kv_dim, (uint32_t)n_ctx};
     const int64_t items = rows * kv_dim;  // words: rows x (kv_dim / 2) x {k, v}
     uint32_t gx, gy;
     grid(d, (items + d.workgroup() - 1) / d.workgroup(), gx, gy);
-    s.dispatch(p, {&qkv, &kv}, push, sizeof push, gx, gy);
+    s.dispatch(p, {&qkv, &kv, &pos}, push, sizeof push, gx, gy);
 }
 
 void attention(Sequence& s, const Buffer& qkv, int64_t row0, int64_t rows, int64_t qkv_stride, const Buffer& kv,
-               int64_t p0, int64_t n_ctx, int n_head, int n_head_kv, int head_dim, float scale, Buffer& o,
+               const Buffer& pos, int64_t n_ctx, int n_head, int n_head_kv, int head_dim, float scale, Buffer& o,
                int64_t o_stride, Buffer* part, int64_t chunk) {
     Device& d = s.device();
     const int64_t kv_dim = (int64_t)n_head_kv * head_dim;
     if (row0 < 0 || rows <= 0 || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv || head_dim <= 0 ||
-        head_dim > 256 || head_dim > 4 * (int64_t)d.workgroup() || kv_dim % 2 || p0 < 0 || p0 + rows > n_ctx ||
+        head_dim > 256 || head_dim > 4 * (int64_t)d.workgroup() || kv_dim % 2 || rows > n_ctx ||
         qkv_stride < (int64_t)n_head * head_dim || o_stride < (int64_t)n_head * head_dim)
         throw VulkanError(fmt("attention: rows [%lld, +%lld), %d heads (%d kv) of %d (at most 256 and 4 x %u), "
-                              "positions %lld.. of %lld", (long long)row0, (long long)rows, n_head, n_head_kv,
-                              head_dim, d.workgroup(), (long long)p0, (long long)n_ctx));
+                              "a slot of %lld positions", (long long)row0, (long long)rows, n_head, n_head_kv,
+                              head_dim, d.workgroup(), (long long)n_ctx));
     need(qkv, 4ull * (row0 + rows) * qkv_stride, "attention queries");
     need(kv, 2ull * 2 * n_ctx * kv_dim, "attention slot");
     need(o, 4ull * (row0 + rows) * o_stride, "attention output");
+    need(pos, 4ull * (row0 + 1), "attention positions");
     u32(2 * n_ctx * kv_dim, "kv elements");
-    // Splits: enough to cover the last row's keys in chunks (a chunk a whole number of key tiles).
-    const int64_t n_keys = p0 + rows;
+    // Splits: enough to cover n_ctx keys in chunks (a chunk a whole number of key tiles), so the recording
+    // holds for any position; splits past a row's keys cost a workgroup that writes an empty part.
+    const int64_t n_keys = n_ctx;
     int64_t n_split = 1;
     if (part && chunk > 0) {
         if (chunk % d.workgroup())
@@ -267,14 +270,14 @@ void attention(Sequence& s, const Buffer& qkv, int64_t row0, int64_t rows, int64
     }
     if (n_split <= 1) chunk = n_keys;
     else need(*part, 4ull * attention_part_floats(rows, n_head, head_dim, n_split), "attention splits");
-    Pipeline& p = d.pipeline("attention", 4, 13 * 4);
-    uint32_t push[13] = {(uint32_t)row0, (uint32_t)rows, u32(qkv_stride, "qkv stride"), (uint32_t)p0,
-                         (uint32_t)n_head, (uint32_t)n_head_kv, (uint32_t)head_dim, (uint32_t)kv_dim,
-                         (uint32_t)n_ctx, u32(o_stride, "o stride"), 0, (uint32_t)chunk, (uint32_t)n_split};
-    std::memcpy(&push[10], &scale, 4);
+    Pipeline& p = d.pipeline("attention", 5, 12 * 4);
+    uint32_t push[12] = {(uint32_t)row0, (uint32_t)rows, u32(qkv_stride, "qkv stride"), (uint32_t)n_head,
+                         (uint32_t)n_head_kv, (uint32_t)head_dim, (uint32_t)kv_dim, (uint32_t)n_ctx,
+                         u32(o_stride, "o stride"), 0, (uint32_t)chunk, (uint32_t)n_split};
+    std::memcpy(&push[9], &scale, 4);
     uint32_t gx, gy;
     grid(d, rows * n_head * n_split, gx, gy);
-    s.dispatch(p, {&qkv, &kv, &o, n_split > 1 ? part : &d.dummy()}, push, sizeof push, gx, gy);
+    s.dispatch(p, {&qkv, &kv, &o, n_split > 1 ? part : &d.dummy(), &pos}, push, sizeof push, gx, gy);
     if (n_split > 1) {
         Pipeline& m = d.pipeline("attention_merge", 2, 6 * 4);
         const uint32_t mp[6] = {(uint32_t)row0, (uint32_t)rows, (uint32_t)n_head, (uint32_t)head_dim,

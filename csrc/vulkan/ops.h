@@ -41,15 +41,17 @@ void rope_neox(Sequence& s, Buffer& x, int64_t rows, int64_t row_stride, int n_h
 void embed(Sequence& s, GgmlType t, const Buffer& w, int64_t row0, int64_t n_held, int64_t n_embd, const Buffer& tok,
            int64_t rows, Buffer& x);
 // Keys and values of rows [row0, row0 + rows) of the [q | k | v] buffer (k at column k_col, v after it) into
-// positions p0.. of a cache slot's layer buffer (F16: keys [n_ctx][kv_dim], then values).
+// positions p0.. of a cache slot's layer buffer (F16: keys [n_ctx][kv_dim], then values). p0 is pos[row0]
+// (pos: int32 per row), read when the commands run: the recording holds no position, so it replays at any.
 void kv_write(Sequence& s, const Buffer& qkv, int64_t row0, int64_t rows, int64_t qkv_stride, int64_t k_col,
-              int64_t kv_dim, Buffer& kv, int64_t p0, int64_t n_ctx);
-// Causal attention of those rows (queries at column 0, positions p0..) against the slot; head outputs into
-// rows of o (o_stride apart). With part (scratch of attention_part_floats) and chunk > 0, the keys are split
-// into chunks of `chunk` taken by workgroups of their own, then merged: for decode, where one row would
-// keep only n_head workgroups busy. A row's result depends on chunk, never on the other rows.
+              int64_t kv_dim, Buffer& kv, const Buffer& pos, int64_t n_ctx);
+// Causal attention of those rows (queries at column 0, positions pos[row0]..) against the slot; head outputs
+// into rows of o (o_stride apart). With part (scratch of attention_part_floats at n_ctx keys) and chunk > 0,
+// the keys are split into chunks of `chunk` taken by workgroups of their own, as many as n_ctx takes (those
+// past a row's keys write empty parts), then merged: for decode, where one row would keep only n_head
+// workgroups busy. A row's result depends on chunk, never on the other rows.
 void attention(Sequence& s, const Buffer& qkv, int64_t row0, int64_t rows, int64_t qkv_stride, const Buffer& kv,
-               int64_t p0, int64_t n_ctx, int n_head, int n_head_kv, int head_dim, float scale, Buffer& o,
+               const Buffer& pos, int64_t n_ctx, int n_head, int n_head_kv, int head_dim, float scale, Buffer& o,
                int64_t o_stride, Buffer* part = nullptr, int64_t chunk = 0);
 // Floats of the split pass's scratch for `rows` rows of n_head heads and n_split splits.
 inline int64_t attention_part_floats(int64_t rows, int n_head, int head_dim, int64_t n_split) {

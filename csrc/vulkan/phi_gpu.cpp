@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "errors.h"
 #include "exec.h"
@@ -14,9 +16,13 @@ namespace tg {
 
 std::shared_ptr<vk::Device> open_gpu(int index) { return std::make_shared<vk::Device>(index); }
 
-std::unique_ptr<GpuDecoder> make_gpu_decoder(const Model& m, Exec& ex, int64_t n_ctx, int n_seq) {
+std::unique_ptr<GpuDecoder> make_gpu_decoder(const Model& m, Exec& ex, int64_t n_ctx, int n_seq, int64_t n_layers) {
     if (!ex.gpu()) throw VulkanError("the GPU decoder needs an execution context with a Vulkan device");
-    return std::make_unique<vk::PhiGpu>(*ex.gpu(), m.hparams(), m.lm(), n_ctx, n_seq, vk::max_buffer_from_env());
+    // TINYGPTV_VK_REPLAY=0 records every step anew (the reference the replayed steps are tested against).
+    const char* replay = std::getenv("TINYGPTV_VK_REPLAY");
+    const size_t max_steps = replay && std::string(replay) == "0" ? 0 : vk::PhiGpu::kMaxSteps;
+    return std::make_unique<vk::PhiGpu>(*ex.gpu(), m.hparams(), m.lm(), n_ctx, n_seq, n_layers, vk::max_buffer_from_env(),
+                                        max_steps);
 }
 
 namespace vk {
@@ -38,8 +44,13 @@ void grow(Device& d, std::unique_ptr<Buffer>& b, uint64_t bytes, bool host = fal
 
 }  // namespace
 
-PhiGpu::PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n_ctx, int n_seq, uint64_t max_buffer)
-    : dev_(dev), hp_(hp), n_ctx_(n_ctx), n_seq_(n_seq) {
+PhiGpu::PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n_ctx, int n_seq, int64_t n_layers,
+               uint64_t max_buffer, size_t max_steps)
+    : dev_(dev), hp_(hp), n_ctx_(n_ctx), n_seq_(n_seq), n_layers_(n_layers), head_(n_layers == hp.n_layer),
+      max_steps_(max_steps) {
+    if (n_layers < 1 || n_layers > hp.n_layer)
+        throw VulkanError(fmt("the GPU decoder takes 1 to %lld layers of this model, not %lld", (long long)hp.n_layer,
+                              (long long)n_layers));
     const DeviceInfo& info = dev.info();
     const uint64_t limit = part_limit(dev, 0);
     max_buffer_ = part_limit(dev, max_buffer);
@@ -69,8 +80,8 @@ PhiGpu::PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n
     // dequantizes token rows as the CPU path does and they travel with the step's inputs.
     if (embed_supported(w.tok_embd.type)) w_.tok_embd = upload_mat(w.tok_embd, "token_embd.weight");
     else host_embd_ = w.tok_embd;
-    w_.layers.resize((size_t)hp.n_layer);
-    for (int64_t il = 0; il < hp.n_layer; il++) {
+    w_.layers.resize((size_t)n_layers);
+    for (int64_t il = 0; il < n_layers; il++) {
         const PhiLayer& L = w.layers[(size_t)il];
         GpuLayer& G = w_.layers[(size_t)il];
         const int64_t E = hp.n_embd, KV = hp.kv_dim(), F = hp.n_ff, D = hp.head_dim;
@@ -101,10 +112,12 @@ PhiGpu::PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n
         G.k_norm_b = upload_vec(L.k_norm_b, D);
         G.post_norm_w = upload_vec(L.post_norm_w, E);
     }
-    w_.out_norm_w = upload_vec(w.out_norm_w, hp.n_embd);
-    w_.out_norm_b = upload_vec(w.out_norm_b, hp.n_embd);
-    w_.output = upload_mat(w.output, "output.weight");
-    w_.output_b = upload_vec(w.output_b, hp.n_vocab);
+    if (head_) {
+        w_.out_norm_w = upload_vec(w.out_norm_w, hp.n_embd);
+        w_.out_norm_b = upload_vec(w.out_norm_b, hp.n_embd);
+        w_.output = upload_mat(w.output, "output.weight");
+        w_.output_b = upload_vec(w.output_b, hp.n_vocab);
+    }
     if (hp.n_rot > 0) {
         const PhiScratch tables(hp, n_ctx);  // the CPU path's tables: both paths rotate by the same values
         w_.rope_cos = upload_vec(tables.rope_cos.data(), (int64_t)tables.rope_cos.size());
@@ -112,7 +125,8 @@ PhiGpu::PhiGpu(Device& dev, const PhiHparams& hp, const PhiWeights& w, int64_t n
     }
 }
 
-void PhiGpu::reserve(int64_t rows, int64_t n_logits) {
+bool PhiGpu::reserve(int64_t rows, int64_t n_logits) {
+    const bool grows = rows > cap_rows_ || (head_ && n_logits > cap_logits_);
     const int64_t E = hp_.n_embd, QKV = E + 2 * hp_.kv_dim(), F = hp_.n_ff, V = hp_.n_vocab;
     if (rows > cap_rows_) {
         grow(dev_, x_, 4ull * rows * E);
@@ -120,18 +134,20 @@ void PhiGpu::reserve(int64_t rows, int64_t n_logits) {
         grow(dev_, qkv_, 4ull * rows * QKV);
         grow(dev_, att_, 4ull * rows * E);
         grow(dev_, a_, 4ull * rows * E);
+        if (head_) grow(dev_, sel_, 4ull * rows * E);  // the rows that want logits, gathered
         grow(dev_, ff_, 4ull * rows * F);
-        grow(dev_, sel_, 4ull * rows * E);
         grow(dev_, tok_, 4ull * rows);
         grow(dev_, pos_, 4ull * rows);
         grow(dev_, in_, 4ull * rows * (E + 2), true);
+        if (!head_) grow(dev_, out_, 4ull * rows * E, true);  // the hidden state goes back, every row
         cap_rows_ = rows;
     }
-    if (n_logits > cap_logits_) {
+    if (head_ && n_logits > cap_logits_) {
         grow(dev_, logits_, 4ull * n_logits * V);
         grow(dev_, out_, 4ull * n_logits * V, true);
         cap_logits_ = n_logits;
     }
+    return grows;
 }
 
 std::vector<std::unique_ptr<Buffer>>& PhiGpu::slot(int seq) {
@@ -139,7 +155,7 @@ std::vector<std::unique_ptr<Buffer>>& PhiGpu::slot(int seq) {
     auto& layers = kv_[(size_t)seq];
     if (layers.empty()) {
         const uint64_t bytes = 2ull * 2 * (uint64_t)n_ctx_ * (uint64_t)hp_.kv_dim();
-        for (int64_t il = 0; il < hp_.n_layer; il++) layers.push_back(dev_.buffer(bytes));
+        for (int64_t il = 0; il < n_layers_; il++) layers.push_back(dev_.buffer(bytes));
     }
     return layers;
 }
@@ -158,16 +174,15 @@ void PhiGpu::copy_prefix(int src, int dst, int64_t n) {
     const uint64_t bytes = 2ull * (uint64_t)n * (uint64_t)hp_.kv_dim();
     const uint64_t v_off = 2ull * (uint64_t)n_ctx_ * (uint64_t)hp_.kv_dim();
     Sequence s(dev_);
-    for (int64_t il = 0; il < hp_.n_layer; il++) {
+    for (int64_t il = 0; il < n_layers_; il++) {
         s.copy(*from[(size_t)il], *to[(size_t)il], bytes, 0, 0);
         s.copy(*from[(size_t)il], *to[(size_t)il], bytes, v_off, v_off);
     }
     s.run();
 }
 
-void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, int64_t n, float* logits) {
-    const int64_t E = hp_.n_embd, KV = hp_.kv_dim(), F = hp_.n_ff, V = hp_.n_vocab, D = hp_.head_dim;
-    const int64_t H = hp_.n_head, HKV = hp_.n_head_kv, QKV = E + 2 * KV;
+void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, int64_t n, float* out) {
+    const int64_t E = hp_.n_embd;
     int64_t n_logits = 0;
     bool host_rows = false, token_rows = false;
     for (int64_t i = 0; i < n; i++) {
@@ -178,10 +193,11 @@ void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, i
             throw VulkanError(fmt("row %lld: position %lld is outside [0, %lld)", (long long)i, (long long)rows[i].pos,
                                   (long long)n_ctx_));
     }
-    reserve(n, n_logits);
+    if (reserve(n, n_logits)) steps_.clear();  // new activation buffers: the recordings bind the old ones
 
     // The step's inputs, through the host-visible buffer: embedding rows (and token rows where the host
-    // gathers), token ids (-1 for rows the host wrote), positions.
+    // gathers), token ids (-1 for rows the host wrote), positions. The recorded commands read them from
+    // there, so they hold for any values.
     float* in_x = static_cast<float*>(in_->mapped());
     int32_t* in_tok = reinterpret_cast<int32_t*>(in_x + n * E);
     int32_t* in_pos = in_tok + n;
@@ -193,25 +209,59 @@ void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, i
         in_pos[i] = (int32_t)rows[i].pos;
     }
 
-    // The runs of rows of one sequence: their cache slots are reserved before recording.
-    struct Run {
-        int64_t r0, m;
-        Buffer* const* kv;
-    };
-    std::vector<Run> runs;
+    // The step's shape: what the recording depends on. Rows, which of them are host-written or gathered,
+    // the runs of one sequence with their slots (each slot's cache is a buffer of its own, bound by the
+    // recording), and the rows whose logits are read back.
+    const bool want_out = n_logits > 0 && out;
+    std::vector<int64_t> key{n, host_rows, token_rows, want_out};
+    std::vector<StepRun> runs;
     for (int64_t r0 = 0; r0 < n;) {
         int64_t r1 = r0 + 1;
         while (r1 < n && rows[r1].seq == rows[r0].seq) r1++;
-        runs.push_back(Run{r0, r1 - r0, nullptr});
+        runs.push_back(StepRun{r0, r1 - r0, rows[r0].seq});
+        key.insert(key.end(), {r0, r1 - r0, rows[r0].seq});
         r0 = r1;
     }
-    std::vector<std::vector<Buffer*>> slot_bufs(runs.size());
-    for (size_t k = 0; k < runs.size(); k++) {
-        for (auto& b : slot(rows[runs[k].r0].seq)) slot_bufs[k].push_back(b.get());
-        runs[k].kv = slot_bufs[k].data();
-    }
+    if (head_ && want_out)
+        for (int64_t i = 0; i < n; i++) key.push_back(rows[i].logits ? 1 : 0);
 
-    Sequence s(dev_);
+    Step* step = nullptr;
+    for (Step& st : steps_)
+        if (st.key == key) step = &st;
+    if (step) {
+        replayed_++;
+    } else {
+        for (const StepRun& r : runs) slot(r.seq);  // the slots' buffers exist before they are bound
+        auto seq = std::make_unique<Sequence>(dev_);
+        record(*seq, rows, n, runs, host_rows, token_rows, want_out ? n_logits : 0);
+        recorded_++;
+        if (max_steps_ == 0) {  // recording anew every step
+            seq->run();
+            read_back(out, n, n_logits, want_out);
+            return;
+        }
+        if (steps_.size() >= max_steps_) {  // the least recently used shape goes
+            auto lru = std::min_element(steps_.begin(), steps_.end(),
+                                        [](const Step& a, const Step& b) { return a.used < b.used; });
+            steps_.erase(lru);
+        }
+        steps_.push_back(Step{std::move(key), std::move(seq), 0});
+        step = &steps_.back();
+    }
+    step->used = ++clock_;
+    step->seq->run();  // the one wait of the step
+    read_back(out, n, n_logits, want_out);
+}
+
+void PhiGpu::read_back(float* out, int64_t n, int64_t n_logits, bool want_out) const {
+    if (!head_) std::memcpy(out, out_->mapped(), sizeof(float) * (size_t)(n * hp_.n_embd));
+    else if (want_out) std::memcpy(out, out_->mapped(), sizeof(float) * (size_t)(n_logits * hp_.n_vocab));
+}
+
+void PhiGpu::record(Sequence& s, const PhiRow* rows, int64_t n, const std::vector<StepRun>& runs, bool host_rows,
+                    bool token_rows, int64_t n_logits) {
+    const int64_t E = hp_.n_embd, KV = hp_.kv_dim(), F = hp_.n_ff, V = hp_.n_vocab, D = hp_.head_dim;
+    const int64_t H = hp_.n_head, HKV = hp_.n_head_kv, QKV = E + 2 * KV;
     if (host_rows) s.copy(*in_, *x_, 4ull * n * E, 0, 0);
     s.copy(*in_, *tok_, 4ull * n, 4ull * n * E, 0);
     s.copy(*in_, *pos_, 4ull * n, 4ull * n * (E + 1), 0);
@@ -220,7 +270,7 @@ void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, i
             embed(s, w_.tok_embd.type, *p.buf, p.row0, p.rows, E, *tok_, n, *x_);
 
     const float scale = 1.0f / std::sqrt((float)D);
-    for (int64_t il = 0; il < hp_.n_layer; il++) {
+    for (int64_t il = 0; il < n_layers_; il++) {
         const GpuLayer& L = w_.layers[(size_t)il];
         layernorm(s, *x_, *h_, n, E, L.attn_norm_w.get(), L.attn_norm_b.get(), hp_.ln_eps);
         if (L.fused) {
@@ -238,11 +288,12 @@ void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, i
         if (hp_.n_rot > 0)
             rope_neox(s, *qkv_, n, QKV, (int)(H + HKV), (int)D, (int)hp_.n_rot, *pos_, *w_.rope_cos, *w_.rope_sin,
                       n_ctx_);
-        for (const Run& r : runs) kv_write(s, *qkv_, r.r0, r.m, QKV, E, KV, *r.kv[il], rows[r.r0].pos, n_ctx_);
+        for (const StepRun& r : runs)
+            kv_write(s, *qkv_, r.r0, r.m, QKV, E, KV, *kv_[(size_t)r.seq][(size_t)il], *pos_, n_ctx_);
         // A decode row (a run of one) splits its keys: alone it would keep n_head workgroups busy.
-        for (const Run& r : runs)
-            attention(s, *qkv_, r.r0, r.m, QKV, *r.kv[il], rows[r.r0].pos, n_ctx_, (int)H, (int)HKV, (int)D, scale,
-                      *att_, E, r.m == 1 ? part_.get() : nullptr, split_chunk_);
+        for (const StepRun& r : runs)
+            attention(s, *qkv_, r.r0, r.m, QKV, *kv_[(size_t)r.seq][(size_t)il], *pos_, n_ctx_, (int)H, (int)HKV,
+                      (int)D, scale, *att_, E, r.m == 1 ? part_.get() : nullptr, split_chunk_);
         product(s, L.out, *att_, n, *a_, E, 0, L.out_b.get());
         if (L.post_norm_w) rmsnorm(s, *a_, *a_, n, E, L.post_norm_w.get(), hp_.rms_eps);
         product(s, L.up, *h_, n, *ff_, F, 0, L.up_b.get());
@@ -251,7 +302,10 @@ void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, i
         add(s, *a_, *h_, *a_, n * E, n * E);                       // x = (a + m) + x, as the CPU sums
         add(s, *a_, *x_, *x_, n * E, n * E);
     }
-    if (n_logits > 0 && logits) {
+    if (!head_) {
+        // The CPU runs the other layers from here: the hidden state of every row goes back.
+        s.copy(*x_, *out_, 4ull * n * E, 0, 0);
+    } else if (n_logits > 0) {
         // The rows that want logits, moved together (all rows: x as it is).
         const Buffer* rows_x = x_.get();
         if (n_logits < n) {
@@ -264,8 +318,7 @@ void PhiGpu::decode(const int32_t* tokens, const float* x, const PhiRow* rows, i
         product(s, w_.output, *h_, n_logits, *logits_, V, 0, w_.output_b.get());
         s.copy(*logits_, *out_, 4ull * n_logits * V, 0, 0);
     }
-    s.run();  // the one wait of the step
-    if (n_logits > 0 && logits) std::memcpy(logits, out_->mapped(), sizeof(float) * (size_t)(n_logits * V));
+    s.finish();
 }
 
 }  // namespace vk

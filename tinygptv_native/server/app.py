@@ -77,10 +77,13 @@ class ServerState:
             else:
                 from ..model import Model
                 m = Model(self.cfg.model_path, n_threads=self.cfg.n_threads, n_ctx=self.cfg.n_ctx,
-                          n_parallel=self.cfg.n_parallel, device=self.cfg.device, gpu=self.cfg.gpu)
+                          n_parallel=self.cfg.n_parallel, device=self.cfg.device, gpu=self.cfg.gpu,
+                          gpu_layers=self.cfg.gpu_layers)
             self._describe(m)
             self._model = m
             where = "CPU" if getattr(m, "gpu", None) is None else f"Vulkan device {m.gpu}"
+            if getattr(m, "gpu", None) is not None and m.gpu_layers < m.n_layer:
+                where += f" for the first {m.gpu_layers} of {m.n_layer} layers, the rest on the CPU"
             log.info("model %s ready in %.1f s (%s, n_ctx %d, %d parallel sequences, %d threads, decoder on the %s)",
                      self.cfg.model_name, time.perf_counter() - t0, m.arch, m.n_ctx, m.n_parallel, m.n_threads, where)
         except BaseException as e:  # noqa: BLE001 - reported through /health and the callback

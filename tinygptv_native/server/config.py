@@ -18,6 +18,7 @@ class ServerConfig:
     n_parallel: int = 4                   # sequences decoded together
     device: str = "auto"                  # where the decoder runs: auto, cpu, gpu (Model's device)
     gpu: Optional[int] = None             # the Vulkan device index (Model's gpu)
+    gpu_layers: Optional[int] = None      # decoder layers on the GPU, the first ones (Model's gpu_layers)
     max_queue: int = 64                   # requests waiting beyond n_parallel; more get 503
     api_keys: List[str] = field(default_factory=list)
     cors_origins: List[str] = field(default_factory=list)
@@ -47,6 +48,8 @@ class ServerConfig:
             raise ValueError(f"--device must be auto, cpu or gpu, got {self.device!r}")
         if self.gpu is not None and int(self.gpu) < 0:
             raise ValueError(f"--gpu must be a Vulkan device index (0, 1, ...), got {self.gpu}")
+        if self.gpu_layers is not None and int(self.gpu_layers) < 0:
+            raise ValueError(f"--gpu-layers must be >= 0, got {self.gpu_layers}")
         if any(not k for k in self.api_keys):
             raise ValueError("an API key must not be empty")
         if self.media_dir is not None:

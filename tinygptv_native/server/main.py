@@ -73,7 +73,8 @@ def config_from_args(args: argparse.Namespace):
                        cors_origins=list(args.cors_origin or []), media_dir=args.media_dir,
                        max_body_bytes=int(args.max_body_mb * (1 << 20)), max_images=args.max_images,
                        max_image_bytes=int(args.max_image_mb * (1 << 20)), max_image_pixels=args.max_image_pixels,
-                       shutdown_grace=args.shutdown_grace, device=args.device, gpu=args.gpu)
+                       shutdown_grace=args.shutdown_grace, device=args.device, gpu=args.gpu,
+                       gpu_layers=args.gpu_layers)
     try:
         return cfg.check()
     except ValueError as e:

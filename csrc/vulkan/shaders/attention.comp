@@ -1,6 +1,7 @@
 #version 450
 // Causal attention of a run of rows of one sequence against its F16 cache slot (kv_write.comp's layout):
-// row i of the run, at position p0 + i, attends keys [0, p0 + i]. One workgroup per (row, head), walking
+// row i of the run, at position p0 + i, attends keys [0, p0 + i], p0 read from the step's positions (pos,
+// int32 per row), so a recorded step replays at any position. One workgroup per (row, head), walking
 // the keys in tiles of WG with an online softmax (running maximum and sum, the partial output rescaled as
 // the maximum grows), so a tile's scores are the only ones held and n_ctx is not bounded by shared memory.
 // Every reduction is a tree in shared memory: nothing depends on the subgroup width.
@@ -8,7 +9,8 @@
 // the other rows of its run. Heads share keys in groups (n_head / n_head_kv query heads per kv head).
 // Split over keys (n_split > 1, decode: one row would keep only n_head workgroups busy): workgroup
 // (row, head, split) takes keys [split * chunk, +chunk) and writes its unnormalised output, running maximum
-// and sum to part[] ([rows * n_head][n_split][head_dim + 2]); attention_merge.comp combines them.
+// and sum to part[] ([rows * n_head][n_split][head_dim + 2]); attention_merge.comp combines them. The
+// splits cover n_ctx keys, whatever the position: a split past the row's keys writes an empty part.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 
@@ -16,12 +18,12 @@ layout(std430, binding = 0) readonly buffer Qkv { float qkv[]; };
 layout(std430, binding = 1) readonly buffer Kv { uint kv[]; };
 layout(std430, binding = 2) writeonly buffer Out { float o[]; };
 layout(std430, binding = 3) writeonly buffer Part { float part[]; };
+layout(std430, binding = 4) readonly buffer Pos { int pos[]; };
 
 layout(push_constant) uniform Params {
     uint row0;        // the run's first row in the [q | k | v] buffer and in o
     uint rows;
     uint qkv_stride;
-    uint p0;          // the position of the run's first row
     uint n_head;
     uint n_head_kv;
     uint head_dim;    // at most 256 and at most 4 * WG (checked by the host)
@@ -53,12 +55,21 @@ void main() {
     const uint i = gh / p.n_head, h = gh % p.n_head;
     const uint kvh = h / (p.n_head / p.n_head_kv);
     const uint D = p.head_dim;
+    const uint n_keys = min(uint(pos[p.row0]) + i + 1u, p.n_ctx);
+    const uint k_begin = split * p.chunk, k_end = min(n_keys, k_begin + p.chunk);  // may be empty
+    if (p.n_split > 1u && k_begin >= n_keys) {  // uniform over the workgroup: a part that weighs nothing
+        const uint pb = (gh * p.n_split + split) * (D + 2u);
+        for (uint d = tid; d < D; d += WG) part[pb + d] = 0.0;
+        if (tid == 0u) {
+            part[pb + D] = -3.402823466e38;
+            part[pb + D + 1u] = 0.0;
+        }
+        return;
+    }
     const uint qb = (p.row0 + i) * p.qkv_stride + h * D;
     for (uint d = tid; d < D; d += WG) qs[d] = qkv[qb + d];
     barrier();
 
-    const uint n_keys = p.p0 + i + 1u;
-    const uint k_begin = split * p.chunk, k_end = min(n_keys, k_begin + p.chunk);  // may be empty
     const uint kbase = kvh * D, vbase = p.n_ctx * p.kv_dim + kvh * D;
     float run_max = -3.402823466e38, run_sum = 0.0;
     float acc[DPT];
