@@ -166,6 +166,30 @@ def test_query_targets_hold_every_shape_once():
     assert cls.nonzero().flatten().tolist() == [1 * data.GRID + 2]
 
 
+def test_patch_and_query_attention_targets():
+    pytest.importorskip("torch")
+    import data
+    # a blue square over exactly the four patches 7, 8, 13, 14 of a 96-pixel input (6 x 6 patches of 16)
+    sq = S.Shape("square", "blue", 1 / 6, 1 / 6, 3 / 6, 3 / 6)
+    tri = S.Shape("triangle", "red", 0.70, 0.70, 0.90, 0.90, apex=0.5)
+    sc = S.Scene((sq, tri))
+    t = data.patch_targets(sc, 96, 16).numpy()
+    assert t.shape == (36, 13) and np.allclose(t.sum(1), 1) and (t >= 0).all()
+    blue_square = 1 + 3 * S.COLORS.index("blue") + S.KINDS.index("square")
+    assert np.allclose(t[[7, 8, 13, 14], blue_square], 1) and t[0, 0] == 1
+    red_triangle = 1 + 3 * S.COLORS.index("red") + S.KINDS.index("triangle")
+    assert t[:, red_triangle].sum() > 0 and t[[7, 8, 13, 14], red_triangle].sum() == 0
+    # the query holding the square looks at its four patches, a quarter each; empty queries hold 0
+    a = data.query_attention_targets(sc, 96, 16).numpy()
+    cls, _ = data.query_targets(sc)
+    q = int((cls == blue_square).nonzero()[0, 0])
+    assert np.allclose(a[q, [7, 8, 13, 14]], 0.25) and np.isclose(a[q].sum(), 1)
+    assert np.allclose(a.sum(1), (cls > 0).numpy().astype(float))
+    # the triangle's area: half its box
+    cov = data.coverage(sc, 96, 16, sub=32)
+    assert abs(cov[1].sum() * (1 / 36) - 0.5 * 0.2 * 0.2) < 1e-3
+
+
 def test_cell_attention_target():
     pytest.importorskip("torch")
     pytest.importorskip("sentencepiece")

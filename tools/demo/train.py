@@ -4,8 +4,9 @@
 
 Writes OUT/phi2/tokenizer.model (SentencePiece) and OUT/trained.pt ({"config", "model"}: the full
 state dict, keys as in the TinyGPT-V model object without LoRA). Loss on answer tokens only; prompts
-in the stage-4 chat template without BOS, exactly as at inference; plus the per-cell auxiliary losses
-of AuxHeads on the image embeddings (training only, not exported).
+in the stage-4 chat template without BOS, exactly as at inference; plus the training-only losses (not
+exported): the per-query AuxHeads on the image embeddings, the per-patch PatchHead on the ViT
+outputs and the Q-Former routing target (CrossAttentionTarget).
 """
 from __future__ import annotations
 
@@ -55,6 +56,32 @@ class AuxHeads(torch.nn.Module):
         return l_cls, l_box
 
 
+class PatchHead(torch.nn.Module):
+    """Training-only linear probe on the ViT's output tokens (after ln_vision, what the Q-Former reads;
+    CLS left out): per patch, what covers it (background or colour x kind, data.patch_targets). Without
+    it the ViT learns colour and kind only through the decoder's answers, slowly: the per-query heads
+    sat at their prior and the picture gain stayed under 1 nat; the probe's target is learnt within a
+    hundred steps. It is weighted to help early and fade (patch_weight_at): later the answers decide
+    what the vision side keeps. Not part of the exported model."""
+
+    def __init__(self, model, cfg, n_cls: int = 13):
+        super().__init__()
+        self.head = torch.nn.Linear(cfg.vit_width, n_cls)
+        self.seen = {}
+        model.ln_vision.register_forward_hook(lambda mod, inp, out: self.seen.update(e=out))
+
+    def loss(self, patches):
+        """patches [N, n_patches, 13]: soft targets for the last image batch through the model."""
+        logp = F.log_softmax(self.head(self.seen["e"][:, 1:]), dim=-1)
+        return -(patches * logp).sum(-1).mean()
+
+
+def patch_weight_at(step: int, weight: float, fade: int, floor: float) -> float:
+    """Full weight at the start, cosine down to floor * weight at step `fade`, then constant."""
+    t = min(1.0, step / max(1, fade))
+    return weight * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
 def cell_attention_target(image_size: int, patch: int, grid: int = 4) -> torch.Tensor:
     """[grid*grid, n_patches]: for board cell i (Q-Former query i), the share of each patch's area that
     lies in the cell, normalised: where that query should look."""
@@ -67,9 +94,11 @@ def cell_attention_target(image_size: int, patch: int, grid: int = 4) -> torch.T
 
 class CrossAttentionTarget:
     """Training-only loss on the Q-Former's first cross-attention: each query's attention over the
-    patches (CLS left out), per head, against cell_attention_target. With shapes placed freely (not one
-    per patch), the queries otherwise take a long time to find their cells: without it the per-query
-    heads stay at their prior for the first thousand steps."""
+    patches (CLS left out), per head, against the patches of the shape it holds
+    (data.query_attention_targets) or, holding nothing, of its cell (cell_attention_target). With
+    shapes placed freely (not one per patch), the queries otherwise take a long time to find their
+    cells; and a query averaging its whole cell (about four patches, mostly background) passed on
+    its shape's colour no better than chance."""
 
     def __init__(self, model, cfg):
         self.attn = model.Qformer.bert.encoder.layer[0].crossattention
@@ -77,7 +106,13 @@ class CrossAttentionTarget:
         self.seen = {}
         self.attn.register_forward_hook(lambda mod, inp, out: self.seen.update(h=inp[0], ctx=inp[1]))
 
-    def loss(self):
+    def loss(self, shape_target=None):
+        """shape_target [N, queries, patches] (data.query_attention_targets): for the queries holding a
+        shape, look at that shape's patches instead of the whole cell (rows of 0 keep the cell)."""
+        target = self.target
+        if shape_target is not None:
+            held = shape_target.sum(-1, keepdim=True) > 0
+            target = torch.where(held, shape_target, self.target)[:, None]     # [N, 1, queries, patches]
         sa = self.attn._modules["self"]
         h, ctx = self.seen["h"], self.seen["ctx"][:, 1:]
         B, T, C = h.shape
@@ -85,7 +120,7 @@ class CrossAttentionTarget:
         q = sa.query(h).view(B, T, sa.heads, hd).transpose(1, 2)
         k = sa.key(ctx).view(B, -1, sa.heads, hd).transpose(1, 2)
         logp = F.log_softmax(q @ k.transpose(-1, -2) / hd ** 0.5, dim=-1)      # [B, heads, queries, patches]
-        return -(self.target * logp).sum(-1).mean()
+        return -(target * logp).sum(-1).mean()
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -118,6 +153,13 @@ def main():
     ap.add_argument("--proj-lr-scale", type=float, default=0.1, help="learning-rate factor of llama_proj/llama_proj2")
     ap.add_argument("--aux-weight", type=float, default=1.0,
                     help="weight of the per-cell auxiliary losses on the image embeddings (0 = off)")
+    ap.add_argument("--patch-weight", type=float, default=1.0,
+                    help="initial weight of the per-patch content loss on the ViT outputs (0 = off)")
+    ap.add_argument("--patch-fade", type=float, default=0.5,
+                    help="fraction of --steps over which the per-patch weight fades to --patch-floor of it")
+    ap.add_argument("--patch-floor", type=float, default=0.1)
+    ap.add_argument("--route", choices=("shape", "cell"), default="shape",
+                    help="routing target of a query holding a shape: that shape's patches, or its whole cell")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=50)
@@ -154,8 +196,11 @@ def main():
     # per-cell heads (AuxHeads) this is no longer needed and both default to off.
     aux = AuxHeads(cfg.n_embd)
     route = CrossAttentionTarget(model, cfg)
+    patch_head = PatchHead(model, cfg)
+    heads = [("aux." + n, p) for n, p in aux.named_parameters()] + \
+            [("aux.patch." + n, p) for n, p in patch_head.named_parameters()]
     groups = {}
-    for n, p in list(model.named_parameters()) + [("aux." + n, p) for n, p in aux.named_parameters()]:
+    for n, p in list(model.named_parameters()) + heads:
         if not p.requires_grad:
             continue
         proj = n.startswith(("llama_proj.", "llama_proj2."))
@@ -176,8 +221,8 @@ def main():
         vis = 0.0 if frozen else min(1.0, (step - args.vision_delay + 1) / args.vision_ramp)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup) * g["lr_scale"] * (vis if g["vision"] else 1.0)
-        pixels, img_index, after, targets, cells, boxes = train_batch(rng, enc, args.images, args.chats,
-                                                                      cfg.image_size, cfg.n_query)
+        pixels, img_index, after, targets, cells, boxes, patches, shape_att = train_batch(
+            rng, enc, args.images, args.chats, cfg.image_size, cfg.n_query, cfg.patch_size)
         with torch.set_grad_enabled(not frozen):
             per_img = model.encode_image(pixels)
         img_emb = per_img[img_index]
@@ -195,11 +240,13 @@ def main():
         l_cls = l_box = l_att = torch.zeros(())
         if args.aux_weight > 0:
             l_cls, l_box = aux.loss(per_img, cells, boxes)
-            l_att = route.loss()
-        total = loss + args.aux_weight * (l_cls + l_box + l_att)
+            l_att = route.loss(shape_att if args.route == "shape" else None)
+        l_patch = patch_head.loss(patches) if args.patch_weight > 0 else torch.zeros(())
+        w_patch = patch_weight_at(step, args.patch_weight, int(args.patch_fade * args.steps), args.patch_floor)
+        total = loss + args.aux_weight * (l_cls + l_box + l_att) + w_patch * l_patch
         opt.zero_grad(set_to_none=True)
         total.backward()
-        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux.parameters()), 1.0)
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + [p for _, p in heads], 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if step % args.log_every == 0 or step == args.steps - 1:
@@ -214,7 +261,8 @@ def main():
                                               ignore_index=-100).item()
             dt = time.time() - t0
             print(f"step {step:5d}  loss {loss.item():.4f}  ema {ema:.4f}  picture gain {wrong_loss:+.4f}  "
-                  f"aux cls {l_cls.item():.3f} box {l_box.item():.3f} att {l_att.item():.3f}  "
+                  f"aux cls {l_cls.item():.3f} box {l_box.item():.3f} att {l_att.item():.3f} "
+                  f"patch {l_patch.item():.3f} (w {w_patch:.2f})  "
                   f"lr {lr_at(step, args.steps, args.lr, args.warmup):.2e}  {dt / (step + 1):.3f} s/step  {dt / 60:.1f} min", flush=True)
 
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < (args.stop_after or args.steps):
