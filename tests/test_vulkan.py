@@ -227,8 +227,9 @@ def test_a_tiled_rows_result_does_not_depend_on_the_other_rows(vk):
     assert np.array_equal(whole[37:54], part)
 
 
-def test_tiled_matmul_more_outputs_than_one_dispatch_holds(vk):
-    # 65600 outputs: 1025 tiles in one dispatch where the device's grid allows, each of 64 outputs.
+def test_tiled_matmul_of_many_outputs(vk):
+    # 65600 outputs (past 65535, the grid dimension of many devices, were it a workgroup per output): 1025
+    # tiles of 64 outputs, the last with one.
     n_out, n_in, rows = 65600, 32, 20
     data, w = weights("Q8_0", n_out, n_in, seed=14)
     x = rng(15).standard_normal((rows, n_in)).astype(np.float32)
