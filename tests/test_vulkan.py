@@ -145,6 +145,98 @@ def test_matmul_more_outputs_than_one_dispatch_holds(vk):
     np.testing.assert_allclose(y, x.astype(np.float64) @ w.T, rtol=1e-4, atol=1e-4)
 
 
+# ---- the tiled product (matmul.comp) --------------------------------------------------------------
+
+# Several K per type: not multiples of the shader's 32-value step where the type allows it (F32, F16), 1 to 5
+# blocks, 1 to 3 super-blocks.
+TILED_K = [("F32", 37), ("F32", 64), ("F32", 200), ("F16", 70), ("F16", 96), ("Q8_0", 32), ("Q8_0", 96),
+           ("Q8_0", 160), ("Q4_0", 64), ("Q4_0", 96), ("Q4_K", 256), ("Q4_K", 768), ("Q6_K", 256), ("Q6_K", 512)]
+# Each sum is float32 over n_in products in another order than float64's (and than matvec's): within 1e-5 of
+# the row's scale sum_i |x_i w_i|, as test_matmul_matches_float64 states for matvec; the two shaders are then
+# within 2e-5 of it of each other.
+TILED_TOL = 1e-5
+
+
+def _within(y, ref, scale, tol):
+    err = np.abs(y.astype(np.float64) - ref)
+    return np.all(err <= tol * scale + 1e-6), float(np.max(err / (scale + 1e-30)))
+
+
+def test_the_tiled_shader_takes_products_from_16_rows(vk, monkeypatch):
+    assert _testing.vk_tiled_min_rows() == 16
+    monkeypatch.setenv("TINYGPTV_VK_TILED_ROWS", "3")
+    assert _testing.vk_tiled_min_rows() == 3
+    monkeypatch.setenv("TINYGPTV_VK_TILED_ROWS", "0")
+    with pytest.raises(tg.VulkanError, match="TINYGPTV_VK_TILED_ROWS=0"):
+        _testing.vk_tiled_min_rows()
+    with pytest.raises(tg.VulkanError, match="kernel 'mm'"):
+        _testing.vk_matmul("F32", np.ones(16, np.uint8), 1, 4, np.ones((1, 4), np.float32), kernel="mm")
+
+
+@pytest.mark.parametrize("typ,n_in", TILED_K)
+@pytest.mark.parametrize("rows", [1, 16, 17, 33, 100, 257])
+def test_tiled_matmul_matches_float64_and_matvec(vk, typ, n_in, rows):
+    """Rows and outputs not multiples of the 64 x 64 tile, with a bias, into columns 5.. of rows wider than
+    the product (the other columns untouched): against float64 on the dequantized weights and against
+    matvec on the same inputs."""
+    n_out = 75 if rows % 2 else 130
+    data, w = weights(typ, n_out, n_in, seed=rows + n_in)
+    x = rng(rows + 1).standard_normal((rows, n_in)).astype(np.float32)
+    bias = rng(rows + 2).standard_normal(n_out).astype(np.float32)
+    ref = x.astype(np.float64) @ w.T + bias
+    scale = np.abs(x).astype(np.float64) @ np.abs(w).T + np.abs(bias)
+    kw = dict(bias=bias, y_stride=n_out + 9, y_col0=5)
+    yt = _testing.vk_matmul(typ, data, n_out, n_in, x, kernel="tiled", **kw)
+    yv = _testing.vk_matmul(typ, data, n_out, n_in, x, kernel="matvec", **kw)
+    assert yt.shape == (rows, n_out + 9)
+    assert np.isnan(yt[:, :5]).all() and np.isnan(yt[:, 5 + n_out:]).all()
+    ok, err = _within(yt[:, 5:5 + n_out], ref, scale, TILED_TOL)
+    assert ok, (typ, n_in, rows, err)
+    ok, err = _within(yt[:, 5:5 + n_out], yv[:, 5:5 + n_out].astype(np.float64), scale, 2 * TILED_TOL)
+    assert ok, (typ, n_in, rows, err)
+    # auto: matvec below 16 rows, the tiled shader from 16 (the same bits as the kernel forced)
+    ya = _testing.vk_matmul(typ, data, n_out, n_in, x, **kw)
+    assert np.array_equal(ya, yt if rows >= 16 else yv, equal_nan=True)
+
+
+@pytest.mark.parametrize("typ,n_in", [("F16", 70), ("Q4_0", 64), ("Q4_K", 256), ("Q6_K", 256)])
+def test_tiled_matmul_of_a_tensor_part(vk, typ, n_in):
+    """Outputs 70..199 from a buffer holding only those weight rows (a tensor split over buffers): the
+    shader reads row o at o - 70 of its buffer and the bias at o; columns before 70 stay untouched."""
+    n_out, o_begin, rows = 200, 70, 40
+    data, w = weights(typ, n_out, n_in, seed=3)
+    part = data.reshape(n_out, -1)[o_begin:].ravel()
+    x = rng(4).standard_normal((rows, n_in)).astype(np.float32)
+    bias = rng(5).standard_normal(n_out).astype(np.float32)
+    y = _testing.vk_matmul(typ, part, n_out, n_in, x, bias=bias, kernel="tiled", o_begin=o_begin)
+    assert np.isnan(y[:, :o_begin]).all()
+    ref = x.astype(np.float64) @ w[o_begin:].T + bias[o_begin:]
+    scale = np.abs(x).astype(np.float64) @ np.abs(w[o_begin:]).T + np.abs(bias[o_begin:])
+    ok, err = _within(y[:, o_begin:], ref, scale, TILED_TOL)
+    assert ok, err
+
+
+def test_a_tiled_rows_result_does_not_depend_on_the_other_rows(vk):
+    """Each row sums in order of K whichever tile it lands in: rows 37..53 alone give the bits they give
+    inside 100 rows (so a batch's rows equal each alone, as long as both take the tiled shader)."""
+    n_out, n_in = 90, 96
+    data, _ = weights("Q8_0", n_out, n_in, seed=12)
+    x = rng(13).standard_normal((100, n_in)).astype(np.float32)
+    whole = _testing.vk_matmul("Q8_0", data, n_out, n_in, x, kernel="tiled")
+    part = _testing.vk_matmul("Q8_0", data, n_out, n_in, np.ascontiguousarray(x[37:54]), kernel="tiled")
+    assert np.array_equal(whole[37:54], part)
+
+
+def test_tiled_matmul_of_many_outputs(vk):
+    # 65600 outputs (past 65535, the grid dimension of many devices, were it a workgroup per output): 1025
+    # tiles of 64 outputs, the last with one.
+    n_out, n_in, rows = 65600, 32, 20
+    data, w = weights("Q8_0", n_out, n_in, seed=14)
+    x = rng(15).standard_normal((rows, n_in)).astype(np.float32)
+    y = _testing.vk_matmul("Q8_0", data, n_out, n_in, x, kernel="tiled")
+    np.testing.assert_allclose(y, x.astype(np.float64) @ w.T, rtol=1e-4, atol=1e-4)
+
+
 # ---- norms, activations, softmax, rotary ----------------------------------------------------------
 
 @pytest.mark.parametrize("rows,n", [(1, 1), (1, 37), (9, 300), (33, 64)])

@@ -241,8 +241,11 @@ def log(level: int, message: str) -> None: ...
 # The Vulkan backend's (bind_vulkan.cpp; only in a build that has it), each on Vulkan device `device=0`:
 #   vk_validation() -> whether the instance runs with the validation layer (TINYGPTV_VK_VALIDATION=1)
 #   vk_messages() -> [str]: the validation layer's messages since the last call
-#   vk_matmul(type, w, n_out, n_in, x, bias=None, device=0, replay=1) -> x @ W.T (+ bias) from GGUF blocks
+#   vk_matmul(type, w, n_out, n_in, x, bias=None, device=0, replay=1, kernel="auto", o_begin=0, y_stride=0,
+#       y_col0=0) -> x @ W.T (+ bias) from GGUF blocks (kernel: auto, matvec or tiled; w: rows o_begin..;
+#       y_stride > 0: rows of y_stride, output o at column y_col0 + o, the rest NaN)
 #   vk_matmul_supports(type) -> whether the GPU mat-vec reads that weight type
+#   vk_tiled_min_rows() -> the fewest rows whose products take the tiled shader (TINYGPTV_VK_TILED_ROWS)
 #   vk_layernorm(x, w=None, b=None, eps=1e-5) -> float32 rows
 #   vk_rmsnorm(x, w=None, eps=1e-5) -> float32 rows
 #   vk_gelu(x, tanh=False) -> float32: exact or tanh GELU

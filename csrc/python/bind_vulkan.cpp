@@ -3,7 +3,10 @@
 //   vulkan_devices() -> list of dicts: the Vulkan devices (opens the loader and makes the instance on first
 //       call; VulkanError where there is no loader, or the build has no backend)
 // Test hooks (submodule _core._testing), each on device `device` (made on first use, kept for the process):
-//   vk_matmul(type, w_bytes, n_out, n_in, x[rows, n_in], bias=None, device=0, replay=1)
+//   vk_matmul(type, w_bytes, n_out, n_in, x[rows, n_in], bias=None, device=0, replay=1, kernel="auto",
+//             o_begin=0, y_stride=0, y_col0=0): w_bytes holds weight rows o_begin..n_out-1 (a part of a split
+//             tensor); kernel "auto", "matvec" or "tiled" (vk::ProductKernel); y_stride > 0: the result is
+//             [rows, y_stride], output o at column y_col0 + o, the other columns NaN as uploaded
 //   vk_layernorm(x, w=None, b=None, eps=1e-5), vk_rmsnorm(x, w=None, eps=1e-5), vk_gelu(x, tanh=False),
 //   vk_softmax(x), vk_rope_neox(x, n_head, head_dim, n_rot, pos, cos, sin), vk_add(a, b, replay=1),
 //   vk_attention_full(q[n_q, *], k[n_kv, *] | None, v | None, n_head, head_dim, scale, q_off=0, k_off=0, v_off=0)
@@ -16,6 +19,7 @@
 #include <pybind11/stl.h>
 
 #include <cctype>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -130,14 +134,24 @@ void check_2d(const F32Array& x, const char* what) {
 }
 
 py::array_t<float> vk_matmul(const std::string& type, U8Array w, int64_t n_out, int64_t n_in, F32Array x,
-                             py::object bias_obj, int device, int replay) {
+                             py::object bias_obj, int device, int replay, const std::string& kernel_name,
+                             int64_t o_begin, int64_t y_stride, int64_t y_col0) {
     check_2d(x, "x");
     const GgmlType t = type_from_name(type);
     if (x.shape(1) != n_in) throw VulkanError(fmt("x has rows of %lld, n_in is %lld", (long long)x.shape(1), (long long)n_in));
-    const size_t need = n_in > 0 && n_out > 0 ? (size_t)n_out * row_bytes(t, n_in) : 0;
+    if (o_begin < 0 || o_begin >= n_out)
+        throw VulkanError(fmt("o_begin = %lld is outside [0, %lld)", (long long)o_begin, (long long)n_out));
+    const size_t need = n_in > 0 && n_out > 0 ? (size_t)(n_out - o_begin) * row_bytes(t, n_in) : 0;
     if ((size_t)w.size() != need)
-        throw VulkanError(fmt("weight data has %zu bytes, a [%lld, %lld] %s tensor needs %zu", (size_t)w.size(),
-                              (long long)n_out, (long long)n_in, type_name(t), need));
+        throw VulkanError(fmt("weight data has %zu bytes, rows %lld..%lld of a [%lld, %lld] %s tensor needs %zu",
+                              (size_t)w.size(), (long long)o_begin, (long long)n_out - 1, (long long)n_out,
+                              (long long)n_in, type_name(t), need));
+    vk::ProductKernel kernel;
+    if (kernel_name == "auto") kernel = vk::ProductKernel::Auto;
+    else if (kernel_name == "matvec") kernel = vk::ProductKernel::MatVec;
+    else if (kernel_name == "tiled") kernel = vk::ProductKernel::Tiled;
+    else throw VulkanError(fmt("kernel '%s': expected auto, matvec or tiled", kernel_name.c_str()));
+    if (y_stride == 0) y_stride = n_out;
     // (a default-constructed array_t is an empty array, not a null handle: presence is has_bias)
     const bool has_bias = !bias_obj.is_none();
     F32Array bias;
@@ -158,12 +172,14 @@ py::array_t<float> vk_matmul(const std::string& type, U8Array w, int64_t n_out, 
         bw = upload(d, w.data(), w.size());
         bx = upload(d, x.data(), (size_t)x.size() * 4);
         if (has_bias) bb = upload(d, bias.data(), (size_t)n_out * 4);
-        by = d.buffer((uint64_t)rows * n_out * 4);
+        // NaN everywhere first: columns the product must not write stay NaN
+        const std::vector<float> nan((size_t)(rows * y_stride), std::numeric_limits<float>::quiet_NaN());
+        by = upload(d, nan.data(), nan.size() * 4);
         vk::Sequence seq(d);
-        vk::matmul(seq, t, *bw, n_out, n_in, *bx, rows, *by, bb.get());
+        vk::matmul_rows(seq, t, *bw, o_begin, n_out, n_in, *bx, rows, *by, y_stride, y_col0, bb.get(), kernel);
         for (int i = 0; i < replay; i++) seq.run();
     }
-    return download(*dp, *by, {(py::ssize_t)rows, (py::ssize_t)n_out});
+    return download(*dp, *by, {(py::ssize_t)rows, (py::ssize_t)y_stride});
 }
 
 // A row-wise op on x[rows][n]: in, out (may be the same buffer), and optional float vectors.
@@ -346,7 +362,10 @@ void bind_vulkan(py::module_& m, py::module_& t) {
     t.def("vk_messages", [] { return vk::Instance::get().take_messages(); },
           "The validation layer's messages since the last call.");
     t.def("vk_matmul", &vk_matmul, py::arg("type"), py::arg("w"), py::arg("n_out"), py::arg("n_in"), py::arg("x"),
-          py::arg("bias") = py::none(), py::arg("device") = 0, py::arg("replay") = 1);
+          py::arg("bias") = py::none(), py::arg("device") = 0, py::arg("replay") = 1, py::arg("kernel") = "auto",
+          py::arg("o_begin") = 0, py::arg("y_stride") = 0, py::arg("y_col0") = 0);
+    t.def("vk_tiled_min_rows", &vk::tiled_min_rows,
+          "The fewest rows whose products take the tiled shader (TINYGPTV_VK_TILED_ROWS, else 16).");
     t.def("vk_matmul_supports", [](const std::string& type) { return vk::matmul_supports(type_from_name(type)); },
           py::arg("type"));
     t.def("vk_layernorm", [](F32Array x, py::object w, py::object b, float eps, int device) {

@@ -1,8 +1,10 @@
 #include "vulkan/ops.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 
 #include "errors.h"
 
@@ -11,7 +13,9 @@ namespace vk {
 
 namespace {
 
-constexpr int64_t kRowsPerGroup = 8;  // NR of matvec.comp
+constexpr int64_t kRowsPerGroup = 8;   // NR of matvec.comp
+constexpr int64_t kTileRows = 64;      // BM of matmul.comp
+constexpr int64_t kTileOutputs = 64;   // BN of matmul.comp
 
 // The shaders index with 32-bit integers.
 uint32_t u32(int64_t v, const char* what) {
@@ -48,9 +52,30 @@ const char* matvec_shader(GgmlType t) {
     }
 }
 
+// The tiled shader of each type matvec_shader has (the same variants, built from matmul.comp).
+std::string tiled_shader(GgmlType t) { return std::string("matmul") + (matvec_shader(t) + 6); }
+
 }  // namespace
 
 bool matmul_supports(GgmlType t) { return matvec_shader(t) != nullptr; }
+
+int64_t tiled_min_rows() {
+    const char* v = std::getenv("TINYGPTV_VK_TILED_ROWS");
+    if (!v || !*v) return kTiledMinRows;
+    char* end = nullptr;
+    const long long n = std::strtoll(v, &end, 10);
+    if (*end != '\0' || n < 1)
+        throw VulkanError(fmt("TINYGPTV_VK_TILED_ROWS=%s: expected a whole number of rows, at least 1", v));
+    return (int64_t)n;
+}
+
+bool product_is_tiled(int64_t rows, ProductKernel kernel) {
+    switch (kernel) {
+        case ProductKernel::MatVec: return false;
+        case ProductKernel::Tiled: return true;
+        default: return rows >= tiled_min_rows();
+    }
+}
 
 void matmul(Sequence& s, GgmlType t, const Buffer& w, int64_t n_out, int64_t n_in, const Buffer& x, int64_t rows,
             Buffer& y, const Buffer* bias) {
@@ -58,7 +83,8 @@ void matmul(Sequence& s, GgmlType t, const Buffer& w, int64_t n_out, int64_t n_i
 }
 
 void matmul_rows(Sequence& s, GgmlType t, const Buffer& w, int64_t o_begin, int64_t o_end, int64_t n_in,
-                 const Buffer& x, int64_t rows, Buffer& y, int64_t y_stride, int64_t y_col0, const Buffer* bias) {
+                 const Buffer& x, int64_t rows, Buffer& y, int64_t y_stride, int64_t y_col0, const Buffer* bias,
+                 ProductKernel kernel) {
     const char* shader = matvec_shader(t);
     if (!shader) throw VulkanError(fmt("the Vulkan backend has no matrix product for %s weights", type_name(t)));
     const int64_t blk = type_traits((uint32_t)t).block;
@@ -78,15 +104,18 @@ void matmul_rows(Sequence& s, GgmlType t, const Buffer& w, int64_t o_begin, int6
     u32((int64_t)(rb * (uint64_t)n_out), "weight bytes");
     u32(rows * std::max(n_in, y_stride), "activation elements");
     Device& d = s.device();
-    Pipeline& p = d.pipeline(shader, 4, 9 * 4);
-    const int64_t row_groups = (rows + kRowsPerGroup - 1) / kRowsPerGroup;
+    const bool tiled = product_is_tiled(rows, kernel);
+    // matvec: one workgroup per output and 8 rows; tiled: one per tile of 64 outputs and 64 rows.
+    const int64_t per_x = tiled ? kTileOutputs : 1, per_y = tiled ? kTileRows : kRowsPerGroup;
+    Pipeline& p = tiled ? d.pipeline(tiled_shader(t), 4, 9 * 4) : d.pipeline(shader, 4, 9 * 4);
+    const int64_t row_groups = (rows + per_y - 1) / per_y;
     if (row_groups > d.info().max_workgroup_count[1])
         throw VulkanError(fmt("%lld rows exceed the device's grid", (long long)rows));
     const int64_t max_x = d.info().max_workgroup_count[0];
-    for (int64_t o0 = o_begin; o0 < o_end; o0 += max_x) {
+    for (int64_t o0 = o_begin; o0 < o_end; o0 += max_x * per_x) {
         const uint32_t push[9] = {(uint32_t)n_in, (uint32_t)o_end, (uint32_t)rows, (uint32_t)rb, (uint32_t)o0,
                                   bias ? 1u : 0u, (uint32_t)o_begin, (uint32_t)y_stride, (uint32_t)y_col0};
-        const uint32_t gx = (uint32_t)std::min(max_x, o_end - o0);
+        const uint32_t gx = (uint32_t)std::min(max_x, (o_end - o0 + per_x - 1) / per_x);
         s.dispatch(p, {&w, &x, bias ? bias : &d.dummy(), &y}, push, sizeof push, gx, (uint32_t)row_groups);
     }
 }

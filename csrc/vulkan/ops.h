@@ -13,6 +13,17 @@ namespace vk {
 // The weight types the mat-vec shaders read from GGUF blocks as they are.
 bool matmul_supports(GgmlType t);
 
+// Which shader takes a product: matvec.comp (decode's few rows: a workgroup per output, 8 rows at a time)
+// or matmul.comp (many rows: tiles of 64 rows x 64 outputs, each weight read once per tile). Auto picks the
+// tiled one from tiled_min_rows() rows. The two sum in different orders: their results differ in the last
+// bits, so a row's bits depend on the kernel its product took (on the rows it shares the product with).
+enum class ProductKernel { Auto, MatVec, Tiled };
+constexpr int64_t kTiledMinRows = 16;
+// kTiledMinRows, or TINYGPTV_VK_TILED_ROWS where set (tests: 1 puts every product on the tiled shader, a
+// large value every one on matvec).
+int64_t tiled_min_rows();
+bool product_is_tiled(int64_t rows, ProductKernel kernel = ProductKernel::Auto);
+
 // y[rows][n_out] = x[rows][n_in] . W[n_out][n_in]^T (+ bias[n_out]); W holds the GGUF rows of type t.
 void matmul(Sequence& s, GgmlType t, const Buffer& w, int64_t n_out, int64_t n_in, const Buffer& x, int64_t rows,
             Buffer& y, const Buffer* bias);
@@ -20,7 +31,8 @@ void matmul(Sequence& s, GgmlType t, const Buffer& w, int64_t n_out, int64_t n_i
 // o_begin..o_end-1. y's rows are y_stride floats apart and output o goes to column y_col0 + o; bias (of the
 // whole product) is indexed by o.
 void matmul_rows(Sequence& s, GgmlType t, const Buffer& w, int64_t o_begin, int64_t o_end, int64_t n_in,
-                 const Buffer& x, int64_t rows, Buffer& y, int64_t y_stride, int64_t y_col0, const Buffer* bias);
+                 const Buffer& x, int64_t rows, Buffer& y, int64_t y_stride, int64_t y_col0, const Buffer* bias,
+                 ProductKernel kernel = ProductKernel::Auto);
 // Layer norm / RMS norm of each row; w and b may be null (identity).
 void layernorm(Sequence& s, const Buffer& x, Buffer& y, int64_t rows, int64_t n, const Buffer* w, const Buffer* b,
                float eps);
