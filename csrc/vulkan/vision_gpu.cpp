@@ -141,7 +141,7 @@ void ImageGpu::record_vision(Sequence& s) {
     const int64_t E = vhp_.n_embd, F = vhp_.n_ff, T = vhp_.n_tokens(), NP = vhp_.n_patches();
     patches(s, *pix_, vhp_.image_size, vhp_.patch_size, *patches_);
     // x = [cls; W_patch . patches + b] + pos: the patch rows land in h, then move below the CLS row.
-    product(s, v_.patch, *patches_, NP, *h_, E, 0, v_.patch_b.get());
+    product(s, v_.patch, *patches_, NP, *h_, E, 0, v_.patch_b.get(), ProductKernel::Auto);
     s.copy(*v_.cls, *x_, 4ull * E, 0, 0);
     s.copy(*h_, *x_, 4ull * NP * E, 0, 4ull * E);
     add(s, *x_, *v_.pos, *x_, T * E, T * E);
@@ -150,14 +150,14 @@ void ImageGpu::record_vision(Sequence& s) {
     const int H = (int)vhp_.n_head, D = (int)vhp_.head_dim;
     for (const GpuVisionLayer& L : v_.layers) {
         layernorm(s, *x_, *h_, T, E, L.ln1_w.get(), L.ln1_b.get(), vhp_.ln_eps);
-        product(s, L.qkv, *h_, T, *qkv_, 3 * E, 0, L.qkv_b.get());
+        product(s, L.qkv, *h_, T, *qkv_, 3 * E, 0, L.qkv_b.get(), ProductKernel::Auto);
         attention_full(s, *qkv_, 3 * E, 0, *qkv_, 3 * E, E, *qkv_, 3 * E, 2 * E, T, T, H, D, scale, *att_, E);
-        product(s, L.out, *att_, T, *h_, E, 0, L.out_b.get());
+        product(s, L.out, *att_, T, *h_, E, 0, L.out_b.get(), ProductKernel::Auto);
         add(s, *x_, *h_, *x_, T * E, T * E);
         layernorm(s, *x_, *h_, T, E, L.ln2_w.get(), L.ln2_b.get(), vhp_.ln_eps);
-        product(s, L.up, *h_, T, *ff_, F, 0, L.up_b.get());
+        product(s, L.up, *h_, T, *ff_, F, 0, L.up_b.get(), ProductKernel::Auto);
         gelu(s, *ff_, T * F, /*tanh_form=*/false);
-        product(s, L.down, *ff_, T, *att_, E, 0, L.down_b.get());
+        product(s, L.down, *ff_, T, *att_, E, 0, L.down_b.get(), ProductKernel::Auto);
         add(s, *x_, *att_, *x_, T * E, T * E);
     }
     layernorm(s, *x_, *img_, T, E, v_.post_w.get(), v_.post_b.get(), vhp_.post_eps);
@@ -178,33 +178,33 @@ void ImageGpu::record_qformer(Sequence& s) {
     layernorm(s, *q_.query, *qh_, NQ, Q, q_.emb_ln_w.get(), q_.emb_ln_b.get(), eps);
     for (const GpuQformerLayer& L : q_.layers) {
         // self-attention: q, k and v side by side in the rows of qqkv
-        product(s, L.attn_q, *qh_, NQ, *qqkv_, 3 * Q, 0, L.attn_q_b.get());
-        product(s, L.attn_k, *qh_, NQ, *qqkv_, 3 * Q, Q, L.attn_k_b.get());
-        product(s, L.attn_v, *qh_, NQ, *qqkv_, 3 * Q, 2 * Q, L.attn_v_b.get());
+        product(s, L.attn_q, *qh_, NQ, *qqkv_, 3 * Q, 0, L.attn_q_b.get(), ProductKernel::Auto);
+        product(s, L.attn_k, *qh_, NQ, *qqkv_, 3 * Q, Q, L.attn_k_b.get(), ProductKernel::Auto);
+        product(s, L.attn_v, *qh_, NQ, *qqkv_, 3 * Q, 2 * Q, L.attn_v_b.get(), ProductKernel::Auto);
         attention_full(s, *qqkv_, 3 * Q, 0, *qqkv_, 3 * Q, Q, *qqkv_, 3 * Q, 2 * Q, NQ, NQ, H, D, scale, *qatt_, Q);
-        product(s, L.attn_out, *qatt_, NQ, *qtmp_, Q, 0, L.attn_out_b.get());
+        product(s, L.attn_out, *qatt_, NQ, *qtmp_, Q, 0, L.attn_out_b.get(), ProductKernel::Auto);
         residual_ln(L.attn_ln_w.get(), L.attn_ln_b.get());
 
         if (L.cross) {  // the queries attend the image tokens: keys and values side by side in ckv
-            product(s, L.cross_q, *qh_, NQ, *qq_, Q, 0, L.cross_q_b.get());
-            product(s, L.cross_k, *img_, T, *ckv_, 2 * Q, 0, L.cross_k_b.get());
-            product(s, L.cross_v, *img_, T, *ckv_, 2 * Q, Q, L.cross_v_b.get());
+            product(s, L.cross_q, *qh_, NQ, *qq_, Q, 0, L.cross_q_b.get(), ProductKernel::Auto);
+            product(s, L.cross_k, *img_, T, *ckv_, 2 * Q, 0, L.cross_k_b.get(), ProductKernel::Auto);
+            product(s, L.cross_v, *img_, T, *ckv_, 2 * Q, Q, L.cross_v_b.get(), ProductKernel::Auto);
             attention_full(s, *qq_, Q, 0, *ckv_, 2 * Q, 0, *ckv_, 2 * Q, Q, NQ, T, H, D, scale, *qatt_, Q);
-            product(s, L.cross_out, *qatt_, NQ, *qtmp_, Q, 0, L.cross_out_b.get());
+            product(s, L.cross_out, *qatt_, NQ, *qtmp_, Q, 0, L.cross_out_b.get(), ProductKernel::Auto);
             residual_ln(L.cross_ln_w.get(), L.cross_ln_b.get());
         }
 
-        product(s, L.ffn_up, *qh_, NQ, *qff_, QF, 0, L.ffn_up_b.get());
+        product(s, L.ffn_up, *qh_, NQ, *qff_, QF, 0, L.ffn_up_b.get(), ProductKernel::Auto);
         gelu(s, *qff_, NQ * QF, /*tanh_form=*/false);
-        product(s, L.ffn_down, *qff_, NQ, *qtmp_, Q, 0, L.ffn_down_b.get());
+        product(s, L.ffn_down, *qff_, NQ, *qtmp_, Q, 0, L.ffn_down_b.get(), ProductKernel::Auto);
         residual_ln(L.ffn_ln_w.get(), L.ffn_ln_b.get());
     }
 
     if (!mid_) {  // a folded projector: one affine map
-        product(s, q_.proj0, *qh_, NQ, *out_, O, 0, q_.proj0_b.get());
+        product(s, q_.proj0, *qh_, NQ, *out_, O, 0, q_.proj0_b.get(), ProductKernel::Auto);
     } else {
-        product(s, q_.proj0, *qh_, NQ, *mid_, qhp_.n_proj_mid, 0, q_.proj0_b.get());
-        product(s, q_.proj1, *mid_, NQ, *out_, O, 0, q_.proj1_b.get());
+        product(s, q_.proj0, *qh_, NQ, *mid_, qhp_.n_proj_mid, 0, q_.proj0_b.get(), ProductKernel::Auto);
+        product(s, q_.proj1, *mid_, NQ, *out_, O, 0, q_.proj1_b.get(), ProductKernel::Auto);
     }
 }
 

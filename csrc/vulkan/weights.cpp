@@ -56,9 +56,9 @@ std::unique_ptr<Buffer> upload_vec(Device& dev, const float* v, int64_t n, size_
 }
 
 void product(Sequence& s, const GpuMat& m, const Buffer& x, int64_t rows, Buffer& y, int64_t y_stride, int64_t y_col0,
-             const Buffer* bias) {
+             const Buffer* bias, ProductKernel kernel) {
     for (const GpuMat::Part& p : m.parts)
-        matmul_rows(s, m.type, *p.buf, p.row0, p.row0 + p.rows, m.n_in, x, rows, y, y_stride, y_col0, bias);
+        matmul_rows(s, m.type, *p.buf, p.row0, p.row0 + p.rows, m.n_in, x, rows, y, y_stride, y_col0, bias, kernel);
 }
 
 }  // namespace vk

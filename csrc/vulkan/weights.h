@@ -10,6 +10,7 @@
 #include "ggml_type.h"
 #include "kernels/matmul.h"
 #include "vulkan/device.h"
+#include "vulkan/ops.h"
 
 namespace tg {
 namespace vk {
@@ -40,9 +41,12 @@ uint64_t max_buffer_from_env();
 GpuMat upload_mat(Device& dev, const MatW& m, const char* what, uint64_t max_buffer, size_t& bytes);
 // A float32 vector of n values in a buffer of its own (null for a null v); adds its size to bytes.
 std::unique_ptr<Buffer> upload_vec(Device& dev, const float* v, int64_t n, size_t& bytes);
-// y[rows][y_stride] (outputs from column y_col0) = x[rows][n_in] . m^T (+ bias), part by part.
+// y[rows][y_stride] (outputs from column y_col0) = x[rows][n_in] . m^T (+ bias), part by part. The decoder
+// keeps the default, the mat-vec for any row count: its rows share a step with other sequences' rows, and a
+// row's bits must not depend on that company (the tiled shader sums in another order). The image pass,
+// whose shape is fixed, takes ProductKernel::Auto.
 void product(Sequence& s, const GpuMat& m, const Buffer& x, int64_t rows, Buffer& y, int64_t y_stride, int64_t y_col0,
-             const Buffer* bias);
+             const Buffer* bias, ProductKernel kernel = ProductKernel::MatVec);
 
 }  // namespace vk
 }  // namespace tg
