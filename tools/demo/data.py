@@ -136,7 +136,7 @@ def query_attention_targets(scene: Scene, size: int, patch: int, cov: np.ndarray
 
 
 def train_batch(rng: np.random.Generator, enc: Encoder, n_img: int, chats_per_img: int, size: int, n_query: int,
-                patch: int = 16):
+                patch: int = 16, weights: dict | None = None):
     """-> pixels [n_img,3,S,S], img_index [B], after_ids [B,L1], targets [B, L0+nq+L1] (-100 = no loss),
     query classes [n_img, GRID*GRID], query boxes [n_img, GRID*GRID, 4] (see query_targets),
     patch contents [n_img, P, 13] (see patch_targets), query attention [n_img, GRID*GRID, P]
@@ -153,7 +153,7 @@ def train_batch(rng: np.random.Generator, enc: Encoder, n_img: int, chats_per_im
         pixels.append(pil_to_tensor(img, size))
         for _ in range(chats_per_img):
             n_turns = 1 + int(rng.choice(len(TURN_WEIGHTS), p=TURN_WEIGHTS))
-            rows.append(chat_rows(enc, sample_chat(scene, rng, n_turns, TRAIN_WEIGHTS)))
+            rows.append(chat_rows(enc, sample_chat(scene, rng, n_turns, weights or TRAIN_WEIGHTS)))
             img_index.append(i)
     L0 = len(prefix_ids(enc))
     L1 = max(len(ids) for ids, _ in rows)
