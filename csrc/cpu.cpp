@@ -121,50 +121,50 @@ bool cpu_has_neon_dot() { return features().neon_dot; }
 bool cpu_has_amx_int8() { return features().amx_int8; }
 
 namespace {
-std::atomic<int> g_amx{-1};  // -1: not decided yet
-}
 
-bool amx_active() {
-    int v = g_amx.load(std::memory_order_relaxed);
-    if (v < 0) {
-        const char* env = std::getenv("TINYGPTV_AMX");
-        const bool off = env && (!std::strcmp(env, "0") || !std::strcmp(env, "off"));
-        int expected = -1;
-        g_amx.compare_exchange_strong(expected, cpu_has_amx_int8() && !off ? 1 : 0);
-        v = g_amx.load();
+// An optional extension of a path (AMX tiles, AVX-VNNI): on where the CPU has it, unless the environment
+// variable says 0 or off; set() switches at run time. Decided at first use.
+class ExtensionSwitch {
+public:
+    constexpr ExtensionSwitch(const char* env, bool (*supported)(), const char* unavailable)
+        : env_(env), supported_(supported), unavailable_(unavailable) {}
+
+    bool on() {
+        int v = state_.load(std::memory_order_relaxed);
+        if (v < 0) {
+            const char* e = std::getenv(env_);
+            const bool off = e && (!std::strcmp(e, "0") || !std::strcmp(e, "off"));
+            int expected = -1;
+            state_.compare_exchange_strong(expected, supported_() && !off ? 1 : 0);
+            v = state_.load();
+        }
+        return v == 1;
     }
-    return v == 1;
-}
 
-void set_amx(bool on) {
-    if (on && !cpu_has_amx_int8())
-        throw ModelError("AMX tiles are not available here (the CPU lacks AMX-INT8, or the OS does not allow them)");
-    g_amx.store(on ? 1 : 0);
-}
+    void set(bool on) {
+        if (on && !supported_()) throw ModelError(unavailable_);
+        state_.store(on ? 1 : 0);
+    }
 
-namespace {
-std::atomic<int> g_avx_vnni{-1};  // -1: not decided yet
-}
+private:
+    const char* env_;
+    bool (*supported_)();
+    const char* unavailable_;
+    std::atomic<int> state_{-1};  // -1: not decided yet
+};
+
+ExtensionSwitch g_amx("TINYGPTV_AMX", cpu_has_amx_int8,
+                      "AMX tiles are not available here (the CPU lacks AMX-INT8, or the OS does not allow them)");
+ExtensionSwitch g_avx_vnni("TINYGPTV_AVX_VNNI", cpu_has_avx_vnni,
+                           "AVX-VNNI is not available here (the CPU lacks it, or the build has no kernels for it)");
+
+}  // namespace
 
 bool cpu_has_avx_vnni() { return features().avx_vnni; }
-
-bool avx_vnni_active() {
-    int v = g_avx_vnni.load(std::memory_order_relaxed);
-    if (v < 0) {
-        const char* env = std::getenv("TINYGPTV_AVX_VNNI");
-        const bool off = env && (!std::strcmp(env, "0") || !std::strcmp(env, "off"));
-        int expected = -1;
-        g_avx_vnni.compare_exchange_strong(expected, cpu_has_avx_vnni() && !off ? 1 : 0);
-        v = g_avx_vnni.load();
-    }
-    return v == 1;
-}
-
-void set_avx_vnni(bool on) {
-    if (on && !cpu_has_avx_vnni())
-        throw ModelError("AVX-VNNI is not available here (the CPU lacks it, or the build has no kernels for it)");
-    g_avx_vnni.store(on ? 1 : 0);
-}
+bool amx_active() { return g_amx.on(); }
+void set_amx(bool on) { g_amx.set(on); }
+bool avx_vnni_active() { return g_avx_vnni.on(); }
+void set_avx_vnni(bool on) { g_avx_vnni.set(on); }
 
 const char* kernel_path() {
     switch (isa_active()) {

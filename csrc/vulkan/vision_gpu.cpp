@@ -34,6 +34,7 @@ ImageGpu::ImageGpu(Device& dev, const VisionHparams& vhp, const VisionWeights& v
     const int64_t E = vhp.n_embd, F = vhp.n_ff, T = vhp.n_tokens();
     auto mat = [&](const MatW& m, const std::string& name) { return upload_mat(dev, m, name.c_str(), max_buffer_, bytes_); };
     auto vec = [&](const float* p, int64_t n) { return upload_vec(dev, p, n, bytes_); };
+    auto lin = [&](const auto& l, const std::string& name, int64_t n_out) { return GpuLinear{mat(l.w, name), vec(l.b, n_out)}; };
 
     v_.patch = mat(vw.patch, "v.patch_embd.weight");
     v_.patch_b = vec(vw.patch_b, E);
@@ -69,33 +70,23 @@ ImageGpu::ImageGpu(Device& dev, const VisionHparams& vhp, const VisionWeights& v
         const QformerLayer& L = qw.layers[il];
         GpuQformerLayer& G = q_.layers[il];
         const std::string b = "qf.blk." + std::to_string(il) + ".";
-        G.attn_q = mat(L.attn_q.w, b + "attn_q.weight");
-        G.attn_q_b = vec(L.attn_q.b, Q);
-        G.attn_k = mat(L.attn_k.w, b + "attn_k.weight");
-        G.attn_k_b = vec(L.attn_k.b, Q);
-        G.attn_v = mat(L.attn_v.w, b + "attn_v.weight");
-        G.attn_v_b = vec(L.attn_v.b, Q);
-        G.attn_out = mat(L.attn_out.w, b + "attn_out.weight");
-        G.attn_out_b = vec(L.attn_out.b, Q);
+        G.attn_q = lin(L.attn_q, b + "attn_q.weight", Q);
+        G.attn_k = lin(L.attn_k, b + "attn_k.weight", Q);
+        G.attn_v = lin(L.attn_v, b + "attn_v.weight", Q);
+        G.attn_out = lin(L.attn_out, b + "attn_out.weight", Q);
         G.attn_ln_w = vec(L.attn_ln_w, Q);
         G.attn_ln_b = vec(L.attn_ln_b, Q);
         G.cross = L.cross;
         if (L.cross) {
-            G.cross_q = mat(L.cross_q.w, b + "cross_q.weight");
-            G.cross_q_b = vec(L.cross_q.b, Q);
-            G.cross_k = mat(L.cross_k.w, b + "cross_k.weight");
-            G.cross_k_b = vec(L.cross_k.b, Q);
-            G.cross_v = mat(L.cross_v.w, b + "cross_v.weight");
-            G.cross_v_b = vec(L.cross_v.b, Q);
-            G.cross_out = mat(L.cross_out.w, b + "cross_out.weight");
-            G.cross_out_b = vec(L.cross_out.b, Q);
+            G.cross_q = lin(L.cross_q, b + "cross_q.weight", Q);
+            G.cross_k = lin(L.cross_k, b + "cross_k.weight", Q);
+            G.cross_v = lin(L.cross_v, b + "cross_v.weight", Q);
+            G.cross_out = lin(L.cross_out, b + "cross_out.weight", Q);
             G.cross_ln_w = vec(L.cross_ln_w, Q);
             G.cross_ln_b = vec(L.cross_ln_b, Q);
         }
-        G.ffn_up = mat(L.ffn_up.w, b + "ffn_up.weight");
-        G.ffn_up_b = vec(L.ffn_up.b, QF);
-        G.ffn_down = mat(L.ffn_down.w, b + "ffn_down.weight");
-        G.ffn_down_b = vec(L.ffn_down.b, Q);
+        G.ffn_up = lin(L.ffn_up, b + "ffn_up.weight", QF);
+        G.ffn_down = lin(L.ffn_down, b + "ffn_down.weight", Q);
         G.ffn_ln_w = vec(L.ffn_ln_w, Q);
         G.ffn_ln_b = vec(L.ffn_ln_b, Q);
     }
@@ -178,25 +169,25 @@ void ImageGpu::record_qformer(Sequence& s) {
     layernorm(s, *q_.query, *qh_, NQ, Q, q_.emb_ln_w.get(), q_.emb_ln_b.get(), eps);
     for (const GpuQformerLayer& L : q_.layers) {
         // self-attention: q, k and v side by side in the rows of qqkv
-        product(s, L.attn_q, *qh_, NQ, *qqkv_, 3 * Q, 0, L.attn_q_b.get(), ProductKernel::Auto);
-        product(s, L.attn_k, *qh_, NQ, *qqkv_, 3 * Q, Q, L.attn_k_b.get(), ProductKernel::Auto);
-        product(s, L.attn_v, *qh_, NQ, *qqkv_, 3 * Q, 2 * Q, L.attn_v_b.get(), ProductKernel::Auto);
+        product(s, L.attn_q.w, *qh_, NQ, *qqkv_, 3 * Q, 0, L.attn_q.b.get(), ProductKernel::Auto);
+        product(s, L.attn_k.w, *qh_, NQ, *qqkv_, 3 * Q, Q, L.attn_k.b.get(), ProductKernel::Auto);
+        product(s, L.attn_v.w, *qh_, NQ, *qqkv_, 3 * Q, 2 * Q, L.attn_v.b.get(), ProductKernel::Auto);
         attention_full(s, *qqkv_, 3 * Q, 0, *qqkv_, 3 * Q, Q, *qqkv_, 3 * Q, 2 * Q, NQ, NQ, H, D, scale, *qatt_, Q);
-        product(s, L.attn_out, *qatt_, NQ, *qtmp_, Q, 0, L.attn_out_b.get(), ProductKernel::Auto);
+        product(s, L.attn_out.w, *qatt_, NQ, *qtmp_, Q, 0, L.attn_out.b.get(), ProductKernel::Auto);
         residual_ln(L.attn_ln_w.get(), L.attn_ln_b.get());
 
         if (L.cross) {  // the queries attend the image tokens: keys and values side by side in ckv
-            product(s, L.cross_q, *qh_, NQ, *qq_, Q, 0, L.cross_q_b.get(), ProductKernel::Auto);
-            product(s, L.cross_k, *img_, T, *ckv_, 2 * Q, 0, L.cross_k_b.get(), ProductKernel::Auto);
-            product(s, L.cross_v, *img_, T, *ckv_, 2 * Q, Q, L.cross_v_b.get(), ProductKernel::Auto);
+            product(s, L.cross_q.w, *qh_, NQ, *qq_, Q, 0, L.cross_q.b.get(), ProductKernel::Auto);
+            product(s, L.cross_k.w, *img_, T, *ckv_, 2 * Q, 0, L.cross_k.b.get(), ProductKernel::Auto);
+            product(s, L.cross_v.w, *img_, T, *ckv_, 2 * Q, Q, L.cross_v.b.get(), ProductKernel::Auto);
             attention_full(s, *qq_, Q, 0, *ckv_, 2 * Q, 0, *ckv_, 2 * Q, Q, NQ, T, H, D, scale, *qatt_, Q);
-            product(s, L.cross_out, *qatt_, NQ, *qtmp_, Q, 0, L.cross_out_b.get(), ProductKernel::Auto);
+            product(s, L.cross_out.w, *qatt_, NQ, *qtmp_, Q, 0, L.cross_out.b.get(), ProductKernel::Auto);
             residual_ln(L.cross_ln_w.get(), L.cross_ln_b.get());
         }
 
-        product(s, L.ffn_up, *qh_, NQ, *qff_, QF, 0, L.ffn_up_b.get(), ProductKernel::Auto);
+        product(s, L.ffn_up.w, *qh_, NQ, *qff_, QF, 0, L.ffn_up.b.get(), ProductKernel::Auto);
         gelu(s, *qff_, NQ * QF, /*tanh_form=*/false);
-        product(s, L.ffn_down, *qff_, NQ, *qtmp_, Q, 0, L.ffn_down_b.get(), ProductKernel::Auto);
+        product(s, L.ffn_down.w, *qff_, NQ, *qtmp_, Q, 0, L.ffn_down.b.get(), ProductKernel::Auto);
         residual_ln(L.ffn_ln_w.get(), L.ffn_ln_b.get());
     }
 

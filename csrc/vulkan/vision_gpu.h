@@ -46,20 +46,22 @@ struct GpuVisionWeights {
 };
 
 // Q = Q-Former n_embd, QF = its n_ff, NQ = queries, M = mm.0's rows, O = the LM's n_embd.
+// A linear layer of the Q-Former on the device, as the CPU's Linear: its matrix and its bias.
+struct GpuLinear {
+    GpuMat w;
+    std::unique_ptr<Buffer> b;
+};
+
 struct GpuQformerLayer {
-    GpuMat attn_q, attn_k, attn_v, attn_out;                    // [Q, Q]
-    std::unique_ptr<Buffer> attn_q_b, attn_k_b, attn_v_b, attn_out_b;  // [Q]
-    std::unique_ptr<Buffer> attn_ln_w, attn_ln_b;               // [Q]
+    GpuLinear attn_q, attn_k, attn_v, attn_out;       // [Q, Q], bias [Q]
+    std::unique_ptr<Buffer> attn_ln_w, attn_ln_b;     // [Q]
     bool cross = false;
-    GpuMat cross_q, cross_out;                                  // [Q, Q]        (cross layers only)
-    GpuMat cross_k, cross_v;                                    // [Q, E]
-    std::unique_ptr<Buffer> cross_q_b, cross_k_b, cross_v_b, cross_out_b;  // [Q]
-    std::unique_ptr<Buffer> cross_ln_w, cross_ln_b;             // [Q]
-    GpuMat ffn_up;                                              // [QF, Q]
-    std::unique_ptr<Buffer> ffn_up_b;                           // [QF]
-    GpuMat ffn_down;                                            // [Q, QF]
-    std::unique_ptr<Buffer> ffn_down_b;                         // [Q]
-    std::unique_ptr<Buffer> ffn_ln_w, ffn_ln_b;                 // [Q]
+    GpuLinear cross_q, cross_out;                     // [Q, Q], bias [Q]  (cross layers only)
+    GpuLinear cross_k, cross_v;                       // [Q, E], bias [Q]
+    std::unique_ptr<Buffer> cross_ln_w, cross_ln_b;   // [Q]
+    GpuLinear ffn_up;                                 // [QF, Q], bias [QF]
+    GpuLinear ffn_down;                               // [Q, QF], bias [Q]
+    std::unique_ptr<Buffer> ffn_ln_w, ffn_ln_b;       // [Q]
 };
 
 struct GpuQformerWeights {
